@@ -1,0 +1,1 @@
+//! rvhost-dma: copy engines behind one trait (in progress).

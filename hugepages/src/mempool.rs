@@ -1,0 +1,1 @@
+//! mempool (in progress)

@@ -1,0 +1,6 @@
+//! The `rvhost` command line.
+
+fn main() {
+    eprintln!("rvhost: no subcommand is implemented yet");
+    std::process::exit(2);
+}

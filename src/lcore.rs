@@ -1,0 +1,1 @@
+//! lcore (in progress)
