@@ -2,5 +2,7 @@
 //!
 //! See `DESIGN.md` for the map of the system.
 
+pub mod features;
 pub mod lcore;
 pub mod mbuf;
+pub mod memory;

@@ -1,0 +1,476 @@
+//! Safe access to guest memory without references into it.
+//!
+//! The guest (and the frontend) write guest memory concurrently with us, so a `&[u8]` or
+//! `&mut [u8]` over it would be unsound: Rust assumes the bytes behind a shared reference do not
+//! change, and that nothing else aliases a mutable one. A [`GuestSlice`] is instead a bounds-checked
+//! `(pointer, length)` pair whose every operation is a raw-pointer copy, a volatile access or an
+//! atomic access:
+//!
+//! - bulk data ([`copy_from`](GuestSlice::copy_from), [`copy_to`](GuestSlice::copy_to),
+//!   [`read_at`](GuestSlice::read_at), [`write_at`](GuestSlice::write_at),
+//!   [`copy_from_guest`](GuestSlice::copy_from_guest), [`fill`](GuestSlice::fill)): `ptr::copy*`
+//!   / `ptr::write_bytes`; the bytes are data, the guest changing them mid-copy only garbles what
+//!   the guest itself supplied;
+//! - structures ([`read_obj`](GuestSlice::read_obj) / [`write_obj`](GuestSlice::write_obj)):
+//!   exactly one volatile access (per byte when misaligned), so a value is fetched once and a
+//!   validated copy cannot be re-read by the compiler behind the caller's back (no double fetch);
+//!   copy descriptors/headers out with `read_obj` and validate the copy;
+//! - ring indexes ([`load_u16`](GuestSlice::load_u16), [`store_u16`](GuestSlice::store_u16) and
+//!   the acquire/release shorthands): atomics on naturally aligned addresses.
+//!
+//! Nothing here panics on bad offsets: every access returns an [`AccessError`] or a count.
+
+use std::marker::PhantomData;
+use std::mem::{MaybeUninit, align_of, size_of};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use super::error::AccessError;
+
+/// Plain-old-data: types that may be copied to and from guest memory byte for byte.
+///
+/// # Safety
+///
+/// Implementors guarantee that:
+/// - every bit pattern of `size_of::<Self>()` bytes is a valid value (guest memory is arbitrary);
+/// - the type has no padding bytes (writing it must not copy uninitialized bytes to the guest);
+/// - it holds no references, pointers with invariants, or interior mutability.
+///
+/// Typical implementors: the integer types (implemented here), arrays of them, and `#[repr(C)]`
+/// virtio ring structures made only of such fields with no padding (for example a split-ring
+/// descriptor `{ addr: u64, len: u32, flags: u16, next: u16 }`).
+pub unsafe trait Pod: Copy + Send + Sync + 'static {}
+
+macro_rules! impl_pod {
+    ($($t:ty),*) => {$(
+        // SAFETY: integers have no padding, no invalid bit patterns and no pointers.
+        unsafe impl Pod for $t {}
+    )*};
+}
+impl_pod!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize
+);
+
+// SAFETY: an array of Pod has no padding between elements (size is a multiple of alignment),
+// every element accepts every bit pattern, and no pointers are added.
+unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
+
+/// A bounds-checked window `[ptr, ptr + len)` of mapped guest memory, valid for `'a` (a borrow of
+/// the [`GuestMemory`](super::GuestMemory) or [`GuestRegion`](super::GuestRegion) it came from).
+///
+/// It is `Copy`: it is only an address range, and every access through it is a raw-pointer,
+/// volatile or atomic operation (see the module documentation).
+#[derive(Clone, Copy, Debug)]
+pub struct GuestSlice<'a> {
+    ptr: NonNull<u8>,
+    len: usize,
+    _mem: PhantomData<&'a ()>,
+}
+
+// SAFETY: a GuestSlice is an address range in a mapping kept alive by the borrow 'a of a
+// Send + Sync owner (GuestRegion/GuestMemory); its operations are copies/volatile/atomic
+// accesses of memory that other parties modify concurrently anyway.
+unsafe impl Send for GuestSlice<'_> {}
+// SAFETY: as for Send; all methods take &self and never form references to the bytes.
+unsafe impl Sync for GuestSlice<'_> {}
+
+impl<'a> GuestSlice<'a> {
+    /// Builds a slice from a raw range.
+    ///
+    /// # Safety
+    ///
+    /// `[ptr, ptr + len)` must be readable and writable memory (a `MAP_SHARED` guest mapping,
+    /// or memory the caller owns) that stays mapped for all of `'a`, and no Rust reference to
+    /// those bytes may exist during `'a`.
+    pub unsafe fn from_raw(ptr: NonNull<u8>, len: usize) -> Self {
+        GuestSlice {
+            ptr,
+            len,
+            _mem: PhantomData,
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the slice has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Host address of the first byte, e.g. for a DMA engine. Getting it is safe; any access
+    /// through it is `unsafe` and must stay within [`len`](Self::len) bytes and within `'a`.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Checks `[offset, offset + len)` and returns a pointer to its start.
+    #[inline]
+    fn range(&self, offset: usize, len: usize) -> Result<*mut u8, AccessError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => {
+                // SAFETY: offset <= end <= self.len, so the result stays inside (or one past the
+                // end of) the range this slice describes.
+                Ok(unsafe { self.ptr.as_ptr().add(offset) })
+            }
+            _ => Err(AccessError::OutOfBounds {
+                offset,
+                len,
+                size: self.len,
+            }),
+        }
+    }
+
+    /// The sub-range `[offset, offset + len)`.
+    pub fn subslice(&self, offset: usize, len: usize) -> Result<GuestSlice<'a>, AccessError> {
+        let p = self.range(offset, len)?;
+        // SAFETY: range() checked the sub-range lies within self, which satisfies from_raw's
+        // contract for 'a; p is derived from a NonNull so it is non-null.
+        Ok(unsafe { GuestSlice::from_raw(NonNull::new_unchecked(p), len) })
+    }
+
+    /// Splits into `[0, mid)` and `[mid, len)`.
+    pub fn split_at(&self, mid: usize) -> Result<(GuestSlice<'a>, GuestSlice<'a>), AccessError> {
+        let head = self.subslice(0, mid)?;
+        let tail = self.subslice(mid, self.len - mid)?;
+        Ok((head, tail))
+    }
+
+    /// Copies `min(self.len(), src.len())` bytes from `src` to the start of the slice; returns
+    /// the count.
+    pub fn copy_from(&self, src: &[u8]) -> usize {
+        let n = self.len.min(src.len());
+        // SAFETY: n <= self.len bytes are writable guest memory; src is a Rust slice of at least
+        // n bytes that cannot overlap guest memory (no references into guest memory exist).
+        unsafe { ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr(), n) };
+        n
+    }
+
+    /// Copies `min(self.len(), dst.len())` bytes from the start of the slice into `dst`; returns
+    /// the count.
+    pub fn copy_to(&self, dst: &mut [u8]) -> usize {
+        let n = self.len.min(dst.len());
+        // SAFETY: n <= self.len bytes are readable guest memory; dst is an exclusive Rust slice of
+        // at least n bytes that cannot overlap guest memory.
+        unsafe { ptr::copy_nonoverlapping(self.ptr.as_ptr(), dst.as_mut_ptr(), n) };
+        n
+    }
+
+    /// Writes all of `src` at `offset`, or nothing if it does not fit.
+    pub fn write_at(&self, offset: usize, src: &[u8]) -> Result<(), AccessError> {
+        let p = self.range(offset, src.len())?;
+        // SAFETY: range() checked [offset, offset + src.len()) is inside the slice; src cannot
+        // overlap guest memory.
+        unsafe { ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
+        Ok(())
+    }
+
+    /// Fills all of `dst` from `offset`, or nothing if the range does not fit.
+    pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> Result<(), AccessError> {
+        let p = self.range(offset, dst.len())?;
+        // SAFETY: range() checked [offset, offset + dst.len()) is inside the slice; dst is an
+        // exclusive Rust slice that cannot overlap guest memory.
+        unsafe { ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    /// Copies `min(self.len(), src.len())` bytes from another guest slice (memmove semantics:
+    /// the two may overlap); returns the count.
+    pub fn copy_from_guest(&self, src: &GuestSlice<'_>) -> usize {
+        let n = self.len.min(src.len);
+        // SAFETY: both ranges have at least n valid bytes (readable for src, writable for self);
+        // ptr::copy allows overlap.
+        unsafe { ptr::copy(src.ptr.as_ptr(), self.ptr.as_ptr(), n) };
+        n
+    }
+
+    /// Sets every byte of the slice to `byte`.
+    pub fn fill(&self, byte: u8) {
+        // SAFETY: the slice's len bytes are writable guest memory.
+        unsafe { ptr::write_bytes(self.ptr.as_ptr(), byte, self.len) };
+    }
+
+    /// Reads a `T` at `offset` with a single fetch (volatile; bytewise volatile if misaligned).
+    pub fn read_obj<T: Pod>(&self, offset: usize) -> Result<T, AccessError> {
+        let p = self.range(offset, size_of::<T>())?.cast::<T>();
+        if p.is_aligned() {
+            // SAFETY: range() checked size_of::<T>() bytes at p are inside the slice, p is
+            // aligned for T, and T: Pod accepts any bit pattern.
+            Ok(unsafe { ptr::read_volatile(p) })
+        } else {
+            let mut v = MaybeUninit::<T>::uninit();
+            let src = p.cast::<u8>();
+            let dst = v.as_mut_ptr().cast::<u8>();
+            for i in 0..size_of::<T>() {
+                // SAFETY: i < size_of::<T>(), so src + i is inside the checked range (u8 needs no
+                // alignment) and dst + i inside the local `v`.
+                unsafe { dst.add(i).write(ptr::read_volatile(src.add(i))) };
+            }
+            // SAFETY: all size_of::<T>() bytes of v were written above and T: Pod accepts any bit
+            // pattern.
+            Ok(unsafe { v.assume_init() })
+        }
+    }
+
+    /// Writes a `T` at `offset` with a single store (volatile; bytewise volatile if misaligned).
+    pub fn write_obj<T: Pod>(&self, offset: usize, val: T) -> Result<(), AccessError> {
+        let p = self.range(offset, size_of::<T>())?.cast::<T>();
+        if p.is_aligned() {
+            // SAFETY: range() checked size_of::<T>() writable bytes at p inside the slice, and p
+            // is aligned for T.
+            unsafe { ptr::write_volatile(p, val) };
+        } else {
+            let src = ptr::from_ref(&val).cast::<u8>();
+            let dst = p.cast::<u8>();
+            for i in 0..size_of::<T>() {
+                // SAFETY: i < size_of::<T>(): src + i is inside `val`, which has no padding
+                // (T: Pod) so every byte is initialized; dst + i is inside the checked range.
+                unsafe { ptr::write_volatile(dst.add(i), src.add(i).read()) };
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `offset` for a naturally aligned u16 inside the slice.
+    #[inline]
+    fn atomic_u16_ptr(&self, offset: usize) -> Result<*mut u16, AccessError> {
+        let p = self.range(offset, size_of::<u16>())?.cast::<u16>();
+        if (p as usize) % align_of::<AtomicU16>() != 0 {
+            return Err(AccessError::Misaligned {
+                offset,
+                align: align_of::<AtomicU16>(),
+            });
+        }
+        Ok(p)
+    }
+
+    /// Atomically loads the u16 at `offset` (which must be 2-byte aligned in host memory).
+    /// `Release` and `AcqRel` are refused (they are invalid for loads).
+    #[inline]
+    pub fn load_u16(&self, offset: usize, order: Ordering) -> Result<u16, AccessError> {
+        if matches!(order, Ordering::Release | Ordering::AcqRel) {
+            return Err(AccessError::InvalidOrdering(order));
+        }
+        let p = self.atomic_u16_ptr(offset)?;
+        // SAFETY: atomic_u16_ptr checked p is inside the slice (valid, read-write mapping for 'a)
+        // and aligned for AtomicU16; this crate never accesses guest ring indexes non-atomically
+        // (callers are documented to use only these methods for them); the ordering was checked
+        // to be valid for a load, so load() cannot panic.
+        Ok(unsafe { AtomicU16::from_ptr(p) }.load(order))
+    }
+
+    /// Atomically stores `val` at `offset` (2-byte aligned). `Acquire` and `AcqRel` are refused.
+    #[inline]
+    pub fn store_u16(&self, offset: usize, val: u16, order: Ordering) -> Result<(), AccessError> {
+        if matches!(order, Ordering::Acquire | Ordering::AcqRel) {
+            return Err(AccessError::InvalidOrdering(order));
+        }
+        let p = self.atomic_u16_ptr(offset)?;
+        // SAFETY: as in load_u16: p is inside the writable slice and aligned for AtomicU16, and the
+        // ordering was checked to be valid for a store.
+        unsafe { AtomicU16::from_ptr(p) }.store(val, order);
+        Ok(())
+    }
+
+    /// `load_u16(offset, Ordering::Acquire)`: read a ring index the guest publishes (avail->idx).
+    #[inline]
+    pub fn load_u16_acquire(&self, offset: usize) -> Result<u16, AccessError> {
+        self.load_u16(offset, Ordering::Acquire)
+    }
+
+    /// `store_u16(offset, val, Ordering::Release)`: publish a ring index (used->idx) after the
+    /// entries it covers.
+    #[inline]
+    pub fn store_u16_release(&self, offset: usize, val: u16) -> Result<(), AccessError> {
+        self.store_u16(offset, val, Ordering::Release)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::testutil::*;
+    use crate::memory::{GuestRegion, MapOptions, RegionDesc};
+
+    fn region(size: u64) -> GuestRegion {
+        let fd = memfd(&unique_name("access"), size);
+        let desc = RegionDesc {
+            memory_size: size,
+            ..RegionDesc::default()
+        };
+        GuestRegion::map(fd, desc, MapOptions::new()).unwrap()
+    }
+
+    #[test]
+    fn copies_report_counts_and_never_overrun() {
+        let r = region(0x1000);
+        let s = r.as_slice().subslice(0x10, 8).unwrap();
+        assert_eq!(s.copy_from(b"0123456789"), 8);
+        let mut out = [0u8; 12];
+        assert_eq!(s.copy_to(&mut out), 8);
+        assert_eq!(&out[..8], b"01234567");
+        assert_eq!(
+            r.as_slice().read_obj::<u8>(0x18).unwrap(),
+            0,
+            "byte after the window untouched"
+        );
+        let mut small = [0u8; 3];
+        assert_eq!(s.copy_to(&mut small), 3);
+        assert_eq!(&small, b"012");
+        assert_eq!(s.copy_from(&[]), 0);
+    }
+
+    #[test]
+    fn exact_reads_and_writes_are_bounds_checked() {
+        let r = region(0x1000);
+        let s = r.as_slice();
+        s.write_at(0xffc, b"abcd").unwrap();
+        let err = s.write_at(0xffd, b"abcd").unwrap_err();
+        assert_eq!(
+            err,
+            AccessError::OutOfBounds {
+                offset: 0xffd,
+                len: 4,
+                size: 0x1000
+            }
+        );
+        let mut b = [0u8; 4];
+        assert!(
+            s.read_at(usize::MAX, &mut b).is_err(),
+            "offset + len overflow"
+        );
+        assert!(s.read_at(0x1000, &mut b).is_err());
+        s.read_at(0x1000, &mut []).unwrap();
+        s.read_at(0xffc, &mut b).unwrap();
+        assert_eq!(&b, b"abcd");
+        assert!(s.subslice(0x800, 0x801).is_err());
+        assert!(s.subslice(usize::MAX, 2).is_err());
+        let (h, t) = s.split_at(0x400).unwrap();
+        assert_eq!((h.len(), t.len()), (0x400, 0xc00));
+        assert_eq!(t.as_ptr() as usize - h.as_ptr() as usize, 0x400);
+        assert!(s.split_at(0x1001).is_err());
+    }
+
+    #[test]
+    fn objects_aligned_and_unaligned() {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(C)]
+        struct Desc {
+            addr: u64,
+            len: u32,
+            flags: u16,
+            next: u16,
+        }
+        // SAFETY: repr(C) of u64, u32, u16, u16: 16 bytes, no padding, all bit patterns valid.
+        unsafe impl Pod for Desc {}
+
+        let r = region(0x1000);
+        let s = r.as_slice();
+        let d = Desc {
+            addr: 0x1234_5678_9abc_def0,
+            len: 1500,
+            flags: 3,
+            next: 7,
+        };
+        for off in [0usize, 16, 1, 3, 0xff0] {
+            s.write_obj(off, d).unwrap();
+            assert_eq!(s.read_obj::<Desc>(off).unwrap(), d, "offset {off}");
+            let mut raw = [0u8; 16];
+            s.read_at(off, &mut raw).unwrap();
+            assert_eq!(u64::from_ne_bytes(raw[..8].try_into().unwrap()), d.addr);
+        }
+        assert!(s.read_obj::<Desc>(0xff1).is_err());
+        assert!(s.write_obj(0xfff, 0u16).is_err());
+        s.write_obj(0x101, [1u8, 2, 3]).unwrap();
+        assert_eq!(s.read_obj::<[u8; 3]>(0x101).unwrap(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn atomic_u16_alignment_and_orderings() {
+        let r = region(0x1000);
+        let s = r.as_slice();
+        s.store_u16_release(2, 0xbeef).unwrap();
+        assert_eq!(s.load_u16_acquire(2).unwrap(), 0xbeef);
+        assert_eq!(s.read_obj::<u16>(2).unwrap(), 0xbeef);
+        s.store_u16(0xffe, 7, Ordering::Relaxed).unwrap();
+        assert_eq!(s.load_u16(0xffe, Ordering::SeqCst).unwrap(), 7);
+
+        assert_eq!(
+            s.load_u16_acquire(3).unwrap_err(),
+            AccessError::Misaligned {
+                offset: 3,
+                align: 2
+            }
+        );
+        assert!(matches!(
+            s.store_u16_release(1, 0),
+            Err(AccessError::Misaligned { .. })
+        ));
+        assert!(matches!(
+            s.load_u16_acquire(0xfff),
+            Err(AccessError::OutOfBounds { .. })
+        ));
+        assert!(matches!(
+            s.load_u16_acquire(0x1000),
+            Err(AccessError::OutOfBounds { .. })
+        ));
+        assert_eq!(
+            s.load_u16(0, Ordering::Release).unwrap_err(),
+            AccessError::InvalidOrdering(Ordering::Release)
+        );
+        assert!(s.load_u16(0, Ordering::AcqRel).is_err());
+        assert!(s.store_u16(0, 1, Ordering::Acquire).is_err());
+        assert!(s.store_u16(0, 1, Ordering::AcqRel).is_err());
+
+        // Alignment is of the host address: a sub-slice starting at an odd address shifts it.
+        let odd = s.subslice(1, 0x10).unwrap();
+        assert!(odd.load_u16_acquire(0).is_err());
+        assert_eq!(odd.load_u16_acquire(1).unwrap(), 0xbeef);
+    }
+
+    #[test]
+    fn release_acquire_publishes_data_across_threads() {
+        let r = region(0x1000);
+        let s = r.as_slice();
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                for i in 1..=1000u16 {
+                    s.write_obj(0x100, u64::from(i) * 3).unwrap();
+                    s.store_u16_release(0, i).unwrap();
+                    while s.load_u16_acquire(2).unwrap() != i {
+                        std::thread::yield_now();
+                    }
+                }
+            });
+            let mut seen = 0u16;
+            while seen < 1000 {
+                let idx = s.load_u16_acquire(0).unwrap();
+                if idx != seen {
+                    assert_eq!(s.read_obj::<u64>(0x100).unwrap(), u64::from(idx) * 3);
+                    seen = idx;
+                    s.store_u16_release(2, idx).unwrap();
+                }
+                std::thread::yield_now();
+            }
+        });
+    }
+
+    #[test]
+    fn copy_within_guest_handles_overlap() {
+        let r = region(0x1000);
+        let s = r.as_slice();
+        s.write_at(0, b"abcdefgh").unwrap();
+        let src = s.subslice(0, 8).unwrap();
+        let dst = s.subslice(2, 8).unwrap();
+        assert_eq!(dst.copy_from_guest(&src), 8);
+        let mut out = [0u8; 10];
+        s.read_at(0, &mut out).unwrap();
+        assert_eq!(&out, b"ababcdefgh");
+        let short = s.subslice(0x800, 3).unwrap();
+        assert_eq!(short.copy_from_guest(&src), 3);
+        short.fill(0);
+        assert_eq!(s.read_obj::<[u8; 4]>(0x800).unwrap(), [0, 0, 0, 0]);
+    }
+}

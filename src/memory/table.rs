@@ -1,0 +1,479 @@
+//! [`GuestMemory`]: the immutable table of a frontend's mapped regions, and address translation.
+//!
+//! A table is built once (SET_MEM_TABLE) and then only replaced: ADD_MEM_REG / REM_MEM_REG
+//! produce a new table that shares the unchanged regions (`Arc<GuestRegion>`). The control plane
+//! publishes the new table to the data plane and drops the old one once no data-plane thread uses
+//! it; a region is unmapped when the last table holding it is dropped.
+//!
+//! Translation is the data-plane hot path: no allocation, no formatting, no locking. Regions are
+//! kept sorted by guest-physical address in a compact array; up to [`LINEAR_SCAN_MAX`] regions
+//! are scanned linearly, more are binary searched. A [`TranslationCache`] (one per queue, owned by
+//! the caller) remembers the last region hit.
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use super::access::GuestSlice;
+use super::error::MemoryError;
+use super::region::{GuestRegion, RegionDesc};
+use super::{FrontendVa, Gpa, MemoryLimits};
+
+/// Tables with at most this many regions are searched linearly, larger ones by binary search.
+pub const LINEAR_SCAN_MAX: usize = 8;
+
+/// One region in the lookup array: everything translation needs, 40 bytes.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    gpa: u64,
+    /// Exclusive; `gpa < gpa_end` because regions have nonzero size and no overflow.
+    gpa_end: u64,
+    uva: u64,
+    uva_end: u64,
+    host: NonNull<u8>,
+}
+
+// SAFETY: `host` is an address inside a GuestRegion mapping that the same Table keeps alive
+// through an Arc; GuestRegion is Send + Sync and Entry only hands out GuestSlices over it.
+unsafe impl Send for Entry {}
+// SAFETY: as for Send.
+unsafe impl Sync for Entry {}
+
+impl Entry {
+    fn new(r: &GuestRegion) -> Self {
+        let d = r.desc();
+        Entry {
+            gpa: d.guest_phys_addr,
+            gpa_end: d.gpa_end(),
+            uva: d.userspace_addr,
+            uva_end: d.uva_end(),
+            // SAFETY: host_ptr() is derived from a non-null mapping address.
+            host: unsafe { NonNull::new_unchecked(r.host_ptr()) },
+        }
+    }
+
+    #[inline]
+    fn contains_gpa(&self, gpa: u64) -> bool {
+        gpa >= self.gpa && gpa < self.gpa_end
+    }
+
+    #[inline]
+    fn contains_uva(&self, va: u64) -> bool {
+        va >= self.uva && va < self.uva_end
+    }
+
+    /// The slice at byte `off` of the region, `len` bytes long.
+    ///
+    /// # Safety
+    ///
+    /// `off + len` must not exceed the region size (`gpa_end - gpa`), and the returned lifetime
+    /// must not outlive the table holding this entry's region.
+    #[inline]
+    unsafe fn slice<'a>(&self, off: u64, len: u64) -> GuestSlice<'a> {
+        // SAFETY: the caller guarantees off + len <= region size, and the region size fits usize
+        // (checked at map time), so the casts are lossless and host + off stays inside the
+        // mapping; the caller bounds the lifetime by the table that keeps the mapping alive.
+        unsafe {
+            GuestSlice::from_raw(
+                NonNull::new_unchecked(self.host.as_ptr().add(off as usize)),
+                len as usize,
+            )
+        }
+    }
+}
+
+#[inline]
+fn find_gpa(entries: &[Entry], gpa: u64) -> Option<usize> {
+    if entries.len() <= LINEAR_SCAN_MAX {
+        entries.iter().position(|e| e.contains_gpa(gpa))
+    } else {
+        let i = entries.partition_point(|e| e.gpa <= gpa).checked_sub(1)?;
+        entries[i].contains_gpa(gpa).then_some(i)
+    }
+}
+
+/// Per-queue memo of the last region a translation hit. Plain data owned by the caller; it is
+/// only a hint (verified on every use), so using one cache with different tables is harmless.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TranslationCache {
+    last: usize,
+}
+
+impl TranslationCache {
+    /// A cache pointing at region 0.
+    pub const fn new() -> Self {
+        TranslationCache { last: 0 }
+    }
+}
+
+struct Table {
+    /// Sorted by gpa; same order as `regions`.
+    entries: Box<[Entry]>,
+    regions: Box<[Arc<GuestRegion>]>,
+    /// Indexes into `entries`, sorted by frontend VA.
+    by_uva: Box<[u32]>,
+    total_bytes: u64,
+    limits: MemoryLimits,
+}
+
+/// An immutable table of mapped guest memory regions. Cloning is an `Arc` clone; the type is
+/// `Send + Sync`.
+#[derive(Clone)]
+pub struct GuestMemory {
+    table: Arc<Table>,
+}
+
+impl fmt::Debug for GuestMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuestMemory")
+            .field("regions", &self.table.regions)
+            .field("total_bytes", &self.table.total_bytes)
+            .field("limits", &self.table.limits)
+            .finish()
+    }
+}
+
+impl Default for GuestMemory {
+    /// An empty table with [`MemoryLimits::default`].
+    fn default() -> Self {
+        GuestMemory::empty(MemoryLimits::default())
+    }
+}
+
+impl GuestMemory {
+    /// A table without regions (every translation fails).
+    pub fn empty(limits: MemoryLimits) -> Self {
+        GuestMemory {
+            table: Arc::new(Table {
+                entries: Box::new([]),
+                regions: Box::new([]),
+                by_uva: Box::new([]),
+                total_bytes: 0,
+                limits,
+            }),
+        }
+    }
+
+    /// Builds a table (SET_MEM_TABLE). Refuses more than `limits.max_regions` regions,
+    /// overlapping guest-physical or frontend-VA ranges, and a total size above
+    /// `limits.max_total_bytes`. On error all `regions` are dropped (unmapped, fds closed).
+    pub fn new(regions: Vec<GuestRegion>, limits: MemoryLimits) -> Result<Self, MemoryError> {
+        Self::from_shared(regions.into_iter().map(Arc::new).collect(), limits)
+    }
+
+    /// Like [`new`](Self::new) with regions that may also be held by other tables.
+    pub fn from_shared(
+        mut regions: Vec<Arc<GuestRegion>>,
+        limits: MemoryLimits,
+    ) -> Result<Self, MemoryError> {
+        if regions.len() > limits.max_regions {
+            return Err(MemoryError::TooManyRegions {
+                count: regions.len(),
+                max: limits.max_regions,
+            });
+        }
+        regions.sort_by_key(|r| r.desc().guest_phys_addr);
+        for w in regions.windows(2) {
+            let (a, b) = (w[0].desc(), w[1].desc());
+            if a.gpa_end() > b.guest_phys_addr {
+                return Err(MemoryError::GpaOverlap { a: *a, b: *b });
+            }
+        }
+        let total = regions.iter().fold(0u64, |t, r| t.saturating_add(r.size()));
+        if total > limits.max_total_bytes {
+            return Err(MemoryError::TotalTooLarge {
+                total,
+                limit: limits.max_total_bytes,
+            });
+        }
+        let mut by_uva: Vec<u32> = (0..regions.len() as u32).collect();
+        by_uva.sort_by_key(|&i| regions[i as usize].desc().userspace_addr);
+        for w in by_uva.windows(2) {
+            let (a, b) = (regions[w[0] as usize].desc(), regions[w[1] as usize].desc());
+            if a.uva_end() > b.userspace_addr {
+                return Err(MemoryError::FvaOverlap { a: *a, b: *b });
+            }
+        }
+        let entries = regions.iter().map(|r| Entry::new(r)).collect();
+        Ok(GuestMemory {
+            table: Arc::new(Table {
+                entries,
+                regions: regions.into_boxed_slice(),
+                by_uva: by_uva.into_boxed_slice(),
+                total_bytes: total,
+                limits,
+            }),
+        })
+    }
+
+    /// Checks whether a region described by `desc` could be added, without mapping anything
+    /// (the same checks [`with_added`](Self::with_added) makes, plus [`RegionDesc::validate`]).
+    /// Lets the control plane refuse ADD_MEM_REG before paying for an mmap.
+    pub fn check_add(&self, desc: &RegionDesc) -> Result<(), MemoryError> {
+        desc.validate()?;
+        let t = &*self.table;
+        let count = t.regions.len() + 1;
+        if count > t.limits.max_regions {
+            return Err(MemoryError::TooManyRegions {
+                count,
+                max: t.limits.max_regions,
+            });
+        }
+        for r in t.regions.iter() {
+            let a = r.desc();
+            if a.guest_phys_addr < desc.gpa_end() && desc.guest_phys_addr < a.gpa_end() {
+                return Err(MemoryError::GpaOverlap { a: *a, b: *desc });
+            }
+        }
+        let total = t.total_bytes.saturating_add(desc.memory_size);
+        if total > t.limits.max_total_bytes {
+            return Err(MemoryError::TotalTooLarge {
+                total,
+                limit: t.limits.max_total_bytes,
+            });
+        }
+        for r in t.regions.iter() {
+            let a = r.desc();
+            if a.userspace_addr < desc.uva_end() && desc.userspace_addr < a.uva_end() {
+                return Err(MemoryError::FvaOverlap { a: *a, b: *desc });
+            }
+        }
+        Ok(())
+    }
+
+    /// A new table with `region` added (ADD_MEM_REG); `self` is unchanged and the new table shares
+    /// its regions. On error `region` is dropped (unmapped, fd closed).
+    pub fn with_added(&self, region: GuestRegion) -> Result<Self, MemoryError> {
+        let mut v = Vec::with_capacity(self.table.regions.len() + 1);
+        v.extend(self.table.regions.iter().cloned());
+        v.push(Arc::new(region));
+        Self::from_shared(v, self.table.limits)
+    }
+
+    /// A new table without the region matching `desc` by guest address, user address and size
+    /// (REM_MEM_REG; the mmap offset is ignored). Returns the removed region too; it stays mapped
+    /// until the last table holding it (e.g. `self`) and the returned `Arc` are dropped.
+    pub fn with_removed(&self, desc: &RegionDesc) -> Result<(Self, Arc<GuestRegion>), MemoryError> {
+        let regions = &self.table.regions;
+        let Some(pos) = regions.iter().position(|r| r.desc().same_region(desc)) else {
+            return Err(MemoryError::NotFound(*desc));
+        };
+        let mut v: Vec<Arc<GuestRegion>> = regions.to_vec();
+        let removed = v.remove(pos);
+        Ok((Self::from_shared(v, self.table.limits)?, removed))
+    }
+
+    /// Number of regions.
+    pub fn len(&self) -> usize {
+        self.table.regions.len()
+    }
+
+    /// Whether the table has no regions.
+    pub fn is_empty(&self) -> bool {
+        self.table.regions.is_empty()
+    }
+
+    /// Sum of the regions' sizes.
+    pub fn total_bytes(&self) -> u64 {
+        self.table.total_bytes
+    }
+
+    /// The limits this table was built with (inherited by `with_added`/`with_removed`).
+    pub fn limits(&self) -> MemoryLimits {
+        self.table.limits
+    }
+
+    /// The regions, sorted by guest-physical address.
+    pub fn regions(&self) -> impl ExactSizeIterator<Item = &Arc<GuestRegion>> + '_ {
+        self.table.regions.iter()
+    }
+
+    /// The region matching `desc` by guest address, user address and size.
+    pub fn find_region(&self, desc: &RegionDesc) -> Option<&Arc<GuestRegion>> {
+        self.table
+            .regions
+            .iter()
+            .find(|r| r.desc().same_region(desc))
+    }
+
+    /// The region containing `gpa`.
+    pub fn region_of_gpa(&self, gpa: Gpa) -> Option<&Arc<GuestRegion>> {
+        find_gpa(&self.table.entries, gpa.0).map(|i| &self.table.regions[i])
+    }
+
+    #[inline]
+    fn find_gpa_cached(&self, cache: &mut TranslationCache, gpa: u64) -> Option<usize> {
+        let entries = &self.table.entries;
+        if let Some(e) = entries.get(cache.last) {
+            if e.contains_gpa(gpa) {
+                return Some(cache.last);
+            }
+        }
+        let i = find_gpa(entries, gpa)?;
+        cache.last = i;
+        Some(i)
+    }
+
+    #[inline]
+    fn find_uva(&self, va: u64) -> Option<usize> {
+        let t = &*self.table;
+        if t.entries.len() <= LINEAR_SCAN_MAX {
+            t.entries.iter().position(|e| e.contains_uva(va))
+        } else {
+            let k = t
+                .by_uva
+                .partition_point(|&i| t.entries[i as usize].uva <= va)
+                .checked_sub(1)?;
+            let i = t.by_uva[k] as usize;
+            t.entries[i].contains_uva(va).then_some(i)
+        }
+    }
+
+    /// `[addr, addr + len)` if it lies entirely in entry `i` (which contains `addr`).
+    #[inline]
+    fn whole(&self, i: usize, start: u64, end: u64, addr: u64, len: u64) -> Option<GuestSlice<'_>> {
+        // addr in [start, end), so no underflow; `len <= end - addr` also rules out u64
+        // overflow of addr + len.
+        if len > end - addr {
+            return None;
+        }
+        // SAFETY: (addr - start) + len <= end - start = region size; the slice borrows self,
+        // which keeps the region mapped.
+        Some(unsafe { self.table.entries[i].slice(addr - start, len) })
+    }
+
+    /// The part of `[addr, addr + len)` inside entry `i` (which contains `addr`).
+    #[inline]
+    fn prefix(&self, i: usize, start: u64, end: u64, addr: u64, len: u64) -> GuestSlice<'_> {
+        let n = len.min(end - addr);
+        // SAFETY: (addr - start) + n <= end - start = region size; the slice borrows self.
+        unsafe { self.table.entries[i].slice(addr - start, n) }
+    }
+
+    /// Host view of `[gpa, gpa + len)` if the whole range lies in one region; `None` if `gpa` is
+    /// unmapped, the range crosses a region end, or `gpa + len` overflows. `len == 0` gives an
+    /// empty slice when `gpa` itself is mapped.
+    #[inline]
+    pub fn gpa_to_host(&self, gpa: Gpa, len: u64) -> Option<GuestSlice<'_>> {
+        let i = find_gpa(&self.table.entries, gpa.0)?;
+        let e = self.table.entries[i];
+        self.whole(i, e.gpa, e.gpa_end, gpa.0, len)
+    }
+
+    /// Host view of the longest prefix of `[gpa, gpa + len)` that lies in one region (at most
+    /// `len` bytes, fewer if the region ends first); `None` if `gpa` is unmapped. Call again at
+    /// `gpa + returned.len()` to continue a buffer that straddles regions (or use
+    /// [`gpa_chunks`](Self::gpa_chunks)).
+    #[inline]
+    pub fn gpa_to_host_prefix(&self, gpa: Gpa, len: u64) -> Option<GuestSlice<'_>> {
+        let i = find_gpa(&self.table.entries, gpa.0)?;
+        let e = self.table.entries[i];
+        Some(self.prefix(i, e.gpa, e.gpa_end, gpa.0, len))
+    }
+
+    /// [`gpa_to_host`](Self::gpa_to_host) trying the region of the previous hit first.
+    #[inline]
+    pub fn gpa_to_host_cached(
+        &self,
+        cache: &mut TranslationCache,
+        gpa: Gpa,
+        len: u64,
+    ) -> Option<GuestSlice<'_>> {
+        let i = self.find_gpa_cached(cache, gpa.0)?;
+        let e = self.table.entries[i];
+        self.whole(i, e.gpa, e.gpa_end, gpa.0, len)
+    }
+
+    /// [`gpa_to_host_prefix`](Self::gpa_to_host_prefix) trying the region of the previous hit
+    /// first.
+    #[inline]
+    pub fn gpa_to_host_prefix_cached(
+        &self,
+        cache: &mut TranslationCache,
+        gpa: Gpa,
+        len: u64,
+    ) -> Option<GuestSlice<'_>> {
+        let i = self.find_gpa_cached(cache, gpa.0)?;
+        let e = self.table.entries[i];
+        Some(self.prefix(i, e.gpa, e.gpa_end, gpa.0, len))
+    }
+
+    /// Host view of `[va, va + len)` in frontend-VA space (vring addresses of SET_VRING_ADDR
+    /// without IOMMU) if it lies in one region; same rules as [`gpa_to_host`](Self::gpa_to_host).
+    pub fn fva_to_host(&self, va: FrontendVa, len: u64) -> Option<GuestSlice<'_>> {
+        let i = self.find_uva(va.0)?;
+        let e = self.table.entries[i];
+        self.whole(i, e.uva, e.uva_end, va.0, len)
+    }
+
+    /// The longest prefix of `[va, va + len)` inside one region; same rules as
+    /// [`gpa_to_host_prefix`](Self::gpa_to_host_prefix).
+    pub fn fva_to_host_prefix(&self, va: FrontendVa, len: u64) -> Option<GuestSlice<'_>> {
+        let i = self.find_uva(va.0)?;
+        let e = self.table.entries[i];
+        Some(self.prefix(i, e.uva, e.uva_end, va.0, len))
+    }
+
+    /// The guest-physical address of a frontend VA (e.g. to log writes to a ring given by VA).
+    pub fn fva_to_gpa(&self, va: FrontendVa) -> Option<Gpa> {
+        let i = self.find_uva(va.0)?;
+        let e = &self.table.entries[i];
+        Some(Gpa(e.gpa + (va.0 - e.uva)))
+    }
+
+    /// Iterates over the host pieces of `[gpa, gpa + len)`, one per region crossed. Yields
+    /// `Err(first unmapped gpa)` once and stops if the range runs into unmapped space.
+    pub fn gpa_chunks(&self, gpa: Gpa, len: u64) -> GpaChunks<'_> {
+        GpaChunks {
+            mem: self,
+            cache: TranslationCache::new(),
+            gpa: gpa.0,
+            remaining: len,
+            failed: false,
+        }
+    }
+}
+
+/// Iterator of [`GuestMemory::gpa_chunks`].
+#[derive(Debug)]
+pub struct GpaChunks<'a> {
+    mem: &'a GuestMemory,
+    cache: TranslationCache,
+    gpa: u64,
+    remaining: u64,
+    failed: bool,
+}
+
+impl GpaChunks<'_> {
+    /// Bytes not yet yielded.
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
+}
+
+impl<'a> Iterator for GpaChunks<'a> {
+    type Item = Result<GuestSlice<'a>, Gpa>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.remaining == 0 {
+            return None;
+        }
+        let mem: &'a GuestMemory = self.mem;
+        match mem.gpa_to_host_prefix_cached(&mut self.cache, Gpa(self.gpa), self.remaining) {
+            Some(s) => {
+                let n = s.len() as u64;
+                self.remaining -= n;
+                // n <= region end - gpa, and region ends fit in u64.
+                self.gpa += n;
+                Some(Ok(s))
+            }
+            None => {
+                self.failed = true;
+                Some(Err(Gpa(self.gpa)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
