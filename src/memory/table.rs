@@ -477,3 +477,54 @@ impl<'a> Iterator for GpaChunks<'a> {
 
 #[cfg(test)]
 mod tests;
+
+/// A validated range of guest memory that keeps its table mapped: what a virtqueue stores for
+/// its rings, so the data plane need not translate them again each burst.
+#[derive(Clone, Debug)]
+pub struct GuestArea {
+    mem: GuestMemory,
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a GuestArea is an address range inside a mapping owned by `mem` (Send + Sync); all
+// access goes through GuestSlice, whose operations are raw/volatile/atomic.
+unsafe impl Send for GuestArea {}
+// SAFETY: as for Send; it hands out only GuestSlices.
+unsafe impl Sync for GuestArea {}
+
+impl GuestArea {
+    /// The range as a slice, valid while `self` lives.
+    #[inline]
+    pub fn slice(&self) -> GuestSlice<'_> {
+        // SAFETY: ptr/len came from a GuestSlice of `self.mem`'s table, whose regions stay
+        // mapped while `self.mem` (an Arc clone of the table) lives, i.e. for the borrow.
+        unsafe { GuestSlice::from_raw(self.ptr, self.len) }
+    }
+
+    /// The table the range belongs to.
+    pub fn memory(&self) -> &GuestMemory {
+        &self.mem
+    }
+}
+
+impl GuestMemory {
+    fn area(&self, s: Option<GuestSlice<'_>>) -> Option<GuestArea> {
+        let s = s?;
+        Some(GuestArea {
+            mem: self.clone(),
+            ptr: std::ptr::NonNull::new(s.as_ptr())?,
+            len: s.len(),
+        })
+    }
+
+    /// Like [`fva_to_host`](Self::fva_to_host), as an owned [`GuestArea`].
+    pub fn fva_area(&self, va: FrontendVa, len: u64) -> Option<GuestArea> {
+        self.area(self.fva_to_host(va, len))
+    }
+
+    /// Like [`gpa_to_host`](Self::gpa_to_host), as an owned [`GuestArea`].
+    pub fn gpa_area(&self, gpa: Gpa, len: u64) -> Option<GuestArea> {
+        self.area(self.gpa_to_host(gpa, len))
+    }
+}

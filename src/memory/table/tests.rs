@@ -640,3 +640,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn guest_area_keeps_its_table_mapped() {
+    let name = unique_name("area");
+    let fd = memfd(&name, 0x20000);
+    let mem = three(&fd);
+    let area = mem.fva_area(FrontendVa(0x7f00_0000_0000 + 0x100), 0x200).unwrap();
+    let by_gpa = mem.gpa_area(Gpa(0x100), 0x200).unwrap();
+    assert_eq!(area.slice().as_ptr(), by_gpa.slice().as_ptr());
+    assert!(mem.fva_area(FrontendVa(0x7f00_0000_0000 + 0x9f00), 0x200).is_none());
+    assert!(mem.gpa_area(Gpa(0xa000), 1).is_none());
+    drop(mem);
+    drop(by_gpa);
+    // The table is gone from every other holder; the area still maps it.
+    assert!(mapped_bytes_named(&name) > 0);
+    area.slice().write_at(0, b"ring").unwrap();
+    let mut back = [0u8; 4];
+    area.slice().read_at(0, &mut back).unwrap();
+    assert_eq!(&back, b"ring");
+    drop(area);
+    assert_eq!(mapped_bytes_named(&name), 0);
+}
