@@ -6,3 +6,4 @@ pub mod features;
 pub mod lcore;
 pub mod mbuf;
 pub mod memory;
+pub mod virtq;

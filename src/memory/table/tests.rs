@@ -646,10 +646,15 @@ fn guest_area_keeps_its_table_mapped() {
     let name = unique_name("area");
     let fd = memfd(&name, 0x20000);
     let mem = three(&fd);
-    let area = mem.fva_area(FrontendVa(0x7f00_0000_0000 + 0x100), 0x200).unwrap();
+    let area = mem
+        .fva_area(FrontendVa(0x7f00_0000_0000 + 0x100), 0x200)
+        .unwrap();
     let by_gpa = mem.gpa_area(Gpa(0x100), 0x200).unwrap();
     assert_eq!(area.slice().as_ptr(), by_gpa.slice().as_ptr());
-    assert!(mem.fva_area(FrontendVa(0x7f00_0000_0000 + 0x9f00), 0x200).is_none());
+    assert!(
+        mem.fva_area(FrontendVa(0x7f00_0000_0000 + 0x9f00), 0x200)
+            .is_none()
+    );
     assert!(mem.gpa_area(Gpa(0xa000), 1).is_none());
     drop(mem);
     drop(by_gpa);

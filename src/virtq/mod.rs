@@ -1,0 +1,220 @@
+//! Virtqueue state shared by the control plane and the data plane.
+//!
+//! Each queue of a device is a [`Vring`] behind its own mutex. The control thread takes the
+//! lock while a request changes what the data plane reads (addresses, base, memory table,
+//! features, enable); the data plane takes it with `try_lock` once per burst and does nothing
+//! when it cannot.
+//!
+//! Ring addresses are validated once, when they are set or when the memory table changes
+//! (virtio 1.2 §2.7: descriptor table 16-byte aligned, available ring 2-byte aligned, used ring
+//! 4-byte aligned; each ring must lie in one region), and kept as [`GuestArea`]s, so the data
+//! plane never translates them again.
+
+use std::os::fd::OwnedFd;
+
+use thiserror::Error;
+
+use crate::features::VIRTIO_RING_F_EVENT_IDX;
+use crate::memory::{FrontendVa, GuestArea, GuestMemory};
+
+/// Largest queue size a split ring may have (virtio 1.2 §2.7).
+pub const MAX_QUEUE_SIZE: u32 = 32768;
+
+/// Size of a split-ring descriptor (`struct virtq_desc`).
+pub const DESC_SIZE: u64 = 16;
+
+/// What SET_VRING_ADDR carried: the three rings as frontend virtual addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VringAddrs {
+    /// VHOST_VRING_F_LOG etc.
+    pub flags: u32,
+    /// Descriptor table.
+    pub desc: FrontendVa,
+    /// Used ring.
+    pub used: FrontendVa,
+    /// Available ring.
+    pub avail: FrontendVa,
+    /// Guest address for used-ring dirty logging (unused: logging is not supported).
+    pub log: u64,
+}
+
+/// A queue's rings, translated and checked against its size and the memory table.
+#[derive(Debug, Clone)]
+pub struct SplitRings {
+    /// `struct virtq_desc[size]`.
+    pub desc: GuestArea,
+    /// `struct virtq_avail` (flags, idx, ring[size], used_event).
+    pub avail: GuestArea,
+    /// `struct virtq_used` (flags, idx, ring[size], avail_event).
+    pub used: GuestArea,
+}
+
+/// Why a queue's configuration was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum VringError {
+    /// Size zero, not a power of two, or above 32768.
+    #[error("queue size {0} is not a power of two in 1..=32768")]
+    BadSize(u32),
+    /// A ring address is not aligned as the spec requires.
+    #[error("{ring} ring address {addr:#x} is not {align}-byte aligned")]
+    Misaligned {
+        /// Which ring.
+        ring: &'static str,
+        /// The address.
+        addr: u64,
+        /// Required alignment.
+        align: u64,
+    },
+    /// A ring does not lie inside one memory region.
+    #[error("{ring} ring [{addr:#x}, +{len:#x}) is not inside one memory region")]
+    Unmapped {
+        /// Which ring.
+        ring: &'static str,
+        /// Its frontend address.
+        addr: u64,
+        /// Its length for the queue size.
+        len: u64,
+    },
+    /// SET_VRING_BASE with an index beyond what a split ring allows.
+    #[error("ring base {0} is out of range")]
+    BadBase(u32),
+}
+
+/// One virtqueue's state.
+#[derive(Debug, Default)]
+pub struct Vring {
+    /// Queue size (SET_VRING_NUM); 0 until set.
+    pub size: u16,
+    /// Ring addresses (SET_VRING_ADDR).
+    pub addrs: Option<VringAddrs>,
+    /// Translated rings; `Some` only when size, addresses and memory agree.
+    pub rings: Option<SplitRings>,
+    /// The memory table the rings and descriptors are translated with.
+    pub mem: GuestMemory,
+    /// Next available-ring index to process (SET_VRING_BASE / GET_VRING_BASE).
+    pub last_avail_idx: u16,
+    /// Next used-ring index to write.
+    pub last_used_idx: u16,
+    /// Kick eventfd (frontend → backend); `None` with `kick_set` means polling mode.
+    pub kick: Option<OwnedFd>,
+    /// SET_VRING_KICK was received (with an fd or the no-fd flag).
+    pub kick_set: bool,
+    /// Call eventfd (backend → frontend); `None` with `call_set` means no interrupts.
+    pub call: Option<OwnedFd>,
+    /// SET_VRING_CALL was received.
+    pub call_set: bool,
+    /// Error eventfd.
+    pub err: Option<OwnedFd>,
+    /// Enabled (SET_VRING_ENABLE, or by the first kick without PROTOCOL_FEATURES).
+    pub enabled: bool,
+    /// Started by a kick and not stopped by GET_VRING_BASE since.
+    pub started: bool,
+    /// Negotiated virtio features, for ring layout (EVENT_IDX) and the data path.
+    pub features: u64,
+    /// Marked broken by the data path (a hostile chain); cleared by a new base.
+    pub broken: bool,
+}
+
+impl Vring {
+    /// Sets the queue size, checking the split-ring rules.
+    pub fn set_size(&mut self, num: u32) -> Result<(), VringError> {
+        if num == 0 || num > MAX_QUEUE_SIZE || !num.is_power_of_two() {
+            return Err(VringError::BadSize(num));
+        }
+        // num <= 32768 fits in u16. The ring lengths depend on the size: translate again.
+        self.size = num as u16;
+        self.translate()
+    }
+
+    /// Sets the ring addresses after checking their alignment, and translates them if the
+    /// size and a memory table are known.
+    pub fn set_addrs(&mut self, addrs: VringAddrs) -> Result<(), VringError> {
+        for (ring, addr, align) in [
+            ("descriptor", addrs.desc.raw(), 16),
+            ("available", addrs.avail.raw(), 2),
+            ("used", addrs.used.raw(), 4),
+        ] {
+            if addr % align != 0 {
+                return Err(VringError::Misaligned { ring, addr, align });
+            }
+        }
+        self.addrs = Some(addrs);
+        self.rings = None;
+        self.translate()
+    }
+
+    /// Sets the next available index (split ring: the low 16 bits; the rest must be zero).
+    pub fn set_base(&mut self, num: u32) -> Result<(), VringError> {
+        let base = u16::try_from(num).map_err(|_| VringError::BadBase(num))?;
+        self.last_avail_idx = base;
+        self.last_used_idx = base;
+        self.broken = false;
+        Ok(())
+    }
+
+    /// Replaces the memory table and re-translates the rings with it.
+    pub fn set_memory(&mut self, mem: GuestMemory) -> Result<(), VringError> {
+        self.mem = mem;
+        self.rings = None;
+        self.translate()
+    }
+
+    /// Byte lengths of (descriptor table, available ring, used ring) for the current size.
+    pub fn ring_lengths(&self) -> (u64, u64, u64) {
+        let n = u64::from(self.size);
+        let event = if self.features & VIRTIO_RING_F_EVENT_IDX != 0 {
+            2
+        } else {
+            0
+        };
+        (DESC_SIZE * n, 4 + 2 * n + event, 4 + 8 * n + event)
+    }
+
+    /// Translates the rings if size, addresses and memory are all set. An address that is
+    /// not inside one region is an error; a missing piece is not (it may come later).
+    pub fn translate(&mut self) -> Result<(), VringError> {
+        self.rings = None;
+        let Some(a) = self.addrs else { return Ok(()) };
+        if self.size == 0 || self.mem.is_empty() {
+            return Ok(());
+        }
+        let (dl, al, ul) = self.ring_lengths();
+        let area = |ring, va: FrontendVa, len| {
+            self.mem.fva_area(va, len).ok_or(VringError::Unmapped {
+                ring,
+                addr: va.raw(),
+                len,
+            })
+        };
+        let rings = SplitRings {
+            desc: area("descriptor", a.desc, dl)?,
+            avail: area("available", a.avail, al)?,
+            used: area("used", a.used, ul)?,
+        };
+        self.rings = Some(rings);
+        Ok(())
+    }
+
+    /// Sets the negotiated features (the used/avail ring lengths depend on EVENT_IDX).
+    pub fn set_features(&mut self, features: u64) -> Result<(), VringError> {
+        self.features = features;
+        self.translate()
+    }
+
+    /// Ready for the data plane: rings translated, kick and call set, enabled.
+    pub fn is_ready(&self) -> bool {
+        self.rings.is_some() && self.kick_set && self.call_set && self.enabled
+    }
+
+    /// Back to the state of a fresh queue, keeping the memory table.
+    pub fn reset(&mut self) {
+        let mem = std::mem::take(&mut self.mem);
+        *self = Vring {
+            mem,
+            ..Vring::default()
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests;
