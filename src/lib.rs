@@ -1,9 +1,11 @@
 //! rvhost: a vhost-user backend library.
 //!
-//! See `DESIGN.md` for the map of the system.
+//! See `DESIGN.md` for the map of the system. The entry point is [`driver::Driver`].
 
+pub mod driver;
 pub mod features;
 pub mod lcore;
 pub mod mbuf;
 pub mod memory;
+pub mod protocol;
 pub mod virtq;

@@ -1,0 +1,241 @@
+//! A connected vhost-user device: the handle the application and the data plane hold
+//! ([`Device`]) and the state only the control thread touches ([`DeviceState`]).
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+
+use crate::memory::{GuestMemory, GuestRegion, MemoryLimits};
+use crate::virtq::Vring;
+
+use super::SocketConfig;
+
+/// Most queue pairs a device may have (DPDK's `VHOST_MAX_QUEUE_PAIRS`).
+pub const MAX_QUEUE_PAIRS: u16 = 128;
+
+/// Process-wide id of a connection (DPDK's `vid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId(pub u32);
+
+impl std::fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "vid {}", self.0)
+    }
+}
+
+/// What the control thread publishes and the data plane and application read.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub id: DeviceId,
+    pub path: PathBuf,
+    pub queues: Box<[Mutex<Vring>]>,
+    pub features: AtomicU64,
+    pub protocol_features: AtomicU64,
+    pub mtu: AtomicU16,
+    pub status: AtomicU8,
+    /// Highest vring index configured + 1.
+    pub nr_vrings: AtomicU16,
+    /// MAC from SEND_RARP, to be announced by the data path.
+    pub rarp: Mutex<Option<[u8; 6]>>,
+}
+
+/// A device (one frontend connection). Cheap to clone; valid for the data plane between the
+/// `new_device` and `destroy_device` callbacks, and for queries until `destroy_connection`.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Device {
+    /// The device id.
+    pub fn id(&self) -> DeviceId {
+        self.shared.id
+    }
+
+    /// The socket path the frontend connected through.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Negotiated virtio features.
+    pub fn features(&self) -> u64 {
+        // Relaxed: a plain value published before the callbacks that announce it (the
+        // callback is called after the store, on the same thread as the store).
+        self.shared.features.load(Ordering::Relaxed)
+    }
+
+    /// Negotiated vhost-user protocol features.
+    pub fn protocol_features(&self) -> u64 {
+        self.shared.protocol_features.load(Ordering::Relaxed)
+    }
+
+    /// MTU set by NET_SET_MTU (0 if none).
+    pub fn mtu(&self) -> u16 {
+        self.shared.mtu.load(Ordering::Relaxed)
+    }
+
+    /// Device status byte (SET_STATUS).
+    pub fn status(&self) -> u8 {
+        self.shared.status.load(Ordering::Relaxed)
+    }
+
+    /// Number of vrings the frontend configured (highest index + 1).
+    pub fn vring_count(&self) -> u16 {
+        self.shared.nr_vrings.load(Ordering::Relaxed)
+    }
+
+    /// Number of vrings allocated (twice the queue pairs offered).
+    pub fn max_vrings(&self) -> usize {
+        self.shared.queues.len()
+    }
+
+    /// Tries to lock vring `index` for one burst. `None` if the index is out of range or the
+    /// control thread holds it (the caller skips the burst; it must never block).
+    #[inline]
+    pub fn try_lock_vring(&self, index: usize) -> Option<MutexGuard<'_, Vring>> {
+        match self.shared.queues.get(index)?.try_lock() {
+            Ok(g) => Some(g),
+            // A worker that panicked mid-burst leaves plain data behind; the state is still
+            // consistent at field level, and the control plane resets it on the next change.
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Takes (and clears) the MAC address of a pending SEND_RARP.
+    pub fn take_rarp(&self) -> Option<[u8; 6]> {
+        lock(&self.shared.rarp).take()
+    }
+
+    /// Locks vring `index`, waiting for the data plane's burst to finish (control plane).
+    pub(crate) fn lock_vring(&self, index: usize) -> Option<MutexGuard<'_, Vring>> {
+        self.shared.queues.get(index).map(lock)
+    }
+}
+
+/// Locks a mutex, taking over a poisoned one (its data is plain state, see above).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The shared-memory area of GET/SET_INFLIGHT_FD. Kept mapped for the connection's life so
+/// the frontend can hand it back after a reconnect; the data path does not record inflight
+/// descriptors in it yet (that is the data-path issue's).
+#[derive(Debug)]
+#[allow(dead_code)]
+pub(crate) struct Inflight {
+    pub region: GuestRegion,
+    pub num_queues: u16,
+    pub queue_size: u16,
+}
+
+/// Control-thread state of one connection.
+pub(crate) struct DeviceState {
+    pub dev: Device,
+    pub cfg: SocketConfig,
+    pub owner: bool,
+    pub features: u64,
+    pub protocol_features: u64,
+    pub mem: GuestMemory,
+    pub limits: MemoryLimits,
+    pub status: u8,
+    /// new_device returned Ok and destroy_device was not called since.
+    pub running: bool,
+    /// Enabled state last reported per vring with vring_state_changed.
+    pub notified: Vec<bool>,
+    pub backend_req: Option<UnixStream>,
+    pub inflight: Option<Inflight>,
+}
+
+impl DeviceState {
+    pub fn new(id: DeviceId, cfg: SocketConfig) -> DeviceState {
+        let nvrings = usize::from(cfg.max_queue_pairs) * 2;
+        let queues: Box<[Mutex<Vring>]> = (0..nvrings).map(|_| Mutex::default()).collect();
+        let limits = MemoryLimits::default();
+        DeviceState {
+            dev: Device {
+                shared: Arc::new(Shared {
+                    id,
+                    path: cfg.path.clone(),
+                    queues,
+                    features: AtomicU64::new(0),
+                    protocol_features: AtomicU64::new(0),
+                    mtu: AtomicU16::new(0),
+                    status: AtomicU8::new(0),
+                    nr_vrings: AtomicU16::new(0),
+                    rarp: Mutex::new(None),
+                }),
+            },
+            cfg,
+            owner: false,
+            features: 0,
+            protocol_features: 0,
+            mem: GuestMemory::empty(limits),
+            limits,
+            status: 0,
+            running: false,
+            notified: vec![false; nvrings],
+            backend_req: None,
+            inflight: None,
+        }
+    }
+
+    /// True if protocol feature `mask` was negotiated.
+    pub fn has_protocol(&self, mask: u64) -> bool {
+        self.protocol_features & mask != 0
+    }
+
+    /// Publishes the negotiated feature sets to the [`Device`] handle.
+    pub fn publish(&self) {
+        let s = &self.dev.shared;
+        s.features.store(self.features, Ordering::Relaxed);
+        s.protocol_features
+            .store(self.protocol_features, Ordering::Relaxed);
+        s.status.store(self.status, Ordering::Relaxed);
+    }
+
+    /// Records that vring `index` was configured.
+    pub fn touch_vring(&self, index: usize) {
+        let n = u16::try_from(index + 1).unwrap_or(u16::MAX);
+        self.dev.shared.nr_vrings.fetch_max(n, Ordering::Relaxed);
+    }
+
+    /// DPDK's `virtio_is_ready`: the first queue pair is ready, a memory table is set, and
+    /// DRIVER_OK is set if STATUS was negotiated.
+    pub fn is_ready(&self) -> bool {
+        use crate::features::protocol::STATUS;
+        const DRIVER_OK: u8 = 4;
+        if self.mem.is_empty() {
+            return false;
+        }
+        if self.has_protocol(STATUS) && self.status & DRIVER_OK == 0 {
+            return false;
+        }
+        (0..2).all(|i| self.dev.lock_vring(i).is_some_and(|vq| vq.is_ready()))
+    }
+
+    /// Resets every vring (keeping the memory table) and the readiness bookkeeping.
+    pub fn reset_vrings(&mut self) {
+        for q in self.dev.shared.queues.iter() {
+            lock(q).reset();
+        }
+        self.notified.iter_mut().for_each(|n| *n = false);
+        self.dev.shared.nr_vrings.store(0, Ordering::Relaxed);
+    }
+
+    /// Installs a new memory table on the device and every vring. Rings that no longer
+    /// translate are left unready (with a warning) until the frontend sets them again.
+    pub fn set_memory(&mut self, mem: GuestMemory) {
+        for (i, q) in self.dev.shared.queues.iter().enumerate() {
+            let mut vq = lock(q);
+            let had_rings = vq.addrs.is_some();
+            if let Err(e) = vq.set_memory(mem.clone()) {
+                if had_rings {
+                    log::warn!("{}: vring {i} after memory change: {e}", self.dev.id());
+                }
+            }
+        }
+        self.mem = mem;
+    }
+}

@@ -1,0 +1,805 @@
+//! One small function per front-end request, and the table that maps requests to them.
+//!
+//! The [`policy`](super::policy) table has already checked a message's header, size and fd
+//! count when a handler runs; the handler parses the payload, checks what depends on device
+//! state (indexes, negotiated features, address ranges), and changes the state. A handler that
+//! returns `Err` closes the connection; [`Outcome::Failed`] answers a failure status (with
+//! REPLY_ACK) and keeps it open.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+
+use thiserror::Error;
+
+use super::conn::Message;
+use super::error::ProtocolError;
+use super::message::FrontendReq;
+use super::payload::{
+    Config, InflightInfo, MemoryTable, Payload, SingleMemRegion, VringAddr, VringFile, VringState,
+};
+use crate::driver::device::{DeviceState, Inflight, MAX_QUEUE_PAIRS, lock};
+use crate::features::{VHOST_USER_F_PROTOCOL_FEATURES, protocol as pf};
+use crate::memory::{
+    FrontendVa, GuestMemory, GuestRegion, MapOptions, MemoryError, RegionDesc,
+    VHOST_USER_MAX_MEM_SLOTS,
+};
+use crate::virtq::{MAX_QUEUE_SIZE, VringAddrs, VringError};
+
+/// Why a request closes its connection.
+#[derive(Debug, Error)]
+pub enum HandlerError {
+    /// The message itself is malformed.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// A memory region or table was refused.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// A vring setting was refused.
+    #[error("vring {index}: {source}")]
+    Vring {
+        /// The vring.
+        index: u32,
+        /// What is wrong.
+        #[source]
+        source: VringError,
+    },
+    /// A vring index beyond the device's queues.
+    #[error("vring index {index} out of range (device has {max} vrings)")]
+    VringIndex {
+        /// The index sent.
+        index: u32,
+        /// Vrings the device has.
+        max: usize,
+    },
+    /// The request is not valid in the device's current state.
+    #[error("{request}: {reason}")]
+    State {
+        /// The request name.
+        request: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A request this backend does not implement and cannot answer meaningfully.
+    #[error("{0} is not supported (its protocol feature is not offered)")]
+    Unsupported(&'static str),
+}
+
+/// What a handler produced.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Done; acknowledged with status 0 if the frontend asked (NEED_REPLY).
+    Done,
+    /// The request's reply payload and fds (requests that always reply).
+    Reply(Vec<u8>, Vec<OwnedFd>),
+    /// Refused without closing: a failure status if the frontend asked for one.
+    Failed(String),
+}
+
+/// Side effects the caller runs after the handler, with no locks held.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Negotiated features changed (for `features_changed`).
+    pub features_changed: Option<u64>,
+}
+
+type Handler = fn(&mut DeviceState, &mut Message, &mut Effects) -> Result<Outcome, HandlerError>;
+
+/// One row of the table: the handler, and whether SET_OWNER must have come first.
+pub struct Row {
+    /// The handler.
+    pub handler: Handler,
+    /// The request changes device state, so it needs an owner.
+    pub needs_owner: bool,
+    /// The device must stop (destroy_device) before the handler runs.
+    pub stops_device: bool,
+}
+
+/// The table of handlers.
+pub fn row(req: FrontendReq) -> Row {
+    use FrontendReq as R;
+    let (handler, needs_owner, stops_device): (Handler, bool, bool) = match req {
+        R::GetFeatures => (get_features, false, false),
+        R::SetFeatures => (set_features, true, false),
+        R::SetOwner => (set_owner, false, false),
+        R::ResetOwner => (reset_owner, false, true),
+        R::SetMemTable => (set_mem_table, true, false),
+        R::SetVringNum => (set_vring_num, true, false),
+        R::SetVringAddr => (set_vring_addr, true, false),
+        R::SetVringBase => (set_vring_base, true, false),
+        R::GetVringBase => (get_vring_base, true, true),
+        R::SetVringKick => (set_vring_kick, true, false),
+        R::SetVringCall => (set_vring_call, true, false),
+        R::SetVringErr => (set_vring_err, true, false),
+        R::GetProtocolFeatures => (get_protocol_features, false, false),
+        R::SetProtocolFeatures => (set_protocol_features, false, false),
+        R::GetQueueNum => (get_queue_num, false, false),
+        R::SetVringEnable => (set_vring_enable, true, false),
+        R::SendRarp => (send_rarp, true, false),
+        R::NetSetMtu => (net_set_mtu, true, false),
+        R::SetBackendReqFd => (set_backend_req_fd, false, false),
+        R::GetConfig => (get_config, false, false),
+        R::SetConfig => (set_config, true, false),
+        R::GetInflightFd => (get_inflight_fd, true, false),
+        R::SetInflightFd => (set_inflight_fd, true, false),
+        R::ResetDevice => (reset_device, false, true),
+        R::GetMaxMemSlots => (get_max_mem_slots, false, false),
+        R::AddMemReg => (add_mem_reg, true, false),
+        R::RemMemReg => (rem_mem_reg, true, false),
+        R::SetStatus => (set_status, false, false),
+        R::GetStatus => (get_status, false, false),
+        _ => (unsupported, false, false),
+    };
+    Row {
+        handler,
+        needs_owner,
+        stops_device,
+    }
+}
+
+fn parse<T: Payload>(msg: &Message) -> Result<T, HandlerError> {
+    Ok(msg.parse_payload::<T>()?)
+}
+
+fn reply_u64(v: u64) -> Outcome {
+    Outcome::Reply(v.to_ne_bytes().to_vec(), Vec::new())
+}
+
+fn state_err(req: FrontendReq, reason: impl Into<String>) -> HandlerError {
+    HandlerError::State {
+        request: req.name(),
+        reason: reason.into(),
+    }
+}
+
+/// Checks a vring index against the device's queues.
+fn vring_index(dev: &DeviceState, index: u32) -> Result<usize, HandlerError> {
+    let max = dev.dev.max_vrings();
+    match usize::try_from(index) {
+        Ok(i) if i < max => Ok(i),
+        _ => Err(HandlerError::VringIndex { index, max }),
+    }
+}
+
+fn vring_err(index: usize) -> impl FnOnce(VringError) -> HandlerError {
+    move |source| HandlerError::Vring {
+        index: index as u32,
+        source,
+    }
+}
+
+fn get_features(
+    dev: &mut DeviceState,
+    _: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    Ok(reply_u64(dev.cfg.features))
+}
+
+fn set_features(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    fx: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    let features: u64 = parse(msg)?;
+    let extra = features & !dev.cfg.features;
+    if extra != 0 {
+        return Err(state_err(
+            FrontendReq::SetFeatures,
+            format!(
+                "features {extra:#x} were not offered (offered {:#x})",
+                dev.cfg.features
+            ),
+        ));
+    }
+    if dev.running && features != dev.features {
+        fx.features_changed = Some(features);
+    }
+    dev.features = features;
+    for (i, q) in dev.dev.shared.queues.iter().enumerate() {
+        let mut vq = lock(q);
+        if let Err(e) = vq.set_features(features) {
+            log::warn!("{}: vring {i} after SET_FEATURES: {e}", dev.dev.id());
+        }
+    }
+    dev.publish();
+    Ok(Outcome::Done)
+}
+
+fn set_owner(
+    dev: &mut DeviceState,
+    _: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    dev.owner = true;
+    Ok(Outcome::Done)
+}
+
+fn reset_owner(
+    dev: &mut DeviceState,
+    _: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    // As DPDK: forget everything negotiated, the memory table and the rings.
+    dev.reset_vrings();
+    dev.set_memory(GuestMemory::empty(dev.limits));
+    dev.features = 0;
+    dev.protocol_features = 0;
+    dev.status = 0;
+    dev.owner = false;
+    dev.inflight = None;
+    dev.publish();
+    Ok(Outcome::Done)
+}
+
+fn reset_device(
+    dev: &mut DeviceState,
+    _: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    // The spec keeps ownership (and with it the negotiated protocol features and the
+    // backend channel); rings, features and status go back to their initial state.
+    dev.reset_vrings();
+    dev.features = 0;
+    dev.status = 0;
+    dev.inflight = None;
+    dev.publish();
+    Ok(Outcome::Done)
+}
+
+/// Maps every region of a table, each with its fd. Nothing is kept if one fails.
+fn map_regions(
+    dev: &DeviceState,
+    regions: &[super::payload::MemoryRegion],
+    fds: Vec<OwnedFd>,
+) -> Result<GuestMemory, HandlerError> {
+    let mapped = regions
+        .iter()
+        .zip(fds)
+        .map(|(r, fd)| GuestRegion::map(fd, desc_of(r), map_options(dev)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(GuestMemory::new(mapped, dev.limits)?)
+}
+
+fn desc_of(r: &super::payload::MemoryRegion) -> RegionDesc {
+    RegionDesc {
+        guest_phys_addr: r.guest_phys_addr,
+        memory_size: r.memory_size,
+        userspace_addr: r.userspace_addr,
+        mmap_offset: r.mmap_offset,
+    }
+}
+
+fn map_options(_dev: &DeviceState) -> MapOptions {
+    // Populate/lock is for the async (DMA) path, which is not built yet.
+    MapOptions::new()
+}
+
+fn set_mem_table(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    let table: MemoryTable = parse(msg)?;
+    if table.regions.len() != msg.fds.len() {
+        return Err(state_err(
+            FrontendReq::SetMemTable,
+            format!("{} regions but {} fds", table.regions.len(), msg.fds.len()),
+        ));
+    }
+    // QEMU re-sends identical tables; keep the mapping (the new fds are closed on drop).
+    let same = dev.mem.len() == table.regions.len()
+        && table
+            .regions
+            .iter()
+            .all(|r| dev.mem.find_region(&desc_of(r)).is_some());
+    if same && !dev.mem.is_empty() {
+        return Ok(Outcome::Done);
+    }
+    let mem = map_regions(dev, &table.regions, std::mem::take(&mut msg.fds))?;
+    dev.set_memory(mem);
+    Ok(Outcome::Done)
+}
+
+fn add_mem_reg(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    require_protocol(dev, FrontendReq::AddMemReg, pf::CONFIGURE_MEM_SLOTS)?;
+    let reg: SingleMemRegion = parse(msg)?;
+    let desc = desc_of(&reg.region);
+    dev.mem.check_add(&desc)?;
+    let fd = msg
+        .take_fd()
+        .ok_or_else(|| state_err(FrontendReq::AddMemReg, "no fd"))?;
+    let region = GuestRegion::map(fd, desc, map_options(dev))?;
+    let mem = dev.mem.with_added(region)?;
+    dev.set_memory(mem);
+    Ok(Outcome::Done)
+}
+
+fn rem_mem_reg(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    require_protocol(dev, FrontendReq::RemMemReg, pf::CONFIGURE_MEM_SLOTS)?;
+    let reg: SingleMemRegion = parse(msg)?;
+    // A stray fd is closed unused (spec), by dropping the message's fds.
+    msg.fds.clear();
+    let (mem, _removed) = dev.mem.with_removed(&desc_of(&reg.region))?;
+    dev.set_memory(mem);
+    Ok(Outcome::Done)
+}
+
+fn get_max_mem_slots(
+    _: &mut DeviceState,
+    _: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    Ok(reply_u64(VHOST_USER_MAX_MEM_SLOTS as u64))
+}
+
+fn set_vring_num(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    let s: VringState = parse(msg)?;
+    let i = vring_index(dev, s.index)?;
+    let mut vq = lock(&dev.dev.shared.queues[i]);
+    vq.set_size(s.num).map_err(vring_err(i))?;
+    drop(vq);
+    dev.touch_vring(i);
+    Ok(Outcome::Done)
+}
+
+fn set_vring_addr(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    let a: VringAddr = parse(msg)?;
+    let i = vring_index(dev, a.index)?;
+    let addrs = VringAddrs {
+        flags: a.flags,
+        desc: FrontendVa(a.desc_user_addr),
+        used: FrontendVa(a.used_user_addr),
+        avail: FrontendVa(a.avail_user_addr),
+        log: a.log_guest_addr,
+    };
+    lock(&dev.dev.shared.queues[i])
+        .set_addrs(addrs)
+        .map_err(vring_err(i))?;
+    dev.touch_vring(i);
+    Ok(Outcome::Done)
+}
+
+fn set_vring_base(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    let s: VringState = parse(msg)?;
+    let i = vring_index(dev, s.index)?;
+    lock(&dev.dev.shared.queues[i])
+        .set_base(s.num)
+        .map_err(vring_err(i))?;
+    Ok(Outcome::Done)
+}
+
+fn get_vring_base(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    let s: VringState = parse(msg)?;
+    let i = vring_index(dev, s.index)?;
+    let mut vq = lock(&dev.dev.shared.queues[i]);
+    if !vq.started && vq.addrs.is_none() && vq.size == 0 && !vq.kick_set {
+        return Err(state_err(
+            FrontendReq::GetVringBase,
+            format!("vring {i} was never set up"),
+        ));
+    }
+    let base = vq.last_avail_idx;
+    // Stop the ring as DPDK does: forget kick and call and the translated rings; size, base
+    // and enable state stay until the frontend sets them again.
+    vq.started = false;
+    vq.kick = None;
+    vq.kick_set = false;
+    vq.call = None;
+    vq.call_set = false;
+    vq.addrs = None;
+    vq.rings = None;
+    drop(vq);
+    let reply = VringState {
+        index: s.index,
+        num: u32::from(base),
+    };
+    Ok(Outcome::Reply(reply.to_bytes(), Vec::new()))
+}
+
+/// Parses a SET_VRING_KICK/CALL/ERR payload and takes its fd (policy checked the count).
+fn vring_file(
+    dev: &DeviceState,
+    msg: &mut Message,
+) -> Result<(usize, Option<OwnedFd>), HandlerError> {
+    let f: VringFile = parse(msg)?;
+    let i = vring_index(dev, u32::from(f.index))?;
+    let fd = if f.no_fd { None } else { msg.take_fd() };
+    Ok((i, fd))
+}
+
+fn set_vring_kick(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    let (i, fd) = vring_file(dev, msg)?;
+    let mut vq = lock(&dev.dev.shared.queues[i]);
+    vq.kick = fd;
+    vq.kick_set = true;
+    vq.started = true;
+    // Without PROTOCOL_FEATURES a ring is enabled as soon as it starts (spec).
+    if dev.features & VHOST_USER_F_PROTOCOL_FEATURES == 0 {
+        vq.enabled = true;
+    }
+    drop(vq);
+    dev.touch_vring(i);
+    Ok(Outcome::Done)
+}
+
+fn set_vring_call(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    let (i, fd) = vring_file(dev, msg)?;
+    let mut vq = lock(&dev.dev.shared.queues[i]);
+    vq.call = fd;
+    vq.call_set = true;
+    Ok(Outcome::Done)
+}
+
+fn set_vring_err(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    let (i, fd) = vring_file(dev, msg)?;
+    lock(&dev.dev.shared.queues[i]).err = fd;
+    Ok(Outcome::Done)
+}
+
+fn set_vring_enable(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    let s: VringState = parse(msg)?;
+    let i = vring_index(dev, s.index)?;
+    let enable = match s.num {
+        0 => false,
+        1 => true,
+        n => {
+            return Err(state_err(
+                FrontendReq::SetVringEnable,
+                format!("enable value {n} is neither 0 nor 1"),
+            ));
+        }
+    };
+    lock(&dev.dev.shared.queues[i]).enabled = enable;
+    dev.touch_vring(i);
+    Ok(Outcome::Done)
+}
+
+fn get_protocol_features(
+    dev: &mut DeviceState,
+    _: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    Ok(reply_u64(dev.cfg.protocol_features))
+}
+
+fn set_protocol_features(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    let features: u64 = parse(msg)?;
+    let extra = features & !dev.cfg.protocol_features;
+    if extra != 0 {
+        return Err(state_err(
+            FrontendReq::SetProtocolFeatures,
+            format!("protocol features {extra:#x} were not offered"),
+        ));
+    }
+    dev.protocol_features = features;
+    dev.publish();
+    Ok(Outcome::Done)
+}
+
+fn get_queue_num(
+    dev: &mut DeviceState,
+    _: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    Ok(reply_u64(u64::from(
+        dev.cfg.max_queue_pairs.min(MAX_QUEUE_PAIRS),
+    )))
+}
+
+fn send_rarp(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    let mac: super::payload::RarpMac = parse(msg)?;
+    *lock(&dev.dev.shared.rarp) = Some(mac.0);
+    Ok(Outcome::Done)
+}
+
+fn net_set_mtu(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    let mtu: u64 = parse(msg)?;
+    // virtio-net: 68 (IPv4 minimum) to 65535.
+    match u16::try_from(mtu) {
+        Ok(m) if m >= 68 => {
+            dev.dev
+                .shared
+                .mtu
+                .store(m, std::sync::atomic::Ordering::Relaxed);
+            Ok(Outcome::Done)
+        }
+        _ => Ok(Outcome::Failed(format!("MTU {mtu} is outside 68..=65535"))),
+    }
+}
+
+fn set_backend_req_fd(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    require_protocol(dev, FrontendReq::SetBackendReqFd, pf::BACKEND_REQ)?;
+    let fd = msg
+        .take_fd()
+        .ok_or_else(|| state_err(FrontendReq::SetBackendReqFd, "no fd"))?;
+    dev.backend_req = Some(UnixStream::from(fd));
+    Ok(Outcome::Done)
+}
+
+/// virtio-net config space (virtio 1.2 §5.1.4): mac, status, max_virtqueue_pairs, mtu.
+fn net_config(dev: &DeviceState) -> [u8; 12] {
+    const LINK_UP: u16 = 1;
+    let mut c = [0u8; 12];
+    c[6..8].copy_from_slice(&LINK_UP.to_le_bytes());
+    c[8..10].copy_from_slice(&dev.cfg.max_queue_pairs.to_le_bytes());
+    c[10..12].copy_from_slice(&dev.dev.mtu().to_le_bytes());
+    c
+}
+
+fn get_config(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    let req: Config = parse(msg)?;
+    let space = net_config(dev);
+    let start = req.offset as usize;
+    let end = start.saturating_add(req.payload.len());
+    let Some(bytes) = space.get(start..end) else {
+        // The spec's failure answer: the same request with an empty payload.
+        log::warn!(
+            "{}: GET_CONFIG of {start}..{end} is outside the {}-byte config space",
+            dev.dev.id(),
+            space.len()
+        );
+        let failed = Config {
+            offset: req.offset,
+            flags: req.flags,
+            payload: Vec::new(),
+        };
+        return Ok(Outcome::Reply(failed.to_bytes(), Vec::new()));
+    };
+    let reply = Config {
+        offset: req.offset,
+        flags: req.flags,
+        payload: bytes.to_vec(),
+    };
+    Ok(Outcome::Reply(reply.to_bytes(), Vec::new()))
+}
+
+fn set_config(
+    _: &mut DeviceState,
+    _: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    Ok(Outcome::Failed(
+        "the virtio-net config space is read-only here".into(),
+    ))
+}
+
+/// Bytes of the split-ring inflight area of one queue (DPDK's layout: a 16-byte header and a
+/// 16-byte entry per descriptor, rounded up to 64 bytes).
+fn inflight_queue_bytes(queue_size: u16) -> u64 {
+    (16 + 16 * u64::from(queue_size)).next_multiple_of(64)
+}
+
+fn check_inflight(
+    dev: &DeviceState,
+    req: FrontendReq,
+    num_queues: u16,
+    queue_size: u16,
+) -> Result<(), HandlerError> {
+    require_protocol(dev, req, pf::INFLIGHT_SHMFD)?;
+    let max = dev.dev.max_vrings();
+    if num_queues == 0 || usize::from(num_queues) > max {
+        return Err(state_err(
+            req,
+            format!("num_queues {num_queues} outside 1..={max}"),
+        ));
+    }
+    if queue_size == 0 || u32::from(queue_size) > MAX_QUEUE_SIZE {
+        return Err(state_err(
+            req,
+            format!("queue_size {queue_size} outside 1..=32768"),
+        ));
+    }
+    Ok(())
+}
+
+fn get_inflight_fd(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    let info: InflightInfo = parse(msg)?;
+    check_inflight(
+        dev,
+        FrontendReq::GetInflightFd,
+        info.num_queues,
+        info.queue_size,
+    )?;
+    let size = inflight_queue_bytes(info.queue_size) * u64::from(info.num_queues);
+    let fd = inflight_memfd(size).map_err(|e| {
+        state_err(
+            FrontendReq::GetInflightFd,
+            format!("creating a {size}-byte memfd: {e}"),
+        )
+    })?;
+    let reply_fd = fd
+        .try_clone()
+        .map_err(|e| state_err(FrontendReq::GetInflightFd, format!("dup: {e}")))?;
+    let region = GuestRegion::map(fd, inflight_desc(0, size), MapOptions::new())?;
+    let slice = region.as_slice();
+    for q in 0..u64::from(info.num_queues) {
+        // Header of each queue: features u64, version u16 = 1, desc_num u16.
+        let at = (q * inflight_queue_bytes(info.queue_size)) as usize;
+        let _ = slice.write_obj::<u16>(at + 8, 1);
+        let _ = slice.write_obj::<u16>(at + 10, info.queue_size);
+    }
+    dev.inflight = Some(Inflight {
+        region,
+        num_queues: info.num_queues,
+        queue_size: info.queue_size,
+    });
+    let reply = InflightInfo {
+        mmap_size: size,
+        mmap_offset: 0,
+        num_queues: info.num_queues,
+        queue_size: info.queue_size,
+    };
+    Ok(Outcome::Reply(reply.to_bytes(), vec![reply_fd]))
+}
+
+fn inflight_desc(offset: u64, size: u64) -> RegionDesc {
+    RegionDesc {
+        guest_phys_addr: 0,
+        memory_size: size,
+        userspace_addr: 0,
+        mmap_offset: offset,
+    }
+}
+
+fn inflight_memfd(size: u64) -> nix::Result<OwnedFd> {
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let fd = memfd_create("rvhost-inflight", MFdFlags::MFD_CLOEXEC)?;
+    nix::unistd::ftruncate(&fd, i64::try_from(size).map_err(|_| nix::Error::EINVAL)?)?;
+    Ok(fd)
+}
+
+fn set_inflight_fd(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    let info: InflightInfo = parse(msg)?;
+    check_inflight(
+        dev,
+        FrontendReq::SetInflightFd,
+        info.num_queues,
+        info.queue_size,
+    )?;
+    let need = inflight_queue_bytes(info.queue_size) * u64::from(info.num_queues);
+    if info.mmap_size < need {
+        return Err(state_err(
+            FrontendReq::SetInflightFd,
+            format!(
+                "mmap_size {} is below the {need} bytes the queues need",
+                info.mmap_size
+            ),
+        ));
+    }
+    let fd = msg
+        .take_fd()
+        .ok_or_else(|| state_err(FrontendReq::SetInflightFd, "no fd"))?;
+    // GuestRegion::map checks offset + size against the fd's size before mapping.
+    let region = GuestRegion::map(
+        fd,
+        inflight_desc(info.mmap_offset, info.mmap_size),
+        MapOptions::new(),
+    )?;
+    dev.inflight = Some(Inflight {
+        region,
+        num_queues: info.num_queues,
+        queue_size: info.queue_size,
+    });
+    Ok(Outcome::Done)
+}
+
+fn set_status(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    let status: u64 = parse(msg)?;
+    let Ok(status) = u8::try_from(status) else {
+        return Err(state_err(
+            FrontendReq::SetStatus,
+            format!("status {status:#x} is not a byte"),
+        ));
+    };
+    dev.status = status;
+    dev.publish();
+    Ok(Outcome::Done)
+}
+
+fn get_status(
+    dev: &mut DeviceState,
+    _: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    Ok(reply_u64(u64::from(dev.status)))
+}
+
+fn unsupported(
+    _: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    let name = msg
+        .header
+        .frontend_request()
+        .map(FrontendReq::name)
+        .unwrap_or("unknown request");
+    let policy = msg.header.frontend_request().map(super::policy::policy);
+    match policy {
+        // Requests answered by a failure status when the frontend asks for one.
+        Ok(p) if p.reply != super::policy::Reply::Always => {
+            Ok(Outcome::Failed(format!("{name} is not supported")))
+        }
+        _ => Err(HandlerError::Unsupported(name)),
+    }
+}
+
+fn require_protocol(dev: &DeviceState, req: FrontendReq, mask: u64) -> Result<(), HandlerError> {
+    if dev.has_protocol(mask) {
+        Ok(())
+    } else {
+        Err(state_err(req, "its protocol feature was not negotiated"))
+    }
+}
