@@ -1,0 +1,135 @@
+//! Helpers shared by the integration tests: socket paths, callback recorders, fd counts.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rvhost::driver::{Device, DeviceId, DeviceOps};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh socket path under /tmp, unique to this process and call; removed if it exists.
+pub fn sock_path(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let p = PathBuf::from(format!("/tmp/rvhost-{tag}-{}-{n}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// A callback as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    NewConnection(DeviceId),
+    NewDevice(DeviceId, u64),
+    VringState(DeviceId, u16, bool),
+    FeaturesChanged(DeviceId, u64),
+    DestroyDevice(DeviceId),
+    DestroyConnection(DeviceId),
+}
+
+/// Callbacks that record every event and let a test wait for one.
+#[derive(Default)]
+pub struct Recorder {
+    events: Mutex<Vec<Event>>,
+    cv: Condvar,
+    /// new_device refuses the device while this is set.
+    pub refuse: std::sync::atomic::AtomicBool,
+    pub devices: Mutex<Vec<Device>>,
+}
+
+impl Recorder {
+    pub fn new() -> Arc<Recorder> {
+        Arc::new(Recorder::default())
+    }
+
+    fn push(&self, e: Event) {
+        self.events.lock().unwrap().push(e);
+        self.cv.notify_all();
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds for some recorded event; returns it.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Event) -> bool) -> Option<Event> {
+        let deadline = Instant::now() + timeout;
+        let mut events = self.events.lock().unwrap();
+        loop {
+            if let Some(e) = events.iter().find(|e| pred(e)) {
+                return Some(e.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            events = self.cv.wait_timeout(events, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn count(&self, pred: impl Fn(&Event) -> bool) -> usize {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| pred(e))
+            .count()
+    }
+}
+
+impl DeviceOps for Recorder {
+    fn new_device(&self, dev: &Device) -> Result<(), String> {
+        if self.refuse.load(Ordering::Relaxed) {
+            return Err("refused by the test".into());
+        }
+        self.devices.lock().unwrap().push(dev.clone());
+        self.push(Event::NewDevice(dev.id(), dev.features()));
+        Ok(())
+    }
+    fn destroy_device(&self, dev: &Device) {
+        self.push(Event::DestroyDevice(dev.id()));
+    }
+    fn vring_state_changed(&self, dev: &Device, queue: u16, enabled: bool) {
+        self.push(Event::VringState(dev.id(), queue, enabled));
+    }
+    fn features_changed(&self, dev: &Device, features: u64) {
+        self.push(Event::FeaturesChanged(dev.id(), features));
+    }
+    fn new_connection(&self, dev: &Device) {
+        self.push(Event::NewConnection(dev.id()));
+    }
+    fn destroy_connection(&self, dev: &Device) {
+        self.push(Event::DestroyConnection(dev.id()));
+    }
+}
+
+/// Number of open fds of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Waits until `f` is true or the timeout passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
+/// Logs to the test output (RUST_LOG=debug for more).
+pub fn init_log() {
+    let _ = env_logger::builder()
+        .is_test(true)
+        .filter_level(log::LevelFilter::Info)
+        .parse_default_env()
+        .try_init();
+}
