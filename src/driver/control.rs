@@ -26,7 +26,9 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use super::device::{Device, DeviceId, DeviceState, lock};
 use super::{DriverError, Flags, SocketConfig};
 use crate::protocol::handlers::{self, Effects, Outcome};
-use crate::protocol::{Connection, FrontendReq, Message, policy};
+use crate::protocol::{ConnError, Connection, FrontendReq, Message, policy};
+
+const DISCONNECTED: &str = "frontend disconnected";
 
 /// Messages handled for one connection per epoll turn.
 pub const MSGS_PER_EVENT: usize = 64;
@@ -403,7 +405,9 @@ impl Control {
                     }
                 }
                 Ok(None) => break,
-                Err(e) if e.is_closed() => return self.close(token, "frontend disconnected", true),
+                Err(ConnError::Closed { pending: 0 }) => {
+                    return self.close(token, DISCONNECTED, true);
+                }
                 Err(e) => return self.close(token, &format!("bad message: {e}"), true),
             }
         }
@@ -436,7 +440,7 @@ impl Control {
         let _ = self.epoll.delete(c.conn.socket().as_fd());
         let id = c.state.dev.id();
         let path = c.state.cfg.path.clone();
-        if reason == "frontend disconnected" || !reconnect {
+        if reason == DISCONNECTED || !reconnect {
             log::info!("{}: {id}: {reason}", path.display());
         } else {
             log::error!("{}: {id}: {reason}; closing the connection", path.display());
