@@ -62,12 +62,12 @@ fn acked(
     Ok(u64::parse(&p).unwrap())
 }
 
-/// SET_OWNER and a memory table of one 1 MiB memfd region at GPA 0, frontend VA 0x10000_0000.
+/// SET_OWNER and a memory table of one 1 MiB memfd region at GPA 0, frontend VA 0x1_0000_0000.
 fn owned_with_memory(ep: &mut Endpoint) {
     assert_eq!(acked(ep, R::SetOwner, &[], &[]).unwrap(), 0);
     let fd = memfd(1 << 20);
     let table = MemoryTable {
-        regions: vec![region(0, 1 << 20, 0x10000_0000, 0)],
+        regions: vec![region(0, 1 << 20, 0x1_0000_0000, 0)],
     };
     assert_eq!(
         acked(ep, R::SetMemTable, &table.to_bytes(), &[fd.as_fd()]).unwrap(),
@@ -295,9 +295,9 @@ fn cases() -> Vec<Case> {
             let a = VringAddr {
                 index: 0,
                 flags: 0,
-                desc_user_addr: 0x10000_0008,
-                used_user_addr: 0x10001_0000,
-                avail_user_addr: 0x10002_0000,
+                desc_user_addr: 0x1_0000_0008,
+                used_user_addr: 0x1_0001_0000,
+                avail_user_addr: 0x1_0002_0000,
                 log_guest_addr: 0,
             };
             ep.send_request(R::SetVringAddr, 0, &a.to_bytes(), &[])
