@@ -158,10 +158,7 @@ fn cases() -> Vec<Case> {
         }),
         ("too many fds (9)", |ep| {
             let fds: Vec<OwnedFd> = (0..9).map(|_| memfd(4096)).collect();
-            let raw: Vec<i32> = fds
-                .iter()
-                .map(|f| std::os::fd::AsRawFd::as_raw_fd(f))
-                .collect();
+            let raw: Vec<i32> = fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
             let head = Header::new(R::SetOwner as u32, Header::VERSION, 0).to_bytes();
             let iov = [std::io::IoSlice::new(&head)];
             let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
