@@ -4,6 +4,7 @@
 
 pub mod driver;
 pub mod features;
+pub mod frontend;
 pub mod lcore;
 pub mod mbuf;
 pub mod memory;

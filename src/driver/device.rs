@@ -1,5 +1,5 @@
 //! A connected vhost-user device: the handle the application and the data plane hold
-//! ([`Device`]) and the state only the control thread touches ([`DeviceState`]).
+//! ([`Device`]) and the state only the control thread touches (`DeviceState`).
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

@@ -43,11 +43,11 @@ pub struct VringAddrs {
 /// A queue's rings, translated and checked against its size and the memory table.
 #[derive(Debug, Clone)]
 pub struct SplitRings {
-    /// `struct virtq_desc[size]`.
+    /// `struct virtq_desc[size]` (the descriptor table).
     pub desc: GuestArea,
-    /// `struct virtq_avail` (flags, idx, ring[size], used_event).
+    /// `struct virtq_avail` (flags, idx, `ring[size]`, used_event).
     pub avail: GuestArea,
-    /// `struct virtq_used` (flags, idx, ring[size], avail_event).
+    /// `struct virtq_used` (flags, idx, `ring[size]`, avail_event).
     pub used: GuestArea,
 }
 
