@@ -8,5 +8,6 @@ pub mod frontend;
 pub mod lcore;
 pub mod mbuf;
 pub mod memory;
+pub mod net;
 pub mod protocol;
 pub mod virtq;
