@@ -59,11 +59,9 @@ impl Flags {
     }
 
     /// Flags whose subsystem is not built yet, with a name for the error message.
-    const NOT_BUILT: [(Flags, &'static str); 5] = [
+    const NOT_BUILT: [(Flags, &'static str); 3] = [
         (Flags::IOMMU_SUPPORT, "IOMMU_SUPPORT (IOTLB)"),
         (Flags::POSTCOPY_SUPPORT, "POSTCOPY_SUPPORT"),
-        (Flags::LINEARBUF, "LINEARBUF (data path)"),
-        (Flags::EXTBUF, "EXTBUF (data path)"),
         (Flags::ASYNC_COPY, "ASYNC_COPY (DMA data path)"),
     ];
 }

@@ -38,6 +38,10 @@ pub(crate) struct Shared {
     pub nr_vrings: AtomicU16,
     /// MAC from SEND_RARP, to be announced by the data path.
     pub rarp: Mutex<Option<[u8; 6]>>,
+    /// A SEND_RARP is pending (checked once per dequeue burst without taking `rarp`).
+    pub rarp_pending: std::sync::atomic::AtomicBool,
+    /// Registration flags (LINEARBUF, EXTBUF, ...), for the data path.
+    pub flags: super::Flags,
 }
 
 /// A device (one frontend connection). Cheap to clone; valid for the data plane between the
@@ -104,8 +108,19 @@ impl Device {
     }
 
     /// Takes (and clears) the MAC address of a pending SEND_RARP.
+    #[inline]
     pub fn take_rarp(&self) -> Option<[u8; 6]> {
+        // Relaxed: the flag only says whether to look; the MAC itself is read under the lock.
+        if !self.shared.rarp_pending.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.shared.rarp_pending.store(false, Ordering::Relaxed);
         lock(&self.shared.rarp).take()
+    }
+
+    /// The flags the socket was registered with.
+    pub fn flags(&self) -> super::Flags {
+        self.shared.flags
     }
 
     /// Locks vring `index`, waiting for the data plane's burst to finish (control plane).
@@ -165,6 +180,8 @@ impl DeviceState {
                     status: AtomicU8::new(0),
                     nr_vrings: AtomicU16::new(0),
                     rarp: Mutex::new(None),
+                    rarp_pending: std::sync::atomic::AtomicBool::new(false),
+                    flags: cfg.flags,
                 }),
             },
             cfg,

@@ -138,6 +138,18 @@ impl<'a> GuestReader<'a> {
         Ok(done)
     }
 
+    /// Skips `n` bytes; returns how many were skipped (fewer at the end of the chain).
+    pub fn skip(&mut self, n: usize) -> Result<usize, ChainError> {
+        let mut done = 0;
+        while done < n {
+            let Some(src) = self.data()? else { break };
+            let k = (n - done).min(src.len() - self.off);
+            self.off += k;
+            done += k;
+        }
+        Ok(done)
+    }
+
     /// Bytes left to read (walks the rest of the chain).
     pub fn remaining(mut self) -> Result<u64, ChainError> {
         let mut n = self.cur.map_or(0, |s| (s.len() - self.off) as u64);

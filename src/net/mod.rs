@@ -1,6 +1,16 @@
-//! virtio-net: the header, byte movement between chains and buffers, and the packet
-//! rewriting of the forwarding modes.
+//! virtio-net over split virtqueues: the data path (enqueue to the guest, dequeue from it),
+//! the header and its offloads, and the packet rewriting of the forwarding modes.
+//!
+//! Vring numbering is virtio-net's: vring `2*q` is queue pair `q`'s receive queue (the host
+//! enqueues into it), vring `2*q + 1` its transmit queue (the host dequeues from it).
 
 pub mod copy;
+pub mod dequeue;
+pub mod enqueue;
 pub mod hdr;
+pub mod offload;
 pub mod pkt;
+pub mod ring;
+
+pub use dequeue::dequeue_burst;
+pub use enqueue::enqueue_burst;

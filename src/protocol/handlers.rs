@@ -537,6 +537,10 @@ fn send_rarp(
 ) -> Result<Outcome, HandlerError> {
     let mac: super::payload::RarpMac = parse(msg)?;
     *lock(&dev.dev.shared.rarp) = Some(mac.0);
+    dev.dev
+        .shared
+        .rarp_pending
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(Outcome::Done)
 }
 

@@ -113,8 +113,27 @@ pub struct Vring {
     pub started: bool,
     /// Negotiated virtio features, for ring layout (EVENT_IDX) and the data path.
     pub features: u64,
-    /// Marked broken by the data path (a hostile chain); cleared by a new base.
+    /// Marked broken by the data path (a hostile avail ring); cleared by a new base.
     pub broken: bool,
+    /// Data-path counters.
+    pub stats: QueueStats,
+}
+
+/// Per-queue counters, updated by the data path once per burst.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Packets moved.
+    pub packets: u64,
+    /// Bytes moved (packet bytes, without the virtio-net header).
+    pub bytes: u64,
+    /// Descriptor chains refused as malformed (returned to the guest with length 0).
+    pub bad_chains: u64,
+    /// Packets dropped because they did not fit (LINEARBUF, or larger than any buffer).
+    pub too_large: u64,
+    /// Bursts cut short because no mbuf could be allocated.
+    pub alloc_failures: u64,
+    /// Interrupts (call eventfd writes) sent to the guest.
+    pub interrupts: u64,
 }
 
 impl Vring {
@@ -193,6 +212,21 @@ impl Vring {
             avail: area("available", a.avail, al)?,
             used: area("used", a.used, ul)?,
         };
+        // As DPDK: the used index in guest memory is the truth after a (re)connect; a base
+        // that disagrees would re-send or lose buffers.
+        let used_idx = rings
+            .used
+            .slice()
+            .load_u16(2, std::sync::atomic::Ordering::Acquire)
+            .unwrap_or(self.last_used_idx);
+        if used_idx != self.last_used_idx {
+            log::warn!(
+                "vring base {} disagrees with used.idx {used_idx}; resuming from used.idx",
+                self.last_used_idx
+            );
+            self.last_used_idx = used_idx;
+            self.last_avail_idx = used_idx;
+        }
         self.rings = Some(rings);
         Ok(())
     }

@@ -85,6 +85,9 @@ pub enum ChainError {
     /// The chain's total length exceeds what a packet may have.
     #[error("chain length exceeds {0} bytes")]
     TooLarge(u64),
+    /// A transmit chain shorter than the virtio-net header.
+    #[error("chain shorter than the virtio-net header")]
+    ShortHeader,
     /// The available index moved more than the queue size since the last one seen.
     #[error("avail.idx jumped by {0}, more than the queue size")]
     AvailJump(u16),

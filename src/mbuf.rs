@@ -1,1 +1,0 @@
-//! mbuf (in progress)

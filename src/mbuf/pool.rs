@@ -1,0 +1,322 @@
+//! Packet pools (`rte_pktmbuf_pool_create`) and their per-worker caches.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{Ordering, fence};
+
+use rvhost_hugepages::mempool::{GetError, Mempool, MempoolCache, MempoolConfig, ObjPtr};
+use rvhost_hugepages::region::{IovaMode, PageSize, RegionConfig};
+
+use super::error::{AllocError, PktPoolError};
+use super::hdr::{Freed, HDR_SIZE, Hdr, Mbuf};
+
+/// Objects moved per ring/cache operation when allocating or freeing many mbufs.
+const CHUNK: usize = 64;
+
+/// Largest data room: the header's buffer length is a `u32`.
+pub const MAX_DATA_ROOM: usize = u32::MAX as usize;
+
+/// A pool of packet buffers: a [`Mempool`] whose objects are an mbuf header followed by
+/// headroom and data room. Cheap to clone (shared).
+///
+/// Dropping the last handle (pools, caches) while mbufs are still out leaks the pool's memory,
+/// with a warning, so that those mbufs stay valid and can still be freed.
+#[derive(Clone)]
+pub struct PktPool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    mp: Arc<Mempool>,
+    data_room: usize,
+}
+
+impl Drop for PoolInner {
+    fn drop(&mut self) {
+        let out = self.mp.in_use();
+        // Acquire: pairs with the Release publication (ring tail) of the last mbufs put back,
+        // so their last accesses to the pool happen-before the pool is unmapped.
+        fence(Ordering::Acquire);
+        if out != 0 {
+            log::warn!(
+                "rvhost: packet pool {:?} dropped with {out} mbufs in use: leaking its memory so \
+                 they stay valid",
+                self.mp.name()
+            );
+            std::mem::forget(Arc::clone(&self.mp));
+        }
+    }
+}
+
+impl PktPool {
+    /// A pool of `count` mbufs, each with a data room of `data_room` bytes (headroom
+    /// included: [`DEFAULT_DATA_ROOM`](super::DEFAULT_DATA_ROOM) is 2048 + 128), caches of
+    /// `cache_size` (see [`MempoolConfig::cache_size`]), in regions made as `region` says (its
+    /// `size` and `name` are set by the pool).
+    ///
+    /// A `data_room` of 0 makes a pool of bare headers, for clones.
+    pub fn new(
+        name: &str,
+        count: usize,
+        data_room: usize,
+        cache_size: usize,
+        region: RegionConfig,
+    ) -> Result<PktPool, PktPoolError> {
+        let room_len = u32::try_from(data_room).map_err(|_| PktPoolError::DataRoomTooLarge {
+            data_room,
+            max: MAX_DATA_ROOM,
+        })?;
+        let elt_size = HDR_SIZE
+            .checked_add(data_room)
+            .ok_or(PktPoolError::DataRoomTooLarge {
+                data_room,
+                max: MAX_DATA_ROOM,
+            })?;
+        let config = MempoolConfig::new(name, count, elt_size)
+            .with_cache_size(cache_size)
+            .with_region(region);
+        let mp = Mempool::with_obj_init(config, |pool, obj| {
+            // SAFETY: `obj` is an object of `pool`, HDR_SIZE + data_room bytes, aligned to a
+            // cache line (the default alignment, that of the header) and IOVA-contiguous; the
+            // pool is not shared yet.
+            unsafe { Hdr::init(obj, pool, room_len) }
+        })?;
+        Ok(PktPool {
+            inner: Arc::new(PoolInner { mp, data_room }),
+        })
+    }
+
+    fn mp(&self) -> &Arc<Mempool> {
+        &self.inner.mp
+    }
+
+    /// A cache for one worker thread ([`PktCache`]).
+    pub fn cache(&self) -> PktCache {
+        PktCache {
+            cache: self.mp().cache(),
+            pool: self.clone(),
+        }
+    }
+
+    /// Allocates one mbuf straight from the pool's ring (no cache).
+    pub fn alloc(&self) -> Result<Mbuf, AllocError> {
+        let mut obj = [ObjPtr::DANGLING];
+        self.mp().get_bulk(&mut obj).map_err(alloc_error)?;
+        // SAFETY: just taken out of this packet pool.
+        Ok(unsafe { Mbuf::from_fresh(obj[0]) })
+    }
+
+    /// Appends `n` mbufs to `out`, straight from the pool's ring, or none ([`AllocError`]).
+    /// Allocates no memory if `out` has room for them.
+    pub fn alloc_bulk(&self, out: &mut Vec<Mbuf>, n: usize) -> Result<(), AllocError> {
+        alloc_bulk_with(out, n, |objs| self.mp().get_bulk(objs))
+    }
+
+    /// Mbufs in the pool.
+    pub fn count(&self) -> usize {
+        self.mp().count()
+    }
+
+    /// Free mbufs (in the ring and in live caches).
+    pub fn available(&self) -> usize {
+        self.mp().available()
+    }
+
+    /// Mbufs allocated and not yet freed (clones' headers and orphaned direct mbufs included).
+    pub fn in_use(&self) -> usize {
+        self.mp().in_use()
+    }
+
+    /// Bytes of data room per mbuf (headroom included).
+    pub fn data_room(&self) -> usize {
+        self.inner.data_room
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        self.mp().name()
+    }
+
+    /// The page size and IOVA mode of the pool's first region.
+    pub fn memory_kind(&self) -> (PageSize, IovaMode) {
+        let r = self.mp().regions().next().expect("a pool has a region");
+        (r.page_size(), r.iova_mode())
+    }
+
+    /// Address and length of each memory region of the pool (e.g. to map it for a DMA engine
+    /// in IOVA = VA mode). The regions themselves are not exposed: their headers are this
+    /// module's to write.
+    pub fn memory_ranges(&self) -> Vec<(*const u8, usize)> {
+        self.mp()
+            .regions()
+            .map(|r| (r.as_ptr().cast_const(), r.len()))
+            .collect()
+    }
+
+    /// Whether `other` is a handle to the same pool.
+    pub fn ptr_eq(&self, other: &PktPool) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl fmt::Debug for PktPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PktPool")
+            .field("name", &self.name())
+            .field("count", &self.count())
+            .field("data_room", &self.data_room())
+            .field("available", &self.available())
+            .finish()
+    }
+}
+
+fn alloc_error(e: GetError) -> AllocError {
+    AllocError {
+        requested: e.requested,
+    }
+}
+
+/// Appends `n` fresh mbufs to `out`, getting objects `CHUNK` at a time with `get`; on failure
+/// frees what this call appended (through the pool's ring) and appends nothing.
+fn alloc_bulk_with(
+    out: &mut Vec<Mbuf>,
+    n: usize,
+    mut get: impl FnMut(&mut [ObjPtr]) -> Result<(), GetError>,
+) -> Result<(), AllocError> {
+    let start = out.len();
+    out.reserve(n);
+    let mut objs = [ObjPtr::DANGLING; CHUNK];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(CHUNK);
+        if get(&mut objs[..k]).is_err() {
+            out.truncate(start);
+            return Err(AllocError { requested: n });
+        }
+        // SAFETY: each object was just taken out of the packet pool `get` serves.
+        out.extend(objs[..k].iter().map(|&o| unsafe { Mbuf::from_fresh(o) }));
+        left -= k;
+    }
+    Ok(())
+}
+
+/// A worker's cache of a [`PktPool`] (`rte_mempool_cache` for mbufs): allocate and free bursts
+/// without touching the shared ring most of the time. `Send`, not `Sync`; one per thread.
+///
+/// Mbufs freed through a cache go into it if they belong to its pool, else straight back to
+/// their own pool. (A lone `Mbuf` dropped anywhere goes straight back to its pool's ring: use
+/// [`free_bulk`](Self::free_bulk) on the data path.) Dropping the cache flushes it.
+pub struct PktCache {
+    // Drop order: the cache flushes into the ring before the pool handle goes.
+    cache: MempoolCache,
+    pool: PktPool,
+}
+
+impl PktCache {
+    /// Allocates one mbuf.
+    #[inline]
+    pub fn alloc(&mut self) -> Result<Mbuf, AllocError> {
+        let mut obj = [ObjPtr::DANGLING];
+        self.cache.get_bulk(&mut obj).map_err(alloc_error)?;
+        // SAFETY: just taken out of this cache's packet pool.
+        Ok(unsafe { Mbuf::from_fresh(obj[0]) })
+    }
+
+    /// Appends `n` mbufs to `out`, or none ([`AllocError`]). Allocates no memory if `out` has
+    /// room for them.
+    #[inline]
+    pub fn alloc_bulk(&mut self, out: &mut Vec<Mbuf>, n: usize) -> Result<(), AllocError> {
+        let cache = &mut self.cache;
+        alloc_bulk_with(out, n, |objs| cache.get_bulk(objs))
+    }
+
+    /// Frees one mbuf (its whole chain).
+    #[inline]
+    pub fn free(&mut self, m: Mbuf) {
+        self.free_bulk([m]);
+    }
+
+    /// Frees mbufs (whole chains): segments whose last reference goes return to this cache
+    /// (or to their own pool if it is another one). Use `vec.drain(..)` to keep a burst
+    /// vector's allocation.
+    pub fn free_bulk(&mut self, mbufs: impl IntoIterator<Item = Mbuf>) {
+        let own = Arc::as_ptr(self.cache.pool());
+        let mut staged = [ObjPtr::DANGLING; CHUNK];
+        let mut n = 0;
+        let cache = &mut self.cache;
+        for m in mbufs {
+            m.release(|freed: Freed| {
+                if freed.pool_ptr() != own {
+                    freed.put_uncached();
+                    return;
+                }
+                staged[n] = freed.obj();
+                n += 1;
+                if n == CHUNK {
+                    // SAFETY: every staged object is a `Freed` header of this cache's pool
+                    // (checked above): its last reference is gone and it is put once.
+                    unsafe { cache.put_bulk_unchecked(&staged) };
+                    n = 0;
+                }
+            });
+        }
+        // SAFETY: as above.
+        unsafe { cache.put_bulk_unchecked(&staged[..n]) };
+    }
+
+    /// Free mbufs sitting in this cache.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Whether the cache holds no free mbuf.
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+
+    /// Puts every cached mbuf back into the pool's ring.
+    pub fn flush(&mut self) {
+        self.cache.flush();
+    }
+
+    /// The pool this cache serves.
+    pub fn pool(&self) -> &PktPool {
+        &self.pool
+    }
+}
+
+impl fmt::Debug for PktCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PktCache")
+            .field("pool", &self.pool.name())
+            .field("len", &self.cache.len())
+            .finish()
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// Where clones and copies get their mbufs: `&PktPool` (the ring) or `&mut PktCache`.
+pub trait PktAlloc: sealed::Sealed {
+    /// Allocates one fresh mbuf.
+    fn alloc_mbuf(&mut self) -> Result<Mbuf, AllocError>;
+}
+
+impl sealed::Sealed for &PktPool {}
+impl sealed::Sealed for &mut PktCache {}
+
+impl PktAlloc for &PktPool {
+    #[inline]
+    fn alloc_mbuf(&mut self) -> Result<Mbuf, AllocError> {
+        self.alloc()
+    }
+}
+
+impl PktAlloc for &mut PktCache {
+    #[inline]
+    fn alloc_mbuf(&mut self) -> Result<Mbuf, AllocError> {
+        (**self).alloc()
+    }
+}

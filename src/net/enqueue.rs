@@ -1,0 +1,217 @@
+//! Host → guest: copying mbufs into the guest's receive buffers (`rte_vhost_enqueue_burst`).
+//!
+//! One burst: try-lock the vring (return 0 if the control thread holds it), read `avail.idx`
+//! once, place each packet in one chain (or, with MRG_RXBUF, as many chains as it needs),
+//! write the used entries, publish `used.idx` once with a release store, and interrupt the
+//! guest only if it asked. A chain the guest made malformed is returned with length 0 and
+//! counted; the packet moves on to the next chain. A packet that does not fit in what the
+//! guest offers stops the burst (as DPDK): it and the rest stay with the caller.
+
+use super::copy::GuestWriter;
+use super::hdr::{VirtioNetHdr, hdr_len};
+use super::offload;
+use super::ring::{Burst, MAX_PKT_LEN, Stop};
+use crate::driver::Device;
+use crate::features::{
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_MRG_RXBUF,
+};
+use crate::mbuf::Mbuf;
+use crate::virtq::split::SplitQueue;
+
+/// Most chains one packet may take with mergeable buffers.
+const MAX_CHAINS: usize = 64;
+
+/// Copies as many of `pkts` as the guest has room for into receive vring `vring` (an even
+/// index: vring 2*q is queue pair q's receive queue). Returns how many were enqueued; the
+/// caller keeps ownership of every mbuf (free them, or retry the rest).
+pub fn enqueue_burst(dev: &Device, vring: u16, pkts: &[Mbuf]) -> usize {
+    let Some(mut guard) = dev.try_lock_vring(usize::from(vring)) else {
+        return 0;
+    };
+    let Some(mut burst) = Burst::begin(&mut guard) else {
+        return 0;
+    };
+    let q = burst.queue();
+    let feats = burst.features;
+    let ctx = Ctx {
+        hlen: hdr_len(feats),
+        mergeable: feats & VIRTIO_NET_F_MRG_RXBUF != 0,
+        csum: feats & VIRTIO_NET_F_GUEST_CSUM != 0,
+        gso: feats & (VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6 | VIRTIO_NET_F_GUEST_UFO)
+            != 0,
+    };
+    let mut sent = 0;
+    for pkt in pkts {
+        let placed = if ctx.mergeable {
+            place_mergeable(&q, &mut burst, pkt, &ctx)
+        } else {
+            place_one(&q, &mut burst, pkt, &ctx)
+        };
+        match placed {
+            Ok(()) => {
+                sent += 1;
+                burst.stats.packets += 1;
+                burst.stats.bytes += pkt.pkt_len() as u64;
+            }
+            Err(_) => break,
+        }
+    }
+    burst.finish();
+    sent
+}
+
+struct Ctx {
+    hlen: usize,
+    mergeable: bool,
+    csum: bool,
+    gso: bool,
+}
+
+/// The header for `pkt`, limited to what the guest negotiated.
+fn header(pkt: &Mbuf, ctx: &Ctx, num_buffers: u16) -> VirtioNetHdr {
+    let mut h = offload::to_virtio(pkt.meta());
+    if !ctx.csum {
+        h.flags = 0;
+        h.csum_start = 0;
+        h.csum_offset = 0;
+    }
+    if !ctx.gso {
+        h.gso_type = 0;
+        h.gso_size = 0;
+        h.hdr_len = 0;
+    }
+    h.num_buffers = num_buffers;
+    h
+}
+
+/// Writes the header and the packet's bytes (the first `l2+l3` replaced by a copy with the IP
+/// checksum filled in, if the packet asked for that).
+fn write_packet(w: &mut GuestWriter<'_>, hdr: &VirtioNetHdr, hlen: usize, pkt: &Mbuf) -> bool {
+    let mut ok = w.write(&hdr.to_bytes()[..hlen]).is_ok_and(|n| n == hlen);
+    let prefix = offload::ip_checksum_prefix(pkt.meta(), pkt.data());
+    let mut skip = 0;
+    if let Some((buf, n)) = &prefix {
+        ok &= w.write(&buf[..*n]).is_ok_and(|k| k == *n);
+        skip = *n;
+    }
+    for seg in pkt.segments() {
+        let data = seg.data();
+        let from = skip.min(data.len());
+        skip -= from;
+        ok &= w.write(&data[from..]).is_ok_and(|k| k == data.len() - from);
+    }
+    ok
+}
+
+/// Without mergeable buffers: the whole packet in one chain.
+fn place_one(q: &SplitQueue<'_>, b: &mut Burst<'_>, pkt: &Mbuf, ctx: &Ctx) -> Result<(), Stop> {
+    let need = (ctx.hlen + pkt.pkt_len()) as u64;
+    loop {
+        let head = b.next_head()?;
+        let cap = GuestWriter::new(q.chain(head, true, MAX_PKT_LEN)).remaining();
+        match cap {
+            Err(e) => {
+                b.bad_chain(head, e);
+                continue;
+            }
+            Ok(cap) if cap < need => {
+                // As DPDK: the buffer stays available, the packet stays with the caller.
+                b.unreserve();
+                return Err(Stop::NoRoom);
+            }
+            Ok(_) => {}
+        }
+        let mut w = GuestWriter::new(q.chain(head, true, MAX_PKT_LEN));
+        if !write_packet(&mut w, &header(pkt, ctx, 1), ctx.hlen, pkt) {
+            // The chain changed under us (the guest rewrote it between the two walks).
+            b.stats.bad_chains += 1;
+            b.used(head, 0);
+            continue;
+        }
+        b.used(head, w.written() as u32);
+        return Ok(());
+    }
+}
+
+/// With MRG_RXBUF: reserve chains until they hold the packet, then fill them in order.
+fn place_mergeable(
+    q: &SplitQueue<'_>,
+    b: &mut Burst<'_>,
+    pkt: &Mbuf,
+    ctx: &Ctx,
+) -> Result<(), Stop> {
+    let need = (ctx.hlen + pkt.pkt_len()) as u64;
+    let mut heads = [0u16; MAX_CHAINS];
+    let mut n = 0;
+    let mut have = 0u64;
+    while have < need {
+        if n == MAX_CHAINS {
+            b.unreserve_n(n);
+            return Err(Stop::NoRoom);
+        }
+        let head = match b.next_head() {
+            Ok(h) => h,
+            Err(stop) => {
+                b.unreserve_n(n);
+                return Err(stop);
+            }
+        };
+        match GuestWriter::new(q.chain(head, true, MAX_PKT_LEN)).remaining() {
+            Ok(cap) => {
+                heads[n] = head;
+                n += 1;
+                have += cap;
+            }
+            Err(e) => {
+                // Keep the used ring in avail order (IN_ORDER): the chains reserved before
+                // the bad one go back empty, then the bad one; the packet starts over.
+                for &h in &heads[..n] {
+                    b.used(h, 0);
+                }
+                n = 0;
+                have = 0;
+                b.bad_chain(head, e);
+            }
+        }
+    }
+    let hdr = header(pkt, ctx, n as u16);
+    let hdr_bytes = hdr.to_bytes();
+    let prefix = offload::ip_checksum_prefix(pkt.meta(), pkt.data());
+    // The packet as a sequence of byte runs: header, optional patched prefix, segments.
+    let mut skip = prefix.as_ref().map_or(0, |p| p.1);
+    let mut runs = [
+        &hdr_bytes[..ctx.hlen],
+        prefix.as_ref().map_or(&[][..], |p| &p.0[..p.1]),
+    ]
+    .into_iter()
+    .chain(pkt.segments().map(|s| {
+        let d = s.data();
+        let from = skip.min(d.len());
+        skip -= from;
+        &d[from..]
+    }));
+    let mut run: &[u8] = &[];
+    for &head in &heads[..n] {
+        let mut w = GuestWriter::new(q.chain(head, true, MAX_PKT_LEN));
+        loop {
+            if run.is_empty() {
+                match runs.next() {
+                    Some(r) => run = r,
+                    None => break,
+                }
+                continue;
+            }
+            match w.write(run) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => run = &run[k..],
+            }
+        }
+        b.used(head, w.written() as u32);
+    }
+    if !run.is_empty() || runs.next().is_some_and(|r| !r.is_empty()) {
+        // The guest shrank its chains between the two walks: the packet was cut short.
+        b.stats.bad_chains += 1;
+    }
+    Ok(())
+}

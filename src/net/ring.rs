@@ -1,0 +1,189 @@
+//! One burst on a locked split vring: the indexes it moves, the used entries it writes, and
+//! the single publish and notification at its end. Shared by enqueue and dequeue.
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use crate::features::VIRTIO_RING_F_EVENT_IDX;
+use crate::virtq::split::{ChainError, SplitQueue};
+use crate::virtq::{QueueStats, Vring};
+
+/// Longest descriptor chain accepted for one packet: a 64 KiB GSO packet and its header,
+/// with room to spare.
+pub const MAX_PKT_LEN: u64 = 256 * 1024;
+
+/// Why a burst stopped taking chains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The guest has made no more buffers available.
+    Empty,
+    /// The packet does not fit in what the guest offers.
+    NoRoom,
+    /// The available ring is corrupt; the queue is marked broken.
+    Broken,
+}
+
+/// The state of one burst (see the module docs).
+pub struct Burst<'v> {
+    q: SplitQueue<'v>,
+    last_avail: &'v mut u16,
+    last_used: &'v mut u16,
+    broken: &'v mut bool,
+    stats_out: &'v mut QueueStats,
+    call: Option<BorrowedFd<'v>>,
+    /// Negotiated features of the queue.
+    pub features: u64,
+    /// Counters of this burst, added to the queue's at the end.
+    pub stats: QueueStats,
+    avail: u16,
+    next: u16,
+    used: u16,
+    first_used: u16,
+    logged_bad: bool,
+}
+
+impl<'v> Burst<'v> {
+    /// Starts a burst on a locked vring: `None` if it is not ready or broken, or if the
+    /// available index is corrupt (then it is marked broken, with a logged reason).
+    #[inline]
+    pub fn begin(vq: &'v mut Vring) -> Option<Burst<'v>> {
+        if !vq.is_ready() || vq.broken {
+            return None;
+        }
+        let Vring {
+            rings,
+            mem,
+            size,
+            last_avail_idx,
+            last_used_idx,
+            call,
+            features,
+            broken,
+            stats,
+            ..
+        } = vq;
+        let q = SplitQueue::new(rings.as_ref()?, mem, *size);
+        let avail = q.avail_idx(*last_avail_idx);
+        let pending = avail.wrapping_sub(*last_avail_idx);
+        if pending > *size {
+            log::error!(
+                "avail.idx jumped from {} to {avail}, more than the queue size {}: queue marked broken",
+                *last_avail_idx,
+                *size
+            );
+            *broken = true;
+            return None;
+        }
+        let used = *last_used_idx;
+        Some(Burst {
+            q,
+            next: *last_avail_idx,
+            last_avail: last_avail_idx,
+            last_used: last_used_idx,
+            broken,
+            stats_out: stats,
+            call: call.as_ref().map(AsFd::as_fd),
+            features: *features,
+            stats: QueueStats::default(),
+            avail,
+            used,
+            first_used: used,
+            logged_bad: false,
+        })
+    }
+
+    /// The queue's rings, for walking chains.
+    #[inline]
+    pub fn queue(&self) -> SplitQueue<'v> {
+        self.q
+    }
+
+    /// Chains the guest has made available and this burst has not taken.
+    #[inline]
+    pub fn pending(&self) -> u16 {
+        self.avail.wrapping_sub(self.next)
+    }
+
+    /// Takes the next available chain's head.
+    #[inline]
+    pub fn next_head(&mut self) -> Result<u16, Stop> {
+        if self.next == self.avail {
+            return Err(Stop::Empty);
+        }
+        match self.q.avail_head(self.next) {
+            Ok(h) => {
+                self.next = self.next.wrapping_add(1);
+                Ok(h)
+            }
+            Err(e) => {
+                log::error!("available ring: {e}: queue marked broken");
+                *self.broken = true;
+                Err(Stop::Broken)
+            }
+        }
+    }
+
+    /// Gives back the last `n` heads taken (their chains stay available).
+    #[inline]
+    pub fn unreserve_n(&mut self, n: usize) {
+        self.next = self.next.wrapping_sub(n as u16);
+    }
+
+    /// Gives back the last head taken.
+    #[inline]
+    pub fn unreserve(&mut self) {
+        self.unreserve_n(1);
+    }
+
+    /// Returns chain `head` to the guest with `len` bytes written.
+    #[inline]
+    pub fn used(&mut self, head: u16, len: u32) {
+        self.q.write_used(self.used, head, len);
+        self.used = self.used.wrapping_add(1);
+    }
+
+    /// Returns a malformed chain with length 0 and counts it.
+    #[cold]
+    pub fn bad_chain(&mut self, head: u16, e: ChainError) {
+        if !self.logged_bad {
+            log::warn!("descriptor chain {head} dropped: {e}");
+            self.logged_bad = true;
+        }
+        self.stats.bad_chains += 1;
+        self.used(head, 0);
+    }
+
+    /// Publishes the used entries with one release store, interrupts the guest if it asked,
+    /// and stores the indexes and counters back into the vring.
+    #[inline]
+    pub fn finish(self) {
+        let mut stats = self.stats;
+        if self.used != self.first_used {
+            let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
+            if !event_idx {
+                // We poll: ask the guest not to kick (virtio 1.2 §2.7.10).
+                self.q.set_no_notify(true);
+            }
+            self.q.publish_used(self.used);
+            if let Some(call) = self.call {
+                if self
+                    .q
+                    .needs_interrupt(event_idx, self.first_used, self.used)
+                {
+                    // An eventfd write adds to its counter; EAGAIN (counter full) still
+                    // leaves it readable, so the guest is interrupted either way.
+                    let _ = nix::unistd::write(call, &1u64.to_ne_bytes());
+                    stats.interrupts += 1;
+                }
+            }
+        }
+        *self.last_avail = self.next;
+        *self.last_used = self.used;
+        let s = self.stats_out;
+        s.packets += stats.packets;
+        s.bytes += stats.bytes;
+        s.bad_chains += stats.bad_chains;
+        s.too_large += stats.too_large;
+        s.alloc_failures += stats.alloc_failures;
+        s.interrupts += stats.interrupts;
+    }
+}
