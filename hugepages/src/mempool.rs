@@ -27,13 +27,13 @@
 //! An object never crosses a boundary across which IOVAs may jump, so a DMA engine can be given
 //! `(iova_of(obj), elt_size)` as one contiguous span:
 //!
-//! * hugepages (any IOVA mode), and 4 KiB pages in [`IovaMode::Pa`]: objects are packed into
+//! * hugepages (any IOVA mode), and 4 KiB pages in [`IovaMode::Pa`](crate::region::IovaMode::Pa): objects are packed into
 //!   each page and never straddle two (as DPDK does without `RTE_MEMPOOL_F_NO_IOVA_CONTIG`).
 //!   The tail of each page that cannot hold a whole object is left unused. An object larger
 //!   than a page is refused ([`MempoolError::ObjectTooLarge`]); with 4 KiB pages in PA mode
 //!   that means objects of at most 4096 bytes, and 2 KiB+ objects waste up to half of each page:
-//!   use hugepages, or ask for [`IovaMode::Va`] (`RegionConfig::with_iova_mode`).
-//! * 4 KiB pages in [`IovaMode::Va`]: IOVA = VA is contiguous across pages, so objects are
+//!   use hugepages, or ask for [`IovaMode::Va`](crate::region::IovaMode::Va) (`RegionConfig::with_iova_mode`).
+//! * 4 KiB pages in [`IovaMode::Va`](crate::region::IovaMode::Va): IOVA = VA is contiguous across pages, so objects are
 //!   packed back to back with no waste.
 //!
 //! Objects are `align`-aligned (a cache line by default; regions are page aligned). The pool
@@ -79,7 +79,9 @@
 //! come from (debug builds assert the exact check there).
 
 mod cache;
+mod config;
 mod layout;
+mod regions;
 #[cfg(test)]
 mod tests;
 
@@ -90,13 +92,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crossbeam_utils::CachePadded;
 
-use crate::region::{
-    HugepageStatus, IovaMode, PageSize, Region, RegionConfig, RegionError, hugepage_status,
-};
-use crate::ring::{MAX_CAPACITY, MpmcRing, RingError};
+use crate::region::{HugepageStatus, PageSize, Region, hugepage_status};
+use crate::ring::MpmcRing;
 
 pub use cache::MempoolCache;
-use layout::Layout;
+pub use config::{GetError, MempoolConfig, MempoolError, PutError};
+use regions::{PoolRegion, create_regions};
 
 /// Default object alignment: one cache line.
 pub const CACHE_LINE_SIZE: usize = 64;
@@ -165,244 +166,6 @@ impl ObjPtr {
 impl fmt::Debug for ObjPtr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ObjPtr({:p})", self.0)
-    }
-}
-
-/// Errors creating a [`Mempool`].
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum MempoolError {
-    /// A pool must hold at least one object.
-    #[error("a mempool must hold at least one object")]
-    ZeroCount,
-    /// More objects than the ring can index.
-    #[error("mempool of {count} objects exceeds the maximum of {max}")]
-    CountTooLarge {
-        /// Objects asked for.
-        count: usize,
-        /// [`MAX_CAPACITY`] of the ring.
-        max: usize,
-    },
-    /// Objects must have a size.
-    #[error("mempool objects must be at least one byte")]
-    ZeroEltSize,
-    /// The alignment is not a power of two in `1..=MAX_ALIGN`.
-    #[error("object alignment {align} is not a power of two of at most {MAX_ALIGN}")]
-    BadAlign {
-        /// The alignment given.
-        align: usize,
-    },
-    /// The cache is larger than [`MAX_CACHE_SIZE`] or its flush threshold exceeds the count.
-    #[error(
-        "cache size {cache_size} is too large for a pool of {count} objects \
-         (at most {MAX_CACHE_SIZE}, and 1.5x the cache size must not exceed the count)"
-    )]
-    CacheTooLarge {
-        /// The cache size given.
-        cache_size: usize,
-        /// The pool's object count.
-        count: usize,
-    },
-    /// An object cannot be kept IOVA-contiguous in a region of this page size and IOVA mode.
-    #[error(
-        "objects of {stride} bytes do not fit in one {page_size} page, as {iova_mode:?} IOVAs \
-         require; use hugepages or IovaMode::Va"
-    )]
-    ObjectTooLarge {
-        /// Element size rounded up to the alignment.
-        stride: usize,
-        /// The page size of the region.
-        page_size: PageSize,
-        /// The IOVA mode of the region.
-        iova_mode: IovaMode,
-    },
-    /// [`MempoolConfig::max_region_size`] is too small to hold one object.
-    #[error("a region of {region_len} bytes holds no object of {stride} bytes")]
-    RegionTooSmall {
-        /// Length of the region that was created.
-        region_len: usize,
-        /// Element size rounded up to the alignment.
-        stride: usize,
-    },
-    /// The pool's size overflows `usize`.
-    #[error("mempool of {count} objects of {stride} bytes overflows the address space")]
-    SizeOverflow {
-        /// Objects asked for.
-        count: usize,
-        /// Element size rounded up to the alignment.
-        stride: usize,
-    },
-    /// Creating one of the pool's regions failed.
-    #[error("creating region {index} of mempool {name:?} failed")]
-    Region {
-        /// The pool's name.
-        name: String,
-        /// Which region (0 for the first).
-        index: usize,
-        /// The cause.
-        #[source]
-        source: RegionError,
-    },
-    /// Creating the ring failed.
-    #[error("creating the mempool ring failed")]
-    Ring(#[from] RingError),
-}
-
-/// A bulk get found fewer free objects than requested; nothing was taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("mempool exhausted: {requested} objects requested")]
-pub struct GetError {
-    /// Objects requested.
-    pub requested: usize,
-}
-
-/// A put was given an address that is not an object of this pool; nothing was put.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("address {addr:#x} (at index {index} of the put) is not an object of this mempool")]
-pub struct PutError {
-    /// The first offending address.
-    pub addr: usize,
-    /// Its position in the slice given to the put.
-    pub index: usize,
-}
-
-/// How to create a [`Mempool`]. Plain fields plus `with_*` helpers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MempoolConfig {
-    /// Name, for logs and the backing memfd(s).
-    pub name: String,
-    /// Number of objects (at least 1).
-    pub count: usize,
-    /// Bytes per object (at least 1).
-    pub elt_size: usize,
-    /// Alignment of every object: a power of two up to [`MAX_ALIGN`]. Default
-    /// [`CACHE_LINE_SIZE`]. The distance between objects is `elt_size` rounded up to it.
-    pub align: usize,
-    /// Per-cache size (`0` makes caches pass-through). At most [`MAX_CACHE_SIZE`], and
-    /// `flush_threshold(cache_size)` must not exceed `count`. Default [`DEFAULT_CACHE_SIZE`].
-    pub cache_size: usize,
-    /// How to create the regions: page size preference, backing, locking, IOVA mode. `size`
-    /// and `name` are set by the pool.
-    pub region: RegionConfig,
-    /// Largest region to create, in bytes; larger pools get several regions. Default `None`:
-    /// one region (unless a fallback to 4 KiB pages needs more; see the module docs).
-    pub max_region_size: Option<usize>,
-}
-
-impl MempoolConfig {
-    /// `count` objects of `elt_size` bytes, cache-line aligned, with the default cache size and
-    /// region configuration (2 MiB hugepages if free, else 4 KiB pages).
-    pub fn new(name: impl Into<String>, count: usize, elt_size: usize) -> Self {
-        MempoolConfig {
-            name: name.into(),
-            count,
-            elt_size,
-            align: CACHE_LINE_SIZE,
-            cache_size: DEFAULT_CACHE_SIZE,
-            region: RegionConfig::default(),
-            max_region_size: None,
-        }
-    }
-
-    /// Set the object alignment.
-    pub fn with_align(mut self, align: usize) -> Self {
-        self.align = align;
-        self
-    }
-
-    /// Set the per-cache size.
-    pub fn with_cache_size(mut self, cache_size: usize) -> Self {
-        self.cache_size = cache_size;
-        self
-    }
-
-    /// Set the region configuration (its `size` and `name` are ignored).
-    pub fn with_region(mut self, region: RegionConfig) -> Self {
-        self.region = region;
-        self
-    }
-
-    /// Require a page size (shorthand for the region's `page_size`).
-    pub fn with_page_size(mut self, page_size: PageSize) -> Self {
-        self.region.page_size = Some(page_size);
-        self
-    }
-
-    /// Cap the size of each region.
-    pub fn with_max_region_size(mut self, bytes: usize) -> Self {
-        self.max_region_size = Some(bytes);
-        self
-    }
-
-    fn validate(&self) -> Result<usize, MempoolError> {
-        if self.count == 0 {
-            return Err(MempoolError::ZeroCount);
-        }
-        if self.count > MAX_CAPACITY {
-            return Err(MempoolError::CountTooLarge {
-                count: self.count,
-                max: MAX_CAPACITY,
-            });
-        }
-        if self.elt_size == 0 {
-            return Err(MempoolError::ZeroEltSize);
-        }
-        if !self.align.is_power_of_two() || self.align > MAX_ALIGN {
-            return Err(MempoolError::BadAlign { align: self.align });
-        }
-        if self.cache_size > MAX_CACHE_SIZE || flush_threshold(self.cache_size) > self.count {
-            return Err(MempoolError::CacheTooLarge {
-                cache_size: self.cache_size,
-                count: self.count,
-            });
-        }
-        self.elt_size
-            .checked_next_multiple_of(self.align)
-            .ok_or(MempoolError::SizeOverflow {
-                count: self.count,
-                stride: self.elt_size,
-            })
-    }
-}
-
-/// One region of a pool and the objects in it.
-struct PoolRegion {
-    region: Region,
-    layout: Layout,
-    /// Pool-wide index of the region's first object.
-    first: usize,
-    /// Objects in this region.
-    count: usize,
-    /// Address of the region's first byte.
-    lo: usize,
-    /// Bytes from `lo` to the end of the last object.
-    span: usize,
-}
-
-impl PoolRegion {
-    fn new(region: Region, layout: Layout, first: usize, count: usize) -> PoolRegion {
-        let lo = region.as_ptr() as usize;
-        let span = layout.offset_of(count - 1) + layout.stride;
-        PoolRegion {
-            region,
-            layout,
-            first,
-            count,
-            lo,
-            span,
-        }
-    }
-
-    /// Whether `addr` lies in this region's object area.
-    #[inline]
-    fn covers(&self, addr: usize) -> bool {
-        addr.wrapping_sub(self.lo) < self.span
-    }
-
-    fn obj(&self, j: usize) -> ObjPtr {
-        debug_assert!(j < self.count);
-        let addr = self.region.as_ptr().wrapping_add(self.layout.offset_of(j));
-        ObjPtr(NonNull::new(addr).expect("region addresses are non-null"))
     }
 }
 
@@ -723,68 +486,4 @@ impl fmt::Debug for Mempool {
             .field("ring_count", &self.ring_count())
             .finish_non_exhaustive()
     }
-}
-
-/// Creates regions until they hold `config.count` objects of `stride` bytes.
-fn create_regions(
-    config: &MempoolConfig,
-    stride: usize,
-    status: &dyn Fn(PageSize) -> Option<HugepageStatus>,
-) -> Result<Vec<PoolRegion>, MempoolError> {
-    let overflow = || MempoolError::SizeOverflow {
-        count: config.count,
-        stride,
-    };
-    // Size the first region for the preferred page size; later ones for what the previous
-    // region turned out to be.
-    let page = config.region.page_size.unwrap_or(PageSize::Huge2M);
-    let packed = Layout::new(stride, PageSize::Small, IovaMode::Va).expect("packing always fits");
-    let mut guess = match config.region.iova_mode {
-        Some(IovaMode::Va) if !page.is_huge() => packed,
-        mode => Layout::new(stride, page, mode.unwrap_or(IovaMode::Pa)).unwrap_or(packed),
-    };
-    let mut regions = Vec::new();
-    let mut placed = 0;
-    while placed < config.count {
-        let remaining = config.count - placed;
-        let mut size = guess.bytes_for(remaining).ok_or_else(overflow)?;
-        if let Some(max) = config.max_region_size {
-            size = size.min(max);
-        }
-        let index = regions.len();
-        let region_config = RegionConfig {
-            size,
-            name: if index == 0 {
-                config.name.clone()
-            } else {
-                format!("{}.{index}", config.name)
-            },
-            ..config.region.clone()
-        };
-        let region = Region::new_with_status(&region_config, status).map_err(|source| {
-            MempoolError::Region {
-                name: config.name.clone(),
-                index,
-                source,
-            }
-        })?;
-        let layout = Layout::new(stride, region.page_size(), region.iova_mode()).ok_or(
-            MempoolError::ObjectTooLarge {
-                stride,
-                page_size: region.page_size(),
-                iova_mode: region.iova_mode(),
-            },
-        )?;
-        let n = layout.capacity(region.len()).min(remaining);
-        if n == 0 {
-            return Err(MempoolError::RegionTooSmall {
-                region_len: region.len(),
-                stride,
-            });
-        }
-        regions.push(PoolRegion::new(region, layout, placed, n));
-        placed += n;
-        guess = layout;
-    }
-    Ok(regions)
 }

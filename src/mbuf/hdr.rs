@@ -228,7 +228,7 @@ impl Hdr {
 }
 
 /// A header whose last reference was just released: it must go back to its pool, once.
-/// Only [`release`] and [`Mbuf::detach`] make one, and it is neither `Copy` nor `Clone`.
+/// Only [`release_chain`] and [`Mbuf::detach`] make one, and it is neither `Copy` nor `Clone`.
 pub(super) struct Freed(Hdr);
 
 impl Freed {
