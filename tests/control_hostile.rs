@@ -351,6 +351,39 @@ fn cases() -> Vec<Case> {
             ep.send_request(R::SetInflightFd, 0, &info.to_bytes(), &[fd.as_fd()])
                 .unwrap();
         }),
+        (
+            "used ring in memory the backend may not write (write-sealed memfd)",
+            |ep| {
+                assert_eq!(acked(ep, R::SetOwner, &[], &[]).unwrap(), 0);
+                let fd = memfd_create(
+                    "sealed",
+                    MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+                )
+                .unwrap();
+                nix::unistd::ftruncate(&fd, 1 << 20).unwrap();
+                nix::fcntl::fcntl(
+                    &fd,
+                    nix::fcntl::FcntlArg::F_ADD_SEALS(nix::fcntl::SealFlag::F_SEAL_WRITE),
+                )
+                .unwrap();
+                let table = MemoryTable {
+                    regions: vec![region(0, 1 << 20, 0x1000_0000, 0)],
+                };
+                ep.send_request(R::SetMemTable, 0, &table.to_bytes(), &[fd.as_fd()])
+                    .unwrap();
+            },
+        ),
+        ("memory given through a read-only fd", |ep| {
+            assert_eq!(acked(ep, R::SetOwner, &[], &[]).unwrap(), 0);
+            let rw = memfd(1 << 20);
+            let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&rw));
+            let ro = std::fs::File::open(path).unwrap();
+            let table = MemoryTable {
+                regions: vec![region(0, 1 << 20, 0x1000_0000, 0)],
+            };
+            ep.send_request(R::SetMemTable, 0, &table.to_bytes(), &[ro.as_fd()])
+                .unwrap();
+        }),
         ("ADD_MEM_REG without CONFIGURE_MEM_SLOTS", |ep| {
             assert_eq!(acked(ep, R::SetOwner, &[], &[]).unwrap(), 0);
             let fd = memfd(4096);

@@ -500,7 +500,7 @@ fn dispatch(c: &mut Conn, mut msg: Message) -> Result<(), String> {
     let header = msg.header;
     let reply_expected = policy(req).reply_expected(&header, state.protocol_features);
     let mut fx = Effects::default();
-    let outcome = (row.handler)(state, &mut msg, &mut fx).map_err(|e| e.to_string())?;
+    let outcome = (row.handler)(state, &mut msg, &mut fx).map_err(|e| with_causes(&e))?;
     log::debug!("{}: {} handled", state.dev.id(), req.name());
     match outcome {
         Outcome::Reply(payload, fds) => {
@@ -525,6 +525,21 @@ fn dispatch(c: &mut Conn, mut msg: Message) -> Result<(), String> {
     }
     after_message(&mut c.state, req, fx);
     Ok(())
+}
+
+/// An error and its chain of causes, for the log line that closes a connection.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
 }
 
 /// DPDK's end-of-message step: features_changed, new_device when the device became ready,
