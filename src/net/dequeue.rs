@@ -12,7 +12,10 @@ use super::offload;
 use super::ring::{Burst, MAX_PKT_LEN};
 use crate::driver::{Device, Flags};
 use crate::mbuf::{ExtBuf, Mbuf, PktCache};
-use crate::virtq::split::{ChainError, SplitQueue};
+use crate::memory::{Gpa, TranslationCache};
+use crate::virtq::split::{
+    ChainError, SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
 
 /// Why one chain produced no packet.
 enum Drop {
@@ -82,9 +85,14 @@ pub fn dequeue_burst(
         Large::Chain
     };
     let mut kept = first;
+    let mut tc = TranslationCache::new();
     for i in first..first + n {
         let Ok(head) = b.next_head() else { break };
-        match fill(&q, head, hlen, &mut out[i], cache, large) {
+        let filled = match fill_simple(&q, &mut tc, head, hlen, &mut out[i]) {
+            Some(()) => Ok(()),
+            None => fill(&q, head, hlen, &mut out[i], cache, large),
+        };
+        match filled {
             Ok(()) => {
                 b.used(head, 0);
                 b.stats.packets += 1;
@@ -108,6 +116,51 @@ pub fn dequeue_burst(
     cache.free_bulk(out.drain(kept..));
     b.finish();
     kept - start
+}
+
+/// The common case, without walking a chain: one descriptor, one region, a packet that fits
+/// the fresh mbuf `m`. `None` sends the chain to the general path ([`fill`]).
+#[inline]
+fn fill_simple(
+    q: &SplitQueue<'_>,
+    tc: &mut TranslationCache,
+    head: u16,
+    hlen: usize,
+    m: &mut Mbuf,
+) -> Option<()> {
+    let d = q.desc(head);
+    if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE) != 0 {
+        return None;
+    }
+    let len = d.len as usize;
+    let data_len = len.checked_sub(hlen)?;
+    if data_len > m.tailroom() {
+        return None;
+    }
+    let buf = q
+        .memory()
+        .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(d.len))?;
+    let mut hb = [0u8; 12];
+    buf.read_at(0, &mut hb[..hlen]).ok()?;
+    m.append(data_len).ok()?;
+    buf.read_at(hlen, m.data_mut().ok()?).ok()?;
+    let hdr = VirtioNetHdr::from_bytes(&hb, hlen);
+    if hdr.flags != 0 || hdr.gso_type != 0 {
+        offloads(&hdr, m);
+    }
+    Some(())
+}
+
+/// Applies the header's offloads to `m`'s metadata (and completes an odd partial checksum).
+fn offloads(hdr: &VirtioNetHdr, m: &mut Mbuf) {
+    let mut frame = [0u8; 128];
+    let n = m.data().len().min(128);
+    frame[..n].copy_from_slice(&m.data()[..n]);
+    if offload::from_virtio(hdr, m.meta_mut(), &frame[..n]) && m.nb_segs() == 1 {
+        if let Ok(d) = m.data_mut() {
+            offload::software_checksum(d, hdr.csum_start, hdr.csum_offset);
+        }
+    }
 }
 
 /// Copies chain `head` into the fresh mbuf `m`.
@@ -143,14 +196,7 @@ fn fill(
         }
     }
     if hdr.flags != 0 || hdr.gso_type != 0 {
-        let mut frame = [0u8; 128];
-        let n = m.data().len().min(128);
-        frame[..n].copy_from_slice(&m.data()[..n]);
-        if offload::from_virtio(&hdr, m.meta_mut(), &frame[..n]) && m.nb_segs() == 1 {
-            if let Ok(d) = m.data_mut() {
-                offload::software_checksum(d, hdr.csum_start, hdr.csum_offset);
-            }
-        }
+        offloads(&hdr, m);
     }
     Ok(())
 }

@@ -16,8 +16,11 @@ use crate::features::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_MRG_RXBUF,
 };
-use crate::mbuf::Mbuf;
-use crate::virtq::split::SplitQueue;
+use crate::mbuf::{Mbuf, OffloadFlags};
+use crate::memory::{Gpa, TranslationCache};
+use crate::virtq::split::{
+    SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
 
 /// Most chains one packet may take with mergeable buffers.
 const MAX_CHAINS: usize = 64;
@@ -42,7 +45,14 @@ pub fn enqueue_burst(dev: &Device, vring: u16, pkts: &[Mbuf]) -> usize {
             != 0,
     };
     let mut sent = 0;
+    let mut tc = TranslationCache::new();
     for pkt in pkts {
+        if place_simple(&q, &mut burst, &mut tc, pkt, &ctx) {
+            sent += 1;
+            burst.stats.packets += 1;
+            burst.stats.bytes += pkt.pkt_len() as u64;
+            continue;
+        }
         let placed = if ctx.mergeable {
             place_mergeable(&q, &mut burst, pkt, &ctx)
         } else {
@@ -102,6 +112,53 @@ fn write_packet(w: &mut GuestWriter<'_>, hdr: &VirtioNetHdr, hlen: usize, pkt: &
         ok &= w.write(&data[from..]).is_ok_and(|k| k == data.len() - from);
     }
     ok
+}
+
+/// The common case, without walking a chain: the next available chain is one writable
+/// descriptor in one region, large enough for the header and the packet (one segment, no IP
+/// checksum to fill in). Anything else is left (head given back) for the general path.
+#[inline]
+fn place_simple(
+    q: &SplitQueue<'_>,
+    b: &mut Burst<'_>,
+    tc: &mut TranslationCache,
+    pkt: &Mbuf,
+    ctx: &Ctx,
+) -> bool {
+    if pkt.nb_segs() != 1 || pkt.meta().ol_flags.contains(OffloadFlags::TX_IP_CKSUM) {
+        return false;
+    }
+    let Ok(head) = b.next_head() else {
+        return false;
+    };
+    let d = q.desc(head);
+    let data = pkt.data();
+    let need = ctx.hlen + data.len();
+    let buf = if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT) == 0
+        && d.flags & VIRTQ_DESC_F_WRITE != 0
+        && d.len as usize >= need
+    {
+        q.memory().gpa_to_host_cached(tc, Gpa(d.addr), need as u64)
+    } else {
+        None
+    };
+    let Some(buf) = buf else {
+        b.unreserve();
+        return false;
+    };
+    let hdr = if pkt.meta().ol_flags.is_empty() {
+        VirtioNetHdr {
+            num_buffers: 1,
+            ..VirtioNetHdr::default()
+        }
+    } else {
+        header(pkt, ctx, 1)
+    };
+    let ok = buf.write_at(0, &hdr.to_bytes()[..ctx.hlen]).is_ok()
+        && buf.write_at(ctx.hlen, data).is_ok();
+    debug_assert!(ok, "bounds were checked by the translation");
+    b.used(head, need as u32);
+    true
 }
 
 /// Without mergeable buffers: the whole packet in one chain.

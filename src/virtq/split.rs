@@ -121,6 +121,21 @@ impl<'a> SplitQueue<'a> {
         self.size
     }
 
+    /// The memory table buffers are translated with.
+    #[inline]
+    pub fn memory(&self) -> &'a GuestMemory {
+        self.mem
+    }
+
+    /// Descriptor `index` of the table (a copy, read once). An index beyond the table reads
+    /// as an all-zero descriptor (heads are checked by [`avail_head`](Self::avail_head)).
+    #[inline]
+    pub fn desc(&self, index: u16) -> VirtqDesc {
+        self.desc
+            .read_obj(usize::from(index) * DESC_SIZE as usize)
+            .unwrap_or_default()
+    }
+
     /// `avail.idx`, with `Acquire` (pairs with the driver's release of the index after the
     /// ring entries). The slices were checked at translation, so the access cannot fail; a
     /// failure reads as "nothing new" (`last`).
