@@ -166,6 +166,7 @@ impl<'a> GuestSlice<'a> {
     }
 
     /// The sub-range `[offset, offset + len)`.
+    #[inline]
     pub fn subslice(&self, offset: usize, len: usize) -> Result<GuestSlice<'a>, AccessError> {
         let p = self.range(offset, len)?;
         // SAFETY: range() checked the sub-range lies within self, which satisfies from_raw's
@@ -182,6 +183,7 @@ impl<'a> GuestSlice<'a> {
 
     /// Copies `min(self.len(), src.len())` bytes from `src` to the start of the slice; returns
     /// the count.
+    #[inline]
     pub fn copy_from(&self, src: &[u8]) -> usize {
         let n = self.len.min(src.len());
         // SAFETY: n <= self.len bytes are writable guest memory; src is a Rust slice of at least
@@ -192,6 +194,7 @@ impl<'a> GuestSlice<'a> {
 
     /// Copies `min(self.len(), dst.len())` bytes from the start of the slice into `dst`; returns
     /// the count.
+    #[inline]
     pub fn copy_to(&self, dst: &mut [u8]) -> usize {
         let n = self.len.min(dst.len());
         // SAFETY: n <= self.len bytes are readable guest memory; dst is an exclusive Rust slice of
@@ -201,6 +204,7 @@ impl<'a> GuestSlice<'a> {
     }
 
     /// Writes all of `src` at `offset`, or nothing if it does not fit.
+    #[inline]
     pub fn write_at(&self, offset: usize, src: &[u8]) -> Result<(), AccessError> {
         let p = self.range(offset, src.len())?;
         // SAFETY: range() checked [offset, offset + src.len()) is inside the slice; src cannot
@@ -210,6 +214,7 @@ impl<'a> GuestSlice<'a> {
     }
 
     /// Fills all of `dst` from `offset`, or nothing if the range does not fit.
+    #[inline]
     pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> Result<(), AccessError> {
         let p = self.range(offset, dst.len())?;
         // SAFETY: range() checked [offset, offset + dst.len()) is inside the slice; dst is an
@@ -235,6 +240,7 @@ impl<'a> GuestSlice<'a> {
     }
 
     /// Reads a `T` at `offset` with a single fetch (volatile; bytewise volatile if misaligned).
+    #[inline]
     pub fn read_obj<T: Pod>(&self, offset: usize) -> Result<T, AccessError> {
         let p = self.range(offset, size_of::<T>())?.cast::<T>();
         if p.is_aligned() {
@@ -257,6 +263,7 @@ impl<'a> GuestSlice<'a> {
     }
 
     /// Writes a `T` at `offset` with a single store (volatile; bytewise volatile if misaligned).
+    #[inline]
     pub fn write_obj<T: Pod>(&self, offset: usize, val: T) -> Result<(), AccessError> {
         let p = self.range(offset, size_of::<T>())?.cast::<T>();
         if p.is_aligned() {
