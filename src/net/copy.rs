@@ -8,12 +8,58 @@
 use crate::memory::GuestSlice;
 use crate::virtq::split::{Chain, ChainError};
 
-/// Writes host bytes into the writable buffers of one chain.
+/// A position in a chain's buffers: the current buffer and the offset in it.
 #[derive(Debug)]
-pub struct GuestWriter<'a> {
+struct Cursor<'a> {
     chain: Chain<'a>,
     cur: Option<GuestSlice<'a>>,
     off: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(chain: Chain<'a>) -> Cursor<'a> {
+        Cursor {
+            chain,
+            cur: None,
+            off: 0,
+        }
+    }
+
+    /// The current buffer with bytes left after `off`, moving to the next buffer when the
+    /// current one is used up. `Ok(None)` at the end of the chain.
+    #[inline]
+    fn current(&mut self) -> Result<Option<GuestSlice<'a>>, ChainError> {
+        loop {
+            if let Some(s) = self.cur {
+                if self.off < s.len() {
+                    return Ok(Some(s));
+                }
+            }
+            match self.chain.next() {
+                Some(Ok(s)) => {
+                    self.cur = Some(s);
+                    self.off = 0;
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Bytes left from the position to the end of the chain (walks the rest of it).
+    fn remaining(mut self) -> Result<u64, ChainError> {
+        let mut n = self.cur.map_or(0, |s| (s.len() - self.off) as u64);
+        for s in self.chain.by_ref() {
+            n += s?.len() as u64;
+        }
+        Ok(n)
+    }
+}
+
+/// Writes host bytes into the writable buffers of one chain.
+#[derive(Debug)]
+pub struct GuestWriter<'a> {
+    at: Cursor<'a>,
     written: usize,
 }
 
@@ -21,9 +67,7 @@ impl<'a> GuestWriter<'a> {
     /// Starts at the first buffer of `chain`.
     pub fn new(chain: Chain<'a>) -> GuestWriter<'a> {
         GuestWriter {
-            chain,
-            cur: None,
-            off: 0,
+            at: Cursor::new(chain),
             written: 0,
         }
     }
@@ -33,37 +77,16 @@ impl<'a> GuestWriter<'a> {
         self.written
     }
 
-    /// The current buffer with room left, fetching the next one when needed. `Ok(None)` once
-    /// the chain has no more room.
-    #[inline]
-    fn room(&mut self) -> Result<Option<GuestSlice<'a>>, ChainError> {
-        loop {
-            if let Some(s) = self.cur {
-                if self.off < s.len() {
-                    return Ok(Some(s));
-                }
-            }
-            match self.chain.next() {
-                Some(Ok(s)) => {
-                    self.cur = Some(s);
-                    self.off = 0;
-                }
-                Some(Err(e)) => return Err(e),
-                None => return Ok(None),
-            }
-        }
-    }
-
     /// Writes as much of `src` as fits; returns how many bytes were written.
     #[inline]
     pub fn write(&mut self, mut src: &[u8]) -> Result<usize, ChainError> {
         let start = src.len();
         while !src.is_empty() {
-            let Some(dst) = self.room()? else { break };
-            let n = src.len().min(dst.len() - self.off);
+            let Some(dst) = self.at.current()? else { break };
+            let n = src.len().min(dst.len() - self.at.off);
             // In bounds: off + n <= dst.len().
-            let _ = dst.write_at(self.off, &src[..n]);
-            self.off += n;
+            let _ = dst.write_at(self.at.off, &src[..n]);
+            self.at.off += n;
             self.written += n;
             src = &src[n..];
         }
@@ -72,54 +95,27 @@ impl<'a> GuestWriter<'a> {
 
     /// True if the chain has room for at least one more byte.
     pub fn has_room(&mut self) -> Result<bool, ChainError> {
-        Ok(self.room()?.is_some())
+        Ok(self.at.current()?.is_some())
     }
 
     /// Bytes of room left in the chain (walks the rest of it; use before writing to check
     /// that a packet fits without partial writes).
-    pub fn remaining(mut self) -> Result<u64, ChainError> {
-        let mut n = self.cur.map_or(0, |s| (s.len() - self.off) as u64);
-        for s in self.chain.by_ref() {
-            n += s?.len() as u64;
-        }
-        Ok(n)
+    pub fn remaining(self) -> Result<u64, ChainError> {
+        self.at.remaining()
     }
 }
 
 /// Reads the readable buffers of one chain into host bytes.
 #[derive(Debug)]
 pub struct GuestReader<'a> {
-    chain: Chain<'a>,
-    cur: Option<GuestSlice<'a>>,
-    off: usize,
+    at: Cursor<'a>,
 }
 
 impl<'a> GuestReader<'a> {
     /// Starts at the first buffer of `chain`.
     pub fn new(chain: Chain<'a>) -> GuestReader<'a> {
         GuestReader {
-            chain,
-            cur: None,
-            off: 0,
-        }
-    }
-
-    #[inline]
-    fn data(&mut self) -> Result<Option<GuestSlice<'a>>, ChainError> {
-        loop {
-            if let Some(s) = self.cur {
-                if self.off < s.len() {
-                    return Ok(Some(s));
-                }
-            }
-            match self.chain.next() {
-                Some(Ok(s)) => {
-                    self.cur = Some(s);
-                    self.off = 0;
-                }
-                Some(Err(e)) => return Err(e),
-                None => return Ok(None),
-            }
+            at: Cursor::new(chain),
         }
     }
 
@@ -128,11 +124,11 @@ impl<'a> GuestReader<'a> {
     pub fn read(&mut self, dst: &mut [u8]) -> Result<usize, ChainError> {
         let mut done = 0;
         while done < dst.len() {
-            let Some(src) = self.data()? else { break };
-            let n = (dst.len() - done).min(src.len() - self.off);
+            let Some(src) = self.at.current()? else { break };
+            let n = (dst.len() - done).min(src.len() - self.at.off);
             // In bounds: off + n <= src.len() and done + n <= dst.len().
-            let _ = src.read_at(self.off, &mut dst[done..done + n]);
-            self.off += n;
+            let _ = src.read_at(self.at.off, &mut dst[done..done + n]);
+            self.at.off += n;
             done += n;
         }
         Ok(done)
@@ -142,30 +138,26 @@ impl<'a> GuestReader<'a> {
     pub fn skip(&mut self, n: usize) -> Result<usize, ChainError> {
         let mut done = 0;
         while done < n {
-            let Some(src) = self.data()? else { break };
-            let k = (n - done).min(src.len() - self.off);
-            self.off += k;
+            let Some(src) = self.at.current()? else { break };
+            let k = (n - done).min(src.len() - self.at.off);
+            self.at.off += k;
             done += k;
         }
         Ok(done)
     }
 
     /// Bytes left to read (walks the rest of the chain).
-    pub fn remaining(mut self) -> Result<u64, ChainError> {
-        let mut n = self.cur.map_or(0, |s| (s.len() - self.off) as u64);
-        for s in self.chain.by_ref() {
-            n += s?.len() as u64;
-        }
-        Ok(n)
+    pub fn remaining(self) -> Result<u64, ChainError> {
+        self.at.remaining()
     }
 
     /// The chain's total length so far (all of it once the reader reached the end).
     pub fn total_len(&self) -> u64 {
-        self.chain.total_len()
+        self.at.chain.total_len()
     }
 
     /// True if every byte was read and the chain ended cleanly.
     pub fn at_end(&mut self) -> Result<bool, ChainError> {
-        Ok(self.data()?.is_none())
+        Ok(self.at.current()?.is_none())
     }
 }

@@ -167,6 +167,18 @@ fn vring_err(index: usize) -> impl FnOnce(VringError) -> HandlerError {
     }
 }
 
+/// A SET of feature bits may only acknowledge bits that were offered.
+fn offered(req: FrontendReq, features: u64, offer: u64) -> Result<(), HandlerError> {
+    let extra = features & !offer;
+    if extra == 0 {
+        return Ok(());
+    }
+    Err(state_err(
+        req,
+        format!("features {extra:#x} were not offered (offered {offer:#x})"),
+    ))
+}
+
 fn get_features(
     dev: &mut DeviceState,
     _: &mut Message,
@@ -181,16 +193,7 @@ fn set_features(
     fx: &mut Effects,
 ) -> Result<Outcome, HandlerError> {
     let features: u64 = parse(msg)?;
-    let extra = features & !dev.cfg.features;
-    if extra != 0 {
-        return Err(state_err(
-            FrontendReq::SetFeatures,
-            format!(
-                "features {extra:#x} were not offered (offered {:#x})",
-                dev.cfg.features
-            ),
-        ));
-    }
+    offered(FrontendReq::SetFeatures, features, dev.cfg.features)?;
     if dev.running && features != dev.features {
         fx.features_changed = Some(features);
     }
@@ -508,13 +511,11 @@ fn set_protocol_features(
     _: &mut Effects,
 ) -> Result<Outcome, HandlerError> {
     let features: u64 = parse(msg)?;
-    let extra = features & !dev.cfg.protocol_features;
-    if extra != 0 {
-        return Err(state_err(
-            FrontendReq::SetProtocolFeatures,
-            format!("protocol features {extra:#x} were not offered"),
-        ));
-    }
+    offered(
+        FrontendReq::SetProtocolFeatures,
+        features,
+        dev.cfg.protocol_features,
+    )?;
     dev.protocol_features = features;
     dev.publish();
     Ok(Outcome::Done)
