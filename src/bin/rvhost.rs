@@ -1,6 +1,44 @@
-//! The `rvhost` command line.
+//! The `rvhost` command line. Each subcommand lives in its own module under `src/bin/rvhost/`.
 
-fn main() {
-    eprintln!("rvhost: no subcommand is implemented yet");
-    std::process::exit(2);
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[path = "rvhost/fwd.rs"]
+mod fwd;
+
+/// rvhost: a vhost-user backend (virtio-net over shared memory, poll-mode lcores).
+#[derive(Debug, Parser)]
+#[command(name = "rvhost", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Forward packets between vhost-user ports, as DPDK testpmd does (io, macswap, rxonly,
+    /// txonly, icmpecho).
+    Fwd(fwd::Args),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Fwd(args) => fwd::run(args).map_err(Box::<dyn std::error::Error>::from),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = format!("rvhost: {e}");
+            let mut cause = e.source();
+            while let Some(c) = cause {
+                msg.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            eprintln!("{msg}");
+            ExitCode::FAILURE
+        }
+    }
 }

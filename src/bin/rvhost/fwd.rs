@@ -1,0 +1,486 @@
+//! `rvhost fwd`: a testpmd-like forwarding application over vhost-user ports.
+//!
+//! One port per `--iface` socket (rvhost listens, or connects with `--client`), queue pair 0;
+//! forwarding on pinned lcores in one of testpmd's modes; per-port statistics every
+//! `--stats-period` seconds and at exit, with one machine-readable `FINAL` line per port.
+//! SIGINT or SIGTERM (or `--duration`) stops it cleanly: sockets unregistered (their files
+//! removed), lcores joined, final statistics printed. A second signal during that shutdown
+//! ends the process at once.
+//!
+//! Pieces: [`table`] (which device each port has, and the `destroy_device` handshake with
+//! the lcores), [`engine`] (streams and the poll loop), [`stats`] (counters and lines).
+
+#[path = "fwd/engine.rs"]
+mod engine;
+#[path = "fwd/stats.rs"]
+mod stats;
+#[path = "fwd/table.rs"]
+mod table;
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use rvhost::driver::{Driver, DriverError, Flags};
+use rvhost::lcore::{LcoreError, Lcores, parse_core_list};
+use rvhost::mbuf::{DEFAULT_DATA_ROOM, PktPool, PktPoolError};
+use rvhost_hugepages::region::{IovaMode, RegionConfig};
+use thiserror::Error;
+
+use engine::Shared;
+use stats::{PortCounters, Snapshot};
+use table::{DeviceTable, PortOps};
+
+/// Forwarding modes, as testpmd's `--forward-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Port to port, unchanged (0↔1, 2↔3, ...; a single port back to itself).
+    Io,
+    /// As io, with source and destination MAC addresses swapped.
+    Macswap,
+    /// Receive and free.
+    Rxonly,
+    /// Send UDP frames of `--txpkts` bytes; free what the guest does not take.
+    Txonly,
+    /// Answer ARP requests and ICMP echo requests (to any IP) on the port they came from;
+    /// drop everything else. Port p's MAC is 02:00:00:00:00:0p.
+    Icmpecho,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum;
+        let v = self.to_possible_value().expect("no variant is skipped");
+        f.write_str(v.get_name())
+    }
+}
+
+/// Options of `rvhost fwd`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Forwarding mode.
+    #[arg(long, value_enum)]
+    pub mode: Mode,
+    /// vhost-user socket of a port (repeat for more ports, numbered in order from 0).
+    #[arg(long = "iface", value_name = "PATH", required = true)]
+    pub ifaces: Vec<PathBuf>,
+    /// Connect to the sockets (the frontends listen), retrying every second, instead of
+    /// listening on them.
+    #[arg(long)]
+    pub client: bool,
+    /// CPUs of the forwarding lcores, e.g. `0` or `1,2` or `2-3` (default: the last CPU).
+    /// Streams (one per port) are spread over them round-robin.
+    #[arg(long, value_name = "LIST")]
+    pub lcores: Option<String>,
+    /// Packets per burst.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=512))]
+    pub burst: u16,
+    /// Frame length (bytes, without CRC) of txonly packets.
+    #[arg(long, value_name = "SIZE", default_value_t = 64,
+          value_parser = clap::value_parser!(u16).range(42..=16384))]
+    pub txpkts: u16,
+    /// Seconds between statistics lines (fractions allowed); 0 turns them off.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub stats_period: f64,
+    /// Mbufs in the packet pool.
+    #[arg(long, value_name = "N", default_value_t = 8192)]
+    pub nb_mbufs: usize,
+    /// Stop after this many seconds (fractions allowed).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+}
+
+/// Why `rvhost fwd` failed.
+#[derive(Debug, Error)]
+pub enum FwdError {
+    /// An option has a value that cannot work.
+    #[error("{0}")]
+    Usage(String),
+    /// Blocking or waiting for signals failed.
+    #[error("signal handling: {0}")]
+    Signals(#[source] nix::Error),
+    /// The packet pool could not be made.
+    #[error("packet pool of {count} mbufs")]
+    Pool {
+        /// Mbufs asked for.
+        count: usize,
+        /// The cause.
+        #[source]
+        source: PktPoolError,
+    },
+    /// The lcores could not be started, or one failed.
+    #[error("lcores")]
+    Lcores(#[from] LcoreError),
+    /// A vhost-user socket could not be set up.
+    #[error("vhost-user")]
+    Driver(#[from] DriverError),
+    /// An lcore panicked while forwarding.
+    #[error("an lcore stopped unexpectedly (see the log)")]
+    LcoreFailed,
+}
+
+/// Checked options.
+struct Config {
+    mode: Mode,
+    ifaces: Vec<PathBuf>,
+    client: bool,
+    cores: Vec<usize>,
+    burst: usize,
+    txpkts: usize,
+    stats_period: Option<Duration>,
+    nb_mbufs: usize,
+    duration: Option<Duration>,
+}
+
+fn seconds(name: &str, v: f64) -> Result<Duration, FwdError> {
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| FwdError::Usage(format!("--{name} {v}: not a number of seconds")))
+}
+
+impl Config {
+    fn new(a: Args) -> Result<Config, FwdError> {
+        for (i, p) in a.ifaces.iter().enumerate() {
+            if a.ifaces[..i].contains(p) {
+                return Err(FwdError::Usage(format!(
+                    "--iface {} is given twice",
+                    p.display()
+                )));
+            }
+        }
+        let mut cores = match &a.lcores {
+            Some(list) => parse_core_list(list)?,
+            None => vec![last_cpu()],
+        };
+        let streams = a.ifaces.len();
+        if cores.len() > streams {
+            log::warn!(
+                "{} lcores for {streams} streams (one per port): using the first {streams}",
+                cores.len()
+            );
+            cores.truncate(streams);
+        }
+        let stats_period = seconds("stats-period", a.stats_period)?;
+        let duration = a.duration.map(|d| seconds("duration", d)).transpose()?;
+        // Each lcore's cache may hold up to 1.5x its size; keep most of the pool in the ring.
+        let cache = (a.nb_mbufs / (4 * cores.len())).min(256);
+        if a.nb_mbufs < 4 * usize::from(a.burst) * cores.len() || cache == 0 {
+            return Err(FwdError::Usage(format!(
+                "--nb-mbufs {} is too small for {} lcores with bursts of {}",
+                a.nb_mbufs,
+                cores.len(),
+                a.burst
+            )));
+        }
+        Ok(Config {
+            mode: a.mode,
+            ifaces: a.ifaces,
+            client: a.client,
+            cores,
+            burst: usize::from(a.burst),
+            txpkts: usize::from(a.txpkts),
+            stats_period: (!stats_period.is_zero()).then_some(stats_period),
+            nb_mbufs: a.nb_mbufs,
+            duration,
+        })
+    }
+
+    fn cache_size(&self) -> usize {
+        (self.nb_mbufs / (4 * self.cores.len())).min(256)
+    }
+}
+
+/// The last CPU this process may run on.
+fn last_cpu() -> usize {
+    core_affinity::get_core_ids()
+        .and_then(|ids| ids.into_iter().map(|c| c.id).max())
+        .unwrap_or(0)
+}
+
+/// SIGINT and SIGTERM, blocked in every thread and read from a signalfd by the main loop: no
+/// handler runs, so nothing can happen at an unsafe moment.
+struct Signals {
+    set: SigSet,
+    fd: SignalFd,
+}
+
+impl Signals {
+    /// Blocks the signals in the calling thread; threads started afterwards inherit the mask,
+    /// so call this before any thread exists.
+    fn block() -> nix::Result<Signals> {
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGINT);
+        set.add(Signal::SIGTERM);
+        set.thread_block()?;
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(Signals { set, fd })
+    }
+
+    /// Unblocks the signals in the calling thread (the only one that does): once shutdown has
+    /// begun, a second SIGINT or SIGTERM ends the process at once (default action).
+    fn release(&self) {
+        if let Err(e) = self.set.thread_unblock() {
+            log::warn!("cannot unblock SIGINT/SIGTERM: {e}");
+        }
+    }
+
+    /// Waits up to `timeout` for a signal.
+    fn wait(&self, timeout: Duration) -> nix::Result<Option<Signal>> {
+        let ms = timeout.as_millis().min(60_000) as u16;
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) | Err(nix::Error::EINTR) => return Ok(None),
+            Ok(_) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(self
+            .fd
+            .read_signal()?
+            .and_then(|info| Signal::try_from(info.ssi_signo as i32).ok()))
+    }
+}
+
+/// Runs `rvhost fwd` until a signal, `--duration`, or a failure.
+pub fn run(args: Args) -> Result<(), FwdError> {
+    let cfg = Config::new(args)?;
+    let signals = Signals::block().map_err(FwdError::Signals)?;
+    let pool = PktPool::new(
+        "rvhost-fwd",
+        cfg.nb_mbufs,
+        DEFAULT_DATA_ROOM,
+        cfg.cache_size(),
+        RegionConfig::default().with_iova_mode(IovaMode::Va),
+    )
+    .map_err(|source| FwdError::Pool {
+        count: cfg.nb_mbufs,
+        source,
+    })?;
+    let ports = cfg.ifaces.len();
+    let streams = engine::streams(cfg.mode, ports);
+    let shared = Arc::new(Shared {
+        mode: cfg.mode,
+        burst: cfg.burst,
+        txpkts: cfg.txpkts,
+        table: DeviceTable::new(ports, cfg.cores.len()),
+        counters: (0..ports).map(|_| PortCounters::default()).collect(),
+        pool,
+        plan: engine::plan(&streams, cfg.cores.len()),
+        failed: Default::default(),
+    });
+    let sh = Arc::clone(&shared);
+    let workers = Lcores::launch(&cfg.cores, move |lcore| engine::run(lcore, &sh))?;
+    let started = Instant::now();
+    let served = serve(&cfg, &shared, &signals);
+    workers.stop();
+    let joined = workers.join();
+    print_final(&shared, started.elapsed());
+    served?;
+    joined?;
+    if shared.failed.load(Ordering::Relaxed) {
+        return Err(FwdError::LcoreFailed);
+    }
+    Ok(())
+}
+
+/// Opens the ports, forwards until told to stop, and closes the ports (the lcores still run,
+/// so `destroy_device` completes its handshake with them).
+fn serve(cfg: &Config, sh: &Arc<Shared>, signals: &Signals) -> Result<(), FwdError> {
+    let driver = Driver::new()?;
+    let flags = if cfg.client {
+        Flags::CLIENT
+    } else {
+        Flags::empty()
+    };
+    let mut registered = Vec::new();
+    let opened = (|| {
+        for (port, path) in cfg.ifaces.iter().enumerate() {
+            driver.register(path, flags)?;
+            registered.push(path);
+            driver.set_max_queue_pairs(path, 1)?;
+            let ops = PortOps {
+                table: Arc::clone(&sh.table),
+                port,
+            };
+            driver.set_callbacks(path, Arc::new(ops))?;
+            driver.start(path)?;
+            log::info!(
+                "port {port}: {} {} (MAC {})",
+                if cfg.client {
+                    "connecting to"
+                } else {
+                    "listening on"
+                },
+                path.display(),
+                mac_string(engine::port_mac(port))
+            );
+        }
+        Ok::<(), FwdError>(())
+    })();
+    let result = match opened {
+        Ok(()) => {
+            log::info!(
+                "{} forwarding: {} port(s), lcores on CPUs {:?}, burst {}",
+                cfg.mode,
+                cfg.ifaces.len(),
+                cfg.cores,
+                cfg.burst
+            );
+            let stopped = forward_until_stopped(cfg, sh, signals);
+            signals.release();
+            stopped
+        }
+        Err(e) => Err(e),
+    };
+    for path in registered {
+        if let Err(e) = driver.unregister(path) {
+            log::warn!("{}: {e}", path.display());
+        }
+    }
+    result
+}
+
+/// The main thread's loop: waits for a signal, the end of `--duration` or a failed lcore,
+/// printing statistics every period.
+fn forward_until_stopped(cfg: &Config, sh: &Shared, signals: &Signals) -> Result<(), FwdError> {
+    let start = Instant::now();
+    let deadline = cfg.duration.map(|d| start + d);
+    let mut last = (start, snapshots(sh));
+    loop {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            log::info!("--duration reached; stopping");
+            return Ok(());
+        }
+        if sh.failed.load(Ordering::Relaxed) {
+            return Err(FwdError::LcoreFailed);
+        }
+        let mut wait = Duration::from_millis(200);
+        if let Some(d) = deadline {
+            wait = wait.min(d - now);
+        }
+        if let Some(p) = cfg.stats_period {
+            let due = last.0 + p;
+            if now >= due {
+                let snap = snapshots(sh);
+                print_period(&last.1, &snap, now - last.0);
+                last = (now, snap);
+                continue;
+            }
+            wait = wait.min(due - now);
+        }
+        if let Some(sig) = signals.wait(wait).map_err(FwdError::Signals)? {
+            log::info!("{sig} received; stopping");
+            return Ok(());
+        }
+    }
+}
+
+fn snapshots(sh: &Shared) -> Vec<Snapshot> {
+    sh.counters.iter().map(PortCounters::snapshot).collect()
+}
+
+fn print_period(before: &[Snapshot], now: &[Snapshot], t: Duration) {
+    stats::emit(
+        now.iter()
+            .zip(before)
+            .enumerate()
+            .map(|(p, (n, b))| stats::line(p, &n.since(b), n, t)),
+    );
+}
+
+fn print_final(sh: &Shared, elapsed: Duration) {
+    let snaps = snapshots(sh);
+    let mut lines = vec![format!(
+        "---- final statistics after {:.3} s ----",
+        elapsed.as_secs_f64()
+    )];
+    for (p, s) in snaps.iter().enumerate() {
+        let active = sh.table.active_time(p);
+        lines.push(stats::line(p, s, s, active));
+    }
+    for (p, s) in snaps.iter().enumerate() {
+        lines.push(stats::final_line(p, s, sh.table.active_time(p)));
+    }
+    stats::emit(lines);
+}
+
+fn mac_string(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        Cli::try_parse_from(std::iter::once("fwd").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn options_parse_with_testpmd_like_defaults() {
+        let a = parse(&["--mode", "macswap", "--iface", "/tmp/a.sock"]).unwrap();
+        assert_eq!(a.mode, Mode::Macswap);
+        assert_eq!((a.burst, a.txpkts, a.nb_mbufs), (32, 64, 8192));
+        assert!(!a.client && a.duration.is_none() && a.lcores.is_none());
+        let c = Config::new(a).unwrap();
+        assert_eq!(c.cores, vec![last_cpu()]);
+        assert_eq!(c.stats_period, Some(Duration::from_secs(1)));
+        let a = parse(&[
+            "--mode",
+            "txonly",
+            "--iface",
+            "a",
+            "--iface",
+            "b",
+            "--client",
+            "--lcores",
+            "0",
+            "--burst",
+            "64",
+            "--txpkts",
+            "1518",
+            "--stats-period",
+            "0",
+            "--duration",
+            "2.5",
+        ])
+        .unwrap();
+        let c = Config::new(a).unwrap();
+        assert_eq!(c.ifaces.len(), 2);
+        assert!(c.client && c.stats_period.is_none());
+        assert_eq!(c.duration, Some(Duration::from_millis(2500)));
+        assert_eq!((c.burst, c.txpkts), (64, 1518));
+        assert_eq!(Mode::Icmpecho.to_string(), "icmpecho");
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        assert!(parse(&["--mode", "csum", "--iface", "a"]).is_err());
+        assert!(parse(&["--mode", "io"]).is_err(), "an iface is required");
+        assert!(parse(&["--mode", "io", "--iface", "a", "--burst", "0"]).is_err());
+        assert!(parse(&["--mode", "io", "--iface", "a", "--txpkts", "20"]).is_err());
+        let cfg = |argv: &[&str]| Config::new(parse(argv).unwrap());
+        assert!(cfg(&["--mode", "io", "--iface", "a", "--iface", "a"]).is_err());
+        assert!(cfg(&["--mode", "io", "--iface", "a", "--lcores", "x"]).is_err());
+        assert!(cfg(&["--mode", "io", "--iface", "a", "--nb-mbufs", "10"]).is_err());
+        assert!(cfg(&["--mode", "io", "--iface", "a", "--duration=-1"]).is_err());
+        assert!(cfg(&["--mode", "io", "--iface", "a", "--stats-period", "nan"]).is_err());
+        // More lcores than streams: the extra ones are not started.
+        let c = cfg(&["--mode", "io", "--iface", "a", "--lcores", "0,1"]).unwrap();
+        assert_eq!(c.cores, vec![0]);
+    }
+}

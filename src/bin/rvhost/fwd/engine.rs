@@ -1,0 +1,414 @@
+//! The forwarding lcores: streams (which port an lcore receives from and transmits to), the
+//! poll loop, and one function per mode.
+//!
+//! Port `p` uses queue pair 0: packets are received by dequeuing from vring 1 (the guest's
+//! transmit queue) and transmitted by enqueuing into vring 0 (the guest's receive queue).
+//! Enqueue copies, so after each burst every mbuf is freed: the accepted ones were copied into
+//! the guest, the others are dropped (and counted), as testpmd does with what a PMD did not
+//! take.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use rvhost::driver::{Device, DeviceId};
+use rvhost::lcore::Lcore;
+use rvhost::mbuf::{Mbuf, PktCache, PktPool};
+use rvhost::net::pkt::{Echo, icmpecho, macswap, udp_frame};
+use rvhost::net::{dequeue_burst, enqueue_burst};
+
+use super::Mode;
+use super::stats::{PortCounters, add};
+use super::table::{DeviceTable, Reader};
+
+/// The vring a port receives from (queue pair 0's transmit queue).
+pub const RX_VRING: u16 = 1;
+/// The vring a port transmits into (queue pair 0's receive queue).
+pub const TX_VRING: u16 = 0;
+
+/// Loop turns between two reads of the vrings' drop counters.
+const HARVEST_EVERY: u32 = 1024;
+
+/// One forwarding stream: what an lcore receives from `rx_port` goes to `tx_port` (txonly
+/// only transmits on `tx_port`, rxonly only receives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stream {
+    /// Port received from.
+    pub rx_port: usize,
+    /// Port transmitted to.
+    pub tx_port: usize,
+}
+
+/// The streams of `mode` over `ports` ports, one per port (stream `p` receives from port
+/// `p`). `io` and `macswap` pair ports as testpmd's default topology does (0↔1, 2↔3, ...; a
+/// last unpaired port, or a single one, loops back on itself); the other modes answer on the
+/// port they receive from.
+pub fn streams(mode: Mode, ports: usize) -> Vec<Stream> {
+    (0..ports)
+        .map(|p| Stream {
+            rx_port: p,
+            tx_port: match mode {
+                Mode::Io | Mode::Macswap => peer(p, ports),
+                Mode::Rxonly | Mode::Txonly | Mode::Icmpecho => p,
+            },
+        })
+        .collect()
+}
+
+/// The paired port of `p`.
+pub fn peer(p: usize, ports: usize) -> usize {
+    if p % 2 == 1 {
+        p - 1
+    } else if p + 1 < ports {
+        p + 1
+    } else {
+        p
+    }
+}
+
+/// The MAC address of port `p`: locally administered `02:00:00:00:pp:pp`.
+pub fn port_mac(p: usize) -> [u8; 6] {
+    let [hi, lo] = (p as u16).to_be_bytes();
+    [0x02, 0, 0, 0, hi, lo]
+}
+
+/// What every lcore shares.
+pub struct Shared {
+    /// Forwarding mode.
+    pub mode: Mode,
+    /// Packets per burst.
+    pub burst: usize,
+    /// Frame length of txonly.
+    pub txpkts: usize,
+    /// Port → running device.
+    pub table: Arc<DeviceTable>,
+    /// Per-port counters.
+    pub counters: Box<[PortCounters]>,
+    /// The packet pool (each lcore takes a cache of it).
+    pub pool: PktPool,
+    /// The streams of each lcore.
+    pub plan: Vec<Vec<Stream>>,
+    /// Set when an lcore panicked (the main loop then stops).
+    pub failed: AtomicBool,
+}
+
+/// Stream `i` goes to lcore `i % lcores`.
+pub fn plan(streams: &[Stream], lcores: usize) -> Vec<Vec<Stream>> {
+    let mut plan = vec![Vec::new(); lcores];
+    for (i, s) in streams.iter().enumerate() {
+        plan[i % lcores].push(*s);
+    }
+    plan
+}
+
+/// The body of an lcore: polls its streams until told to stop.
+pub fn run(lcore: Lcore, sh: &Shared) {
+    let _guard = PanicFlag(&sh.failed);
+    let mut w = Worker::new(sh, lcore.id().index());
+    w.poll(&lcore);
+}
+
+/// Raises the flag if the lcore unwinds from a panic.
+struct PanicFlag<'a>(&'a AtomicBool);
+
+impl Drop for PanicFlag<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Drop counters already added for one vring of one device.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    dev: Option<DeviceId>,
+    seen: u64,
+}
+
+struct Worker<'a> {
+    sh: &'a Shared,
+    streams: &'a [Stream],
+    reader: Reader,
+    cache: PktCache,
+    burst: Vec<Mbuf>,
+    /// txonly frames, per port.
+    templates: Vec<Vec<u8>>,
+    /// Per port: `Some` if this lcore receives from (`rx`) / transmits to (`tx`) the port.
+    rx_tally: Vec<Option<Tally>>,
+    tx_tally: Vec<Option<Tally>>,
+}
+
+impl<'a> Worker<'a> {
+    fn new(sh: &'a Shared, lcore: usize) -> Worker<'a> {
+        let streams = &sh.plan[lcore][..];
+        let ports = sh.counters.len();
+        let receives = sh.mode != Mode::Txonly;
+        let transmits = sh.mode != Mode::Rxonly;
+        let mut rx_tally = vec![None; ports];
+        let mut tx_tally = vec![None; ports];
+        for s in streams {
+            if receives {
+                rx_tally[s.rx_port] = Some(Tally::default());
+            }
+            if transmits {
+                tx_tally[s.tx_port] = Some(Tally::default());
+            }
+        }
+        let templates = if sh.mode == Mode::Txonly {
+            (0..ports)
+                .map(|p| udp_frame(sh.txpkts, port_mac(p), port_mac(peer(p, ports))))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Worker {
+            sh,
+            streams,
+            reader: sh.table.reader(lcore),
+            cache: sh.pool.cache(),
+            burst: Vec::with_capacity(sh.burst),
+            templates,
+            rx_tally,
+            tx_tally,
+        }
+    }
+
+    fn poll(&mut self, lcore: &Lcore) {
+        let mut turn = 0u32;
+        while !lcore.should_stop() {
+            let (sh, rx_tally, tx_tally) = (self.sh, &mut self.rx_tally, &mut self.tx_tally);
+            self.reader.refresh(|port, dev| {
+                // The device leaves this lcore: count its last drops while it is still ours.
+                harvest_port(sh, port, dev, rx_tally, tx_tally);
+            });
+            let streams = self.streams;
+            for &s in streams {
+                match self.sh.mode {
+                    Mode::Txonly => self.txonly(s),
+                    _ => self.forward(s),
+                }
+            }
+            turn = turn.wrapping_add(1);
+            if turn % HARVEST_EVERY == 0 {
+                self.harvest_all();
+            }
+        }
+        self.harvest_all();
+    }
+
+    fn harvest_all(&mut self) {
+        for (port, dev) in self.reader.devices() {
+            harvest_port(self.sh, port, dev, &mut self.rx_tally, &mut self.tx_tally);
+        }
+    }
+
+    /// io, macswap, icmpecho, rxonly: one receive burst, rewritten, sent on.
+    #[inline]
+    fn forward(&mut self, s: Stream) {
+        let Some(dev) = self.reader.dev(s.rx_port) else {
+            return;
+        };
+        let n = dequeue_burst(
+            dev,
+            RX_VRING,
+            &mut self.cache,
+            &mut self.burst,
+            self.sh.burst,
+        );
+        if n == 0 {
+            return;
+        }
+        let rx = &self.sh.counters[s.rx_port].rx;
+        add(&rx.pkts, n as u64);
+        add(&rx.bytes, bytes(&self.burst));
+        match self.sh.mode {
+            Mode::Io => {}
+            Mode::Macswap => {
+                for m in &mut self.burst {
+                    // Freshly dequeued mbufs are never shared; the first segment holds the
+                    // Ethernet header of anything longer than one.
+                    if let Ok(d) = m.data_mut() {
+                        macswap(d);
+                    }
+                }
+            }
+            Mode::Icmpecho => self.keep_echo_replies(s.rx_port),
+            Mode::Rxonly | Mode::Txonly => {
+                self.cache.free_bulk(self.burst.drain(..));
+                return;
+            }
+        }
+        self.transmit(s.tx_port);
+    }
+
+    /// Turns ARP and ICMP echo requests into replies in place and frees everything else.
+    fn keep_echo_replies(&mut self, port: usize) {
+        let mac = port_mac(port);
+        let mut keep = 0;
+        for i in 0..self.burst.len() {
+            let reply = match self.burst[i].data_mut() {
+                Ok(d) => icmpecho(d, mac) != Echo::Ignored,
+                Err(_) => false,
+            };
+            if reply {
+                self.burst.swap(keep, i);
+                keep += 1;
+            }
+        }
+        self.cache.free_bulk(self.burst.drain(keep..));
+    }
+
+    /// txonly: a burst of template frames.
+    #[inline]
+    fn txonly(&mut self, s: Stream) {
+        let port = s.tx_port;
+        if self.reader.dev(port).is_none() {
+            return;
+        }
+        if self
+            .cache
+            .alloc_bulk(&mut self.burst, self.sh.burst)
+            .is_err()
+        {
+            return;
+        }
+        let tmpl = &self.templates[port];
+        let mut filled = 0;
+        for m in self.burst.iter_mut() {
+            if fill(&mut self.cache, m, tmpl).is_err() {
+                break;
+            }
+            filled += 1;
+        }
+        self.cache.free_bulk(self.burst.drain(filled..));
+        self.transmit(port);
+    }
+
+    /// Enqueues the burst on `port`, counts, and frees every mbuf.
+    #[inline]
+    fn transmit(&mut self, port: usize) {
+        let n = self.burst.len();
+        if n == 0 {
+            return;
+        }
+        let sent = match self.reader.dev(port) {
+            Some(dev) => enqueue_burst(dev, TX_VRING, &self.burst),
+            None => 0,
+        };
+        let tx = &self.sh.counters[port].tx;
+        if sent > 0 {
+            add(&tx.pkts, sent as u64);
+            add(&tx.bytes, bytes(&self.burst[..sent]));
+        }
+        if sent < n {
+            add(&tx.drops, (n - sent) as u64);
+        }
+        self.cache.free_bulk(self.burst.drain(..));
+    }
+}
+
+fn bytes(pkts: &[Mbuf]) -> u64 {
+    pkts.iter().map(|m| m.pkt_len() as u64).sum()
+}
+
+/// Copies `bytes` into the fresh mbuf `m`, chaining more mbufs from `cache` past its room.
+fn fill(cache: &mut PktCache, m: &mut Mbuf, bytes: &[u8]) -> Result<(), ()> {
+    let n = bytes.len().min(m.tailroom());
+    m.append(n).map_err(drop)?;
+    m.data_mut().map_err(drop)?.copy_from_slice(&bytes[..n]);
+    let mut rest = &bytes[n..];
+    while !rest.is_empty() {
+        let mut seg = cache.alloc().map_err(drop)?;
+        let k = rest.len().min(seg.tailroom());
+        if k == 0 {
+            return Err(());
+        }
+        seg.append(k).map_err(drop)?;
+        seg.data_mut().map_err(drop)?.copy_from_slice(&rest[..k]);
+        m.chain(seg).map_err(drop)?;
+        rest = &rest[k..];
+    }
+    Ok(())
+}
+
+/// Adds the drops the vrings of `dev` counted since the last look to `port`'s counters, for
+/// the sides this lcore owns.
+fn harvest_port(
+    sh: &Shared,
+    port: usize,
+    dev: &Device,
+    rx_tally: &mut [Option<Tally>],
+    tx_tally: &mut [Option<Tally>],
+) {
+    let c = &sh.counters[port];
+    if let Some(t) = rx_tally[port].as_mut() {
+        harvest(dev, RX_VRING, t, &c.rx.bad, true);
+    }
+    if let Some(t) = tx_tally[port].as_mut() {
+        harvest(dev, TX_VRING, t, &c.tx.bad, false);
+    }
+}
+
+fn harvest(dev: &Device, vring: u16, t: &mut Tally, counter: &AtomicU64, rx: bool) {
+    // Never block: if the control thread holds the vring, look again next time.
+    let Some(vq) = dev.try_lock_vring(usize::from(vring)) else {
+        return;
+    };
+    let total = if rx {
+        vq.stats.bad_chains + vq.stats.too_large
+    } else {
+        vq.stats.bad_chains
+    };
+    drop(vq);
+    if t.dev != Some(dev.id()) || total < t.seen {
+        // Another device, or its vring was reset: count from zero.
+        *t = Tally {
+            dev: Some(dev.id()),
+            seen: 0,
+        };
+    }
+    add(counter, total - t.seen);
+    t.seen = total;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_pair_ports_like_testpmd() {
+        let pairs = |mode, n| {
+            streams(mode, n)
+                .iter()
+                .map(|s| (s.rx_port, s.tx_port))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pairs(Mode::Io, 1), vec![(0, 0)]);
+        assert_eq!(pairs(Mode::Io, 2), vec![(0, 1), (1, 0)]);
+        assert_eq!(pairs(Mode::Macswap, 3), vec![(0, 1), (1, 0), (2, 2)]);
+        assert_eq!(pairs(Mode::Icmpecho, 2), vec![(0, 0), (1, 1)]);
+        assert_eq!(pairs(Mode::Txonly, 2), vec![(0, 0), (1, 1)]);
+        // Every port is transmitted to by exactly one stream (one writer per counter).
+        for n in 1..6 {
+            let mut tx: Vec<usize> = streams(Mode::Io, n).iter().map(|s| s.tx_port).collect();
+            tx.sort();
+            assert_eq!(tx, (0..n).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn streams_are_spread_over_lcores() {
+        let s = streams(Mode::Io, 3);
+        let p = plan(&s, 2);
+        assert_eq!(p[0], vec![s[0], s[2]]);
+        assert_eq!(p[1], vec![s[1]]);
+        assert_eq!(plan(&s, 1)[0], s);
+    }
+
+    #[test]
+    fn port_macs_are_locally_administered() {
+        assert_eq!(port_mac(0), [2, 0, 0, 0, 0, 0]);
+        assert_eq!(port_mac(1), [2, 0, 0, 0, 0, 1]);
+        assert_eq!(port_mac(258), [2, 0, 0, 0, 1, 2]);
+    }
+}

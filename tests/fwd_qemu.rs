@@ -1,0 +1,180 @@
+//! A real Linux guest (QEMU, virtio-net-pci over vhost-user) pings through
+//! `rvhost fwd --mode icmpecho`, via the shared recipe `../shared/scripts/qemu_vhost_guest.sh`
+//! (it boots the guest, makes it ARP and ping the backend, and checks the result).
+//!
+//! One test runs the script five times in a row (each run is 10-30 s of TCG guest): QEMU as
+//! vhost-user client (rvhost listens) and as server (rvhost `--client`), with and without the
+//! reconnect cycle, the backend stopped gracefully (SIGINT) or with SIGKILL
+//! (`VHG_RECONNECT_STOP=kill`). Each run must PASS, and every rvhost process the script stopped
+//! with a signal it handles must have printed its `FINAL` line with every frame answered
+//! (`tx_pkts == rx_pkts`, no drop); when no backend was killed, the backends together must
+//! have received exactly what the guest's eth0 transmitted.
+//!
+//! Skipped (with the reason printed) when the script is absent or the test is not run as
+//! root (the script needs root; it installs QEMU and a guest kernel with apt when missing).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::child::{Child, parse_final, rvhost_bin};
+use common::sock_path;
+use nix::sys::signal::Signal;
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/scripts/qemu_vhost_guest.sh")
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Reconnect {
+    No,
+    Graceful,
+    Kill,
+}
+
+/// The last `key=N` in the last line containing `marker`.
+fn value_after(lines: &[String], marker: &str, key: &str) -> Option<u64> {
+    let line = lines.iter().rev().find(|l| l.contains(marker))?;
+    let at = line.find(key)? + key.len();
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn run(qemu_mode: &str, reconnect: Reconnect) {
+    let started = Instant::now();
+    let sock = sock_path("fwd-qemu");
+    let backend = format!(
+        "exec {} fwd --mode icmpecho --iface @SOCK@ --lcores 0 $([ @CLIENT@ = 1 ] && echo --client)",
+        rvhost_bin().display()
+    );
+    let mut cmd = Command::new("bash");
+    cmd.arg(script())
+        .args([
+            "--mode",
+            qemu_mode,
+            "--timeout",
+            "240",
+            "--backend",
+            &backend,
+        ])
+        .env("VHG_SOCK", &sock)
+        .env_remove("VHG_RECONNECT_STOP");
+    match reconnect {
+        Reconnect::No => {
+            cmd.arg("--no-reconnect");
+        }
+        Reconnect::Graceful => {
+            cmd.arg("--reconnect").env("VHG_RECONNECT_STOP", "graceful");
+        }
+        Reconnect::Kill => {
+            cmd.arg("--reconnect").env("VHG_RECONNECT_STOP", "kill");
+        }
+    }
+    let what = format!("QEMU {qemu_mode} mode, reconnect {reconnect:?}");
+    let mut vm = Child::spawn("qemu_vhost_guest.sh", cmd);
+    let status = vm.wait_exit(Duration::from_secs(300));
+    if status.is_none() {
+        // The script cleans up its QEMU and backends on SIGTERM.
+        vm.signal(Signal::SIGTERM);
+        vm.wait_exit(Duration::from_secs(20));
+        panic!(
+            "{what}: the script did not finish in 300 s\n{}",
+            vm.tail(60)
+        );
+    }
+    let out = vm.stdout();
+    assert!(
+        status.is_some_and(|s| s.success()) && out.iter().any(|l| l.starts_with("RESULT: PASS")),
+        "{what}: {status:?}\n{}",
+        vm.tail(80)
+    );
+    // "backend #k pid P, log PATH" (the script's log, on stderr): every backend's log.
+    let logs: Vec<PathBuf> = vm
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("] backend #") && l.contains(", log "))
+        .filter_map(|l| {
+            l.rsplit_once(", log ")
+                .map(|(_, p)| PathBuf::from(p.trim()))
+        })
+        .collect();
+    let expect = match reconnect {
+        Reconnect::No => 1,
+        _ => 2,
+    };
+    assert_eq!(
+        logs.len(),
+        expect,
+        "{what}: backends started\n{}",
+        vm.tail(80)
+    );
+    let mut received = 0;
+    for (i, log) in logs.iter().enumerate() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let finals = parse_final(&lines);
+        let killed = matches!(reconnect, Reconnect::Kill) && i == 0;
+        if killed {
+            assert!(finals.is_empty(), "{what}: a killed backend printed FINAL");
+            continue;
+        }
+        let f = finals
+            .get(&0)
+            .unwrap_or_else(|| panic!("{what}: {} has no FINAL line:\n{text}", log.display()));
+        assert!(f.rx_pkts > 0, "{what}: backend {} saw no traffic", i + 1);
+        assert_eq!(
+            (f.tx_pkts, f.tx_drops),
+            (f.rx_pkts, 0),
+            "{what}: backend {} must answer every frame",
+            i + 1
+        );
+        received += f.rx_pkts;
+    }
+    if !matches!(reconnect, Reconnect::Kill) {
+        let guest_tx = value_after(&out, "VHOST-GUEST: stats[", "tx_packets=")
+            .unwrap_or_else(|| panic!("{what}: no guest stats\n{}", vm.tail(80)));
+        assert_eq!(
+            received, guest_tx,
+            "{what}: the backends received what the guest's eth0 sent"
+        );
+    }
+    assert!(
+        !sock.exists() || qemu_mode == "server",
+        "socket file left behind"
+    );
+    println!("{what}: PASS in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Whether the effective uid is 0 (the second field of `Uid:` in /proc/self/status).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("Uid:"))?;
+            line.split_whitespace().nth(2).map(|euid| euid == "0")
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn linux_guest_pings_through_rvhost_fwd_icmpecho() {
+    let script = script();
+    if !script.exists() {
+        println!("skipping: {} is absent", script.display());
+        return;
+    }
+    if !is_root() {
+        println!("skipping: qemu_vhost_guest.sh needs root");
+        return;
+    }
+    run("client", Reconnect::No);
+    run("server", Reconnect::Graceful);
+    run("client", Reconnect::Graceful);
+    run("client", Reconnect::Kill);
+    run("server", Reconnect::Kill);
+}

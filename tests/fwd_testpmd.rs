@@ -1,0 +1,407 @@
+//! DPDK testpmd (virtio-user frontend) against `rvhost fwd` (the vhost-user backend), both as
+//! real processes: traffic both ways, with packet counts that must agree on both sides, for
+//! mrg_rxbuf 0/1 × in_order 0/1, rvhost as server and as client (testpmd `server=1`).
+//!
+//! # Loopback (exact counting)
+//!
+//! testpmd runs `--forward-mode=io --tx-first --burst=B`: it sends one burst of `B` packets,
+//! then sends back whatever it receives; rvhost (`io` or `macswap`, one port back to itself)
+//! sends back whatever it receives. `B` packets circulate; nothing creates packets and every
+//! drop is counted (testpmd's `TX-dropped`, rvhost's `tx_drops`). testpmd is stopped with
+//! SIGINT first (its stats are taken when its lcore stops), then rvhost (its `FINAL` line).
+//! At that moment each live packet is in exactly one of two places: testpmd's transmit ring
+//! not yet dequeued by rvhost (`tp.tx - rv.rx`), or testpmd's receive ring not yet received
+//! (`rv.tx - tp.rx`). So, exactly:
+//!
+//! * testpmd: `tp.tx + tp.tx_dropped - tp.rx == B`;
+//! * rvhost: `rv.rx == rv.tx + rv.tx_drops`;
+//! * `0 <= tp.tx - rv.rx`, `0 <= rv.tx - tp.rx`, and
+//!   `(tp.tx - rv.rx) + (rv.tx - tp.rx) + rv.tx_drops + tp.tx_dropped == B`.
+//!
+//! The only tolerance is the `B` packets in flight when testpmd stops (and rvhost may drop
+//! them when testpmd's queues go away under it): less than a ring, and exactly accounted.
+//!
+//! # One way, at full rate (bounded by a ring)
+//!
+//! testpmd `txonly` → rvhost `rxonly`: `0 <= tp.tx - rv.rx <= 1024` (packets left in the
+//! 1024-entry transmit ring when testpmd stops its port). rvhost `txonly` → testpmd `rxonly`:
+//! `0 <= rv.tx - tp.rx <= 1024` (packets left in its receive ring). Byte counts must be
+//! `packets × frame size` on rvhost's side.
+//!
+//! Needs `dpdk-testpmd` (Debian: `apt-get install dpdk-dev`); without it the tests print why
+//! and pass. testpmd uses 2 MiB hugepages when 128 are free, else `--no-huge` (memfd-backed
+//! memory, which virtio-user shares as well). Runs are serialized (testpmd on CPU 1, rvhost on
+//! CPU 0) and take a few seconds each.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::child::{Child, Final, rvhost_bin, stop_rvhost, wait_for_socket};
+use common::sock_path;
+use nix::sys::signal::Signal;
+
+/// One run at a time: testpmd and rvhost poll their cores at 100%.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Ring size of testpmd's queues.
+const QUEUE: u64 = 1024;
+/// Packets circulating in the loopback runs.
+const POPULATION: u64 = 64;
+/// Traffic time of a run.
+const TRAFFIC: Duration = Duration::from_secs(3);
+/// Fewest packets a run must move to count as traffic (a debug build forwards ~100k/s).
+const MIN_PACKETS: u64 = 5_000;
+
+fn testpmd_installed() -> bool {
+    Command::new("dpdk-testpmd")
+        .arg("--help")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
+
+fn free_hugepages() -> u64 {
+    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// What a case sends.
+#[derive(Debug, Clone, Copy)]
+enum Traffic {
+    /// testpmd io --tx-first ↔ rvhost in this mode; testpmd's `--txpkts` segments.
+    Loopback(&'static str, &'static str),
+    /// testpmd txonly → rvhost rxonly.
+    ToRvhost,
+    /// rvhost txonly → testpmd rxonly.
+    FromRvhost,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    mrg: bool,
+    in_order: bool,
+    rvhost_server: bool,
+    traffic: Traffic,
+}
+
+/// testpmd's final "Forward statistics for port 0" block.
+#[derive(Debug, Clone, Copy, Default)]
+struct TpStats {
+    rx: u64,
+    tx: u64,
+    tx_dropped: u64,
+}
+
+fn field(line: &str, key: &str) -> Option<u64> {
+    let at = line.find(key)? + key.len();
+    line[at..].split_whitespace().next()?.parse().ok()
+}
+
+fn forward_stats(lines: &[String]) -> Option<TpStats> {
+    let start = lines
+        .iter()
+        .rposition(|l| l.contains("Forward statistics for port 0"))?;
+    let rx = lines[start..].iter().find(|l| l.contains("RX-packets:"))?;
+    let tx = lines[start..].iter().find(|l| l.contains("TX-packets:"))?;
+    Some(TpStats {
+        rx: field(rx, "RX-packets:")?,
+        tx: field(tx, "TX-packets:")?,
+        tx_dropped: field(tx, "TX-dropped:")?,
+    })
+}
+
+fn testpmd(sock: &Path, case: &Case) -> Command {
+    static RUN: AtomicUsize = AtomicUsize::new(0);
+    let prefix = format!(
+        "rvh-fwd-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut vdev = format!(
+        "net_virtio_user0,path={},queues=1,queue_size={QUEUE},mrg_rxbuf={},in_order={}",
+        sock.display(),
+        u8::from(case.mrg),
+        u8::from(case.in_order)
+    );
+    if !case.rvhost_server {
+        vdev.push_str(",server=1");
+    }
+    let mut cmd = Command::new("stdbuf");
+    cmd.args(["-oL", "dpdk-testpmd", "--no-pci"]);
+    if free_hugepages() >= 128 {
+        cmd.args(["--in-memory", "--single-file-segments"]);
+    } else {
+        println!("fewer than 128 free 2 MiB hugepages: testpmd runs with --no-huge");
+        cmd.args(["--no-huge", "--no-shconf"]);
+    }
+    cmd.args(["-m", "256", "--file-prefix", &prefix, "--lcores", "0@1,1@1"])
+        .args(["--vdev", &vdev])
+        .args(["--", "--port-topology=loop", "--auto-start", "--nb-cores=1"])
+        .args([&format!("--rxd={QUEUE}"), &format!("--txd={QUEUE}")])
+        .args(["--stats-period", "1", "--total-num-mbufs=8192"])
+        // testpmd drains its receive queues before it snapshots the counters its forward
+        // statistics start from: what rvhost sent before would be received but not counted.
+        .arg("--no-flush-rx");
+    match case.traffic {
+        Traffic::Loopback(_, txpkts) => cmd.args([
+            "--forward-mode=io",
+            "--tx-first",
+            &format!("--burst={POPULATION}"),
+            &format!("--txpkts={txpkts}"),
+        ]),
+        Traffic::ToRvhost => cmd.args(["--forward-mode=txonly", "--txpkts=64"]),
+        Traffic::FromRvhost => cmd.args(["--forward-mode=rxonly"]),
+    };
+    cmd
+}
+
+fn rvhost(sock: &Path, case: &Case) -> Command {
+    let mut cmd = Command::new(rvhost_bin());
+    cmd.args(["fwd", "--lcores", "0", "--stats-period", "1"])
+        .arg("--iface")
+        .arg(sock);
+    match case.traffic {
+        Traffic::Loopback(mode, _) => cmd.args(["--mode", mode]),
+        Traffic::ToRvhost => cmd.args(["--mode", "rxonly"]),
+        Traffic::FromRvhost => cmd.args(["--mode", "txonly", "--txpkts", "64"]),
+    };
+    if !case.rvhost_server {
+        cmd.arg("--client");
+    }
+    cmd
+}
+
+fn run(case: Case) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    common::init_log();
+    if !testpmd_installed() {
+        println!("skipping: dpdk-testpmd is not installed (apt-get install dpdk-dev)");
+        return;
+    }
+    let started = Instant::now();
+    let sock = sock_path("fwd-testpmd");
+    let (mut tp, mut rv) = if case.rvhost_server {
+        let rv = Child::spawn("rvhost", rvhost(&sock, &case));
+        assert!(
+            wait_for_socket(&sock, Duration::from_secs(10)),
+            "rvhost never listened\n{}",
+            rv.tail(20)
+        );
+        (Child::spawn("testpmd", testpmd(&sock, &case)), rv)
+    } else {
+        // testpmd's virtio-user server waits for the backend in its probe.
+        let tp = Child::spawn("testpmd", testpmd(&sock, &case));
+        assert!(
+            wait_for_socket(&sock, Duration::from_secs(30)),
+            "testpmd never listened\n{}",
+            tp.tail(40)
+        );
+        (tp, Child::spawn("rvhost", rvhost(&sock, &case)))
+    };
+    let running = rv.wait_stderr(Duration::from_secs(30), |l| l.contains("is running"));
+    assert!(
+        running.is_some(),
+        "{case:?}: no device on rvhost\n{}\n{}",
+        rv.tail(30),
+        tp.tail(40)
+    );
+    std::thread::sleep(TRAFFIC);
+    // testpmd with --stats-period quits on a signal (not on stdin); it then prints its
+    // forward statistics and closes its port.
+    tp.signal(Signal::SIGINT);
+    let exited = tp.wait_exit(Duration::from_secs(20));
+    assert!(
+        exited.is_some(),
+        "{case:?}: testpmd did not stop\n{}",
+        tp.tail(40)
+    );
+    let rvf = stop_rvhost(&mut rv);
+    let tpf = forward_stats(&tp.stdout())
+        .unwrap_or_else(|| panic!("{case:?}: no forward statistics\n{}", tp.tail(60)));
+    println!(
+        "{case:?}: testpmd {tpf:?}; rvhost {rvf:?}; {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let ctx = || format!("{case:?}\ntestpmd {tpf:?}\nrvhost {rvf:?}");
+    match case.traffic {
+        Traffic::Loopback(_, txpkts) => check_loopback(&tpf, &rvf, txpkts, ctx),
+        Traffic::ToRvhost => {
+            assert_eq!((tpf.rx, rvf.tx_pkts), (0, 0), "{}", ctx());
+            assert!(rvf.rx_pkts >= MIN_PACKETS, "too little traffic: {}", ctx());
+            assert!(
+                rvf.rx_pkts <= tpf.tx && tpf.tx - rvf.rx_pkts <= QUEUE,
+                "rvhost must receive what testpmd sent, but a ring: {}",
+                ctx()
+            );
+            assert_eq!(rvf.rx_bytes, rvf.rx_pkts * 64, "{}", ctx());
+        }
+        Traffic::FromRvhost => {
+            assert_eq!((tpf.tx, rvf.rx_pkts), (0, 0), "{}", ctx());
+            assert!(tpf.rx >= MIN_PACKETS, "too little traffic: {}", ctx());
+            assert!(
+                tpf.rx <= rvf.tx_pkts && rvf.tx_pkts - tpf.rx <= QUEUE,
+                "testpmd must receive what rvhost sent, but a ring: {}",
+                ctx()
+            );
+            assert_eq!(rvf.tx_bytes, rvf.tx_pkts * 64, "{}", ctx());
+        }
+    }
+    if case.rvhost_server {
+        assert!(!sock.exists(), "rvhost left its socket file");
+    }
+}
+
+fn check_loopback(tp: &TpStats, rv: &Final, txpkts: &str, ctx: impl Fn() -> String) {
+    let b = POPULATION;
+    assert!(rv.rx_pkts >= MIN_PACKETS, "too little traffic: {}", ctx());
+    assert_eq!(
+        tp.tx + tp.tx_dropped,
+        tp.rx + b,
+        "testpmd sends back all it gets, plus the first burst: {}",
+        ctx()
+    );
+    assert_eq!(
+        rv.rx_pkts,
+        rv.tx_pkts + rv.tx_drops,
+        "rvhost sends back or counts a drop for all it gets: {}",
+        ctx()
+    );
+    assert!(
+        rv.rx_pkts <= tp.tx && tp.tx - rv.rx_pkts <= b,
+        "rvhost received what testpmd sent, but packets in flight: {}",
+        ctx()
+    );
+    assert!(
+        tp.rx <= rv.tx_pkts && rv.tx_pkts - tp.rx <= b,
+        "testpmd received what rvhost sent, but packets in flight: {}",
+        ctx()
+    );
+    assert_eq!(
+        (tp.tx - rv.rx_pkts) + (rv.tx_pkts - tp.rx) + rv.tx_drops + tp.tx_dropped,
+        b,
+        "every circulating packet is in flight or counted as dropped: {}",
+        ctx()
+    );
+    let len: u64 = txpkts.split(',').map(|s| s.parse::<u64>().unwrap()).sum();
+    assert_eq!(rv.rx_bytes, rv.rx_pkts * len, "{}", ctx());
+    assert_eq!(rv.tx_bytes, rv.tx_pkts * len, "{}", ctx());
+}
+
+macro_rules! loopback {
+    ($name:ident, $mrg:expr, $in_order:expr, $server:expr, $mode:expr, $txpkts:expr) => {
+        #[test]
+        fn $name() {
+            run(Case {
+                mrg: $mrg,
+                in_order: $in_order,
+                rvhost_server: $server,
+                traffic: Traffic::Loopback($mode, $txpkts),
+            });
+        }
+    };
+}
+
+// mrg_rxbuf × in_order × rvhost role; io and macswap; 64-byte frames, 1518-byte frames in
+// one segment, and 1518-byte frames in two segments (a chain of descriptors from testpmd).
+loopback!(
+    loopback_mrg0_inorder0_rvhost_server,
+    false,
+    false,
+    true,
+    "io",
+    "64"
+);
+loopback!(
+    loopback_mrg0_inorder1_rvhost_server,
+    false,
+    true,
+    true,
+    "macswap",
+    "1518"
+);
+loopback!(
+    loopback_mrg1_inorder0_rvhost_server,
+    true,
+    false,
+    true,
+    "macswap",
+    "64,1454"
+);
+loopback!(
+    loopback_mrg1_inorder1_rvhost_server,
+    true,
+    true,
+    true,
+    "io",
+    "64"
+);
+loopback!(
+    loopback_mrg0_inorder0_rvhost_client,
+    false,
+    false,
+    false,
+    "macswap",
+    "64,1454"
+);
+loopback!(
+    loopback_mrg0_inorder1_rvhost_client,
+    false,
+    true,
+    false,
+    "io",
+    "64"
+);
+loopback!(
+    loopback_mrg1_inorder0_rvhost_client,
+    true,
+    false,
+    false,
+    "io",
+    "1518"
+);
+loopback!(
+    loopback_mrg1_inorder1_rvhost_client,
+    true,
+    true,
+    false,
+    "macswap",
+    "64"
+);
+
+#[test]
+fn testpmd_txonly_to_rvhost_rxonly() {
+    run(Case {
+        mrg: true,
+        in_order: true,
+        rvhost_server: true,
+        traffic: Traffic::ToRvhost,
+    });
+}
+
+#[test]
+fn rvhost_txonly_to_testpmd_rxonly() {
+    run(Case {
+        mrg: false,
+        in_order: false,
+        rvhost_server: false,
+        traffic: Traffic::FromRvhost,
+    });
+}
+
+#[test]
+fn rvhost_txonly_to_testpmd_rxonly_mergeable() {
+    run(Case {
+        mrg: true,
+        in_order: false,
+        rvhost_server: true,
+        traffic: Traffic::FromRvhost,
+    });
+}
