@@ -47,6 +47,13 @@ pub fn enqueue_burst(dev: &Device, vring: u16, pkts: &[Mbuf]) -> usize {
     let mut sent = 0;
     let mut tc = TranslationCache::new();
     for pkt in pkts {
+        if !ctx.gso && oversized_gso(pkt) {
+            // A GSO packet larger than one segment, for a guest that cannot take GSO: it is
+            // consumed (counted), not sent, as no buffer of that guest can hold it.
+            sent += 1;
+            burst.stats.too_large += 1;
+            continue;
+        }
         if place_simple(&q, &mut burst, &mut tc, pkt, &ctx) {
             sent += 1;
             burst.stats.packets += 1;
@@ -69,6 +76,19 @@ pub fn enqueue_burst(dev: &Device, vring: u16, pkts: &[Mbuf]) -> usize {
     }
     burst.finish();
     sent
+}
+
+/// A packet asking for segmentation that is longer than one segment.
+fn oversized_gso(pkt: &Mbuf) -> bool {
+    let m = pkt.meta();
+    if !m
+        .ol_flags
+        .intersects(OffloadFlags::TX_TCP_SEG | OffloadFlags::TX_UDP_SEG)
+    {
+        return false;
+    }
+    let headers = usize::from(m.l2_len) + usize::from(m.l3_len) + usize::from(m.l4_len);
+    pkt.pkt_len() > headers + usize::from(m.tso_segsz).max(1)
 }
 
 struct Ctx {
@@ -97,9 +117,10 @@ fn header(pkt: &Mbuf, ctx: &Ctx, num_buffers: u16) -> VirtioNetHdr {
 
 /// Writes the header and the packet's bytes (the first `l2+l3` replaced by a copy with the IP
 /// checksum filled in, if the packet asked for that).
-fn write_packet(w: &mut GuestWriter<'_>, hdr: &VirtioNetHdr, hlen: usize, pkt: &Mbuf) -> bool {
+fn write_packet(w: &mut GuestWriter<'_>, hdr: &VirtioNetHdr, ctx: &Ctx, pkt: &Mbuf) -> bool {
+    let hlen = ctx.hlen;
     let mut ok = w.write(&hdr.to_bytes()[..hlen]).is_ok_and(|n| n == hlen);
-    let prefix = offload::ip_checksum_prefix(pkt.meta(), pkt.data());
+    let prefix = offload::patched_prefix(pkt.meta(), ctx.csum, || pkt.segments().map(|s| s.data()));
     let mut skip = 0;
     if let Some((buf, n)) = &prefix {
         ok &= w.write(&buf[..*n]).is_ok_and(|k| k == *n);
@@ -125,7 +146,8 @@ fn place_simple(
     pkt: &Mbuf,
     ctx: &Ctx,
 ) -> bool {
-    if pkt.nb_segs() != 1 || pkt.meta().ol_flags.contains(OffloadFlags::TX_IP_CKSUM) {
+    // Offloads the guest cannot take, or checksums to fill in, go the general way.
+    if pkt.nb_segs() != 1 || !pkt.meta().ol_flags.is_empty() {
         return false;
     }
     let Ok(head) = b.next_head() else {
@@ -180,7 +202,7 @@ fn place_one(q: &SplitQueue<'_>, b: &mut Burst<'_>, pkt: &Mbuf, ctx: &Ctx) -> Re
             Ok(_) => {}
         }
         let mut w = GuestWriter::new(q.chain(head, true, MAX_PKT_LEN));
-        if !write_packet(&mut w, &header(pkt, ctx, 1), ctx.hlen, pkt) {
+        if !write_packet(&mut w, &header(pkt, ctx, 1), ctx, pkt) {
             // The chain changed under us (the guest rewrote it between the two walks).
             b.stats.bad_chains += 1;
             b.used(head, 0);
@@ -234,7 +256,7 @@ fn place_mergeable(
     }
     let hdr = header(pkt, ctx, n as u16);
     let hdr_bytes = hdr.to_bytes();
-    let prefix = offload::ip_checksum_prefix(pkt.meta(), pkt.data());
+    let prefix = offload::patched_prefix(pkt.meta(), ctx.csum, || pkt.segments().map(|s| s.data()));
     // The packet as a sequence of byte runs: header, optional patched prefix, segments.
     let mut skip = prefix.as_ref().map_or(0, |p| p.1);
     let mut runs = [

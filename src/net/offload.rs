@@ -151,24 +151,68 @@ pub fn to_virtio(meta: &PktMeta) -> VirtioNetHdr {
     hdr
 }
 
-/// If the packet asks for an IPv4 header checksum (`TX_IP_CKSUM`), the first
-/// `l2_len + l3_len` bytes with the checksum filled in, to be written instead of the
-/// original bytes. `None` when not asked or the header is not in `head`.
-pub fn ip_checksum_prefix(meta: &PktMeta, head: &[u8]) -> Option<([u8; 128], usize)> {
-    if !meta.ol_flags.contains(F::TX_IP_CKSUM) {
+/// The first bytes of a packet to write instead of the original ones, with the checksums the
+/// packet asks for filled in: the IPv4 header checksum (`TX_IP_CKSUM`), and the L4 checksum
+/// (`TX_TCP_CKSUM`/`TX_UDP_CKSUM`) when the guest cannot take a partial one (`guest_csum`
+/// false), summed over every segment. `None` when nothing is to be filled in, or the headers
+/// are not in the first segment (the packet is then written as it is).
+pub fn patched_prefix<'s, I: Iterator<Item = &'s [u8]>>(
+    meta: &PktMeta,
+    guest_csum: bool,
+    segments: impl Fn() -> I,
+) -> Option<([u8; 128], usize)> {
+    let f = meta.ol_flags;
+    let ip = f.contains(F::TX_IP_CKSUM);
+    let l4 = !guest_csum && f.intersects(F::TX_TCP_CKSUM | F::TX_UDP_CKSUM | F::TX_TCP_SEG);
+    if !ip && !l4 {
         return None;
     }
+    let head = segments().next()?;
     let (l2, l3) = (usize::from(meta.l2_len), usize::from(meta.l3_len));
-    let n = l2 + l3;
-    if l3 < 20 || n > 128 || n > head.len() {
+    let start = l2 + l3;
+    let field = if f.intersects(F::TX_TCP_CKSUM | F::TX_TCP_SEG) {
+        16
+    } else {
+        6
+    };
+    let n = if l4 { start + field + 2 } else { start };
+    if l3 < 20 && ip || n > 128 || n > head.len() {
         return None;
     }
     let mut buf = [0u8; 128];
     buf[..n].copy_from_slice(&head[..n]);
-    buf[l2 + 10..l2 + 12].fill(0);
-    let ck = super::pkt::checksum(&buf[l2..n]);
-    buf[l2 + 10..l2 + 12].copy_from_slice(&ck.to_be_bytes());
+    if ip {
+        buf[l2 + 10..l2 + 12].fill(0);
+        let ck = super::pkt::checksum(&buf[l2..start]);
+        buf[l2 + 10..l2 + 12].copy_from_slice(&ck.to_be_bytes());
+    }
+    if l4 {
+        // The field holds the pseudo-header sum (a partial checksum, virtio's NEEDS_CSUM
+        // convention): the one's-complement sum from the L4 header to the end completes it.
+        let ck = sum_from(segments(), start);
+        buf[start + field..start + field + 2].copy_from_slice(&ck.to_be_bytes());
+    }
     Some((buf, n))
+}
+
+/// The folded, complemented one's-complement sum of the bytes from `start` to the end,
+/// across segments (an odd-length segment shifts the next one's bytes).
+fn sum_from<'s>(segments: impl Iterator<Item = &'s [u8]>, start: usize) -> u16 {
+    let mut sum = 0u64;
+    let mut pos = 0usize;
+    let mut odd = false;
+    for seg in segments {
+        let from = start.saturating_sub(pos).min(seg.len());
+        pos += seg.len();
+        for &b in &seg[from..] {
+            sum += if odd { u64::from(b) } else { u64::from(b) << 8 };
+            odd = !odd;
+        }
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 #[cfg(test)]
@@ -285,14 +329,68 @@ mod tests {
         let mut f = udp_frame(64, [2; 6], [4; 6]);
         f[24..26].fill(0xee);
         let mut meta = PktMeta::default();
-        assert!(ip_checksum_prefix(&meta, &f).is_none());
+        assert!(patched_prefix(&meta, false, || [&f[..]].into_iter()).is_none());
         meta.ol_flags.insert(F::TX_IP_CKSUM);
         meta.l2_len = 14;
         meta.l3_len = 20;
-        let (buf, n) = ip_checksum_prefix(&meta, &f).unwrap();
+        let (buf, n) = patched_prefix(&meta, true, || [&f[..]].into_iter()).unwrap();
         assert_eq!(n, 34);
         assert_eq!(checksum(&buf[14..34]), 0);
         meta.l3_len = 200;
-        assert!(ip_checksum_prefix(&meta, &f).is_none());
+        assert!(patched_prefix(&meta, true, || [&f[..]].into_iter()).is_none());
+    }
+
+    /// A UDP datagram whose checksum field holds the pseudo-header sum, as a guest with
+    /// NEEDS_CSUM sends it.
+    fn partial_udp(len: usize) -> Vec<u8> {
+        let mut f = udp_frame(len, [2; 6], [4; 6]);
+        for (i, b) in f[42..].iter_mut().enumerate() {
+            *b = (i * 31 + 7) as u8;
+        }
+        let udp_len = (len - 34) as u32;
+        let mut pseudo = 0u32;
+        for w in [0xc612u32, 0x0001, 0xc612, 0x0002, 17, udp_len] {
+            pseudo += w;
+        }
+        let pseudo = ((pseudo & 0xffff) + (pseudo >> 16)) as u16;
+        f[40..42].copy_from_slice(&pseudo.to_be_bytes());
+        f
+    }
+
+    fn udp_verifies(f: &[u8]) -> bool {
+        // Pseudo-header + UDP header and data sum to 0xffff when the checksum is right.
+        let udp_len = (f.len() - 34) as u32;
+        let mut sum = 0u32;
+        for w in [0xc612u32, 0x0001, 0xc612, 0x0002, 17, udp_len] {
+            sum += w;
+        }
+        sum += u32::from(!checksum(&f[34..]));
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum == 0xffff
+    }
+
+    #[test]
+    fn l4_checksum_is_completed_for_guests_without_guest_csum() {
+        let f = partial_udp(301);
+        assert!(!udp_verifies(&f));
+        let mut meta = PktMeta::default();
+        meta.ol_flags.insert(F::TX_UDP_CKSUM | F::TX_IPV4);
+        meta.l2_len = 14;
+        meta.l3_len = 20;
+        assert!(patched_prefix(&meta, true, || [&f[..]].into_iter()).is_none());
+        // One segment, and the same packet split at odd and even offsets.
+        for cut in [f.len(), 41, 42, 43, 100, 101] {
+            let (a, b) = f.split_at(cut);
+            let segs = [a, b];
+            let Some((buf, n)) = patched_prefix(&meta, false, || segs.iter().copied()) else {
+                assert!(cut < 42, "headers in the first segment must be patched");
+                continue;
+            };
+            let mut done = buf[..n].to_vec();
+            done.extend_from_slice(&f[n..]);
+            assert!(udp_verifies(&done), "cut at {cut}");
+        }
     }
 }
