@@ -20,13 +20,24 @@ enum Command {
     /// Forward packets between vhost-user ports, as DPDK testpmd does (io, macswap, rxonly,
     /// txonly, icmpecho).
     Fwd(fwd::Args),
+    /// Measure the data path in one process: the backend on one pinned core, the Rust
+    /// frontend (acting as the guest) on another; g2h, h2g and loopback, per packet size.
+    Bench(rvhost::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    // The benchmark prints a table: connection chatter would interleave with it.
+    let level = match cli.command {
+        Command::Bench(_) => "warn",
+        Command::Fwd(_) => "info",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.command {
         Command::Fwd(args) => fwd::run(args).map_err(Box::<dyn std::error::Error>::from),
+        Command::Bench(args) => {
+            rvhost::bench::run(&args).map_err(Box::<dyn std::error::Error>::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

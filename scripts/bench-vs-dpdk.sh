@@ -1,0 +1,389 @@
+#!/usr/bin/env bash
+# bench-vs-dpdk.sh: rvhost's backend (`rvhost fwd`) against DPDK's vhost backend (testpmd with
+# net_vhost), both driven by the same DPDK testpmd virtio-user frontend, runs interleaved
+# (DPDK, rvhost, DPDK, rvhost, ...) so that each pair is measured at the same time: on a
+# shared VM the cache-to-cache latency between the two CPUs drifts from minute to minute and
+# moves absolute numbers 2-3x; only same-time ratios mean anything.
+#
+# Rows: {g2h, h2g, loopback} x {64, 1518 bytes} x {mrg_rxbuf=1, 0}, in_order=0.
+#   g2h       frontend txonly, backend rxonly   meter: frontend Tx-pps
+#   h2g       frontend rxonly, backend txonly   meter: frontend Rx-pps
+#   loopback  both io, frontend --tx-first      meter: frontend Rx-pps
+# Each run lasts --seconds stats samples of the frontend (`--stats-period 1`); its rate is the
+# mean of those samples after dropping the first --drop (warm-up). Per row: the median Mpps of each backend and the
+# median of the per-pair ratios rvhost/DPDK.
+#
+# Needs dpdk-testpmd (DPDK 22.11: apt-get install dpdk-dev), 2 MiB hugepages for two testpmd
+# instances (2 x --mem MB; echo 1024 > /proc/sys/vm/nr_hugepages) and a release build of
+# rvhost (cargo build --release).
+
+set -uo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: scripts/bench-vs-dpdk.sh [options]
+
+  --pairs N          DPDK/rvhost run pairs per row (default 3)
+  --seconds S        length of each run: 1 s stats samples of the frontend (default 8)
+  --drop N           stats samples dropped at the start of each run (default 2)
+  --dirs LIST        directions, from g2h,h2g,loopback (default all)
+  --sizes LIST       frame sizes in bytes (default 64,1518)
+  --mrg LIST         mrg_rxbuf values, from 1,0 (default 1,0)
+  --quick            smoke run: 1 pair, 3 s, 64 B only (drop 1 sample)
+  --rvhost PATH      rvhost binary (default target/release/rvhost)
+  --testpmd PATH     dpdk-testpmd binary (default dpdk-testpmd)
+  --backend-cpu N    CPU of both backends (default 0)
+  --frontend-cpu N   CPU of the frontend (default 1)
+  --mem MB           hugepage memory (-m) of each testpmd (default 512: two of them fit in
+                     1024 pages with room for others)
+  --dpdk-only        run only the DPDK backend (no rvhost; ratios are empty)
+  --json FILE        also write the results as JSON
+  --logs DIR         keep every run's output in DIR (default: a temporary dir, removed
+                     unless a run failed)
+  -h, --help         this text
+EOF
+}
+
+PAIRS=3
+SECONDS_PER_RUN=8
+DROP=2
+DIRS="g2h,h2g,loopback"
+SIZES="64,1518"
+MRGS="1,0"
+RVHOST=""
+TESTPMD="dpdk-testpmd"
+BE_CPU=0
+FE_CPU=1
+MEM=512
+DPDK_ONLY=0
+JSON=""
+LOGDIR=""
+QUICK=0
+
+die() {
+    echo "bench-vs-dpdk: $*" >&2
+    exit 2
+}
+
+while (($#)); do
+    case "$1" in
+    --pairs) PAIRS=${2:?}; shift ;;
+    --seconds) SECONDS_PER_RUN=${2:?}; shift ;;
+    --drop) DROP=${2:?}; shift ;;
+    --dirs) DIRS=${2:?}; shift ;;
+    --sizes) SIZES=${2:?}; shift ;;
+    --mrg) MRGS=${2:?}; shift ;;
+    --quick) QUICK=1 ;;
+    --rvhost) RVHOST=${2:?}; shift ;;
+    --testpmd) TESTPMD=${2:?}; shift ;;
+    --backend-cpu) BE_CPU=${2:?}; shift ;;
+    --frontend-cpu) FE_CPU=${2:?}; shift ;;
+    --mem) MEM=${2:?}; shift ;;
+    --dpdk-only) DPDK_ONLY=1 ;;
+    --json) JSON=${2:?}; shift ;;
+    --logs) LOGDIR=${2:?}; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; die "unknown option $1" ;;
+    esac
+    shift
+done
+
+if ((QUICK)); then
+    PAIRS=1
+    SECONDS_PER_RUN=3
+    DROP=1
+    SIZES=64
+fi
+
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+for v in PAIRS SECONDS_PER_RUN DROP BE_CPU FE_CPU MEM; do
+    is_uint "${!v}" || die "$v must be a non-negative integer, not '${!v}'"
+done
+((PAIRS >= 1)) || die "--pairs must be at least 1"
+((SECONDS_PER_RUN > DROP)) || die "--seconds must be larger than --drop (samples are 1 s apart)"
+IFS=, read -r -a DIR_LIST <<<"$DIRS"
+IFS=, read -r -a SIZE_LIST <<<"$SIZES"
+IFS=, read -r -a MRG_LIST <<<"$MRGS"
+for d in "${DIR_LIST[@]}"; do
+    [[ $d == g2h || $d == h2g || $d == loopback ]] || die "unknown direction '$d'"
+done
+for s in "${SIZE_LIST[@]}"; do
+    if ! is_uint "$s" || ((s < 42 || s > 9000)); then die "size '$s' is not in 42..9000"; fi
+done
+for m in "${MRG_LIST[@]}"; do
+    [[ $m == 0 || $m == 1 ]] || die "mrg value '$m' is not 0 or 1"
+done
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$SCRIPT_DIR")
+[[ -n $RVHOST ]] || RVHOST="${CARGO_TARGET_DIR:-$REPO/target}/release/rvhost"
+
+command -v "$TESTPMD" >/dev/null || die "$TESTPMD not found (apt-get install dpdk-dev)"
+if ((!DPDK_ONLY)); then
+    [[ -x $RVHOST ]] || die "$RVHOST not found: cargo build --release, or --rvhost PATH"
+    command -v taskset >/dev/null || die "taskset not found (apt-get install util-linux)"
+    "$RVHOST" fwd --help >/dev/null 2>&1 ||
+        die "$RVHOST has no working 'fwd' subcommand (use --dpdk-only to run the DPDK half)"
+fi
+free_pages=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages 2>/dev/null || echo 0)
+need_pages=$((2 * MEM / 2))
+if ((free_pages < need_pages)); then
+    echo "bench-vs-dpdk: warning: $free_pages free 2 MiB hugepages, two testpmd need $need_pages" \
+        "(--mem $MEM each); runs may fail" >&2
+fi
+
+# --- process and file bookkeeping -----------------------------------------------------------
+
+KEEP_LOGS=0
+if [[ -n $LOGDIR ]]; then
+    mkdir -p "$LOGDIR" || die "cannot create $LOGDIR"
+    KEEP_LOGS=1
+else
+    LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/bench-vs-dpdk.XXXXXX") || die "mktemp failed"
+fi
+TAG="bvd$$"
+SOCK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/bvd-sock.XXXXXX") || die "mktemp failed"
+PIDS=()
+# Every process's stdin: a FIFO we hold open read-write, so it never reads EOF (testpmd quits
+# at EOF on stdin) and no writer process has to outlive anything.
+mkfifo "$SOCK_DIR/stdin" || die "mkfifo failed"
+exec {STDIN_FD}<>"$SOCK_DIR/stdin"
+
+# Stops a process started by start_bg: SIGINT (testpmd and rvhost fwd print their totals and
+# exit), then SIGKILL after 5 s.
+stop_pid() {
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
+    kill -INT "$pid" 2>/dev/null
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    return 0
+}
+
+cleanup() {
+    local pid
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do
+        stop_pid "$pid"
+    done
+    exec {STDIN_FD}<&-
+    rm -rf "$SOCK_DIR"
+    if ((KEEP_LOGS)); then
+        echo "logs kept in $LOGDIR" >&2
+    else
+        rm -rf "$LOGDIR"
+    fi
+}
+trap cleanup EXIT
+trap 'echo "bench-vs-dpdk: interrupted" >&2; exit 130' INT TERM
+
+# Runs "$@" in the background for at most $1 seconds (SIGINT at the end, SIGKILL 5 s later),
+# stdin open, output line-buffered into $2. Sets START_PID.
+START_PID=
+start_bg() {
+    local secs=$1 log=$2
+    shift 2
+    : >"$log"
+    timeout -k 5 -s INT "$secs" stdbuf -oL -eL "$@" <&"$STDIN_FD" >"$log" 2>&1 &
+    START_PID=$!
+    PIDS+=("$START_PID")
+}
+
+forget_pid() {
+    local pid=$1 i
+    for i in "${!PIDS[@]}"; do
+        [[ ${PIDS[$i]} == "$pid" ]] && unset 'PIDS[i]'
+    done
+}
+
+# Waits up to $2 seconds for socket $1 to appear, or until process $3 is gone.
+wait_socket() {
+    local sock=$1 secs=$2 pid=$3 i
+    for ((i = 0; i < secs * 10; i++)); do
+        [[ -S $sock ]] && return 0
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+# --- one run ---------------------------------------------------------------------------------
+
+modes() { # dir -> "frontend_mode backend_mode meter extra_frontend_args"
+    case $1 in
+    g2h) echo "txonly rxonly Tx-pps" ;;
+    h2g) echo "rxonly txonly Rx-pps" ;;
+    loopback) echo "io io Rx-pps --tx-first" ;;
+    esac
+}
+
+# Mean of a meter's samples in a testpmd log, dropping the first $DROP, in Mpps; "nan" if none.
+parse_rate() {
+    local log=$1 meter=$2
+    awk -v m="$meter:" -v drop="$DROP" '
+        $1 == m { n++; if (n > drop) { s += $2; k++ } }
+        END { if (k) printf "%.4f\n", s / k / 1e6; else print "nan" }' "$log"
+}
+
+RUN_SEQ=0
+RATE=
+# run_one BACKEND(dpdk|rvhost) DIR SIZE MRG: sets RATE to the frontend's rate in Mpps (or nan).
+# Runs in this shell (not in $(...)): the trap must see every process it starts.
+run_one() {
+    local backend=$1 dir=$2 size=$3 mrg=$4
+    local fe_mode be_mode meter extra
+    read -r fe_mode be_mode meter extra <<<"$(modes "$dir")"
+    RUN_SEQ=$((RUN_SEQ + 1))
+    local id="r${RUN_SEQ}-${backend}-${dir}-${size}-mrg${mrg}"
+    local sock="$SOCK_DIR/$id.sock"
+    local be_log="$LOGDIR/$id.backend.log" fe_log="$LOGDIR/$id.frontend.log"
+    local be_secs=$((SECONDS_PER_RUN + 30)) be_pid fe_pid
+    if [[ $backend == dpdk ]]; then
+        start_bg "$be_secs" "$be_log" "$TESTPMD" --lcores "0@$BE_CPU,1@$BE_CPU" --no-pci \
+            --in-memory --single-file-segments -m "$MEM" --file-prefix "be-$TAG-$RUN_SEQ" \
+            --vdev "net_vhost0,iface=$sock,queues=1" -- --forward-mode="$be_mode" \
+            --txpkts="$size" --auto-start --stats-period 1 --nb-cores=1 --rxd=1024 \
+            --txd=1024 --burst=32
+        be_pid=$START_PID
+        wait_socket "$sock" 20 "$be_pid" && sleep 2
+    else
+        # The whole process on the backend CPU (its lcore pins itself there too), as testpmd's
+        # --lcores '0@CPU,1@CPU' puts its main and forwarding lcores.
+        start_bg "$be_secs" "$be_log" taskset -c "$BE_CPU" "$RVHOST" fwd --mode "$be_mode" \
+            --iface "$sock" --lcores "$BE_CPU" --burst 32 --txpkts "$size"
+        be_pid=$START_PID
+        wait_socket "$sock" 20 "$be_pid" && sleep 0.5
+    fi
+    if [[ ! -S $sock ]]; then
+        echo "bench-vs-dpdk: $id: the $backend backend did not listen on $sock (see $be_log)" >&2
+        KEEP_LOGS=1
+        stop_pid "$be_pid"
+        forget_pid "$be_pid"
+        RATE=nan
+        return
+    fi
+    # shellcheck disable=SC2086 # $extra is zero or one word
+    start_bg "$((SECONDS_PER_RUN + 20))" "$fe_log" "$TESTPMD" --lcores "0@$FE_CPU,1@$FE_CPU" --no-pci \
+        --in-memory --single-file-segments -m "$MEM" --file-prefix "fe-$TAG-$RUN_SEQ" \
+        --vdev "net_virtio_user0,path=$sock,queues=1,queue_size=1024,mrg_rxbuf=$mrg,in_order=0" \
+        -- --forward-mode="$fe_mode" --txpkts="$size" --auto-start --stats-period 1 \
+        --nb-cores=1 --rxd=1024 --txd=1024 --burst=32 $extra
+    fe_pid=$START_PID
+    # The run ends after --seconds stats samples (1 s apart), counted from the first one, so
+    # EAL start-up time does not eat into it; the timeout above is only a backstop.
+    while kill -0 "$fe_pid" 2>/dev/null; do
+        (($(grep -c "$meter:" "$fe_log") >= SECONDS_PER_RUN)) && break
+        sleep 0.2
+    done
+    stop_pid "$fe_pid"
+    forget_pid "$fe_pid"
+    stop_pid "$be_pid"
+    forget_pid "$be_pid"
+    rm -f "$sock"
+    RATE=$(parse_rate "$fe_log" "$meter")
+    if [[ $RATE == nan ]]; then
+        echo "bench-vs-dpdk: $id: no $meter samples after the first $DROP (see $fe_log)" >&2
+        KEEP_LOGS=1
+    fi
+}
+
+# Median of numbers (nan ignored); "nan" if none.
+median() {
+    printf '%s\n' "$@" | awk '$1 != "nan" && $1 != "" { print $1 }' | sort -g | awk '
+        { v[NR] = $1 }
+        END {
+            if (NR == 0) { print "nan"; exit }
+            if (NR % 2) printf "%.4f\n", v[(NR + 1) / 2]
+            else printf "%.4f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2
+        }'
+}
+
+ratio() { # rvhost dpdk -> ratio or nan
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        if (a == "nan" || b == "nan" || b + 0 == 0) print "nan"; else printf "%.4f\n", a / b }'
+}
+
+json_num() { # number -> JSON (nan -> null)
+    if [[ $1 == nan || -z $1 ]]; then echo null; else echo "$1"; fi
+}
+
+json_list() { # numbers -> JSON array (nan -> null)
+    local out="" v
+    for v in "$@"; do
+        [[ $v == nan ]] && v=null
+        out+="${out:+, }$v"
+    done
+    echo "[$out]"
+}
+
+# --- the rows --------------------------------------------------------------------------------
+
+nrows=$((${#DIR_LIST[@]} * ${#SIZE_LIST[@]} * ${#MRG_LIST[@]}))
+per_run=$((SECONDS_PER_RUN + 4))
+((DPDK_ONLY)) && runs_per_pair=1 || runs_per_pair=2
+echo "bench-vs-dpdk: $nrows rows x $PAIRS pairs, ${SECONDS_PER_RUN} s runs (about" \
+    "$((nrows * PAIRS * runs_per_pair * per_run / 60 + 1)) min); backend CPU $BE_CPU," \
+    "frontend CPU $FE_CPU; rate = mean of the frontend's 1 s samples after the first $DROP" >&2
+((DPDK_ONLY)) || echo "bench-vs-dpdk: rvhost: $RVHOST" >&2
+
+ROW_NAMES=() ROW_DPDK=() ROW_RV=() ROW_RATIO=() ROW_PAIRS=() JSON_ROWS=()
+for mrg in "${MRG_LIST[@]}"; do
+    for dir in "${DIR_LIST[@]}"; do
+        for size in "${SIZE_LIST[@]}"; do
+            name="$dir ${size}B mrg=$mrg"
+            dpdk=() rv=() ratios=()
+            for ((p = 1; p <= PAIRS; p++)); do
+                run_one dpdk "$dir" "$size" "$mrg"
+                d=$RATE
+                dpdk+=("$d")
+                if ((DPDK_ONLY)); then
+                    echo "  $name pair $p: DPDK $d Mpps" >&2
+                    continue
+                fi
+                run_one rvhost "$dir" "$size" "$mrg"
+                r=$RATE
+                rv+=("$r")
+                ratios+=("$(ratio "$r" "$d")")
+                echo "  $name pair $p: DPDK $d Mpps, rvhost $r Mpps, ratio ${ratios[-1]}" >&2
+            done
+            valid=0
+            for x in "${ratios[@]}"; do [[ $x != nan ]] && valid=$((valid + 1)); done
+            ((DPDK_ONLY)) && valid=0
+            ROW_NAMES+=("$name")
+            ROW_DPDK+=("$(median "${dpdk[@]}")")
+            ROW_RV+=("$(median "${rv[@]}")")
+            ROW_RATIO+=("$(median "${ratios[@]}")")
+            ROW_PAIRS+=("$valid")
+            JSON_ROWS+=("$(printf '{"dir": "%s", "size": %s, "mrg_rxbuf": %s, "dpdk_mpps": %s, "rvhost_mpps": %s, "ratio": %s, "pairs": %s, "dpdk_runs": %s, "rvhost_runs": %s, "ratios": %s}' \
+                "$dir" "$size" "$mrg" "$(json_num "${ROW_DPDK[-1]}")" "$(json_num "${ROW_RV[-1]}")" \
+                "$(json_num "${ROW_RATIO[-1]}")" "$valid" "$(json_list "${dpdk[@]}")" \
+                "$(json_list "${rv[@]}")" "$(json_list "${ratios[@]}")")")
+        done
+    done
+done
+
+printf '\n%-22s %10s %12s %8s %6s\n' "row" "DPDK Mpps" "rvhost Mpps" "ratio" "pairs"
+for i in "${!ROW_NAMES[@]}"; do
+    printf '%-22s %10s %12s %8s %6s\n' "${ROW_NAMES[$i]}" "${ROW_DPDK[$i]}" "${ROW_RV[$i]}" \
+        "${ROW_RATIO[$i]}" "${ROW_PAIRS[$i]}"
+done
+echo "(Mpps: medians over the pairs of each backend; ratio: median of the per-pair rvhost/DPDK" \
+    "ratios; pairs: pairs where both runs gave samples)"
+
+if [[ -n $JSON ]]; then
+    {
+        printf '{\n  "tool": "bench-vs-dpdk",\n  "seconds": %s,\n  "drop": %s,\n  "pairs": %s,\n' \
+            "$SECONDS_PER_RUN" "$DROP" "$PAIRS"
+        printf '  "backend_cpu": %s,\n  "frontend_cpu": %s,\n  "rows": [\n' "$BE_CPU" "$FE_CPU"
+        for i in "${!JSON_ROWS[@]}"; do
+            sep=","
+            ((i + 1 == ${#JSON_ROWS[@]})) && sep=""
+            printf '    %s%s\n' "${JSON_ROWS[$i]}" "$sep"
+        done
+        printf '  ]\n}\n'
+    } >"$JSON" || die "cannot write $JSON"
+fi

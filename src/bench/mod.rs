@@ -1,0 +1,416 @@
+//! `rvhost bench`: a self-contained data-plane benchmark in one process.
+//!
+//! Each row starts an rvhost [`Driver`](crate::driver::Driver) on a socket in a temporary
+//! directory and the Rust [frontend](crate::frontend) connected to it, acting as the guest
+//! driver at full speed. Two pinned threads then poll:
+//!
+//! - the **backend** worker (an [`lcore`](crate::lcore), `--backend-core`) runs
+//!   [`dequeue_burst`](crate::net::dequeue_burst) / [`enqueue_burst`](crate::net::enqueue_burst)
+//!   on the device;
+//! - the **frontend** worker (`--frontend-core`) owns the frontend's queues.
+//!
+//! Directions:
+//!
+//! | dir | frontend | backend | packets counted |
+//! |---|---|---|---|
+//! | `g2h` | sends | dequeues and frees (testpmd `rxonly`) | dequeued by the backend |
+//! | `h2g` | posts receive buffers, reaps | allocates a burst, copies the prebuilt headers in, enqueues, frees (testpmd `txonly`) | received by the frontend |
+//! | `loopback` | sends, reaps, receives | dequeues, enqueues back, frees what the guest had no room for (testpmd `io`) | received by the frontend |
+//!
+//! After `--warmup` seconds the counters are sampled, and again `--duration` seconds later:
+//! Mpps and Gbit/s (Ethernet frame bytes, no virtio-net header, FCS, preamble or gap) come
+//! from that window. `cyc/pkt` is the backend core's TSC cycles in the window divided by the
+//! packets (the worker is a poll loop pinned to its core, so that is the core's whole cost,
+//! idle polling included); `busy` is the share of those cycles spent in bursts that moved at
+//! least one packet, `busy cyc/pkt` those cycles per packet, and `pkt/burst` the packets per
+//! such burst: near `--burst` the backend is the bottleneck (the frontend keeps its rings
+//! full or empty), lower it waits for the frontend. Off x86_64 the unit is nanoseconds.
+//!
+//! Then the producer stops, the consumer drains what is in flight, and the counts of both
+//! sides must agree exactly: every packet the frontend sent was dequeued, every packet the
+//! backend enqueued was received, every packet had the row's length (and, where the frontend
+//! receives, the headers the backend sent), and neither vring counted a bad descriptor chain.
+//! A row that fails this is reported as failed with the reason, as is one whose window counts
+//! are further apart than the ring can hold; [`run`] then returns an error.
+//!
+//! Frames are testpmd's `txonly` UDP frames; the packet pool's data room grows with the
+//! largest `--sizes` so that every packet is one mbuf. The frontend posts 2 KiB receive
+//! buffers with mergeable buffers (as DPDK's virtio PMD does), else one chain per packet big
+//! enough for it.
+
+mod bed;
+mod clock;
+mod report;
+mod row;
+mod workers;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rvhost_hugepages::region::{PageSize, RegionConfig};
+use thiserror::Error;
+
+use crate::driver::DriverError;
+use crate::frontend::FrontendError;
+use crate::lcore::LcoreError;
+use crate::mbuf::{DEFAULT_DATA_ROOM, PKTMBUF_HEADROOM, PktPool, PktPoolError};
+
+pub use row::RowResult;
+
+/// Which way packets go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Direction {
+    /// Guest to host: the frontend sends, the backend dequeues.
+    G2h,
+    /// Host to guest: the backend enqueues, the frontend receives.
+    H2g,
+    /// The frontend sends, the backend dequeues and enqueues back, the frontend receives.
+    Loopback,
+}
+
+impl Direction {
+    /// The name used on the command line and in the output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::G2h => "g2h",
+            Direction::H2g => "h2g",
+            Direction::Loopback => "loopback",
+        }
+    }
+
+    /// Whether the frontend sends.
+    fn guest_sends(self) -> bool {
+        self != Direction::H2g
+    }
+
+    /// Whether the frontend receives.
+    fn guest_receives(self) -> bool {
+        self != Direction::G2h
+    }
+}
+
+/// `on` / `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Toggle {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+impl Toggle {
+    fn is_on(self) -> bool {
+        self == Toggle::On
+    }
+}
+
+/// Arguments of `rvhost bench`.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct BenchArgs {
+    /// Directions to run, comma-separated.
+    #[arg(
+        long = "dir",
+        visible_alias = "direction",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "g2h,h2g,loopback"
+    )]
+    pub dirs: Vec<Direction>,
+    /// Ethernet frame sizes in bytes (no FCS), comma-separated; 42 to 65535.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "64,128,256,512,1024,1518"
+    )]
+    pub sizes: Vec<usize>,
+    /// Mergeable receive buffers (VIRTIO_NET_F_MRG_RXBUF); `on,off` runs both.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "on")]
+    pub mrg: Vec<Toggle>,
+    /// Seconds measured per row, after the warm-up.
+    #[arg(long, default_value_t = 2.0)]
+    pub duration: f64,
+    /// Seconds of traffic before the measured window.
+    #[arg(long, default_value_t = 0.5)]
+    pub warmup: f64,
+    /// Packets per burst, on both sides.
+    #[arg(long, default_value_t = 32)]
+    pub burst: usize,
+    /// Descriptors per virtqueue (a power of two).
+    #[arg(long, default_value_t = 1024)]
+    pub queue_size: u16,
+    /// CPU the backend worker is pinned to.
+    #[arg(long, default_value_t = 0)]
+    pub backend_core: usize,
+    /// CPU the frontend (guest driver) worker is pinned to.
+    #[arg(long, default_value_t = 1)]
+    pub frontend_core: usize,
+    /// Put the packet pool and the frontend's memory on 4 KiB pages even when hugepages are
+    /// free (without hugepages both fall back to 4 KiB pages by themselves, with a note).
+    #[arg(long)]
+    pub small_pages: bool,
+    /// Also write the rows as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+}
+
+impl Default for BenchArgs {
+    fn default() -> Self {
+        BenchArgs {
+            dirs: vec![Direction::G2h, Direction::H2g, Direction::Loopback],
+            sizes: vec![64, 128, 256, 512, 1024, 1518],
+            mrg: vec![Toggle::On],
+            duration: 2.0,
+            warmup: 0.5,
+            burst: 32,
+            queue_size: 1024,
+            backend_core: 0,
+            frontend_core: 1,
+            small_pages: false,
+            json: None,
+        }
+    }
+}
+
+/// Smallest frame: Ethernet, IPv4 and UDP headers.
+pub const MIN_SIZE: usize = 42;
+/// Largest frame.
+pub const MAX_SIZE: usize = 65535;
+/// Longest window or warm-up accepted, in seconds (every run stops by itself).
+const MAX_SECS: f64 = 3600.0;
+
+/// Why a bench failed.
+#[derive(Debug, Error)]
+pub enum BenchError {
+    /// An argument is out of range.
+    #[error("bad argument --{arg}: {reason}")]
+    Args {
+        /// The option.
+        arg: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A core cannot be used.
+    #[error("lcore")]
+    Lcore(#[from] LcoreError),
+    /// The frontend thread could not be pinned.
+    #[error("could not pin the frontend worker to core {0}")]
+    PinFrontend(usize),
+    /// The driver failed.
+    #[error("vhost-user driver")]
+    Driver(#[from] DriverError),
+    /// The frontend failed to connect or negotiate.
+    #[error("frontend")]
+    Frontend(#[from] FrontendError),
+    /// The packet pool could not be made.
+    #[error("packet pool")]
+    Pool(#[from] PktPoolError),
+    /// The backend never saw the device become ready.
+    #[error("the device was not ready {0:?} after the frontend started")]
+    NoDevice(Duration),
+    /// The frontend negotiated something else than asked.
+    #[error("negotiated features {got:#x} lack {missing:#x}")]
+    Features {
+        /// What was negotiated.
+        got: u64,
+        /// What is missing.
+        missing: u64,
+    },
+    /// A worker thread panicked.
+    #[error("the {0} worker panicked")]
+    WorkerPanicked(&'static str),
+    /// A file or directory could not be written.
+    #[error("{what} {path}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Some rows failed their correctness checks (each was reported with its reason).
+    #[error("{failed} of {total} rows failed their checks")]
+    RowsFailed {
+        /// Rows that failed.
+        failed: usize,
+        /// Rows run.
+        total: usize,
+    },
+}
+
+impl BenchArgs {
+    /// Checks ranges before anything starts.
+    pub fn validate(&self) -> Result<(), BenchError> {
+        let bad = |arg, reason: String| Err(BenchError::Args { arg, reason });
+        if self.dirs.is_empty() {
+            return bad("dir", "no direction given".into());
+        }
+        if self.sizes.is_empty() {
+            return bad("sizes", "no size given".into());
+        }
+        if self.mrg.is_empty() {
+            return bad("mrg", "give on, off or on,off".into());
+        }
+        if let Some(s) = self
+            .sizes
+            .iter()
+            .find(|s| !(MIN_SIZE..=MAX_SIZE).contains(*s))
+        {
+            return bad("sizes", format!("{s} is not in {MIN_SIZE}..={MAX_SIZE}"));
+        }
+        if !(self.duration > 0.0 && self.duration <= MAX_SECS) {
+            return bad(
+                "duration",
+                format!("{} is not in (0, {MAX_SECS}]", self.duration),
+            );
+        }
+        if !(self.warmup >= 0.0 && self.warmup <= MAX_SECS) {
+            return bad(
+                "warmup",
+                format!("{} is not in [0, {MAX_SECS}]", self.warmup),
+            );
+        }
+        let q = self.queue_size;
+        if !q.is_power_of_two() || !(64..=32768).contains(&q) {
+            return bad(
+                "queue-size",
+                format!("{q} is not a power of two in 64..=32768"),
+            );
+        }
+        if self.burst == 0 || self.burst > usize::from(q) / 2 {
+            return bad(
+                "burst",
+                format!("{} is not in 1..={} (half the queue)", self.burst, q / 2),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Mbufs in the backend's pool: a few bursts in flight at most (every burst is freed before
+/// the next), plus the worker's cache.
+const POOL_MBUFS: usize = 4096;
+/// The backend worker's mempool cache.
+const POOL_CACHE: usize = 256;
+
+/// Runs the bench: every direction × mrg × size row, printing a table (and writing JSON with
+/// `--json`). Rows whose correctness checks fail are printed with their reason and make the
+/// result [`BenchError::RowsFailed`].
+pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
+    args.validate()?;
+    check_cores(args)?;
+    let clock = clock::Clock::calibrate();
+    let largest = args.sizes.iter().copied().max().unwrap_or(MIN_SIZE);
+    // One segment per packet: the data room grows for jumbo frames.
+    let data_room = DEFAULT_DATA_ROOM.max(PKTMBUF_HEADROOM + largest);
+    let pages = if args.small_pages {
+        RegionConfig::default().with_page_size(PageSize::Small)
+    } else {
+        RegionConfig::default()
+    };
+    let pool = PktPool::new("rvhost-bench", POOL_MBUFS, data_room, POOL_CACHE, pages)?;
+    let dir = bed::TempDir::new()?;
+    let mut out = report::Report::new(args, clock);
+    let mut notes = PageNotes::new(args.small_pages, pool.memory_kind().0);
+    let mut rows = Vec::new();
+    for &mrg in &args.mrg {
+        for &d in &args.dirs {
+            for &size in &args.sizes {
+                let cfg = row::RowConfig {
+                    dir: d,
+                    size,
+                    mrg: mrg.is_on(),
+                    args,
+                    sock: dir.path().join(format!("row{}.sock", rows.len())),
+                };
+                let r = row::run_row(&cfg, &pool, &clock)?;
+                if let Some(note) = notes.after_row(r.frontend_pages) {
+                    out.note(&note);
+                }
+                out.row(&r);
+                rows.push(r);
+            }
+        }
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, out.json(&rows)).map_err(|source| BenchError::Io {
+            what: "writing JSON to",
+            path: path.clone(),
+            source,
+        })?;
+    }
+    let failed = rows.iter().filter(|r| r.error.is_some()).count();
+    if failed > 0 {
+        return Err(BenchError::RowsFailed {
+            failed,
+            total: rows.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Both cores must be ones this process may run on (checked before anything starts).
+fn check_cores(args: &BenchArgs) -> Result<(), BenchError> {
+    let allowed: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    for (arg, core) in [
+        ("backend-core", args.backend_core),
+        ("frontend-core", args.frontend_core),
+    ] {
+        if !allowed.contains(&core) {
+            return Err(BenchError::Args {
+                arg,
+                reason: format!("core {core} is not available (allowed: {allowed:?})"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The one-line note about 4 KiB pages: printed before the first row that has any (the
+/// packet pool is known before the first row, the frontend's memory with each row).
+struct PageNotes {
+    forced: bool,
+    pool_small: bool,
+    frontend_noted: bool,
+    printed: bool,
+}
+
+impl PageNotes {
+    fn new(forced: bool, pool_pages: PageSize) -> PageNotes {
+        PageNotes {
+            forced,
+            pool_small: pool_pages == PageSize::Small,
+            frontend_noted: false,
+            printed: false,
+        }
+    }
+
+    fn after_row(&mut self, frontend_pages: PageSize) -> Option<String> {
+        let fe_small = frontend_pages == PageSize::Small && !self.frontend_noted;
+        self.frontend_noted |= fe_small;
+        let pool_small = self.pool_small && !self.printed;
+        self.printed = true;
+        let what = match (pool_small, fe_small) {
+            (false, false) => return None,
+            (true, true) => "the backend packet pool and the frontend (guest) memory are",
+            (true, false) => "the backend packet pool is",
+            (false, true) => "the frontend (guest) memory is",
+        };
+        Some(if self.forced {
+            format!("note: {what} on 4 KiB pages (--small-pages)")
+        } else {
+            format!(
+                "note: {what} on 4 KiB pages: not enough free 2 MiB hugepages \
+                 (echo 1024 > /proc/sys/vm/nr_hugepages for numbers comparable to DPDK's)"
+            )
+        })
+    }
+}

@@ -1,0 +1,121 @@
+//! Short runs of every direction (both mrg settings), and argument checks.
+
+use clap::Parser;
+
+use super::*;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: BenchArgs,
+}
+
+fn parse(argv: &[&str]) -> Result<BenchArgs, clap::Error> {
+    Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied())).map(|c| c.args)
+}
+
+#[test]
+fn defaults_match_the_documented_ones() {
+    assert_eq!(parse(&[]).unwrap(), BenchArgs::default());
+    BenchArgs::default().validate().unwrap();
+}
+
+#[test]
+fn lists_and_values_parse() {
+    let a = parse(&[
+        "--dir",
+        "h2g,loopback",
+        "--sizes",
+        "64,9000",
+        "--mrg",
+        "on,off",
+        "--duration",
+        "0.5",
+        "--burst",
+        "64",
+        "--queue-size",
+        "256",
+        "--backend-core",
+        "1",
+        "--frontend-core",
+        "0",
+        "--json",
+        "/tmp/x.json",
+    ])
+    .unwrap();
+    assert_eq!(a.dirs, vec![Direction::H2g, Direction::Loopback]);
+    assert_eq!(a.sizes, vec![64, 9000]);
+    assert_eq!(a.mrg, vec![Toggle::On, Toggle::Off]);
+    assert_eq!(
+        (a.burst, a.queue_size, a.backend_core, a.frontend_core),
+        (64, 256, 1, 0)
+    );
+    assert!(parse(&["--dir", "sideways"]).is_err());
+    assert!(parse(&["--mrg", "maybe"]).is_err());
+}
+
+#[test]
+fn out_of_range_arguments_are_refused() {
+    let with = |f: fn(&mut BenchArgs)| {
+        let mut a = BenchArgs::default();
+        f(&mut a);
+        a.validate().unwrap_err().to_string()
+    };
+    assert!(with(|a| a.sizes = vec![41]).contains("--sizes"));
+    assert!(with(|a| a.sizes = vec![]).contains("--sizes"));
+    assert!(with(|a| a.duration = 0.0).contains("--duration"));
+    assert!(with(|a| a.duration = f64::NAN).contains("--duration"));
+    assert!(with(|a| a.warmup = -1.0).contains("--warmup"));
+    assert!(with(|a| a.queue_size = 1000).contains("--queue-size"));
+    assert!(with(|a| a.burst = 0).contains("--burst"));
+    assert!(with(|a| a.burst = 600).contains("--burst"));
+}
+
+/// Every direction, both mrg settings, a small and a jumbo frame: short windows, but the
+/// exact end-of-row accounting must hold. Cores: the first two this process may use (or
+/// the same one twice on a one-core machine).
+#[test]
+fn every_direction_delivers_and_accounts_for_every_packet() {
+    let cores: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let json = std::env::temp_dir().join(format!("rvhost-bench-test-{}.json", std::process::id()));
+    let args = BenchArgs {
+        sizes: vec![64, 9000],
+        mrg: vec![Toggle::On, Toggle::Off],
+        duration: 0.1,
+        warmup: 0.05,
+        queue_size: 256,
+        backend_core: cores[0],
+        frontend_core: *cores.get(1).unwrap_or(&cores[0]),
+        json: Some(json.clone()),
+        ..BenchArgs::default()
+    };
+    run(&args).unwrap();
+    let text = std::fs::read_to_string(&json).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(text.matches("\"ok\": true").count(), 3 * 2 * 2, "{text}");
+    assert!(
+        !text.contains("\"packets\": 0,"),
+        "every row moved packets: {text}"
+    );
+}
+
+#[test]
+fn the_small_pages_note_is_one_line_printed_once() {
+    let mut n = PageNotes::new(false, PageSize::Small);
+    let first = n.after_row(PageSize::Small).unwrap();
+    assert!(first.contains("packet pool and the frontend"), "{first}");
+    assert!(first.contains("nr_hugepages") && !first.contains('\n'));
+    assert_eq!(n.after_row(PageSize::Small), None);
+    let mut n = PageNotes::new(true, PageSize::Huge2M);
+    assert_eq!(n.after_row(PageSize::Huge2M), None);
+    assert!(
+        n.after_row(PageSize::Small)
+            .unwrap()
+            .contains("--small-pages")
+    );
+    assert_eq!(n.after_row(PageSize::Small), None);
+}

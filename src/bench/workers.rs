@@ -1,0 +1,304 @@
+//! The two poll loops of a row: the backend worker on the device, the frontend worker on the
+//! guest's queues. Each publishes its running totals (one writer per counter, relaxed stores
+//! once per productive burst) for the main thread to sample, and returns exact totals.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+use super::Direction;
+use super::bed::Capture;
+use super::clock::ticks;
+use crate::driver::Device;
+use crate::frontend::{RxQueue, TxQueue};
+use crate::mbuf::{Mbuf, PktPool};
+use crate::net::pkt::udp_frame;
+use crate::net::{dequeue_burst, enqueue_burst};
+
+/// Traffic flows.
+pub(crate) const RUN: u8 = 0;
+/// Producers stop; consumers take what is in flight.
+pub(crate) const DRAIN: u8 = 1;
+/// Everybody leaves.
+pub(crate) const STOP: u8 = 2;
+
+/// MAC addresses of the frames (locally administered).
+const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// Ethernet + IPv4 + UDP: the bytes testpmd `txonly` writes into each mbuf, and the bytes
+/// every receiver checks.
+const HDR_BYTES: usize = 42;
+
+/// The frame of a row: testpmd's `txonly` UDP frame of `size` bytes.
+pub(crate) fn frame(size: usize) -> Vec<u8> {
+    udp_frame(size, GUEST_MAC, HOST_MAC)
+}
+
+/// Running totals of one worker (one writer).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Packets produced: sent (frontend) / enqueued (backend).
+    pub out: AtomicU64,
+    /// Packets consumed: received (frontend) / dequeued (backend).
+    pub inp: AtomicU64,
+    /// Bytes of the consumed packets.
+    pub bytes: AtomicU64,
+    /// Packets the backend built or dequeued but the guest had no room for.
+    pub dropped: AtomicU64,
+    /// Packets with a wrong length or header.
+    pub bad: AtomicU64,
+    /// Ticks spent in bursts that moved packets.
+    pub busy: AtomicU64,
+    /// Bursts that moved packets.
+    pub bursts: AtomicU64,
+}
+
+/// A copy of [`Counters`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Totals {
+    pub out: u64,
+    pub inp: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+    pub bad: u64,
+    pub busy: u64,
+    pub bursts: u64,
+}
+
+impl Totals {
+    fn publish(&self, c: &Counters) {
+        // Relaxed: plain counters with one writer; the reader wants a recent value, not an
+        // ordering with anything else.
+        c.out.store(self.out, Ordering::Relaxed);
+        c.inp.store(self.inp, Ordering::Relaxed);
+        c.bytes.store(self.bytes, Ordering::Relaxed);
+        c.dropped.store(self.dropped, Ordering::Relaxed);
+        c.bad.store(self.bad, Ordering::Relaxed);
+        c.busy.store(self.busy, Ordering::Relaxed);
+        c.bursts.store(self.bursts, Ordering::Relaxed);
+    }
+
+    /// A (not atomic as a whole) sample of `c`.
+    pub fn sample(c: &Counters) -> Totals {
+        Totals {
+            out: c.out.load(Ordering::Relaxed),
+            inp: c.inp.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            bad: c.bad.load(Ordering::Relaxed),
+            busy: c.busy.load(Ordering::Relaxed),
+            bursts: c.bursts.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What the main thread and both workers share.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub phase: CachePadded<AtomicU8>,
+    pub backend: CachePadded<Counters>,
+    pub frontend: CachePadded<Counters>,
+}
+
+impl Shared {
+    #[inline]
+    pub fn phase(&self) -> u8 {
+        // Relaxed: the phase carries no data; a worker seeing it one burst late is harmless
+        // (the drain waits for the counters to settle, and totals are read after the join).
+        self.phase.load(Ordering::Relaxed)
+    }
+
+    pub fn set_phase(&self, p: u8) {
+        self.phase.store(p, Ordering::Relaxed);
+    }
+}
+
+/// What both loops need to know about the row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Params {
+    pub dir: Direction,
+    pub size: usize,
+    pub burst: usize,
+    pub queue_size: u16,
+    /// Bytes of each receive buffer the frontend posts.
+    pub rx_buf_len: usize,
+}
+
+/// Clears `polling` when the backend loop is left by any path.
+struct Leaving<'a>(&'a AtomicBool);
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        // Release (SeqCst, see backend_loop): our last access to the device happens-before
+        // destroy_device's load that sees `false`.
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// What the backend loop returns: its totals, and whether the device went away under it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BackendEnd {
+    pub totals: Totals,
+    pub destroyed: bool,
+}
+
+/// The backend worker: polls the device until [`STOP`] (or until the device is destroyed).
+pub(crate) fn backend_loop(
+    p: &Params,
+    dev: &Device,
+    pool: &PktPool,
+    sh: &Shared,
+    cap: &Capture,
+) -> BackendEnd {
+    // SeqCst here and on `destroyed` (both sides): a store then a load of the other flag on
+    // each side (Dekker), so at least one sees the other's store; on x86 the loads in the
+    // loop stay plain loads.
+    cap.polling.store(true, Ordering::SeqCst);
+    let _leaving = Leaving(&cap.polling);
+    let mut cache = pool.cache();
+    let mut burst: Vec<Mbuf> = Vec::with_capacity(2 * p.burst);
+    let frame = frame(p.size);
+    let hdr = &frame[..HDR_BYTES.min(p.size)];
+    let size = p.size;
+    let mut t = Totals::default();
+    let destroyed = loop {
+        let phase = sh.phase();
+        if phase == STOP {
+            break false;
+        }
+        // SeqCst: see `polling` above.
+        if cap.destroyed.load(Ordering::SeqCst) {
+            break true;
+        }
+        let t0 = ticks();
+        let moved = match p.dir {
+            Direction::G2h => {
+                let n = dequeue_burst(dev, 1, &mut cache, &mut burst, p.burst);
+                for m in &burst {
+                    t.bytes += m.pkt_len() as u64;
+                    t.bad += u64::from(m.pkt_len() != size);
+                }
+                cache.free_bulk(burst.drain(..));
+                t.inp += n as u64;
+                n
+            }
+            Direction::H2g if phase == RUN => {
+                // testpmd txonly: a fresh burst, the prebuilt headers copied in, sent, freed.
+                if cache.alloc_bulk(&mut burst, p.burst).is_err() {
+                    0
+                } else {
+                    for m in &mut burst {
+                        if m.append(size).is_ok() {
+                            if let Ok(d) = m.data_mut() {
+                                d[..hdr.len()].copy_from_slice(hdr);
+                            }
+                        }
+                    }
+                    let n = enqueue_burst(dev, 0, &burst);
+                    t.out += n as u64;
+                    t.bytes += (n * size) as u64;
+                    t.dropped += (burst.len() - n) as u64;
+                    cache.free_bulk(burst.drain(..));
+                    n
+                }
+            }
+            Direction::H2g => 0,
+            Direction::Loopback => {
+                let n = dequeue_burst(dev, 1, &mut cache, &mut burst, p.burst);
+                let sent = if n > 0 {
+                    enqueue_burst(dev, 0, &burst)
+                } else {
+                    0
+                };
+                for m in &burst {
+                    t.bytes += m.pkt_len() as u64;
+                    t.bad += u64::from(m.pkt_len() != size);
+                }
+                t.inp += n as u64;
+                t.out += sent as u64;
+                t.dropped += (n - sent) as u64;
+                cache.free_bulk(burst.drain(..));
+                n
+            }
+        };
+        if moved > 0 {
+            t.busy += ticks().wrapping_sub(t0);
+            t.bursts += 1;
+            t.publish(&sh.backend);
+        }
+    };
+    t.publish(&sh.backend);
+    BackendEnd {
+        totals: t,
+        destroyed,
+    }
+}
+
+/// What the frontend loop returns.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FrontendEnd {
+    pub totals: Totals,
+    /// Transmit chains the backend had not returned when the loop ended.
+    pub tx_in_flight: u16,
+}
+
+/// The frontend (guest driver) worker: sends and/or receives at full speed until [`STOP`].
+/// In [`DRAIN`] it stops sending and keeps receiving and reaping.
+pub(crate) fn frontend_loop(
+    p: &Params,
+    rx: &mut RxQueue,
+    tx: &mut TxQueue,
+    sh: &Shared,
+) -> FrontendEnd {
+    let frame = frame(p.size);
+    let hdr = &frame[..HDR_BYTES.min(p.size)];
+    let refs: Vec<&[u8]> = vec![&frame; p.burst];
+    let (sends, receives) = (p.dir.guest_sends(), p.dir.guest_receives());
+    let all = usize::from(p.queue_size);
+    if receives {
+        rx.post_rx(all, p.rx_buf_len);
+    }
+    let mut t = Totals::default();
+    loop {
+        let phase = sh.phase();
+        if phase == STOP {
+            break;
+        }
+        let mut moved = 0;
+        if sends {
+            if phase == RUN {
+                let n = tx.send(&refs);
+                t.out += n as u64;
+                moved += n;
+            } else {
+                moved += tx.reap();
+            }
+        }
+        if receives {
+            let (mut bytes, mut bad) = (0u64, 0u64);
+            let n = rx.poll_rx(p.burst, |pkt| {
+                bytes += pkt.data.len() as u64;
+                bad += u64::from(pkt.data.len() != p.size || !pkt.data.starts_with(hdr));
+            });
+            if n > 0 {
+                rx.post_rx(all, p.rx_buf_len);
+                t.inp += n as u64;
+                t.bytes += bytes;
+                t.bad += bad;
+                moved += n;
+            }
+        }
+        if moved > 0 {
+            t.publish(&sh.frontend);
+        }
+    }
+    if sends {
+        tx.reap();
+    }
+    t.publish(&sh.frontend);
+    FrontendEnd {
+        totals: t,
+        tx_in_flight: if sends { tx.in_flight() } else { 0 },
+    }
+}
