@@ -50,6 +50,10 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Ring size of testpmd's queues.
 const QUEUE: u64 = 1024;
+/// Packets that may be unaccounted for when testpmd stops mid-stream: a ring's worth left in
+/// the ring, plus up to a few bursts testpmd's virtio PMD has taken off the ring but not yet
+/// counted (seen once: 1120 with a busy CPU, on 3.7 M packets).
+const IN_FLIGHT: u64 = QUEUE + 4 * 32;
 /// Packets circulating in the loopback runs.
 const POPULATION: u64 = 64;
 /// Traffic time of a run.
@@ -237,7 +241,7 @@ fn run(case: Case) {
             assert_eq!((tpf.rx, rvf.tx_pkts), (0, 0), "{}", ctx());
             assert!(rvf.rx_pkts >= MIN_PACKETS, "too little traffic: {}", ctx());
             assert!(
-                rvf.rx_pkts <= tpf.tx && tpf.tx - rvf.rx_pkts <= QUEUE,
+                rvf.rx_pkts <= tpf.tx && tpf.tx - rvf.rx_pkts <= IN_FLIGHT,
                 "rvhost must receive what testpmd sent, but a ring: {}",
                 ctx()
             );
@@ -247,7 +251,7 @@ fn run(case: Case) {
             assert_eq!((tpf.tx, rvf.rx_pkts), (0, 0), "{}", ctx());
             assert!(tpf.rx >= MIN_PACKETS, "too little traffic: {}", ctx());
             assert!(
-                tpf.rx <= rvf.tx_pkts && rvf.tx_pkts - tpf.rx <= QUEUE,
+                tpf.rx <= rvf.tx_pkts && rvf.tx_pkts - tpf.rx <= IN_FLIGHT,
                 "testpmd must receive what rvhost sent, but a ring: {}",
                 ctx()
             );
