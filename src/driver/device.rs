@@ -4,10 +4,10 @@
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::memory::{GuestMemory, GuestRegion, MemoryLimits};
-use crate::virtq::Vring;
+use crate::virtq::lock::{VringGuard, VringLock};
 
 use super::SocketConfig;
 
@@ -29,7 +29,7 @@ impl std::fmt::Display for DeviceId {
 pub(crate) struct Shared {
     pub id: DeviceId,
     pub path: PathBuf,
-    pub queues: Box<[Mutex<Vring>]>,
+    pub queues: Box<[VringLock]>,
     pub features: AtomicU64,
     pub protocol_features: AtomicU64,
     pub mtu: AtomicU16,
@@ -97,14 +97,8 @@ impl Device {
     /// Tries to lock vring `index` for one burst. `None` if the index is out of range or the
     /// control thread holds it (the caller skips the burst; it must never block).
     #[inline]
-    pub fn try_lock_vring(&self, index: usize) -> Option<MutexGuard<'_, Vring>> {
-        match self.shared.queues.get(index)?.try_lock() {
-            Ok(g) => Some(g),
-            // A worker that panicked mid-burst leaves plain data behind; the state is still
-            // consistent at field level, and the control plane resets it on the next change.
-            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
-            Err(TryLockError::WouldBlock) => None,
-        }
+    pub fn try_lock_vring(&self, index: usize) -> Option<VringGuard<'_>> {
+        self.shared.queues.get(index)?.try_lock()
     }
 
     /// Takes (and clears) the MAC address of a pending SEND_RARP.
@@ -124,8 +118,8 @@ impl Device {
     }
 
     /// Locks vring `index`, waiting for the data plane's burst to finish (control plane).
-    pub(crate) fn lock_vring(&self, index: usize) -> Option<MutexGuard<'_, Vring>> {
-        self.shared.queues.get(index).map(lock)
+    pub(crate) fn lock_vring(&self, index: usize) -> Option<VringGuard<'_>> {
+        self.shared.queues.get(index).map(VringLock::lock)
     }
 }
 
@@ -166,7 +160,7 @@ pub(crate) struct DeviceState {
 impl DeviceState {
     pub fn new(id: DeviceId, cfg: SocketConfig) -> DeviceState {
         let nvrings = usize::from(cfg.max_queue_pairs) * 2;
-        let queues: Box<[Mutex<Vring>]> = (0..nvrings).map(|_| Mutex::default()).collect();
+        let queues: Box<[VringLock]> = (0..nvrings).map(|_| VringLock::default()).collect();
         let limits = MemoryLimits::default();
         DeviceState {
             dev: Device {
@@ -235,7 +229,7 @@ impl DeviceState {
     /// Resets every vring (keeping the memory table) and the readiness bookkeeping.
     pub fn reset_vrings(&mut self) {
         for q in self.dev.shared.queues.iter() {
-            lock(q).reset();
+            q.lock().reset();
         }
         self.notified.iter_mut().for_each(|n| *n = false);
         self.dev.shared.nr_vrings.store(0, Ordering::Relaxed);
@@ -245,7 +239,7 @@ impl DeviceState {
     /// translate are left unready (with a warning) until the frontend sets them again.
     pub fn set_memory(&mut self, mem: GuestMemory) {
         for (i, q) in self.dev.shared.queues.iter().enumerate() {
-            let mut vq = lock(q);
+            let mut vq = q.lock();
             let had_rings = vq.addrs.is_some();
             if let Err(e) = vq.set_memory(mem.clone()) {
                 if had_rings {

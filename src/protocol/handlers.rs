@@ -199,7 +199,7 @@ fn set_features(
     }
     dev.features = features;
     for (i, q) in dev.dev.shared.queues.iter().enumerate() {
-        let mut vq = lock(q);
+        let mut vq = q.lock();
         if let Err(e) = vq.set_features(features) {
             log::warn!("{}: vring {i} after SET_FEATURES: {e}", dev.dev.id());
         }
@@ -350,7 +350,7 @@ fn set_vring_num(
 ) -> Result<Outcome, HandlerError> {
     let s: VringState = parse(msg)?;
     let i = vring_index(dev, s.index)?;
-    let mut vq = lock(&dev.dev.shared.queues[i]);
+    let mut vq = dev.dev.shared.queues[i].lock();
     vq.set_size(s.num).map_err(vring_err(i))?;
     drop(vq);
     dev.touch_vring(i);
@@ -371,7 +371,8 @@ fn set_vring_addr(
         avail: FrontendVa(a.avail_user_addr),
         log: a.log_guest_addr,
     };
-    lock(&dev.dev.shared.queues[i])
+    dev.dev.shared.queues[i]
+        .lock()
         .set_addrs(addrs)
         .map_err(vring_err(i))?;
     dev.touch_vring(i);
@@ -385,7 +386,8 @@ fn set_vring_base(
 ) -> Result<Outcome, HandlerError> {
     let s: VringState = parse(msg)?;
     let i = vring_index(dev, s.index)?;
-    lock(&dev.dev.shared.queues[i])
+    dev.dev.shared.queues[i]
+        .lock()
         .set_base(s.num)
         .map_err(vring_err(i))?;
     Ok(Outcome::Done)
@@ -398,7 +400,7 @@ fn get_vring_base(
 ) -> Result<Outcome, HandlerError> {
     let s: VringState = parse(msg)?;
     let i = vring_index(dev, s.index)?;
-    let mut vq = lock(&dev.dev.shared.queues[i]);
+    let mut vq = dev.dev.shared.queues[i].lock();
     if !vq.started && vq.addrs.is_none() && vq.size == 0 && !vq.kick_set {
         return Err(state_err(
             FrontendReq::GetVringBase,
@@ -440,7 +442,7 @@ fn set_vring_kick(
     _: &mut Effects,
 ) -> Result<Outcome, HandlerError> {
     let (i, fd) = vring_file(dev, msg)?;
-    let mut vq = lock(&dev.dev.shared.queues[i]);
+    let mut vq = dev.dev.shared.queues[i].lock();
     vq.kick = fd;
     vq.kick_set = true;
     vq.started = true;
@@ -459,7 +461,7 @@ fn set_vring_call(
     _: &mut Effects,
 ) -> Result<Outcome, HandlerError> {
     let (i, fd) = vring_file(dev, msg)?;
-    let mut vq = lock(&dev.dev.shared.queues[i]);
+    let mut vq = dev.dev.shared.queues[i].lock();
     vq.call = fd;
     vq.call_set = true;
     Ok(Outcome::Done)
@@ -471,7 +473,7 @@ fn set_vring_err(
     _: &mut Effects,
 ) -> Result<Outcome, HandlerError> {
     let (i, fd) = vring_file(dev, msg)?;
-    lock(&dev.dev.shared.queues[i]).err = fd;
+    dev.dev.shared.queues[i].lock().err = fd;
     Ok(Outcome::Done)
 }
 
@@ -492,7 +494,7 @@ fn set_vring_enable(
             ));
         }
     };
-    lock(&dev.dev.shared.queues[i]).enabled = enable;
+    dev.dev.shared.queues[i].lock().enabled = enable;
     dev.touch_vring(i);
     Ok(Outcome::Done)
 }

@@ -10,6 +10,7 @@
 //! 4-byte aligned; each ring must lie in one region), and kept as [`GuestArea`]s, so the data
 //! plane never translates them again.
 
+pub mod lock;
 pub mod split;
 
 use std::os::fd::OwnedFd;
