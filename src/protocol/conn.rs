@@ -94,6 +94,35 @@ pub(crate) struct Chunk {
     pub(crate) truncated: bool,
 }
 
+/// The checks every outgoing message passes, on the backend and the frontend side: the
+/// header's size is the payload's, within [`MAX_PAYLOAD`], with at most [`MAX_FDS`] fds.
+pub(crate) fn check_outgoing(
+    header: &Header,
+    payload: &[u8],
+    nfds: usize,
+) -> Result<(), ProtocolError> {
+    if header.size as usize != payload.len() {
+        return Err(ProtocolError::SizeMismatch {
+            announced: header.size,
+            got: payload.len(),
+        });
+    }
+    if payload.len() > MAX_PAYLOAD {
+        return Err(ProtocolError::PayloadTooLarge {
+            size: header.size,
+            max: MAX_PAYLOAD,
+        });
+    }
+    if nfds > MAX_FDS {
+        return Err(ProtocolError::TooManyFds {
+            what: "outgoing message",
+            got: nfds,
+            max: MAX_FDS,
+        });
+    }
+    Ok(())
+}
+
 /// A control buffer for `MAX_FDS` descriptors.
 pub(crate) fn cmsg_buffer() -> Vec<u8> {
     cmsg_space!([RawFd; MAX_FDS])
@@ -394,28 +423,7 @@ impl Connection {
         payload: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), ConnError> {
-        if header.size as usize != payload.len() {
-            return Err(ProtocolError::SizeMismatch {
-                announced: header.size,
-                got: payload.len(),
-            }
-            .into());
-        }
-        if payload.len() > MAX_PAYLOAD {
-            return Err(ProtocolError::PayloadTooLarge {
-                size: header.size,
-                max: MAX_PAYLOAD,
-            }
-            .into());
-        }
-        if fds.len() > MAX_FDS {
-            return Err(ProtocolError::TooManyFds {
-                what: "outgoing message",
-                got: fds.len(),
-                max: MAX_FDS,
-            }
-            .into());
-        }
+        check_outgoing(&header, payload, fds.len())?;
         let head = header.to_bytes();
         let total = Header::SIZE + payload.len();
         let mut sent = 0;

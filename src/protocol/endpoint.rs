@@ -86,28 +86,7 @@ impl Endpoint {
         payload: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), ConnError> {
-        if header.size as usize != payload.len() {
-            return Err(ProtocolError::SizeMismatch {
-                announced: header.size,
-                got: payload.len(),
-            }
-            .into());
-        }
-        if payload.len() > MAX_PAYLOAD {
-            return Err(ProtocolError::PayloadTooLarge {
-                size: header.size,
-                max: MAX_PAYLOAD,
-            }
-            .into());
-        }
-        if fds.len() > MAX_FDS {
-            return Err(ProtocolError::TooManyFds {
-                what: "outgoing message",
-                got: fds.len(),
-                max: MAX_FDS,
-            }
-            .into());
-        }
+        super::conn::check_outgoing(&header, payload, fds.len())?;
         let head = header.to_bytes();
         let mut bytes = Vec::with_capacity(Header::SIZE + payload.len());
         bytes.extend_from_slice(&head);
