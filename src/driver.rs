@@ -236,12 +236,16 @@ impl Driver {
         f(cfg)
     }
 
+    fn read<T>(&self, path: &Path, f: impl FnOnce(&SocketConfig) -> T) -> Result<T, DriverError> {
+        self.lock()
+            .get(path)
+            .map(f)
+            .ok_or_else(|| DriverError::NotRegistered(path.to_path_buf()))
+    }
+
     /// Sets the virtio features offered on `path`.
     pub fn set_features(&self, path: impl AsRef<Path>, features: u64) -> Result<(), DriverError> {
-        let bad = features & features::UNSUPPORTED_FEATURES;
-        if bad != 0 {
-            return Err(DriverError::UnsupportedFeatures(bad));
-        }
+        supported(features, features::UNSUPPORTED_FEATURES)?;
         self.update(path.as_ref(), |c| {
             c.features = features;
             Ok(())
@@ -254,10 +258,7 @@ impl Driver {
         path: impl AsRef<Path>,
         features: u64,
     ) -> Result<(), DriverError> {
-        let bad = features & features::UNSUPPORTED_FEATURES;
-        if bad != 0 {
-            return Err(DriverError::UnsupportedFeatures(bad));
-        }
+        supported(features, features::UNSUPPORTED_FEATURES)?;
         self.update(path.as_ref(), |c| {
             c.features |= features;
             Ok(())
@@ -278,11 +279,7 @@ impl Driver {
 
     /// The features offered on `path`.
     pub fn features(&self, path: impl AsRef<Path>) -> Result<u64, DriverError> {
-        let path = path.as_ref();
-        self.lock()
-            .get(path)
-            .map(|c| c.features)
-            .ok_or_else(|| DriverError::NotRegistered(path.to_path_buf()))
+        self.read(path.as_ref(), |c| c.features)
     }
 
     /// Sets the vhost-user protocol features offered on `path`.
@@ -291,10 +288,7 @@ impl Driver {
         path: impl AsRef<Path>,
         protocol_features: u64,
     ) -> Result<(), DriverError> {
-        let bad = protocol_features & features::protocol::UNSUPPORTED;
-        if bad != 0 {
-            return Err(DriverError::UnsupportedFeatures(bad));
-        }
+        supported(protocol_features, features::protocol::UNSUPPORTED)?;
         self.update(path.as_ref(), |c| {
             c.protocol_features = protocol_features;
             Ok(())
@@ -303,11 +297,7 @@ impl Driver {
 
     /// The protocol features offered on `path`.
     pub fn protocol_features(&self, path: impl AsRef<Path>) -> Result<u64, DriverError> {
-        let path = path.as_ref();
-        self.lock()
-            .get(path)
-            .map(|c| c.protocol_features)
-            .ok_or_else(|| DriverError::NotRegistered(path.to_path_buf()))
+        self.read(path.as_ref(), |c| c.protocol_features)
     }
 
     /// Sets how many queue pairs a device on `path` offers (GET_QUEUE_NUM), 1 to
@@ -382,6 +372,14 @@ impl Driver {
     /// Devices currently connected on any path of this driver.
     pub fn devices(&self) -> Vec<Device> {
         self.control.devices()
+    }
+}
+
+/// Refuses feature bits this build cannot offer.
+fn supported(wanted: u64, unsupported: u64) -> Result<(), DriverError> {
+    match wanted & unsupported {
+        0 => Ok(()),
+        bad => Err(DriverError::UnsupportedFeatures(bad)),
     }
 }
 
