@@ -218,6 +218,14 @@ fn run(case: Case) {
         tp.tail(40)
     );
     std::thread::sleep(TRAFFIC);
+    // The sender stops first, so the receiver's count is not cut off mid-stream: when rvhost
+    // sends, it stops (and the receiving testpmd gets a moment to drain its ring) before
+    // testpmd; otherwise testpmd stops first.
+    let early = matches!(case.traffic, Traffic::FromRvhost).then(|| {
+        let f = stop_rvhost(&mut rv);
+        std::thread::sleep(Duration::from_millis(500));
+        f
+    });
     // testpmd with --stats-period quits on a signal (not on stdin); it then prints its
     // forward statistics and closes its port.
     tp.signal(Signal::SIGINT);
@@ -227,7 +235,10 @@ fn run(case: Case) {
         "{case:?}: testpmd did not stop\n{}",
         tp.tail(40)
     );
-    let rvf = stop_rvhost(&mut rv);
+    let rvf = match early {
+        Some(f) => f,
+        None => stop_rvhost(&mut rv),
+    };
     let tpf = forward_stats(&tp.stdout())
         .unwrap_or_else(|| panic!("{case:?}: no forward statistics\n{}", tp.tail(60)));
     println!(
