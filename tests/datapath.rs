@@ -150,7 +150,7 @@ fn guest_to_host_payloads_arrive_intact() {
             tx.reap();
             tx.in_flight() == 0
         }));
-        let vq = b.dev.try_lock_vring(1).unwrap();
+        let vq = b.dev.lock_vring(1).unwrap();
         assert_eq!(vq.stats.packets, pkts.len() as u64);
         assert_eq!(vq.stats.bad_chains, 0);
         drop(vq);
@@ -226,7 +226,7 @@ fn linearbuf_drops_and_extbuf_attaches_large_packets() {
             &mut cache,
             if flags == Flags::LINEARBUF { 1 } else { 2 },
         );
-        let vq = b.dev.try_lock_vring(1).unwrap();
+        let vq = b.dev.lock_vring(1).unwrap();
         if flags == Flags::LINEARBUF {
             assert_eq!(got.len(), 1);
             assert_eq!(packet_bytes(&got[0]), small);

@@ -101,6 +101,13 @@ impl Device {
         self.shared.queues.get(index)?.try_lock()
     }
 
+    /// Locks vring `index`, waiting while a burst or the control thread holds it: for
+    /// looking at a vring's counters or state off the data path (a data-plane thread uses
+    /// [`try_lock_vring`](Self::try_lock_vring)). `None` if the index is out of range.
+    pub fn lock_vring(&self, index: usize) -> Option<VringGuard<'_>> {
+        self.shared.queues.get(index).map(VringLock::lock)
+    }
+
     /// Takes (and clears) the MAC address of a pending SEND_RARP.
     #[inline]
     pub fn take_rarp(&self) -> Option<[u8; 6]> {
@@ -115,11 +122,6 @@ impl Device {
     /// The flags the socket was registered with.
     pub fn flags(&self) -> super::Flags {
         self.shared.flags
-    }
-
-    /// Locks vring `index`, waiting for the data plane's burst to finish (control plane).
-    pub(crate) fn lock_vring(&self, index: usize) -> Option<VringGuard<'_>> {
-        self.shared.queues.get(index).map(VringLock::lock)
     }
 }
 

@@ -174,7 +174,7 @@ fn opts() -> FrontendOptions {
 
 /// Checks what the back-end holds for vring `v` against the front-end's view.
 fn check_vring(dev: &Device, fe: &Frontend, v: u16, base: u16) {
-    let vq = dev.try_lock_vring(usize::from(v)).expect("vring lock");
+    let vq = dev.lock_vring(usize::from(v)).expect("vring index");
     let info = fe.ring_info(v).unwrap();
     assert!(vq.rings.is_some(), "vring {v} translated");
     assert_eq!(vq.size, info.size);
@@ -239,7 +239,7 @@ fn frontend_client_negotiates_with_the_backend() {
     check_vring(&dev, &fe, 0, 0);
     check_vring(&dev, &fe, 1, 0);
     {
-        let vq = dev.try_lock_vring(0).unwrap();
+        let vq = dev.lock_vring(0).unwrap();
         assert!(vq.kick.is_some() && vq.call.is_some());
         assert_eq!(vq.mem.len(), 1);
     }
@@ -250,7 +250,7 @@ fn frontend_client_negotiates_with_the_backend() {
     assert!(!fe.is_running());
     let id = dev.id().0;
     be.rec.wait_for(Event::DestroyDevice(id));
-    assert!(dev.try_lock_vring(0).unwrap().rings.is_none(), "stopped");
+    assert!(dev.lock_vring(0).unwrap().rings.is_none(), "stopped");
     drop(fe);
     let ev = be.rec.wait("destroy_connection", |ev| {
         ev.contains(&Event::DestroyConnection(id))
@@ -337,7 +337,7 @@ fn kicks_reach_the_backend_and_calls_the_frontend() {
     let tx = fe.tx(0).unwrap();
     assert_eq!(tx.send(&[&[0xab; 60], &[0xcd; 1500]]), 2);
     assert_eq!(tx.stats().kicks, 1);
-    let vq = dev.try_lock_vring(1).unwrap();
+    let vq = dev.lock_vring(1).unwrap();
     let mut buf = [0u8; 8];
     let kick = vq.kick.as_ref().unwrap();
     assert_eq!(nix::unistd::read(kick, &mut buf).unwrap(), 8);
@@ -351,7 +351,7 @@ fn kicks_reach_the_backend_and_calls_the_frontend() {
     assert!(fe.tx(0).unwrap().wait_call(Duration::from_secs(5)).unwrap());
     // Posting receive buffers kicks the receive vring.
     assert_eq!(fe.rx(0).unwrap().post_rx(16, 2048), 16);
-    let vq = dev.try_lock_vring(0).unwrap();
+    let vq = dev.lock_vring(0).unwrap();
     assert_eq!(
         nix::unistd::read(vq.kick.as_ref().unwrap(), &mut buf).unwrap(),
         8
@@ -385,7 +385,7 @@ fn multi_region_tables_both_ways() {
         let dev = be.rec.running_device();
         check_vring(&dev, &fe, 0, 0);
         check_vring(&dev, &fe, 1, 0);
-        let vq = dev.try_lock_vring(1).unwrap();
+        let vq = dev.lock_vring(1).unwrap();
         assert_eq!(vq.mem.len(), 4, "{mode:?}");
         // A buffer's GPA (past the first hole) translates to the front-end's bytes.
         let tx = fe.tx(0).unwrap();
@@ -405,7 +405,7 @@ fn multi_region_tables_both_ways() {
         be.rec.wait("second new_device", |ev| {
             ev.iter().filter(|e| **e == Event::NewDevice(id)).count() == 2
         });
-        assert_eq!(dev.try_lock_vring(0).unwrap().mem.len(), 4, "{mode:?}");
+        assert_eq!(dev.lock_vring(0).unwrap().mem.len(), 4, "{mode:?}");
     }
 }
 
@@ -439,7 +439,7 @@ fn polling_mode_sends_the_no_fd_flag() {
     fe.start().unwrap();
     let dev = be.rec.running_device();
     for v in 0..2 {
-        let vq = dev.try_lock_vring(v).unwrap();
+        let vq = dev.lock_vring(v).unwrap();
         assert!(vq.kick_set && vq.kick.is_none(), "vring {v}");
         assert!(vq.call_set && vq.call.is_none(), "vring {v}");
     }
@@ -663,7 +663,7 @@ fn raw_messages_through_the_escape_hatch() {
     s.write_obj::<u16>(info.avail.offset + 4, 9).unwrap();
     s.store_u16_release(info.avail.offset + 2, 1).unwrap();
     {
-        let vq = dev.try_lock_vring(1).unwrap();
+        let vq = dev.lock_vring(1).unwrap();
         let rings = vq.rings.as_ref().unwrap();
         assert_eq!(
             rings.desc.slice().read_obj::<u64>(16 * 9).unwrap(),
