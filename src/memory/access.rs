@@ -213,6 +213,23 @@ impl<'a> GuestSlice<'a> {
         Ok(())
     }
 
+    /// Writes `src` at `offset` unless the bytes there already equal it; returns whether it
+    /// wrote (sources over 16 bytes are always written). For small fields the other side reads
+    /// but rarely sees change (a virtio-net header), reading leaves the cache line shared where
+    /// a write would take it away from the reader and cost it a miss on its next look.
+    #[inline]
+    pub fn update_at(&self, offset: usize, src: &[u8]) -> Result<bool, AccessError> {
+        let mut buf = [0u8; 16];
+        if let Some(cur) = buf.get_mut(..src.len()) {
+            self.read_at(offset, cur)?;
+            if cur == src {
+                return Ok(false);
+            }
+        }
+        self.write_at(offset, src)?;
+        Ok(true)
+    }
+
     /// Fills all of `dst` from `offset`, or nothing if the range does not fit.
     #[inline]
     pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> Result<(), AccessError> {
@@ -400,6 +417,24 @@ mod tests {
         assert_eq!((h.len(), t.len()), (0x400, 0xc00));
         assert_eq!(t.as_ptr() as usize - h.as_ptr() as usize, 0x400);
         assert!(s.split_at(0x1001).is_err());
+    }
+
+    #[test]
+    fn update_writes_only_what_differs() {
+        let r = region(0x1000);
+        let s = r.as_slice();
+        let hdr = [1u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        assert!(s.update_at(0x40, &hdr).unwrap(), "zeros differ: written");
+        let mut b = [0u8; 12];
+        s.read_at(0x40, &mut b).unwrap();
+        assert_eq!(b, hdr);
+        assert!(!s.update_at(0x40, &hdr).unwrap(), "same bytes: left alone");
+        assert!(s.update_at(0x40, &[2u8; 12]).unwrap());
+        let long = [7u8; 40];
+        assert!(s.update_at(0x100, &long).unwrap(), "over 16 bytes: always written");
+        assert!(s.update_at(0x100, &long).unwrap());
+        assert!(s.update_at(0xffc, &hdr).is_err(), "bounds checked");
+        assert!(s.update_at(usize::MAX, &hdr).is_err());
     }
 
     #[test]

@@ -93,6 +93,23 @@ impl<'a> GuestWriter<'a> {
         Ok(start - src.len())
     }
 
+    /// As [`write`](Self::write), but leaves bytes that already hold the value untouched
+    /// (see [`GuestSlice::update_at`]): for the virtio-net header.
+    #[inline]
+    pub fn update(&mut self, mut src: &[u8]) -> Result<usize, ChainError> {
+        let start = src.len();
+        while !src.is_empty() {
+            let Some(dst) = self.at.current()? else { break };
+            let n = src.len().min(dst.len() - self.at.off);
+            // In bounds: off + n <= dst.len().
+            let _ = dst.update_at(self.at.off, &src[..n]);
+            self.at.off += n;
+            self.written += n;
+            src = &src[n..];
+        }
+        Ok(start - src.len())
+    }
+
     /// True if the chain has room for at least one more byte.
     pub fn has_room(&mut self) -> Result<bool, ChainError> {
         Ok(self.at.current()?.is_some())

@@ -119,7 +119,7 @@ fn header(pkt: &Mbuf, ctx: &Ctx, num_buffers: u16) -> VirtioNetHdr {
 /// checksum filled in, if the packet asked for that).
 fn write_packet(w: &mut GuestWriter<'_>, hdr: &VirtioNetHdr, ctx: &Ctx, pkt: &Mbuf) -> bool {
     let hlen = ctx.hlen;
-    let mut ok = w.write(&hdr.to_bytes()[..hlen]).is_ok_and(|n| n == hlen);
+    let mut ok = w.update(&hdr.to_bytes()[..hlen]).is_ok_and(|n| n == hlen);
     let prefix = offload::patched_prefix(pkt.meta(), ctx.csum, || pkt.segments().map(|s| s.data()));
     let mut skip = 0;
     if let Some((buf, n)) = &prefix {
@@ -176,7 +176,8 @@ fn place_simple(
     } else {
         header(pkt, ctx, 1)
     };
-    let ok = buf.write_at(0, &hdr.to_bytes()[..ctx.hlen]).is_ok()
+    // The header is usually what this buffer held last time: leave its line to the guest.
+    let ok = buf.update_at(0, &hdr.to_bytes()[..ctx.hlen]).is_ok()
         && buf.write_at(ctx.hlen, data).is_ok();
     debug_assert!(ok, "bounds were checked by the translation");
     b.used(head, need as u32);
@@ -257,31 +258,32 @@ fn place_mergeable(
     let hdr = header(pkt, ctx, n as u16);
     let hdr_bytes = hdr.to_bytes();
     let prefix = offload::patched_prefix(pkt.meta(), ctx.csum, || pkt.segments().map(|s| s.data()));
-    // The packet as a sequence of byte runs: header, optional patched prefix, segments.
+    // The packet after its header as byte runs: the optional patched prefix, the segments.
     let mut skip = prefix.as_ref().map_or(0, |p| p.1);
-    let mut runs = [
-        &hdr_bytes[..ctx.hlen],
-        prefix.as_ref().map_or(&[][..], |p| &p.0[..p.1]),
-    ]
-    .into_iter()
-    .chain(pkt.segments().map(|s| {
-        let d = s.data();
-        let from = skip.min(d.len());
-        skip -= from;
-        &d[from..]
-    }));
-    let mut run: &[u8] = &[];
+    let mut runs = std::iter::once(prefix.as_ref().map_or(&[][..], |p| &p.0[..p.1])).chain(
+        pkt.segments().map(|s| {
+            let d = s.data();
+            let from = skip.min(d.len());
+            skip -= from;
+            &d[from..]
+        }),
+    );
+    // The header first (left untouched where it already holds these values), then the rest.
+    let mut run: &[u8] = &hdr_bytes[..ctx.hlen];
+    let mut in_hdr = true;
     for &head in &heads[..n] {
         let mut w = GuestWriter::new(q.chain(head, true, MAX_PKT_LEN));
         loop {
             if run.is_empty() {
+                in_hdr = false;
                 match runs.next() {
                     Some(r) => run = r,
                     None => break,
                 }
                 continue;
             }
-            match w.write(run) {
+            let wrote = if in_hdr { w.update(run) } else { w.write(run) };
+            match wrote {
                 Ok(0) | Err(_) => break,
                 Ok(k) => run = &run[k..],
             }
