@@ -28,6 +28,11 @@ pub const TX_VRING: u16 = 0;
 /// Loop turns between two reads of the vrings' drop counters.
 const HARVEST_EVERY: u32 = 1024;
 
+/// txonly frames longer than this are sent as clones of one template mbuf per port (the
+/// frame is built once; each packet is a header attached to the template's buffer), shorter
+/// ones are copied into each mbuf (cheaper than a clone's reference count updates).
+const CLONE_ABOVE: usize = 256;
+
 /// One forwarding stream: what an lcore receives from `rx_port` goes to `tx_port` (txonly
 /// only transmits on `tx_port`, rxonly only receives).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +138,8 @@ struct Worker<'a> {
     burst: Vec<Mbuf>,
     /// txonly frames, per port.
     templates: Vec<Vec<u8>>,
+    /// txonly frames longer than [`CLONE_ABOVE`], per port, built once in an mbuf to clone.
+    template_mbufs: Vec<Option<Mbuf>>,
     /// Per port: `Some` if this lcore receives from (`rx`) / transmits to (`tx`) the port.
     rx_tally: Vec<Option<Tally>>,
     tx_tally: Vec<Option<Tally>>,
@@ -161,13 +168,32 @@ impl<'a> Worker<'a> {
         } else {
             Vec::new()
         };
+        let mut cache = sh.pool.cache();
+        let template_mbufs = templates
+            .iter()
+            .map(|t| {
+                if t.len() <= CLONE_ABOVE {
+                    return None;
+                }
+                // Without an mbuf for it (a tiny pool), frames are copied one by one.
+                let mut m = cache.alloc().ok()?;
+                match fill(&mut cache, &mut m, t) {
+                    Ok(()) => Some(m),
+                    Err(()) => {
+                        cache.free(m);
+                        None
+                    }
+                }
+            })
+            .collect();
         Worker {
             sh,
             streams,
             reader: sh.table.reader(lcore),
-            cache: sh.pool.cache(),
+            cache,
             burst: Vec::with_capacity(sh.burst),
             templates,
+            template_mbufs,
             rx_tally,
             tx_tally,
         }
@@ -263,6 +289,16 @@ impl<'a> Worker<'a> {
     fn txonly(&mut self, s: Stream) {
         let port = s.tx_port;
         if self.reader.dev(port).is_none() {
+            return;
+        }
+        if let Some(tmpl) = &self.template_mbufs[port] {
+            for _ in 0..self.sh.burst {
+                match tmpl.clone_shallow(&mut self.cache) {
+                    Ok(m) => self.burst.push(m),
+                    Err(_) => break,
+                }
+            }
+            self.transmit(port);
             return;
         }
         if self
