@@ -230,6 +230,33 @@ impl<'a> GuestSlice<'a> {
         Ok(true)
     }
 
+    /// Asks for every cache line of the slice in a writable state (prefetch for write), so
+    /// that the misses of a long copy into it overlap rather than wait one behind the other
+    /// in the store buffer. A hint: it never faults and has no visible effect; a no-op off
+    /// x86_64.
+    #[inline(always)]
+    pub fn prefetch_for_write(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let start = self.ptr.as_ptr() as usize & !63;
+            let end = self.ptr.as_ptr() as usize + self.len;
+            let mut line = start;
+            while line < end {
+                // SAFETY: prefetchw only hints the cache: it never faults whatever the
+                // address, reads or writes no memory the program can observe, and executes
+                // as a NOP on x86_64 CPUs without PRFCHW.
+                unsafe {
+                    std::arch::asm!(
+                        "prefetchw [{0}]",
+                        in(reg) line,
+                        options(nostack, preserves_flags, readonly)
+                    );
+                }
+                line += 64;
+            }
+        }
+    }
+
     /// Fills all of `dst` from `offset`, or nothing if the range does not fit.
     #[inline]
     pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> Result<(), AccessError> {
@@ -430,8 +457,25 @@ mod tests {
         assert_eq!(b, hdr);
         assert!(!s.update_at(0x40, &hdr).unwrap(), "same bytes: left alone");
         assert!(s.update_at(0x40, &[2u8; 12]).unwrap());
+        for len in 0..=16 {
+            let base: Vec<u8> = (0..len as u8).collect();
+            s.write_at(0x200, &base).unwrap();
+            assert!(!s.update_at(0x200, &base).unwrap(), "len {len}");
+            for i in 0..len {
+                let mut other = base.clone();
+                other[i] ^= 0x80;
+                assert!(
+                    s.update_at(0x200, &other).unwrap(),
+                    "len {len}, byte {i} differs"
+                );
+                s.write_at(0x200, &base).unwrap();
+            }
+        }
         let long = [7u8; 40];
-        assert!(s.update_at(0x100, &long).unwrap(), "over 16 bytes: always written");
+        assert!(
+            s.update_at(0x100, &long).unwrap(),
+            "over 16 bytes: always written"
+        );
         assert!(s.update_at(0x100, &long).unwrap());
         assert!(s.update_at(0xffc, &hdr).is_err(), "bounds checked");
         assert!(s.update_at(usize::MAX, &hdr).is_err());
