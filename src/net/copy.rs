@@ -79,30 +79,29 @@ impl<'a> GuestWriter<'a> {
 
     /// Writes as much of `src` as fits; returns how many bytes were written.
     #[inline]
-    pub fn write(&mut self, mut src: &[u8]) -> Result<usize, ChainError> {
-        let start = src.len();
-        while !src.is_empty() {
-            let Some(dst) = self.at.current()? else { break };
-            let n = src.len().min(dst.len() - self.at.off);
-            // In bounds: off + n <= dst.len().
-            let _ = dst.write_at(self.at.off, &src[..n]);
-            self.at.off += n;
-            self.written += n;
-            src = &src[n..];
-        }
-        Ok(start - src.len())
+    pub fn write(&mut self, src: &[u8]) -> Result<usize, ChainError> {
+        self.put(src, false)
     }
 
     /// As [`write`](Self::write), but leaves bytes that already hold the value untouched
     /// (see [`GuestSlice::update_at`]): for the virtio-net header.
     #[inline]
-    pub fn update(&mut self, mut src: &[u8]) -> Result<usize, ChainError> {
+    pub fn update(&mut self, src: &[u8]) -> Result<usize, ChainError> {
+        self.put(src, true)
+    }
+
+    #[inline(always)]
+    fn put(&mut self, mut src: &[u8], update: bool) -> Result<usize, ChainError> {
         let start = src.len();
         while !src.is_empty() {
             let Some(dst) = self.at.current()? else { break };
             let n = src.len().min(dst.len() - self.at.off);
             // In bounds: off + n <= dst.len().
-            let _ = dst.update_at(self.at.off, &src[..n]);
+            let _ = if update {
+                dst.update_at(self.at.off, &src[..n]).map(drop)
+            } else {
+                dst.write_at(self.at.off, &src[..n])
+            };
             self.at.off += n;
             self.written += n;
             src = &src[n..];
