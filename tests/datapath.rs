@@ -5,32 +5,16 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Recorder, sock_path};
-use rvhost::driver::{Device, Driver, Flags};
+use common::Bed;
+use rvhost::driver::Flags;
 use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
-use rvhost::frontend::{Frontend, FrontendOptions, TxLayout};
-use rvhost::mbuf::{Mbuf, PktCache, PktPool};
+use rvhost::frontend::{FrontendOptions, TxLayout};
+use rvhost::mbuf::{Mbuf, PktCache};
 use rvhost::net::{dequeue_burst, enqueue_burst};
-use rvhost_hugepages::region::{PageSize, RegionConfig};
-
-struct Bed {
-    _driver: Driver,
-    fe: Frontend,
-    dev: Device,
-    pool: PktPool,
-}
 
 fn bed(features: u64, layout: TxLayout, flags: Flags) -> Bed {
-    common::init_log();
-    let path = sock_path("dp");
-    let rec = Recorder::new();
-    let driver = Driver::new().unwrap();
-    driver.register(&path, flags).unwrap();
-    driver.set_callbacks(&path, Arc::clone(&rec) as _).unwrap();
-    driver.start(&path).unwrap();
     let opts = FrontendOptions {
         features,
         tx_layout: layout,
@@ -38,28 +22,7 @@ fn bed(features: u64, layout: TxLayout, flags: Flags) -> Bed {
         force_small_pages: true,
         ..FrontendOptions::default()
     };
-    let mut fe = Frontend::connect(&path, opts).unwrap();
-    fe.start().unwrap();
-    assert!(common::eventually(Duration::from_secs(5), || !rec
-        .devices
-        .lock()
-        .unwrap()
-        .is_empty()));
-    let dev = rec.devices.lock().unwrap()[0].clone();
-    let pool = PktPool::new(
-        "dp-test",
-        4096,
-        rvhost::mbuf::DEFAULT_DATA_ROOM,
-        64,
-        RegionConfig::default().with_page_size(PageSize::Small),
-    )
-    .unwrap();
-    Bed {
-        _driver: driver,
-        fe,
-        dev,
-        pool,
-    }
+    Bed::new("dp", flags, opts, "dp-test", 4096, 64)
 }
 
 fn payload(len: usize, seed: usize) -> Vec<u8> {

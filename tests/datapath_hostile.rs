@@ -7,17 +7,14 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use common::{Recorder, sock_path};
-use rvhost::driver::{Device, Driver, Flags};
+use common::Bed;
+use rvhost::driver::Flags;
 use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF};
-use rvhost::frontend::{Frontend, FrontendOptions};
-use rvhost::mbuf::{Mbuf, PktCache, PktPool};
+use rvhost::frontend::FrontendOptions;
+use rvhost::mbuf::{Mbuf, PktCache};
 use rvhost::net::{dequeue_burst, enqueue_burst};
-use rvhost_hugepages::region::{PageSize, RegionConfig};
 
 const NEXT: u16 = 1;
 const WRITE: u16 = 2;
@@ -26,21 +23,7 @@ const MEM: usize = 32 << 20;
 /// Scratch space at the end of the shared memory, past everything the frontend placed.
 const SCRATCH: usize = MEM - (2 << 20);
 
-struct Bed {
-    _driver: Driver,
-    fe: Frontend,
-    dev: Device,
-    pool: PktPool,
-}
-
 fn bed(regions: usize, gap: u64) -> Bed {
-    common::init_log();
-    let path = sock_path("dph");
-    let rec = Recorder::new();
-    let driver = Driver::new().unwrap();
-    driver.register(&path, Flags::empty()).unwrap();
-    driver.set_callbacks(&path, Arc::clone(&rec) as _).unwrap();
-    driver.start(&path).unwrap();
     let opts = FrontendOptions {
         features: VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF,
         mem_size: MEM,
@@ -49,28 +32,7 @@ fn bed(regions: usize, gap: u64) -> Bed {
         gpa_gap: gap,
         ..FrontendOptions::default()
     };
-    let mut fe = Frontend::connect(&path, opts).unwrap();
-    fe.start().unwrap();
-    assert!(common::eventually(Duration::from_secs(5), || !rec
-        .devices
-        .lock()
-        .unwrap()
-        .is_empty()));
-    let dev = rec.devices.lock().unwrap()[0].clone();
-    let pool = PktPool::new(
-        "dph",
-        1024,
-        rvhost::mbuf::DEFAULT_DATA_ROOM,
-        32,
-        RegionConfig::default().with_page_size(PageSize::Small),
-    )
-    .unwrap();
-    Bed {
-        _driver: driver,
-        fe,
-        dev,
-        pool,
-    }
+    Bed::new("dph", Flags::empty(), opts, "dph", 1024, 32)
 }
 
 impl Bed {

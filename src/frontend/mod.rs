@@ -83,7 +83,6 @@
 
 pub mod error;
 pub mod layout;
-mod net_hdr;
 pub mod options;
 pub mod queue;
 pub mod ring;

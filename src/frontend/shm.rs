@@ -23,49 +23,17 @@ use rvhost_hugepages::region::Region;
 
 use super::error::LayoutError;
 use crate::memory::{GuestSlice, Pod};
+pub use crate::virtq::split::VirtqDesc;
 
-/// A split-ring descriptor (`struct virtq_desc`, virtio 1.2 §2.7.5), 16 bytes.
-#[doc(alias = "virtq_desc")]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[repr(C)]
-pub struct VirtqDesc {
-    /// Guest-physical address of the buffer.
-    pub addr: u64,
-    /// Length of the buffer.
-    pub len: u32,
-    /// [`F_NEXT`](Self::F_NEXT), [`F_WRITE`](Self::F_WRITE), [`F_INDIRECT`](Self::F_INDIRECT).
-    pub flags: u16,
-    /// Next descriptor of the chain, if `flags` has [`F_NEXT`](Self::F_NEXT).
-    pub next: u16,
-}
-
-impl VirtqDesc {
-    /// `VIRTQ_DESC_F_NEXT`: the chain continues at `next`.
-    #[doc(alias = "VIRTQ_DESC_F_NEXT")]
-    pub const F_NEXT: u16 = 1;
-    /// `VIRTQ_DESC_F_WRITE`: device-writable buffer.
-    #[doc(alias = "VIRTQ_DESC_F_WRITE")]
-    pub const F_WRITE: u16 = 2;
-    /// `VIRTQ_DESC_F_INDIRECT`: the buffer is a table of descriptors.
-    #[doc(alias = "VIRTQ_DESC_F_INDIRECT")]
-    pub const F_INDIRECT: u16 = 4;
-    /// Bytes in the descriptor table per descriptor.
-    pub const SIZE: usize = 16;
-
-    /// Converts between native and little-endian fields (the same swap both ways).
-    fn swap_le(self) -> Self {
-        Self {
-            addr: self.addr.to_le(),
-            len: self.len.to_le(),
-            flags: self.flags.to_le(),
-            next: self.next.to_le(),
-        }
+/// Converts a descriptor between native and little-endian fields (the same swap both ways).
+fn desc_swap_le(d: VirtqDesc) -> VirtqDesc {
+    VirtqDesc {
+        addr: d.addr.to_le(),
+        len: d.len.to_le(),
+        flags: d.flags.to_le(),
+        next: d.next.to_le(),
     }
 }
-
-// SAFETY: repr(C) of u64, u32, u16, u16: 16 bytes with no padding, every bit pattern valid, no
-// pointers.
-unsafe impl Pod for VirtqDesc {}
 
 /// A used-ring element (`struct virtq_used_elem`, virtio 1.2 §2.7.8), 8 bytes.
 #[doc(alias = "virtq_used_elem")]
@@ -285,14 +253,14 @@ impl SharedRing {
     pub fn write_desc(&self, id: u16, d: VirtqDesc) {
         // SAFETY: desc_ptr masks the index into the checked, 16-byte aligned table; a volatile
         // write of a Pod never creates a reference to the shared bytes.
-        unsafe { ptr::write_volatile(self.desc_ptr(id), d.swap_le()) };
+        unsafe { ptr::write_volatile(self.desc_ptr(id), desc_swap_le(d)) };
     }
 
     /// Reads descriptor `id` (modulo the size).
     #[inline]
     pub fn read_desc(&self, id: u16) -> VirtqDesc {
         // SAFETY: as in `write_desc`; one volatile fetch into a local copy.
-        unsafe { ptr::read_volatile(self.desc_ptr(id)) }.swap_le()
+        desc_swap_le(unsafe { ptr::read_volatile(self.desc_ptr(id)) })
     }
 
     /// Writes `avail.ring[slot % size] = id`.

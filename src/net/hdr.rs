@@ -19,7 +19,11 @@ pub const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
 pub const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
 
 /// `struct virtio_net_hdr_mrg_rxbuf` (12 bytes); the legacy header without MRG_RXBUF is the
-/// first 10 bytes.
+/// first 10 bytes. Little-endian on the wire.
+///
+/// The data path and the virtio-user front-end share it; the front-end re-exports it as
+/// [`frontend::NetHdr`](crate::frontend::NetHdr).
+#[doc(alias = "virtio_net_hdr")]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct VirtioNetHdr {
@@ -44,8 +48,37 @@ pub struct VirtioNetHdr {
 unsafe impl Pod for VirtioNetHdr {}
 
 impl VirtioNetHdr {
-    /// Serialises into the first `len` (10 or 12) bytes of `out`, native byte order as the
-    /// spec requires for VERSION_1 (little-endian) on the little-endian hosts rvhost runs on.
+    /// [`VIRTIO_NET_HDR_F_NEEDS_CSUM`].
+    pub const F_NEEDS_CSUM: u8 = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    /// [`VIRTIO_NET_HDR_F_DATA_VALID`].
+    pub const F_DATA_VALID: u8 = VIRTIO_NET_HDR_F_DATA_VALID;
+    /// [`VIRTIO_NET_HDR_GSO_NONE`].
+    pub const GSO_NONE: u8 = VIRTIO_NET_HDR_GSO_NONE;
+    /// [`VIRTIO_NET_HDR_GSO_TCPV4`].
+    pub const GSO_TCPV4: u8 = VIRTIO_NET_HDR_GSO_TCPV4;
+    /// [`VIRTIO_NET_HDR_GSO_UDP`].
+    pub const GSO_UDP: u8 = VIRTIO_NET_HDR_GSO_UDP;
+    /// [`VIRTIO_NET_HDR_GSO_TCPV6`].
+    pub const GSO_TCPV6: u8 = VIRTIO_NET_HDR_GSO_TCPV6;
+    /// [`VIRTIO_NET_HDR_GSO_ECN`].
+    pub const GSO_ECN: u8 = VIRTIO_NET_HDR_GSO_ECN;
+    /// Size of the header with `num_buffers`.
+    pub const SIZE: usize = 12;
+    /// Size of the legacy header without `num_buffers`.
+    pub const LEGACY_SIZE: usize = 10;
+
+    /// Header size for the negotiated `features`: [`SIZE`](Self::SIZE) with VERSION_1 or
+    /// MRG_RXBUF, else [`LEGACY_SIZE`](Self::LEGACY_SIZE).
+    pub const fn size_for(features: u64) -> usize {
+        if features & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) != 0 {
+            Self::SIZE
+        } else {
+            Self::LEGACY_SIZE
+        }
+    }
+
+    /// The 12 wire bytes, little-endian (the first 10 are the legacy header), as the spec
+    /// requires for VERSION_1.
     pub fn to_bytes(&self) -> [u8; 12] {
         let mut b = [0u8; 12];
         b[0] = self.flags;
@@ -71,16 +104,22 @@ impl VirtioNetHdr {
             num_buffers: if len >= 12 { u16_at(10) } else { 0 },
         }
     }
+
+    /// Decodes up to 12 bytes; missing bytes read as 0 (so `num_buffers` is 0 for a 10-byte
+    /// legacy header).
+    pub fn parse(bytes: &[u8]) -> Self {
+        let mut b = [0u8; 12];
+        let n = bytes.len().min(12);
+        b[..n].copy_from_slice(&bytes[..n]);
+        Self::from_bytes(&b, 12)
+    }
 }
 
-/// Header length for the negotiated features: 12 with VERSION_1 or MRG_RXBUF, else 10.
+/// Header length for the negotiated features: 12 with VERSION_1 or MRG_RXBUF, else 10
+/// ([`VirtioNetHdr::size_for`]).
 #[inline]
 pub fn hdr_len(features: u64) -> usize {
-    if features & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) != 0 {
-        12
-    } else {
-        10
-    }
+    VirtioNetHdr::size_for(features)
 }
 
 #[cfg(test)]
@@ -109,6 +148,26 @@ mod tests {
         let legacy = VirtioNetHdr::from_bytes(&h.to_bytes(), 10);
         assert_eq!(legacy.num_buffers, 0);
         assert_eq!(legacy.gso_size, 1448);
-        assert_eq!(std::mem::size_of::<VirtioNetHdr>(), 12);
+        assert_eq!(std::mem::size_of::<VirtioNetHdr>(), VirtioNetHdr::SIZE);
+    }
+
+    #[test]
+    fn parse_reads_up_to_12_bytes() {
+        let h = VirtioNetHdr {
+            flags: VirtioNetHdr::F_NEEDS_CSUM,
+            gso_type: VirtioNetHdr::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 3,
+        };
+        let b = h.to_bytes();
+        assert_eq!(b[..4], [1, 1, 54, 0]);
+        assert_eq!(b[10..], [3, 0]);
+        assert_eq!(VirtioNetHdr::parse(&b), h);
+        let legacy = VirtioNetHdr::parse(&b[..10]);
+        assert_eq!(legacy.num_buffers, 0);
+        assert_eq!(legacy, VirtioNetHdr::from_bytes(&b, 10));
     }
 }

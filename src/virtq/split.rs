@@ -33,7 +33,11 @@ pub const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// Most descriptors an indirect table may hold (the largest queue size).
 pub const MAX_INDIRECT: u32 = 32768;
 
-/// `struct virtq_desc`.
+/// A split-ring descriptor (`struct virtq_desc`, virtio 1.2 §2.7.5), 16 bytes.
+///
+/// The device side reads it from guest memory; the virtio-user front-end writes it (and
+/// re-exports it as [`frontend::VirtqDesc`](crate::frontend::VirtqDesc)).
+#[doc(alias = "virtq_desc")]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct VirtqDesc {
@@ -41,10 +45,22 @@ pub struct VirtqDesc {
     pub addr: u64,
     /// Its length.
     pub len: u32,
-    /// `VIRTQ_DESC_F_*`.
+    /// `VIRTQ_DESC_F_*` ([`F_NEXT`](Self::F_NEXT), [`F_WRITE`](Self::F_WRITE),
+    /// [`F_INDIRECT`](Self::F_INDIRECT)).
     pub flags: u16,
     /// Next descriptor if `flags & NEXT`.
     pub next: u16,
+}
+
+impl VirtqDesc {
+    /// [`VIRTQ_DESC_F_NEXT`]: the chain continues at `next`.
+    pub const F_NEXT: u16 = VIRTQ_DESC_F_NEXT;
+    /// [`VIRTQ_DESC_F_WRITE`]: device-writable buffer.
+    pub const F_WRITE: u16 = VIRTQ_DESC_F_WRITE;
+    /// [`VIRTQ_DESC_F_INDIRECT`]: the buffer is a table of descriptors.
+    pub const F_INDIRECT: u16 = VIRTQ_DESC_F_INDIRECT;
+    /// Bytes in the descriptor table per descriptor ([`DESC_SIZE`]).
+    pub const SIZE: usize = DESC_SIZE as usize;
 }
 
 // SAFETY: four integer fields, 8 + 4 + 2 + 2 = 16 bytes with no padding (repr(C), each field

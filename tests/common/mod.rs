@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: socket paths, callback recorders, fd counts.
+//! Helpers shared by the integration tests: socket paths, callback recorders, fd counts, the
+//! data-path test bed.
 
 #![allow(dead_code)]
 
@@ -9,7 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use rvhost::driver::{Device, DeviceId, DeviceOps};
+use rvhost::driver::{Device, DeviceId, DeviceOps, Driver, Flags};
+use rvhost::frontend::{Frontend, FrontendOptions};
+use rvhost::mbuf::PktPool;
+use rvhost_hugepages::region::{PageSize, RegionConfig};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -134,4 +138,57 @@ pub fn init_log() {
         .filter_level(log::LevelFilter::Info)
         .parse_default_env()
         .try_init();
+}
+
+/// A data-path test bed: a [`Driver`] serving one socket, the Rust [`Frontend`] connected to it
+/// and started, the [`Device`] the driver created for it, and a small-page mbuf pool.
+pub struct Bed {
+    _driver: Driver,
+    pub fe: Frontend,
+    pub dev: Device,
+    pub pool: PktPool,
+}
+
+impl Bed {
+    /// Registers and starts a driver on a fresh socket tagged `tag` with `flags`, connects and
+    /// starts a frontend with `opts`, waits (5 s) for the device, and makes a pool `pool_name`
+    /// of `mbufs` mbufs with the default data room and a per-core cache of `cache`.
+    pub fn new(
+        tag: &str,
+        flags: Flags,
+        opts: FrontendOptions,
+        pool_name: &str,
+        mbufs: usize,
+        cache: usize,
+    ) -> Bed {
+        init_log();
+        let path = sock_path(tag);
+        let rec = Recorder::new();
+        let driver = Driver::new().unwrap();
+        driver.register(&path, flags).unwrap();
+        driver.set_callbacks(&path, Arc::clone(&rec) as _).unwrap();
+        driver.start(&path).unwrap();
+        let mut fe = Frontend::connect(&path, opts).unwrap();
+        fe.start().unwrap();
+        assert!(eventually(Duration::from_secs(5), || !rec
+            .devices
+            .lock()
+            .unwrap()
+            .is_empty()));
+        let dev = rec.devices.lock().unwrap()[0].clone();
+        let pool = PktPool::new(
+            pool_name,
+            mbufs,
+            rvhost::mbuf::DEFAULT_DATA_ROOM,
+            cache,
+            RegionConfig::default().with_page_size(PageSize::Small),
+        )
+        .unwrap();
+        Bed {
+            _driver: driver,
+            fe,
+            dev,
+            pool,
+        }
+    }
 }
