@@ -23,7 +23,7 @@ use rvhost_hugepages::region::Region;
 
 use super::error::LayoutError;
 use crate::memory::{GuestSlice, Pod};
-pub use crate::virtq::split::VirtqDesc;
+pub use crate::virtq::split::{VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_USED_F_NO_NOTIFY, VirtqDesc};
 
 /// Converts a descriptor between native and little-endian fields (the same swap both ways).
 fn desc_swap_le(d: VirtqDesc) -> VirtqDesc {
@@ -48,11 +48,6 @@ pub struct VirtqUsedElem {
 
 // SAFETY: repr(C) of two u32: 8 bytes, no padding, every bit pattern valid, no pointers.
 unsafe impl Pod for VirtqUsedElem {}
-
-/// `VIRTQ_USED_F_NO_NOTIFY`: the device does not want kicks (without EVENT_IDX).
-pub const VIRTQ_USED_F_NO_NOTIFY: u16 = 1;
-/// `VIRTQ_AVAIL_F_NO_INTERRUPT`: the driver does not want calls (without EVENT_IDX).
-pub const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// Byte lengths of a split ring's (descriptor table, available ring, used ring) for `size`
 /// entries, including the `used_event` / `avail_event` fields (always reserved, so that the
