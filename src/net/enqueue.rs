@@ -19,7 +19,7 @@ use crate::features::{
 use crate::mbuf::{Mbuf, OffloadFlags};
 use crate::memory::{Gpa, TranslationCache};
 use crate::virtq::split::{
-    SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VirtqDesc,
 };
 
 /// Most chains one packet may take with mergeable buffers.
@@ -28,6 +28,19 @@ const MAX_CHAINS: usize = 64;
 /// Packets up to this many bytes are not prefetched before the copy (one or two cache lines:
 /// nothing to overlap).
 const PREFETCH_ABOVE: usize = 128;
+
+/// The fast path reads the chain of the packet this many places ahead of the one it copies
+/// and asks for its buffer's lines, so that they (last touched by the guest's core) are on
+/// their way while earlier packets are copied; otherwise each packet's header compare waits
+/// for its line and its stores queue behind the previous packet's in the store buffer.
+/// Measured against the testpmd virtio-user frontend, h2g 64 B: 1 ahead +10%, 2-4 ahead
+/// +17%, 6 ahead +12%; loopback 64 B +6% (with the header line prefetched for reading).
+/// The first packets of a burst are not prefetched: doing so measured slower in loopback.
+const LOOKAHEAD: usize = 3;
+
+/// How much of a later packet's buffer is asked for ahead (the rest of a large packet is
+/// prefetched just before its own copy, see [`PREFETCH_ABOVE`]).
+const LOOKAHEAD_BYTES: usize = 128;
 
 /// Copies as many of `pkts` as the guest has room for into receive vring `vring` (an even
 /// index: vring 2*q is queue pair q's receive queue). Returns how many were enqueued; the
@@ -50,7 +63,11 @@ pub fn enqueue_burst(dev: &Device, vring: u16, pkts: &[Mbuf]) -> usize {
     };
     let mut sent = 0;
     let mut tc = TranslationCache::new();
-    for pkt in pkts {
+    let mut ahead = Ahead::default();
+    for (i, pkt) in pkts.iter().enumerate() {
+        if let Some(later) = pkts.get(i + LOOKAHEAD) {
+            ahead.read(&q, &burst, &mut tc, later, &ctx);
+        }
         if !ctx.gso && oversized_gso(pkt) {
             // A GSO packet larger than one segment, for a guest that cannot take GSO: it is
             // consumed (counted), not sent, as no buffer of that guest can hold it.
@@ -58,7 +75,7 @@ pub fn enqueue_burst(dev: &Device, vring: u16, pkts: &[Mbuf]) -> usize {
             burst.stats.too_large += 1;
             continue;
         }
-        if place_simple(&q, &mut burst, &mut tc, pkt, &ctx) {
+        if place_simple(&q, &mut burst, &mut tc, &mut ahead, pkt, &ctx) {
             sent += 1;
             burst.stats.packets += 1;
             burst.stats.bytes += pkt.pkt_len() as u64;
@@ -139,14 +156,75 @@ fn write_packet(w: &mut GuestWriter<'_>, hdr: &VirtioNetHdr, ctx: &Ctx, pkt: &Mb
     ok
 }
 
+/// Chains read [`LOOKAHEAD`] places ahead of the copy: the head and descriptor of each, so
+/// that the fast path reads them once, and its buffer asked for early.
+#[derive(Default)]
+struct Ahead {
+    /// By available-ring index modulo the slot count: (index, head, descriptor).
+    slots: [Option<(u16, u16, VirtqDesc)>; LOOKAHEAD + 1],
+}
+
+impl Ahead {
+    /// Reads the chain [`LOOKAHEAD`] places after the next, which `pkt` will most likely be
+    /// copied into (a packet usually takes one chain; when not, this is a wasted hint), and
+    /// when it has the fast path's shape asks for the start of its buffer: the header's line
+    /// for reading (it is compared before it is written, see [`place_simple`]), the body's
+    /// first lines for writing.
+    #[inline]
+    fn read(
+        &mut self,
+        q: &SplitQueue<'_>,
+        b: &Burst<'_>,
+        tc: &mut TranslationCache,
+        pkt: &Mbuf,
+        ctx: &Ctx,
+    ) {
+        let Some(head) = b.peek_head(LOOKAHEAD as u16) else {
+            return;
+        };
+        let idx = b.next_index().wrapping_add(LOOKAHEAD as u16);
+        let d = q.desc(head);
+        self.slots[usize::from(idx) % self.slots.len()] = Some((idx, head, d));
+        let body = pkt.data().len().min(LOOKAHEAD_BYTES);
+        if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT) != 0
+            || (d.len as usize) < ctx.hlen + body
+        {
+            return;
+        }
+        if let Some(buf) = q
+            .memory()
+            .gpa_to_host_cached(tc, Gpa(d.addr), (ctx.hlen + body) as u64)
+        {
+            buf.prefetch_first_line();
+            if let Ok(body) = buf.subslice(ctx.hlen, body) {
+                body.prefetch_for_write();
+            }
+        }
+    }
+
+    /// The head and descriptor of the chain at available index `idx`, if read ahead.
+    #[inline]
+    fn take(&mut self, idx: u16) -> Option<(u16, VirtqDesc)> {
+        let slot = &mut self.slots[usize::from(idx) % (LOOKAHEAD + 1)];
+        match *slot {
+            Some((i, head, d)) if i == idx => {
+                *slot = None;
+                Some((head, d))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The common case, without walking a chain: the next available chain is one writable
 /// descriptor in one region, large enough for the header and the packet (one segment, no IP
-/// checksum to fill in). Anything else is left (head given back) for the general path.
+/// checksum to fill in). Anything else is left (chain not taken) for the general path.
 #[inline]
 fn place_simple(
     q: &SplitQueue<'_>,
     b: &mut Burst<'_>,
     tc: &mut TranslationCache,
+    ahead: &mut Ahead,
     pkt: &Mbuf,
     ctx: &Ctx,
 ) -> bool {
@@ -154,10 +232,13 @@ fn place_simple(
     if pkt.nb_segs() != 1 || !pkt.meta().ol_flags.is_empty() {
         return false;
     }
-    let Ok(head) = b.next_head() else {
-        return false;
+    let (head, d) = match ahead.take(b.next_index()) {
+        Some(read) => read,
+        None => match b.peek_head(0) {
+            Some(head) => (head, q.desc(head)),
+            None => return false,
+        },
     };
-    let d = q.desc(head);
     let data = pkt.data();
     let need = ctx.hlen + data.len();
     let buf = if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT) == 0
@@ -169,9 +250,9 @@ fn place_simple(
         None
     };
     let Some(buf) = buf else {
-        b.unreserve();
         return false;
     };
+    b.take_peeked();
     let hdr = if pkt.meta().ol_flags.is_empty() {
         VirtioNetHdr {
             num_buffers: 1,

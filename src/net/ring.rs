@@ -103,6 +103,30 @@ impl<'v> Burst<'v> {
         self.avail.wrapping_sub(self.next)
     }
 
+    /// The head of the chain `ahead` places after the next one, if the guest has made it
+    /// available and it is within the table; for looking ahead only (a bad entry is reported
+    /// when [`next_head`](Self::next_head) reaches it).
+    #[inline]
+    pub fn peek_head(&self, ahead: u16) -> Option<u16> {
+        if ahead >= self.pending() {
+            return None;
+        }
+        self.q.avail_head(self.next.wrapping_add(ahead)).ok()
+    }
+
+    /// Available-ring index of the next chain.
+    #[inline]
+    pub fn next_index(&self) -> u16 {
+        self.next
+    }
+
+    /// Takes the next chain, whose head the caller has read with
+    /// [`peek_head`](Self::peek_head).
+    #[inline]
+    pub fn take_peeked(&mut self) {
+        self.next = self.next.wrapping_add(1);
+    }
+
     /// Takes the next available chain's head.
     #[inline]
     pub fn next_head(&mut self) -> Result<u16, Stop> {
