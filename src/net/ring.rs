@@ -4,12 +4,19 @@
 use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::features::VIRTIO_RING_F_EVENT_IDX;
-use crate::virtq::split::{ChainError, SplitQueue};
+use crate::virtq::split::{ChainError, SplitQueue, VirtqDesc};
 use crate::virtq::{QueueStats, Vring};
 
 /// Longest descriptor chain accepted for one packet: a 64 KiB GSO packet and its header,
 /// with room to spare.
 pub const MAX_PKT_LEN: u64 = 256 * 1024;
+
+/// How many chains ahead of the one being copied a burst reads, so that it can ask for their
+/// buffers' cache lines early (see [`ReadAhead`]). Measured on h2g 64 B against the testpmd
+/// virtio-user frontend: 1 ahead +10%, 2-4 ahead +17%, 6 ahead +12%. Enqueue only: on
+/// dequeue, reading ahead and prefetching the transmit buffers measured slower (g2h 1518 B
+/// 13.8 -> 9.8 Mpps, g2h 64 B and loopback 64 B no better).
+pub const READ_AHEAD: u16 = 3;
 
 /// Why a burst stopped taking chains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,5 +216,45 @@ impl<'v> Burst<'v> {
         s.too_large += stats.too_large;
         s.alloc_failures += stats.alloc_failures;
         s.interrupts += stats.interrupts;
+    }
+}
+
+/// Chains read [`READ_AHEAD`] places ahead of the one being copied: the head and descriptor
+/// of each, read once (the burst takes this copy when it gets there), so that the caller can
+/// ask for the chain's buffer while earlier packets are copied. The guest's lines were last
+/// touched by its core; otherwise each packet waits for its own, one after the other.
+#[derive(Default)]
+pub struct ReadAhead {
+    /// By available-ring index modulo the slot count: (index, head, descriptor).
+    slots: [Option<(u16, u16, VirtqDesc)>; READ_AHEAD as usize + 1],
+}
+
+impl ReadAhead {
+    /// Reads the chain [`READ_AHEAD`] places after `b`'s next one, if the guest has made it
+    /// available: its descriptor, for the caller to prefetch the buffer of.
+    #[inline]
+    pub fn read(&mut self, b: &Burst<'_>) -> Option<VirtqDesc> {
+        let head = b.peek_head(READ_AHEAD)?;
+        let idx = b.next_index().wrapping_add(READ_AHEAD);
+        let d = b.q.desc(head);
+        self.slots[usize::from(idx) % self.slots.len()] = Some((idx, head, d));
+        Some(d)
+    }
+
+    /// The head and descriptor of `b`'s next chain, without taking it: the copy read ahead if
+    /// there is one, else read now. `None` if there is no next chain or its head is out of
+    /// the table (then [`Burst::next_head`] reports it).
+    #[inline]
+    pub fn next(&mut self, b: &Burst<'_>) -> Option<(u16, VirtqDesc)> {
+        let idx = b.next_index();
+        let slot = &mut self.slots[usize::from(idx) % (READ_AHEAD as usize + 1)];
+        if let Some((i, head, d)) = *slot {
+            *slot = None;
+            if i == idx {
+                return Some((head, d));
+            }
+        }
+        let head = b.peek_head(0)?;
+        Some((head, b.q.desc(head)))
     }
 }
