@@ -213,6 +213,45 @@ fn host_to_guest_mixed_bursts_arrive_in_order() {
     }
 }
 
+/// With every receive buffer posted, enqueue publishes its first packets early (before the
+/// burst ends): after the burst the guest has every packet once, in order, burst after burst.
+/// (Single-threaded, this sees only the final index; a guest reading concurrently is covered
+/// by the fwd_payload and fwd_testpmd tests, which check every byte and count.)
+#[test]
+fn host_to_guest_with_the_whole_ring_posted() {
+    for (features, layout) in CASES {
+        let mut b = bed(features, layout, Flags::empty());
+        let mut cache = b.pool.cache();
+        let mut next = 0usize;
+        let mut received = 0usize;
+        for _ in 0..40 {
+            // Fill the ring (256 buffers): the next burst sees every buffer posted.
+            b.fe.rx(0).unwrap().post_rx(1 << 16, 1536);
+            let mbufs: Vec<Mbuf> = (next..next + 32)
+                .map(|i| mbuf_of(&mut cache, &payload(60 + i % 40, i)))
+                .collect();
+            assert_eq!(
+                enqueue_burst(&b.dev, 0, &mbufs),
+                32,
+                "features {features:#x}"
+            );
+            next += 32;
+            cache.free_bulk(mbufs);
+            b.fe.rx(0).unwrap().poll_rx(64, |p| {
+                assert_eq!(
+                    p.data,
+                    payload(60 + received % 40, received).as_slice(),
+                    "features {features:#x}: packet {received}"
+                );
+                received += 1;
+            });
+            assert_eq!(received, next, "features {features:#x}");
+        }
+        drop(cache);
+        assert_eq!(b.pool.in_use(), 0);
+    }
+}
+
 #[test]
 fn enqueue_stops_when_the_guest_has_no_buffers() {
     let mut b = bed(CASES[0].0, TxLayout::Inline, Flags::empty());

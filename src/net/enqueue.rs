@@ -2,8 +2,9 @@
 //!
 //! One burst: try-lock the vring (return 0 if the control thread holds it), read `avail.idx`
 //! once, place each packet in one chain (or, with MRG_RXBUF, as many chains as it needs),
-//! write the used entries, publish `used.idx` once with a release store, and interrupt the
-//! guest only if it asked. A chain the guest made malformed is returned with length 0 and
+//! write the used entries, publish `used.idx` with a release store (once at the end, and once
+//! early when the guest waits for us: see [`PUBLISH_FIRST`]), and interrupt the guest only if
+//! it asked. A chain the guest made malformed is returned with length 0 and
 //! counted; the packet moves on to the next chain. A packet that does not fit in what the
 //! guest offers stops the burst (as DPDK): it and the rest stay with the caller.
 
@@ -28,6 +29,15 @@ const MAX_CHAINS: usize = 64;
 /// Packets up to this many bytes are not prefetched before the copy (one or two cache lines:
 /// nothing to overlap).
 const PREFETCH_ABOVE: usize = 128;
+
+/// When the guest has every buffer of its receive ring posted (it has taken all we gave it
+/// and waits for more), the used entries of the burst's first `PUBLISH_FIRST` packets are
+/// published as soon as they are written, the rest at the burst's end, so that it starts on
+/// them while we copy the rest. Measured against the testpmd virtio-user frontend (A/B in
+/// one invocation): loopback 64 B 5.2 -> 7.5 Mpps, loopback 1518 B 2.58 -> 3.18, h2g
+/// unchanged. Publishing every 16 entries whenever the guest kept up cost h2g 64 B 6-8%
+/// (a receiver that is the bottleneck loses by smaller batches).
+const PUBLISH_FIRST: u16 = 8;
 
 /// How much of a later packet's buffer is asked for ahead (the rest of a large packet is
 /// prefetched just before its own copy, see [`PREFETCH_ABOVE`]).
@@ -55,6 +65,7 @@ pub fn enqueue_burst(dev: &Device, vring: u16, pkts: &[Mbuf]) -> usize {
     let mut sent = 0;
     let mut tc = TranslationCache::new();
     let mut ahead = ReadAhead::default();
+    let mut early = burst.pending() == q.size();
     for (i, pkt) in pkts.iter().enumerate() {
         if let Some(later) = pkts.get(i + usize::from(READ_AHEAD)) {
             prefetch_ahead(&q, &burst, &mut ahead, &mut tc, later, &ctx);
@@ -70,6 +81,9 @@ pub fn enqueue_burst(dev: &Device, vring: u16, pkts: &[Mbuf]) -> usize {
             sent += 1;
             burst.stats.packets += 1;
             burst.stats.bytes += pkt.pkt_len() as u64;
+            if early && burst.publish_early(PUBLISH_FIRST) {
+                early = false;
+            }
             continue;
         }
         let placed = if ctx.mergeable {
@@ -82,6 +96,9 @@ pub fn enqueue_burst(dev: &Device, vring: u16, pkts: &[Mbuf]) -> usize {
                 sent += 1;
                 burst.stats.packets += 1;
                 burst.stats.bytes += pkt.pkt_len() as u64;
+                if early && burst.publish_early(PUBLISH_FIRST) {
+                    early = false;
+                }
             }
             Err(_) => break,
         }

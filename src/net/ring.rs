@@ -1,5 +1,6 @@
 //! One burst on a locked split vring: the indexes it moves, the used entries it writes, and
-//! the single publish and notification at its end. Shared by enqueue and dequeue.
+//! the publish and notification at its end (and the early publish enqueue may ask for). Shared
+//! by enqueue and dequeue.
 
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -45,6 +46,7 @@ pub struct Burst<'v> {
     next: u16,
     used: u16,
     first_used: u16,
+    published: u16,
     logged_bad: bool,
 }
 
@@ -94,6 +96,7 @@ impl<'v> Burst<'v> {
             avail,
             used,
             first_used: used,
+            published: used,
             logged_bad: false,
         })
     }
@@ -165,6 +168,19 @@ impl<'v> Burst<'v> {
         self.unreserve_n(1);
     }
 
+    /// Publishes the used entries written so far if at least `min` are not yet (one release
+    /// store of `used.idx`; the notification, if any, stays at [`finish`](Self::finish)).
+    /// Returns whether it did.
+    #[inline]
+    pub fn publish_early(&mut self, min: u16) -> bool {
+        if self.used.wrapping_sub(self.published) < min {
+            return false;
+        }
+        self.q.publish_used(self.used);
+        self.published = self.used;
+        true
+    }
+
     /// Returns chain `head` to the guest with `len` bytes written.
     #[inline]
     pub fn used(&mut self, head: u16, len: u32) {
@@ -183,8 +199,9 @@ impl<'v> Burst<'v> {
         self.used(head, 0);
     }
 
-    /// Publishes the used entries with one release store, interrupts the guest if it asked,
-    /// and stores the indexes and counters back into the vring.
+    /// Publishes the used entries (those [`publish_early`](Self::publish_early) did not) with
+    /// one release store, interrupts the guest if it asked, and stores the indexes and counters
+    /// back into the vring.
     #[inline]
     pub fn finish(self) {
         let mut stats = self.stats;
