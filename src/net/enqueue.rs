@@ -3,7 +3,7 @@
 //! One burst: try-lock the vring (return 0 if the control thread holds it), read `avail.idx`
 //! once, place each packet in one chain (or, with MRG_RXBUF, as many chains as it needs),
 //! write the used entries, publish `used.idx` with a release store (once at the end, and once
-//! early when the guest waits for us: see [`PUBLISH_FIRST`]), and interrupt the guest only if
+//! early when the guest waits for us: see `PUBLISH_FIRST`), and interrupt the guest only if
 //! it asked. A chain the guest made malformed is returned with length 0 and
 //! counted; the packet moves on to the next chain. A packet that does not fit in what the
 //! guest offers stops the burst (as DPDK): it and the rest stay with the caller.
