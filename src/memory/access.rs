@@ -242,29 +242,35 @@ impl<'a> GuestSlice<'a> {
         Ok(true)
     }
 
+    /// Calls `f` with the address of each 64-byte cache line the slice touches.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn for_each_line(&self, mut f: impl FnMut(usize)) {
+        let end = self.ptr.as_ptr() as usize + self.len;
+        let mut line = self.ptr.as_ptr() as usize & !63;
+        while line < end {
+            f(line);
+            line += 64;
+        }
+    }
+
     /// Asks for every cache line of the slice for reading (`prefetcht0`), so that the misses
     /// of later reads overlap with other work. A hint: it never faults and has no visible
     /// effect; a no-op off x86_64.
     #[inline(always)]
     pub fn prefetch_for_read(&self) {
         #[cfg(target_arch = "x86_64")]
-        {
-            let start = self.ptr.as_ptr() as usize & !63;
-            let end = self.ptr.as_ptr() as usize + self.len;
-            let mut line = start;
-            while line < end {
-                // SAFETY: prefetcht0 only hints the cache: it never faults whatever the
-                // address and reads or writes no memory the program can observe.
-                unsafe {
-                    std::arch::asm!(
-                        "prefetcht0 [{0}]",
-                        in(reg) line,
-                        options(nostack, preserves_flags, readonly)
-                    );
-                }
-                line += 64;
+        self.for_each_line(|line| {
+            // SAFETY: prefetcht0 only hints the cache: it never faults whatever the address
+            // and reads or writes no memory the program can observe.
+            unsafe {
+                std::arch::asm!(
+                    "prefetcht0 [{0}]",
+                    in(reg) line,
+                    options(nostack, preserves_flags, readonly)
+                );
             }
-        }
+        });
     }
 
     /// Asks for every cache line of the slice in a writable state (`prefetchw`), so that
@@ -279,10 +285,7 @@ impl<'a> GuestSlice<'a> {
             if !has_prefetchw() {
                 return;
             }
-            let start = self.ptr.as_ptr() as usize & !63;
-            let end = self.ptr.as_ptr() as usize + self.len;
-            let mut line = start;
-            while line < end {
+            self.for_each_line(|line| {
                 // SAFETY: the CPU has PRFCHW (checked above); prefetchw only hints the
                 // cache: it never faults whatever the address and reads or writes no memory
                 // the program can observe.
@@ -293,8 +296,7 @@ impl<'a> GuestSlice<'a> {
                         options(nostack, preserves_flags, readonly)
                     );
                 }
-                line += 64;
-            }
+            });
         }
     }
 
