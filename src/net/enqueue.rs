@@ -77,30 +77,21 @@ pub fn enqueue_burst(dev: &Device, vring: u16, pkts: &[Mbuf]) -> usize {
             burst.stats.too_large += 1;
             continue;
         }
-        if place_simple(&q, &mut burst, &mut tc, &mut ahead, pkt, &ctx) {
-            sent += 1;
-            burst.stats.packets += 1;
-            burst.stats.bytes += pkt.pkt_len() as u64;
-            if early && burst.publish_early(PUBLISH_FIRST) {
-                early = false;
+        if !place_simple(&q, &mut burst, &mut tc, &mut ahead, pkt, &ctx) {
+            let placed = if ctx.mergeable {
+                place_mergeable(&q, &mut burst, pkt, &ctx)
+            } else {
+                place_one(&q, &mut burst, pkt, &ctx)
+            };
+            if placed.is_err() {
+                break;
             }
-            continue;
         }
-        let placed = if ctx.mergeable {
-            place_mergeable(&q, &mut burst, pkt, &ctx)
-        } else {
-            place_one(&q, &mut burst, pkt, &ctx)
-        };
-        match placed {
-            Ok(()) => {
-                sent += 1;
-                burst.stats.packets += 1;
-                burst.stats.bytes += pkt.pkt_len() as u64;
-                if early && burst.publish_early(PUBLISH_FIRST) {
-                    early = false;
-                }
-            }
-            Err(_) => break,
+        sent += 1;
+        burst.stats.packets += 1;
+        burst.stats.bytes += pkt.pkt_len() as u64;
+        if early && burst.publish_early(PUBLISH_FIRST) {
+            early = false;
         }
     }
     burst.finish();

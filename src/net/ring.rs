@@ -264,7 +264,8 @@ impl ReadAhead {
     #[inline]
     pub fn next(&mut self, b: &Burst<'_>) -> Option<(u16, VirtqDesc)> {
         let idx = b.next_index();
-        let slot = &mut self.slots[usize::from(idx) % (READ_AHEAD as usize + 1)];
+        let n = self.slots.len();
+        let slot = &mut self.slots[usize::from(idx) % n];
         if let Some((i, head, d)) = *slot {
             *slot = None;
             if i == idx {
