@@ -88,8 +88,10 @@ fn run(qemu_mode: &str, reconnect: Reconnect) {
         );
     }
     let out = vm.stdout();
+    let passed =
+        status.is_some_and(|s| s.success()) && out.iter().any(|l| l.starts_with("RESULT: PASS"));
     assert!(
-        status.is_some_and(|s| s.success()) && out.iter().any(|l| l.starts_with("RESULT: PASS")),
+        passed || lost_race_with_a_passing_guest(&out),
         "{what}: {status:?}\n{}",
         vm.tail(80)
     );
@@ -150,6 +152,25 @@ fn run(qemu_mode: &str, reconnect: Reconnect) {
     println!("{what}: PASS in {:.1} s", started.elapsed().as_secs_f64());
 }
 
+/// The script's `wait_serial` greps the serial log for the awaited marker and then for
+/// `VHOST-GUEST: RESULT=` as "the guest finished early". When the awaited marker *is*
+/// `RESULT=` and the guest prints it between the two greps, the script reports
+/// "guest finished before 'VHOST-GUEST: RESULT='" although the guest passed (seen once in CI,
+/// 2026-11-26). That failure, and only that one, counts as a pass when the guest's own
+/// verdict is `RESULT=PASS`; every check after the script's verdict still runs.
+fn lost_race_with_a_passing_guest(out: &[String]) -> bool {
+    let raced = out
+        .iter()
+        .any(|l| l.starts_with("RESULT: FAIL: guest finished before 'VHOST-GUEST: RESULT='"));
+    let guest_passed = out.iter().any(|l| l.trim() == "VHOST-GUEST: RESULT=PASS");
+    if raced && guest_passed {
+        println!(
+            "note: the script lost its race with the guest's RESULT=PASS; taking the guest's verdict"
+        );
+    }
+    raced && guest_passed
+}
+
 /// Whether the effective uid is 0 (the second field of `Uid:` in /proc/self/status).
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -177,4 +198,28 @@ fn linux_guest_pings_through_rvhost_fwd_icmpecho() {
     run("client", Reconnect::Graceful);
     run("client", Reconnect::Kill);
     run("server", Reconnect::Kill);
+}
+
+#[test]
+fn only_the_scripts_race_with_a_passing_guest_is_forgiven() {
+    let lines = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // As printed by the CI run that hit the race.
+    let raced = lines(&[
+        "  VHOST-GUEST: ping[phase2-stream] sent=1000 received=1000",
+        "  VHOST-GUEST: RESULT=PASS",
+        "RESULT: FAIL: guest finished before 'VHOST-GUEST: RESULT=' (17.9 s)",
+    ]);
+    assert!(lost_race_with_a_passing_guest(&raced));
+    let guest_failed = lines(&[
+        "  VHOST-GUEST: RESULT=FAIL",
+        "RESULT: FAIL: guest finished before 'VHOST-GUEST: RESULT=' (17.9 s)",
+    ]);
+    assert!(!lost_race_with_a_passing_guest(&guest_failed));
+    let other_marker = lines(&[
+        "  VHOST-GUEST: RESULT=PASS",
+        "RESULT: FAIL: guest finished before 'VHOST-GUEST: LINK-UP' (17.9 s)",
+    ]);
+    assert!(!lost_race_with_a_passing_guest(&other_marker));
+    let timeout = lines(&["RESULT: FAIL: timeout waiting for 'VHOST-GUEST: RESULT=' (240 s)"]);
+    assert!(!lost_race_with_a_passing_guest(&timeout));
 }
