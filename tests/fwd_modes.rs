@@ -1,5 +1,6 @@
 //! `rvhost fwd` modes driven by Rust frontends (`rvhost::frontend::Frontend`) as guests, one
-//! process each: two ports forwarding to each other on two lcores (io), txonly frames byte for
+//! process each: two ports forwarding to each other on two lcores (io), the same with
+//! several queue pairs (each queue pair forwarded to its namesake), txonly frames byte for
 //! byte with exact counts, icmpecho answering ARP and ICMP echo and dropping the rest, and a
 //! storm of abrupt disconnects in the middle of traffic (the `destroy_device` handshake with
 //! the lcores) after which the process still forwards and exits cleanly. 4 KiB pages only.
@@ -69,6 +70,11 @@ fn frame(i: usize, len: usize) -> Vec<u8> {
 
 /// Sends `pkts` on `from` and receives them on `to`, keeping at most 32 in flight.
 fn pass(from: &mut Frontend, to: &mut Frontend, pkts: &[Vec<u8>], what: &str) {
+    pass_on(from, to, 0, pkts, what);
+}
+
+/// [`pass`] on queue pair `q` of both frontends; packets must arrive on `q` and no other.
+fn pass_on(from: &mut Frontend, to: &mut Frontend, q: u16, pkts: &[Vec<u8>], what: &str) {
     let (mut sent, mut got) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(20);
     while got < pkts.len() {
@@ -77,16 +83,23 @@ fn pass(from: &mut Frontend, to: &mut Frontend, pkts: &[Vec<u8>], what: &str) {
             "{what}: {got}/{} received",
             pkts.len()
         );
-        to.rx(0).unwrap().post_rx(256, 2048);
-        let tx = from.tx(0).unwrap();
+        to.rx(q).unwrap().post_rx(256, 2048);
+        let tx = from.tx(q).unwrap();
         tx.reap();
         while sent < pkts.len() && sent - got < 32 && tx.send(&[&pkts[sent]]) == 1 {
             sent += 1;
         }
-        to.rx(0).unwrap().poll_rx(64, |p| {
+        to.rx(q).unwrap().poll_rx(64, |p| {
             assert_eq!(p.data, &pkts[got][..], "{what}: packet {got}");
             got += 1;
         });
+        for other in (0..to.queue_pairs()).filter(|&o| o != q) {
+            let rx = to.rx(other).unwrap();
+            rx.post_rx(8, 2048);
+            rx.poll_rx(64, |_| {
+                panic!("{what}: a packet arrived on queue pair {other}")
+            });
+        }
     }
 }
 
@@ -112,6 +125,48 @@ fn io_forwards_between_two_ports_on_two_lcores() {
     );
     assert_eq!((f[&0].rx_bytes, f[&1].tx_bytes), (bytes(&ab), bytes(&ab)));
     assert_eq!((f[&1].rx_bytes, f[&0].tx_bytes), (bytes(&ba), bytes(&ba)));
+}
+
+#[test]
+fn io_keeps_each_queue_pair_apart() {
+    // rvhost offers 3 queue pairs; the guests enable 2 (the third is polled, never ready).
+    let socks = [sock_path("fwd-mq-a"), sock_path("fwd-mq-b")];
+    let mut rv = spawn(
+        &["--mode", "io", "--lcores", "0,1", "--queues", "3"],
+        &socks,
+    );
+    let two = FrontendOptions {
+        queue_pairs: 2,
+        ..opts()
+    };
+    let mut a = Frontend::connect(&socks[0], two.clone()).unwrap();
+    a.start().unwrap();
+    let mut b = Frontend::connect(&socks[1], two).unwrap();
+    b.start().unwrap();
+    let on0: Vec<Vec<u8>> = (0..300).map(|i| frame(i, 60 + i % 1000)).collect();
+    let on1: Vec<Vec<u8>> = (0..200).map(|i| frame(i + 3, 1514 - i)).collect();
+    pass_on(&mut a, &mut b, 0, &on0, "port 0 queue 0 → port 1");
+    pass_on(&mut a, &mut b, 1, &on1, "port 0 queue 1 → port 1");
+    pass_on(&mut b, &mut a, 1, &on0[..50], "port 1 queue 1 → port 0");
+    rv.signal(Signal::SIGINT);
+    assert!(
+        rv.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success()),
+        "{}",
+        rv.tail(40)
+    );
+    let out = rv.stdout();
+    let f = parse_final(&out);
+    let q = common::child::parse_final_queues(&out);
+    assert_eq!((f[&0].rx_pkts, f[&0].tx_pkts), (500, 50));
+    assert_eq!((f[&1].rx_pkts, f[&1].tx_pkts), (50, 500));
+    let counts = |p, k| (q[&(p, k)].rx_pkts, q[&(p, k)].tx_pkts, q[&(p, k)].tx_drops);
+    assert_eq!(counts(0, 0), (300, 0, 0));
+    assert_eq!(counts(0, 1), (200, 50, 0));
+    assert_eq!(counts(0, 2), (0, 0, 0));
+    assert_eq!(counts(1, 0), (0, 300, 0));
+    assert_eq!(counts(1, 1), (50, 200, 0));
+    assert_eq!(counts(1, 2), (0, 0, 0));
 }
 
 #[test]

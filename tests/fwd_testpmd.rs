@@ -41,7 +41,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::child::{Child, Final, rvhost_bin, stop_rvhost, wait_for_socket};
+use common::child::{Child, Final, parse_final_queues, rvhost_bin, stop_rvhost, wait_for_socket};
 use common::sock_path;
 use nix::sys::signal::Signal;
 
@@ -94,6 +94,8 @@ struct Case {
     in_order: bool,
     rvhost_server: bool,
     traffic: Traffic,
+    /// Queue pairs on both sides (testpmd `queues=`, `--rxq`, `--txq`; rvhost `--queues`).
+    queues: u16,
 }
 
 /// testpmd's final "Forward statistics for port 0" block.
@@ -130,8 +132,9 @@ fn testpmd(sock: &Path, case: &Case) -> Command {
         RUN.fetch_add(1, Ordering::Relaxed)
     );
     let mut vdev = format!(
-        "net_virtio_user0,path={},queues=1,queue_size={QUEUE},mrg_rxbuf={},in_order={}",
+        "net_virtio_user0,path={},queues={},queue_size={QUEUE},mrg_rxbuf={},in_order={}",
         sock.display(),
+        case.queues,
         u8::from(case.mrg),
         u8::from(case.in_order)
     );
@@ -151,6 +154,10 @@ fn testpmd(sock: &Path, case: &Case) -> Command {
         .args(["--", "--port-topology=loop", "--auto-start", "--nb-cores=1"])
         .args([&format!("--rxd={QUEUE}"), &format!("--txd={QUEUE}")])
         .args(["--stats-period", "1", "--total-num-mbufs=8192"])
+        .args([
+            &format!("--rxq={}", case.queues),
+            &format!("--txq={}", case.queues),
+        ])
         // testpmd drains its receive queues before it snapshots the counters its forward
         // statistics start from: what rvhost sent before would be received but not counted.
         .arg("--no-flush-rx");
@@ -170,6 +177,7 @@ fn testpmd(sock: &Path, case: &Case) -> Command {
 fn rvhost(sock: &Path, case: &Case) -> Command {
     let mut cmd = Command::new(rvhost_bin());
     cmd.args(["fwd", "--lcores", "0", "--stats-period", "1"])
+        .args(["--queues", &case.queues.to_string()])
         .arg("--iface")
         .arg(sock);
     match case.traffic {
@@ -245,14 +253,34 @@ fn run(case: Case) {
         "{case:?}: testpmd {tpf:?}; rvhost {rvf:?}; {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let ctx = || format!("{case:?}\ntestpmd {tpf:?}\nrvhost {rvf:?}");
+    let per_queue = parse_final_queues(&rv.stdout());
+    let ctx = || format!("{case:?}\ntestpmd {tpf:?}\nrvhost {rvf:?}\nper queue {per_queue:?}");
+    if case.queues > 1 {
+        // Every queue pair carried its share, and the port's line is their sum.
+        let (mut rx, mut tx) = (0, 0);
+        for q in 0..usize::from(case.queues) {
+            let f = per_queue
+                .get(&(0, q))
+                .unwrap_or_else(|| panic!("no FINAL-QUEUE line for queue {q}: {}", ctx()));
+            let moved = match case.traffic {
+                Traffic::FromRvhost => f.tx_pkts,
+                _ => f.rx_pkts,
+            };
+            assert!(moved >= MIN_PACKETS / 4, "queue {q} idle: {}", ctx());
+            (rx, tx) = (rx + f.rx_pkts, tx + f.tx_pkts);
+        }
+        assert_eq!((rx, tx), (rvf.rx_pkts, rvf.tx_pkts), "{}", ctx());
+    } else {
+        assert!(per_queue.is_empty(), "{}", ctx());
+    }
+    let queues = u64::from(case.queues);
     match case.traffic {
-        Traffic::Loopback(_, txpkts) => check_loopback(&tpf, &rvf, txpkts, ctx),
+        Traffic::Loopback(_, txpkts) => check_loopback(&tpf, &rvf, txpkts, queues, ctx),
         Traffic::ToRvhost => {
             assert_eq!((tpf.rx, rvf.tx_pkts), (0, 0), "{}", ctx());
             assert!(rvf.rx_pkts >= MIN_PACKETS, "too little traffic: {}", ctx());
             assert!(
-                rvf.rx_pkts <= tpf.tx && tpf.tx - rvf.rx_pkts <= IN_FLIGHT,
+                rvf.rx_pkts <= tpf.tx && tpf.tx - rvf.rx_pkts <= IN_FLIGHT * queues,
                 "rvhost must receive what testpmd sent, but a ring: {}",
                 ctx()
             );
@@ -262,7 +290,7 @@ fn run(case: Case) {
             assert_eq!((tpf.tx, rvf.rx_pkts), (0, 0), "{}", ctx());
             assert!(tpf.rx >= MIN_PACKETS, "too little traffic: {}", ctx());
             assert!(
-                tpf.rx <= rvf.tx_pkts && rvf.tx_pkts - tpf.rx <= IN_FLIGHT,
+                tpf.rx <= rvf.tx_pkts && rvf.tx_pkts - tpf.rx <= IN_FLIGHT * queues,
                 "testpmd must receive what rvhost sent, but a ring: {}",
                 ctx()
             );
@@ -274,8 +302,9 @@ fn run(case: Case) {
     }
 }
 
-fn check_loopback(tp: &TpStats, rv: &Final, txpkts: &str, ctx: impl Fn() -> String) {
-    let b = POPULATION;
+/// `queues`: testpmd's first burst goes out on each of them.
+fn check_loopback(tp: &TpStats, rv: &Final, txpkts: &str, queues: u64, ctx: impl Fn() -> String) {
+    let b = POPULATION * queues;
     assert!(rv.rx_pkts >= MIN_PACKETS, "too little traffic: {}", ctx());
     assert_eq!(
         tp.tx + tp.tx_dropped,
@@ -319,6 +348,7 @@ macro_rules! loopback {
                 in_order: $in_order,
                 rvhost_server: $server,
                 traffic: Traffic::Loopback($mode, $txpkts),
+                queues: 1,
             });
         }
     };
@@ -398,6 +428,41 @@ fn testpmd_txonly_to_rvhost_rxonly() {
         in_order: true,
         rvhost_server: true,
         traffic: Traffic::ToRvhost,
+        queues: 1,
+    });
+}
+
+/// Two queue pairs: testpmd's one forwarding lcore polls both, rvhost's one lcore too.
+#[test]
+fn loopback_two_queue_pairs() {
+    run(Case {
+        mrg: true,
+        in_order: false,
+        rvhost_server: true,
+        traffic: Traffic::Loopback("io", "64"),
+        queues: 2,
+    });
+}
+
+#[test]
+fn testpmd_txonly_to_rvhost_rxonly_two_queue_pairs() {
+    run(Case {
+        mrg: false,
+        in_order: false,
+        rvhost_server: false,
+        traffic: Traffic::ToRvhost,
+        queues: 2,
+    });
+}
+
+#[test]
+fn rvhost_txonly_to_testpmd_rxonly_two_queue_pairs() {
+    run(Case {
+        mrg: true,
+        in_order: true,
+        rvhost_server: true,
+        traffic: Traffic::FromRvhost,
+        queues: 2,
     });
 }
 
@@ -408,6 +473,7 @@ fn rvhost_txonly_to_testpmd_rxonly() {
         in_order: false,
         rvhost_server: false,
         traffic: Traffic::FromRvhost,
+        queues: 1,
     });
 }
 
@@ -418,5 +484,6 @@ fn rvhost_txonly_to_testpmd_rxonly_mergeable() {
         in_order: false,
         rvhost_server: true,
         traffic: Traffic::FromRvhost,
+        queues: 1,
     });
 }

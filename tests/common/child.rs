@@ -226,6 +226,37 @@ pub fn stop_rvhost(rv: &mut Child) -> Final {
         .unwrap_or_else(|| panic!("no FINAL line for port 0\n{}", rv.tail(40)))
 }
 
+/// The `FINAL-QUEUE port=P queue=Q ...` lines of `rvhost fwd --queues N` (N > 1), by
+/// (port, queue).
+pub fn parse_final_queues(lines: &[String]) -> HashMap<(usize, usize), Final> {
+    let mut out = HashMap::new();
+    for l in lines {
+        let Some(rest) = l.strip_prefix("FINAL-QUEUE ") else {
+            continue;
+        };
+        let kv: HashMap<&str, &str> = rest
+            .split_whitespace()
+            .filter_map(|t| t.split_once('='))
+            .collect();
+        let num = |k: &str| -> u64 {
+            kv.get(k)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{k} missing in {l:?}"))
+        };
+        out.insert(
+            (num("port") as usize, num("queue") as usize),
+            Final {
+                rx_pkts: num("rx_pkts"),
+                tx_pkts: num("tx_pkts"),
+                tx_drops: num("tx_drops"),
+                rx_bytes: num("rx_bytes"),
+                tx_bytes: num("tx_bytes"),
+            },
+        );
+    }
+    out
+}
+
 /// Waits until a socket file exists at `path`.
 pub fn wait_for_socket(path: &std::path::Path, timeout: Duration) -> bool {
     use std::os::unix::fs::FileTypeExt;

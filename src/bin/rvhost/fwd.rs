@@ -1,8 +1,9 @@
 //! `rvhost fwd`: a testpmd-like forwarding application over vhost-user ports.
 //!
-//! One port per `--iface` socket (rvhost listens, or connects with `--client`), queue pair 0;
-//! forwarding on pinned lcores in one of testpmd's modes; per-port statistics every
-//! `--stats-period` seconds and at exit, with one machine-readable `FINAL` line per port.
+//! One port per `--iface` socket (rvhost listens, or connects with `--client`), `--queues`
+//! queue pairs each; forwarding on pinned lcores in one of testpmd's modes; per-port
+//! statistics every `--stats-period` seconds and at exit, with one machine-readable `FINAL`
+//! line per port (and one `FINAL-QUEUE` line per queue pair when there are several).
 //! SIGINT or SIGTERM (or `--duration`) stops it cleanly: sockets unregistered (their files
 //! removed), lcores joined, final statistics printed. A second signal during that shutdown
 //! ends the process at once.
@@ -74,9 +75,14 @@ pub struct Args {
     #[arg(long)]
     pub client: bool,
     /// CPUs of the forwarding lcores, e.g. `0` or `1,2` or `2-3` (default: the last CPU).
-    /// Streams (one per port) are spread over them round-robin.
+    /// Streams (one per port and queue pair) are spread over them round-robin.
     #[arg(long, value_name = "LIST")]
     pub lcores: Option<String>,
+    /// Queue pairs offered per port (testpmd's `--rxq`/`--txq`, virtio-user's `queues=`);
+    /// what arrives on queue pair q leaves on queue pair q. The guest may enable fewer.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=128))]
+    pub queues: u16,
     /// Packets per burst.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=512))]
     pub burst: u16,
@@ -130,6 +136,7 @@ struct Config {
     ifaces: Vec<PathBuf>,
     client: bool,
     cores: Vec<usize>,
+    queues: u16,
     burst: usize,
     txpkts: usize,
     stats_period: Option<Duration>,
@@ -156,10 +163,11 @@ impl Config {
             Some(list) => parse_core_list(list)?,
             None => vec![last_cpu()],
         };
-        let streams = a.ifaces.len();
+        let streams = a.ifaces.len() * usize::from(a.queues);
         if cores.len() > streams {
             log::warn!(
-                "{} lcores for {streams} streams (one per port): using the first {streams}",
+                "{} lcores for {streams} streams (one per port and queue pair): using the \
+                 first {streams}",
                 cores.len()
             );
             cores.truncate(streams);
@@ -181,6 +189,7 @@ impl Config {
             ifaces: a.ifaces,
             client: a.client,
             cores,
+            queues: a.queues,
             burst: usize::from(a.burst),
             txpkts: usize::from(a.txpkts),
             stats_period: (!stats_period.is_zero()).then_some(stats_period),
@@ -260,13 +269,16 @@ pub fn run(args: Args) -> Result<(), FwdError> {
         source,
     })?;
     let ports = cfg.ifaces.len();
-    let streams = engine::streams(cfg.mode, ports);
+    let streams = engine::streams(cfg.mode, ports, cfg.queues);
     let shared = Arc::new(Shared {
         mode: cfg.mode,
         burst: cfg.burst,
         txpkts: cfg.txpkts,
+        queues: cfg.queues,
         table: DeviceTable::new(ports, cfg.cores.len()),
-        counters: (0..ports).map(|_| PortCounters::default()).collect(),
+        counters: (0..ports)
+            .map(|_| PortCounters::new(usize::from(cfg.queues)))
+            .collect(),
         pool,
         plan: engine::plan(&streams, cfg.cores.len()),
         failed: Default::default(),
@@ -300,7 +312,7 @@ fn serve(cfg: &Config, sh: &Arc<Shared>, signals: &Signals) -> Result<(), FwdErr
         for (port, path) in cfg.ifaces.iter().enumerate() {
             driver.register(path, flags)?;
             registered.push(path);
-            driver.set_max_queue_pairs(path, 1)?;
+            driver.set_max_queue_pairs(path, cfg.queues)?;
             let ops = PortOps {
                 table: Arc::clone(&sh.table),
                 port,
@@ -323,9 +335,10 @@ fn serve(cfg: &Config, sh: &Arc<Shared>, signals: &Signals) -> Result<(), FwdErr
     let result = match opened {
         Ok(()) => {
             log::info!(
-                "{} forwarding: {} port(s), lcores on CPUs {:?}, burst {}",
+                "{} forwarding: {} port(s) of {} queue pair(s), lcores on CPUs {:?}, burst {}",
                 cfg.mode,
                 cfg.ifaces.len(),
+                cfg.queues,
                 cfg.cores,
                 cfg.burst
             );
@@ -404,6 +417,13 @@ fn print_final(sh: &Shared, elapsed: Duration) {
     }
     for (p, s) in snaps.iter().enumerate() {
         lines.push(stats::final_line(p, s, sh.table.active_time(p)));
+    }
+    if sh.queues > 1 {
+        for (p, c) in sh.counters.iter().enumerate() {
+            for (q, s) in c.queue_snapshots().iter().enumerate() {
+                lines.push(stats::final_queue_line(p, q, s));
+            }
+        }
     }
     stats::emit(lines);
 }

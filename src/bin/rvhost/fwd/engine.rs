@@ -1,8 +1,11 @@
 //! The forwarding lcores: streams (which port an lcore receives from and transmits to), the
 //! poll loop, and one function per mode.
 //!
-//! Port `p` uses queue pair 0: packets are received by dequeuing from vring 1 (the guest's
-//! transmit queue) and transmitted by enqueuing into vring 0 (the guest's receive queue).
+//! Queue pair `q` of a port is received from by dequeuing from vring `2q + 1` (the guest's
+//! transmit queue) and transmitted into by enqueuing into vring `2q` (the guest's receive
+//! queue). What comes in on queue pair `q` goes out on queue pair `q` of the destination port
+//! (testpmd's streams with as many rx as tx queues). A queue pair the guest has not enabled
+//! is polled and yields nothing (the vring is not ready).
 //! Enqueue copies, so after each burst every mbuf is freed: the accepted ones were copied into
 //! the guest, the others are dropped (and counted), as testpmd does with what a PMD did not
 //! take.
@@ -20,10 +23,17 @@ use super::Mode;
 use super::stats::{PortCounters, add};
 use super::table::{DeviceTable, Reader};
 
-/// The vring a port receives from (queue pair 0's transmit queue).
-pub const RX_VRING: u16 = 1;
-/// The vring a port transmits into (queue pair 0's receive queue).
-pub const TX_VRING: u16 = 0;
+/// The vring a port receives from in queue pair `q` (the guest's transmit queue).
+#[inline]
+pub fn rx_vring(q: u16) -> u16 {
+    2 * q + 1
+}
+
+/// The vring a port transmits into in queue pair `q` (the guest's receive queue).
+#[inline]
+pub fn tx_vring(q: u16) -> u16 {
+    2 * q
+}
 
 /// Loop turns between two reads of the vrings' drop counters.
 const HARVEST_EVERY: u32 = 1024;
@@ -33,28 +43,36 @@ const HARVEST_EVERY: u32 = 1024;
 /// ones are copied into each mbuf (cheaper than a clone's reference count updates).
 const CLONE_ABOVE: usize = 256;
 
-/// One forwarding stream: what an lcore receives from `rx_port` goes to `tx_port` (txonly
-/// only transmits on `tx_port`, rxonly only receives).
+/// One forwarding stream: what an lcore receives from queue pair `queue` of `rx_port` goes
+/// to queue pair `queue` of `tx_port` (txonly only transmits on `tx_port`, rxonly only
+/// receives).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stream {
     /// Port received from.
     pub rx_port: usize,
     /// Port transmitted to.
     pub tx_port: usize,
+    /// Queue pair on both ports.
+    pub queue: u16,
 }
 
-/// The streams of `mode` over `ports` ports, one per port (stream `p` receives from port
-/// `p`). `io` and `macswap` pair ports as testpmd's default topology does (0↔1, 2↔3, ...; a
-/// last unpaired port, or a single one, loops back on itself); the other modes answer on the
-/// port they receive from.
-pub fn streams(mode: Mode, ports: usize) -> Vec<Stream> {
-    (0..ports)
-        .map(|p| Stream {
-            rx_port: p,
-            tx_port: match mode {
-                Mode::Io | Mode::Macswap => peer(p, ports),
-                Mode::Rxonly | Mode::Txonly | Mode::Icmpecho => p,
-            },
+/// The streams of `mode` over `ports` ports of `queues` queue pairs each, one per port and
+/// queue pair, ordered queue-major (queue 0 of every port, then queue 1, ...) so that the
+/// round-robin of [`plan`] gives each lcore whole queues across the ports. `io` and
+/// `macswap` pair ports as testpmd's default topology does (0↔1, 2↔3, ...; a last unpaired
+/// port, or a single one, loops back on itself); the other modes answer on the port they
+/// receive from.
+pub fn streams(mode: Mode, ports: usize, queues: u16) -> Vec<Stream> {
+    (0..queues)
+        .flat_map(|q| {
+            (0..ports).map(move |p| Stream {
+                rx_port: p,
+                tx_port: match mode {
+                    Mode::Io | Mode::Macswap => peer(p, ports),
+                    Mode::Rxonly | Mode::Txonly | Mode::Icmpecho => p,
+                },
+                queue: q,
+            })
         })
         .collect()
 }
@@ -84,6 +102,8 @@ pub struct Shared {
     pub burst: usize,
     /// Frame length of txonly.
     pub txpkts: usize,
+    /// Queue pairs per port.
+    pub queues: u16,
     /// Port → running device.
     pub table: Arc<DeviceTable>,
     /// Per-port counters.
@@ -140,9 +160,18 @@ struct Worker<'a> {
     templates: Vec<Vec<u8>>,
     /// txonly frames longer than [`CLONE_ABOVE`], per port, built once in an mbuf to clone.
     template_mbufs: Vec<Option<Mbuf>>,
-    /// Per port: `Some` if this lcore receives from (`rx`) / transmits to (`tx`) the port.
+    /// Per port and queue pair (index [`Shared::slot`]): `Some` if this lcore receives from
+    /// (`rx`) / transmits to (`tx`) it.
     rx_tally: Vec<Option<Tally>>,
     tx_tally: Vec<Option<Tally>>,
+}
+
+impl Shared {
+    /// The index of queue pair `q` of `port` in per-queue tables.
+    #[inline]
+    fn slot(&self, port: usize, q: u16) -> usize {
+        port * usize::from(self.queues) + usize::from(q)
+    }
 }
 
 impl<'a> Worker<'a> {
@@ -151,14 +180,15 @@ impl<'a> Worker<'a> {
         let ports = sh.counters.len();
         let receives = sh.mode != Mode::Txonly;
         let transmits = sh.mode != Mode::Rxonly;
-        let mut rx_tally = vec![None; ports];
-        let mut tx_tally = vec![None; ports];
+        let slots = ports * usize::from(sh.queues);
+        let mut rx_tally = vec![None; slots];
+        let mut tx_tally = vec![None; slots];
         for s in streams {
             if receives {
-                rx_tally[s.rx_port] = Some(Tally::default());
+                rx_tally[sh.slot(s.rx_port, s.queue)] = Some(Tally::default());
             }
             if transmits {
-                tx_tally[s.tx_port] = Some(Tally::default());
+                tx_tally[sh.slot(s.tx_port, s.queue)] = Some(Tally::default());
             }
         }
         let templates = if sh.mode == Mode::Txonly {
@@ -236,7 +266,7 @@ impl<'a> Worker<'a> {
         };
         let n = dequeue_burst(
             dev,
-            RX_VRING,
+            rx_vring(s.queue),
             &mut self.cache,
             &mut self.burst,
             self.sh.burst,
@@ -244,7 +274,7 @@ impl<'a> Worker<'a> {
         if n == 0 {
             return;
         }
-        let rx = &self.sh.counters[s.rx_port].rx;
+        let rx = &self.sh.counters[s.rx_port].queue(s.queue).rx;
         add(&rx.pkts, n as u64);
         add(&rx.bytes, bytes(&self.burst));
         match self.sh.mode {
@@ -264,7 +294,7 @@ impl<'a> Worker<'a> {
                 return;
             }
         }
-        self.transmit(s.tx_port);
+        self.transmit(s.tx_port, s.queue);
     }
 
     /// Turns ARP and ICMP echo requests into replies in place and frees everything else.
@@ -298,7 +328,7 @@ impl<'a> Worker<'a> {
                     Err(_) => break,
                 }
             }
-            self.transmit(port);
+            self.transmit(port, s.queue);
             return;
         }
         if self
@@ -317,21 +347,21 @@ impl<'a> Worker<'a> {
             filled += 1;
         }
         self.cache.free_bulk(self.burst.drain(filled..));
-        self.transmit(port);
+        self.transmit(port, s.queue);
     }
 
-    /// Enqueues the burst on `port`, counts, and frees every mbuf.
+    /// Enqueues the burst on queue pair `q` of `port`, counts, and frees every mbuf.
     #[inline]
-    fn transmit(&mut self, port: usize) {
+    fn transmit(&mut self, port: usize, q: u16) {
         let n = self.burst.len();
         if n == 0 {
             return;
         }
         let sent = match self.reader.dev(port) {
-            Some(dev) => enqueue_burst(dev, TX_VRING, &self.burst),
+            Some(dev) => enqueue_burst(dev, tx_vring(q), &self.burst),
             None => 0,
         };
-        let tx = &self.sh.counters[port].tx;
+        let tx = &self.sh.counters[port].queue(q).tx;
         if sent > 0 {
             add(&tx.pkts, sent as u64);
             add(&tx.bytes, bytes(&self.burst[..sent]));
@@ -368,7 +398,7 @@ fn fill(cache: &mut PktCache, m: &mut Mbuf, bytes: &[u8]) -> Result<(), ()> {
 }
 
 /// Adds the drops the vrings of `dev` counted since the last look to `port`'s counters, for
-/// the sides this lcore owns.
+/// the queue pairs and sides this lcore owns.
 fn harvest_port(
     sh: &Shared,
     port: usize,
@@ -376,12 +406,14 @@ fn harvest_port(
     rx_tally: &mut [Option<Tally>],
     tx_tally: &mut [Option<Tally>],
 ) {
-    let c = &sh.counters[port];
-    if let Some(t) = rx_tally[port].as_mut() {
-        harvest(dev, RX_VRING, t, &c.rx.bad, true);
-    }
-    if let Some(t) = tx_tally[port].as_mut() {
-        harvest(dev, TX_VRING, t, &c.tx.bad, false);
+    for q in 0..sh.queues {
+        let (c, slot) = (sh.counters[port].queue(q), sh.slot(port, q));
+        if let Some(t) = rx_tally[slot].as_mut() {
+            harvest(dev, rx_vring(q), t, &c.rx.bad, true);
+        }
+        if let Some(t) = tx_tally[slot].as_mut() {
+            harvest(dev, tx_vring(q), t, &c.tx.bad, false);
+        }
     }
 }
 
@@ -414,7 +446,7 @@ mod tests {
     #[test]
     fn streams_pair_ports_like_testpmd() {
         let pairs = |mode, n| {
-            streams(mode, n)
+            streams(mode, n, 1)
                 .iter()
                 .map(|s| (s.rx_port, s.tx_port))
                 .collect::<Vec<_>>()
@@ -426,15 +458,45 @@ mod tests {
         assert_eq!(pairs(Mode::Txonly, 2), vec![(0, 0), (1, 1)]);
         // Every port is transmitted to by exactly one stream (one writer per counter).
         for n in 1..6 {
-            let mut tx: Vec<usize> = streams(Mode::Io, n).iter().map(|s| s.tx_port).collect();
+            let mut tx: Vec<usize> = streams(Mode::Io, n, 1).iter().map(|s| s.tx_port).collect();
             tx.sort();
             assert_eq!(tx, (0..n).collect::<Vec<_>>());
         }
     }
 
     #[test]
+    fn every_queue_pair_of_every_port_has_one_stream() {
+        for mode in [Mode::Io, Mode::Macswap, Mode::Txonly] {
+            for (ports, queues) in [(1, 4), (2, 2), (3, 3)] {
+                let s = streams(mode, ports, queues);
+                assert_eq!(s.len(), ports * usize::from(queues));
+                // One reader and one writer per (port, queue).
+                let mut rx: Vec<_> = s.iter().map(|s| (s.rx_port, s.queue)).collect();
+                let mut tx: Vec<_> = s.iter().map(|s| (s.tx_port, s.queue)).collect();
+                rx.sort();
+                tx.sort();
+                rx.dedup();
+                tx.dedup();
+                assert_eq!(
+                    (rx.len(), tx.len()),
+                    (s.len(), s.len()),
+                    "{mode} {ports}x{queues}"
+                );
+            }
+        }
+        // Queue-major: two lcores over one port's two queues take one queue each.
+        let s = streams(Mode::Io, 1, 2);
+        let p = plan(&s, 2);
+        assert_eq!((p[0][0].queue, p[1][0].queue), (0, 1));
+        assert_eq!(
+            (rx_vring(0), tx_vring(0), rx_vring(3), tx_vring(3)),
+            (1, 0, 7, 6)
+        );
+    }
+
+    #[test]
     fn streams_are_spread_over_lcores() {
-        let s = streams(Mode::Io, 3);
+        let s = streams(Mode::Io, 3, 1);
         let p = plan(&s, 2);
         assert_eq!(p[0], vec![s[0], s[2]]);
         assert_eq!(p[1], vec![s[1]]);

@@ -1,10 +1,12 @@
-//! Per-port counters (written by the lcores, read by the main thread) and the stats lines.
+//! Per-queue counters (written by the lcores, read by the main thread), summed per port, and
+//! the stats lines.
 //!
-//! Each counter has one writer: the receive side of port `p` is written by the lcore that
-//! polls stream `p`, the transmit side by the lcore whose stream transmits on `p` (streams
-//! are built so that exactly one does). A single writer adds with a plain load and store
-//! (no locked instruction on the data path); the main thread reads with `Relaxed` loads and
-//! may see one side a burst older than the other, which is fine for statistics.
+//! Each counter has one writer: the receive side of queue pair `q` of port `p` is written by
+//! the lcore that polls stream (`p`, `q`), the transmit side by the lcore whose stream
+//! transmits on (`p`, `q`) (streams are built so that exactly one does). A single writer adds
+//! with a plain load and store (no locked instruction on the data path); the main thread
+//! reads with `Relaxed` loads and may see one side a burst older than the other, which is
+//! fine for statistics.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,13 +45,19 @@ pub struct TxCounters {
     pub bad: AtomicU64,
 }
 
-/// The counters of one port, each side on its own cache line (they have different writers).
+/// The counters of one queue pair of a port, each side on its own cache line (they have
+/// different writers).
 #[derive(Default)]
-pub struct PortCounters {
+pub struct QueueCounters {
     /// Receive side.
     pub rx: CachePadded<RxCounters>,
     /// Transmit side.
     pub tx: CachePadded<TxCounters>,
+}
+
+/// The counters of one port: one set per queue pair.
+pub struct PortCounters {
+    queues: Box<[QueueCounters]>,
 }
 
 /// A copy of a port's counters.
@@ -65,6 +73,37 @@ pub struct Snapshot {
 }
 
 impl PortCounters {
+    /// Zeroed counters for `queues` queue pairs (at least one).
+    pub fn new(queues: usize) -> PortCounters {
+        PortCounters {
+            queues: (0..queues.max(1))
+                .map(|_| QueueCounters::default())
+                .collect(),
+        }
+    }
+
+    /// The counters of queue pair `q` (panics if `q` is not below the count given to
+    /// [`new`](Self::new): streams are built from the same count).
+    #[inline]
+    pub fn queue(&self, q: u16) -> &QueueCounters {
+        &self.queues[usize::from(q)]
+    }
+
+    /// Reads every queue's counters.
+    pub fn queue_snapshots(&self) -> Vec<Snapshot> {
+        self.queues.iter().map(QueueCounters::snapshot).collect()
+    }
+
+    /// The sums over the queues.
+    pub fn snapshot(&self) -> Snapshot {
+        self.queues
+            .iter()
+            .map(QueueCounters::snapshot)
+            .fold(Snapshot::default(), |a, b| a.plus(&b))
+    }
+}
+
+impl QueueCounters {
     /// Reads every counter.
     pub fn snapshot(&self) -> Snapshot {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -81,6 +120,19 @@ impl PortCounters {
 }
 
 impl Snapshot {
+    /// The sum of two sets of counters.
+    pub fn plus(&self, o: &Snapshot) -> Snapshot {
+        Snapshot {
+            rx_pkts: self.rx_pkts.wrapping_add(o.rx_pkts),
+            rx_bytes: self.rx_bytes.wrapping_add(o.rx_bytes),
+            rx_bad: self.rx_bad.wrapping_add(o.rx_bad),
+            tx_pkts: self.tx_pkts.wrapping_add(o.tx_pkts),
+            tx_bytes: self.tx_bytes.wrapping_add(o.tx_bytes),
+            tx_drops: self.tx_drops.wrapping_add(o.tx_drops),
+            tx_bad: self.tx_bad.wrapping_add(o.tx_bad),
+        }
+    }
+
     /// Counters gained since `earlier`.
     pub fn since(&self, earlier: &Snapshot) -> Snapshot {
         Snapshot {
@@ -129,6 +181,16 @@ pub fn final_line(port: usize, s: &Snapshot, active: Duration) -> String {
     )
 }
 
+/// The machine-readable final line of queue pair `q` of a port (printed when a port has more
+/// than one): counts only.
+pub fn final_queue_line(port: usize, q: usize, s: &Snapshot) -> String {
+    format!(
+        "FINAL-QUEUE port={port} queue={q} rx_pkts={} tx_pkts={} tx_drops={} rx_bytes={} \
+         tx_bytes={}",
+        s.rx_pkts, s.tx_pkts, s.tx_drops, s.rx_bytes, s.tx_bytes
+    )
+}
+
 /// Writes lines to stdout and flushes (a closed stdout is ignored: the forwarding goes on).
 pub fn emit<I: IntoIterator<Item = String>>(lines: I) {
     let mut out = std::io::stdout().lock();
@@ -162,7 +224,8 @@ mod tests {
 
     #[test]
     fn single_writer_add_and_deltas() {
-        let c = PortCounters::default();
+        let p = PortCounters::new(1);
+        let c = p.queue(0);
         add(&c.rx.pkts, 5);
         add(&c.rx.pkts, 2);
         add(&c.tx.drops, 1);
@@ -175,5 +238,25 @@ mod tests {
         );
         let (mpps, gbps) = rates(1_000_000, 125_000_000, Duration::from_millis(500));
         assert!((mpps - 2.0).abs() < 1e-9 && (gbps - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_port_sums_its_queues() {
+        let p = PortCounters::new(3);
+        add(&p.queue(0).rx.pkts, 4);
+        add(&p.queue(2).rx.pkts, 5);
+        add(&p.queue(1).tx.bytes, 100);
+        add(&p.queue(2).tx.drops, 2);
+        let s = p.snapshot();
+        assert_eq!((s.rx_pkts, s.tx_bytes, s.tx_drops), (9, 100, 2));
+        let q = p.queue_snapshots();
+        assert_eq!(q.len(), 3);
+        assert_eq!((q[0].rx_pkts, q[1].rx_pkts, q[2].rx_pkts), (4, 0, 5));
+        assert_eq!(
+            final_queue_line(1, 2, &q[2]),
+            "FINAL-QUEUE port=1 queue=2 rx_pkts=5 tx_pkts=0 tx_drops=2 rx_bytes=0 tx_bytes=0"
+        );
+        // Zero queues is taken as one.
+        assert_eq!(PortCounters::new(0).queue_snapshots().len(), 1);
     }
 }
