@@ -56,6 +56,9 @@ pub fn dequeue_burst(
     let Some(mut b) = Burst::begin(&mut guard) else {
         return 0;
     };
+    // Transmit buffers go back as they are done: with the shadow used ring, g2h 1518 B
+    // measured 3.5% slower (14.4 -> 13.9 Mpps), g2h 64 B and loopback no different.
+    b.write_through();
     let start = out.len();
     let mut max = max;
     if let Some(mac) = dev.take_rarp() {

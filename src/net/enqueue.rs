@@ -66,6 +66,12 @@ pub fn enqueue_burst(dev: &Device, vring: u16, pkts: &[Mbuf]) -> usize {
     let mut tc = TranslationCache::new();
     let mut ahead = ReadAhead::default();
     let mut early = burst.pending() == q.size();
+    // Used entries go to the burst's shadow and are written in one run before the publish;
+    // their lines are asked for now, so that those writes do not wait at the end (a guest
+    // waiting for the burst would wait longer). Against the testpmd virtio-user frontend:
+    // h2g 64 B +4.5% (24.0 -> 25.1 Mpps, mrg 0 and 1); without the prefetch loopback 64 B
+    // lost 4%, with it 1518 B rows and loopback are unchanged.
+    burst.prefetch_used(pkts.len());
     for (i, pkt) in pkts.iter().enumerate() {
         if let Some(later) = pkts.get(i + usize::from(READ_AHEAD)) {
             prefetch_ahead(&q, &burst, &mut ahead, &mut tc, later, &ctx);

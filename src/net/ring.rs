@@ -5,7 +5,7 @@
 use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::features::VIRTIO_RING_F_EVENT_IDX;
-use crate::virtq::split::{ChainError, SplitQueue, VirtqDesc};
+use crate::virtq::split::{ChainError, SplitQueue, USED_SHADOW, VirtqDesc};
 use crate::virtq::{QueueStats, Vring};
 
 /// Longest descriptor chain accepted for one packet: a 64 KiB GSO packet and its header,
@@ -48,6 +48,14 @@ pub struct Burst<'v> {
     first_used: u16,
     published: u16,
     logged_bad: bool,
+    /// Used entries `used - shadow_len .. used`, not yet in the ring (the shadow used ring:
+    /// written in one run when it is full and before each publish, so that the ring's lines,
+    /// which the guest reads, are taken from it once and briefly rather than between packet
+    /// copies).
+    shadow: &'v mut [[u32; 2]; USED_SHADOW],
+    shadow_len: usize,
+    /// Write used entries to the ring at once (see [`write_through`](Self::write_through)).
+    through: bool,
 }
 
 impl<'v> Burst<'v> {
@@ -68,6 +76,7 @@ impl<'v> Burst<'v> {
             features,
             broken,
             stats,
+            used_shadow,
             ..
         } = vq;
         let q = SplitQueue::new(rings.as_ref()?, mem, *size);
@@ -98,6 +107,9 @@ impl<'v> Burst<'v> {
             first_used: used,
             published: used,
             logged_bad: false,
+            shadow: &mut used_shadow.0,
+            shadow_len: 0,
+            through: false,
         })
     }
 
@@ -176,16 +188,55 @@ impl<'v> Burst<'v> {
         if self.used.wrapping_sub(self.published) < min {
             return false;
         }
+        self.flush_used();
         self.q.publish_used(self.used);
         self.published = self.used;
         true
     }
 
-    /// Returns chain `head` to the guest with `len` bytes written.
+    /// Asks for the used-ring lines of the next `n` entries (at most the chains pending) in a
+    /// writable state.
     #[inline]
+    pub fn prefetch_used(&self, n: usize) {
+        let n = u16::try_from(n).unwrap_or(u16::MAX).min(self.pending());
+        self.q.prefetch_used(self.used, n);
+    }
+
+    /// Writes used entries straight to the ring from now on, instead of keeping them in the
+    /// shadow (dequeue does: see there).
+    #[inline]
+    pub fn write_through(&mut self) {
+        self.flush_used();
+        self.through = true;
+    }
+
+    /// Returns chain `head` to the guest with `len` bytes written (in the shadow until the
+    /// next flush, unless [`write_through`](Self::write_through)).
+    #[inline(always)]
     pub fn used(&mut self, head: u16, len: u32) {
-        self.q.write_used(self.used, head, len);
+        if self.through {
+            self.q.write_used(self.used, head, len);
+        } else {
+            if self.shadow_len == USED_SHADOW {
+                self.flush_used();
+            }
+            self.shadow[self.shadow_len % USED_SHADOW] = [u32::from(head), len];
+            self.shadow_len += 1;
+        }
         self.used = self.used.wrapping_add(1);
+    }
+
+    /// Writes the shadowed used entries to the ring (not yet published). Out of line: once
+    /// per burst, and kept out of the per-packet code.
+    #[inline(never)]
+    fn flush_used(&mut self) {
+        let n = self.shadow_len;
+        if n == 0 {
+            return;
+        }
+        let first = self.used.wrapping_sub(n as u16);
+        self.q.write_used_bulk(first, &self.shadow[..n]);
+        self.shadow_len = 0;
     }
 
     /// Returns a malformed chain with length 0 and counts it.
@@ -203,7 +254,8 @@ impl<'v> Burst<'v> {
     /// one release store, interrupts the guest if it asked, and stores the indexes and counters
     /// back into the vring.
     #[inline]
-    pub fn finish(self) {
+    pub fn finish(mut self) {
+        self.flush_used();
         let mut stats = self.stats;
         if self.used != self.first_used {
             let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;

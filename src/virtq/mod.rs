@@ -118,6 +118,9 @@ pub struct Vring {
     pub broken: bool,
     /// Data-path counters.
     pub stats: QueueStats,
+    /// Scratch of the data path: used entries of the current burst (see
+    /// [`split::UsedShadow`]).
+    pub used_shadow: split::UsedShadow,
 }
 
 /// Per-queue counters, updated by the data path once per burst.

@@ -33,6 +33,27 @@ pub const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// Most descriptors an indirect table may hold (the largest queue size).
 pub const MAX_INDIRECT: u32 = 32768;
 
+/// Used entries a queue's bursts keep before writing them to the guest's used ring.
+pub const USED_SHADOW: usize = 64;
+
+/// The shadow used ring of a queue: used entries (`[id, len]`) a burst has made but not yet
+/// written to the guest's ring. Kept with the queue so that a burst neither zeroes nor moves
+/// it.
+#[derive(Clone)]
+pub struct UsedShadow(pub Box<[[u32; 2]; USED_SHADOW]>);
+
+impl Default for UsedShadow {
+    fn default() -> Self {
+        UsedShadow(Box::new([[0; 2]; USED_SHADOW]))
+    }
+}
+
+impl std::fmt::Debug for UsedShadow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UsedShadow")
+    }
+}
+
 /// A split-ring descriptor (`struct virtq_desc`, virtio 1.2 §2.7.5), 16 bytes.
 ///
 /// The device side reads it from guest memory; the virtio-user front-end writes it (and
@@ -193,6 +214,35 @@ impl<'a> SplitQueue<'a> {
         let slot = usize::from(idx & (self.size - 1));
         let elem: [u32; 2] = [u32::from(id), len];
         let _ = self.used.write_obj(4 + 8 * slot, elem);
+    }
+
+    /// Asks for the lines of used entries `[first, first + n)` in a writable state (see
+    /// [`GuestSlice::prefetch_for_write`]), so that their later writes do not wait.
+    #[inline]
+    pub fn prefetch_used(&self, first: u16, n: u16) {
+        let n = usize::from(n.min(self.size));
+        let start = usize::from(first & (self.size - 1));
+        let head = n.min(usize::from(self.size) - start);
+        if let Ok(s) = self.used.subslice(4 + 8 * start, 8 * head) {
+            s.prefetch_for_write();
+        }
+        if n > head {
+            if let Ok(s) = self.used.subslice(4, 8 * (n - head)) {
+                s.prefetch_for_write();
+            }
+        }
+    }
+
+    /// Writes consecutive used entries (`[id, len]`) from ring index `first` (not yet
+    /// published).
+    #[inline]
+    pub fn write_used_bulk(&self, first: u16, elems: &[[u32; 2]]) {
+        let mut idx = first;
+        for e in elems {
+            let slot = usize::from(idx & (self.size - 1));
+            let _ = self.used.write_obj(4 + 8 * slot, *e);
+            idx = idx.wrapping_add(1);
+        }
     }
 
     /// Publishes `used.idx = idx` with `Release`: every used entry written before is visible
