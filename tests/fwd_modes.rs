@@ -64,6 +64,23 @@ fn stop(rv: &mut Child) -> std::collections::HashMap<usize, common::child::Final
     parse_final(&rv.stdout())
 }
 
+/// Waits until rvhost runs a device on each of `ports`, then a moment for its lcores to take
+/// them: a packet forwarded to a port whose device an lcore has not yet seen is dropped (and
+/// counted), which [`pass_on`], keeping a window of packets in flight, would wait for forever.
+fn wait_running(rv: &Child, ports: usize) {
+    for p in 0..ports {
+        let tag = format!("port {p}: vid ");
+        assert!(
+            rv.wait_stderr(Duration::from_secs(10), |l| l.contains(&tag)
+                && l.contains("is running"))
+                .is_some(),
+            "port {p} has no device\n{}",
+            rv.tail(40)
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
+}
+
 fn frame(i: usize, len: usize) -> Vec<u8> {
     (0..len).map(|k| (k ^ (i * 131)) as u8).collect()
 }
@@ -109,6 +126,7 @@ fn io_forwards_between_two_ports_on_two_lcores() {
     let mut rv = spawn(&["--mode", "io", "--lcores", "0,1"], &socks);
     let mut a = connect(&socks[0]);
     let mut b = connect(&socks[1]);
+    wait_running(&rv, 2);
     let ab: Vec<Vec<u8>> = (0..500).map(|i| frame(i, 60 + i % 1400)).collect();
     let ba: Vec<Vec<u8>> = (0..300).map(|i| frame(i + 7, 1514 - i)).collect();
     pass(&mut a, &mut b, &ab, "port 0 → port 1");
@@ -143,6 +161,7 @@ fn io_keeps_each_queue_pair_apart() {
     a.start().unwrap();
     let mut b = Frontend::connect(&socks[1], two).unwrap();
     b.start().unwrap();
+    wait_running(&rv, 2);
     let on0: Vec<Vec<u8>> = (0..300).map(|i| frame(i, 60 + i % 1000)).collect();
     let on1: Vec<Vec<u8>> = (0..200).map(|i| frame(i + 3, 1514 - i)).collect();
     pass_on(&mut a, &mut b, 0, &on0, "port 0 queue 0 → port 1");

@@ -174,21 +174,40 @@ pub struct Final {
     pub tx_bytes: u64,
 }
 
+/// The `key=value` fields of line `l` after `prefix`, if it starts so.
+fn fields<'a>(l: &'a str, prefix: &str) -> Option<HashMap<&'a str, &'a str>> {
+    let rest = l.strip_prefix(prefix)?;
+    Some(
+        rest.split_whitespace()
+            .filter_map(|t| t.split_once('='))
+            .collect(),
+    )
+}
+
+/// Field `k` of line `l` as a number (panics if absent or not one).
+fn num(kv: &HashMap<&str, &str>, k: &str, l: &str) -> u64 {
+    kv.get(k)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{k} missing in {l:?}"))
+}
+
+/// The counters of a `FINAL` or `FINAL-QUEUE` line.
+fn counts(kv: &HashMap<&str, &str>, l: &str) -> Final {
+    Final {
+        rx_pkts: num(kv, "rx_pkts", l),
+        tx_pkts: num(kv, "tx_pkts", l),
+        tx_drops: num(kv, "tx_drops", l),
+        rx_bytes: num(kv, "rx_bytes", l),
+        tx_bytes: num(kv, "tx_bytes", l),
+    }
+}
+
 /// Parses the `FINAL port=N ...` lines.
 pub fn parse_final(lines: &[String]) -> HashMap<usize, Final> {
     let mut out = HashMap::new();
     for l in lines {
-        let Some(rest) = l.strip_prefix("FINAL ") else {
+        let Some(kv) = fields(l, "FINAL ") else {
             continue;
-        };
-        let kv: HashMap<&str, &str> = rest
-            .split_whitespace()
-            .filter_map(|t| t.split_once('='))
-            .collect();
-        let num = |k: &str| -> u64 {
-            kv.get(k)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{k} missing in {l:?}"))
         };
         for k in ["rx_mpps", "tx_mpps"] {
             let v = kv.get(k).unwrap_or_else(|| panic!("{k} missing in {l:?}"));
@@ -196,16 +215,7 @@ pub fn parse_final(lines: &[String]) -> HashMap<usize, Final> {
                 v.parse::<f64>().is_ok() && v.split_once('.').is_some_and(|(_, d)| d.len() == 3)
             );
         }
-        out.insert(
-            num("port") as usize,
-            Final {
-                rx_pkts: num("rx_pkts"),
-                tx_pkts: num("tx_pkts"),
-                tx_drops: num("tx_drops"),
-                rx_bytes: num("rx_bytes"),
-                tx_bytes: num("tx_bytes"),
-            },
-        );
+        out.insert(num(&kv, "port", l) as usize, counts(&kv, l));
     }
     out
 }
@@ -231,28 +241,11 @@ pub fn stop_rvhost(rv: &mut Child) -> Final {
 pub fn parse_final_queues(lines: &[String]) -> HashMap<(usize, usize), Final> {
     let mut out = HashMap::new();
     for l in lines {
-        let Some(rest) = l.strip_prefix("FINAL-QUEUE ") else {
+        let Some(kv) = fields(l, "FINAL-QUEUE ") else {
             continue;
         };
-        let kv: HashMap<&str, &str> = rest
-            .split_whitespace()
-            .filter_map(|t| t.split_once('='))
-            .collect();
-        let num = |k: &str| -> u64 {
-            kv.get(k)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{k} missing in {l:?}"))
-        };
-        out.insert(
-            (num("port") as usize, num("queue") as usize),
-            Final {
-                rx_pkts: num("rx_pkts"),
-                tx_pkts: num("tx_pkts"),
-                tx_drops: num("tx_drops"),
-                rx_bytes: num("rx_bytes"),
-                tx_bytes: num("tx_bytes"),
-            },
-        );
+        let at = (num(&kv, "port", l) as usize, num(&kv, "queue", l) as usize);
+        out.insert(at, counts(&kv, l));
     }
     out
 }
