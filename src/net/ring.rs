@@ -220,6 +220,7 @@ impl<'v> Burst<'v> {
             if self.shadow_len == USED_SHADOW {
                 self.flush_used();
             }
+            // shadow_len < USED_SHADOW here; the modulo (a mask) only spares the bounds check.
             self.shadow[self.shadow_len % USED_SHADOW] = [u32::from(head), len];
             self.shadow_len += 1;
         }
