@@ -211,8 +211,13 @@ impl<'a> SplitQueue<'a> {
     /// Writes `used.ring[idx % size] = { id, len }` (not yet published).
     #[inline]
     pub fn write_used(&self, idx: u16, id: u16, len: u32) {
+        self.write_used_elem(idx, [u32::from(id), len]);
+    }
+
+    /// Writes `used.ring[idx % size] = elem` (`[id, len]`).
+    #[inline]
+    fn write_used_elem(&self, idx: u16, elem: [u32; 2]) {
         let slot = usize::from(idx & (self.size - 1));
-        let elem: [u32; 2] = [u32::from(id), len];
         let _ = self.used.write_obj(4 + 8 * slot, elem);
     }
 
@@ -239,8 +244,7 @@ impl<'a> SplitQueue<'a> {
     pub fn write_used_bulk(&self, first: u16, elems: &[[u32; 2]]) {
         let mut idx = first;
         for e in elems {
-            let slot = usize::from(idx & (self.size - 1));
-            let _ = self.used.write_obj(4 + 8 * slot, *e);
+            self.write_used_elem(idx, *e);
             idx = idx.wrapping_add(1);
         }
     }
