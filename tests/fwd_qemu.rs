@@ -2,24 +2,30 @@
 //! `rvhost fwd --mode icmpecho`, via the shared recipe `../shared/scripts/qemu_vhost_guest.sh`
 //! (it boots the guest, makes it ARP and ping the backend, and checks the result).
 //!
-//! One test runs the script five times in a row (each run is 10-30 s of TCG guest): QEMU as
-//! vhost-user client (rvhost listens) and as server (rvhost `--client`), with and without the
-//! reconnect cycle, the backend stopped gracefully (SIGINT) or with SIGKILL
-//! (`VHG_RECONNECT_STOP=kill`). Each run must PASS, and every rvhost process the script stopped
-//! with a signal it handles must have printed its `FINAL` line with every frame answered
-//! (`tx_pkts == rx_pkts`, no drop); when no backend was killed, the backends together must
-//! have received exactly what the guest's eth0 transmitted.
+//! The first test runs the script five times in a row (each run is 10-30 s of TCG guest): QEMU
+//! as vhost-user client (rvhost listens) and as server (rvhost `--client`), with and without
+//! the reconnect cycle, the backend stopped gracefully (SIGINT) or with SIGKILL
+//! (`VHG_RECONNECT_STOP=kill`). The second runs guests with 2 and 4 queue pairs (`mq=on`,
+//! `-smp N`, `rvhost fwd --queues N`): QEMU keeps one vhost device per queue pair on the one
+//! connection, each sending its own ADD_MEM_REG for the same memory; and one with
+//! `mrg_rxbuf=off`. Each run must PASS, and every rvhost process the script stopped with a
+//! signal it handles must have printed its `FINAL` line with every frame answered
+//! (`tx_pkts == rx_pkts`, no drop) and, with queue pairs, `FINAL-QUEUE` lines that add up to
+//! it; when no backend was killed, the backends together must have received exactly what the
+//! guest's eth0 transmitted.
 //!
 //! Skipped (with the reason printed) when the script is absent or the test is not run as
 //! root (the script needs root; it installs QEMU and a guest kernel with apt when missing).
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::child::{Child, parse_final, rvhost_bin};
+use common::child::{Child, parse_final, parse_final_queues, rvhost_bin};
 use common::sock_path;
 use nix::sys::signal::Signal;
 
@@ -34,6 +40,33 @@ enum Reconnect {
     Kill,
 }
 
+/// One run of the script.
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    /// QEMU's vhost-user role: "client" (rvhost listens) or "server" (rvhost `--client`).
+    qemu_mode: &'static str,
+    reconnect: Reconnect,
+    /// Queue pairs (VHG_QUEUES, `rvhost fwd --queues`).
+    queues: u16,
+    /// Extra virtio-net-pci properties (VHG_NET_OPTS).
+    net_opts: &'static str,
+}
+
+impl Case {
+    const fn new(qemu_mode: &'static str, reconnect: Reconnect) -> Case {
+        Case {
+            qemu_mode,
+            reconnect,
+            queues: 1,
+            net_opts: "",
+        }
+    }
+}
+
+/// One guest at a time: the tests of this file share the script's cache (kernel, initramfs),
+/// the hugepages and the two cores.
+static ONE_GUEST: Mutex<()> = Mutex::new(());
+
 /// The last `key=N` in the last line containing `marker`.
 fn value_after(lines: &[String], marker: &str, key: &str) -> Option<u64> {
     let line = lines.iter().rev().find(|l| l.contains(marker))?;
@@ -45,11 +78,20 @@ fn value_after(lines: &[String], marker: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
-fn run(qemu_mode: &str, reconnect: Reconnect) {
+/// Runs the script for `case`; returns the frames rvhost received per queue pair, summed
+/// over the backends that printed their counters.
+fn run(case: Case) -> BTreeMap<usize, u64> {
+    let Case {
+        qemu_mode,
+        reconnect,
+        queues,
+        net_opts,
+    } = case;
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let sock = sock_path("fwd-qemu");
     let backend = format!(
-        "exec {} fwd --mode icmpecho --iface @SOCK@ --lcores 0 $([ @CLIENT@ = 1 ] && echo --client)",
+        "exec {} fwd --mode icmpecho --iface @SOCK@ --lcores 0 --queues {queues} $([ @CLIENT@ = 1 ] && echo --client)",
         rvhost_bin().display()
     );
     let mut cmd = Command::new("bash");
@@ -63,6 +105,8 @@ fn run(qemu_mode: &str, reconnect: Reconnect) {
             &backend,
         ])
         .env("VHG_SOCK", &sock)
+        .env("VHG_QUEUES", queues.to_string())
+        .env("VHG_NET_OPTS", net_opts)
         .env_remove("VHG_RECONNECT_STOP");
     match reconnect {
         Reconnect::No => {
@@ -75,7 +119,14 @@ fn run(qemu_mode: &str, reconnect: Reconnect) {
             cmd.arg("--reconnect").env("VHG_RECONNECT_STOP", "kill");
         }
     }
-    let what = format!("QEMU {qemu_mode} mode, reconnect {reconnect:?}");
+    let what = format!(
+        "QEMU {qemu_mode} mode, reconnect {reconnect:?}, {queues} queue pair(s){}",
+        if net_opts.is_empty() {
+            String::new()
+        } else {
+            format!(", {net_opts}")
+        }
+    );
     let mut vm = Child::spawn("qemu_vhost_guest.sh", cmd);
     let status = vm.wait_exit(Duration::from_secs(300));
     if status.is_none() {
@@ -116,6 +167,7 @@ fn run(qemu_mode: &str, reconnect: Reconnect) {
         vm.tail(80)
     );
     let mut received = 0;
+    let mut per_queue = BTreeMap::new();
     for (i, log) in logs.iter().enumerate() {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let lines: Vec<String> = text.lines().map(str::to_string).collect();
@@ -136,7 +188,47 @@ fn run(qemu_mode: &str, reconnect: Reconnect) {
             i + 1
         );
         received += f.rx_pkts;
+        if queues > 1 {
+            let fq: BTreeMap<_, _> = parse_final_queues(&lines).into_iter().collect();
+            assert_eq!(
+                fq.keys().map(|&(p, _)| p).collect::<Vec<_>>(),
+                vec![0; usize::from(queues)],
+                "{what}: backend {}: one FINAL-QUEUE line per queue pair:\n{text}",
+                i + 1
+            );
+            let mut sum = (0, 0);
+            for (&(_, q), c) in &fq {
+                println!(
+                    "{what}: backend {}: FINAL-QUEUE queue={q} rx_pkts={} tx_pkts={} tx_drops={}",
+                    i + 1,
+                    c.rx_pkts,
+                    c.tx_pkts,
+                    c.tx_drops
+                );
+                sum = (sum.0 + c.rx_pkts, sum.1 + c.tx_pkts);
+                *per_queue.entry(q).or_insert(0) += c.rx_pkts;
+            }
+            assert_eq!(
+                sum,
+                (f.rx_pkts, f.tx_pkts),
+                "{what}: backend {}: the queues add up to the port",
+                i + 1
+            );
+        }
     }
+    // What the guest's driver negotiated: MRG_RXBUF (bit 15) as VHG_NET_OPTS asked, MQ (bit
+    // 22) with more than one queue pair.
+    let bits = out
+        .iter()
+        .find_map(|l| l.split_once("virtio_features=").map(|(_, b)| b.trim()))
+        .unwrap_or_else(|| panic!("{what}: no guest features\n{}", vm.tail(80)));
+    let bit = |n: usize| bits.as_bytes().get(n) == Some(&b'1');
+    assert_eq!(
+        bit(15),
+        !net_opts.contains("mrg_rxbuf=off"),
+        "{what}: MRG_RXBUF in {bits}"
+    );
+    assert_eq!(bit(22), queues > 1, "{what}: MQ in {bits}");
     if !matches!(reconnect, Reconnect::Kill) {
         let guest_tx = value_after(&out, "VHOST-GUEST: stats[", "tx_packets=")
             .unwrap_or_else(|| panic!("{what}: no guest stats\n{}", vm.tail(80)));
@@ -150,6 +242,7 @@ fn run(qemu_mode: &str, reconnect: Reconnect) {
         "socket file left behind"
     );
     println!("{what}: PASS in {:.1} s", started.elapsed().as_secs_f64());
+    per_queue
 }
 
 /// The script's `wait_serial` greps the serial log for the awaited marker and then for
@@ -182,22 +275,63 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-#[test]
-fn linux_guest_pings_through_rvhost_fwd_icmpecho() {
+/// Why the guest tests cannot run here, if they cannot.
+fn cannot_run() -> Option<String> {
     let script = script();
     if !script.exists() {
-        println!("skipping: {} is absent", script.display());
-        return;
+        return Some(format!("{} is absent", script.display()));
     }
     if !is_root() {
-        println!("skipping: qemu_vhost_guest.sh needs root");
+        return Some("qemu_vhost_guest.sh needs root".into());
+    }
+    None
+}
+
+#[test]
+fn linux_guest_pings_through_rvhost_fwd_icmpecho() {
+    if let Some(why) = cannot_run() {
+        println!("skipping: {why}");
         return;
     }
-    run("client", Reconnect::No);
-    run("server", Reconnect::Graceful);
-    run("client", Reconnect::Graceful);
-    run("client", Reconnect::Kill);
-    run("server", Reconnect::Kill);
+    run(Case::new("client", Reconnect::No));
+    run(Case::new("server", Reconnect::Graceful));
+    run(Case::new("client", Reconnect::Graceful));
+    run(Case::new("client", Reconnect::Kill));
+    run(Case::new("server", Reconnect::Kill));
+}
+
+/// Guests with 2 and 4 queue pairs, rvhost as server and as client, each with a reconnect
+/// cycle; and one without mergeable receive buffers. The guest's driver enables
+/// min(CPUs, queue pairs) pairs and transmits on the sending CPU's queue; which CPU the
+/// guest's ping and arping run on is up to its scheduler, so more than one queue pair
+/// carrying traffic is asserted over the runs of each queue count, not per run.
+#[test]
+fn multiqueue_linux_guest_pings_through_rvhost_fwd_icmpecho() {
+    if let Some(why) = cannot_run() {
+        println!("skipping: {why}");
+        return;
+    }
+    let mq = |qemu_mode, reconnect, queues| Case {
+        queues,
+        ..Case::new(qemu_mode, reconnect)
+    };
+    let mut two = run(mq("client", Reconnect::Graceful, 2));
+    for (q, n) in run(mq("server", Reconnect::Kill, 2)) {
+        *two.entry(q).or_insert(0) += n;
+    }
+    let four = run(mq("server", Reconnect::Graceful, 4));
+    run(Case {
+        net_opts: "mrg_rxbuf=off",
+        ..mq("client", Reconnect::Graceful, 2)
+    });
+    for (queues, seen) in [(2, &two), (4, &four)] {
+        let busy = seen.values().filter(|&&n| n > 0).count();
+        println!("{queues} queue pairs: frames per queue pair {seen:?}");
+        assert!(
+            busy > 1,
+            "{queues} queue pairs: only one carried traffic ({seen:?})"
+        );
+    }
 }
 
 #[test]

@@ -149,6 +149,12 @@ pub enum MemoryError {
     /// REM_MEM_REG named a region (by gpa, uva and size) that is not in the table.
     #[error("no region matches {0} for removal")]
     NotFound(RegionDesc),
+    /// ADD_MEM_REG repeated a region's addresses with a different backing file.
+    #[error("{0} is already in the table, backed by another file (device and inode differ)")]
+    OtherFile(RegionDesc),
+    /// A region was added again more times than a `u32` counts.
+    #[error("{0} added too many times")]
+    TooManyReferences(RegionDesc),
     /// A bounds/alignment/ordering check of a guest access failed.
     #[error(transparent)]
     Access(#[from] AccessError),

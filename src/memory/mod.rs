@@ -44,7 +44,9 @@ use std::fmt;
 pub use access::{GuestSlice, Pod};
 pub use error::{AccessError, AddrField, MemoryError};
 pub use region::{GuestRegion, MapOptions, RegionDesc};
-pub use table::{GpaChunks, GuestArea, GuestMemory, LINEAR_SCAN_MAX, TranslationCache};
+pub use table::{
+    AddCheck, GpaChunks, GuestArea, GuestMemory, LINEAR_SCAN_MAX, Released, TranslationCache,
+};
 
 /// Regions one SET_MEM_TABLE message can carry (`VHOST_MEMORY_BASELINE_NREGIONS`).
 pub const SET_MEM_TABLE_MAX_REGIONS: usize = 8;

@@ -35,6 +35,7 @@ use std::fmt;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::mman::{self, MapFlags, MmapAdvise, ProtFlags};
@@ -153,6 +154,10 @@ pub struct GuestRegion {
     shrink_sealed: bool,
     locked: bool,
     fd: OwnedFd,
+    /// How many times the frontend has added this very region (see
+    /// [`add_frontend_ref`](Self::add_frontend_ref)). Control-plane bookkeeping: only the
+    /// control thread changes it, so `Relaxed` is enough.
+    frontend_refs: AtomicU32,
 }
 
 // SAFETY: GuestRegion owns its mapping exclusively (unmapped only in Drop) and holds no
@@ -286,6 +291,7 @@ impl GuestRegion {
             shrink_sealed,
             locked: false,
             fd,
+            frontend_refs: AtomicU32::new(1),
         };
 
         // Keep guest memory out of core dumps (as DPDK's mem_set_dump does). Best effort.
@@ -365,6 +371,47 @@ impl GuestRegion {
         self.fd.as_fd()
     }
 
+    /// Whether `fd` is the file this region maps: the same device and inode (`fstat` of both).
+    /// A duplicate ADD_MEM_REG must name the same backing file, not only the same addresses.
+    pub fn same_file(&self, fd: BorrowedFd<'_>) -> Result<bool, MemoryError> {
+        let ours = fstat(self.fd.as_fd()).map_err(MemoryError::Fstat)?;
+        let theirs = fstat(fd).map_err(MemoryError::Fstat)?;
+        Ok(ours.st_dev == theirs.st_dev && ours.st_ino == theirs.st_ino)
+    }
+
+    /// How many times the frontend holds this region: 1 when mapped, one more for each exact
+    /// duplicate ADD_MEM_REG. QEMU keeps one vhost device per queue pair on one connection
+    /// and each adds the same guest memory; REM_MEM_REG takes one reference back and the
+    /// region leaves the table with the last ([`GuestMemory::with_released`]).
+    ///
+    /// [`GuestMemory::with_released`]: super::GuestMemory::with_released
+    pub fn frontend_refs(&self) -> u32 {
+        self.frontend_refs.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more frontend reference; refused at `u32::MAX`.
+    pub fn add_frontend_ref(&self) -> Result<u32, MemoryError> {
+        let n = self.frontend_refs();
+        let n = n
+            .checked_add(1)
+            .ok_or(MemoryError::TooManyReferences(self.desc))?;
+        self.frontend_refs.store(n, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Drops one frontend reference (never below 0) and returns how many are left.
+    pub(crate) fn drop_frontend_ref(&self) -> u32 {
+        let n = self.frontend_refs().saturating_sub(1);
+        self.frontend_refs.store(n, Ordering::Relaxed);
+        n
+    }
+
+    /// Back to one reference (a SET_MEM_TABLE that names the region again: the table is what
+    /// it says, each region held once).
+    pub(crate) fn reset_frontend_refs(&self) {
+        self.frontend_refs.store(1, Ordering::Relaxed);
+    }
+
     /// The whole region as a [`GuestSlice`].
     pub fn as_slice(&self) -> GuestSlice<'_> {
         // SAFETY: [host_base, host_base + size) lies inside the mapping, which lives as long as
@@ -382,6 +429,7 @@ impl fmt::Debug for GuestRegion {
             .field("page_size", &self.page_size)
             .field("shrink_sealed", &self.shrink_sealed)
             .field("locked", &self.locked)
+            .field("frontend_refs", &self.frontend_refs())
             .finish()
     }
 }

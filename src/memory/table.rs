@@ -92,6 +92,32 @@ fn find_gpa(entries: &[Entry], gpa: u64) -> Option<usize> {
     }
 }
 
+/// What [`GuestMemory::check_add`] found for a region to add.
+#[derive(Debug)]
+pub enum AddCheck {
+    /// The region can be added: no overlap, within the limits.
+    New,
+    /// The table already holds exactly this region (every field of the description equal).
+    Duplicate(Arc<GuestRegion>),
+}
+
+/// What [`GuestMemory::with_released`] did.
+#[derive(Debug)]
+pub enum Released {
+    /// The region had more than one frontend reference; it stays, with `refs` left.
+    StillHeld {
+        /// References left.
+        refs: u32,
+    },
+    /// The last reference went: `table` is the table without `region`.
+    Removed {
+        /// The new table.
+        table: GuestMemory,
+        /// The region removed (mapped until every holder is dropped).
+        region: Arc<GuestRegion>,
+    },
+}
+
 /// Per-queue memo of the last region a translation hit. Plain data owned by the caller; it is
 /// only a hint (verified on every use), so using one cache with different tables is harmless.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -209,9 +235,17 @@ impl GuestMemory {
     /// Checks whether a region described by `desc` could be added, without mapping anything
     /// (the same checks [`with_added`](Self::with_added) makes, plus [`RegionDesc::validate`]).
     /// Lets the control plane refuse ADD_MEM_REG before paying for an mmap.
-    pub fn check_add(&self, desc: &RegionDesc) -> Result<(), MemoryError> {
+    ///
+    /// A `desc` equal to a region already in the table (guest address, size, frontend address
+    /// and mmap offset) is [`AddCheck::Duplicate`]: QEMU sends one ADD_MEM_REG per queue pair
+    /// for the same memory. Whether it is the same file is the caller's check
+    /// ([`GuestRegion::same_file`]) before it counts a reference. Any other overlap is refused.
+    pub fn check_add(&self, desc: &RegionDesc) -> Result<AddCheck, MemoryError> {
         desc.validate()?;
         let t = &*self.table;
+        if let Some(r) = t.regions.iter().find(|r| r.desc() == desc) {
+            return Ok(AddCheck::Duplicate(Arc::clone(r)));
+        }
         let count = t.regions.len() + 1;
         if count > t.limits.max_regions {
             return Err(MemoryError::TooManyRegions {
@@ -238,7 +272,7 @@ impl GuestMemory {
                 return Err(MemoryError::FvaOverlap { a: *a, b: *desc });
             }
         }
-        Ok(())
+        Ok(AddCheck::New)
     }
 
     /// A new table with `region` added (ADD_MEM_REG); `self` is unchanged and the new table shares
@@ -261,6 +295,32 @@ impl GuestMemory {
         let mut v: Vec<Arc<GuestRegion>> = regions.to_vec();
         let removed = v.remove(pos);
         Ok((Self::from_shared(v, self.table.limits)?, removed))
+    }
+
+    /// REM_MEM_REG: drops one frontend reference of the region matching `desc` (as
+    /// [`with_removed`](Self::with_removed) matches it). While references remain the table is
+    /// unchanged ([`Released::StillHeld`]); the last one removes the region from a new table
+    /// ([`Released::Removed`], whose region stays mapped while any table or the returned `Arc`
+    /// holds it).
+    pub fn with_released(&self, desc: &RegionDesc) -> Result<Released, MemoryError> {
+        let region = self.find_region(desc).ok_or(MemoryError::NotFound(*desc))?;
+        if region.frontend_refs() > 1 {
+            return Ok(Released::StillHeld {
+                refs: region.drop_frontend_ref(),
+            });
+        }
+        let (table, region) = self.with_removed(desc)?;
+        region.drop_frontend_ref();
+        Ok(Released::Removed { table, region })
+    }
+
+    /// Sets every region back to one frontend reference (a SET_MEM_TABLE naming the regions
+    /// this table already holds).
+    pub fn reset_frontend_refs(&self) {
+        self.table
+            .regions
+            .iter()
+            .for_each(|r| r.reset_frontend_refs());
     }
 
     /// Number of regions.

@@ -6,7 +6,7 @@
 //! returns `Err` closes the connection; [`Outcome::Failed`] answers a failure status (with
 //! REPLY_ACK) and keeps it open.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use thiserror::Error;
@@ -20,7 +20,7 @@ use super::payload::{
 use crate::driver::device::{DeviceState, Inflight, MAX_QUEUE_PAIRS, lock};
 use crate::features::{VHOST_USER_F_PROTOCOL_FEATURES, protocol as pf};
 use crate::memory::{
-    FrontendVa, GuestMemory, GuestRegion, MapOptions, MemoryError, RegionDesc,
+    AddCheck, FrontendVa, GuestMemory, GuestRegion, MapOptions, MemoryError, RegionDesc, Released,
     VHOST_USER_MAX_MEM_SLOTS,
 };
 use crate::virtq::{MAX_QUEUE_SIZE, VringAddrs, VringError};
@@ -296,6 +296,7 @@ fn set_mem_table(
             .iter()
             .all(|r| dev.mem.find_region(&desc_of(r)).is_some());
     if same && !dev.mem.is_empty() {
+        dev.mem.reset_frontend_refs();
         return Ok(Outcome::Done);
     }
     let mem = map_regions(dev, &table.regions, std::mem::take(&mut msg.fds))?;
@@ -303,6 +304,10 @@ fn set_mem_table(
     Ok(Outcome::Done)
 }
 
+/// ADD_MEM_REG. An exact duplicate of a region in the table (QEMU sends one per queue pair:
+/// each of its vhost devices keeps its own view of the guest's memory) counts a reference
+/// when the fd is the same backing file; its fd is closed. Anything else that overlaps is
+/// refused ([`refuse_memory`]).
 fn add_mem_reg(
     dev: &mut DeviceState,
     msg: &mut Message,
@@ -311,16 +316,31 @@ fn add_mem_reg(
     require_protocol(dev, FrontendReq::AddMemReg, pf::CONFIGURE_MEM_SLOTS)?;
     let reg: SingleMemRegion = parse(msg)?;
     let desc = desc_of(&reg.region);
-    dev.mem.check_add(&desc)?;
     let fd = msg
         .take_fd()
         .ok_or_else(|| state_err(FrontendReq::AddMemReg, "no fd"))?;
+    match dev.mem.check_add(&desc) {
+        Ok(AddCheck::New) => {}
+        Ok(AddCheck::Duplicate(held)) => {
+            if !held.same_file(fd.as_fd())? {
+                return refuse_memory(msg, MemoryError::OtherFile(desc));
+            }
+            let refs = held.add_frontend_ref()?;
+            log::debug!(
+                "{}: ADD_MEM_REG {desc} again: {refs} references",
+                dev.dev.id()
+            );
+            return Ok(Outcome::Done); // `fd` closes here
+        }
+        Err(e) => return refuse_memory(msg, e),
+    }
     let region = GuestRegion::map(fd, desc, map_options(dev))?;
     let mem = dev.mem.with_added(region)?;
     dev.set_memory(mem);
     Ok(Outcome::Done)
 }
 
+/// REM_MEM_REG: drops one reference; the region leaves the table with the last one.
 fn rem_mem_reg(
     dev: &mut DeviceState,
     msg: &mut Message,
@@ -330,9 +350,32 @@ fn rem_mem_reg(
     let reg: SingleMemRegion = parse(msg)?;
     // A stray fd is closed unused (spec), by dropping the message's fds.
     msg.fds.clear();
-    let (mem, _removed) = dev.mem.with_removed(&desc_of(&reg.region))?;
-    dev.set_memory(mem);
+    match dev.mem.with_released(&desc_of(&reg.region)) {
+        Ok(Released::StillHeld { refs }) => {
+            log::debug!(
+                "{}: REM_MEM_REG {}: still held, {refs} references left",
+                dev.dev.id(),
+                desc_of(&reg.region)
+            );
+        }
+        Ok(Released::Removed { table, .. }) => dev.set_memory(table),
+        Err(e) => return refuse_memory(msg, e),
+    }
     Ok(Outcome::Done)
+}
+
+/// A memory region the table cannot take (or a removal of one it does not hold). The table
+/// is unchanged either way. When the frontend asked for a reply (REPLY_ACK) it gets a failure
+/// status and the connection stays: QEMU then reports `vhost_set_mem_table failed` and stops
+/// using the backend for that device, without a reconnect loop. When it did not ask, the
+/// connection is closed: the frontend would otherwise go on as if the region were mapped, and
+/// the guest's buffers in it would be dropped as unmapped, one by one.
+fn refuse_memory(msg: &Message, e: MemoryError) -> Result<Outcome, HandlerError> {
+    if msg.header.need_reply() {
+        Ok(Outcome::Failed(e.to_string()))
+    } else {
+        Err(e.into())
+    }
 }
 
 fn get_max_mem_slots(

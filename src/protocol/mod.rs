@@ -44,6 +44,14 @@
 //!   `REM_MEM_REG` may carry a stray one, to be closed unused.
 //! - Negotiating INBAND_NOTIFICATIONS without BACKEND_REQ and REPLY_ACK is
 //!   an error the back-end can only answer by closing the connection.
+//! - QEMU keeps one vhost device per queue pair, all on one connection
+//!   (QEMU 7.2, as seen from rvhost): each sends `GET_FEATURES`,
+//!   `GET/SET_PROTOCOL_FEATURES`, `GET_MAX_MEM_SLOTS`, `SET_FEATURES`,
+//!   `GET_STATUS`, the setup of its own vrings, and its own memory table:
+//!   with CONFIGURE_MEM_SLOTS an `ADD_MEM_REG` for every region, the same
+//!   regions (same addresses, offset and file) as the other devices sent.
+//!   `SET_OWNER`, `GET_QUEUE_NUM` and `SET_BACKEND_REQ_FD` come once.
+//!   An exact duplicate region counts a reference; `REM_MEM_REG` drops one.
 
 pub mod conn;
 pub mod endpoint;

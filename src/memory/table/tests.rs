@@ -4,7 +4,7 @@ use super::*;
 use crate::memory::testutil::*;
 use crate::memory::{MapOptions, RegionDesc};
 use proptest::prelude::*;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 fn map(fd: &OwnedFd, gpa: u64, size: u64, uva: u64, off: u64) -> GuestRegion {
     let desc = RegionDesc {
@@ -666,4 +666,85 @@ fn guest_area_keeps_its_table_mapped() {
     assert_eq!(&back, b"ring");
     drop(area);
     assert_eq!(mapped_bytes_named(&name), 0);
+}
+
+#[test]
+fn a_duplicate_is_counted_and_released_reference_by_reference() {
+    // QEMU's per-queue-pair vhost devices each ADD_MEM_REG the same memory.
+    let name = unique_name("dup");
+    let fd = memfd(&name, 0x10000);
+    let other = memfd(&unique_name("dup-other"), 0x10000);
+    let mem = GuestMemory::new(vec![map(&fd, 0, 0x4000, 0x10000, 0x1000)], limits()).unwrap();
+    let same = *mem.regions().next().unwrap().desc();
+    let r = match mem.check_add(&same).unwrap() {
+        AddCheck::Duplicate(r) => r,
+        AddCheck::New => panic!("an exact duplicate is not new"),
+    };
+    assert!(r.same_file(fd.as_fd()).unwrap());
+    assert!(!r.same_file(other.as_fd()).unwrap(), "another memfd");
+    // A dup of the fd is the same file.
+    assert!(r.same_file(fd.try_clone().unwrap().as_fd()).unwrap());
+    assert_eq!(r.add_frontend_ref().unwrap(), 2);
+    drop(r);
+
+    // Anything short of an exact duplicate is an overlap, whatever the counts.
+    for changed in [
+        RegionDesc {
+            mmap_offset: 0,
+            ..same
+        },
+        RegionDesc {
+            userspace_addr: 0x20000,
+            ..same
+        },
+        RegionDesc {
+            memory_size: 0x2000,
+            ..same
+        },
+        RegionDesc {
+            guest_phys_addr: 0x1000,
+            userspace_addr: 0x30000,
+            ..same
+        },
+    ] {
+        assert!(mem.check_add(&changed).is_err(), "{changed}");
+    }
+
+    // First release: still held, same table, still mapped.
+    match mem.with_released(&same).unwrap() {
+        Released::StillHeld { refs } => assert_eq!(refs, 1),
+        Released::Removed { .. } => panic!("removed with a reference left"),
+    }
+    assert_eq!(mem.len(), 1);
+    assert!(mem.gpa_to_host(Gpa(0x3fff), 1).is_some());
+    // Second release: gone from the new table; unmapped once the old one goes too.
+    let (smaller, region) = match mem.with_released(&same).unwrap() {
+        Released::Removed { table, region } => (table, region),
+        Released::StillHeld { .. } => panic!("held after the last release"),
+    };
+    assert!(smaller.is_empty());
+    assert_eq!(region.frontend_refs(), 0);
+    assert!(matches!(
+        smaller.with_released(&same),
+        Err(MemoryError::NotFound(_))
+    ));
+    drop((mem, region));
+    assert_eq!(mapped_bytes_named(&name), 0);
+    assert_eq!(fds_named(&name), 1, "only the test's own fd");
+}
+
+#[test]
+fn set_mem_table_again_resets_the_counts() {
+    let fd = memfd(&unique_name("reset"), 0x10000);
+    let mem = GuestMemory::new(vec![map(&fd, 0, 0x4000, 0x10000, 0)], limits()).unwrap();
+    let r = mem.regions().next().unwrap();
+    r.add_frontend_ref().unwrap();
+    r.add_frontend_ref().unwrap();
+    assert_eq!(r.frontend_refs(), 3);
+    mem.reset_frontend_refs();
+    assert_eq!(r.frontend_refs(), 1);
+    assert!(matches!(
+        mem.with_released(r.desc()).unwrap(),
+        Released::Removed { .. }
+    ));
 }
