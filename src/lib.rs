@@ -11,4 +11,5 @@ pub mod mbuf;
 pub mod memory;
 pub mod net;
 pub mod protocol;
+pub mod ratelimit;
 pub mod virtq;

@@ -12,7 +12,9 @@ use rvhost::driver::Flags;
 use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
 use rvhost::frontend::{FrontendOptions, TxLayout};
 use rvhost::mbuf::{Mbuf, PktCache};
-use rvhost::net::{dequeue_burst, enqueue_burst};
+use rvhost::net::{QueuePair, dequeue_burst, enqueue_burst};
+
+const Q0: QueuePair = QueuePair(0);
 
 fn bed(features: u64, layout: TxLayout, flags: Flags) -> Bed {
     let opts = FrontendOptions {
@@ -77,7 +79,7 @@ fn dequeue_n(b: &Bed, cache: &mut PktCache, n: usize) -> Vec<Mbuf> {
     let mut out = Vec::with_capacity(n + 32);
     let deadline = Instant::now() + Duration::from_secs(2);
     while out.len() < n && Instant::now() < deadline {
-        dequeue_burst(&b.dev, 1, cache, &mut out, 32);
+        dequeue_burst(&b.dev, Q0.tx(), cache, &mut out, 32);
     }
     out
 }
@@ -144,7 +146,7 @@ fn host_to_guest_payloads_arrive_intact() {
         let rx = b.fe.rx(0).unwrap();
         rx.post_rx(128, if mergeable { 1536 } else { 1600 });
         assert_eq!(
-            enqueue_burst(&b.dev, 0, &mbufs),
+            enqueue_burst(&b.dev, Q0.rx(), &mbufs),
             mbufs.len(),
             "features {features:#x}"
         );
@@ -176,7 +178,7 @@ fn host_to_guest_jumbo_bursts_overflow_the_used_shadow() {
         let mbufs: Vec<Mbuf> = pkts.iter().map(|p| mbuf_of(&mut cache, p)).collect();
         let rx = b.fe.rx(0).unwrap();
         rx.post_rx(256, 1536);
-        assert_eq!(enqueue_burst(&b.dev, 0, &mbufs), 16, "round {round}");
+        assert_eq!(enqueue_burst(&b.dev, Q0.rx(), &mbufs), 16, "round {round}");
         cache.free_bulk(mbufs);
         let mut got = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -231,7 +233,7 @@ fn host_to_guest_mixed_bursts_arrive_in_order() {
                 .iter()
                 .map(|p| mbuf_of(&mut cache, p))
                 .collect();
-            next += enqueue_burst(&b.dev, 0, &mbufs);
+            next += enqueue_burst(&b.dev, Q0.rx(), &mbufs);
             cache.free_bulk(mbufs);
             got.extend(b.fe.rx(0).unwrap().recv(64));
         }
@@ -262,7 +264,7 @@ fn host_to_guest_with_the_whole_ring_posted() {
                 .map(|i| mbuf_of(&mut cache, &payload(60 + i % 40, i)))
                 .collect();
             assert_eq!(
-                enqueue_burst(&b.dev, 0, &mbufs),
+                enqueue_burst(&b.dev, Q0.rx(), &mbufs),
                 32,
                 "features {features:#x}"
             );
@@ -338,7 +340,7 @@ fn host_to_guest_with_a_concurrent_guest() {
             let mbufs: Vec<Mbuf> = (next..end)
                 .map(|i| mbuf_of(&mut cache, &payload(60 + i % 40, i)))
                 .collect();
-            next += enqueue_burst(&dev, 0, &mbufs);
+            next += enqueue_burst(&dev, Q0.rx(), &mbufs);
             cache.free_bulk(mbufs);
         }
         let fe = guest
@@ -356,9 +358,9 @@ fn enqueue_stops_when_the_guest_has_no_buffers() {
     let mbufs: Vec<Mbuf> = (0..8)
         .map(|i| mbuf_of(&mut cache, &payload(100, i)))
         .collect();
-    assert_eq!(enqueue_burst(&b.dev, 0, &mbufs), 0, "nothing posted");
+    assert_eq!(enqueue_burst(&b.dev, Q0.rx(), &mbufs), 0, "nothing posted");
     b.fe.rx(0).unwrap().post_rx(3, 1536);
-    assert_eq!(enqueue_burst(&b.dev, 0, &mbufs), 3);
+    assert_eq!(enqueue_burst(&b.dev, Q0.rx(), &mbufs), 3);
     assert_eq!(b.fe.rx(0).unwrap().recv(8).len(), 3);
     cache.free_bulk(mbufs);
 }
@@ -412,8 +414,8 @@ fn loopback_many_bursts_with_wrapping_indexes() {
                 sent += 1;
             }
         }
-        dequeue_burst(&b.dev, 1, &mut cache, &mut burst, 32);
-        let n = enqueue_burst(&b.dev, 0, &burst);
+        dequeue_burst(&b.dev, Q0.tx(), &mut cache, &mut burst, 32);
+        let n = enqueue_burst(&b.dev, Q0.rx(), &burst);
         cache.free_bulk(burst.drain(..n));
         let rx = b.fe.rx(0).unwrap();
         rx.poll_rx(64, |p| {

@@ -7,14 +7,14 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
-
 use common::Bed;
 use rvhost::driver::Flags;
 use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF};
 use rvhost::frontend::FrontendOptions;
-use rvhost::mbuf::{Mbuf, PktCache};
-use rvhost::net::{dequeue_burst, enqueue_burst};
+use rvhost::mbuf::Mbuf;
+use rvhost::net::{QueuePair, enqueue_burst};
+
+const Q0: QueuePair = QueuePair(0);
 
 const NEXT: u16 = 1;
 const WRITE: u16 = 2;
@@ -33,76 +33,6 @@ fn bed(regions: usize, gap: u64) -> Bed {
         ..FrontendOptions::default()
     };
     Bed::new("dph", Flags::empty(), opts, "dph", 1024, 32)
-}
-
-impl Bed {
-    fn gpa(&self, offset: usize) -> u64 {
-        self.fe.layout().gpa(offset).unwrap().raw()
-    }
-
-    fn write(&self, offset: usize, bytes: &[u8]) {
-        self.fe.shm().slice().write_at(offset, bytes).unwrap();
-    }
-
-    fn desc(&self, vring: u16, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = self.fe.ring_info(vring).unwrap().desc.offset + 16 * usize::from(i);
-        self.desc_at(at, addr, len, flags, next);
-    }
-
-    fn desc_at(&self, at: usize, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&addr.to_ne_bytes());
-        d[8..12].copy_from_slice(&len.to_ne_bytes());
-        d[12..14].copy_from_slice(&flags.to_ne_bytes());
-        d[14..16].copy_from_slice(&next.to_ne_bytes());
-        self.write(at, &d);
-    }
-
-    /// Makes `heads` available on `vring` and publishes the new avail.idx.
-    fn avail(&self, vring: u16, heads: &[u16]) {
-        let info = self.fe.ring_info(vring).unwrap();
-        let s = self.fe.shm().slice();
-        let mut idx = s
-            .load_u16(info.avail.offset + 2, Ordering::Relaxed)
-            .unwrap();
-        for &h in heads {
-            let slot = usize::from(idx % info.size);
-            s.write_obj(info.avail.offset + 4 + 2 * slot, h).unwrap();
-            idx = idx.wrapping_add(1);
-        }
-        s.store_u16_release(info.avail.offset + 2, idx).unwrap();
-    }
-
-    fn set_avail_idx(&self, vring: u16, idx: u16) {
-        let info = self.fe.ring_info(vring).unwrap();
-        let s = self.fe.shm().slice();
-        s.store_u16_release(info.avail.offset + 2, idx).unwrap();
-    }
-
-    /// (used.idx, [(id, len)] of the first entries).
-    fn used(&self, vring: u16, n: usize) -> (u16, Vec<(u32, u32)>) {
-        let info = self.fe.ring_info(vring).unwrap();
-        let s = self.fe.shm().slice();
-        let idx = s.load_u16(info.used.offset + 2, Ordering::Acquire).unwrap();
-        let elems = (0..n)
-            .map(|k| {
-                let e: [u32; 2] = s.read_obj(info.used.offset + 4 + 8 * k).unwrap();
-                (e[0], e[1])
-            })
-            .collect();
-        (idx, elems)
-    }
-
-    fn dequeue(&self, cache: &mut PktCache) -> Vec<Mbuf> {
-        let mut out = Vec::new();
-        dequeue_burst(&self.dev, 1, cache, &mut out, 32);
-        out
-    }
-
-    fn stats(&self, vring: usize) -> (u64, u64, bool) {
-        let vq = self.dev.lock_vring(vring).unwrap();
-        (vq.stats.packets, vq.stats.bad_chains, vq.broken)
-    }
 }
 
 fn bytes(m: &Mbuf) -> Vec<u8> {
@@ -290,7 +220,7 @@ fn receive_chains_the_device_may_not_write_are_skipped() {
     b.desc(0, 1, b.gpa(SCRATCH), 2048, WRITE | NEXT, 1);
     b.desc(0, 2, b.gpa(SCRATCH + 4096), 2048, WRITE, 0);
     b.avail(0, &[0, 1, 2]);
-    assert_eq!(enqueue_burst(&b.dev, 0, std::slice::from_ref(&m)), 1);
+    assert_eq!(enqueue_burst(&b.dev, Q0.rx(), std::slice::from_ref(&m)), 1);
     let (idx, elems) = b.used(0, 3);
     assert_eq!(idx, 3);
     assert_eq!(elems, vec![(0, 0), (1, 0), (2, 112)]);

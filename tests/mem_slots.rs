@@ -16,7 +16,9 @@ use nix::sys::stat::fstat;
 use rvhost::driver::Flags;
 use rvhost::frontend::{FrontendOptions, MemTableMode};
 use rvhost::mbuf::{Mbuf, PktCache};
-use rvhost::net::{dequeue_burst, enqueue_burst};
+use rvhost::net::{QueuePair, dequeue_burst, enqueue_burst};
+
+const Q0: QueuePair = QueuePair(0);
 use rvhost::protocol::payload::{MemoryRegion, Payload, SingleMemRegion};
 use rvhost::protocol::{ConnError, FrontendReq as R, Header};
 
@@ -90,7 +92,7 @@ fn traffic_passes(b: &mut Bed, round: usize) {
     let mut got: Vec<Mbuf> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(2);
     while got.len() < sent.len() && Instant::now() < deadline {
-        dequeue_burst(&b.dev, 1, &mut cache, &mut got, 32);
+        dequeue_burst(&b.dev, Q0.tx(), &mut cache, &mut got, 32);
     }
     assert_eq!(got.len(), sent.len(), "round {round}: guest to host");
     for (m, want) in got.iter().zip(&sent) {
@@ -101,7 +103,7 @@ fn traffic_passes(b: &mut Bed, round: usize) {
 
     let back: Vec<Mbuf> = sent.iter().map(|p| mbuf_of(&mut cache, p)).collect();
     b.fe.rx(0).unwrap().post_rx(128, 2048);
-    assert_eq!(enqueue_burst(&b.dev, 0, &back), back.len());
+    assert_eq!(enqueue_burst(&b.dev, Q0.rx(), &back), back.len());
     cache.free_bulk(back);
     let mut recv = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(2);

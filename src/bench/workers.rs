@@ -13,7 +13,7 @@ use crate::driver::Device;
 use crate::frontend::{RxQueue, TxQueue};
 use crate::mbuf::{Mbuf, PktPool};
 use crate::net::pkt::udp_frame;
-use crate::net::{dequeue_burst, enqueue_burst};
+use crate::net::{QueuePair, dequeue_burst, enqueue_burst};
 
 /// Traffic flows.
 pub(crate) const RUN: u8 = 0;
@@ -174,7 +174,7 @@ pub(crate) fn backend_loop(
         let t0 = ticks();
         let moved = match p.dir {
             Direction::G2h => {
-                let n = dequeue_burst(dev, 1, &mut cache, &mut burst, p.burst);
+                let n = dequeue_burst(dev, QueuePair(0).tx(), &mut cache, &mut burst, p.burst);
                 for m in &burst {
                     t.bytes += m.pkt_len() as u64;
                     t.bad += u64::from(m.pkt_len() != size);
@@ -195,7 +195,7 @@ pub(crate) fn backend_loop(
                             }
                         }
                     }
-                    let n = enqueue_burst(dev, 0, &burst);
+                    let n = enqueue_burst(dev, QueuePair(0).rx(), &burst);
                     t.out += n as u64;
                     t.bytes += (n * size) as u64;
                     t.dropped += (burst.len() - n) as u64;
@@ -205,9 +205,9 @@ pub(crate) fn backend_loop(
             }
             Direction::H2g => 0,
             Direction::Loopback => {
-                let n = dequeue_burst(dev, 1, &mut cache, &mut burst, p.burst);
+                let n = dequeue_burst(dev, QueuePair(0).tx(), &mut cache, &mut burst, p.burst);
                 let sent = if n > 0 {
-                    enqueue_burst(dev, 0, &burst)
+                    enqueue_burst(dev, QueuePair(0).rx(), &burst)
                 } else {
                     0
                 };

@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub rarp_pending: std::sync::atomic::AtomicBool,
     /// Registration flags (LINEARBUF, EXTBUF, ...), for the data path.
     pub flags: super::Flags,
+    /// Bursts asked for a vring beyond the device's (an application error).
+    pub bad_queue_ids: AtomicU64,
 }
 
 /// A device (one frontend connection). Cheap to clone; valid for the data plane between the
@@ -94,11 +96,24 @@ impl Device {
         self.shared.queues.len()
     }
 
-    /// Tries to lock vring `index` for one burst. `None` if the index is out of range or the
-    /// control thread holds it (the caller skips the burst; it must never block).
+    /// Tries to lock vring `index` for one burst. `None` if the index is out of range
+    /// (counted in [`bad_queue_ids`](Self::bad_queue_ids)) or the control thread holds it
+    /// (counted in the vring's `lock_busy`); the caller skips the burst, it must never block.
     #[inline]
     pub fn try_lock_vring(&self, index: usize) -> Option<VringGuard<'_>> {
-        self.shared.queues.get(index)?.try_lock()
+        match self.shared.queues.get(index) {
+            Some(q) => q.try_lock(),
+            None => {
+                self.shared.bad_queue_ids.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Bursts asked for a vring the device does not have (a queue pair at or beyond
+    /// [`max_vrings`](Self::max_vrings)` / 2`): they returned 0 and touched nothing.
+    pub fn bad_queue_ids(&self) -> u64 {
+        self.shared.bad_queue_ids.load(Ordering::Relaxed)
     }
 
     /// Locks vring `index`, waiting while a burst or the control thread holds it: for
@@ -106,6 +121,34 @@ impl Device {
     /// [`try_lock_vring`](Self::try_lock_vring)). `None` if the index is out of range.
     pub fn lock_vring(&self, index: usize) -> Option<VringGuard<'_>> {
         self.shared.queues.get(index).map(VringLock::lock)
+    }
+
+    /// Vring `index`'s counters and state, read without the vring lock (DPDK's
+    /// `rte_vhost_vring_stats_get`): a snapshot as of the last burst, which the data plane is
+    /// not slowed by. `None` if the index is out of range. See
+    /// [`VringStats`](crate::virtq::stats::VringStats) for what each counter says, including
+    /// why a burst returned 0.
+    pub fn vring_stats(&self, index: usize) -> Option<crate::virtq::stats::VringStats> {
+        self.shared.queues.get(index).map(VringLock::stats)
+    }
+
+    /// Zeroes vring `index`'s counters (`rte_vhost_vring_stats_reset`); waits for a burst in
+    /// progress. `false` if the index is out of range.
+    pub fn vring_stats_reset(&self, index: usize) -> bool {
+        self.shared
+            .queues
+            .get(index)
+            .map(VringLock::reset_stats)
+            .is_some()
+    }
+
+    /// How many times the data path has marked one of the device's vrings broken (a guest
+    /// that corrupted its available ring): poll it, and when it grows look for the vrings
+    /// whose [`vring_stats`](Self::vring_stats) say `broken`. A broken vring is skipped by
+    /// every burst until the frontend sets its base again (a device reset or reconnect).
+    /// [`vring_stats_reset`](Self::vring_stats_reset) zeroes a vring's share of the count.
+    pub fn vring_breaks(&self) -> u64 {
+        self.shared.queues.iter().map(|q| q.stats().breaks).sum()
     }
 
     /// Takes (and clears) the MAC address of a pending SEND_RARP.
@@ -178,6 +221,7 @@ impl DeviceState {
                     rarp: Mutex::new(None),
                     rarp_pending: std::sync::atomic::AtomicBool::new(false),
                     flags: cfg.flags,
+                    bad_queue_ids: AtomicU64::new(0),
                 }),
             },
             cfg,

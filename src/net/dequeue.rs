@@ -9,6 +9,7 @@
 use super::copy::GuestReader;
 use super::hdr::{VirtioNetHdr, hdr_len};
 use super::offload;
+use super::queue_id::TxQueueId;
 use super::ring::{Burst, MAX_PKT_LEN};
 use crate::driver::{Device, Flags};
 use crate::mbuf::{ExtBuf, Mbuf, PktCache};
@@ -41,16 +42,17 @@ enum Large {
     External,
 }
 
-/// Copies up to `max` packets from transmit vring `vring` (odd: `2*q + 1`) into mbufs taken
-/// from `cache`, appending them to `out`. Returns how many were appended.
+/// Copies up to `max` packets from the guest's transmit queue `q` (`QueuePair(n).tx()`,
+/// vring `2n + 1`) into mbufs taken from `cache`, appending them to `out`. Returns how many
+/// were appended. Why a call returned 0 is in [`Device::vring_stats`].
 pub fn dequeue_burst(
     dev: &Device,
-    vring: u16,
+    q: TxQueueId,
     cache: &mut PktCache,
     out: &mut Vec<Mbuf>,
     max: usize,
 ) -> usize {
-    let Some(mut guard) = dev.try_lock_vring(usize::from(vring)) else {
+    let Some(mut guard) = dev.try_lock_vring(q.vring()) else {
         return 0;
     };
     let Some(mut b) = Burst::begin(&mut guard) else {

@@ -11,6 +11,7 @@
 use super::copy::GuestWriter;
 use super::hdr::{VirtioNetHdr, hdr_len};
 use super::offload;
+use super::queue_id::RxQueueId;
 use super::ring::{Burst, MAX_PKT_LEN, READ_AHEAD, ReadAhead, Stop};
 use crate::driver::Device;
 use crate::features::{
@@ -43,11 +44,12 @@ const PUBLISH_FIRST: u16 = 8;
 /// prefetched just before its own copy, see [`PREFETCH_ABOVE`]).
 const READ_AHEAD_BYTES: usize = 128;
 
-/// Copies as many of `pkts` as the guest has room for into receive vring `vring` (an even
-/// index: vring 2*q is queue pair q's receive queue). Returns how many were enqueued; the
-/// caller keeps ownership of every mbuf (free them, or retry the rest).
-pub fn enqueue_burst(dev: &Device, vring: u16, pkts: &[Mbuf]) -> usize {
-    let Some(mut guard) = dev.try_lock_vring(usize::from(vring)) else {
+/// Copies as many of `pkts` as the guest has room for into the guest's receive queue `q`
+/// (`QueuePair(n).rx()`, vring `2n`). Returns how many were enqueued; the caller keeps
+/// ownership of every mbuf (free them, or retry the rest). Why a call returned fewer than
+/// asked is in [`Device::vring_stats`].
+pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
+    let Some(mut guard) = dev.try_lock_vring(q.vring()) else {
         return 0;
     };
     let Some(mut burst) = Burst::begin(&mut guard) else {

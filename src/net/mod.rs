@@ -2,7 +2,8 @@
 //! the header and its offloads, and the packet rewriting of the forwarding modes.
 //!
 //! Vring numbering is virtio-net's: vring `2*q` is queue pair `q`'s receive queue (the host
-//! enqueues into it), vring `2*q + 1` its transmit queue (the host dequeues from it).
+//! enqueues into it), vring `2*q + 1` its transmit queue (the host dequeues from it). The
+//! bursts take typed ids ([`QueuePair`]`(q).rx()` / `.tx()`), so the two cannot be swapped.
 
 pub mod copy;
 pub mod dequeue;
@@ -10,7 +11,9 @@ pub mod enqueue;
 pub mod hdr;
 pub mod offload;
 pub mod pkt;
+pub mod queue_id;
 pub mod ring;
 
 pub use dequeue::dequeue_burst;
 pub use enqueue::enqueue_burst;
+pub use queue_id::{QueueIdError, QueuePair, RxQueueId, TxQueueId};

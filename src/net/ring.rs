@@ -5,6 +5,7 @@
 use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::features::VIRTIO_RING_F_EVENT_IDX;
+use crate::ratelimit::LogLimiter;
 use crate::virtq::split::{ChainError, SplitQueue, USED_SHADOW, VirtqDesc};
 use crate::virtq::{QueueStats, Vring};
 
@@ -47,7 +48,7 @@ pub struct Burst<'v> {
     used: u16,
     first_used: u16,
     published: u16,
-    logged_bad: bool,
+    log_limit: &'v mut LogLimiter,
     /// Used entries `used - shadow_len .. used`, not yet in the ring (the shadow used ring:
     /// written in one run when it is full and before each publish, so that the ring's lines,
     /// which the guest reads, are taken from it once and briefly rather than between packet
@@ -63,7 +64,12 @@ impl<'v> Burst<'v> {
     /// available index is corrupt (then it is marked broken, with a logged reason).
     #[inline]
     pub fn begin(vq: &'v mut Vring) -> Option<Burst<'v>> {
-        if !vq.is_ready() || vq.broken {
+        if vq.broken {
+            vq.stats.broken_bursts += 1;
+            return None;
+        }
+        if !vq.is_ready() {
+            vq.stats.not_ready += 1;
             return None;
         }
         let Vring {
@@ -77,18 +83,22 @@ impl<'v> Burst<'v> {
             broken,
             stats,
             used_shadow,
+            log_limit,
             ..
         } = vq;
         let q = SplitQueue::new(rings.as_ref()?, mem, *size);
         let avail = q.avail_idx(*last_avail_idx);
         let pending = avail.wrapping_sub(*last_avail_idx);
         if pending > *size {
-            log::error!(
-                "avail.idx jumped from {} to {avail}, more than the queue size {}: queue marked broken",
-                *last_avail_idx,
-                *size
-            );
+            if log_limit.check().is_some() {
+                log::error!(
+                    "avail.idx jumped from {} to {avail}, more than the queue size {}: queue marked broken",
+                    *last_avail_idx,
+                    *size
+                );
+            }
             *broken = true;
+            stats.breaks += 1;
             return None;
         }
         let used = *last_used_idx;
@@ -106,7 +116,7 @@ impl<'v> Burst<'v> {
             used,
             first_used: used,
             published: used,
-            logged_bad: false,
+            log_limit,
             shadow: &mut used_shadow.0,
             shadow_len: 0,
             through: false,
@@ -161,8 +171,11 @@ impl<'v> Burst<'v> {
                 Ok(h)
             }
             Err(e) => {
-                log::error!("available ring: {e}: queue marked broken");
+                if self.log_limit.check().is_some() {
+                    log::error!("available ring: {e}: queue marked broken");
+                }
                 *self.broken = true;
+                self.stats.breaks += 1;
                 Err(Stop::Broken)
             }
         }
@@ -243,9 +256,14 @@ impl<'v> Burst<'v> {
     /// Returns a malformed chain with length 0 and counts it.
     #[cold]
     pub fn bad_chain(&mut self, head: u16, e: ChainError) {
-        if !self.logged_bad {
-            log::warn!("descriptor chain {head} dropped: {e}");
-            self.logged_bad = true;
+        if let Some(more) = self.log_limit.check() {
+            if more == 0 {
+                log::warn!("descriptor chain {head} dropped: {e}");
+            } else {
+                log::warn!(
+                    "descriptor chain {head} dropped: {e} (and {more} more since the last line)"
+                );
+            }
         }
         self.stats.bad_chains += 1;
         self.used(head, 0);
@@ -279,13 +297,7 @@ impl<'v> Burst<'v> {
         }
         *self.last_avail = self.next;
         *self.last_used = self.used;
-        let s = self.stats_out;
-        s.packets += stats.packets;
-        s.bytes += stats.bytes;
-        s.bad_chains += stats.bad_chains;
-        s.too_large += stats.too_large;
-        s.alloc_failures += stats.alloc_failures;
-        s.interrupts += stats.interrupts;
+        self.stats_out.add(&stats);
     }
 }
 

@@ -13,12 +13,15 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Vring;
+use super::stats::{Published, VringStats};
 
-/// A [`Vring`] behind a spin try-lock.
+/// A [`Vring`] behind a spin try-lock, and its counters as of the last unlock (readable
+/// without the lock, see [`stats`](super::stats)).
 #[derive(Default)]
 pub struct VringLock {
     locked: AtomicBool,
     vring: UnsafeCell<Vring>,
+    published: Published,
 }
 
 // SAFETY: the Vring inside is only reached through a VringGuard, and at most one guard exists
@@ -27,9 +30,19 @@ pub struct VringLock {
 unsafe impl Sync for VringLock {}
 
 impl VringLock {
-    /// Takes the lock if it is free (the data plane, once per burst).
+    /// Takes the lock if it is free (the data plane, once per burst); a failure is counted
+    /// (`lock_busy`).
     #[inline]
     pub fn try_lock(&self) -> Option<VringGuard<'_>> {
+        let g = self.try_acquire();
+        if g.is_none() {
+            self.published.count_lock_busy();
+        }
+        g
+    }
+
+    #[inline]
+    fn try_acquire(&self) -> Option<VringGuard<'_>> {
         // Acquire: pairs with the Release store of the previous holder's unlock, so its
         // writes to the Vring are visible to us.
         self.locked
@@ -38,11 +51,24 @@ impl VringLock {
             .map(|_| VringGuard { lock: self })
     }
 
+    /// The counters and state as of the last unlock, without taking the lock.
+    pub fn stats(&self) -> VringStats {
+        self.published.get()
+    }
+
+    /// Zeroes the counters (waits for a burst in progress, as [`lock`](Self::lock)).
+    pub fn reset_stats(&self) {
+        let mut g = self.lock();
+        g.stats = super::QueueStats::default();
+        self.published.reset_lock_busy();
+        drop(g); // publishes the zeroes
+    }
+
     /// Takes the lock, spinning while a burst holds it (the control thread).
     pub fn lock(&self) -> VringGuard<'_> {
         let mut spins = 0u32;
         loop {
-            if let Some(g) = self.try_lock() {
+            if let Some(g) = self.try_acquire() {
                 return g;
             }
             // Read-only spin until it looks free, so the cache line is not bounced.
@@ -92,6 +118,12 @@ impl DerefMut for VringGuard<'_> {
 impl Drop for VringGuard<'_> {
     #[inline]
     fn drop(&mut self) {
+        // The counters for lock-free readers, while we still hold the Vring.
+        // SAFETY: this guard is the only one, and `self` is being dropped: no other
+        // reference to the Vring exists.
+        self.lock
+            .published
+            .publish(unsafe { &*self.lock.vring.get() });
         // Release: publishes our writes to the Vring to the next holder's Acquire.
         self.lock.locked.store(false, Ordering::Release);
     }

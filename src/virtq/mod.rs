@@ -12,6 +12,7 @@
 
 pub mod lock;
 pub mod split;
+pub mod stats;
 
 use std::os::fd::OwnedFd;
 
@@ -121,9 +122,12 @@ pub struct Vring {
     /// Scratch of the data path: used entries of the current burst (see
     /// [`split::UsedShadow`]).
     pub used_shadow: split::UsedShadow,
+    /// Limits the data path's log lines about this vring (malformed chains).
+    pub log_limit: crate::ratelimit::LogLimiter,
 }
 
-/// Per-queue counters, updated by the data path once per burst.
+/// Per-queue counters, updated by the data path once per burst (read them without the lock
+/// through [`stats::VringStats`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct QueueStats {
     /// Packets moved.
@@ -138,6 +142,12 @@ pub struct QueueStats {
     pub alloc_failures: u64,
     /// Interrupts (call eventfd writes) sent to the guest.
     pub interrupts: u64,
+    /// Bursts that found the vring not ready (not started, disabled, rings not translated).
+    pub not_ready: u64,
+    /// Bursts that found the vring broken.
+    pub broken_bursts: u64,
+    /// Times the data path marked the vring broken.
+    pub breaks: u64,
 }
 
 impl Vring {

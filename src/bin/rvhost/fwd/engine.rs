@@ -17,22 +17,22 @@ use rvhost::driver::{Device, DeviceId};
 use rvhost::lcore::Lcore;
 use rvhost::mbuf::{Mbuf, PktCache, PktPool};
 use rvhost::net::pkt::{Echo, icmpecho, macswap, udp_frame};
-use rvhost::net::{dequeue_burst, enqueue_burst};
+use rvhost::net::{QueuePair, RxQueueId, TxQueueId, dequeue_burst, enqueue_burst};
 
 use super::Mode;
 use super::stats::{PortCounters, add};
 use super::table::{DeviceTable, Reader};
 
-/// The vring a port receives from in queue pair `q` (the guest's transmit queue).
+/// The queue a port receives from in queue pair `q`: the guest's transmit queue.
 #[inline]
-pub fn rx_vring(q: u16) -> u16 {
-    2 * q + 1
+pub fn port_rx(q: u16) -> TxQueueId {
+    QueuePair(q).tx()
 }
 
-/// The vring a port transmits into in queue pair `q` (the guest's receive queue).
+/// The queue a port transmits into in queue pair `q`: the guest's receive queue.
 #[inline]
-pub fn tx_vring(q: u16) -> u16 {
-    2 * q
+pub fn port_tx(q: u16) -> RxQueueId {
+    QueuePair(q).rx()
 }
 
 /// Loop turns between two reads of the vrings' drop counters.
@@ -266,7 +266,7 @@ impl<'a> Worker<'a> {
         };
         let n = dequeue_burst(
             dev,
-            rx_vring(s.queue),
+            port_rx(s.queue),
             &mut self.cache,
             &mut self.burst,
             self.sh.burst,
@@ -358,7 +358,7 @@ impl<'a> Worker<'a> {
             return;
         }
         let sent = match self.reader.dev(port) {
-            Some(dev) => enqueue_burst(dev, tx_vring(q), &self.burst),
+            Some(dev) => enqueue_burst(dev, port_tx(q), &self.burst),
             None => 0,
         };
         let tx = &self.sh.counters[port].queue(q).tx;
@@ -409,25 +409,24 @@ fn harvest_port(
     for q in 0..sh.queues {
         let (c, slot) = (sh.counters[port].queue(q), sh.slot(port, q));
         if let Some(t) = rx_tally[slot].as_mut() {
-            harvest(dev, rx_vring(q), t, &c.rx.bad, true);
+            harvest(dev, port_rx(q).vring(), t, &c.rx.bad, true);
         }
         if let Some(t) = tx_tally[slot].as_mut() {
-            harvest(dev, tx_vring(q), t, &c.tx.bad, false);
+            harvest(dev, port_tx(q).vring(), t, &c.tx.bad, false);
         }
     }
 }
 
-fn harvest(dev: &Device, vring: u16, t: &mut Tally, counter: &AtomicU64, rx: bool) {
-    // Never block: if the control thread holds the vring, look again next time.
-    let Some(vq) = dev.try_lock_vring(usize::from(vring)) else {
+fn harvest(dev: &Device, vring: usize, t: &mut Tally, counter: &AtomicU64, rx: bool) {
+    // Lock-free: the counters as of the vring's last burst.
+    let Some(st) = dev.vring_stats(vring) else {
         return;
     };
     let total = if rx {
-        vq.stats.bad_chains + vq.stats.too_large
+        st.bad_chains + st.too_large
     } else {
-        vq.stats.bad_chains
+        st.bad_chains
     };
-    drop(vq);
     if t.dev != Some(dev.id()) || total < t.seen {
         // Another device, or its vring was reset: count from zero.
         *t = Tally {
@@ -489,7 +488,12 @@ mod tests {
         let p = plan(&s, 2);
         assert_eq!((p[0][0].queue, p[1][0].queue), (0, 1));
         assert_eq!(
-            (rx_vring(0), tx_vring(0), rx_vring(3), tx_vring(3)),
+            (
+                port_rx(0).vring(),
+                port_tx(0).vring(),
+                port_rx(3).vring(),
+                port_tx(3).vring()
+            ),
             (1, 0, 7, 6)
         );
     }

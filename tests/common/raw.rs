@@ -1,0 +1,84 @@
+//! A hostile guest's hands: raw descriptors, ring indexes and used entries written and read
+//! straight in the frontend's shared memory, past the frontend's own bookkeeping.
+
+use std::sync::atomic::Ordering;
+
+use rvhost::mbuf::{Mbuf, PktCache};
+use rvhost::net::{QueuePair, dequeue_burst};
+
+use super::Bed;
+
+impl Bed {
+    /// The guest-physical address of byte `offset` of the shared memory.
+    pub fn gpa(&self, offset: usize) -> u64 {
+        self.fe.layout().gpa(offset).unwrap().raw()
+    }
+
+    pub fn write(&self, offset: usize, bytes: &[u8]) {
+        self.fe.shm().slice().write_at(offset, bytes).unwrap();
+    }
+
+    /// Writes descriptor `i` of `vring`'s table.
+    pub fn desc(&self, vring: u16, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = self.fe.ring_info(vring).unwrap().desc.offset + 16 * usize::from(i);
+        self.desc_at(at, addr, len, flags, next);
+    }
+
+    /// Writes a descriptor at byte `at` of the shared memory (e.g. in an indirect table).
+    pub fn desc_at(&self, at: usize, addr: u64, len: u32, flags: u16, next: u16) {
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&addr.to_ne_bytes());
+        d[8..12].copy_from_slice(&len.to_ne_bytes());
+        d[12..14].copy_from_slice(&flags.to_ne_bytes());
+        d[14..16].copy_from_slice(&next.to_ne_bytes());
+        self.write(at, &d);
+    }
+
+    /// Makes `heads` available on `vring` and publishes the new avail.idx.
+    pub fn avail(&self, vring: u16, heads: &[u16]) {
+        let info = self.fe.ring_info(vring).unwrap();
+        let s = self.fe.shm().slice();
+        let mut idx = s
+            .load_u16(info.avail.offset + 2, Ordering::Relaxed)
+            .unwrap();
+        for &h in heads {
+            let slot = usize::from(idx % info.size);
+            s.write_obj(info.avail.offset + 4 + 2 * slot, h).unwrap();
+            idx = idx.wrapping_add(1);
+        }
+        s.store_u16_release(info.avail.offset + 2, idx).unwrap();
+    }
+
+    pub fn set_avail_idx(&self, vring: u16, idx: u16) {
+        let info = self.fe.ring_info(vring).unwrap();
+        let s = self.fe.shm().slice();
+        s.store_u16_release(info.avail.offset + 2, idx).unwrap();
+    }
+
+    /// (used.idx, [(id, len)] of the first entries).
+    pub fn used(&self, vring: u16, n: usize) -> (u16, Vec<(u32, u32)>) {
+        let info = self.fe.ring_info(vring).unwrap();
+        let s = self.fe.shm().slice();
+        let idx = s.load_u16(info.used.offset + 2, Ordering::Acquire).unwrap();
+        let elems = (0..n)
+            .map(|k| {
+                let e: [u32; 2] = s.read_obj(info.used.offset + 4 + 8 * k).unwrap();
+                (e[0], e[1])
+            })
+            .collect();
+        (idx, elems)
+    }
+
+    /// One dequeue burst from queue pair 0.
+    pub fn dequeue(&self, cache: &mut PktCache) -> Vec<Mbuf> {
+        let mut out = Vec::new();
+        dequeue_burst(&self.dev, QueuePair(0).tx(), cache, &mut out, 32);
+        out
+    }
+
+    /// (packets, bad chains, broken) of `vring`, from the lock-free counters.
+    pub fn stats(&self, vring: usize) -> (u64, u64, bool) {
+        let s = self.dev.vring_stats(vring).unwrap();
+        (s.packets, s.bad_chains, s.broken)
+    }
+}
