@@ -3,6 +3,7 @@
 //! See `DESIGN.md` for the map of the system. The entry point is [`driver::Driver`].
 
 pub mod bench;
+pub mod dataplane;
 pub mod driver;
 pub mod features;
 pub mod frontend;

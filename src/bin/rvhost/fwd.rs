@@ -15,8 +15,6 @@
 mod engine;
 #[path = "fwd/stats.rs"]
 mod stats;
-#[path = "fwd/table.rs"]
-mod table;
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -35,7 +33,7 @@ use thiserror::Error;
 
 use engine::Shared;
 use stats::{PortCounters, Snapshot};
-use table::{DeviceTable, PortOps};
+use rvhost::dataplane::{DeviceTable, PortOps};
 
 /// Forwarding modes, as testpmd's `--forward-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -21,7 +21,7 @@ use rvhost::net::{QueuePair, RxQueueId, TxQueueId, dequeue_burst, enqueue_burst}
 
 use super::Mode;
 use super::stats::{PortCounters, add};
-use super::table::{DeviceTable, Reader};
+use rvhost::dataplane::{DeviceTable, Reader};
 
 /// The queue a port receives from in queue pair `q`: the guest's transmit queue.
 #[inline]

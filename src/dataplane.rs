@@ -1,5 +1,45 @@
-//! Which running device each port has: written by the vhost callbacks on the control thread,
-//! read by the forwarding lcores once per loop turn without ever blocking them.
+//! The `destroy_device` handshake, done once: a table of running devices that long-lived
+//! pinned data-plane cores poll, and whose `destroy_device` returns only when every core has
+//! let go of the device.
+//!
+//! vhost's contract (DPDK's and rvhost's, see [`DeviceOps::destroy_device`]) is that when
+//! `destroy_device` returns, no data-plane thread touches the device any more: its memory is
+//! unmapped next. DPDK leaves each application to build that handshake; this module is one,
+//! used by `rvhost fwd`. Ports are numbered `0..ports` (one per socket an application
+//! registers, or any other key it maps to a small index) and cores `0..lcores`.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicBool, Ordering};
+//! use rvhost::dataplane::{DeviceTable, PortOps};
+//! use rvhost::driver::{Driver, Flags};
+//! use rvhost::net::{QueuePair, dequeue_burst, enqueue_burst};
+//! # fn run(pool: rvhost::mbuf::PktPool, stop: Arc<AtomicBool>) -> Result<(), Box<dyn std::error::Error>> {
+//! let table = DeviceTable::new(1, 1); // one port, one data-plane core
+//! let driver = Driver::new()?;
+//! driver.register("/tmp/vhost.sock", Flags::empty())?;
+//! driver.set_callbacks("/tmp/vhost.sock", Arc::new(PortOps { table: Arc::clone(&table), port: 0 }))?;
+//! driver.start("/tmp/vhost.sock")?;
+//! let worker = std::thread::spawn(move || {
+//!     let mut reader = table.reader(0); // on the core, before its loop
+//!     let mut cache = pool.cache();
+//!     let mut pkts = Vec::new();
+//!     while !stop.load(Ordering::Relaxed) {
+//!         reader.refresh(|_port, _dev| {}); // top of every turn, no burst in progress
+//!         let Some(dev) = reader.dev(0) else { continue };
+//!         dequeue_burst(dev, QueuePair(0).tx(), &mut cache, &mut pkts, 32);
+//!         let sent = enqueue_burst(dev, QueuePair(0).rx(), &pkts);
+//!         cache.free_bulk(pkts.drain(..)); // sent or not: enqueue copied what it took
+//!         let _ = sent;
+//!     }
+//! });
+//! # worker.join().ok(); Ok(()) }
+//! ```
+//!
+//! The callbacks ([`PortOps`]) write the table on the control thread; each core reads it
+//! once per loop turn through its [`Reader`], never blocking.
+//!
+//! [`DeviceOps::destroy_device`]: crate::driver::DeviceOps::destroy_device
 //!
 //! # Protocol
 //!
@@ -29,7 +69,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
-use rvhost::driver::{Device, DeviceId, DeviceOps};
+use crate::driver::{Device, DeviceId, DeviceOps};
 
 /// The ack of an lcore that is not polling.
 pub const RETIRED: u64 = u64::MAX;
