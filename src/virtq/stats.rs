@@ -1,8 +1,8 @@
 //! Per-vring counters an application reads without stopping the data plane
 //! (`rte_vhost_vring_stats_get` / `_reset`).
 //!
-//! The data path keeps its counters in the [`Vring`](super::Vring) it holds locked
-//! ([`QueueStats`](super::QueueStats)); every unlock copies them into a [`Published`] beside
+//! The data path keeps its counters in the [`Vring`] it holds locked
+//! ([`QueueStats`]); every unlock copies them into a [`Published`] beside
 //! the lock with `Relaxed` stores (one cache line the data-plane core already owns), and
 //! [`VringStats`] is read from there with `Relaxed` loads, never taking the lock. A value can
 //! be one burst old, and two counters of one snapshot can come from neighbouring bursts; each
