@@ -68,8 +68,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crossbeam_utils::CachePadded;
 use crate::driver::{Device, DeviceId, DeviceOps};
+use crossbeam_utils::CachePadded;
 
 /// The ack of an lcore that is not polling.
 pub const RETIRED: u64 = u64::MAX;

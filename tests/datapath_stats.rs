@@ -107,8 +107,8 @@ fn a_queue_the_device_lacks_or_has_not_set_up_touches_nothing() {
         0
     );
     assert_eq!(enqueue_burst(&b.dev, QueuePair(1).rx(), &pkts), 0);
-    assert_eq!(b.dev.vring_stats(3).unwrap().not_ready, 1);
-    assert_eq!(b.dev.vring_stats(2).unwrap().not_ready, 1);
+    assert_eq!(b.dev.vring_stats(3).unwrap().queue.not_ready, 1);
+    assert_eq!(b.dev.vring_stats(2).unwrap().queue.not_ready, 1);
     assert!(out.is_empty());
     assert_eq!(
         (b.used(0, 0).0, b.used(1, 0).0),
@@ -152,7 +152,7 @@ fn the_counters_say_why_a_burst_returned_nothing() {
     let p = [7u8; 100];
     assert_eq!(b.fe.tx(0).unwrap().send(&[&p, &p, &p]), 3);
     assert_eq!(dequeue_burst(&b.dev, q, &mut cache, &mut out, 32), 3);
-    assert_eq!((stats(&b).packets, stats(&b).bytes), (3, 300));
+    assert_eq!((stats(&b).queue.packets, stats(&b).queue.bytes), (3, 300));
     cache.free_bulk(out.drain(..));
 
     // The control thread holds the vring: the burst is skipped and counted.
@@ -172,7 +172,7 @@ fn the_counters_say_why_a_burst_returned_nothing() {
     }
     assert_eq!(b.fe.tx(0).unwrap().send(&[&[7u8; 100]]), 1);
     assert_eq!(dequeue_burst(&b.dev, q, &mut cache, &mut out, 32), 0);
-    assert_eq!(stats(&b).alloc_failures, 1);
+    assert_eq!(stats(&b).queue.alloc_failures, 1);
     cache.free_bulk(hoard);
     assert_eq!(dequeue_burst(&b.dev, q, &mut cache, &mut out, 32), 1);
     cache.free_bulk(out.drain(..));
@@ -185,7 +185,7 @@ fn the_counters_say_why_a_burst_returned_nothing() {
     assert_eq!(dequeue_burst(&b.dev, q, &mut cache, &mut out, 32), 0);
     let s = stats(&b);
     assert!(s.broken);
-    assert_eq!((s.breaks, s.broken_bursts), (1, 1));
+    assert_eq!((s.queue.breaks, s.queue.broken_bursts), (1, 1));
     assert_eq!(b.dev.vring_breaks(), 1);
     let named: Vec<(&str, u64)> = s.iter().collect();
     assert_eq!(named.len(), VringStats::NAMES.len());
@@ -218,8 +218,8 @@ fn a_flood_of_bad_chains_logs_a_bounded_number_of_lines() {
     let secs = started.elapsed().as_secs_f64();
     let lines = BAD_CHAIN_LINES.load(Ordering::Relaxed) - before;
     let s = b.dev.vring_stats(1).unwrap();
-    assert_eq!(s.bad_chains, posted, "every bad chain counted");
-    assert_eq!(s.packets, 0);
+    assert_eq!(s.queue.bad_chains, posted, "every bad chain counted");
+    assert_eq!(s.queue.packets, 0);
     // The first, then at most one a period.
     let bound = 1 + (secs / LogLimiter::PERIOD.as_secs_f64()).ceil() as usize;
     println!("{posted} bad chains in {secs:.1} s: {lines} log lines (bound {bound})");

@@ -148,7 +148,11 @@ impl Device {
     /// every burst until the frontend sets its base again (a device reset or reconnect).
     /// [`vring_stats_reset`](Self::vring_stats_reset) zeroes a vring's share of the count.
     pub fn vring_breaks(&self) -> u64 {
-        self.shared.queues.iter().map(|q| q.stats().breaks).sum()
+        self.shared
+            .queues
+            .iter()
+            .map(|q| q.stats().queue.breaks)
+            .sum()
     }
 
     /// Takes (and clears) the MAC address of a pending SEND_RARP.

@@ -21,24 +21,8 @@ use super::{QueueStats, Vring};
 /// A snapshot of one vring's counters and state.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct VringStats {
-    /// Packets moved.
-    pub packets: u64,
-    /// Bytes moved (packet bytes, without the virtio-net header).
-    pub bytes: u64,
-    /// Descriptor chains refused as malformed (returned to the guest with length 0).
-    pub bad_chains: u64,
-    /// Packets dropped because they did not fit (LINEARBUF, or larger than any buffer).
-    pub too_large: u64,
-    /// Bursts cut short because no mbuf could be allocated.
-    pub alloc_failures: u64,
-    /// Interrupts (call eventfd writes) sent to the guest.
-    pub interrupts: u64,
-    /// Bursts that found the vring not ready (not started, disabled, rings not translated).
-    pub not_ready: u64,
-    /// Bursts that found the vring broken.
-    pub broken_bursts: u64,
-    /// Times the data path marked the vring broken.
-    pub breaks: u64,
+    /// The data path's counters (packets, bytes, bad chains, not-ready and broken bursts...).
+    pub queue: QueueStats,
     /// Bursts skipped because the control thread held the vring.
     pub lock_busy: u64,
     /// The vring is marked broken (a corrupt available ring); a new base clears it.
@@ -70,16 +54,17 @@ impl VringStats {
 
     /// The values, flags as 0 or 1, in the order of [`NAMES`](Self::NAMES).
     pub fn values(&self) -> [u64; 13] {
+        let q = &self.queue;
         [
-            self.packets,
-            self.bytes,
-            self.bad_chains,
-            self.too_large,
-            self.alloc_failures,
-            self.interrupts,
-            self.not_ready,
-            self.broken_bursts,
-            self.breaks,
+            q.packets,
+            q.bytes,
+            q.bad_chains,
+            q.too_large,
+            q.alloc_failures,
+            q.interrupts,
+            q.not_ready,
+            q.broken_bursts,
+            q.breaks,
             self.lock_busy,
             u64::from(self.broken),
             u64::from(self.ready),
@@ -143,15 +128,17 @@ impl Published {
     pub fn get(&self) -> VringStats {
         let r = Ordering::Relaxed;
         VringStats {
-            packets: self.packets.load(r),
-            bytes: self.bytes.load(r),
-            bad_chains: self.bad_chains.load(r),
-            too_large: self.too_large.load(r),
-            alloc_failures: self.alloc_failures.load(r),
-            interrupts: self.interrupts.load(r),
-            not_ready: self.not_ready.load(r),
-            broken_bursts: self.broken_bursts.load(r),
-            breaks: self.breaks.load(r),
+            queue: QueueStats {
+                packets: self.packets.load(r),
+                bytes: self.bytes.load(r),
+                bad_chains: self.bad_chains.load(r),
+                too_large: self.too_large.load(r),
+                alloc_failures: self.alloc_failures.load(r),
+                interrupts: self.interrupts.load(r),
+                not_ready: self.not_ready.load(r),
+                broken_bursts: self.broken_bursts.load(r),
+                breaks: self.breaks.load(r),
+            },
             lock_busy: self.lock_busy.load(r),
             broken: self.broken.load(r),
             ready: self.ready.load(r),

@@ -79,6 +79,6 @@ impl Bed {
     /// (packets, bad chains, broken) of `vring`, from the lock-free counters.
     pub fn stats(&self, vring: usize) -> (u64, u64, bool) {
         let s = self.dev.vring_stats(vring).unwrap();
-        (s.packets, s.bad_chains, s.broken)
+        (s.queue.packets, s.queue.bad_chains, s.broken)
     }
 }

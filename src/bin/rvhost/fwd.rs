@@ -32,8 +32,8 @@ use rvhost_hugepages::region::{IovaMode, RegionConfig};
 use thiserror::Error;
 
 use engine::Shared;
-use stats::{PortCounters, Snapshot};
 use rvhost::dataplane::{DeviceTable, PortOps};
+use stats::{PortCounters, Snapshot};
 
 /// Forwarding modes, as testpmd's `--forward-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -423,9 +423,9 @@ fn harvest(dev: &Device, vring: usize, t: &mut Tally, counter: &AtomicU64, rx: b
         return;
     };
     let total = if rx {
-        st.bad_chains + st.too_large
+        st.queue.bad_chains + st.queue.too_large
     } else {
-        st.bad_chains
+        st.queue.bad_chains
     };
     if t.dev != Some(dev.id()) || total < t.seen {
         // Another device, or its vring was reset: count from zero.
