@@ -1,0 +1,41 @@
+//! The one error type of the crate.
+
+/// Errors of the copy engines. Data-path variants carry no allocation.
+#[derive(Debug, thiserror::Error)]
+pub enum DmaError {
+    /// Every slot of the ring holds a job not yet reported (`-ENOSPC`); report some first.
+    #[error("the job ring is full")]
+    RingFull,
+    /// A scatter-gather copy with no entry on one side.
+    #[error("a scatter-gather list is empty")]
+    EmptySgList,
+    /// A scatter-gather side with more entries than the channel takes.
+    #[error("{given} scatter-gather entries on one side; the channel takes at most {max}")]
+    TooManySges {
+        /// Entries given.
+        given: usize,
+        /// The channel's `max_sges`.
+        max: u16,
+    },
+    /// The two sides of a scatter-gather copy do not add up to the same number of bytes.
+    #[error("scatter-gather totals differ: {src} source bytes, {dst} destination bytes")]
+    SgLengthMismatch {
+        /// Total of the source entries.
+        src: u64,
+        /// Total of the destination entries.
+        dst: u64,
+    },
+    /// A configuration value out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(&'static str),
+    /// The engine behind the channel has stopped (the soft device was dropped): nothing will
+    /// run or finish any more, and jobs not yet reported are abandoned.
+    #[error("the engine has stopped")]
+    Stopped,
+    /// The soft device's worker thread could not be started.
+    #[error("cannot spawn the soft DMA worker thread")]
+    Spawn(#[source] std::io::Error),
+    /// The soft device's worker thread panicked (the device was dropped while unwinding).
+    #[error("the soft DMA worker thread panicked")]
+    WorkerPanicked,
+}

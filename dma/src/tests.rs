@@ -1,0 +1,523 @@
+//! Conformance: the same cases on every engine — the CPU engine (the reference) and the soft
+//! engine polled by hand with one lane and with several, and on its own thread.
+
+use std::time::{Duration, Instant};
+
+use crate::soft::{SoftConfig, SoftWorker, WorkerConfig};
+use crate::*;
+
+/// How a test channel is served.
+#[derive(Clone, Debug)]
+pub(crate) enum Kind {
+    Cpu,
+    /// Soft device polled by the test itself (deterministic).
+    Polled(SoftConfig),
+    /// Soft device on a worker thread.
+    Threaded(SoftConfig),
+}
+
+/// Every configuration the conformance cases run on.
+pub(crate) fn kinds() -> Vec<Kind> {
+    // One job per lane and poll, small chunks: the most interleaving.
+    let fine = SoftConfig {
+        chunk: 512,
+        lane_burst: 1,
+        ..SoftConfig::with_lanes(3)
+    };
+    let threaded = SoftConfig {
+        chunk: 4096,
+        ..SoftConfig::with_lanes(2)
+    };
+    vec![
+        Kind::Cpu,
+        Kind::Polled(SoftConfig::default()),
+        Kind::Polled(fine),
+        Kind::Threaded(threaded),
+    ]
+}
+
+/// One channel and whatever serves it. Fields drop in order: the engine first.
+pub(crate) struct Rig {
+    pub(crate) engine: Box<dyn DmaEngine + Send>,
+    pub(crate) device: Option<SoftDevice>,
+    _worker: Option<SoftWorker>,
+}
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+impl Rig {
+    pub(crate) fn new(kind: &Kind, ch: ChannelConfig) -> Rig {
+        match kind {
+            Kind::Cpu => Rig {
+                engine: Box::new(CpuEngine::new(&ch).unwrap()),
+                device: None,
+                _worker: None,
+            },
+            Kind::Polled(cfg) | Kind::Threaded(cfg) => {
+                let (device, mut engines) = SoftDevice::new(cfg, &[ch]).unwrap();
+                let engine = Box::new(engines.pop().unwrap());
+                if matches!(kind, Kind::Polled(_)) {
+                    Rig {
+                        engine,
+                        device: Some(device),
+                        _worker: None,
+                    }
+                } else {
+                    let worker = device.spawn(WorkerConfig::default()).unwrap();
+                    Rig {
+                        engine,
+                        device: None,
+                        _worker: Some(worker),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lets the engine make progress.
+    pub(crate) fn pump(&mut self) {
+        match &mut self.device {
+            Some(device) => {
+                device.poll();
+            }
+            None => std::thread::yield_now(),
+        }
+    }
+
+    /// Collects `n` successful jobs with `completed`; returns the last index.
+    pub(crate) fn wait_ok(&mut self, n: usize) -> u16 {
+        let start = Instant::now();
+        let mut got = 0;
+        let mut last = 0;
+        while got < n {
+            let c = self.engine.completed(64);
+            assert!(!c.has_error, "unexpected failure after {got} jobs");
+            assert!(
+                usize::from(c.count) <= n - got,
+                "reported more than submitted"
+            );
+            got += usize::from(c.count);
+            last = c.last_idx;
+            if c.count == 0 {
+                assert!(start.elapsed() < DEADLINE, "stuck at {got} of {n} jobs");
+                self.pump();
+            }
+        }
+        last
+    }
+
+    /// Collects the statuses of the next `n` jobs with `completed_status`.
+    pub(crate) fn wait_status(&mut self, n: usize) -> Vec<Status> {
+        let start = Instant::now();
+        let mut out = vec![Status::ErrorUnknown; n];
+        let mut got = 0;
+        while got < n {
+            let c = self.engine.completed_status(64, &mut out[got..]);
+            got += usize::from(c.count);
+            if c.count == 0 {
+                assert!(start.elapsed() < DEADLINE, "stuck at {got} of {n} jobs");
+                self.pump();
+            }
+        }
+        out
+    }
+}
+
+/// A byte buffer jobs read or write; IOVAs point into it.
+pub(crate) struct Buf(pub(crate) Vec<u8>);
+
+impl Buf {
+    pub(crate) fn pattern(len: usize, seed: u32) -> Buf {
+        let mut x = seed.wrapping_mul(0x9e37_79b9) | 1;
+        Buf((0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect())
+    }
+
+    pub(crate) fn filled(len: usize, byte: u8) -> Buf {
+        Buf(vec![byte; len])
+    }
+
+    pub(crate) fn at(&mut self, off: usize) -> Iova {
+        assert!(off <= self.0.len());
+        Iova::from_mut_ptr(self.0.as_mut_ptr().wrapping_add(off))
+    }
+}
+
+fn for_each_kind(ch: ChannelConfig, mut case: impl FnMut(&mut Rig, &Kind)) {
+    for kind in kinds() {
+        let mut rig = Rig::new(&kind, ch);
+        case(&mut rig, &kind);
+    }
+}
+
+#[test]
+fn copies_every_size_and_alignment() {
+    let sizes = [
+        1usize, 2, 3, 7, 8, 9, 15, 16, 17, 31, 63, 64, 65, 127, 255, 256, 1000, 1500, 2048, 4095,
+        4096, 4097, 8191, 9000, 16384, 32767, 65535, 65536,
+    ];
+    let offsets = [(0usize, 0usize), (1, 3), (7, 0), (0, 5), (3, 3)];
+    for_each_kind(ChannelConfig::new(8), |rig, kind| {
+        for &size in &sizes {
+            let mut src: Vec<Buf> = Vec::new();
+            let mut dst: Vec<Buf> = Vec::new();
+            for (k, &(so, doff)) in offsets.iter().enumerate() {
+                src.push(Buf::pattern(size + so + 8, (size * 8 + k) as u32));
+                dst.push(Buf::filled(size + doff + 16, 0xee));
+                let (s, d) = (src[k].at(so), dst[k].at(doff));
+                let last = k + 1 == offsets.len();
+                let flags = if last { OpFlags::SUBMIT } else { OpFlags::NONE };
+                // SAFETY: the buffers live until the jobs are reported by `wait_ok` below and
+                // are not touched before.
+                unsafe { rig.engine.copy(s, d, size as u32, flags) }.unwrap();
+            }
+            rig.wait_ok(offsets.len());
+            for (k, &(so, doff)) in offsets.iter().enumerate() {
+                let d = &dst[k].0;
+                assert!(
+                    d[..doff].iter().all(|&b| b == 0xee),
+                    "{kind:?} {size}: before"
+                );
+                assert!(
+                    d[doff + size..].iter().all(|&b| b == 0xee),
+                    "{kind:?} {size}: after"
+                );
+                assert!(
+                    d[doff..doff + size] == src[k].0[so..so + size],
+                    "{kind:?} {size} {k}"
+                );
+            }
+        }
+    });
+}
+
+/// Cuts `total` bytes at `base` into pieces of the given lengths, scaled to add up.
+fn split(buf: &mut Buf, base: usize, total: usize, cuts: &[usize]) -> Vec<Sge> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (total + 1)).collect();
+    points.push(0);
+    points.push(total);
+    points.sort_unstable();
+    (points.windows(2))
+        .map(|w| Sge::new(buf.at(base + w[0]), (w[1] - w[0]) as u32))
+        .collect()
+}
+
+#[test]
+fn scatter_gather_matches_concatenation() {
+    let ch = ChannelConfig {
+        max_sges: 8,
+        ..ChannelConfig::new(16)
+    };
+    let cases: [(usize, &[usize], &[usize]); 5] = [
+        (1, &[], &[]),
+        (100, &[10, 20, 30], &[50]),
+        (
+            5000,
+            &[1, 4999, 2500, 2500],
+            &[4096, 17, 999, 3000, 4000, 1],
+        ),
+        (
+            65536,
+            &[4096, 8192, 12288, 16384, 20480, 24576, 28672],
+            &[60000],
+        ),
+        (3000, &[0, 0, 1500], &[3000, 3000, 7]),
+    ];
+    for_each_kind(ch, |rig, kind| {
+        let mut srcs = Vec::new();
+        let mut dsts = Vec::new();
+        for (k, &(total, scuts, dcuts)) in cases.iter().enumerate() {
+            let mut src = Buf::pattern(total + 64, k as u32);
+            let mut dst = Buf::filled(total + 64, 0xee);
+            let sl = split(&mut src, 5, total, scuts);
+            let dl = split(&mut dst, 11, total, dcuts);
+            // SAFETY: the buffers live until the jobs are reported below, untouched.
+            unsafe { rig.engine.copy_sg(&sl, &dl, OpFlags::NONE) }.unwrap();
+            srcs.push(src);
+            dsts.push(dst);
+        }
+        rig.engine.submit().unwrap();
+        rig.wait_ok(cases.len());
+        for (k, &(total, _, _)) in cases.iter().enumerate() {
+            let d = &dsts[k].0;
+            assert!(
+                d[11..11 + total] == srcs[k].0[5..5 + total],
+                "{kind:?} case {k}"
+            );
+            assert!(d[..11].iter().chain(&d[11 + total..]).all(|&b| b == 0xee));
+        }
+    });
+}
+
+#[test]
+fn sg_lists_are_validated() {
+    for_each_kind(ChannelConfig::new(4), |rig, _| {
+        let mut b = Buf::filled(64, 0);
+        let e = Sge::new(b.at(0), 4);
+        let f = Sge::new(b.at(32), 4);
+        let max = usize::from(rig.engine.max_sges());
+        // SAFETY: every call below fails validation: nothing is enqueued.
+        unsafe {
+            assert!(matches!(
+                rig.engine.copy_sg(&[], &[f], OpFlags::SUBMIT),
+                Err(DmaError::EmptySgList)
+            ));
+            let many = vec![Sge::new(b.at(0), 0); max + 1];
+            assert!(matches!(
+                rig.engine.copy_sg(&many, &[f], OpFlags::SUBMIT),
+                Err(DmaError::TooManySges { .. })
+            ));
+            assert!(matches!(
+                rig.engine.copy_sg(&[e, e], &[f], OpFlags::SUBMIT),
+                Err(DmaError::SgLengthMismatch { src: 8, dst: 4 })
+            ));
+        }
+        assert_eq!(rig.engine.in_flight(), 0);
+        assert_eq!(rig.engine.stats(), Stats::default());
+    });
+}
+
+#[test]
+fn ring_full_then_capacity_comes_back() {
+    for_each_kind(ChannelConfig::new(8), |rig, kind| {
+        let mut src = Buf::pattern(64, 1);
+        let mut dst = Buf::filled(9 * 64, 0);
+        assert_eq!(rig.engine.burst_capacity(), 8);
+        for i in 0..8u16 {
+            // SAFETY: the buffers outlive the jobs, reported below; `dst` is untouched until then.
+            let idx = unsafe {
+                rig.engine
+                    .copy(src.at(0), dst.at(usize::from(i) * 64), 64, OpFlags::NONE)
+            };
+            assert_eq!(idx.unwrap(), i);
+            assert_eq!(rig.engine.burst_capacity(), 7 - i);
+        }
+        // SAFETY: rejected: nothing is enqueued.
+        let full = unsafe { rig.engine.copy(src.at(0), dst.at(512), 64, OpFlags::SUBMIT) };
+        assert!(matches!(full, Err(DmaError::RingFull)), "{kind:?}");
+        assert_eq!(rig.engine.in_flight(), 8);
+        // Nothing was submitted: nothing can complete.
+        rig.pump();
+        assert_eq!(rig.engine.completed(8).count, 0);
+        rig.engine.submit().unwrap();
+        assert_eq!(rig.wait_ok(8), 7);
+        assert_eq!(
+            (rig.engine.burst_capacity(), rig.engine.in_flight()),
+            (8, 0)
+        );
+        let s = rig.engine.stats();
+        assert_eq!((s.submitted, s.completed, s.errors), (8, 8, 0));
+        assert!(dst.0[..512].chunks(64).all(|c| c == &src.0[..]));
+    });
+}
+
+#[test]
+fn index_wraps_past_65535() {
+    const JOBS: usize = 70_000;
+    const BATCH: usize = 50;
+    for_each_kind(ChannelConfig::new(64), |rig, kind| {
+        let mut src = Buf::pattern(256, 9);
+        let mut dst = Buf::filled(BATCH * 8, 0);
+        let mut next: u16 = 0;
+        let mut done = 0;
+        while done < JOBS {
+            let n = BATCH.min(JOBS - done);
+            for k in 0..n {
+                let flags = if k + 1 == n {
+                    OpFlags::SUBMIT
+                } else {
+                    OpFlags::NONE
+                };
+                let from = (done + k) % 248;
+                // SAFETY: the buffers outlive the jobs, all reported by `wait_ok` before the
+                // next batch reuses `dst`.
+                let idx = unsafe { rig.engine.copy(src.at(from), dst.at(k * 8), 8, flags) };
+                assert_eq!(idx.unwrap(), next, "{kind:?}");
+                next = next.wrapping_add(1);
+            }
+            assert_eq!(rig.wait_ok(n), next.wrapping_sub(1));
+            let k = done % n;
+            let from = (done + k) % 248;
+            assert_eq!(dst.0[k * 8..k * 8 + 8], src.0[from..from + 8]);
+            done += n;
+        }
+        assert_eq!(next, (JOBS % 65536) as u16);
+        let s = rig.engine.stats();
+        assert_eq!((s.submitted, s.completed), (JOBS as u64, JOBS as u64));
+    });
+}
+
+#[test]
+fn fence_orders_dependent_copies() {
+    // A: X -> Y; B (fenced): Y -> Z; C (fenced): Z -> W. W must equal X.
+    for_each_kind(ChannelConfig::new(16), |rig, kind| {
+        let len = 40_000;
+        let mut x = Buf::pattern(len, 77);
+        let mut y = Buf::filled(len, 0);
+        let mut z = Buf::filled(len, 0);
+        let mut w = Buf::filled(len, 0);
+        // SAFETY: all buffers outlive the jobs (reported by `wait_ok`); Y and Z are each read by
+        // a job only after the job writing them, thanks to the fences.
+        unsafe {
+            rig.engine
+                .copy(x.at(0), y.at(0), len as u32, OpFlags::NONE)
+                .unwrap();
+            rig.engine
+                .copy(y.at(0), z.at(0), len as u32, OpFlags::FENCE)
+                .unwrap();
+            let sg = [
+                Sge::new(z.at(0), 1000),
+                Sge::new(z.at(1000), len as u32 - 1000),
+            ];
+            let to = [Sge::new(w.at(0), len as u32)];
+            rig.engine
+                .copy_sg(&sg, &to, OpFlags::FENCE | OpFlags::SUBMIT)
+                .unwrap();
+        }
+        assert_eq!(rig.wait_ok(3), 2);
+        assert!(w.0 == x.0, "{kind:?}");
+    });
+}
+
+#[test]
+fn failed_job_is_reported_then_later_jobs() {
+    let ch = ChannelConfig {
+        fail: FailPolicy::Index {
+            idx: 5,
+            status: Status::BusReadError,
+        },
+        ..ChannelConfig::new(16)
+    };
+    for_each_kind(ch, |rig, kind| {
+        let mut src = Buf::pattern(10 * 512, 3);
+        let mut dst = Buf::filled(10 * 512, 0xee);
+        for i in 0..10 {
+            // SAFETY: the buffers outlive the jobs, all reported below.
+            unsafe {
+                rig.engine
+                    .copy(src.at(i * 512), dst.at(i * 512), 512, OpFlags::SUBMIT)
+            }
+            .unwrap();
+        }
+        // `completed` stops before the failed job, and keeps stopping there.
+        let start = Instant::now();
+        let mut ok = 0;
+        loop {
+            let c = rig.engine.completed(16);
+            ok += c.count;
+            if c.has_error {
+                assert_eq!(c.last_idx, 4, "{kind:?}");
+                break;
+            }
+            assert!(start.elapsed() < DEADLINE);
+            rig.pump();
+        }
+        assert_eq!(ok, 5);
+        for _ in 0..3 {
+            rig.pump();
+            let again = rig.engine.completed(16);
+            assert_eq!((again.count, again.last_idx, again.has_error), (0, 4, true));
+        }
+        // `completed_status` reports it, then the later jobs.
+        let st = rig.wait_status(5);
+        assert_eq!(st[0], Status::BusReadError, "{kind:?}");
+        assert!(st[1..].iter().all(|s| s.is_ok()), "{kind:?}: {st:?}");
+        assert_eq!(
+            rig.engine.completed(16),
+            Completed {
+                count: 0,
+                last_idx: 9,
+                has_error: false
+            }
+        );
+        let s = rig.engine.stats();
+        assert_eq!((s.submitted, s.completed, s.errors), (10, 10, 1));
+        for i in 0..10 {
+            let d = &dst.0[i * 512..(i + 1) * 512];
+            if i == 5 {
+                assert!(d.iter().all(|&b| b == 0xee), "a failed job copies nothing");
+            } else {
+                assert!(d == &src.0[i * 512..(i + 1) * 512]);
+            }
+        }
+    });
+}
+
+#[test]
+fn every_nth_failure_nothing_lost_or_duplicated() {
+    let ch = ChannelConfig {
+        fail: FailPolicy::EveryNth {
+            n: std::num::NonZeroU32::new(3).unwrap(),
+            status: Status::PageFault,
+        },
+        ..ChannelConfig::new(32)
+    };
+    for_each_kind(ch, |rig, kind| {
+        let mut src = Buf::pattern(30 * 100, 4);
+        let mut dst = Buf::filled(30 * 100, 0);
+        for i in 0..30 {
+            let flags = if i % 7 == 6 {
+                OpFlags::SUBMIT
+            } else {
+                OpFlags::NONE
+            };
+            // SAFETY: the buffers outlive the jobs, all reported below.
+            unsafe {
+                rig.engine
+                    .copy(src.at(i * 100), dst.at(i * 100), 100, flags)
+            }
+            .unwrap();
+        }
+        rig.engine.submit().unwrap();
+        let mut reported: Vec<(u16, bool)> = Vec::new();
+        let start = Instant::now();
+        while reported.len() < 30 {
+            let before = reported.len();
+            let c = rig.engine.completed(4);
+            let first = c.last_idx.wrapping_sub(c.count).wrapping_add(1);
+            reported.extend((0..c.count).map(|k| (first.wrapping_add(k), true)));
+            if c.has_error {
+                let mut st = [Status::Successful; 1];
+                let e = rig.engine.completed_status(1, &mut st);
+                assert_eq!((e.count, st[0], e.has_error), (1, Status::PageFault, true));
+                reported.push((e.last_idx, false));
+            }
+            if reported.len() == before {
+                assert!(start.elapsed() < DEADLINE);
+                rig.pump();
+            }
+        }
+        for (k, &(idx, ok)) in reported.iter().enumerate() {
+            assert_eq!(usize::from(idx), k, "{kind:?}: in order, once each");
+            assert_eq!(ok, k % 3 != 2, "{kind:?}: job {k}");
+            let (d, s) = (
+                &dst.0[k * 100..k * 100 + 100],
+                &src.0[k * 100..k * 100 + 100],
+            );
+            assert_eq!(ok, d == s);
+        }
+        assert_eq!(rig.engine.stats().errors, 10);
+    });
+}
+
+#[test]
+fn zero_length_jobs_complete() {
+    for_each_kind(ChannelConfig::new(4), |rig, _| {
+        let mut b = Buf::filled(8, 1);
+        // SAFETY: nothing is read or written by zero-length jobs; `b` outlives them anyway.
+        unsafe {
+            rig.engine.copy(b.at(0), b.at(4), 0, OpFlags::NONE).unwrap();
+            let e = [Sge::new(b.at(0), 0)];
+            rig.engine.copy_sg(&e, &e, OpFlags::SUBMIT).unwrap();
+        }
+        assert_eq!(rig.wait_ok(2), 1);
+        rig.engine.reset_stats();
+        assert_eq!(rig.engine.stats(), Stats::default());
+    });
+}
