@@ -390,7 +390,7 @@ impl GuestRegion {
     }
 
     /// Counts one more frontend reference; refused at `u32::MAX`.
-    pub fn add_frontend_ref(&self) -> Result<u32, MemoryError> {
+    pub(crate) fn add_frontend_ref(&self) -> Result<u32, MemoryError> {
         let n = self.frontend_refs();
         let n = n
             .checked_add(1)

@@ -288,13 +288,8 @@ impl GuestMemory {
     /// (REM_MEM_REG; the mmap offset is ignored). Returns the removed region too; it stays mapped
     /// until the last table holding it (e.g. `self`) and the returned `Arc` are dropped.
     pub fn with_removed(&self, desc: &RegionDesc) -> Result<(Self, Arc<GuestRegion>), MemoryError> {
-        let regions = &self.table.regions;
-        let Some(pos) = regions.iter().position(|r| r.desc().same_region(desc)) else {
-            return Err(MemoryError::NotFound(*desc));
-        };
-        let mut v: Vec<Arc<GuestRegion>> = regions.to_vec();
-        let removed = v.remove(pos);
-        Ok((Self::from_shared(v, self.table.limits)?, removed))
+        let pos = self.position(desc)?;
+        self.without(pos)
     }
 
     /// REM_MEM_REG: drops one frontend reference of the region matching `desc` (as
@@ -303,20 +298,37 @@ impl GuestMemory {
     /// ([`Released::Removed`], whose region stays mapped while any table or the returned `Arc`
     /// holds it).
     pub fn with_released(&self, desc: &RegionDesc) -> Result<Released, MemoryError> {
-        let region = self.find_region(desc).ok_or(MemoryError::NotFound(*desc))?;
-        if region.frontend_refs() > 1 {
+        let pos = self.position(desc)?;
+        let held = &self.table.regions[pos];
+        if held.frontend_refs() > 1 {
             return Ok(Released::StillHeld {
-                refs: region.drop_frontend_ref(),
+                refs: held.drop_frontend_ref(),
             });
         }
-        let (table, region) = self.with_removed(desc)?;
+        let (table, region) = self.without(pos)?;
         region.drop_frontend_ref();
         Ok(Released::Removed { table, region })
     }
 
+    /// Where the region matching `desc` by guest address, user address and size is.
+    fn position(&self, desc: &RegionDesc) -> Result<usize, MemoryError> {
+        self.table
+            .regions
+            .iter()
+            .position(|r| r.desc().same_region(desc))
+            .ok_or(MemoryError::NotFound(*desc))
+    }
+
+    /// A new table without the region at `pos`, and that region.
+    fn without(&self, pos: usize) -> Result<(Self, Arc<GuestRegion>), MemoryError> {
+        let mut v: Vec<Arc<GuestRegion>> = self.table.regions.to_vec();
+        let removed = v.remove(pos);
+        Ok((Self::from_shared(v, self.table.limits)?, removed))
+    }
+
     /// Sets every region back to one frontend reference (a SET_MEM_TABLE naming the regions
     /// this table already holds).
-    pub fn reset_frontend_refs(&self) {
+    pub(crate) fn reset_frontend_refs(&self) {
         self.table
             .regions
             .iter()
@@ -350,10 +362,8 @@ impl GuestMemory {
 
     /// The region matching `desc` by guest address, user address and size.
     pub fn find_region(&self, desc: &RegionDesc) -> Option<&Arc<GuestRegion>> {
-        self.table
-            .regions
-            .iter()
-            .find(|r| r.desc().same_region(desc))
+        let pos = self.position(desc).ok()?;
+        Some(&self.table.regions[pos])
     }
 
     /// The region containing `gpa`.

@@ -348,14 +348,14 @@ fn rem_mem_reg(
 ) -> Result<Outcome, HandlerError> {
     require_protocol(dev, FrontendReq::RemMemReg, pf::CONFIGURE_MEM_SLOTS)?;
     let reg: SingleMemRegion = parse(msg)?;
+    let desc = desc_of(&reg.region);
     // A stray fd is closed unused (spec), by dropping the message's fds.
     msg.fds.clear();
-    match dev.mem.with_released(&desc_of(&reg.region)) {
+    match dev.mem.with_released(&desc) {
         Ok(Released::StillHeld { refs }) => {
             log::debug!(
-                "{}: REM_MEM_REG {}: still held, {refs} references left",
-                dev.dev.id(),
-                desc_of(&reg.region)
+                "{}: REM_MEM_REG {desc}: still held, {refs} references left",
+                dev.dev.id()
             );
         }
         Ok(Released::Removed { table, .. }) => dev.set_memory(table),
