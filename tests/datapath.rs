@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Bed;
+use common::pkt::{mbuf_of, packet_bytes, payload};
 use rvhost::driver::Flags;
 use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
 use rvhost::frontend::{FrontendOptions, TxLayout};
@@ -25,37 +26,6 @@ fn bed(features: u64, layout: TxLayout, flags: Flags) -> Bed {
         ..FrontendOptions::default()
     };
     Bed::new("dp", flags, opts, "dp-test", 4096, 64)
-}
-
-fn payload(len: usize, seed: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 + seed * 13) as u8).collect()
-}
-
-fn packet_bytes(m: &Mbuf) -> Vec<u8> {
-    m.segments().flat_map(|s| s.data().to_vec()).collect()
-}
-
-fn mbuf_of(cache: &mut PktCache, bytes: &[u8]) -> Mbuf {
-    let mut head = cache.alloc().unwrap();
-    let mut rest = bytes;
-    let mut first = true;
-    while first || !rest.is_empty() {
-        let mut m = if first {
-            None
-        } else {
-            Some(cache.alloc().unwrap())
-        };
-        let target = m.as_mut().unwrap_or(&mut head);
-        let n = rest.len().min(target.tailroom());
-        target.append(n).unwrap();
-        target.data_mut().unwrap().copy_from_slice(&rest[..n]);
-        rest = &rest[n..];
-        if let Some(m) = m {
-            head.chain(m).unwrap();
-        }
-        first = false;
-    }
-    head
 }
 
 const CASES: [(u64, TxLayout); 4] = [

@@ -8,10 +8,10 @@
 mod common;
 
 use common::Bed;
+use common::pkt::packet_bytes;
 use rvhost::driver::Flags;
 use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF};
 use rvhost::frontend::FrontendOptions;
-use rvhost::mbuf::Mbuf;
 use rvhost::net::{QueuePair, enqueue_burst};
 
 const Q0: QueuePair = QueuePair(0);
@@ -33,10 +33,6 @@ fn bed(regions: usize, gap: u64) -> Bed {
         ..FrontendOptions::default()
     };
     Bed::new("dph", Flags::empty(), opts, "dph", 1024, 32)
-}
-
-fn bytes(m: &Mbuf) -> Vec<u8> {
-    m.segments().flat_map(|s| s.data().to_vec()).collect()
 }
 
 /// Runs a malformed transmit chain at head 0 and checks it is dropped, returned, counted.
@@ -144,7 +140,7 @@ fn buffer_across_two_regions_is_delivered_intact() {
     b.avail(1, &[0]);
     let got = b.dequeue(&mut cache);
     assert_eq!(got.len(), 1);
-    assert_eq!(bytes(&got[0]), &pkt[12..]);
+    assert_eq!(packet_bytes(&got[0]), &pkt[12..]);
     cache.free_bulk(got);
 }
 
@@ -164,7 +160,7 @@ fn header_split_across_descriptors_is_delivered_intact() {
     b.avail(1, &[0]);
     let got = b.dequeue(&mut cache);
     assert_eq!(got.len(), 1);
-    assert_eq!(bytes(&got[0]), data);
+    assert_eq!(packet_bytes(&got[0]), data);
     cache.free_bulk(got);
 }
 

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::Bed;
+use common::pkt::mbuf_of;
 use rvhost::driver::Flags;
 use rvhost::frontend::FrontendOptions;
-use rvhost::mbuf::{Mbuf, PktCache};
 use rvhost::net::{QueueIdError, QueuePair, RxQueueId, TxQueueId, dequeue_burst, enqueue_burst};
 use rvhost::ratelimit::LogLimiter;
 use rvhost::virtq::stats::VringStats;
@@ -64,13 +64,6 @@ fn bed() -> Bed {
     Bed::new("dpstats", Flags::empty(), opts, "dpstats", 1024, 32)
 }
 
-fn mbuf(cache: &mut PktCache, len: usize) -> Mbuf {
-    let mut m = cache.alloc().unwrap();
-    m.append(len).unwrap();
-    m.data_mut().unwrap().fill(0x42);
-    m
-}
-
 #[test]
 fn a_raw_vring_index_of_the_wrong_kind_is_refused() {
     // The typed ids make a swapped pair a compile error (see rvhost::net::queue_id); a raw
@@ -90,7 +83,7 @@ fn a_queue_the_device_lacks_or_has_not_set_up_touches_nothing() {
     assert!(posted > 0);
     assert_eq!(b.fe.tx(0).unwrap().send(&[&[1u8; 60], &[2u8; 60]]), 2);
     let rings_before = (b.used(0, 0).0, b.used(1, 0).0);
-    let pkts = vec![mbuf(&mut cache, 60)];
+    let pkts = vec![mbuf_of(&mut cache, &[0x42; 60])];
 
     // A queue pair beyond the device's vrings: 0, counted on the device.
     let beyond = QueuePair(u16::try_from(b.dev.max_vrings() / 2).unwrap());

@@ -10,12 +10,13 @@ mod common;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use common::pkt::{mbuf_of, packet_bytes, payload};
 use common::{Bed, eventually};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::stat::fstat;
 use rvhost::driver::Flags;
 use rvhost::frontend::{FrontendOptions, MemTableMode};
-use rvhost::mbuf::{Mbuf, PktCache};
+use rvhost::mbuf::Mbuf;
 use rvhost::net::{QueuePair, dequeue_burst, enqueue_burst};
 
 const Q0: QueuePair = QueuePair(0);
@@ -72,17 +73,6 @@ fn status(b: &mut Bed, req: R, region: MemoryRegion, fd: Option<BorrowedFd<'_>>)
     u64::parse(&p).unwrap()
 }
 
-fn payload(len: usize, seed: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 11 + seed * 7) as u8).collect()
-}
-
-fn mbuf_of(cache: &mut PktCache, bytes: &[u8]) -> Mbuf {
-    let mut m = cache.alloc().unwrap();
-    m.append(bytes.len()).unwrap();
-    m.data_mut().unwrap().copy_from_slice(bytes);
-    m
-}
-
 /// Packets both ways, every byte checked: the guest sends 64 packets, the host answers 64.
 fn traffic_passes(b: &mut Bed, round: usize) {
     let mut cache = b.pool.cache();
@@ -96,8 +86,7 @@ fn traffic_passes(b: &mut Bed, round: usize) {
     }
     assert_eq!(got.len(), sent.len(), "round {round}: guest to host");
     for (m, want) in got.iter().zip(&sent) {
-        let bytes: Vec<u8> = m.segments().flat_map(|s| s.data().to_vec()).collect();
-        assert_eq!(&bytes, want, "round {round}: guest to host");
+        assert_eq!(&packet_bytes(m), want, "round {round}: guest to host");
     }
     cache.free_bulk(got);
 
