@@ -410,15 +410,9 @@ fn bad_configurations_are_refused() {
     assert!(format!("{device:?} {:?}", engines[0]).contains("ring_size: 1024"));
 }
 
-/// Not a benchmark (debug build, shared cores): a rough figure printed for the record.
-#[test]
-fn large_copy_throughput_print() {
-    const MIB: usize = 1 << 20;
-    const JOBS: usize = 16;
-    let mut src = Buf::pattern(4 * MIB, 11);
-    // Filled with a non-zero byte, so its pages are touched before any timing starts.
-    let mut dst = Buf::filled(JOBS * MIB, 0xee);
-    let kinds = [
+/// The engines the printing tests below measure, by name.
+fn printed_kinds() -> [(&'static str, crate::tests::Kind); 3] {
+    [
         ("cpu", crate::tests::Kind::Cpu),
         (
             "soft, own thread",
@@ -428,7 +422,18 @@ fn large_copy_throughput_print() {
             "soft, polled",
             crate::tests::Kind::Polled(SoftConfig::default()),
         ),
-    ];
+    ]
+}
+
+/// Not a benchmark (debug build, shared cores): a rough figure printed for the record.
+#[test]
+fn large_copy_throughput_print() {
+    const MIB: usize = 1 << 20;
+    const JOBS: usize = 16;
+    let mut src = Buf::pattern(4 * MIB, 11);
+    // Filled with a non-zero byte, so its pages are touched before any timing starts.
+    let mut dst = Buf::filled(JOBS * MIB, 0xee);
+    let kinds = printed_kinds();
     // Twice each, the first round to warm up.
     for (name, kind) in kinds.iter().chain(&kinds) {
         let mut rig = Rig::new(kind, ChannelConfig::new(64));
@@ -463,17 +468,7 @@ fn small_job_rate_print() {
     const BURSTS: usize = 1024;
     let mut src = Buf::pattern(64 * 32, 12);
     let mut dst = Buf::filled(64 * 32, 0);
-    let kinds = [
-        ("cpu", crate::tests::Kind::Cpu),
-        (
-            "soft, own thread",
-            crate::tests::Kind::Threaded(SoftConfig::default()),
-        ),
-        (
-            "soft, polled",
-            crate::tests::Kind::Polled(SoftConfig::default()),
-        ),
-    ];
+    let kinds = printed_kinds();
     for (name, kind) in &kinds {
         let mut rig = Rig::new(kind, ChannelConfig::new(64));
         let start = Instant::now();
