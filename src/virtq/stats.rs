@@ -34,37 +34,42 @@ pub struct VringStats {
 }
 
 impl VringStats {
-    /// How many values [`values`](Self::values) gives.
-    pub const LEN: usize = QueueStats::LEN + 4;
-
-    /// Value names, in the order [`values`](Self::values) gives them (DPDK's
-    /// `rte_vhost_vring_stats_get_names`): [`QueueStats::NAMES`], then `lock_busy`, `broken`,
-    /// `ready`, `enabled`.
-    pub const NAMES: [&'static str; Self::LEN] = {
-        let mut names = [""; Self::LEN];
-        let mut i = 0;
-        while i < QueueStats::LEN {
-            names[i] = QueueStats::NAMES[i];
-            i += 1;
-        }
-        names[QueueStats::LEN] = "lock_busy";
-        names[QueueStats::LEN + 1] = "broken";
-        names[QueueStats::LEN + 2] = "ready";
-        names[QueueStats::LEN + 3] = "enabled";
-        names
-    };
+    /// Counter names, in the order [`values`](Self::values) gives them (DPDK's
+    /// `rte_vhost_vring_stats_get_names`).
+    pub const NAMES: [&'static str; 13] = [
+        "packets",
+        "bytes",
+        "bad_chains",
+        "too_large",
+        "alloc_failures",
+        "interrupts",
+        "not_ready",
+        "broken_bursts",
+        "breaks",
+        "lock_busy",
+        "broken",
+        "ready",
+        "enabled",
+    ];
 
     /// The values, flags as 0 or 1, in the order of [`NAMES`](Self::NAMES).
-    pub fn values(&self) -> [u64; Self::LEN] {
-        let mut v = [0; Self::LEN];
-        v[..QueueStats::LEN].copy_from_slice(&self.queue.to_array());
-        v[QueueStats::LEN..].copy_from_slice(&[
+    pub fn values(&self) -> [u64; 13] {
+        let q = &self.queue;
+        [
+            q.packets,
+            q.bytes,
+            q.bad_chains,
+            q.too_large,
+            q.alloc_failures,
+            q.interrupts,
+            q.not_ready,
+            q.broken_bursts,
+            q.breaks,
             self.lock_busy,
             u64::from(self.broken),
             u64::from(self.ready),
             u64::from(self.enabled),
-        ]);
-        v
+        ]
     }
 
     /// `(name, value)` pairs.
@@ -76,8 +81,15 @@ impl VringStats {
 /// The published copy of a vring's counters (see the module docs).
 #[derive(Debug, Default)]
 pub struct Published {
-    /// [`QueueStats::to_array`] of the vring as of the last unlock.
-    counters: [AtomicU64; QueueStats::LEN],
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    bad_chains: AtomicU64,
+    too_large: AtomicU64,
+    alloc_failures: AtomicU64,
+    interrupts: AtomicU64,
+    not_ready: AtomicU64,
+    broken_bursts: AtomicU64,
+    breaks: AtomicU64,
     /// Counted at the failed try-lock itself (there is no vring to count it in).
     lock_busy: AtomicU64,
     broken: AtomicBool,
@@ -90,10 +102,17 @@ impl Published {
     /// is one writer at a time. `Relaxed`: readers want each value, not an order between them.
     #[inline]
     pub(crate) fn publish(&self, vq: &Vring) {
+        let s = &vq.stats;
         let r = Ordering::Relaxed;
-        for (to, v) in self.counters.iter().zip(vq.stats.to_array()) {
-            to.store(v, r);
-        }
+        self.packets.store(s.packets, r);
+        self.bytes.store(s.bytes, r);
+        self.bad_chains.store(s.bad_chains, r);
+        self.too_large.store(s.too_large, r);
+        self.alloc_failures.store(s.alloc_failures, r);
+        self.interrupts.store(s.interrupts, r);
+        self.not_ready.store(s.not_ready, r);
+        self.broken_bursts.store(s.broken_bursts, r);
+        self.breaks.store(s.breaks, r);
         self.broken.store(vq.broken, r);
         self.ready.store(vq.is_ready(), r);
         self.enabled.store(vq.enabled, r);
@@ -109,7 +128,17 @@ impl Published {
     pub fn get(&self) -> VringStats {
         let r = Ordering::Relaxed;
         VringStats {
-            queue: QueueStats::from_array(std::array::from_fn(|i| self.counters[i].load(r))),
+            queue: QueueStats {
+                packets: self.packets.load(r),
+                bytes: self.bytes.load(r),
+                bad_chains: self.bad_chains.load(r),
+                too_large: self.too_large.load(r),
+                alloc_failures: self.alloc_failures.load(r),
+                interrupts: self.interrupts.load(r),
+                not_ready: self.not_ready.load(r),
+                broken_bursts: self.broken_bursts.load(r),
+                breaks: self.breaks.load(r),
+            },
             lock_busy: self.lock_busy.load(r),
             broken: self.broken.load(r),
             ready: self.ready.load(r),
@@ -125,106 +154,17 @@ impl Published {
 }
 
 impl QueueStats {
-    /// How many counters there are.
-    pub const LEN: usize = 9;
-
-    /// The counters' names, in the order of [`to_array`](Self::to_array).
-    pub const NAMES: [&'static str; Self::LEN] = [
-        "packets",
-        "bytes",
-        "bad_chains",
-        "too_large",
-        "alloc_failures",
-        "interrupts",
-        "not_ready",
-        "broken_bursts",
-        "breaks",
-    ];
-
-    /// The counters in the order of [`NAMES`](Self::NAMES).
-    #[inline]
-    pub fn to_array(&self) -> [u64; Self::LEN] {
-        [
-            self.packets,
-            self.bytes,
-            self.bad_chains,
-            self.too_large,
-            self.alloc_failures,
-            self.interrupts,
-            self.not_ready,
-            self.broken_bursts,
-            self.breaks,
-        ]
-    }
-
-    /// The inverse of [`to_array`](Self::to_array).
-    #[inline]
-    pub fn from_array(a: [u64; Self::LEN]) -> QueueStats {
-        let [
-            packets,
-            bytes,
-            bad_chains,
-            too_large,
-            alloc_failures,
-            interrupts,
-            not_ready,
-            broken_bursts,
-            breaks,
-        ] = a;
-        QueueStats {
-            packets,
-            bytes,
-            bad_chains,
-            too_large,
-            alloc_failures,
-            interrupts,
-            not_ready,
-            broken_bursts,
-            breaks,
-        }
-    }
-
     /// Adds `o` to `self` (a burst's counters to the queue's).
     #[inline]
     pub fn add(&mut self, o: &QueueStats) {
-        let (mut a, b) = (self.to_array(), o.to_array());
-        for (x, y) in a.iter_mut().zip(b) {
-            *x += y;
-        }
-        *self = QueueStats::from_array(a);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn arrays_round_trip_and_names_line_up() {
-        let s = QueueStats::from_array(std::array::from_fn(|i| i as u64 + 1));
-        assert_eq!((s.packets, s.bad_chains, s.breaks), (1, 3, 9));
-        assert_eq!(QueueStats::from_array(s.to_array()), s);
-        let mut t = s;
-        t.add(&s);
-        assert_eq!(t.to_array(), std::array::from_fn(|i| 2 * (i as u64 + 1)));
-        let v = VringStats {
-            queue: s,
-            lock_busy: 10,
-            broken: true,
-            ready: false,
-            enabled: true,
-        };
-        let named: Vec<_> = v.iter().collect();
-        assert_eq!(named[0], ("packets", 1));
-        assert_eq!(named[8], ("breaks", 9));
-        assert_eq!(
-            &named[9..],
-            [
-                ("lock_busy", 10),
-                ("broken", 1),
-                ("ready", 0),
-                ("enabled", 1)
-            ]
-        );
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.bad_chains += o.bad_chains;
+        self.too_large += o.too_large;
+        self.alloc_failures += o.alloc_failures;
+        self.interrupts += o.interrupts;
+        self.not_ready += o.not_ready;
+        self.broken_bursts += o.broken_bursts;
+        self.breaks += o.breaks;
     }
 }
