@@ -68,7 +68,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::driver::{Device, DeviceId, DeviceOps};
+use crate::driver::{Device, DeviceId, DeviceOps, Refused};
 use crossbeam_utils::CachePadded;
 
 /// The ack of an lcore that is not polling.
@@ -85,6 +85,28 @@ struct Slot {
     since: Option<Instant>,
     /// Time the port had a running device, closed intervals only.
     active: Duration,
+}
+
+/// Why [`DeviceTable::attach`] refused a device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PortError {
+    /// The port number is not below the table's number of ports.
+    #[error("port {port} does not exist (the table has {ports} ports)")]
+    NoSuchPort {
+        /// The port asked for.
+        port: usize,
+        /// The table's number of ports.
+        ports: usize,
+    },
+    /// Another device runs on the port (a second frontend on the same server socket).
+    #[error("port {port} is in use by {by}")]
+    InUse {
+        /// The port asked for.
+        port: usize,
+        /// The device that has it.
+        by: DeviceId,
+    },
 }
 
 /// The port → device map shared by the callbacks and the lcores. See the module docs.
@@ -112,13 +134,19 @@ impl DeviceTable {
     }
 
     /// `new_device`: gives `port` the device. Refused if the port has another running device
-    /// (a second frontend on the same server socket).
-    pub fn attach(&self, port: usize, dev: &Device) -> Result<(), String> {
+    /// (a second frontend on the same server socket) or does not exist.
+    pub fn attach(&self, port: usize, dev: &Device) -> Result<(), PortError> {
         let mut slots = self.lock();
-        let slot = &mut slots[port];
+        let ports = slots.len();
+        let slot = slots
+            .get_mut(port)
+            .ok_or(PortError::NoSuchPort { port, ports })?;
         if let Some(other) = &slot.dev {
             if other.id() != dev.id() {
-                return Err(format!("port {port} is in use by {}", other.id()));
+                return Err(PortError::InUse {
+                    port,
+                    by: other.id(),
+                });
             }
         }
         slot.dev = Some(dev.clone());
@@ -132,7 +160,9 @@ impl DeviceTable {
     pub fn detach(&self, port: usize, id: DeviceId) {
         let epoch = {
             let mut slots = self.lock();
-            let slot = &mut slots[port];
+            let Some(slot) = slots.get_mut(port) else {
+                return; // never attached: attach refuses ports out of range
+            };
             if slot.dev.as_ref().map(Device::id) != Some(id) {
                 return;
             }
@@ -153,15 +183,21 @@ impl DeviceTable {
         }
     }
 
-    /// How long `port` has had a running device, the current run included.
+    /// How long `port` has had a running device, the current run included (zero for a port
+    /// out of range).
     pub fn active_time(&self, port: usize) -> Duration {
         let slots = self.lock();
-        let s = &slots[port];
-        s.active + s.since.map_or(Duration::ZERO, |t| t.elapsed())
+        slots.get(port).map_or(Duration::ZERO, |s| {
+            s.active + s.since.map_or(Duration::ZERO, |t| t.elapsed())
+        })
     }
 
     /// The reader of lcore `lcore` (to be made on that lcore, before its loop). It counts as
     /// polling until it is dropped.
+    ///
+    /// # Panics
+    ///
+    /// If `lcore` is not below the `lcores` the table was made for.
     pub fn reader(self: &Arc<Self>, lcore: usize) -> Reader {
         // SeqCst: ordered before the first load of the epoch in `refresh`.
         self.acks[lcore].store(0, Ordering::SeqCst);
@@ -248,8 +284,8 @@ pub struct PortOps {
 }
 
 impl DeviceOps for PortOps {
-    fn new_device(&self, dev: &Device) -> Result<(), String> {
-        self.table.attach(self.port, dev)?;
+    fn new_device(&self, dev: &Device) -> Result<(), Refused> {
+        self.table.attach(self.port, dev).map_err(Refused::new)?;
         log::info!(
             "port {}: {} is running (features {:#x})",
             self.port,

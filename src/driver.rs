@@ -113,14 +113,64 @@ pub enum DriverError {
     FromCallback(&'static str),
 }
 
+/// Why [`DeviceOps::new_device`] refused a device: a reason, and the error behind it if
+/// there is one. The driver logs it and leaves the device not running.
+///
+/// ```
+/// use rvhost::driver::Refused;
+/// let r = Refused::new("no free port");
+/// assert_eq!(r.to_string(), "no free port");
+/// let io = std::io::Error::other("pool exhausted");
+/// let r = Refused::new(io);
+/// assert_eq!(r.to_string(), "pool exhausted");
+/// ```
+#[derive(Debug)]
+pub struct Refused(Box<dyn std::error::Error + Send + Sync>);
+
+impl Refused {
+    /// A refusal for `reason`: a message (`&str`, `String`) or any error.
+    pub fn new(reason: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Refused {
+        Refused(reason.into())
+    }
+
+    /// The reason given.
+    pub fn reason(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl From<&str> for Refused {
+    fn from(reason: &str) -> Refused {
+        Refused::new(reason)
+    }
+}
+
+impl From<String> for Refused {
+    fn from(reason: String) -> Refused {
+        Refused::new(reason)
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Refused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 /// Callbacks of a registered socket (DPDK's `rte_vhost_device_ops`). All run on the control
 /// thread; keep them short.
 pub trait DeviceOps: Send + Sync {
     /// The device's first queue pair is ready: addresses, kick/call fds, enabled (and
     /// DRIVER_OK if STATUS was negotiated). The data plane may use `dev`'s queues from now
     /// until [`destroy_device`](Self::destroy_device). Returning `Err` leaves the device not
-    /// running; it is offered again after the next change.
-    fn new_device(&self, dev: &Device) -> Result<(), String> {
+    /// running (the driver logs the reason); it is offered again after the next change.
+    fn new_device(&self, dev: &Device) -> Result<(), Refused> {
         let _ = dev;
         Ok(())
     }

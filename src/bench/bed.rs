@@ -79,7 +79,7 @@ impl Capture {
 }
 
 impl DeviceOps for Capture {
-    fn new_device(&self, dev: &Device) -> Result<(), String> {
+    fn new_device(&self, dev: &Device) -> Result<(), crate::driver::Refused> {
         *self.dev.lock().unwrap_or_else(|e| e.into_inner()) = Some(dev.clone());
         self.cv.notify_all();
         Ok(())

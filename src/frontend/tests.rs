@@ -98,7 +98,7 @@ impl Recorder {
 }
 
 impl DeviceOps for Recorder {
-    fn new_device(&self, dev: &Device) -> Result<(), String> {
+    fn new_device(&self, dev: &Device) -> Result<(), crate::driver::Refused> {
         self.push(Event::NewDevice(dev.id().0));
         Ok(())
     }

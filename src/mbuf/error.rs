@@ -23,6 +23,15 @@ pub enum PktPoolError {
         /// The largest data room.
         max: usize,
     },
+    /// [`PktPool::new`](super::PktPool::new) was given a region size: the pool sizes its
+    /// regions from the count and the data room.
+    #[error(
+        "the region config sets a size ({size} bytes); a pool sizes its regions itself, leave it 0"
+    )]
+    RegionSizeSet {
+        /// The size that was set.
+        size: usize,
+    },
     /// The underlying mempool could not be created.
     #[error("creating the packet mempool failed")]
     Mempool(#[from] MempoolError),

@@ -1,11 +1,14 @@
 //! Packet buffers (`rte_mbuf` semantics) on a hugepage [`Mempool`](rvhost_hugepages::mempool).
 //!
 //! ```
-//! use rvhost::mbuf::{DEFAULT_DATA_ROOM, OffloadFlags, PktPool};
-//! use rvhost_hugepages::region::{PageSize, RegionConfig};
+//! use rvhost::mbuf::{OffloadFlags, PageSize, PktPool, PktPoolConfig};
 //!
-//! let region = RegionConfig::default().with_page_size(PageSize::Small);
-//! let pool = PktPool::new("doc", 256, DEFAULT_DATA_ROOM, 32, region)?;
+//! // PktPool::with_defaults("doc", 256) in an application: hugepages when there are free
+//! // ones, else 4 KiB pages. This test asks for 4 KiB pages and small caches.
+//! let pool = PktPoolConfig::new("doc", 256)
+//!     .with_page_size(PageSize::Small)
+//!     .with_cache_size(32)
+//!     .create()?;
 //! let mut cache = pool.cache(); // one per worker
 //!
 //! let mut burst = Vec::with_capacity(32);
@@ -71,7 +74,10 @@ pub use error::{AllocError, AttachError, ChainError, MbufError, PktPoolError};
 pub use ext::ExtBuf;
 pub use hdr::{HDR_SIZE, Mbuf, PKTMBUF_HEADROOM, Segment, SegmentMut, Segments, SegmentsMut};
 pub use meta::{OffloadFlags, PORT_INVALID, PktMeta};
-pub use pool::{MAX_DATA_ROOM, PktAlloc, PktCache, PktPool};
+pub use pool::{MAX_DATA_ROOM, PktAlloc, PktCache, PktPool, PktPoolConfig};
+/// The memory settings of [`PktPoolConfig`], re-exported so an application needs no second
+/// crate to make a pool.
+pub use rvhost_hugepages::region::{Backing, IovaMode, PageSize, RegionConfig};
 
 use hdr::ChainBuilder;
 

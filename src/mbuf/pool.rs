@@ -4,8 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 
-use rvhost_hugepages::mempool::{GetError, Mempool, MempoolCache, MempoolConfig, ObjPtr};
-use rvhost_hugepages::region::{IovaMode, PageSize, RegionConfig};
+use rvhost_hugepages::mempool::{
+    DEFAULT_CACHE_SIZE, GetError, Mempool, MempoolCache, MempoolConfig, ObjPtr,
+};
+use rvhost_hugepages::region::{Backing, IovaMode, PageSize, RegionConfig};
 
 use super::error::{AllocError, PktPoolError};
 use super::hdr::{Freed, HDR_SIZE, Hdr, Mbuf};
@@ -48,11 +50,136 @@ impl Drop for PoolInner {
     }
 }
 
+/// How to make a [`PktPool`]: [`PktPoolConfig::new`] has the defaults an application wants
+/// (what [`PktPool::with_defaults`] uses), the `with_*` methods change one thing each.
+///
+/// | setting | default | change it when |
+/// |---|---|---|
+/// | data room | [`DEFAULT_DATA_ROOM`](super::DEFAULT_DATA_ROOM) (2048 + 128 headroom) | packets above ~2 KiB should not chain (jumbo frames), or a pool of bare headers for clones (0) |
+/// | cache size | 256 per worker cache | small pools (1.5 x cache must not exceed `count`) |
+/// | page size | 2 MiB hugepages if enough are free, else 4 KiB pages with one warning | you must have hugepages (`PageSize::Huge2M`: an error instead of the fallback) |
+/// | backing | a memfd (no mount needed) | you want the pages in a hugetlbfs mount ([`Backing::Hugetlbfs`]) |
+/// | IOVA mode | [`IovaMode::Va`] | a DMA device without an IOMMU reads the mbufs: [`IovaMode::Pa`] (needs root and hugepages) |
+/// | lock | off | the pool must not be swapped (`mlock`) |
+///
+/// The IOVA mode only matters to DMA engines: the CPU copies of the data path use virtual
+/// addresses. `Va` is right for the software engine, for engines behind an IOMMU (VFIO), and
+/// without root; `Pa` for a device doing DMA with physical addresses (no IOMMU).
+///
+/// ```
+/// use rvhost::mbuf::{PageSize, PktPoolConfig};
+/// let pool = PktPoolConfig::new("rx", 1024)
+///     .with_page_size(PageSize::Small) // this doc test must not need hugepages
+///     .create()?;
+/// assert_eq!(pool.count(), 1024);
+/// # Ok::<(), rvhost::mbuf::PktPoolError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PktPoolConfig {
+    /// The pool's name (in logs and `/proc/<pid>/maps`).
+    pub name: String,
+    /// How many mbufs.
+    pub count: usize,
+    /// Bytes of data room per mbuf, headroom included.
+    pub data_room: usize,
+    /// Mbufs per [`PktCache`] (0: caches pass through to the pool).
+    pub cache_size: usize,
+    /// `None`: hugepages when available, else 4 KiB pages. `Some`: exactly that size or an
+    /// error.
+    pub page_size: Option<PageSize>,
+    /// Where the memory comes from.
+    pub backing: Backing,
+    /// The addresses [`Mbuf::iova`] gives DMA engines.
+    pub iova_mode: IovaMode,
+    /// `mlock` the pool's memory.
+    pub lock: bool,
+}
+
+impl PktPoolConfig {
+    /// `count` mbufs of [`DEFAULT_DATA_ROOM`](super::DEFAULT_DATA_ROOM) bytes, caches of 256,
+    /// hugepages with the 4 KiB fallback, IOVA = VA, not locked.
+    pub fn new(name: &str, count: usize) -> PktPoolConfig {
+        PktPoolConfig {
+            name: name.to_string(),
+            count,
+            data_room: super::DEFAULT_DATA_ROOM,
+            cache_size: DEFAULT_CACHE_SIZE,
+            page_size: None,
+            backing: Backing::Memfd,
+            iova_mode: IovaMode::Va,
+            lock: false,
+        }
+    }
+
+    /// Sets the data room (headroom included).
+    pub fn with_data_room(mut self, data_room: usize) -> Self {
+        self.data_room = data_room;
+        self
+    }
+
+    /// Sets the per-worker cache size.
+    pub fn with_cache_size(mut self, cache_size: usize) -> Self {
+        self.cache_size = cache_size;
+        self
+    }
+
+    /// Requires exactly this page size.
+    pub fn with_page_size(mut self, page_size: PageSize) -> Self {
+        self.page_size = Some(page_size);
+        self
+    }
+
+    /// Sets where the memory comes from.
+    pub fn with_backing(mut self, backing: Backing) -> Self {
+        self.backing = backing;
+        self
+    }
+
+    /// Sets the IOVA mode.
+    pub fn with_iova_mode(mut self, iova_mode: IovaMode) -> Self {
+        self.iova_mode = iova_mode;
+        self
+    }
+
+    /// Locks the pool's memory in RAM.
+    pub fn with_lock(mut self, lock: bool) -> Self {
+        self.lock = lock;
+        self
+    }
+
+    /// Makes the pool.
+    pub fn create(&self) -> Result<PktPool, PktPoolError> {
+        let region = RegionConfig {
+            page_size: self.page_size,
+            backing: self.backing.clone(),
+            lock: self.lock,
+            iova_mode: Some(self.iova_mode),
+            ..RegionConfig::default()
+        };
+        PktPool::new(
+            &self.name,
+            self.count,
+            self.data_room,
+            self.cache_size,
+            region,
+        )
+    }
+}
+
 impl PktPool {
+    /// A pool of `count` mbufs with the defaults of [`PktPoolConfig::new`]: 2 KiB of data
+    /// room after 128 bytes of headroom, caches of 256, hugepages when there are enough free
+    /// (else 4 KiB pages and one warning saying how to reserve hugepages), IOVA = VA.
+    pub fn with_defaults(name: &str, count: usize) -> Result<PktPool, PktPoolError> {
+        PktPoolConfig::new(name, count).create()
+    }
+
     /// A pool of `count` mbufs, each with a data room of `data_room` bytes (headroom
     /// included: [`DEFAULT_DATA_ROOM`](super::DEFAULT_DATA_ROOM) is 2048 + 128), caches of
-    /// `cache_size` (see [`MempoolConfig::cache_size`]), in regions made as `region` says (its
-    /// `size` and `name` are set by the pool).
+    /// `cache_size` (see [`MempoolConfig::cache_size`]), in regions made as `region` says.
+    /// The low-level form of [`PktPoolConfig`]: the pool sizes its regions itself, so
+    /// `region.size` must be 0 (else [`PktPoolError::RegionSizeSet`]), and `region.name` is
+    /// replaced by `name`.
     ///
     /// A `data_room` of 0 makes a pool of bare headers, for clones.
     pub fn new(
@@ -72,6 +199,9 @@ impl PktPool {
                 data_room,
                 max: MAX_DATA_ROOM,
             })?;
+        if region.size != 0 {
+            return Err(PktPoolError::RegionSizeSet { size: region.size });
+        }
         let config = MempoolConfig::new(name, count, elt_size)
             .with_cache_size(cache_size)
             .with_region(region);

@@ -89,7 +89,7 @@ impl Recorder {
 }
 
 impl DeviceOps for Recorder {
-    fn new_device(&self, dev: &Device) -> Result<(), String> {
+    fn new_device(&self, dev: &Device) -> Result<(), rvhost::driver::Refused> {
         if self.refuse.load(Ordering::Relaxed) {
             return Err("refused by the test".into());
         }
