@@ -24,6 +24,8 @@ use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
+pub use crate::virtq::QueueStats;
+pub use crate::virtq::stats::VringStats;
 pub use device::{Device, DeviceId};
 
 use crate::features;

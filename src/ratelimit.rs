@@ -3,7 +3,7 @@
 //! A guest that posts malformed chains in a loop, or a frontend that repeats a refused
 //! request, must not fill the log: the first occurrence is logged, then at most one line per
 //! [`LogLimiter::PERIOD`], which says how many occurrences it stands for. Counters (e.g.
-//! [`VringStats`](crate::virtq::stats::VringStats)) carry every occurrence.
+//! [`VringStats`](crate::driver::VringStats)) carry every occurrence.
 //!
 //! ```
 //! use rvhost::ratelimit::LogLimiter;

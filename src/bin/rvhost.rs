@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[path = "rvhost/bench/mod.rs"]
+mod bench;
 #[path = "rvhost/fwd.rs"]
 mod fwd;
 
@@ -22,7 +24,7 @@ enum Command {
     Fwd(fwd::Args),
     /// Measure the data path in one process: the backend on one pinned core, the Rust
     /// frontend (acting as the guest) on another; g2h, h2g and loopback, per packet size.
-    Bench(rvhost::bench::BenchArgs),
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,9 +37,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.command {
         Command::Fwd(args) => fwd::run(args).map_err(Box::<dyn std::error::Error>::from),
-        Command::Bench(args) => {
-            rvhost::bench::run(&args).map_err(Box::<dyn std::error::Error>::from)
-        }
+        Command::Bench(args) => bench::run(&args).map_err(Box::<dyn std::error::Error>::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

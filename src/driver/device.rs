@@ -96,16 +96,18 @@ impl Device {
         self.shared.queues.len()
     }
 
-    /// Tries to lock vring `index` for one burst. `None` if the index is out of range
-    /// (counted in [`bad_queue_ids`](Self::bad_queue_ids)) or the control thread holds it
-    /// (counted in the vring's `lock_busy`); the caller skips the burst, it must never block.
-    #[inline]
-    pub fn try_lock_vring(&self, index: usize) -> Option<VringGuard<'_>> {
-        match self.shared.queues.get(index) {
-            Some(q) => q.try_lock(),
-            None => {
-                self.shared.bad_queue_ids.fetch_add(1, Ordering::Relaxed);
-                None
+    internal_pub! {
+        /// Tries to lock vring `index` for one burst. `None` if the index is out of range
+        /// (counted in [`bad_queue_ids`](Self::bad_queue_ids)) or the control thread holds it
+        /// (counted in the vring's `lock_busy`); the caller skips the burst, it must never block.
+        #[inline]
+        fn try_lock_vring(&self, index: usize) -> Option<VringGuard<'_>> {
+            match self.shared.queues.get(index) {
+                Some(q) => q.try_lock(),
+                None => {
+                    self.shared.bad_queue_ids.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
             }
         }
     }
@@ -116,19 +118,21 @@ impl Device {
         self.shared.bad_queue_ids.load(Ordering::Relaxed)
     }
 
-    /// Locks vring `index`, waiting while a burst or the control thread holds it: for
-    /// looking at a vring's counters or state off the data path (a data-plane thread uses
-    /// [`try_lock_vring`](Self::try_lock_vring)). `None` if the index is out of range.
-    pub fn lock_vring(&self, index: usize) -> Option<VringGuard<'_>> {
-        self.shared.queues.get(index).map(VringLock::lock)
+    internal_pub! {
+        /// Locks vring `index`, waiting while a burst or the control thread holds it: for
+        /// looking at a vring's counters or state off the data path (a data-plane thread uses
+        /// [`try_lock_vring`](Self::try_lock_vring)). `None` if the index is out of range.
+        fn lock_vring(&self, index: usize) -> Option<VringGuard<'_>> {
+            self.shared.queues.get(index).map(VringLock::lock)
+        }
     }
 
     /// Vring `index`'s counters and state, read without the vring lock (DPDK's
     /// `rte_vhost_vring_stats_get`): a snapshot as of the last burst, which the data plane is
     /// not slowed by. `None` if the index is out of range. See
-    /// [`VringStats`](crate::virtq::stats::VringStats) for what each counter says, including
-    /// why a burst returned 0.
-    pub fn vring_stats(&self, index: usize) -> Option<crate::virtq::stats::VringStats> {
+    /// [`VringStats`](super::VringStats) for what each counter says, including why a burst
+    /// returned 0.
+    pub fn vring_stats(&self, index: usize) -> Option<super::VringStats> {
         self.shared.queues.get(index).map(VringLock::stats)
     }
 

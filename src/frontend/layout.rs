@@ -163,7 +163,7 @@ impl MemLayout {
 /// A range of the shared memory in all three address spaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Area {
-    /// Offset in the shared memory (for [`Shm::slice`](super::Shm::slice)).
+    /// Offset in the shared memory (for `Shm::slice`).
     pub offset: usize,
     /// Length in bytes.
     pub len: usize,

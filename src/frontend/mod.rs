@@ -3,7 +3,7 @@
 //! rings as a guest driver would.
 //!
 //! It serves three users: tests that drive the rvhost back-end over a real socket (including
-//! hostile input, through [`Frontend::endpoint`] and the raw ring accessors), benchmarks that
+//! hostile input, through `Frontend::endpoint` (with the `internals` feature) and the raw ring accessors), benchmarks that
 //! act as the guest at full speed (the data path never allocates), and applications that want
 //! a virtio-net port on a vhost-user switch (container networking).
 //!
@@ -409,15 +409,17 @@ impl Frontend {
         self.negotiated.as_ref().map_or(0, |n| n.features)
     }
 
-    /// The connection, for raw messages (hostile-input tests): any request, flags, payload
-    /// and descriptors with [`Endpoint::send_request`] / [`Endpoint::send_message`].
-    pub fn endpoint(&mut self) -> Result<&mut Endpoint, FrontendError> {
-        self.ep
-            .as_mut()
-            .ok_or(FrontendError::NotConnected("endpoint"))
+    internal_pub! {
+        /// The connection, for raw messages (hostile-input tests): any request, flags, payload
+        /// and descriptors with `Endpoint::send_request` / `Endpoint::send_message`.
+        fn endpoint(&mut self) -> Result<&mut Endpoint, FrontendError> {
+            self.ep
+                .as_mut()
+                .ok_or(FrontendError::NotConnected("endpoint"))
+        }
     }
 
-    /// The shared memory (raw access through [`Shm::slice`]).
+    /// The shared memory.
     pub fn shm(&self) -> &Arc<Shm> {
         &self.shm
     }

@@ -4,7 +4,7 @@
 //! so nothing here forms a `&`/`&mut` reference into the memory. Three accessors:
 //!
 //! - [`Shm`]: the whole region, with bounds-checked copies, volatile objects and atomic `u16`s
-//!   through a [`GuestSlice`] (what tests use to write raw descriptors);
+//!   through a `GuestSlice` (what tests use to write raw descriptors);
 //! - [`SharedRing`]: one split virtqueue (virtio 1.2 §2.7) whose three parts were checked once
 //!   (alignment, bounds) at construction; every access masks its ring index with `size - 1`, so
 //!   it cannot leave the checked area and needs no further check;
@@ -89,15 +89,17 @@ impl Shm {
         self.region.as_ptr() as u64
     }
 
-    /// The whole memory as a [`GuestSlice`]: bounds-checked copies, volatile objects, atomic
-    /// `u16`s. For tests that write raw rings; the data path uses [`SharedRing`] and
-    /// [`SlotPool`].
-    pub fn slice(&self) -> GuestSlice<'_> {
-        let ptr = ptr::NonNull::new(self.region.as_ptr()).unwrap_or(ptr::NonNull::dangling());
-        // SAFETY: the region's mapping is readable and writable for `len()` bytes and lives as
-        // long as `self`, which the returned slice borrows; this module never forms a
-        // reference to the mapped bytes (other processes write them concurrently).
-        unsafe { GuestSlice::from_raw(ptr, self.len()) }
+    internal_pub! {
+        /// The whole memory as a `GuestSlice`: bounds-checked copies, volatile objects, atomic
+        /// `u16`s. For tests that write raw rings; the data path uses [`SharedRing`] and
+        /// [`SlotPool`].
+        fn slice(&self) -> GuestSlice<'_> {
+            let ptr = ptr::NonNull::new(self.region.as_ptr()).unwrap_or(ptr::NonNull::dangling());
+            // SAFETY: the region's mapping is readable and writable for `len()` bytes and lives as
+            // long as `self`, which the returned slice borrows; this module never forms a
+            // reference to the mapped bytes (other processes write them concurrently).
+            unsafe { GuestSlice::from_raw(ptr, self.len()) }
+        }
     }
 
     /// Checks that `[offset, offset + len)` is inside the memory and `offset` is a multiple of

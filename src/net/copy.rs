@@ -109,11 +109,6 @@ impl<'a> GuestWriter<'a> {
         Ok(start - src.len())
     }
 
-    /// True if the chain has room for at least one more byte.
-    pub fn has_room(&mut self) -> Result<bool, ChainError> {
-        Ok(self.at.current()?.is_some())
-    }
-
     /// Bytes of room left in the chain (walks the rest of it; use before writing to check
     /// that a packet fits without partial writes).
     pub fn remaining(self) -> Result<u64, ChainError> {
@@ -165,11 +160,6 @@ impl<'a> GuestReader<'a> {
     /// Bytes left to read (walks the rest of the chain).
     pub fn remaining(self) -> Result<u64, ChainError> {
         self.at.remaining()
-    }
-
-    /// The chain's total length so far (all of it once the reader reached the end).
-    pub fn total_len(&self) -> u64 {
-        self.at.chain.total_len()
     }
 
     /// True if every byte was read and the chain ended cleanly.

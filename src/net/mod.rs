@@ -5,14 +5,14 @@
 //! enqueues into it), vring `2*q + 1` its transmit queue (the host dequeues from it). The
 //! bursts take typed ids ([`QueuePair`]`(q).rx()` / `.tx()`), so the two cannot be swapped.
 
-pub mod copy;
-pub mod dequeue;
-pub mod enqueue;
+mod copy;
+mod dequeue;
+mod enqueue;
 pub mod hdr;
-pub mod offload;
+mod offload;
 pub mod pkt;
-pub mod queue_id;
-pub mod ring;
+mod queue_id;
+mod ring;
 
 pub use dequeue::dequeue_burst;
 pub use enqueue::enqueue_burst;

@@ -1,5 +1,6 @@
-//! Packet rewriting used by the forwarding modes of `rvhost fwd` (as DPDK testpmd's): MAC swap,
-//! ARP and ICMP echo replies, and the UDP frame `txonly` sends.
+//! Frame helpers for applications and for `rvhost fwd`'s forwarding modes (as DPDK testpmd's):
+//! MAC swap, ARP and ICMP echo replies, the Internet checksum, and a UDP test frame (what
+//! `txonly` sends).
 //!
 //! Every function works on a frame in a byte slice and checks lengths before touching a
 //! field; a frame too short for what it claims to be is left alone (`false`/`None`).

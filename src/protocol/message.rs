@@ -266,7 +266,7 @@ impl Header {
     }
 
     /// The 12 wire bytes.
-    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+    pub fn to_bytes(self) -> [u8; Self::SIZE] {
         let mut out = [0u8; Self::SIZE];
         let (r, rest) = out.split_at_mut(4);
         let (f, s) = rest.split_at_mut(4);

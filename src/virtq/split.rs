@@ -74,13 +74,13 @@ pub struct VirtqDesc {
 }
 
 impl VirtqDesc {
-    /// [`VIRTQ_DESC_F_NEXT`]: the chain continues at `next`.
+    /// `VIRTQ_DESC_F_NEXT`: the chain continues at `next`.
     pub const F_NEXT: u16 = VIRTQ_DESC_F_NEXT;
-    /// [`VIRTQ_DESC_F_WRITE`]: device-writable buffer.
+    /// `VIRTQ_DESC_F_WRITE`: device-writable buffer.
     pub const F_WRITE: u16 = VIRTQ_DESC_F_WRITE;
-    /// [`VIRTQ_DESC_F_INDIRECT`]: the buffer is a table of descriptors.
+    /// `VIRTQ_DESC_F_INDIRECT`: the buffer is a table of descriptors.
     pub const F_INDIRECT: u16 = VIRTQ_DESC_F_INDIRECT;
-    /// Bytes in the descriptor table per descriptor ([`DESC_SIZE`]).
+    /// Bytes in the descriptor table per descriptor (`DESC_SIZE`).
     pub const SIZE: usize = DESC_SIZE as usize;
 }
 

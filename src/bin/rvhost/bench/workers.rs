@@ -9,11 +9,11 @@ use crossbeam_utils::CachePadded;
 use super::Direction;
 use super::bed::Capture;
 use super::clock::ticks;
-use crate::driver::Device;
-use crate::frontend::{RxQueue, TxQueue};
-use crate::mbuf::{Mbuf, PktPool};
-use crate::net::pkt::udp_frame;
-use crate::net::{QueuePair, dequeue_burst, enqueue_burst};
+use rvhost::driver::Device;
+use rvhost::frontend::{RxQueue, TxQueue};
+use rvhost::mbuf::{Mbuf, PktPool};
+use rvhost::net::pkt::udp_frame;
+use rvhost::net::{QueuePair, dequeue_burst, enqueue_burst};
 
 /// Traffic flows.
 pub(crate) const RUN: u8 = 0;

@@ -12,9 +12,9 @@ use super::workers::{
     BackendEnd, DRAIN, FrontendEnd, Params, RUN, STOP, Shared, Totals, backend_loop, frontend_loop,
 };
 use super::{BenchArgs, BenchError, Direction};
-use crate::frontend::NetHdr;
-use crate::lcore::Lcores;
-use crate::mbuf::PktPool;
+use rvhost::frontend::NetHdr;
+use rvhost::lcore::Lcores;
+use rvhost::mbuf::PktPool;
 
 /// How often the drain looks at the counters, and how many unchanged looks end it.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
@@ -345,8 +345,8 @@ fn check_totals(p: &Params, fe: &FrontendEnd, be: &BackendEnd) -> Option<String>
 fn check_vrings(bed: &Bed) -> Option<String> {
     let mut bad = 0;
     for vring in 0..2 {
-        if let Some(vq) = bed.dev.try_lock_vring(vring) {
-            bad += vq.stats.bad_chains;
+        if let Some(s) = bed.dev.vring_stats(vring) {
+            bad += s.queue.bad_chains;
         }
     }
     (bad > 0).then(|| format!("{bad} descriptor chains reported bad"))

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use rvhost_hugepages::region::PageSize;
 
 use super::BenchError;
-use crate::driver::{Device, DeviceOps, Driver, Flags};
-use crate::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
-use crate::frontend::{Frontend, FrontendOptions};
+use rvhost::driver::{Device, DeviceOps, Driver, Flags};
+use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
+use rvhost::frontend::{Frontend, FrontendOptions};
 
 /// How long the frontend retries the socket, and how long we wait for `new_device`.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,7 +79,7 @@ impl Capture {
 }
 
 impl DeviceOps for Capture {
-    fn new_device(&self, dev: &Device) -> Result<(), crate::driver::Refused> {
+    fn new_device(&self, dev: &Device) -> Result<(), rvhost::driver::Refused> {
         *self.dev.lock().unwrap_or_else(|e| e.into_inner()) = Some(dev.clone());
         self.cv.notify_all();
         Ok(())

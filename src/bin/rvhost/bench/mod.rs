@@ -1,11 +1,11 @@
 //! `rvhost bench`: a self-contained data-plane benchmark in one process.
 //!
-//! Each row starts an rvhost [`Driver`](crate::driver::Driver) on a socket in a temporary
-//! directory and the Rust [frontend](crate::frontend) connected to it, acting as the guest
+//! Each row starts an rvhost [`Driver`](rvhost::driver::Driver) on a socket in a temporary
+//! directory and the Rust [frontend](rvhost::frontend) connected to it, acting as the guest
 //! driver at full speed. Two pinned threads then poll:
 //!
-//! - the **backend** worker (an [`lcore`](crate::lcore), `--backend-core`) runs
-//!   [`dequeue_burst`](crate::net::dequeue_burst) / [`enqueue_burst`](crate::net::enqueue_burst)
+//! - the **backend** worker (an [`lcore`](rvhost::lcore), `--backend-core`) runs
+//!   [`dequeue_burst`](rvhost::net::dequeue_burst) / [`enqueue_burst`](rvhost::net::enqueue_burst)
 //!   on the device;
 //! - the **frontend** worker (`--frontend-core`) owns the frontend's queues.
 //!
@@ -53,12 +53,10 @@ use std::time::Duration;
 use rvhost_hugepages::region::{PageSize, RegionConfig};
 use thiserror::Error;
 
-use crate::driver::DriverError;
-use crate::frontend::FrontendError;
-use crate::lcore::LcoreError;
-use crate::mbuf::{DEFAULT_DATA_ROOM, PKTMBUF_HEADROOM, PktPool, PktPoolError};
-
-pub use row::RowResult;
+use rvhost::driver::DriverError;
+use rvhost::frontend::FrontendError;
+use rvhost::lcore::LcoreError;
+use rvhost::mbuf::{DEFAULT_DATA_ROOM, PKTMBUF_HEADROOM, PktPool, PktPoolError};
 
 /// Which way packets go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
