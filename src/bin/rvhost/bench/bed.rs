@@ -2,14 +2,14 @@
 //! device the backend worker polls.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rvhost_hugepages::region::PageSize;
 
 use super::BenchError;
-use rvhost::driver::{Device, DeviceOps, Driver, Flags};
+use rvhost::dataplane::{DeviceTable, PortOps};
+use rvhost::driver::{Device, DeviceOps, Driver, Flags, Refused};
 use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
 use rvhost::frontend::{Frontend, FrontendOptions};
 
@@ -17,8 +17,6 @@ use rvhost::frontend::{Frontend, FrontendOptions};
 const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes of each frontend descriptor buffer (DPDK's mbuf data room).
 pub(crate) const BUF_SIZE: usize = 2048;
-/// How long `destroy_device` waits for the backend worker to leave the device.
-const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A directory for the sockets, removed on drop.
 pub(crate) struct TempDir(PathBuf);
@@ -45,19 +43,27 @@ impl Drop for TempDir {
     }
 }
 
-/// Device callbacks: hand the device to the bench, and keep the data plane off it once the
-/// control thread destroys it.
-#[derive(Default)]
+/// Device callbacks: the library's device table (the backend worker reads it, and
+/// `destroy_device` returns once the worker has let go), plus the device handed to the bench's
+/// main thread for setup and its final checks.
 pub(crate) struct Capture {
+    port: PortOps,
     dev: Mutex<Option<Device>>,
     cv: Condvar,
-    /// `destroy_device` was called: the worker must leave the device.
-    pub destroyed: AtomicBool,
-    /// The backend worker is inside its loop (may touch the device).
-    pub polling: AtomicBool,
 }
 
 impl Capture {
+    fn new(table: &Arc<DeviceTable>) -> Capture {
+        Capture {
+            port: PortOps {
+                table: Arc::clone(table),
+                port: 0,
+            },
+            dev: Mutex::new(None),
+            cv: Condvar::new(),
+        }
+    }
+
     fn wait_device(&self, timeout: Duration) -> Option<Device> {
         let deadline = Instant::now() + timeout;
         let mut dev = self.dev.lock().unwrap_or_else(|e| e.into_inner());
@@ -79,22 +85,15 @@ impl Capture {
 }
 
 impl DeviceOps for Capture {
-    fn new_device(&self, dev: &Device) -> Result<(), rvhost::driver::Refused> {
+    fn new_device(&self, dev: &Device) -> Result<(), Refused> {
+        self.port.new_device(dev)?;
         *self.dev.lock().unwrap_or_else(|e| e.into_inner()) = Some(dev.clone());
         self.cv.notify_all();
         Ok(())
     }
 
-    fn destroy_device(&self, _dev: &Device) {
-        // SeqCst: store ours, then load the worker's flag, as the worker does the other way
-        // round (Dekker), so either it sees `destroyed` before its next burst or we see it
-        // polling and wait; it clears `polling` after its last access to the device, and our
-        // load that sees the clear orders that access before we return.
-        self.destroyed.store(true, Ordering::SeqCst);
-        let deadline = Instant::now() + LEAVE_TIMEOUT;
-        while self.polling.load(Ordering::SeqCst) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+    fn destroy_device(&self, dev: &Device) {
+        self.port.destroy_device(dev);
     }
 }
 
@@ -103,7 +102,8 @@ pub(crate) struct Bed {
     // Drop order: the frontend disconnects before the driver goes.
     pub fe: Frontend,
     pub dev: Device,
-    pub capture: Arc<Capture>,
+    /// Port 0 is the device; one lcore (the backend worker) reads it.
+    pub table: Arc<DeviceTable>,
     driver: Driver,
     sock: PathBuf,
 }
@@ -119,7 +119,8 @@ impl Bed {
     ) -> Result<Bed, BenchError> {
         let driver = Driver::new()?;
         driver.register(sock, Flags::empty())?;
-        let capture = Arc::new(Capture::default());
+        let table = DeviceTable::new(1, 1);
+        let capture = Arc::new(Capture::new(&table));
         driver.set_callbacks(sock, Arc::clone(&capture) as Arc<dyn DeviceOps>)?;
         driver.start(sock)?;
         let mrg_bit = if mrg { VIRTIO_NET_F_MRG_RXBUF } else { 0 };
@@ -149,7 +150,7 @@ impl Bed {
         Ok(Bed {
             fe,
             dev,
-            capture,
+            table,
             driver,
             sock: sock.to_path_buf(),
         })

@@ -154,14 +154,9 @@ pub(crate) fn run_row(
     };
     let sh = Arc::new(Shared::default());
     let backend = {
-        let (dev, pool, sh, cap) = (
-            bed.dev.clone(),
-            pool.clone(),
-            Arc::clone(&sh),
-            Arc::clone(&bed.capture),
-        );
+        let (table, pool, sh) = (Arc::clone(&bed.table), pool.clone(), Arc::clone(&sh));
         Lcores::launch(&[args.backend_core], move |_| {
-            backend_loop(&params, &dev, &pool, &sh, &cap)
+            backend_loop(&params, &table, &pool, &sh)
         })?
     };
     let fe_core = args.frontend_core;

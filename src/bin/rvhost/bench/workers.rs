@@ -2,14 +2,14 @@
 //! guest's queues. Each publishes its running totals (one writer per counter, relaxed stores
 //! once per productive burst) for the main thread to sample, and returns exact totals.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
 use super::Direction;
-use super::bed::Capture;
 use super::clock::ticks;
-use rvhost::driver::Device;
+use rvhost::dataplane::DeviceTable;
 use rvhost::frontend::{RxQueue, TxQueue};
 use rvhost::mbuf::{Mbuf, PktPool};
 use rvhost::net::pkt::udp_frame;
@@ -125,17 +125,6 @@ pub(crate) struct Params {
     pub rx_buf_len: usize,
 }
 
-/// Clears `polling` when the backend loop is left by any path.
-struct Leaving<'a>(&'a AtomicBool);
-
-impl Drop for Leaving<'_> {
-    fn drop(&mut self) {
-        // Release (SeqCst, see backend_loop): our last access to the device happens-before
-        // destroy_device's load that sees `false`.
-        self.0.store(false, Ordering::SeqCst);
-    }
-}
-
 /// What the backend loop returns: its totals, and whether the device went away under it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BackendEnd {
@@ -143,19 +132,15 @@ pub(crate) struct BackendEnd {
     pub destroyed: bool,
 }
 
-/// The backend worker: polls the device until [`STOP`] (or until the device is destroyed).
+/// The backend worker: polls port 0 of the device table until [`STOP`] (or until the device
+/// is destroyed), as an application's pinned core does ([`rvhost::dataplane`]).
 pub(crate) fn backend_loop(
     p: &Params,
-    dev: &Device,
+    table: &Arc<DeviceTable>,
     pool: &PktPool,
     sh: &Shared,
-    cap: &Capture,
 ) -> BackendEnd {
-    // SeqCst here and on `destroyed` (both sides): a store then a load of the other flag on
-    // each side (Dekker), so at least one sees the other's store; on x86 the loads in the
-    // loop stay plain loads.
-    cap.polling.store(true, Ordering::SeqCst);
-    let _leaving = Leaving(&cap.polling);
+    let mut reader = table.reader(0);
     let mut cache = pool.cache();
     let mut burst: Vec<Mbuf> = Vec::with_capacity(2 * p.burst);
     let frame = frame(p.size);
@@ -167,10 +152,10 @@ pub(crate) fn backend_loop(
         if phase == STOP {
             break false;
         }
-        // SeqCst: see `polling` above.
-        if cap.destroyed.load(Ordering::SeqCst) {
-            break true;
-        }
+        reader.refresh(|_, _| {});
+        let Some(dev) = reader.dev(0) else {
+            break true; // destroyed (the row made sure it was running before we started)
+        };
         let t0 = ticks();
         let moved = match p.dir {
             Direction::G2h => {
