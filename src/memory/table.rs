@@ -7,8 +7,8 @@
 //!
 //! Translation is the data-plane hot path: no allocation, no formatting, no locking. Regions are
 //! kept sorted by guest-physical address in a compact array; up to [`LINEAR_SCAN_MAX`] regions
-//! are scanned linearly, more are binary searched. A [`TranslationCache`] (one per queue, owned by
-//! the caller) remembers the last region hit.
+//! are scanned linearly, more are binary searched. A [`TranslationCache`] (owned by the caller: a
+//! burst or a chain walk makes one) remembers the last region hit.
 
 use std::fmt;
 use std::ptr::NonNull;

@@ -1,7 +1,7 @@
 //! Virtqueue state shared by the control plane and the data plane.
 //!
-//! Each queue of a device is a [`Vring`] behind its own mutex. The control thread takes the
-//! lock while a request changes what the data plane reads (addresses, base, memory table,
+//! Each queue of a device is a [`Vring`] behind its own spin lock ([`lock::VringLock`]). The
+//! control thread takes the lock while a request changes what the data plane reads (addresses, base, memory table,
 //! features, enable); the data plane takes it with `try_lock` once per burst and does nothing
 //! when it cannot.
 //!

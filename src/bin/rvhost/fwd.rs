@@ -8,8 +8,8 @@
 //! removed), lcores joined, final statistics printed. A second signal during that shutdown
 //! ends the process at once.
 //!
-//! Pieces: [`table`] (which device each port has, and the `destroy_device` handshake with
-//! the lcores), [`engine`] (streams and the poll loop), [`stats`] (counters and lines).
+//! Pieces: [`rvhost::dataplane`] (which device each port has, and the `destroy_device`
+//! handshake with the lcores), [`engine`] (streams and the poll loop), [`stats`] (counters and lines).
 
 #[path = "fwd/engine.rs"]
 mod engine;
