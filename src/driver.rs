@@ -47,7 +47,9 @@ impl Flags {
     pub const LINEARBUF: Flags = Flags(1 << 6);
     /// Dequeue may attach external buffers for large packets.
     pub const EXTBUF: Flags = Flags(1 << 5);
-    /// Use the asynchronous (DMA) data path.
+    /// The socket's devices may use the asynchronous (DMA) copy path on their receive queues
+    /// ([`rvhost::net::async_channel_register`](crate::net::async_channel_register)); their
+    /// guest memory is populated and locked when mapped.
     pub const ASYNC_COPY: Flags = Flags(1 << 7);
 
     /// No flag: server mode.
@@ -61,10 +63,9 @@ impl Flags {
     }
 
     /// Flags whose subsystem is not built yet, with a name for the error message.
-    const NOT_BUILT: [(Flags, &'static str); 3] = [
+    const NOT_BUILT: [(Flags, &'static str); 2] = [
         (Flags::IOMMU_SUPPORT, "IOMMU_SUPPORT (IOTLB)"),
         (Flags::POSTCOPY_SUPPORT, "POSTCOPY_SUPPORT"),
-        (Flags::ASYNC_COPY, "ASYNC_COPY (DMA data path)"),
     ];
 }
 

@@ -25,7 +25,7 @@ use crate::virtq::split::{
 };
 
 /// Most chains one packet may take with mergeable buffers.
-const MAX_CHAINS: usize = 64;
+pub(super) const MAX_CHAINS: usize = 64;
 
 /// Packets up to this many bytes are not prefetched before the copy (one or two cache lines:
 /// nothing to overlap).
@@ -52,18 +52,16 @@ pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
     let Some(mut guard) = dev.try_lock_vring(q.vring()) else {
         return 0;
     };
+    if guard.async_q.is_some() {
+        // Its used entries would overtake the packets in flight.
+        super::async_enqueue::refuse_sync(&mut guard, "enqueue_burst");
+        return 0;
+    }
     let Some(mut burst) = Burst::begin(&mut guard) else {
         return 0;
     };
     let q = burst.queue();
-    let feats = burst.features;
-    let ctx = Ctx {
-        hlen: hdr_len(feats),
-        mergeable: feats & VIRTIO_NET_F_MRG_RXBUF != 0,
-        csum: feats & VIRTIO_NET_F_GUEST_CSUM != 0,
-        gso: feats & (VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6 | VIRTIO_NET_F_GUEST_UFO)
-            != 0,
-    };
+    let ctx = Ctx::new(burst.features);
     let mut sent = 0;
     let mut tc = TranslationCache::new();
     let mut ahead = ReadAhead::default();
@@ -107,7 +105,7 @@ pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
 }
 
 /// A packet asking for segmentation that is longer than one segment.
-fn oversized_gso(pkt: &Mbuf) -> bool {
+pub(super) fn oversized_gso(pkt: &Mbuf) -> bool {
     let m = pkt.meta();
     if !m
         .ol_flags
@@ -119,15 +117,34 @@ fn oversized_gso(pkt: &Mbuf) -> bool {
     pkt.pkt_len() > headers + usize::from(m.tso_segsz).max(1)
 }
 
-struct Ctx {
-    hlen: usize,
-    mergeable: bool,
-    csum: bool,
-    gso: bool,
+/// What the negotiated features say about the packets of a burst.
+pub(super) struct Ctx {
+    /// Bytes of the virtio-net header.
+    pub hlen: usize,
+    /// MRG_RXBUF: a packet may take several chains.
+    pub mergeable: bool,
+    /// The guest takes partial checksums.
+    pub csum: bool,
+    /// The guest takes GSO packets.
+    pub gso: bool,
+}
+
+impl Ctx {
+    #[inline]
+    pub(super) fn new(feats: u64) -> Ctx {
+        Ctx {
+            hlen: hdr_len(feats),
+            mergeable: feats & VIRTIO_NET_F_MRG_RXBUF != 0,
+            csum: feats & VIRTIO_NET_F_GUEST_CSUM != 0,
+            gso: feats
+                & (VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6 | VIRTIO_NET_F_GUEST_UFO)
+                != 0,
+        }
+    }
 }
 
 /// The header for `pkt`, limited to what the guest negotiated.
-fn header(pkt: &Mbuf, ctx: &Ctx, num_buffers: u16) -> VirtioNetHdr {
+pub(super) fn header(pkt: &Mbuf, ctx: &Ctx, num_buffers: u16) -> VirtioNetHdr {
     let mut h = offload::to_virtio(pkt.meta());
     if !ctx.csum {
         h.flags = 0;

@@ -256,6 +256,14 @@ impl<'v> Burst<'v> {
     /// Returns a malformed chain with length 0 and counts it.
     #[cold]
     pub fn bad_chain(&mut self, head: u16, e: ChainError) {
+        self.bad_chain_later(head, e);
+        self.used(head, 0);
+    }
+
+    /// Counts (and logs, rate-limited) a malformed chain that the caller returns later, in
+    /// its place in the order (the async path).
+    #[cold]
+    pub fn bad_chain_later(&mut self, head: u16, e: ChainError) {
         if let Some(more) = self.log_limit.check() {
             if more == 0 {
                 log::warn!("descriptor chain {head} dropped: {e}");
@@ -266,7 +274,6 @@ impl<'v> Burst<'v> {
             }
         }
         self.stats.bad_chains += 1;
-        self.used(head, 0);
     }
 
     /// Publishes the used entries (those [`publish_early`](Self::publish_early) did not) with

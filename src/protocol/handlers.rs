@@ -272,9 +272,15 @@ fn desc_of(r: &super::payload::MemoryRegion) -> RegionDesc {
     }
 }
 
-fn map_options(_dev: &DeviceState) -> MapOptions {
-    // Populate/lock is for the async (DMA) path, which is not built yet.
-    MapOptions::new()
+fn map_options(dev: &DeviceState) -> MapOptions {
+    let mut opts = MapOptions::new();
+    if dev.dev.flags().contains(crate::driver::Flags::ASYNC_COPY) {
+        // A copy device writes guest memory without faulting pages in (and with an IOMMU
+        // needs them pinned): populate and lock, as DPDK does for async vrings.
+        opts.populate = true;
+        opts.lock = true;
+    }
+    opts
 }
 
 fn set_mem_table(

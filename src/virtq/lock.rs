@@ -64,11 +64,16 @@ impl VringLock {
         drop(g); // publishes the zeroes
     }
 
-    /// Takes the lock, spinning while a burst holds it (the control thread).
+    /// Takes the lock, spinning while a burst holds it (the control thread). With an async
+    /// channel busy, first drains it ([`Vring::drain_async`]): whoever locks a vring this way
+    /// may change its rings or memory, which jobs in flight must not see.
     pub fn lock(&self) -> VringGuard<'_> {
         let mut spins = 0u32;
         loop {
-            if let Some(g) = self.try_acquire() {
+            if let Some(mut g) = self.try_acquire() {
+                if g.async_q.as_ref().is_some_and(|a| a.busy()) {
+                    g.drain_async();
+                }
                 return g;
             }
             // Read-only spin until it looks free, so the cache line is not bounced.

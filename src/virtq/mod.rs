@@ -10,6 +10,7 @@
 //! 4-byte aligned; each ring must lie in one region), and kept as [`GuestArea`]s, so the data
 //! plane never translates them again.
 
+pub mod async_queue;
 pub mod lock;
 pub mod split;
 pub mod stats;
@@ -124,6 +125,8 @@ pub struct Vring {
     pub used_shadow: split::UsedShadow,
     /// Limits the data path's log lines about this vring (malformed chains).
     pub log_limit: crate::ratelimit::LogLimiter,
+    /// The asynchronous copy channel, if the application registered one.
+    pub(crate) async_q: Option<Box<async_queue::AsyncQueue>>,
 }
 
 /// Per-queue counters, updated by the data path once per burst (read them without the lock
@@ -256,11 +259,14 @@ impl Vring {
         self.rings.is_some() && self.kick_set && self.call_set && self.enabled
     }
 
-    /// Back to the state of a fresh queue, keeping the memory table.
+    /// Back to the state of a fresh queue, keeping the memory table and the async channel
+    /// (drained by the lock the caller took: see [`lock::VringLock::lock`]).
     pub fn reset(&mut self) {
         let mem = std::mem::take(&mut self.mem);
+        let async_q = self.async_q.take();
         *self = Vring {
             mem,
+            async_q,
             ..Vring::default()
         };
     }

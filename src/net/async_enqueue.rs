@@ -1,0 +1,542 @@
+//! Host → guest on the asynchronous copy path (DPDK's `rte_vhost_submit_enqueue_burst` /
+//! `rte_vhost_poll_enqueue_completed`).
+//!
+//! A submit takes the guest's chains exactly as [`enqueue_burst`](super::enqueue_burst) does
+//! (one walk per chain, collecting its writable pieces), writes the virtio-net header and any
+//! patched offload prefix with the CPU, and copies the payload piece by piece: pieces of at
+//! least the channel's threshold become jobs of the copy device, smaller ones the CPU copies
+//! at once. The packet, its used entries and its job count go to the vring's in-flight queue
+//! ([`AsyncQueue`]); a poll reads the device's completions and retires the leading packets
+//! whose jobs are all done, writing their used entries in submission order. The mbufs are
+//! the channel's from submit to poll.
+
+use super::enqueue::{Ctx, MAX_CHAINS, header, oversized_gso};
+use super::offload;
+use super::queue_id::RxQueueId;
+use super::ring::{Burst, MAX_PKT_LEN, Stop};
+use crate::driver::{Device, Flags};
+use crate::mbuf::Mbuf;
+use crate::memory::GuestSlice;
+use crate::virtq::Vring;
+use crate::virtq::async_queue::{
+    AsyncConfig, AsyncCopyOps, AsyncQueue, AsyncStats, CopyJob, Idle, InFlight,
+};
+use crate::virtq::split::SplitQueue;
+
+/// Most guest buffer pieces one packet may be written into (beyond it the packet waits, as
+/// when it does not fit).
+const MAX_PIECES: usize = 128;
+
+/// Why an async channel call was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AsyncError {
+    /// The socket was registered without [`Flags::ASYNC_COPY`].
+    #[error("the socket was not registered with Flags::ASYNC_COPY")]
+    NotEnabled,
+    /// The device has no such vring.
+    #[error("vring {vring} does not exist")]
+    NoSuchQueue {
+        /// The vring asked for.
+        vring: usize,
+    },
+    /// `inorder: false`: rvhost always retires packets in submission order.
+    #[error("out-of-order completion (inorder: false) is not supported: packets retire in order")]
+    OutOfOrder,
+    /// The vring already has a channel.
+    #[error("vring {vring} already has an async channel")]
+    AlreadyRegistered {
+        /// The vring.
+        vring: usize,
+    },
+    /// The vring has no channel.
+    #[error("vring {vring} has no async channel")]
+    NotRegistered {
+        /// The vring.
+        vring: usize,
+    },
+    /// Packets are still the channel's: poll them back (or
+    /// [`async_clear_queue`]) before unregistering.
+    #[error("vring {vring}: {packets} packets are still in the async channel")]
+    InFlight {
+        /// The vring.
+        vring: usize,
+        /// Packets submitted and not handed back.
+        packets: usize,
+    },
+}
+
+/// Gives receive queue `q` an asynchronous copy channel (`rte_vhost_async_channel_register`):
+/// from now on packets go to the guest through [`submit_enqueue_burst`] and come back through
+/// [`poll_enqueue_completed`]; [`enqueue_burst`](super::enqueue_burst) on `q` returns 0.
+/// The socket must have been registered with [`Flags::ASYNC_COPY`] (its guest memory is then
+/// populated and locked when mapped). Call it from `new_device` or while no burst runs on `q`
+/// (it takes the vring's lock).
+pub fn async_channel_register(
+    dev: &Device,
+    q: RxQueueId,
+    config: AsyncConfig,
+    ops: Box<dyn AsyncCopyOps>,
+) -> Result<(), AsyncError> {
+    if !dev.flags().contains(Flags::ASYNC_COPY) {
+        return Err(AsyncError::NotEnabled);
+    }
+    if !config.inorder {
+        return Err(AsyncError::OutOfOrder);
+    }
+    let vring = q.vring();
+    let mut vq = dev
+        .lock_vring(vring)
+        .ok_or(AsyncError::NoSuchQueue { vring })?;
+    if vq.async_q.is_some() {
+        return Err(AsyncError::AlreadyRegistered { vring });
+    }
+    let size = vq.size;
+    vq.async_q = Some(Box::new(AsyncQueue::new(ops, &config, size)));
+    Ok(())
+}
+
+/// Removes `q`'s channel and returns its copy device (`rte_vhost_async_channel_unregister`).
+/// Refused while packets are still the channel's ([`AsyncError::InFlight`]: poll them back,
+/// or take them with [`async_clear_queue`]).
+pub fn async_channel_unregister(
+    dev: &Device,
+    q: RxQueueId,
+) -> Result<Box<dyn AsyncCopyOps>, AsyncError> {
+    let vring = q.vring();
+    // The lock drains the jobs in flight; what remains are packets not handed back.
+    let mut vq = dev
+        .lock_vring(vring)
+        .ok_or(AsyncError::NoSuchQueue { vring })?;
+    let aq = vq
+        .async_q
+        .as_ref()
+        .ok_or(AsyncError::NotRegistered { vring })?;
+    if aq.busy() || aq.dead {
+        return Err(AsyncError::InFlight {
+            vring,
+            packets: aq.pkts.len() + aq.done.len(),
+        });
+    }
+    let mut aq = vq
+        .async_q
+        .take()
+        .ok_or(AsyncError::NotRegistered { vring })?;
+    // An empty queue has nothing for the device; hand it back.
+    let ops = std::mem::replace(&mut aq.ops, Box::new(Idle));
+    Ok(ops)
+}
+
+/// Waits for `q`'s jobs in flight and hands back every packet the channel holds
+/// (`rte_vhost_clear_queue_thread_unsafe`): for `destroy_device` or any control-thread moment
+/// when no burst runs on `q`. Their used entries are written as for a poll. Returns how many
+/// mbufs were pushed to `out`.
+pub fn async_clear_queue(dev: &Device, q: RxQueueId, out: &mut Vec<Mbuf>) -> usize {
+    let Some(mut vq) = dev.lock_vring(q.vring()) else {
+        return 0;
+    };
+    let Some(aq) = vq.async_q.as_mut() else {
+        return 0;
+    };
+    let n = aq.done.len();
+    out.append(&mut aq.done);
+    n
+}
+
+/// The counters of `q`'s channel (taken under the vring's lock: not for the data path's
+/// loop). `None` without a channel.
+pub fn async_stats(dev: &Device, q: RxQueueId) -> Option<AsyncStats> {
+    let vq = dev.lock_vring(q.vring())?;
+    vq.async_q.as_ref().map(|aq| aq.stats)
+}
+
+/// Packets `q`'s channel holds: submitted and not handed back by a poll. Takes the vring's
+/// lock (which drains the copy device first).
+pub fn async_in_flight(dev: &Device, q: RxQueueId) -> Option<usize> {
+    let vq = dev.lock_vring(q.vring())?;
+    vq.async_q
+        .as_ref()
+        .map(|aq| aq.pkts.iter().filter(|p| p.is_pkt).count() + aq.done.len())
+}
+
+/// Takes as many packets from the front of `pkts` as the guest has room for, and starts
+/// copying them into receive queue `q` (`rte_vhost_submit_enqueue_burst`). Returns how many
+/// were taken (removed from `pkts`); they come back, in order, from
+/// [`poll_enqueue_completed`] once the guest has them. 0 without a channel, or when the
+/// vring is busy, not ready or broken (see [`Device::vring_stats`]).
+pub fn submit_enqueue_burst(dev: &Device, q: RxQueueId, pkts: &mut Vec<Mbuf>) -> usize {
+    let Some(mut guard) = dev.try_lock_vring(q.vring()) else {
+        return 0;
+    };
+    let vq = &mut *guard;
+    let Some(mut aq) = vq.async_q.take() else {
+        refuse_sync(vq, "submit_enqueue_burst without an async channel");
+        return 0;
+    };
+    let n = if aq.dead {
+        0
+    } else {
+        submit(vq, &mut aq, pkts)
+    };
+    vq.async_q = Some(aq);
+    n
+}
+
+/// Hands back up to `max` packets of receive queue `q` whose copies have completed, oldest
+/// first, after writing their used entries (`rte_vhost_poll_enqueue_completed`). Returns how
+/// many were pushed to `out`. Call it every loop turn: packets copied by the CPU alone also
+/// wait for it.
+pub fn poll_enqueue_completed(
+    dev: &Device,
+    q: RxQueueId,
+    out: &mut Vec<Mbuf>,
+    max: usize,
+) -> usize {
+    let Some(mut guard) = dev.try_lock_vring(q.vring()) else {
+        return 0;
+    };
+    let vq = &mut *guard;
+    let Some(aq) = vq.async_q.as_mut() else {
+        return 0;
+    };
+    let mut n = 0;
+    if !aq.done.is_empty() {
+        let k = max.min(aq.done.len());
+        out.extend(aq.done.drain(..k));
+        n = k;
+    }
+    if aq.pkts.is_empty() {
+        return n;
+    }
+    aq.collect();
+    let mut entries = std::mem::take(&mut aq.entries);
+    n += aq.retire(max - n, out, |e| entries.push(e));
+    let mut dropped = 0;
+    vq.publish_retired(&entries, &mut dropped);
+    entries.clear();
+    if let Some(aq) = vq.async_q.as_mut() {
+        aq.entries = entries;
+        aq.stats.dropped += dropped;
+    }
+    n
+}
+
+/// A sync call on a vring with an async channel, or the reverse: refused (0), logged at a
+/// limited rate.
+#[cold]
+pub(super) fn refuse_sync(vq: &mut Vring, what: &str) {
+    if vq.log_limit.check().is_some() {
+        log::error!(
+            "{what}: refused on a vring whose async channel state does not allow it \
+             (enqueue_burst needs no channel, submit/poll need one)"
+        );
+    }
+}
+
+/// The submit proper, on a locked vring whose channel was taken out of it.
+fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
+    aq.reserve(vq.size);
+    let Some(mut burst) = Burst::begin(vq) else {
+        return 0;
+    };
+    let q = burst.queue();
+    let ctx = Ctx::new(burst.features);
+    let first_new = aq.pkts.len();
+    let mut taken = 0;
+    for pkt in pkts.iter() {
+        if !ctx.gso && oversized_gso(pkt) {
+            // As enqueue_burst: consumed and counted, no buffer of this guest can hold it.
+            aq.pkts.push_back(InFlight {
+                is_pkt: true,
+                ..InFlight::default()
+            });
+            taken += 1;
+            burst.stats.too_large += 1;
+            continue;
+        }
+        if place(&q, &mut burst, aq, pkt, &ctx).is_err() {
+            break;
+        }
+        taken += 1;
+        burst.stats.packets += 1;
+        burst.stats.bytes += pkt.pkt_len() as u64;
+    }
+    if !aq.batch.is_empty() && aq.hold.is_none() {
+        // Jobs will write into this table: keep it mapped until they are reported.
+        aq.hold = Some(q.memory().clone());
+    }
+    burst.finish();
+    start_jobs(aq);
+    // The mbufs go to their records, in order (records of returned chains have none).
+    let mut taken_pkts = pkts.drain(..taken);
+    for rec in aq.pkts.iter_mut().skip(first_new).filter(|r| r.is_pkt) {
+        rec.mbuf = taken_pkts.next();
+    }
+    debug_assert!(taken_pkts.next().is_none());
+    aq.stats.submitted += taken as u64;
+    taken
+}
+
+/// Hands the submit's batch to the copy device; what it does not take, the CPU copies now.
+fn start_jobs(aq: &mut AsyncQueue) {
+    if aq.batch.is_empty() {
+        return;
+    }
+    // SAFETY: each job's source is the data of an mbuf the channel owns from now until the
+    // packet retires (a shared mbuf's data is read-only to every holder), and its destination
+    // a piece of a guest chain the guest gave us and gets back only when the packet retires;
+    // the guest memory stays mapped meanwhile (`hold`, and the control thread drains before
+    // changing memory). Destinations of one packet do not overlap each other or what the CPU
+    // writes (they are consecutive pieces of its chains); a guest whose descriptors alias each
+    // other's buffers races only with itself, on its own memory.
+    let taken = unsafe { aq.ops.transfer_data(&aq.batch) }.min(aq.batch.len());
+    for (i, (job, seq)) in aq.batch.iter().zip(&aq.batch_seq).enumerate() {
+        if i < taken {
+            aq.jobs.push_back((*seq, *job));
+            let k = seq.wrapping_sub(aq.head_seq) as usize;
+            if let Some(p) = aq.pkts.get_mut(k) {
+                p.jobs_left += 1;
+            }
+            aq.stats.dma_copies += 1;
+            aq.stats.dma_bytes += u64::from(job.len);
+        } else {
+            // SAFETY: as above; the device did not take the job, so nothing else touches it.
+            unsafe { std::ptr::copy_nonoverlapping(job.src, job.dst, job.len as usize) };
+            aq.stats.cpu_copies += 1;
+            aq.stats.cpu_bytes += u64::from(job.len);
+        }
+    }
+    aq.batch.clear();
+    aq.batch_seq.clear();
+}
+
+/// The writable pieces of the chains a packet takes, and the chains.
+struct Pieces<'a> {
+    pieces: [Option<GuestSlice<'a>>; MAX_PIECES],
+    n: usize,
+    /// (head, bytes of pieces collected from it).
+    chains: [(u16, u64); MAX_CHAINS],
+    nchains: usize,
+    have: u64,
+}
+
+impl<'a> Pieces<'a> {
+    fn new() -> Pieces<'a> {
+        Pieces {
+            pieces: [None; MAX_PIECES],
+            n: 0,
+            chains: [(0, 0); MAX_CHAINS],
+            nchains: 0,
+            have: 0,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.n = 0;
+        self.nchains = 0;
+        self.have = 0;
+    }
+
+    /// Walks chain `head` and adds its pieces until `need` bytes are collected in all. `Ok`
+    /// with whether there was room for its pieces; `Err` for a malformed chain (its pieces
+    /// are dropped again).
+    fn add_chain(
+        &mut self,
+        q: &SplitQueue<'a>,
+        head: u16,
+        need: u64,
+    ) -> Result<bool, crate::virtq::split::ChainError> {
+        if self.nchains == MAX_CHAINS {
+            return Ok(false);
+        }
+        let (n0, have0) = (self.n, self.have);
+        let mut got = 0u64;
+        for piece in q.chain(head, true, MAX_PKT_LEN) {
+            let piece = match piece {
+                Ok(p) => p,
+                Err(e) => {
+                    self.n = n0;
+                    self.have = have0;
+                    return Err(e);
+                }
+            };
+            if self.have >= need {
+                break;
+            }
+            if self.n == MAX_PIECES {
+                self.n = n0;
+                self.have = have0;
+                return Ok(false);
+            }
+            let take = piece.len().min((need - self.have) as usize);
+            let Ok(p) = piece.subslice(0, take) else {
+                break;
+            };
+            self.pieces[self.n] = Some(p);
+            self.n += 1;
+            self.have += take as u64;
+            got += take as u64;
+        }
+        self.chains[self.nchains] = (head, got);
+        self.nchains += 1;
+        Ok(true)
+    }
+}
+
+/// Reserves the chains `pkt` needs, writes its header (and patched prefix) with the CPU, and
+/// batches or copies its payload; pushes its record and used entries. `Err` leaves the packet
+/// (and the chains it did not take) for later.
+fn place(
+    q: &SplitQueue<'_>,
+    b: &mut Burst<'_>,
+    aq: &mut AsyncQueue,
+    pkt: &Mbuf,
+    ctx: &Ctx,
+) -> Result<(), Stop> {
+    let need = (ctx.hlen + pkt.pkt_len()) as u64;
+    let mut ps = Pieces::new();
+    loop {
+        let head = match b.next_head() {
+            Ok(h) => h,
+            Err(stop) => {
+                b.unreserve_n(ps.nchains);
+                return Err(stop);
+            }
+        };
+        match ps.add_chain(q, head, need) {
+            Ok(true) => {}
+            Ok(false) => {
+                // Too fragmented to track: the packet waits (as when it does not fit).
+                b.unreserve_n(ps.nchains + 1);
+                return Err(Stop::NoRoom);
+            }
+            Err(e) => {
+                // As enqueue_burst: the chains taken before the bad one go back empty, then
+                // the bad one, and the packet starts over.
+                b.bad_chain_later(head, e);
+                let k = ps.nchains;
+                for &(h, _) in &ps.chains[..k] {
+                    aq.used.push_back([u32::from(h), 0]);
+                }
+                aq.used.push_back([u32::from(head), 0]);
+                aq.pkts.push_back(InFlight {
+                    is_pkt: false,
+                    mbuf: None,
+                    used: k as u16 + 1,
+                    jobs_left: 0,
+                });
+                ps.clear();
+                continue;
+            }
+        }
+        if ps.have >= need {
+            break;
+        }
+        if !ctx.mergeable {
+            // One chain must hold it all: as DPDK, it stays available and the packet waits.
+            b.unreserve();
+            return Err(Stop::NoRoom);
+        }
+    }
+    let seq = aq.next_seq();
+    let mut dst = Cursor {
+        pieces: &ps.pieces[..ps.n],
+        i: 0,
+        off: 0,
+    };
+    let hdr = header(pkt, ctx, ps.nchains as u16).to_bytes();
+    dst.cpu(&hdr[..ctx.hlen], true, &mut aq.stats);
+    let prefix = offload::patched_prefix(pkt.meta(), ctx.csum, || pkt.segments().map(|s| s.data()));
+    let mut skip = 0;
+    if let Some((buf, n)) = &prefix {
+        dst.cpu(&buf[..*n], false, &mut aq.stats);
+        skip = *n;
+    }
+    for seg in pkt.segments() {
+        let data = seg.data();
+        let from = skip.min(data.len());
+        skip -= from;
+        dst.payload(&data[from..], seq, aq);
+    }
+    let mut left = need;
+    for &(head, got) in &ps.chains[..ps.nchains] {
+        let len = got.min(left);
+        left -= len;
+        aq.used.push_back([u32::from(head), len as u32]);
+    }
+    aq.pkts.push_back(InFlight {
+        is_pkt: true,
+        mbuf: None,
+        used: ps.nchains as u16,
+        jobs_left: 0,
+    });
+    Ok(())
+}
+
+/// The write position in a packet's pieces.
+struct Cursor<'p, 'a> {
+    pieces: &'p [Option<GuestSlice<'a>>],
+    i: usize,
+    off: usize,
+}
+
+impl<'a> Cursor<'_, 'a> {
+    /// The next run of at most `max` bytes of the current piece (moving past it).
+    #[inline]
+    fn next_run(&mut self, max: usize) -> Option<GuestSlice<'a>> {
+        loop {
+            let p = (*self.pieces.get(self.i)?)?;
+            if self.off < p.len() {
+                let n = max.min(p.len() - self.off);
+                let run = p.subslice(self.off, n).ok()?;
+                self.off += n;
+                return Some(run);
+            }
+            self.i += 1;
+            self.off = 0;
+        }
+    }
+
+    /// Writes `src` with the CPU (`update`: leaving bytes that already hold the value alone,
+    /// for the header).
+    fn cpu(&mut self, mut src: &[u8], update: bool, stats: &mut AsyncStats) {
+        while !src.is_empty() {
+            let Some(run) = self.next_run(src.len()) else {
+                return;
+            };
+            let n = run.len();
+            if update {
+                let _ = run.update_at(0, &src[..n]);
+            } else {
+                run.copy_from(&src[..n]);
+            }
+            stats.cpu_copies += 1;
+            stats.cpu_bytes += n as u64;
+            src = &src[n..];
+        }
+    }
+
+    /// Copies payload `src`: runs of at least the threshold into the batch for the device,
+    /// the others with the CPU now.
+    fn payload(&mut self, mut src: &[u8], seq: u64, aq: &mut AsyncQueue) {
+        while !src.is_empty() {
+            let Some(run) = self.next_run(src.len()) else {
+                return;
+            };
+            let n = run.len();
+            if n >= aq.threshold && n > 0 && aq.job_room() {
+                aq.batch.push(CopyJob {
+                    src: src.as_ptr(),
+                    dst: run.as_ptr(),
+                    len: n as u32,
+                });
+                aq.batch_seq.push(seq);
+            } else {
+                run.copy_from(&src[..n]);
+                aq.stats.cpu_copies += 1;
+                aq.stats.cpu_bytes += n as u64;
+            }
+            src = &src[n..];
+        }
+    }
+}

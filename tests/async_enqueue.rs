@@ -1,0 +1,427 @@
+//! The asynchronous enqueue path over a real socket and real shared memory, with the engines of
+//! rvhost-dma as copy devices: the CPU engine (completes at submit) and the software engine on
+//! its own thread (several lanes that finish out of order, failure injection, throttling).
+//! The guest (the Rust frontend) must see exactly what the sync path gives it, in submission
+//! order, whatever the engine does; every mbuf comes back exactly once.
+
+mod common;
+
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use common::Bed;
+use common::pkt::{mbuf_of, payload};
+use rvhost::driver::Flags;
+use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
+use rvhost::frontend::{FrontendOptions, TxLayout};
+use rvhost::mbuf::{Mbuf, OffloadFlags, PktCache};
+use rvhost::net::{
+    AsyncConfig, AsyncCopyOps, AsyncError, DmaCopy, QueuePair, async_channel_register,
+    async_channel_unregister, async_clear_queue, async_in_flight, async_stats, enqueue_burst,
+    poll_enqueue_completed, submit_enqueue_burst,
+};
+use rvhost_dma::soft::{Idle, LaneConfig, SoftConfig, SoftWorker, WorkerConfig};
+use rvhost_dma::{ChannelConfig, CpuEngine, FailPolicy, SoftDevice, Status};
+
+const Q0: QueuePair = QueuePair(0);
+const MRG: u64 = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF | VIRTIO_RING_F_EVENT_IDX;
+const NO_MRG: u64 = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX;
+
+fn bed(features: u64, flags: Flags) -> Bed {
+    let opts = FrontendOptions {
+        features,
+        tx_layout: TxLayout::Inline,
+        mem_size: 32 << 20,
+        force_small_pages: true,
+        ..FrontendOptions::default()
+    };
+    Bed::new("async", flags, opts, "async-test", 4096, 64)
+}
+
+/// The copy devices the tests run with.
+#[derive(Clone, Copy, Debug)]
+enum Engine {
+    Cpu,
+    /// A software engine with this many lanes; lane 0 throttled to `slow` bytes/s when set,
+    /// so that the others overtake it (out-of-order completion).
+    Soft {
+        lanes: usize,
+        slow: u64,
+    },
+}
+
+/// A copy device, and the thread serving it (if any), which must outlive the channel.
+fn device(e: Engine, fail: FailPolicy) -> (Box<dyn AsyncCopyOps>, Option<SoftWorker>) {
+    let mut ch = ChannelConfig::new(1024);
+    ch.fail = fail;
+    match e {
+        Engine::Cpu => (Box::new(DmaCopy::new(CpuEngine::new(&ch).unwrap())), None),
+        Engine::Soft { lanes, slow } => {
+            let mut cfg = SoftConfig::with_lanes(lanes);
+            if slow > 0 {
+                cfg.lanes[0] = LaneConfig::throttled(slow);
+            }
+            cfg.chunk = 512;
+            let (dev, mut engines) = SoftDevice::new(&cfg, &[ch]).unwrap();
+            let worker = dev
+                .spawn(WorkerConfig {
+                    idle: Idle::Yield,
+                    ..WorkerConfig::default()
+                })
+                .unwrap();
+            (Box::new(DmaCopy::new(engines.remove(0))), Some(worker))
+        }
+    }
+}
+
+/// Submits `mbufs` and polls until all came back (or 5 s pass); returns them in the order
+/// poll handed them back. Posts receive buffers and reaps the guest's packets as it goes,
+/// collecting them in `got`.
+fn run_async(
+    b: &mut Bed,
+    mut mbufs: Vec<Mbuf>,
+    buf_len: usize,
+    got: &mut Vec<Vec<u8>>,
+) -> Vec<Mbuf> {
+    let total = mbufs.len();
+    let mut back = Vec::with_capacity(total);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while back.len() < total && Instant::now() < deadline {
+        let rx = b.fe.rx(0).unwrap();
+        rx.post_rx(256, buf_len);
+        submit_enqueue_burst(&b.dev, Q0.rx(), &mut mbufs);
+        poll_enqueue_completed(&b.dev, Q0.rx(), &mut back, 64);
+        got.extend(b.fe.rx(0).unwrap().recv(64));
+    }
+    let end = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < end {
+        let more = b.fe.rx(0).unwrap().recv(64);
+        if more.is_empty() && got.len() >= total {
+            break;
+        }
+        got.extend(more);
+    }
+    back
+}
+
+/// Enqueues with the sync path; returns what the guest received.
+fn run_sync(b: &mut Bed, mbufs: &[Mbuf], buf_len: usize) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (sent < mbufs.len() || got.len() < mbufs.len()) && Instant::now() < deadline {
+        b.fe.rx(0).unwrap().post_rx(256, buf_len);
+        sent += enqueue_burst(&b.dev, Q0.rx(), &mbufs[sent..]);
+        got.extend(b.fe.rx(0).unwrap().recv(64));
+    }
+    got
+}
+
+/// Frames of the given sizes, with an IPv4 EtherType and header start (for the checksum
+/// offload of [`mbufs_of`]).
+fn frames(sizes: &[usize], seed: usize) -> Vec<Vec<u8>> {
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let mut p = payload(n, seed + i);
+            if n >= 34 {
+                p[12..14].copy_from_slice(&[0x08, 0x00]); // IPv4
+                p[14] = 0x45;
+            }
+            p
+        })
+        .collect()
+}
+
+/// Mbufs holding `frames`; with `offload`, every third asks for its IPv4 header checksum.
+fn mbufs_of(cache: &mut PktCache, frames: &[Vec<u8>], offload: bool) -> Vec<Mbuf> {
+    frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut m = mbuf_of(cache, f);
+            if offload && i % 3 == 2 && f.len() >= 34 {
+                let meta = m.meta_mut();
+                meta.ol_flags |= OffloadFlags::TX_IPV4 | OffloadFlags::TX_IP_CKSUM;
+                meta.l2_len = 14;
+                meta.l3_len = 20;
+            }
+            m
+        })
+        .collect()
+}
+
+fn register(b: &Bed, threshold: u32, ops: Box<dyn AsyncCopyOps>) {
+    let cfg = AsyncConfig {
+        threshold,
+        ..AsyncConfig::default()
+    };
+    async_channel_register(&b.dev, Q0.rx(), cfg, ops).unwrap();
+}
+
+/// The same packets through the sync path and through the async path with every engine and
+/// threshold put the same bytes into the guest, in the same order; every mbuf comes back.
+#[test]
+fn async_and_sync_give_the_guest_the_same_bytes() {
+    for features in [MRG, NO_MRG] {
+        let mergeable = features & VIRTIO_NET_F_MRG_RXBUF != 0;
+        let (sizes, buf_len): (&[usize], usize) = if mergeable {
+            (&[60, 64, 200, 255, 256, 257, 1000, 1514, 3000, 9000], 1536)
+        } else {
+            (&[60, 64, 200, 255, 256, 257, 1000, 1514], 1600)
+        };
+        let pkts = frames(sizes, 1);
+        let mut sync = bed(features, Flags::empty());
+        let mut cache = sync.pool.cache();
+        let mbufs = mbufs_of(&mut cache, &pkts, true);
+        let want = run_sync(&mut sync, &mbufs, buf_len);
+        assert_eq!(want.len(), pkts.len(), "sync, features {features:#x}");
+        cache.free_bulk(mbufs);
+        drop(cache);
+        for engine in [Engine::Cpu, Engine::Soft { lanes: 4, slow: 0 }] {
+            for threshold in [0, 256, 1 << 20] {
+                let ctx = format!("features {features:#x} {engine:?} threshold {threshold}");
+                let mut b = bed(features, Flags::ASYNC_COPY);
+                let (ops, worker) = device(engine, FailPolicy::Never);
+                register(&b, threshold, ops);
+                let mut cache = b.pool.cache();
+                let mbufs = mbufs_of(&mut cache, &pkts, true);
+                let ptrs: Vec<usize> = mbufs.iter().map(|m| m.data().as_ptr() as usize).collect();
+                let mut got = Vec::new();
+                let back = run_async(&mut b, mbufs, buf_len, &mut got);
+                assert_eq!(got.len(), want.len(), "{ctx}");
+                let bad = got.iter().zip(&want).position(|(g, w)| g != w);
+                assert_eq!(
+                    bad, None,
+                    "{ctx}: first packet that differs from the sync path's"
+                );
+                let back_ptrs: Vec<usize> =
+                    back.iter().map(|m| m.data().as_ptr() as usize).collect();
+                assert_eq!(back_ptrs, ptrs, "{ctx}: every mbuf back once, in order");
+                let s = async_stats(&b.dev, Q0.rx()).unwrap();
+                assert_eq!(
+                    (s.submitted, s.completed),
+                    (pkts.len() as u64, pkts.len() as u64)
+                );
+                if threshold == 1 << 20 {
+                    assert_eq!(s.dma_copies, 0, "{ctx}: nothing reaches the threshold");
+                } else {
+                    assert!(s.dma_copies > 0, "{ctx}: {s:?}");
+                }
+                cache.free_bulk(back);
+                drop(cache);
+                assert_eq!(b.pool.in_use(), 0, "{ctx}");
+                drop(b);
+                drop(worker);
+            }
+        }
+    }
+}
+
+/// Small packets (CPU copies, done at submit) between large ones (DMA jobs) on an engine whose
+/// first lane is slow, so jobs finish out of order: the guest still gets every packet in
+/// submission order, and poll hands the mbufs back in that order.
+#[test]
+fn order_holds_with_an_out_of_order_engine_and_mixed_copies() {
+    let mut b = bed(MRG, Flags::ASYNC_COPY);
+    let (ops, worker) = device(
+        Engine::Soft {
+            lanes: 4,
+            slow: 20 << 20,
+        },
+        FailPolicy::Never,
+    );
+    register(&b, 256, ops);
+    let mut cache = b.pool.cache();
+    let sizes: Vec<usize> = (0..600)
+        .map(|i| [64, 1514, 60, 4000, 128, 9000][i % 6])
+        .collect();
+    let pkts = frames(&sizes, 7);
+    let mut got = Vec::new();
+    let mut back = Vec::new();
+    for chunk in pkts.chunks(100) {
+        let mbufs = mbufs_of(&mut cache, chunk, false);
+        let ptrs: Vec<usize> = mbufs.iter().map(|m| m.data().as_ptr() as usize).collect();
+        let r = run_async(&mut b, mbufs, 1536, &mut got);
+        let rp: Vec<usize> = r.iter().map(|m| m.data().as_ptr() as usize).collect();
+        assert_eq!(rp, ptrs, "mbufs back in submission order");
+        back.extend(r);
+    }
+    assert_eq!(got.len(), pkts.len());
+    let first_bad = got.iter().zip(&pkts).position(|(g, p)| g != p);
+    assert_eq!(first_bad, None, "first packet out of order or corrupted");
+    let s = async_stats(&b.dev, Q0.rx()).unwrap();
+    assert!(s.dma_copies > 0 && s.cpu_copies > 0, "{s:?}");
+    let lanes = worker.as_ref().unwrap().stats();
+    assert!(
+        lanes.lanes.iter().filter(|l| l.jobs > 0).count() > 1,
+        "jobs spread over lanes: {lanes:?}"
+    );
+    cache.free_bulk(back);
+    drop(cache);
+    assert_eq!(b.pool.in_use(), 0);
+}
+
+/// The engine fails every third job: the CPU copies those again, the guest sees intact
+/// packets, and the failures are counted.
+#[test]
+fn failed_jobs_are_copied_again_by_the_cpu() {
+    for engine in [Engine::Cpu, Engine::Soft { lanes: 2, slow: 0 }] {
+        let mut b = bed(MRG, Flags::ASYNC_COPY);
+        let fail = FailPolicy::EveryNth {
+            n: NonZeroU32::new(3).unwrap(),
+            status: Status::InvalidDstAddr,
+        };
+        let (ops, _worker) = device(engine, fail);
+        register(&b, 256, ops);
+        let mut cache = b.pool.cache();
+        let sizes: Vec<usize> = (0..90).map(|i| [1514, 3000, 600][i % 3]).collect();
+        let pkts = frames(&sizes, 3);
+        let mbufs = mbufs_of(&mut cache, &pkts, false);
+        let mut got = Vec::new();
+        let back = run_async(&mut b, mbufs, 1536, &mut got);
+        assert_eq!(back.len(), pkts.len(), "{engine:?}");
+        assert_eq!(got.len(), pkts.len(), "{engine:?}");
+        let bad = got.iter().zip(&pkts).position(|(g, p)| g != p);
+        assert_eq!(bad, None, "{engine:?}: first packet that differs");
+        let s = async_stats(&b.dev, Q0.rx()).unwrap();
+        assert!(s.dma_copies >= 90, "{engine:?} {s:?}");
+        assert_eq!(s.dma_errors, s.dma_copies / 3, "{engine:?} {s:?}");
+        cache.free_bulk(back);
+    }
+}
+
+/// Jobs in flight on a slow engine when the frontend stops the ring (GET_VRING_BASE): the
+/// control thread waits for them, writes the used entries, and the mbufs come back exactly
+/// once, by poll or by clear. The guest has every packet it was given.
+#[test]
+fn stopping_the_ring_with_jobs_in_flight_returns_every_packet_once() {
+    let mut b = bed(MRG, Flags::ASYNC_COPY);
+    let (ops, worker) = device(
+        Engine::Soft {
+            lanes: 1,
+            slow: 4 << 20,
+        },
+        FailPolicy::Never,
+    );
+    register(&b, 256, ops);
+    let mut cache = b.pool.cache();
+    let pkts = frames(&[4000; 64], 11);
+    let mut mbufs = mbufs_of(&mut cache, &pkts, false);
+    b.fe.rx(0).unwrap().post_rx(256, 1536);
+    let taken = submit_enqueue_burst(&b.dev, Q0.rx(), &mut mbufs);
+    assert!(taken > 0);
+    assert!(async_in_flight(&b.dev, Q0.rx()).is_some());
+    // 64 x 4000 B at 4 MB/s: most jobs are still running when the ring stops.
+    b.fe.stop().unwrap();
+    let mut back = Vec::new();
+    poll_enqueue_completed(&b.dev, Q0.rx(), &mut back, usize::MAX);
+    async_clear_queue(&b.dev, Q0.rx(), &mut back);
+    assert_eq!(back.len(), taken, "every taken mbuf back once");
+    let s = async_stats(&b.dev, Q0.rx()).unwrap();
+    assert_eq!(s.completed, taken as u64);
+    assert!(s.drains >= 1, "the stop found jobs in flight: {s:?}");
+    assert_eq!(async_in_flight(&b.dev, Q0.rx()), Some(0));
+    // What the guest was given (used entries written before the base was read).
+    let got = b.fe.rx(0).unwrap().recv(256);
+    assert_eq!(got.len() as u64 + s.dropped, taken as u64, "{s:?}");
+    assert!(got.iter().zip(&pkts).all(|(g, p)| g == p));
+    cache.free_bulk(back);
+    cache.free_bulk(mbufs);
+    drop(cache);
+    assert_eq!(b.pool.in_use(), 0);
+    drop(worker);
+}
+
+/// The frontend goes away with jobs in flight: nothing leaks, every mbuf comes back.
+#[test]
+fn disconnect_with_jobs_in_flight_leaks_nothing() {
+    let mut b = bed(MRG, Flags::ASYNC_COPY);
+    let (ops, worker) = device(
+        Engine::Soft {
+            lanes: 1,
+            slow: 4 << 20,
+        },
+        FailPolicy::Never,
+    );
+    register(&b, 256, ops);
+    let mut cache = b.pool.cache();
+    let pkts = frames(&[4000; 32], 5);
+    let mut mbufs = mbufs_of(&mut cache, &pkts, false);
+    b.fe.rx(0).unwrap().post_rx(256, 1536);
+    let taken = submit_enqueue_burst(&b.dev, Q0.rx(), &mut mbufs);
+    assert!(taken > 0);
+    b.fe.disconnect();
+    let mut back = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while back.len() < taken && Instant::now() < deadline {
+        poll_enqueue_completed(&b.dev, Q0.rx(), &mut back, usize::MAX);
+        async_clear_queue(&b.dev, Q0.rx(), &mut back);
+    }
+    assert_eq!(back.len(), taken);
+    cache.free_bulk(back);
+    cache.free_bulk(mbufs);
+    drop(cache);
+    assert_eq!(b.pool.in_use(), 0);
+    drop(worker);
+}
+
+/// Unregistering is refused while packets are the channel's, and works once they are back;
+/// the sync path is refused on a vring with a channel, without touching the guest's buffers;
+/// a channel needs the socket flag and in-order completion.
+#[test]
+fn channel_rules() {
+    let plain = bed(MRG, Flags::empty());
+    let (ops, _) = device(Engine::Cpu, FailPolicy::Never);
+    assert!(matches!(
+        async_channel_register(&plain.dev, Q0.rx(), AsyncConfig::default(), ops),
+        Err(AsyncError::NotEnabled)
+    ));
+    drop(plain);
+
+    let mut b = bed(MRG, Flags::ASYNC_COPY);
+    let (ops, _) = device(Engine::Cpu, FailPolicy::Never);
+    let ooo = AsyncConfig {
+        inorder: false,
+        ..AsyncConfig::default()
+    };
+    assert!(matches!(
+        async_channel_register(&b.dev, Q0.rx(), ooo, ops),
+        Err(AsyncError::OutOfOrder)
+    ));
+    let (ops, _) = device(Engine::Cpu, FailPolicy::Never);
+    register(&b, 256, ops);
+    let (ops, _) = device(Engine::Cpu, FailPolicy::Never);
+    assert!(matches!(
+        async_channel_register(&b.dev, Q0.rx(), AsyncConfig::default(), ops),
+        Err(AsyncError::AlreadyRegistered { vring: 0 })
+    ));
+    let mut cache = b.pool.cache();
+    let pkts = frames(&[1000; 4], 9);
+    let mut mbufs = mbufs_of(&mut cache, &pkts, false);
+    b.fe.rx(0).unwrap().post_rx(64, 1536);
+    // Sync on an async vring: refused, the guest's buffers untouched.
+    assert_eq!(enqueue_burst(&b.dev, Q0.rx(), &mbufs), 0);
+    assert!(b.fe.rx(0).unwrap().recv(8).is_empty());
+    assert_eq!(submit_enqueue_burst(&b.dev, Q0.rx(), &mut mbufs), 4);
+    assert!(matches!(
+        async_channel_unregister(&b.dev, Q0.rx()),
+        Err(AsyncError::InFlight {
+            vring: 0,
+            packets: 4
+        })
+    ));
+    let mut back = Vec::new();
+    poll_enqueue_completed(&b.dev, Q0.rx(), &mut back, 64);
+    assert_eq!(back.len(), 4);
+    assert!(async_channel_unregister(&b.dev, Q0.rx()).is_ok());
+    assert!(matches!(
+        async_channel_unregister(&b.dev, Q0.rx()),
+        Err(AsyncError::NotRegistered { vring: 0 })
+    ));
+    // Without the channel the sync path works again.
+    let got = b.fe.rx(0).unwrap().recv(8);
+    assert!(got == pkts, "the guest got the 4 packets");
+    cache.free_bulk(back);
+}
