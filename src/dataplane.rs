@@ -10,30 +10,36 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use std::sync::atomic::{AtomicBool, Ordering};
 //! use rvhost::dataplane::{DeviceTable, PortOps};
 //! use rvhost::driver::{Driver, Flags};
+//! use rvhost::lcore::Lcores;
+//! use rvhost::mbuf::PktPool;
 //! use rvhost::net::{QueuePair, dequeue_burst, enqueue_burst};
-//! # fn run(pool: rvhost::mbuf::PktPool, stop: Arc<AtomicBool>) -> Result<(), Box<dyn std::error::Error>> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = PktPool::with_defaults("rx", 8192)?;
 //! let table = DeviceTable::new(1, 1); // one port, one data-plane core
 //! let driver = Driver::new()?;
 //! driver.register("/tmp/vhost.sock", Flags::empty())?;
-//! driver.set_callbacks("/tmp/vhost.sock", Arc::new(PortOps { table: Arc::clone(&table), port: 0 }))?;
+//! let ops = PortOps { table: Arc::clone(&table), port: 0 };
+//! driver.set_callbacks("/tmp/vhost.sock", Arc::new(ops))?;
 //! driver.start("/tmp/vhost.sock")?;
-//! let worker = std::thread::spawn(move || {
-//!     let mut reader = table.reader(0); // on the core, before its loop
+//! let workers = Lcores::launch(&[1], move |lcore| {
+//!     let mut reader = table.reader(lcore.id().index()); // on the core, before its loop
 //!     let mut cache = pool.cache();
 //!     let mut pkts = Vec::new();
-//!     while !stop.load(Ordering::Relaxed) {
+//!     while !lcore.should_stop() {
 //!         reader.refresh(|_port, _dev| {}); // top of every turn, no burst in progress
 //!         let Some(dev) = reader.dev(0) else { continue };
 //!         dequeue_burst(dev, QueuePair(0).tx(), &mut cache, &mut pkts, 32);
-//!         let sent = enqueue_burst(dev, QueuePair(0).rx(), &pkts);
+//!         enqueue_burst(dev, QueuePair(0).rx(), &pkts);
 //!         cache.free_bulk(pkts.drain(..)); // sent or not: enqueue copied what it took
-//!         let _ = sent;
 //!     }
-//! });
-//! # worker.join().ok(); Ok(()) }
+//! })?;
+//! // To stop: the workers first (a dropped reader is not waited for), then the driver.
+//! workers.stop();
+//! workers.join()?;
+//! driver.unregister("/tmp/vhost.sock")?;
+//! # Ok(()) }
 //! ```
 //!
 //! The callbacks ([`PortOps`]) write the table on the control thread; each core reads it
@@ -192,8 +198,9 @@ impl DeviceTable {
         })
     }
 
-    /// The reader of lcore `lcore` (to be made on that lcore, before its loop). It counts as
-    /// polling until it is dropped.
+    /// The reader of lcore `lcore` (to be made on that lcore, before its loop): on an
+    /// [`Lcores`](crate::lcore::Lcores) worker, `lcore.id().index()`. It counts as polling
+    /// until it is dropped.
     ///
     /// # Panics
     ///
@@ -275,7 +282,12 @@ impl Drop for Reader {
     }
 }
 
-/// The callbacks of one port's socket.
+/// The callbacks of one port's socket: `new_device` attaches the device to `port`
+/// ([`DeviceTable::attach`]: refused with [`PortError`] if another device runs there),
+/// `destroy_device` detaches it and returns once no lcore uses it
+/// ([`DeviceTable::detach`]); both log one line. The other callbacks do nothing. To add your
+/// own, wrap it: implement [`DeviceOps`] on a type holding a `PortOps` and call its methods
+/// from yours (the `reconnect` example does).
 pub struct PortOps {
     /// The table to update.
     pub table: Arc<DeviceTable>,

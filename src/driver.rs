@@ -218,6 +218,12 @@ pub(crate) struct SocketConfig {
 }
 
 /// The vhost-user driver: a set of registered socket paths served by one control thread.
+///
+/// Dropping it shuts the control thread down: every connection is closed (with
+/// `destroy_device` for a running device, then `destroy_connection`), every listening socket
+/// file is removed, and the thread is joined. So stop or detach the data plane's use of its
+/// devices first, as `destroy_device` requires (a [`DeviceTable`](crate::dataplane::DeviceTable)
+/// does it; a worker that has exited is not waited for).
 pub struct Driver {
     sockets: Mutex<HashMap<PathBuf, SocketConfig>>,
     control: control::ControlHandle,
@@ -354,7 +360,9 @@ impl Driver {
     }
 
     /// Sets how many queue pairs a device on `path` offers (GET_QUEUE_NUM), 1 to
-    /// [`device::MAX_QUEUE_PAIRS`].
+    /// [`device::MAX_QUEUE_PAIRS`] (the default). A frontend sets up as many as it wants up
+    /// to that; a burst on a queue pair it did not set up returns 0 (counted as `not_ready`)
+    /// and touches nothing, so a worker may poll every pair it offers.
     pub fn set_max_queue_pairs(
         &self,
         path: impl AsRef<Path>,

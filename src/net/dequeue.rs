@@ -45,6 +45,13 @@ enum Large {
 /// Copies up to `max` packets from the guest's transmit queue `q` (`QueuePair(n).tx()`,
 /// vring `2n + 1`) into mbufs taken from `cache`, appending them to `out`. Returns how many
 /// were appended. Why a call returned 0 is in [`Device::vring_stats`].
+///
+/// The mbufs are fresh (not shared, so [`Mbuf::data_mut`] works on their first segment),
+/// and the first segment holds the start of the frame, its whole Ethernet header included; a
+/// frame longer than a data room is chained, linear or in an external buffer as the socket's
+/// flags say. The guest's virtio-net header is translated
+/// into offload requests (`ol_flags`, `l2_len`...), which [`enqueue_burst`](super::enqueue_burst)
+/// turns back into a header: an echo keeps them as they are.
 pub fn dequeue_burst(
     dev: &Device,
     q: TxQueueId,

@@ -48,6 +48,12 @@ const READ_AHEAD_BYTES: usize = 128;
 /// (`QueuePair(n).rx()`, vring `2n`). Returns how many were enqueued; the caller keeps
 /// ownership of every mbuf (free them, or retry the rest). Why a call returned fewer than
 /// asked is in [`Device::vring_stats`].
+///
+/// The packets are only read, so one mbuf may go to several queues (pass it in each burst).
+/// Its offload requests (`ol_flags`, `l2_len`...) become the virtio-net header, limited to
+/// what the guest negotiated (an IP checksum it cannot take is filled in here). Returns 0 on
+/// a queue with an async channel (use
+/// [`submit_enqueue_burst`](super::submit_enqueue_burst) there).
 pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
     let Some(mut guard) = dev.try_lock_vring(q.vring()) else {
         return 0;
