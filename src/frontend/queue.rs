@@ -310,7 +310,24 @@ impl Queue<Rx> {
     /// copied out of the shared buffers). The buffers go back to the free list: post new
     /// ones with [`post_rx`](Self::post_rx). With MRG_RXBUF a packet spanning several buffers
     /// is delivered once all of them are used.
-    pub fn poll_rx(&mut self, max: usize, mut f: impl FnMut(RxPacket<'_>)) -> usize {
+    pub fn poll_rx(&mut self, max: usize, f: impl FnMut(RxPacket<'_>)) -> usize {
+        self.poll_rx_upto(max, usize::MAX, f)
+    }
+
+    /// As [`poll_rx`](Self::poll_rx), but copies only the header and the first `sample` bytes
+    /// of each packet out of the shared buffers: `data` is that sample, `written` still the
+    /// whole length the device wrote. For benchmarks, where a receiver that copied every
+    /// payload would cost its core what the backend saves.
+    pub fn poll_rx_sample(
+        &mut self,
+        max: usize,
+        sample: usize,
+        f: impl FnMut(RxPacket<'_>),
+    ) -> usize {
+        self.poll_rx_upto(max, self.hdr_len.saturating_add(sample), f)
+    }
+
+    fn poll_rx_upto(&mut self, max: usize, limit: usize, mut f: impl FnMut(RxPacket<'_>)) -> usize {
         let mut got = 0;
         while got < max {
             let ready = self.ring.used_ready();
@@ -320,7 +337,7 @@ impl Queue<Rx> {
             let Some(nbufs) = self.buffers_of_next(ready) else {
                 break;
             };
-            let g = self.gather(nbufs);
+            let g = self.gather(nbufs, limit);
             if g.written < self.hdr_len {
                 // Nothing valid (bad ids only, counted by the ring), or not even a header.
                 if g.popped > 0 {
@@ -371,8 +388,9 @@ impl Queue<Rx> {
         }
     }
 
-    /// Pops `nbufs` used elements and copies what the device wrote into the scratch buffer.
-    fn gather(&mut self, nbufs: u16) -> Gathered {
+    /// Pops `nbufs` used elements and copies what the device wrote into the scratch buffer,
+    /// up to `limit` bytes.
+    fn gather(&mut self, nbufs: u16, limit: usize) -> Gathered {
         let slot = self.pool.slot_len();
         let mut total = 0;
         let mut written = 0;
@@ -396,9 +414,10 @@ impl Queue<Rx> {
                 let take = left.min(slot);
                 left -= take;
                 let room = self.kind.scratch.len() - total;
-                let dst = &mut self.kind.scratch[total..total + take.min(room)];
+                let copy = take.min(room).min(limit.saturating_sub(total));
+                let dst = &mut self.kind.scratch[total..total + copy];
                 total += self.pool.read(id, 0, dst);
-                truncated |= take > room;
+                truncated |= take > room && limit == usize::MAX;
             }
         }
         if truncated {

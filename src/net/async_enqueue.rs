@@ -11,17 +11,20 @@
 //! the channel's from submit to poll.
 
 use super::enqueue::{Ctx, MAX_CHAINS, header, oversized_gso};
+use super::hdr::VirtioNetHdr;
 use super::offload;
 use super::queue_id::RxQueueId;
 use super::ring::{Burst, MAX_PKT_LEN, Stop};
 use crate::driver::{Device, Flags};
 use crate::mbuf::Mbuf;
-use crate::memory::GuestSlice;
+use crate::memory::{Gpa, GuestSlice, TranslationCache};
 use crate::virtq::Vring;
 use crate::virtq::async_queue::{
     AsyncConfig, AsyncCopyOps, AsyncQueue, AsyncStats, CopyJob, Idle, InFlight,
 };
-use crate::virtq::split::SplitQueue;
+use crate::virtq::split::{
+    SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
 
 /// Most guest buffer pieces one packet may be written into (beyond it the packet waits, as
 /// when it does not fit).
@@ -243,6 +246,8 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
     let ctx = Ctx::new(burst.features);
     let first_new = aq.pkts.len();
     let mut taken = 0;
+    let mut tc = TranslationCache::new();
+    let mut pieces = Pieces::new();
     for pkt in pkts.iter() {
         if !ctx.gso && oversized_gso(pkt) {
             // As enqueue_burst: consumed and counted, no buffer of this guest can hold it.
@@ -254,8 +259,11 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
             burst.stats.too_large += 1;
             continue;
         }
-        if place(&q, &mut burst, aq, pkt, &ctx).is_err() {
-            break;
+        if !place_simple(&q, &mut burst, aq, &mut tc, pkt, &ctx) {
+            pieces.clear();
+            if place(&q, &mut burst, aq, &mut pieces, pkt, &ctx).is_err() {
+                break;
+            }
         }
         taken += 1;
         burst.stats.packets += 1;
@@ -386,15 +394,15 @@ impl<'a> Pieces<'a> {
 /// Reserves the chains `pkt` needs, writes its header (and patched prefix) with the CPU, and
 /// batches or copies its payload; pushes its record and used entries. `Err` leaves the packet
 /// (and the chains it did not take) for later.
-fn place(
-    q: &SplitQueue<'_>,
+fn place<'a>(
+    q: &SplitQueue<'a>,
     b: &mut Burst<'_>,
     aq: &mut AsyncQueue,
+    ps: &mut Pieces<'a>,
     pkt: &Mbuf,
     ctx: &Ctx,
 ) -> Result<(), Stop> {
     let need = (ctx.hlen + pkt.pkt_len()) as u64;
-    let mut ps = Pieces::new();
     loop {
         let head = match b.next_head() {
             Ok(h) => h,
@@ -471,6 +479,69 @@ fn place(
         jobs_left: 0,
     });
     Ok(())
+}
+
+/// The common case without walking a chain (as enqueue's `place_simple`): the next chain is
+/// one writable descriptor in one region that holds the header and the packet (one segment,
+/// no offload). Anything else is left for [`place`].
+#[inline]
+fn place_simple(
+    q: &SplitQueue<'_>,
+    b: &mut Burst<'_>,
+    aq: &mut AsyncQueue,
+    tc: &mut TranslationCache,
+    pkt: &Mbuf,
+    ctx: &Ctx,
+) -> bool {
+    if pkt.nb_segs() != 1 || !pkt.meta().ol_flags.is_empty() {
+        return false;
+    }
+    let Some(head) = b.peek_head(0) else {
+        return false;
+    };
+    let d = q.desc(head);
+    let data = pkt.data();
+    let need = ctx.hlen + data.len();
+    if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT) != 0
+        || d.flags & VIRTQ_DESC_F_WRITE == 0
+        || (d.len as usize) < need
+    {
+        return false;
+    }
+    let Some(buf) = q.memory().gpa_to_host_cached(tc, Gpa(d.addr), need as u64) else {
+        return false;
+    };
+    let Ok(body) = buf.subslice(ctx.hlen, data.len()) else {
+        return false;
+    };
+    b.take_peeked();
+    let hdr = VirtioNetHdr {
+        num_buffers: 1,
+        ..VirtioNetHdr::default()
+    };
+    // As enqueue: the header usually holds these values already; leave its line alone then.
+    let _ = buf.update_at(0, &hdr.to_bytes()[..ctx.hlen]);
+    let seq = aq.next_seq();
+    if data.len() >= aq.threshold && !data.is_empty() && aq.job_room() {
+        aq.batch.push(CopyJob {
+            src: data.as_ptr(),
+            dst: body.as_ptr(),
+            len: data.len() as u32,
+        });
+        aq.batch_seq.push(seq);
+    } else {
+        body.copy_from(data);
+        aq.stats.cpu_copies += 1;
+        aq.stats.cpu_bytes += data.len() as u64;
+    }
+    aq.used.push_back([u32::from(head), need as u32]);
+    aq.pkts.push_back(InFlight {
+        is_pkt: true,
+        mbuf: None,
+        used: 1,
+        jobs_left: 0,
+    });
+    true
 }
 
 /// The write position in a packet's pieces.

@@ -109,16 +109,23 @@ pub(crate) struct Bed {
 }
 
 impl Bed {
-    /// Starts a driver on `sock`, connects and starts a frontend with `queue_size`
-    /// descriptors per ring (on 4 KiB pages if `small_pages`), and waits for the device.
+    /// Starts a driver on `sock` (with [`Flags::ASYNC_COPY`] if `asynch`), connects and
+    /// starts a frontend with `queue_size` descriptors per ring (on 4 KiB pages if
+    /// `small_pages`), and waits for the device.
     pub fn new(
         sock: &Path,
         queue_size: u16,
         mrg: bool,
         small_pages: bool,
+        asynch: bool,
     ) -> Result<Bed, BenchError> {
         let driver = Driver::new()?;
-        driver.register(sock, Flags::empty())?;
+        let flags = if asynch {
+            Flags::ASYNC_COPY
+        } else {
+            Flags::empty()
+        };
+        driver.register(sock, flags)?;
         let table = DeviceTable::new(1, 1);
         let capture = Arc::new(Capture::new(&table));
         driver.set_callbacks(sock, Arc::clone(&capture) as Arc<dyn DeviceOps>)?;

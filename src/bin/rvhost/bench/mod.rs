@@ -105,6 +105,94 @@ impl Toggle {
     }
 }
 
+/// How the backend copies payloads in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CopyMode {
+    /// The sync data path: the backend core copies (`enqueue_burst`).
+    Cpu,
+    /// The async path with the software DMA engine (`submit_enqueue_burst` /
+    /// `poll_enqueue_completed`), the engine polled in the frontend core's loop.
+    Soft {
+        /// Copies below this many bytes stay on the backend core.
+        threshold: u32,
+        /// Lanes ("engines") of the software device.
+        lanes: usize,
+    },
+}
+
+impl CopyMode {
+    /// The name in the table and the JSON: `cpu`, `soft`, or `soft:t=N,e=K` off the defaults.
+    pub fn name(self) -> String {
+        match self {
+            CopyMode::Cpu => "cpu".into(),
+            CopyMode::Soft { threshold, lanes } => {
+                if threshold == rvhost::net::DEFAULT_THRESHOLD && lanes == 1 {
+                    "soft".into()
+                } else {
+                    format!("soft:t={threshold},e={lanes}")
+                }
+            }
+        }
+    }
+
+    /// Parses `--copy`: `cpu` and `soft` start a mode, `threshold=N` and `engines=K` set the
+    /// last `soft` (e.g. `cpu,soft,threshold=0,soft,engines=4`).
+    pub fn parse_list(s: &str) -> Result<Vec<CopyMode>, String> {
+        let mut modes: Vec<CopyMode> = Vec::new();
+        for tok in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let (key, value) = match tok.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (tok, None),
+            };
+            match (key, value, modes.last_mut()) {
+                ("cpu", None, _) => modes.push(CopyMode::Cpu),
+                ("soft", None, _) => modes.push(CopyMode::Soft {
+                    threshold: rvhost::net::DEFAULT_THRESHOLD,
+                    lanes: 1,
+                }),
+                ("threshold", Some(v), Some(CopyMode::Soft { threshold, .. })) => {
+                    *threshold = v
+                        .parse()
+                        .map_err(|_| format!("threshold={v}: not a byte count"))?;
+                }
+                ("engines", Some(v), Some(CopyMode::Soft { lanes, .. })) => {
+                    *lanes = match v.parse() {
+                        Ok(n) if (1..=rvhost_dma::soft::MAX_LANES).contains(&n) => n,
+                        _ => {
+                            return Err(format!(
+                                "engines={v}: not in 1..={}",
+                                rvhost_dma::soft::MAX_LANES
+                            ));
+                        }
+                    };
+                }
+                ("threshold" | "engines", Some(_), _) => {
+                    return Err(format!("{tok}: applies to a `soft` before it"));
+                }
+                _ => {
+                    return Err(format!(
+                        "{tok}: expected cpu, soft, threshold=N or engines=K"
+                    ));
+                }
+            }
+        }
+        if modes.is_empty() {
+            return Err("no copy mode given".into());
+        }
+        Ok(modes)
+    }
+}
+
+/// The `--copy` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyModes(pub Vec<CopyMode>);
+
+impl CopyModes {
+    fn parse(s: &str) -> Result<CopyModes, String> {
+        CopyMode::parse_list(s).map(CopyModes)
+    }
+}
+
 /// Arguments of `rvhost bench`.
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct BenchArgs {
@@ -152,6 +240,11 @@ pub struct BenchArgs {
     /// Also write the rows as JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+    /// Copy modes, each run per row: `cpu` (the backend core copies) and `soft[,threshold=N]
+    /// [,engines=K]` (async path, software DMA engine polled on the frontend's core), e.g.
+    /// `cpu,soft`. g2h rows run with `cpu` only (async dequeue is not built yet).
+    #[arg(long, default_value = "cpu", value_parser = CopyModes::parse)]
+    pub copy: CopyModes,
 }
 
 impl Default for BenchArgs {
@@ -168,6 +261,7 @@ impl Default for BenchArgs {
             frontend_core: 1,
             small_pages: false,
             json: None,
+            copy: CopyModes(vec![CopyMode::Cpu]),
         }
     }
 }
@@ -230,6 +324,12 @@ pub enum BenchError {
         #[source]
         source: std::io::Error,
     },
+    /// The software DMA engine could not be set up.
+    #[error("software DMA engine")]
+    Dma(#[source] rvhost_dma::DmaError),
+    /// The async channel could not be registered.
+    #[error("async channel")]
+    Async(#[source] rvhost::net::AsyncError),
     /// Some rows failed their correctness checks (each was reported with its reason).
     #[error("{failed} of {total} rows failed their checks")]
     RowsFailed {
@@ -252,6 +352,9 @@ impl BenchArgs {
         }
         if self.mrg.is_empty() {
             return bad("mrg", "give on, off or on,off".into());
+        }
+        if self.copy.0.is_empty() {
+            return bad("copy", "give cpu, soft or cpu,soft".into());
         }
         if let Some(s) = self
             .sizes
@@ -315,22 +418,33 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     let mut out = report::Report::new(args, clock);
     let mut notes = PageNotes::new(args.small_pages, pool.memory_kind().0);
     let mut rows = Vec::new();
+    let mut g2h_noted = false;
     for &mrg in &args.mrg {
         for &d in &args.dirs {
             for &size in &args.sizes {
-                let cfg = row::RowConfig {
-                    dir: d,
-                    size,
-                    mrg: mrg.is_on(),
-                    args,
-                    sock: dir.path().join(format!("row{}.sock", rows.len())),
-                };
-                let r = row::run_row(&cfg, &pool, &clock)?;
-                if let Some(note) = notes.after_row(r.frontend_pages) {
-                    out.note(&note);
+                for &copy in &args.copy.0 {
+                    if d == Direction::G2h && copy != CopyMode::Cpu {
+                        if !g2h_noted {
+                            out.note("note: g2h rows run with --copy cpu only (async dequeue is not built yet)");
+                            g2h_noted = true;
+                        }
+                        continue;
+                    }
+                    let cfg = row::RowConfig {
+                        dir: d,
+                        size,
+                        mrg: mrg.is_on(),
+                        copy,
+                        args,
+                        sock: dir.path().join(format!("row{}.sock", rows.len())),
+                    };
+                    let r = row::run_row(&cfg, &pool, &clock)?;
+                    if let Some(note) = notes.after_row(r.frontend_pages) {
+                        out.note(&note);
+                    }
+                    out.row(&r);
+                    rows.push(r);
                 }
-                out.row(&r);
-                rows.push(r);
             }
         }
     }

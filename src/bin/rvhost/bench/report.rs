@@ -2,9 +2,9 @@
 
 use std::fmt::Write as _;
 
-use super::BenchArgs;
 use super::clock::Clock;
 use super::row::RowResult;
+use super::{BenchArgs, Direction};
 
 /// Prints the header once, then one line per row.
 pub(crate) struct Report {
@@ -50,9 +50,14 @@ impl Report {
             "  drops: packets the backend had that the guest had no buffer for (testpmd's \
              TX-dropped)"
                 .into(),
+            "  copy: cpu = the backend core copies; soft = async path, copies of at least the \
+             threshold (t, default 256 B) go to the software DMA engine (e lanes), polled on \
+             the frontend's core"
+                .into(),
             format!(
-                "{:<9}{:>4}{:>7}{:>9}{:>9}{:>10}{:>6}{:>15}{:>10}{:>11}  check",
+                "{:<9}{:<14}{:>4}{:>7}{:>9}{:>9}{:>10}{:>6}{:>15}{:>10}{:>11}  check",
                 "dir",
+                "copy",
                 "mrg",
                 "size",
                 "Mpps",
@@ -94,6 +99,12 @@ impl Report {
     /// The run as JSON: settings and rows.
     pub fn json(&self, rows: &[RowResult]) -> String {
         let a = &self.args;
+        // Cycles are the ticks where the clock is the TSC; elsewhere there are none.
+        let tsc = self.clock.unit == "cyc";
+        let cycles = |v: Option<f64>| match v {
+            Some(v) if tsc => num(v),
+            _ => "null".into(),
+        };
         let mut s = String::new();
         let _ = write!(
             s,
@@ -113,12 +124,19 @@ impl Report {
             let sep = if i + 1 < rows.len() { "," } else { "" };
             let _ = write!(
                 s,
-                "\n    {{\"dir\": \"{}\", \"mrg\": {}, \"size\": {}, \"secs\": {}, \
+                "\n    {{\"dir\": \"{}\", \"direction\": \"{}\", \"copy\": {}, \"mrg\": {}, \"size\": {}, \"secs\": {}, \
                  \"packets\": {}, \"bytes\": {}, \"mpps\": {}, \"gbps\": {}, \
                  \"ticks_per_pkt\": {}, \"busy_share\": {}, \"busy_ticks_per_pkt\": {}, \
+                 \"cycles_per_pkt\": {}, \"busy_cycles_per_pkt\": {}, \
                  \"burst_fill\": {}, \"dropped\": {}, \"fe_sent\": {}, \"fe_received\": {}, \"be_dequeued\": {}, \
                  \"be_enqueued\": {}, \"frontend_pages\": \"{}\", \"ok\": {}, \"error\": {}}}{sep}",
                 r.dir.name(),
+                if r.dir == Direction::Loopback {
+                    "loop"
+                } else {
+                    r.dir.name()
+                },
+                json_str(&r.copy.name()),
                 r.mrg,
                 r.size,
                 num(r.secs),
@@ -129,6 +147,8 @@ impl Report {
                 r.ticks_per_pkt().map_or("null".into(), num),
                 num(r.busy_share()),
                 r.busy_per_pkt().map_or("null".into(), num),
+                cycles(r.ticks_per_pkt()),
+                cycles(r.busy_per_pkt()),
                 r.burst_fill().map_or("null".into(), num),
                 r.dropped,
                 r.fe_sent,
@@ -157,8 +177,9 @@ fn clock_line(c: &Clock) -> String {
 fn line(r: &RowResult) -> String {
     let per = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
     format!(
-        "{:<9}{:>4}{:>7}{:>9.3}{:>9.2}{:>10}{:>5.0}%{:>15}{:>10}{:>11}  {}",
+        "{:<9}{:<14}{:>4}{:>7}{:>9.3}{:>9.2}{:>10}{:>5.0}%{:>15}{:>10}{:>11}  {}",
         r.dir.name(),
+        r.copy.name(),
         if r.mrg { "on" } else { "off" },
         r.size,
         r.mpps(),

@@ -11,10 +11,13 @@ use super::clock::{Clock, ticks};
 use super::workers::{
     BackendEnd, DRAIN, FrontendEnd, Params, RUN, STOP, Shared, Totals, backend_loop, frontend_loop,
 };
-use super::{BenchArgs, BenchError, Direction};
+use super::{BenchArgs, BenchError, CopyMode, Direction};
 use rvhost::frontend::NetHdr;
 use rvhost::lcore::Lcores;
 use rvhost::mbuf::PktPool;
+use rvhost::net::{AsyncConfig, DmaCopy, QueuePair, async_channel_register, async_clear_queue};
+use rvhost_dma::soft::{Idle, SoftConfig, WorkerConfig};
+use rvhost_dma::{ChannelConfig, SoftDevice};
 
 /// How often the drain looks at the counters, and how many unchanged looks end it.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
@@ -27,6 +30,7 @@ pub(crate) struct RowConfig<'a> {
     pub dir: Direction,
     pub size: usize,
     pub mrg: bool,
+    pub copy: CopyMode,
     pub args: &'a BenchArgs,
     pub sock: PathBuf,
 }
@@ -40,6 +44,8 @@ pub struct RowResult {
     pub size: usize,
     /// Mergeable receive buffers negotiated.
     pub mrg: bool,
+    /// How the backend copied.
+    pub copy: CopyMode,
     /// Length of the window in seconds (measured).
     pub secs: f64,
     /// Packets delivered in the window (see the module docs for which side counts).
@@ -143,7 +149,38 @@ pub(crate) fn run_row(
     clock: &Clock,
 ) -> Result<RowResult, BenchError> {
     let args = cfg.args;
-    let mut bed = Bed::new(&cfg.sock, args.queue_size, cfg.mrg, args.small_pages)?;
+    let asynch = cfg.copy != CopyMode::Cpu;
+    let mut bed = Bed::new(
+        &cfg.sock,
+        args.queue_size,
+        cfg.mrg,
+        args.small_pages,
+        asynch,
+    )?;
+    // The soft engine's device is polled in the frontend's loop: one thread on that core.
+    let mut soft = match cfg.copy {
+        CopyMode::Cpu => None,
+        CopyMode::Soft { threshold, lanes } => {
+            let (dev, mut engines) = SoftDevice::new(
+                &SoftConfig::with_lanes(lanes),
+                &[ChannelConfig::new(args.queue_size.max(64))],
+            )
+            .map_err(BenchError::Dma)?;
+            let engine = engines.remove(0);
+            let config = AsyncConfig {
+                threshold,
+                ..AsyncConfig::default()
+            };
+            async_channel_register(
+                &bed.dev,
+                QueuePair(0).rx(),
+                config,
+                Box::new(DmaCopy::new(engine)),
+            )
+            .map_err(BenchError::Async)?;
+            Some(dev)
+        }
+    };
     let frontend_pages = bed.frontend_pages();
     let params = Params {
         dir: cfg.dir,
@@ -151,6 +188,7 @@ pub(crate) fn run_row(
         burst: args.burst,
         queue_size: args.queue_size,
         rx_buf_len: rx_buf_len(cfg.size, cfg.mrg),
+        asynch,
     };
     let sh = Arc::new(Shared::default());
     let backend = {
@@ -161,6 +199,7 @@ pub(crate) fn run_row(
     };
     let fe_core = args.frontend_core;
     let (rx, tx) = bed.fe.queues();
+    let soft_fe = soft.as_mut();
     let (measured, fe_end) = std::thread::scope(|s| {
         let (rx, tx) = (&mut rx[0], &mut tx[0]);
         let sh_fe = &*sh;
@@ -169,7 +208,7 @@ pub(crate) fn run_row(
                 sh_fe.set_phase(STOP);
                 return Err(BenchError::PinFrontend(fe_core));
             }
-            Ok(frontend_loop(&params, rx, tx, sh_fe))
+            Ok(frontend_loop(&params, rx, tx, sh_fe, soft_fe))
         });
         let measured = measure(&sh, args);
         sh.set_phase(STOP);
@@ -180,6 +219,23 @@ pub(crate) fn run_row(
     let be_end = backend.join()?.pop();
     let fe_end = fe_end.map_err(|_| BenchError::WorkerPanicked("frontend"))??;
     let be_end = be_end.ok_or(BenchError::WorkerPanicked("backend"))?;
+    // Packets still in the async channel (none after a clean drain): its device is served
+    // by a thread of its own while the channel is emptied and the bed torn down.
+    let _soft_worker = match soft {
+        Some(dev) => {
+            let worker = dev
+                .spawn(WorkerConfig {
+                    idle: Idle::Yield,
+                    ..WorkerConfig::default()
+                })
+                .map_err(BenchError::Dma)?;
+            let mut left = Vec::new();
+            async_clear_queue(&bed.dev, QueuePair(0).rx(), &mut left);
+            pool.cache().free_bulk(left);
+            Some(worker)
+        }
+        None => None,
+    };
     let (w0, w1, drain_err) = measured;
     let mut r = summarize(cfg, &params, clock, w0, w1, &fe_end, &be_end);
     r.frontend_pages = frontend_pages;
@@ -252,6 +308,7 @@ fn summarize(
         dir: cfg.dir,
         size: cfg.size,
         mrg: cfg.mrg,
+        copy: cfg.copy,
         secs: clock.secs(ticks),
         packets,
         bytes,
@@ -358,6 +415,7 @@ mod tests {
             burst: 32,
             queue_size: 256,
             rx_buf_len: 2048,
+            asynch: false,
         }
     }
 

@@ -50,6 +50,25 @@ fn lists_and_values_parse() {
         (a.burst, a.queue_size, a.backend_core, a.frontend_core),
         (64, 256, 1, 0)
     );
+    assert_eq!(a.copy, CopyModes(vec![CopyMode::Cpu]));
+    let c = parse(&["--copy", "cpu,soft,soft,threshold=0,engines=4"]).unwrap();
+    let soft = |threshold, lanes| CopyMode::Soft { threshold, lanes };
+    assert_eq!(
+        c.copy.0,
+        vec![CopyMode::Cpu, soft(256, 1), soft(0, 4)],
+        "options apply to the soft before them"
+    );
+    assert_eq!(c.copy.0[2].name(), "soft:t=0,e=4");
+    for bad in [
+        "",
+        "dma",
+        "threshold=5",
+        "cpu,engines=2",
+        "soft,engines=0",
+        "soft,threshold=x",
+    ] {
+        assert!(parse(&["--copy", bad]).is_err(), "--copy {bad:?}");
+    }
     assert!(parse(&["--dir", "sideways"]).is_err());
     assert!(parse(&["--mrg", "maybe"]).is_err());
 }
@@ -91,12 +110,20 @@ fn every_direction_delivers_and_accounts_for_every_packet() {
         backend_core: cores[0],
         frontend_core: *cores.get(1).unwrap_or(&cores[0]),
         json: Some(json.clone()),
+        // Every copy goes to the engine (threshold 0), on two lanes.
+        copy: CopyModes::parse("cpu,soft,threshold=0,engines=2").unwrap(),
         ..BenchArgs::default()
     };
     run(&args).unwrap();
     let text = std::fs::read_to_string(&json).unwrap();
     let _ = std::fs::remove_file(&json);
-    assert_eq!(text.matches("\"ok\": true").count(), 3 * 2 * 2, "{text}");
+    // g2h runs with cpu only; h2g and loopback with both.
+    assert_eq!(text.matches("\"ok\": true").count(), 5 * 2 * 2, "{text}");
+    assert_eq!(
+        text.matches("\"copy\": \"soft:t=0,e=2\"").count(),
+        2 * 2 * 2,
+        "{text}"
+    );
     assert!(
         !text.contains("\"packets\": 0,"),
         "every row moved packets: {text}"
