@@ -10,11 +10,11 @@
 //! whose jobs are all done, writing their used entries in submission order. The mbufs are
 //! the channel's from submit to poll.
 
-use super::enqueue::{Ctx, MAX_CHAINS, header, oversized_gso};
+use super::enqueue::{Ctx, MAX_CHAINS, PREFETCH_ABOVE, header, oversized_gso, prefetch_ahead};
 use super::hdr::VirtioNetHdr;
 use super::offload;
 use super::queue_id::RxQueueId;
-use super::ring::{Burst, MAX_PKT_LEN, Stop};
+use super::ring::{Burst, MAX_PKT_LEN, READ_AHEAD, ReadAhead, Stop};
 use crate::driver::{Device, Flags};
 use crate::mbuf::Mbuf;
 use crate::memory::{Gpa, GuestSlice, TranslationCache};
@@ -247,8 +247,14 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
     let first_new = aq.pkts.len();
     let mut taken = 0;
     let mut tc = TranslationCache::new();
+    let mut ahead = ReadAhead::default();
     let mut pieces = Pieces::new();
-    for pkt in pkts.iter() {
+    for (i, pkt) in pkts.iter().enumerate() {
+        // As enqueue_burst: ask for the guest buffer of a later packet now, so that the misses
+        // on the guest's lines overlap instead of coming one after the other.
+        if let Some(later) = pkts.get(i + usize::from(READ_AHEAD)) {
+            prefetch_ahead(&q, &burst, &mut ahead, &mut tc, later, &ctx);
+        }
         if !ctx.gso && oversized_gso(pkt) {
             // As enqueue_burst: consumed and counted, no buffer of this guest can hold it.
             aq.pkts.push_back(InFlight {
@@ -259,7 +265,7 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
             burst.stats.too_large += 1;
             continue;
         }
-        if !place_simple(&q, &mut burst, aq, &mut tc, pkt, &ctx) {
+        if !place_simple(&q, &mut burst, aq, &mut tc, &mut ahead, pkt, &ctx) {
             pieces.clear();
             if place(&q, &mut burst, aq, &mut pieces, pkt, &ctx).is_err() {
                 break;
@@ -490,16 +496,16 @@ fn place_simple(
     b: &mut Burst<'_>,
     aq: &mut AsyncQueue,
     tc: &mut TranslationCache,
+    ahead: &mut ReadAhead,
     pkt: &Mbuf,
     ctx: &Ctx,
 ) -> bool {
     if pkt.nb_segs() != 1 || !pkt.meta().ol_flags.is_empty() {
         return false;
     }
-    let Some(head) = b.peek_head(0) else {
+    let Some((head, d)) = ahead.next(b) else {
         return false;
     };
-    let d = q.desc(head);
     let data = pkt.data();
     let need = ctx.hlen + data.len();
     if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT) != 0
@@ -530,6 +536,9 @@ fn place_simple(
         });
         aq.batch_seq.push(seq);
     } else {
+        if data.len() > PREFETCH_ABOVE {
+            body.prefetch_for_write(); // as enqueue: the buffer's lines are cold
+        }
         body.copy_from(data);
         aq.stats.cpu_copies += 1;
         aq.stats.cpu_bytes += data.len() as u64;
