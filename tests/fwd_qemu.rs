@@ -50,6 +50,8 @@ struct Case {
     queues: u16,
     /// Extra virtio-net-pci properties (VHG_NET_OPTS).
     net_opts: &'static str,
+    /// `rvhost fwd --copy`.
+    copy: &'static str,
 }
 
 impl Case {
@@ -59,6 +61,7 @@ impl Case {
             reconnect,
             queues: 1,
             net_opts: "",
+            copy: "cpu",
         }
     }
 }
@@ -86,12 +89,13 @@ fn run(case: Case) -> BTreeMap<usize, u64> {
         reconnect,
         queues,
         net_opts,
+        copy,
     } = case;
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let sock = sock_path("fwd-qemu");
     let backend = format!(
-        "exec {} fwd --mode icmpecho --iface @SOCK@ --lcores 0 --queues {queues} $([ @CLIENT@ = 1 ] && echo --client)",
+        "exec {} fwd --mode icmpecho --iface @SOCK@ --lcores 0 --queues {queues} --copy {copy} $([ @CLIENT@ = 1 ] && echo --client)",
         rvhost_bin().display()
     );
     let mut cmd = Command::new("bash");
@@ -120,7 +124,7 @@ fn run(case: Case) -> BTreeMap<usize, u64> {
         }
     }
     let what = format!(
-        "QEMU {qemu_mode} mode, reconnect {reconnect:?}, {queues} queue pair(s){}",
+        "QEMU {qemu_mode} mode, reconnect {reconnect:?}, {queues} queue pair(s){}, copy {copy}",
         if net_opts.is_empty() {
             String::new()
         } else {
@@ -188,6 +192,17 @@ fn run(case: Case) -> BTreeMap<usize, u64> {
             i + 1
         );
         received += f.rx_pkts;
+        if copy != "cpu" {
+            // The replies went through the async path: the engine copied them, and every one
+            // the channel took came back before the device went away.
+            let stat = |key| value_after(&lines, "async: submitted=", key);
+            let (sub, done, dma) = (stat("submitted="), stat("completed="), stat("dma_copies="));
+            assert!(
+                dma.is_some_and(|n| n > 0) && sub == done && sub == Some(f.tx_pkts),
+                "{what}: backend {}: async counters {sub:?} {done:?} {dma:?}:\n{text}",
+                i + 1
+            );
+        }
         if queues > 1 {
             let fq: BTreeMap<_, _> = parse_final_queues(&lines).into_iter().collect();
             assert_eq!(
@@ -332,6 +347,25 @@ fn multiqueue_linux_guest_pings_through_rvhost_fwd_icmpecho() {
             "{queues} queue pairs: only one carried traffic ({seen:?})"
         );
     }
+}
+
+/// The replies on the async path (`--copy soft`, every copy on the software DMA engine): a
+/// guest served without reconnect, and one whose backend is killed with jobs possibly in
+/// flight and comes back.
+#[test]
+fn linux_guest_pings_through_rvhost_fwd_on_the_async_path() {
+    if let Some(why) = cannot_run() {
+        println!("skipping: {why}");
+        return;
+    }
+    run(Case {
+        copy: "soft,threshold=0",
+        ..Case::new("client", Reconnect::No)
+    });
+    run(Case {
+        copy: "soft,threshold=0,engines=2",
+        ..Case::new("server", Reconnect::Kill)
+    });
 }
 
 #[test]

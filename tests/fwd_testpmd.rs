@@ -96,6 +96,8 @@ struct Case {
     traffic: Traffic,
     /// Queue pairs on both sides (testpmd `queues=`, `--rxq`, `--txq`; rvhost `--queues`).
     queues: u16,
+    /// rvhost's `--copy` (`cpu`: the sync path; `soft...`: the async path).
+    copy: &'static str,
 }
 
 /// testpmd's final "Forward statistics for port 0" block.
@@ -188,6 +190,7 @@ fn rvhost(sock: &Path, case: &Case) -> Command {
     if !case.rvhost_server {
         cmd.arg("--client");
     }
+    cmd.args(["--copy", case.copy]);
     cmd
 }
 
@@ -253,6 +256,19 @@ fn run(case: Case) {
         "{case:?}: testpmd {tpf:?}; rvhost {rvf:?}; {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    if case.copy != "cpu" {
+        // The async path carried the traffic: the engine copied, and every packet the channel
+        // took came back (the port's line, logged when the device went away).
+        let line = rv
+            .stderr()
+            .into_iter()
+            .find(|l| l.contains("async: submitted="))
+            .unwrap_or_else(|| panic!("{case:?}: no async statistics\n{}", rv.tail(30)));
+        let num = |key: &str| field(&line, key).unwrap_or_else(|| panic!("{key} in {line}"));
+        assert!(num("dma_copies=") > 0, "{case:?}: {line}");
+        assert_eq!(num("submitted="), num("completed="), "{case:?}: {line}");
+        assert_eq!(num("submitted="), rvf.tx_pkts, "{case:?}: {line}");
+    }
     let per_queue = parse_final_queues(&rv.stdout());
     let ctx = || format!("{case:?}\ntestpmd {tpf:?}\nrvhost {rvf:?}\nper queue {per_queue:?}");
     if case.queues > 1 {
@@ -349,6 +365,7 @@ macro_rules! loopback {
                 rvhost_server: $server,
                 traffic: Traffic::Loopback($mode, $txpkts),
                 queues: 1,
+                copy: "cpu",
             });
         }
     };
@@ -421,6 +438,66 @@ loopback!(
     "64"
 );
 
+/// The async path (`rvhost fwd --copy soft`): the same exact counts, with every copy on the
+/// software DMA engine (threshold 0) or mixed with CPU copies (default threshold, 64 and
+/// 1454-byte segments), as server and client.
+macro_rules! loopback_async {
+    ($name:ident, $mrg:expr, $in_order:expr, $server:expr, $mode:expr, $txpkts:expr, $copy:expr) => {
+        #[test]
+        fn $name() {
+            run(Case {
+                mrg: $mrg,
+                in_order: $in_order,
+                rvhost_server: $server,
+                traffic: Traffic::Loopback($mode, $txpkts),
+                queues: 1,
+                copy: $copy,
+            });
+        }
+    };
+}
+
+loopback_async!(
+    loopback_async_all_dma_mrg1_inorder1_rvhost_server,
+    true,
+    true,
+    true,
+    "io",
+    "1518",
+    "soft,threshold=0,engines=2"
+);
+loopback_async!(
+    loopback_async_mixed_mrg0_inorder0_rvhost_client,
+    false,
+    false,
+    false,
+    "macswap",
+    "64,1454",
+    "soft"
+);
+loopback_async!(
+    loopback_async_mixed_mrg1_inorder0_rvhost_server,
+    true,
+    false,
+    true,
+    "io",
+    "64,1454",
+    "soft,engines=4"
+);
+
+/// rvhost txonly on the async path, frames large enough for the engine.
+#[test]
+fn rvhost_txonly_async_to_testpmd_rxonly() {
+    run(Case {
+        mrg: true,
+        in_order: false,
+        rvhost_server: true,
+        traffic: Traffic::FromRvhost,
+        queues: 1,
+        copy: "soft,threshold=0",
+    });
+}
+
 #[test]
 fn testpmd_txonly_to_rvhost_rxonly() {
     run(Case {
@@ -429,6 +506,7 @@ fn testpmd_txonly_to_rvhost_rxonly() {
         rvhost_server: true,
         traffic: Traffic::ToRvhost,
         queues: 1,
+        copy: "cpu",
     });
 }
 
@@ -441,6 +519,7 @@ fn loopback_two_queue_pairs() {
         rvhost_server: true,
         traffic: Traffic::Loopback("io", "64"),
         queues: 2,
+        copy: "cpu",
     });
 }
 
@@ -452,6 +531,7 @@ fn testpmd_txonly_to_rvhost_rxonly_two_queue_pairs() {
         rvhost_server: false,
         traffic: Traffic::ToRvhost,
         queues: 2,
+        copy: "cpu",
     });
 }
 
@@ -463,6 +543,7 @@ fn rvhost_txonly_to_testpmd_rxonly_two_queue_pairs() {
         rvhost_server: true,
         traffic: Traffic::FromRvhost,
         queues: 2,
+        copy: "cpu",
     });
 }
 
@@ -474,6 +555,7 @@ fn rvhost_txonly_to_testpmd_rxonly() {
         rvhost_server: false,
         traffic: Traffic::FromRvhost,
         queues: 1,
+        copy: "cpu",
     });
 }
 
@@ -485,5 +567,6 @@ fn rvhost_txonly_to_testpmd_rxonly_mergeable() {
         rvhost_server: true,
         traffic: Traffic::FromRvhost,
         queues: 1,
+        copy: "cpu",
     });
 }

@@ -11,6 +11,8 @@
 //! Pieces: [`rvhost::dataplane`] (which device each port has, and the `destroy_device`
 //! handshake with the lcores), [`engine`] (streams and the poll loop), [`stats`] (counters and lines).
 
+#[path = "fwd/copy.rs"]
+mod copy;
 #[path = "fwd/engine.rs"]
 mod engine;
 #[path = "fwd/stats.rs"]
@@ -31,6 +33,7 @@ use rvhost::mbuf::{DEFAULT_DATA_ROOM, PktPool, PktPoolError};
 use rvhost_hugepages::region::{IovaMode, RegionConfig};
 use thiserror::Error;
 
+use crate::bench::CopyMode;
 use engine::Shared;
 use rvhost::dataplane::{DeviceTable, PortOps};
 use stats::{PortCounters, Snapshot};
@@ -97,6 +100,19 @@ pub struct Args {
     /// Stop after this many seconds (fractions allowed).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
+    /// How packets are copied into the guests: `cpu` (the lcores copy) or
+    /// `soft[,threshold=N][,engines=K]` (the async path: copies of at least N bytes, default
+    /// 256, go to a software DMA engine with K lanes running on a thread of its own).
+    #[arg(long, value_name = "MODE", default_value = "cpu", value_parser = parse_copy)]
+    pub copy: CopyMode,
+}
+
+/// `--copy`: one mode.
+fn parse_copy(s: &str) -> Result<CopyMode, String> {
+    match CopyMode::parse_list(s)?.as_slice() {
+        [one] => Ok(*one),
+        _ => Err("give one copy mode (cpu or soft[,threshold=N][,engines=K])".into()),
+    }
 }
 
 /// Why `rvhost fwd` failed.
@@ -123,6 +139,9 @@ pub enum FwdError {
     /// A vhost-user socket could not be set up.
     #[error("vhost-user")]
     Driver(#[from] DriverError),
+    /// The software DMA engine could not be started.
+    #[error("software DMA engine")]
+    Dma(#[from] rvhost_dma::DmaError),
     /// An lcore panicked while forwarding.
     #[error("an lcore stopped unexpectedly (see the log)")]
     LcoreFailed,
@@ -140,6 +159,7 @@ struct Config {
     stats_period: Option<Duration>,
     nb_mbufs: usize,
     duration: Option<Duration>,
+    copy: CopyMode,
 }
 
 fn seconds(name: &str, v: f64) -> Result<Duration, FwdError> {
@@ -193,6 +213,7 @@ impl Config {
             stats_period: (!stats_period.is_zero()).then_some(stats_period),
             nb_mbufs: a.nb_mbufs,
             duration,
+            copy: a.copy,
         })
     }
 
@@ -280,11 +301,20 @@ pub fn run(args: Args) -> Result<(), FwdError> {
         pool,
         plan: engine::plan(&streams, cfg.cores.len()),
         failed: Default::default(),
+        asynch: cfg.copy != CopyMode::Cpu,
     });
+    // The DMA engine outlives the ports (dropped after serve closed them).
+    let (engines, _dma) = match cfg.copy {
+        CopyMode::Cpu => (None, None),
+        CopyMode::Soft { threshold, lanes } => {
+            let (e, w) = copy::Engines::soft(ports, cfg.queues, threshold, lanes)?;
+            (Some(e), Some(w))
+        }
+    };
     let sh = Arc::clone(&shared);
     let workers = Lcores::launch(&cfg.cores, move |lcore| engine::run(lcore, &sh))?;
     let started = Instant::now();
-    let served = serve(&cfg, &shared, &signals);
+    let served = serve(&cfg, &shared, engines.as_ref(), &signals);
     workers.stop();
     let joined = workers.join();
     print_final(&shared, started.elapsed());
@@ -298,13 +328,21 @@ pub fn run(args: Args) -> Result<(), FwdError> {
 
 /// Opens the ports, forwards until told to stop, and closes the ports (the lcores still run,
 /// so `destroy_device` completes its handshake with them).
-fn serve(cfg: &Config, sh: &Arc<Shared>, signals: &Signals) -> Result<(), FwdError> {
+fn serve(
+    cfg: &Config,
+    sh: &Arc<Shared>,
+    engines: Option<&Arc<copy::Engines>>,
+    signals: &Signals,
+) -> Result<(), FwdError> {
     let driver = Driver::new()?;
-    let flags = if cfg.client {
+    let mut flags = if cfg.client {
         Flags::CLIENT
     } else {
         Flags::empty()
     };
+    if engines.is_some() {
+        flags = flags | Flags::ASYNC_COPY;
+    }
     let mut registered = Vec::new();
     let opened = (|| {
         for (port, path) in cfg.ifaces.iter().enumerate() {
@@ -315,7 +353,16 @@ fn serve(cfg: &Config, sh: &Arc<Shared>, signals: &Signals) -> Result<(), FwdErr
                 table: Arc::clone(&sh.table),
                 port,
             };
-            driver.set_callbacks(path, Arc::new(ops))?;
+            match engines {
+                Some(e) => driver.set_callbacks(
+                    path,
+                    Arc::new(copy::AsyncPortOps {
+                        port: ops,
+                        engines: Arc::clone(e),
+                    }),
+                )?,
+                None => driver.set_callbacks(path, Arc::new(ops))?,
+            }
             driver.start(path)?;
             log::info!(
                 "port {port}: {} {} (MAC {})",
@@ -333,12 +380,14 @@ fn serve(cfg: &Config, sh: &Arc<Shared>, signals: &Signals) -> Result<(), FwdErr
     let result = match opened {
         Ok(()) => {
             log::info!(
-                "{} forwarding: {} port(s) of {} queue pair(s), lcores on CPUs {:?}, burst {}",
+                "{} forwarding: {} port(s) of {} queue pair(s), lcores on CPUs {:?}, burst {}, \
+                 copy {}",
                 cfg.mode,
                 cfg.ifaces.len(),
                 cfg.queues,
                 cfg.cores,
-                cfg.burst
+                cfg.burst,
+                cfg.copy.name()
             );
             let stopped = forward_until_stopped(cfg, sh, signals);
             signals.release();

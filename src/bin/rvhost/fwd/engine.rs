@@ -17,7 +17,10 @@ use rvhost::driver::{Device, DeviceId};
 use rvhost::lcore::Lcore;
 use rvhost::mbuf::{Mbuf, PktCache, PktPool};
 use rvhost::net::pkt::{Echo, icmpecho, macswap, udp_frame};
-use rvhost::net::{QueuePair, RxQueueId, TxQueueId, dequeue_burst, enqueue_burst};
+use rvhost::net::{
+    QueuePair, RxQueueId, TxQueueId, dequeue_burst, enqueue_burst, poll_enqueue_completed,
+    submit_enqueue_burst,
+};
 
 use super::Mode;
 use super::stats::{PortCounters, add};
@@ -114,6 +117,8 @@ pub struct Shared {
     pub plan: Vec<Vec<Stream>>,
     /// Set when an lcore panicked (the main loop then stops).
     pub failed: AtomicBool,
+    /// Packets go into the guests through the async channels (submit, then poll back).
+    pub asynch: bool,
 }
 
 /// Stream `i` goes to lcore `i % lcores`.
@@ -156,6 +161,8 @@ struct Worker<'a> {
     reader: Reader,
     cache: PktCache,
     burst: Vec<Mbuf>,
+    /// Async: packets the channels handed back.
+    done: Vec<Mbuf>,
     /// txonly frames, per port.
     templates: Vec<Vec<u8>>,
     /// txonly frames longer than [`CLONE_ABOVE`], per port, built once in an mbuf to clone.
@@ -222,6 +229,7 @@ impl<'a> Worker<'a> {
             reader: sh.table.reader(lcore),
             cache,
             burst: Vec::with_capacity(sh.burst),
+            done: Vec::with_capacity(4 * sh.burst),
             templates,
             template_mbufs,
             rx_tally,
@@ -242,6 +250,9 @@ impl<'a> Worker<'a> {
                 match self.sh.mode {
                     Mode::Txonly => self.txonly(s),
                     _ => self.forward(s),
+                }
+                if self.sh.asynch {
+                    self.reap(s.tx_port, s.queue);
                 }
             }
             turn = turn.wrapping_add(1);
@@ -357,11 +368,24 @@ impl<'a> Worker<'a> {
         if n == 0 {
             return;
         }
+        let tx = &self.sh.counters[port].queue(q).tx;
         let sent = match self.reader.dev(port) {
+            Some(dev) if self.sh.asynch => {
+                // The channel takes the first `sent` (they come back from reap); the burst
+                // keeps the rest.
+                let all = bytes(&self.burst);
+                let sent = submit_enqueue_burst(dev, port_tx(q), &mut self.burst);
+                if sent > 0 {
+                    add(&tx.pkts, sent as u64);
+                    add(&tx.bytes, all - bytes(&self.burst));
+                }
+                add(&tx.drops, self.burst.len() as u64);
+                self.cache.free_bulk(self.burst.drain(..));
+                return;
+            }
             Some(dev) => enqueue_burst(dev, port_tx(q), &self.burst),
             None => 0,
         };
-        let tx = &self.sh.counters[port].queue(q).tx;
         if sent > 0 {
             add(&tx.pkts, sent as u64);
             add(&tx.bytes, bytes(&self.burst[..sent]));
@@ -370,6 +394,20 @@ impl<'a> Worker<'a> {
             add(&tx.drops, (n - sent) as u64);
         }
         self.cache.free_bulk(self.burst.drain(..));
+    }
+}
+
+impl Worker<'_> {
+    /// Async: frees the packets of queue pair `q` of `port` whose copies into the guest
+    /// completed.
+    #[inline]
+    fn reap(&mut self, port: usize, q: u16) {
+        let Some(dev) = self.reader.dev(port) else {
+            return;
+        };
+        if poll_enqueue_completed(dev, port_tx(q), &mut self.done, 4 * self.sh.burst) > 0 {
+            self.cache.free_bulk(self.done.drain(..));
+        }
     }
 }
 
