@@ -248,7 +248,8 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
     let mut taken = 0;
     let mut tc = TranslationCache::new();
     let mut ahead = ReadAhead::default();
-    let mut pieces = Pieces::new();
+    // Only the general path needs it (a few KiB to initialise): made on first use.
+    let mut pieces: Option<Pieces<'_>> = None;
     for (i, pkt) in pkts.iter().enumerate() {
         // As enqueue_burst: ask for the guest buffer of a later packet now, so that the misses
         // on the guest's lines overlap instead of coming one after the other.
@@ -266,8 +267,9 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
             continue;
         }
         if !place_simple(&q, &mut burst, aq, &mut tc, &mut ahead, pkt, &ctx) {
+            let pieces = pieces.get_or_insert_with(Pieces::new);
             pieces.clear();
-            if place(&q, &mut burst, aq, &mut pieces, pkt, &ctx).is_err() {
+            if place(&q, &mut burst, aq, pieces, pkt, &ctx).is_err() {
                 break;
             }
         }
