@@ -353,9 +353,10 @@ impl<'a> Pieces<'a> {
         self.have = 0;
     }
 
-    /// Walks chain `head` and adds its pieces until `need` bytes are collected in all. `Ok`
-    /// with whether there was room for its pieces; `Err` for a malformed chain (its pieces
-    /// are dropped again).
+    /// Walks chain `head` (all of it: a malformed chain is refused whole, as `enqueue_burst`
+    /// does) and adds its pieces until `need` bytes are collected in all. `Ok` with whether
+    /// there was room for its pieces; `Err` for a malformed chain (its pieces are dropped
+    /// again).
     fn add_chain(
         &mut self,
         q: &SplitQueue<'a>,
@@ -377,7 +378,7 @@ impl<'a> Pieces<'a> {
                 }
             };
             if self.have >= need {
-                break;
+                continue; // the rest is only checked
             }
             if self.n == MAX_PIECES {
                 self.n = n0;
