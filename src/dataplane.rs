@@ -266,7 +266,7 @@ impl Reader {
         self.devs.get(port)?.as_ref()
     }
 
-    /// Every port's device (for final bookkeeping).
+    /// The ports that have a running device, with it (for final bookkeeping).
     pub fn devices(&self) -> impl Iterator<Item = (usize, &Device)> {
         self.devs
             .iter()

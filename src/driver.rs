@@ -387,7 +387,13 @@ impl Driver {
         })
     }
 
-    /// Starts serving `path`: listen (server) or connect, retrying every second (client).
+    /// Starts serving `path`: listen (server) or connect, retrying every second (client; a
+    /// frontend that goes away is reconnected to the same way unless [`Flags::NO_RECONNECT`]).
+    ///
+    /// A server replaces a socket file left by an earlier process (any other file at `path`
+    /// is an error). Each connection is a new device with a new [`DeviceId`]: callbacks come
+    /// as `new_connection`, `new_device` once its first queue pair is ready,
+    /// `destroy_device` when it stops, `destroy_connection` last.
     pub fn start(&self, path: impl AsRef<Path>) -> Result<(), DriverError> {
         let path = path.as_ref();
         if control::on_control_thread() {
