@@ -13,7 +13,7 @@
 use super::enqueue::{Ctx, MAX_CHAINS, PREFETCH_ABOVE, header, oversized_gso, prefetch_ahead};
 use super::hdr::VirtioNetHdr;
 use super::offload;
-use super::queue_id::RxQueueId;
+use super::queue_id::{RxQueueId, VringId};
 use super::ring::{Burst, MAX_PKT_LEN, READ_AHEAD, ReadAhead, Stop};
 use crate::driver::{Device, Flags};
 use crate::mbuf::Mbuf;
@@ -69,15 +69,17 @@ pub enum AsyncError {
     },
 }
 
-/// Gives receive queue `q` an asynchronous copy channel (`rte_vhost_async_channel_register`):
-/// from now on packets go to the guest through [`submit_enqueue_burst`] and come back through
-/// [`poll_enqueue_completed`]; [`enqueue_burst`](super::enqueue_burst) on `q` returns 0.
+/// Gives queue `q` an asynchronous copy channel (`rte_vhost_async_channel_register`): from
+/// now on a receive queue's packets go to the guest through [`submit_enqueue_burst`] and come
+/// back through [`poll_enqueue_completed`], a transmit queue's come from the guest through
+/// [`async_try_dequeue_burst`](super::async_try_dequeue_burst); the sync burst of that
+/// direction on `q` returns 0.
 /// The socket must have been registered with [`Flags::ASYNC_COPY`] (its guest memory is then
 /// populated and locked when mapped). Call it from `new_device` or while no burst runs on `q`
 /// (it takes the vring's lock).
 pub fn async_channel_register(
     dev: &Device,
-    q: RxQueueId,
+    q: impl VringId,
     config: AsyncConfig,
     ops: Box<dyn AsyncCopyOps>,
 ) -> Result<(), AsyncError> {
@@ -104,7 +106,7 @@ pub fn async_channel_register(
 /// or take them with [`async_clear_queue`]).
 pub fn async_channel_unregister(
     dev: &Device,
-    q: RxQueueId,
+    q: impl VringId,
 ) -> Result<Box<dyn AsyncCopyOps>, AsyncError> {
     let vring = q.vring();
     // The lock drains the jobs in flight; what remains are packets not handed back.
@@ -134,7 +136,7 @@ pub fn async_channel_unregister(
 /// (`rte_vhost_clear_queue_thread_unsafe`): for `destroy_device` or any control-thread moment
 /// when no burst runs on `q`. Their used entries are written as for a poll. Returns how many
 /// mbufs were pushed to `out`.
-pub fn async_clear_queue(dev: &Device, q: RxQueueId, out: &mut Vec<Mbuf>) -> usize {
+pub fn async_clear_queue(dev: &Device, q: impl VringId, out: &mut Vec<Mbuf>) -> usize {
     let Some(mut vq) = dev.lock_vring(q.vring()) else {
         return 0;
     };
@@ -148,14 +150,14 @@ pub fn async_clear_queue(dev: &Device, q: RxQueueId, out: &mut Vec<Mbuf>) -> usi
 
 /// The counters of `q`'s channel (taken under the vring's lock: not for the data path's
 /// loop). `None` without a channel.
-pub fn async_stats(dev: &Device, q: RxQueueId) -> Option<AsyncStats> {
+pub fn async_stats(dev: &Device, q: impl VringId) -> Option<AsyncStats> {
     let vq = dev.lock_vring(q.vring())?;
     vq.async_q.as_ref().map(|aq| aq.stats)
 }
 
 /// Packets `q`'s channel holds: submitted and not handed back by a poll. Takes the vring's
 /// lock (which drains the copy device first).
-pub fn async_in_flight(dev: &Device, q: RxQueueId) -> Option<usize> {
+pub fn async_in_flight(dev: &Device, q: impl VringId) -> Option<usize> {
     let vq = dev.lock_vring(q.vring())?;
     vq.async_q
         .as_ref()
@@ -294,17 +296,18 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
 }
 
 /// Hands the submit's batch to the copy device; what it does not take, the CPU copies now.
-fn start_jobs(aq: &mut AsyncQueue) {
+pub(super) fn start_jobs(aq: &mut AsyncQueue) {
     if aq.batch.is_empty() {
         return;
     }
-    // SAFETY: each job's source is the data of an mbuf the channel owns from now until the
-    // packet retires (a shared mbuf's data is read-only to every holder), and its destination
-    // a piece of a guest chain the guest gave us and gets back only when the packet retires;
-    // the guest memory stays mapped meanwhile (`hold`, and the control thread drains before
-    // changing memory). Destinations of one packet do not overlap each other or what the CPU
-    // writes (they are consecutive pieces of its chains); a guest whose descriptors alias each
-    // other's buffers races only with itself, on its own memory.
+    // SAFETY: each job copies between the data of an mbuf the channel owns from now until the
+    // packet retires (enqueue reads it: a shared mbuf's data is read-only to every holder;
+    // dequeue writes a fresh one nobody else has) and a piece of a guest chain the guest gave
+    // us and gets back only when the packet retires; the guest memory stays mapped meanwhile
+    // (`hold`, and the control thread drains before changing memory). Within a packet the
+    // jobs' destinations do not overlap each other or what the CPU writes (consecutive pieces
+    // of its chains, or one mbuf's data room); a guest whose descriptors alias each other's
+    // buffers races only with itself, on its own memory.
     let taken = unsafe { aq.ops.transfer_data(&aq.batch) }.min(aq.batch.len());
     for (i, (job, seq)) in aq.batch.iter().zip(&aq.batch_seq).enumerate() {
         if i < taken {

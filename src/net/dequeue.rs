@@ -19,7 +19,7 @@ use crate::virtq::split::{
 };
 
 /// Why one chain produced no packet.
-enum Drop {
+pub(super) enum Drop {
     /// Malformed chain.
     Bad(ChainError),
     /// Longer than the mbuf it must fit (LINEARBUF), or than an external buffer may be.
@@ -36,7 +36,7 @@ impl From<ChainError> for Drop {
 
 /// How a packet longer than one mbuf is stored.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Large {
+pub(super) enum Large {
     Chain,
     Linear,
     External,
@@ -62,6 +62,11 @@ pub fn dequeue_burst(
     let Some(mut guard) = dev.try_lock_vring(q.vring()) else {
         return 0;
     };
+    if guard.async_q.is_some() {
+        // Its used entries would overtake the packets in flight.
+        super::async_enqueue::refuse_sync(&mut guard, "dequeue_burst");
+        return 0;
+    }
     let Some(mut b) = Burst::begin(&mut guard) else {
         return 0;
     };
@@ -87,15 +92,7 @@ pub fn dequeue_burst(
     }
     let q = b.queue();
     let hlen = hdr_len(b.features);
-    let flags = dev.flags();
-    // EXTBUF keeps large packets linear too, so it wins over LINEARBUF's drop.
-    let large = if flags.contains(Flags::EXTBUF) {
-        Large::External
-    } else if flags.contains(Flags::LINEARBUF) {
-        Large::Linear
-    } else {
-        Large::Chain
-    };
+    let large = Large::of(dev.flags());
     let mut kept = first;
     let mut tc = TranslationCache::new();
     for i in first..first + n {
@@ -128,6 +125,20 @@ pub fn dequeue_burst(
     cache.free_bulk(out.drain(kept..));
     b.finish();
     kept - start
+}
+
+impl Large {
+    /// What the socket's flags ask for. EXTBUF keeps large packets linear too, so it wins
+    /// over LINEARBUF's drop.
+    pub(super) fn of(flags: Flags) -> Large {
+        if flags.contains(Flags::EXTBUF) {
+            Large::External
+        } else if flags.contains(Flags::LINEARBUF) {
+            Large::Linear
+        } else {
+            Large::Chain
+        }
+    }
 }
 
 /// The common case, without walking a chain: one descriptor, one region, a packet that fits
@@ -164,7 +175,7 @@ fn fill_simple(
 }
 
 /// Applies the header's offloads to `m`'s metadata (and completes an odd partial checksum).
-fn offloads(hdr: &VirtioNetHdr, m: &mut Mbuf) {
+pub(super) fn offloads(hdr: &VirtioNetHdr, m: &mut Mbuf) {
     let mut frame = [0u8; 128];
     let n = m.data().len().min(128);
     frame[..n].copy_from_slice(&m.data()[..n]);
@@ -176,7 +187,7 @@ fn offloads(hdr: &VirtioNetHdr, m: &mut Mbuf) {
 }
 
 /// Copies chain `head` into the fresh mbuf `m`.
-fn fill(
+pub(super) fn fill(
     q: &SplitQueue<'_>,
     head: u16,
     hlen: usize,
@@ -257,7 +268,7 @@ fn external(
 }
 
 /// The RARP frame DPDK sends after a migration so switches learn the guest's MAC.
-fn rarp(cache: &mut PktCache, mac: [u8; 6]) -> Result<Mbuf, ()> {
+pub(super) fn rarp(cache: &mut PktCache, mac: [u8; 6]) -> Result<Mbuf, ()> {
     let mut m = cache.alloc().map_err(|_| ())?;
     m.append(60).map_err(|_| ())?;
     let d = m.data_mut().map_err(|_| ())?;

@@ -5,6 +5,7 @@
 //! enqueues into it), vring `2*q + 1` its transmit queue (the host dequeues from it). The
 //! bursts take typed ids ([`QueuePair`]`(q).rx()` / `.tx()`), so the two cannot be swapped.
 
+mod async_dequeue;
 mod async_enqueue;
 mod copy;
 mod dequeue;
@@ -18,10 +19,11 @@ mod ring;
 pub use crate::virtq::async_queue::{
     AsyncConfig, AsyncCopyOps, AsyncStats, CopyJob, CopyStatus, DEFAULT_THRESHOLD, DmaCopy,
 };
+pub use async_dequeue::async_try_dequeue_burst;
 pub use async_enqueue::{
     AsyncError, async_channel_register, async_channel_unregister, async_clear_queue,
     async_in_flight, async_stats, poll_enqueue_completed, submit_enqueue_burst,
 };
 pub use dequeue::dequeue_burst;
 pub use enqueue::enqueue_burst;
-pub use queue_id::{QueueIdError, QueuePair, RxQueueId, TxQueueId};
+pub use queue_id::{QueueIdError, QueuePair, RxQueueId, TxQueueId, VringId};

@@ -119,6 +119,24 @@ impl TxQueueId {
     }
 }
 
+/// Either kind of queue id, where a function serves both (the async channel calls).
+pub trait VringId: Copy + fmt::Display {
+    /// The vring index.
+    fn vring(self) -> usize;
+}
+
+impl VringId for RxQueueId {
+    fn vring(self) -> usize {
+        RxQueueId::vring(self)
+    }
+}
+
+impl VringId for TxQueueId {
+    fn vring(self) -> usize {
+        TxQueueId::vring(self)
+    }
+}
+
 impl fmt::Display for QueuePair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "queue pair {}", self.0)

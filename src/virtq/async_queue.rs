@@ -287,6 +287,8 @@ pub(crate) struct AsyncQueue {
     pub batch_seq: Vec<u64>,
     /// Scratch of a poll: the used entries of the packets it retires.
     pub entries: Vec<[u32; 2]>,
+    /// Scratch of an async dequeue: the burst's fresh mbufs.
+    pub fresh: Vec<Mbuf>,
 }
 
 impl fmt::Debug for AsyncQueue {
@@ -320,6 +322,7 @@ impl AsyncQueue {
             batch: Vec::new(),
             batch_seq: Vec::new(),
             entries: Vec::new(),
+            fresh: Vec::new(),
         };
         q.reserve(size);
         q
@@ -338,6 +341,7 @@ impl AsyncQueue {
             self.batch_seq
                 .reserve(self.max_jobs(n) - self.batch_seq.len());
             self.entries.reserve(n - self.entries.len());
+            self.fresh.reserve(n - self.fresh.len());
         }
     }
 

@@ -1,0 +1,223 @@
+//! Guest → host on the asynchronous copy path (DPDK's `rte_vhost_async_try_dequeue_burst`).
+//!
+//! One call does both halves. It takes the guest's transmit chains into fresh mbufs: for the
+//! common chain (one descriptor, the packet fits one mbuf, no offload in its header) the CPU
+//! reads the virtio-net header and the payload becomes a job of the copy device when it is at
+//! least the channel's threshold; every other chain is copied by the CPU at once, exactly as
+//! [`dequeue_burst`](super::dequeue_burst) does. Then it reads the device's completions and
+//! hands back, oldest first, the packets whose copies are done, returning their chains to the
+//! guest (used entries written in submission order) only then: the guest never gets a buffer
+//! back while a job may still read it.
+
+use super::async_enqueue::{refuse_sync, start_jobs};
+use super::dequeue::{Drop, Large, fill, rarp};
+use super::hdr::hdr_len;
+use super::queue_id::TxQueueId;
+use super::ring::Burst;
+use crate::driver::Device;
+use crate::mbuf::{Mbuf, PktCache};
+use crate::memory::{Gpa, TranslationCache};
+use crate::virtq::Vring;
+use crate::virtq::async_queue::{AsyncQueue, CopyJob, InFlight};
+use crate::virtq::split::{
+    SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
+
+/// Takes up to `max` new packets from the guest's transmit queue `q` into the channel and
+/// hands back up to `max` whose copies completed, oldest first, appended to `out` (DPDK's
+/// `rte_vhost_async_try_dequeue_burst`). Returns how many were appended. Needs an async
+/// channel on `q` ([`async_channel_register`](super::async_channel_register)); 0 without one,
+/// or when the vring is busy, not ready or broken (see [`Device::vring_stats`]). Call it every
+/// loop turn: a packet copied by the CPU alone also comes back through it.
+///
+/// The mbufs are as [`dequeue_burst`](super::dequeue_burst)'s (fresh, the header's offloads
+/// in their metadata).
+pub fn async_try_dequeue_burst(
+    dev: &Device,
+    q: TxQueueId,
+    cache: &mut PktCache,
+    out: &mut Vec<Mbuf>,
+    max: usize,
+) -> usize {
+    let Some(mut guard) = dev.try_lock_vring(q.vring()) else {
+        return 0;
+    };
+    let vq = &mut *guard;
+    let Some(mut aq) = vq.async_q.take() else {
+        refuse_sync(vq, "async_try_dequeue_burst without an async channel");
+        return 0;
+    };
+    let start = out.len();
+    let mut max = max;
+    if let Some(mac) = dev.take_rarp() {
+        if let Ok(m) = rarp(cache, mac) {
+            out.push(m);
+            max = max.saturating_sub(1);
+        }
+    }
+    if !aq.dead {
+        submit(vq, &mut aq, cache, Large::of(dev.flags()), max);
+    }
+    let k = max.min(aq.done.len());
+    out.extend(aq.done.drain(..k));
+    if !aq.pkts.is_empty() {
+        aq.collect();
+        let mut entries = std::mem::take(&mut aq.entries);
+        aq.retire(max - k, out, |e| entries.push(e));
+        let mut dropped = 0;
+        vq.publish_retired(&entries, &mut dropped);
+        entries.clear();
+        aq.entries = entries;
+        aq.stats.dropped += dropped;
+    }
+    vq.async_q = Some(aq);
+    out.len() - start
+}
+
+/// Takes up to `max` chains into the channel.
+fn submit(vq: &mut Vring, aq: &mut AsyncQueue, cache: &mut PktCache, large: Large, max: usize) {
+    aq.reserve(vq.size);
+    let Some(mut b) = Burst::begin(vq) else {
+        return;
+    };
+    let q = b.queue();
+    let hlen = hdr_len(b.features);
+    let n = usize::from(b.pending()).min(max);
+    if n == 0 {
+        b.finish();
+        return;
+    }
+    let mut fresh = std::mem::take(&mut aq.fresh);
+    if cache.alloc_bulk(&mut fresh, n).is_err() {
+        b.stats.alloc_failures += 1;
+        b.finish();
+        aq.fresh = fresh;
+        return;
+    }
+    let mut tc = TranslationCache::new();
+    let mut taken = 0;
+    while taken < n {
+        let Some(mut m) = fresh.pop() else { break };
+        let Ok(head) = b.next_head() else {
+            cache.free(m);
+            break;
+        };
+        let seq = aq.next_seq();
+        let filled = if take_simple(&q, &mut tc, head, hlen, &mut m, aq, seq) {
+            Ok(())
+        } else {
+            // Anything else the CPU copies now, as dequeue_burst does.
+            let r = fill(&q, head, hlen, &mut m, cache, large);
+            if r.is_ok() {
+                aq.stats.cpu_copies += 1;
+                aq.stats.cpu_bytes += m.pkt_len() as u64;
+            }
+            r
+        };
+        taken += 1;
+        aq.used.push_back([u32::from(head), 0]);
+        match filled {
+            Ok(()) => {
+                b.stats.packets += 1;
+                b.stats.bytes += m.pkt_len() as u64;
+                aq.pkts.push_back(InFlight {
+                    is_pkt: true,
+                    mbuf: Some(m),
+                    used: 1,
+                    jobs_left: 0,
+                });
+                aq.stats.submitted += 1;
+            }
+            Err(drop) => {
+                match drop {
+                    Drop::Bad(e) => b.bad_chain_later(head, e),
+                    Drop::TooLarge => b.stats.too_large += 1,
+                    Drop::NoMbuf => {
+                        // The chain stays available for a later call.
+                        aq.used.pop_back();
+                        b.unreserve();
+                        b.stats.alloc_failures += 1;
+                        cache.free(m);
+                        break;
+                    }
+                }
+                cache.free(m);
+                // Returned empty, in its place in the order.
+                aq.pkts.push_back(InFlight {
+                    is_pkt: false,
+                    mbuf: None,
+                    used: 1,
+                    jobs_left: 0,
+                });
+            }
+        }
+    }
+    cache.free_bulk(fresh.drain(..));
+    aq.fresh = fresh;
+    if !aq.batch.is_empty() && aq.hold.is_none() {
+        // Jobs will read this table: keep it mapped until they are reported.
+        aq.hold = Some(q.memory().clone());
+    }
+    b.finish();
+    start_jobs(aq);
+}
+
+/// The common chain: one readable descriptor in one region, a packet that fits `m`, no
+/// offload in its header. The header is read by the CPU; the payload is a job when it is at
+/// least the threshold, else read now. `false` leaves the chain (and `m`) untouched.
+#[inline]
+fn take_simple(
+    q: &SplitQueue<'_>,
+    tc: &mut TranslationCache,
+    head: u16,
+    hlen: usize,
+    m: &mut Mbuf,
+    aq: &mut AsyncQueue,
+    seq: u64,
+) -> bool {
+    let d = q.desc(head);
+    if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE) != 0 {
+        return false;
+    }
+    let len = d.len as usize;
+    let Some(data_len) = len.checked_sub(hlen) else {
+        return false;
+    };
+    if data_len > m.tailroom() {
+        return false;
+    }
+    let Some(buf) = q
+        .memory()
+        .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(d.len))
+    else {
+        return false;
+    };
+    let mut hb = [0u8; 12];
+    if buf.read_at(0, &mut hb[..hlen]).is_err() || hb[0] | hb[1] != 0 {
+        // Offloads need the packet's first bytes on the CPU: the general path.
+        return false;
+    }
+    let Ok(body) = buf.subslice(hlen, data_len) else {
+        return false;
+    };
+    if m.append(data_len).is_err() {
+        return false;
+    }
+    let Ok(dst) = m.data_mut() else {
+        let _ = m.trim(data_len); // fresh again for the general path
+        return false;
+    };
+    if data_len >= aq.threshold && data_len > 0 && aq.job_room() {
+        aq.batch.push(CopyJob {
+            src: body.as_ptr(),
+            dst: dst.as_mut_ptr(),
+            len: data_len as u32,
+        });
+        aq.batch_seq.push(seq);
+    } else {
+        body.copy_to(dst);
+        aq.stats.cpu_copies += 1;
+        aq.stats.cpu_bytes += data_len as u64;
+    }
+    true
+}
