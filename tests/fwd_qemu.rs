@@ -195,7 +195,7 @@ fn run(case: Case) -> BTreeMap<usize, u64> {
         if copy != "cpu" {
             // The replies went through the async path: the engine copied them, and every one
             // the channel took came back before the device went away.
-            let stat = |key| value_after(&lines, "async: submitted=", key);
+            let stat = |key| value_after(&lines, "h2g: async: submitted=", key);
             let (sub, done, dma) = (stat("submitted="), stat("completed="), stat("dma_copies="));
             assert!(
                 dma.is_some_and(|n| n > 0) && sub == done && sub == Some(f.tx_pkts),

@@ -242,7 +242,7 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
     /// Copy modes, each run per row: `cpu` (the backend core copies) and `soft[,threshold=N]
     /// [,engines=K]` (async path, software DMA engine polled on the frontend's core), e.g.
-    /// `cpu,soft`. g2h rows run with `cpu` only (async dequeue is not built yet).
+    /// `cpu,soft`.
     #[arg(long, default_value = "cpu", value_parser = CopyModes::parse)]
     pub copy: CopyModes,
 }
@@ -418,18 +418,10 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     let mut out = report::Report::new(args, clock);
     let mut notes = PageNotes::new(args.small_pages, pool.memory_kind().0);
     let mut rows = Vec::new();
-    let mut g2h_noted = false;
     for &mrg in &args.mrg {
         for &d in &args.dirs {
             for &size in &args.sizes {
                 for &copy in &args.copy.0 {
-                    if d == Direction::G2h && copy != CopyMode::Cpu {
-                        if !g2h_noted {
-                            out.note("note: g2h rows run with --copy cpu only (async dequeue is not built yet)");
-                            g2h_noted = true;
-                        }
-                        continue;
-                    }
                     let cfg = row::RowConfig {
                         dir: d,
                         size,

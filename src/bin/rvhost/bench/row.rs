@@ -161,21 +161,29 @@ pub(crate) fn run_row(
     let mut soft = match cfg.copy {
         CopyMode::Cpu => None,
         CopyMode::Soft { threshold, lanes } => {
-            let (dev, mut engines) = SoftDevice::new(
-                &SoftConfig::with_lanes(lanes),
-                &[ChannelConfig::new(args.queue_size.max(64))],
-            )
-            .map_err(BenchError::Dma)?;
-            let engine = engines.remove(0);
+            // One channel per direction: the guest's receive and transmit queues.
+            let ring = ChannelConfig::new(args.queue_size.max(64));
+            let (dev, mut engines) =
+                SoftDevice::new(&SoftConfig::with_lanes(lanes), &[ring, ring])
+                    .map_err(BenchError::Dma)?;
             let config = AsyncConfig {
                 threshold,
                 ..AsyncConfig::default()
             };
+            let tx_engine = engines.remove(1);
+            let rx_engine = engines.remove(0);
             async_channel_register(
                 &bed.dev,
                 QueuePair(0).rx(),
                 config,
-                Box::new(DmaCopy::new(engine)),
+                Box::new(DmaCopy::new(rx_engine)),
+            )
+            .map_err(BenchError::Async)?;
+            async_channel_register(
+                &bed.dev,
+                QueuePair(0).tx(),
+                config,
+                Box::new(DmaCopy::new(tx_engine)),
             )
             .map_err(BenchError::Async)?;
             Some(dev)
@@ -231,6 +239,7 @@ pub(crate) fn run_row(
                 .map_err(BenchError::Dma)?;
             let mut left = Vec::new();
             async_clear_queue(&bed.dev, QueuePair(0).rx(), &mut left);
+            async_clear_queue(&bed.dev, QueuePair(0).tx(), &mut left);
             pool.cache().free_bulk(left);
             Some(worker)
         }

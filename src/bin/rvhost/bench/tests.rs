@@ -117,11 +117,11 @@ fn every_direction_delivers_and_accounts_for_every_packet() {
     run(&args).unwrap();
     let text = std::fs::read_to_string(&json).unwrap();
     let _ = std::fs::remove_file(&json);
-    // g2h runs with cpu only; h2g and loopback with both.
-    assert_eq!(text.matches("\"ok\": true").count(), 5 * 2 * 2, "{text}");
+    // Every direction with both copy modes.
+    assert_eq!(text.matches("\"ok\": true").count(), 6 * 2 * 2, "{text}");
     assert_eq!(
         text.matches("\"copy\": \"soft:t=0,e=2\"").count(),
-        2 * 2 * 2,
+        3 * 2 * 2,
         "{text}"
     );
     assert!(

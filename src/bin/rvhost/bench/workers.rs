@@ -14,7 +14,8 @@ use rvhost::frontend::{RxQueue, TxQueue};
 use rvhost::mbuf::{Mbuf, PktPool};
 use rvhost::net::pkt::udp_frame;
 use rvhost::net::{
-    QueuePair, dequeue_burst, enqueue_burst, poll_enqueue_completed, submit_enqueue_burst,
+    QueuePair, async_try_dequeue_burst, dequeue_burst, enqueue_burst, poll_enqueue_completed,
+    submit_enqueue_burst,
 };
 use rvhost_dma::SoftDevice;
 
@@ -166,7 +167,7 @@ pub(crate) fn backend_loop(
         let t0 = ticks();
         let moved = match p.dir {
             Direction::G2h => {
-                let n = dequeue_burst(dev, QueuePair(0).tx(), &mut cache, &mut burst, p.burst);
+                let n = dequeue(p, dev, &mut cache, &mut burst);
                 for m in &burst {
                     t.bytes += m.pkt_len() as u64;
                     t.bad += u64::from(m.pkt_len() != size);
@@ -211,7 +212,7 @@ pub(crate) fn backend_loop(
             Direction::H2g if p.asynch => reap(dev, &mut done, &mut cache, p.burst),
             Direction::H2g => 0,
             Direction::Loopback => {
-                let n = dequeue_burst(dev, QueuePair(0).tx(), &mut cache, &mut burst, p.burst);
+                let n = dequeue(p, dev, &mut cache, &mut burst);
                 for m in &burst {
                     t.bytes += m.pkt_len() as u64;
                     t.bad += u64::from(m.pkt_len() != size);
@@ -244,6 +245,21 @@ pub(crate) fn backend_loop(
     BackendEnd {
         totals: t,
         destroyed,
+    }
+}
+
+/// A burst from the guest's transmit queue, on the row's path.
+#[inline]
+fn dequeue(
+    p: &Params,
+    dev: &rvhost::driver::Device,
+    cache: &mut rvhost::mbuf::PktCache,
+    burst: &mut Vec<Mbuf>,
+) -> usize {
+    if p.asynch {
+        async_try_dequeue_burst(dev, QueuePair(0).tx(), cache, burst, p.burst)
+    } else {
+        dequeue_burst(dev, QueuePair(0).tx(), cache, burst, p.burst)
     }
 }
 

@@ -1,8 +1,8 @@
-//! `--copy soft`: the ports' receive queues (host → guest) go through the async copy path,
-//! with one channel of a software DMA engine per port and queue pair.
+//! `--copy soft`: the ports' queues go through the async copy path, both ways, with one
+//! channel of a software DMA engine per port, queue pair and direction.
 //!
-//! The engine (a [`SoftDevice`] with one channel per port and queue pair) runs on a thread
-//! of its own. A channel is registered on the device's vring in `new_device` and taken back
+//! The engine (a [`SoftDevice`] with one channel per port, queue pair and direction) runs on a
+//! thread of its own. A channel is registered on the device's vring in `new_device` and taken back
 //! in `destroy_device`, after the lcores let go of the device and the packets still in it
 //! were handed back, so that the next device of the port gets it again.
 
@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use rvhost::dataplane::PortOps;
 use rvhost::driver::{Device, DeviceOps, Refused};
 use rvhost::net::{
-    AsyncConfig, AsyncCopyOps, DmaCopy, QueuePair, async_channel_register,
+    AsyncConfig, AsyncCopyOps, DmaCopy, QueuePair, VringId, async_channel_register,
     async_channel_unregister, async_clear_queue, async_stats,
 };
 use rvhost_dma::soft::{Idle, SoftConfig, SoftWorker, WorkerConfig};
@@ -20,7 +20,8 @@ use rvhost_dma::{ChannelConfig, DmaError, SoftDevice};
 /// Jobs a channel holds at most (its ring).
 const RING: u16 = 1024;
 
-/// The channels not in use, per port and queue pair (index `port * queues + q`).
+/// The channels not in use, per port, queue pair and direction (index
+/// `2 * (port * queues + q) + dir`, dir 0 host → guest, 1 guest → host).
 pub struct Engines {
     slots: Mutex<Vec<Option<Box<dyn AsyncCopyOps>>>>,
     queues: u16,
@@ -36,7 +37,7 @@ impl Engines {
         threshold: u32,
         lanes: usize,
     ) -> Result<(Arc<Engines>, SoftWorker), DmaError> {
-        let n = ports * usize::from(queues);
+        let n = 2 * ports * usize::from(queues);
         let (dev, engines) = SoftDevice::new(
             &SoftConfig::with_lanes(lanes),
             &vec![ChannelConfig::new(RING); n],
@@ -61,8 +62,12 @@ impl Engines {
         Ok((Arc::new(engines), worker))
     }
 
-    fn take(&self, port: usize, q: u16) -> Option<Box<dyn AsyncCopyOps>> {
-        let i = port * usize::from(self.queues) + usize::from(q);
+    fn index(&self, port: usize, q: u16, dir: Dir) -> usize {
+        2 * (port * usize::from(self.queues) + usize::from(q)) + dir as usize
+    }
+
+    fn take(&self, port: usize, q: u16, dir: Dir) -> Option<Box<dyn AsyncCopyOps>> {
+        let i = self.index(port, q, dir);
         self.slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -70,8 +75,8 @@ impl Engines {
             .take()
     }
 
-    fn put(&self, port: usize, q: u16, ops: Box<dyn AsyncCopyOps>) {
-        let i = port * usize::from(self.queues) + usize::from(q);
+    fn put(&self, port: usize, q: u16, dir: Dir, ops: Box<dyn AsyncCopyOps>) {
+        let i = self.index(port, q, dir);
         if let Some(slot) = self
             .slots
             .lock()
@@ -83,7 +88,58 @@ impl Engines {
     }
 }
 
-/// A port's callbacks: the device table's, plus the async channels of its receive queues.
+/// Which way a channel copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    /// Host to guest: the guest's receive queue.
+    H2g = 0,
+    /// Guest to host: the guest's transmit queue.
+    G2h = 1,
+}
+
+impl Dir {
+    fn name(self) -> &'static str {
+        match self {
+            Dir::H2g => "h2g",
+            Dir::G2h => "g2h",
+        }
+    }
+
+    /// The queue of queue pair `q` this direction uses, as the channel calls take it.
+    fn vring(self, q: u16) -> Queue {
+        match self {
+            Dir::H2g => Queue::Rx(QueuePair(q).rx()),
+            Dir::G2h => Queue::Tx(QueuePair(q).tx()),
+        }
+    }
+}
+
+/// A queue id of either kind.
+#[derive(Clone, Copy)]
+enum Queue {
+    Rx(rvhost::net::RxQueueId),
+    Tx(rvhost::net::TxQueueId),
+}
+
+impl std::fmt::Display for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Queue::Rx(q) => q.fmt(f),
+            Queue::Tx(q) => q.fmt(f),
+        }
+    }
+}
+
+impl VringId for Queue {
+    fn vring(self) -> usize {
+        match self {
+            Queue::Rx(q) => q.vring(),
+            Queue::Tx(q) => q.vring(),
+        }
+    }
+}
+
+/// A port's callbacks: the device table's, plus the async channels of its queues.
 pub struct AsyncPortOps {
     /// The device table's callbacks.
     pub port: PortOps,
@@ -95,13 +151,15 @@ impl DeviceOps for AsyncPortOps {
     fn new_device(&self, dev: &Device) -> Result<(), Refused> {
         let p = self.port.port;
         for q in 0..self.engines.queues {
-            let Some(ops) = self.engines.take(p, q) else {
-                continue; // still registered on a device that did not give it back
-            };
-            if let Err(e) = async_channel_register(dev, QueuePair(q).rx(), self.engines.config, ops)
-            {
-                // The channel is dropped with the error; its engine is gone for this port.
-                log::error!("port {p} queue {q}: async channel: {e}");
+            for dir in [Dir::H2g, Dir::G2h] {
+                let Some(ops) = self.engines.take(p, q, dir) else {
+                    continue; // still registered on a device that did not give it back
+                };
+                if let Err(e) = async_channel_register(dev, dir.vring(q), self.engines.config, ops)
+                {
+                    // The channel is dropped with the error; its engine is gone for this port.
+                    log::error!("port {p} queue {q} {}: async channel: {e}", dir.name());
+                }
             }
         }
         self.port.new_device(dev)
@@ -113,28 +171,32 @@ impl DeviceOps for AsyncPortOps {
         let p = self.port.port;
         let mut left = Vec::new();
         for q in 0..self.engines.queues {
-            let rx = QueuePair(q).rx();
-            // Copied into the guest (their used entries are written): only the mbufs are left
-            // to free, which dropping them does.
-            async_clear_queue(dev, rx, &mut left);
-            left.clear();
-            if let Some(s) = async_stats(dev, rx) {
-                log::info!(
-                    "port {p} queue {q}: async: submitted={} completed={} dma_copies={} \
-                     cpu_copies={} dma_errors={} dropped={} drains={}",
-                    s.submitted,
-                    s.completed,
-                    s.dma_copies,
-                    s.cpu_copies,
-                    s.dma_errors,
-                    s.dropped,
-                    s.drains
-                );
-            }
-            match async_channel_unregister(dev, rx) {
-                Ok(ops) => self.engines.put(p, q, ops),
-                Err(rvhost::net::AsyncError::NotRegistered { .. }) => {}
-                Err(e) => log::error!("port {p} queue {q}: async channel: {e}"),
+            for dir in [Dir::H2g, Dir::G2h] {
+                let vq = dir.vring(q);
+                // h2g: copied into the guest (their used entries are written), only the mbufs
+                // are left to free. g2h: taken from the guest but not forwarded; counted below.
+                let cleared = async_clear_queue(dev, vq, &mut left);
+                left.clear();
+                if let Some(s) = async_stats(dev, vq) {
+                    log::info!(
+                        "port {p} queue {q} {}: async: submitted={} completed={} \
+                         dma_copies={} cpu_copies={} dma_errors={} dropped={} drains={} \
+                         cleared={cleared}",
+                        dir.name(),
+                        s.submitted,
+                        s.completed,
+                        s.dma_copies,
+                        s.cpu_copies,
+                        s.dma_errors,
+                        s.dropped,
+                        s.drains
+                    );
+                }
+                match async_channel_unregister(dev, vq) {
+                    Ok(ops) => self.engines.put(p, q, dir, ops),
+                    Err(rvhost::net::AsyncError::NotRegistered { .. }) => {}
+                    Err(e) => log::error!("port {p} queue {q} {}: async channel: {e}", dir.name()),
+                }
             }
         }
     }

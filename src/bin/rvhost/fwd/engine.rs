@@ -18,8 +18,8 @@ use rvhost::lcore::Lcore;
 use rvhost::mbuf::{Mbuf, PktCache, PktPool};
 use rvhost::net::pkt::{Echo, icmpecho, macswap, udp_frame};
 use rvhost::net::{
-    QueuePair, RxQueueId, TxQueueId, dequeue_burst, enqueue_burst, poll_enqueue_completed,
-    submit_enqueue_burst,
+    QueuePair, RxQueueId, TxQueueId, async_try_dequeue_burst, dequeue_burst, enqueue_burst,
+    poll_enqueue_completed, submit_enqueue_burst,
 };
 
 use super::Mode;
@@ -275,13 +275,23 @@ impl<'a> Worker<'a> {
         let Some(dev) = self.reader.dev(s.rx_port) else {
             return;
         };
-        let n = dequeue_burst(
-            dev,
-            port_rx(s.queue),
-            &mut self.cache,
-            &mut self.burst,
-            self.sh.burst,
-        );
+        let n = if self.sh.asynch {
+            async_try_dequeue_burst(
+                dev,
+                port_rx(s.queue),
+                &mut self.cache,
+                &mut self.burst,
+                self.sh.burst,
+            )
+        } else {
+            dequeue_burst(
+                dev,
+                port_rx(s.queue),
+                &mut self.cache,
+                &mut self.burst,
+                self.sh.burst,
+            )
+        };
         if n == 0 {
             return;
         }
