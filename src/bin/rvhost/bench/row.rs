@@ -163,9 +163,8 @@ pub(crate) fn run_row(
         CopyMode::Soft { threshold, lanes } => {
             // One channel per direction: the guest's receive and transmit queues.
             let ring = ChannelConfig::new(args.queue_size.max(64));
-            let (dev, mut engines) =
-                SoftDevice::new(&SoftConfig::with_lanes(lanes), &[ring, ring])
-                    .map_err(BenchError::Dma)?;
+            let (dev, mut engines) = SoftDevice::new(&SoftConfig::with_lanes(lanes), &[ring, ring])
+                .map_err(BenchError::Dma)?;
             let config = AsyncConfig {
                 threshold,
                 ..AsyncConfig::default()
