@@ -50,12 +50,15 @@ impl Report {
             "  drops: packets the backend had that the guest had no buffer for (testpmd's \
              TX-dropped)"
                 .into(),
+            "  fe busy: share of the frontend core's time in loop turns that did work (near 100%: \
+             the frontend's core, with the soft engine on it, was the limit)"
+                .into(),
             "  copy: cpu = the backend core copies; soft = async path, copies of at least the \
              threshold (t, default 256 B) go to the software DMA engine (e lanes), polled on \
              the frontend's core"
                 .into(),
             format!(
-                "{:<9}{:<14}{:>4}{:>7}{:>9}{:>9}{:>10}{:>6}{:>15}{:>10}{:>11}  check",
+                "{:<9}{:<14}{:>4}{:>7}{:>9}{:>9}{:>10}{:>6}{:>15}{:>10}{:>11}{:>8}  check",
                 "dir",
                 "copy",
                 "mrg",
@@ -67,6 +70,7 @@ impl Report {
                 format!("busy {unit}/pkt"),
                 "pkt/burst",
                 "drops",
+                "fe busy",
             ),
         ];
         Report {
@@ -126,7 +130,7 @@ impl Report {
                 s,
                 "\n    {{\"dir\": \"{}\", \"direction\": \"{}\", \"copy\": {}, \"mrg\": {}, \"size\": {}, \"secs\": {}, \
                  \"packets\": {}, \"bytes\": {}, \"mpps\": {}, \"gbps\": {}, \
-                 \"ticks_per_pkt\": {}, \"busy_share\": {}, \"busy_ticks_per_pkt\": {}, \
+                 \"ticks_per_pkt\": {}, \"busy_share\": {}, \"frontend_busy_share\": {}, \"busy_ticks_per_pkt\": {}, \
                  \"cycles_per_pkt\": {}, \"busy_cycles_per_pkt\": {}, \
                  \"burst_fill\": {}, \"dropped\": {}, \"fe_sent\": {}, \"fe_received\": {}, \"be_dequeued\": {}, \
                  \"be_enqueued\": {}, \"frontend_pages\": \"{}\", \"ok\": {}, \"error\": {}}}{sep}",
@@ -146,6 +150,7 @@ impl Report {
                 num(r.gbps()),
                 r.ticks_per_pkt().map_or("null".into(), num),
                 num(r.busy_share()),
+                num(r.fe_busy_share()),
                 r.busy_per_pkt().map_or("null".into(), num),
                 cycles(r.ticks_per_pkt()),
                 cycles(r.busy_per_pkt()),
@@ -177,7 +182,7 @@ fn clock_line(c: &Clock) -> String {
 fn line(r: &RowResult) -> String {
     let per = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
     format!(
-        "{:<9}{:<14}{:>4}{:>7}{:>9.3}{:>9.2}{:>10}{:>5.0}%{:>15}{:>10}{:>11}  {}",
+        "{:<9}{:<14}{:>4}{:>7}{:>9.3}{:>9.2}{:>10}{:>5.0}%{:>15}{:>10}{:>11}{:>7.0}%  {}",
         r.dir.name(),
         r.copy.name(),
         if r.mrg { "on" } else { "off" },
@@ -189,6 +194,7 @@ fn line(r: &RowResult) -> String {
         per(r.busy_per_pkt()),
         per(r.burst_fill()),
         r.dropped,
+        r.fe_busy_share() * 100.0,
         if r.error.is_none() { "ok" } else { "FAIL" },
     )
 }

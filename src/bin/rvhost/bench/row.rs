@@ -56,6 +56,9 @@ pub struct RowResult {
     pub ticks: u64,
     /// Ticks of the backend spent in bursts that moved packets.
     pub busy_ticks: u64,
+    /// Ticks of the frontend's core spent in loop turns that did work (moved packets, or
+    /// served the soft DMA engine).
+    pub fe_busy_ticks: u64,
     /// Packets the backend had but the guest had no room for, in the window.
     pub dropped: u64,
     /// Packets the backend moved (g2h, loopback: dequeued; h2g: enqueued) in the window.
@@ -102,6 +105,16 @@ impl RowResult {
     /// bottleneck, small when it waits for the frontend. `None` without bursts.
     pub fn burst_fill(&self) -> Option<f64> {
         (self.backend_bursts > 0).then(|| self.backend_packets as f64 / self.backend_bursts as f64)
+    }
+
+    /// Share of the frontend core's time spent in turns that did work: near 100% means the
+    /// frontend's core (with the soft engine on it) was the limit.
+    pub fn fe_busy_share(&self) -> f64 {
+        if self.ticks == 0 {
+            0.0
+        } else {
+            (self.fe_busy_ticks as f64 / self.ticks as f64).min(1.0)
+        }
     }
 
     /// Share of the backend core's time spent in bursts that moved packets.
@@ -322,6 +335,7 @@ fn summarize(
         bytes,
         ticks,
         busy_ticks: w1.be.busy - w0.be.busy,
+        fe_busy_ticks: w1.fe.busy - w0.fe.busy,
         dropped: w1.be.dropped - w0.be.dropped,
         backend_packets: match p.dir {
             Direction::H2g => w1.be.out - w0.be.out,

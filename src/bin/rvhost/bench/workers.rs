@@ -311,9 +311,11 @@ pub(crate) fn frontend_loop(
         if phase == STOP {
             break;
         }
+        let t0 = ticks();
+        let mut worked = 0;
         if let Some(dev) = soft.as_deref_mut() {
             // The software DMA engine shares this core: one loop serves both.
-            dev.poll();
+            worked += dev.poll();
         }
         let mut moved = 0;
         if sends {
@@ -342,7 +344,8 @@ pub(crate) fn frontend_loop(
                 moved += n;
             }
         }
-        if moved > 0 {
+        if moved > 0 || worked > 0 {
+            t.busy += ticks().wrapping_sub(t0);
             t.publish(&sh.frontend);
         }
     }
