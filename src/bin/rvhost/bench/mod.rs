@@ -40,6 +40,7 @@
 
 mod bed;
 mod clock;
+mod plot;
 mod report;
 mod row;
 mod workers;
@@ -240,6 +241,10 @@ pub struct BenchArgs {
     /// Also write the rows as JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+    /// Also draw Mpps and the backend's busy cycles per packet against the frame size, one
+    /// line per direction, mrg and copy mode, into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
     /// Copy modes, each run per row: `cpu` (the backend core copies) and `soft[,threshold=N]
     /// [,engines=K]` (async path, software DMA engine polled on the frontend's core), e.g.
     /// `cpu,soft`.
@@ -261,6 +266,7 @@ impl Default for BenchArgs {
             frontend_core: 1,
             small_pages: false,
             json: None,
+            plot: None,
             copy: CopyModes(vec![CopyMode::Cpu]),
         }
     }
@@ -330,6 +336,9 @@ pub enum BenchError {
     /// The async channel could not be registered.
     #[error("async channel")]
     Async(#[source] rvhost::net::AsyncError),
+    /// The plot could not be drawn.
+    #[error("{0}")]
+    Plot(String),
     /// Some rows failed their correctness checks (each was reported with its reason).
     #[error("{failed} of {total} rows failed their checks")]
     RowsFailed {
@@ -446,6 +455,9 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
             path: path.clone(),
             source,
         })?;
+    }
+    if let Some(path) = &args.plot {
+        plot::draw(path, &rows, clock.unit).map_err(BenchError::Plot)?;
     }
     let failed = rows.iter().filter(|r| r.error.is_some()).count();
     if failed > 0 {

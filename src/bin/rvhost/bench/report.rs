@@ -58,7 +58,7 @@ impl Report {
              the frontend's core"
                 .into(),
             format!(
-                "{:<9}{:<14}{:>4}{:>7}{:>9}{:>9}{:>10}{:>6}{:>15}{:>10}{:>11}{:>8}  check",
+                "{:<9}{:<14}{:>4}{:>7}{:>9}{:>9}{:>10}{:>6}{:>15}{:>10}{:>11}{:>8}{:>22}  check",
                 "dir",
                 "copy",
                 "mrg",
@@ -71,6 +71,7 @@ impl Report {
                 "pkt/burst",
                 "drops",
                 "fe busy",
+                "lat p50/99/99.9 us",
             ),
         ];
         Report {
@@ -130,7 +131,7 @@ impl Report {
                 s,
                 "\n    {{\"dir\": \"{}\", \"direction\": \"{}\", \"copy\": {}, \"mrg\": {}, \"size\": {}, \"secs\": {}, \
                  \"packets\": {}, \"bytes\": {}, \"mpps\": {}, \"gbps\": {}, \
-                 \"ticks_per_pkt\": {}, \"busy_share\": {}, \"frontend_busy_share\": {}, \"busy_ticks_per_pkt\": {}, \
+                 \"ticks_per_pkt\": {}, \"busy_share\": {}, \"frontend_busy_share\": {}, \"latency_p50_ns\": {}, \"latency_p99_ns\": {}, \"latency_p999_ns\": {}, \"busy_ticks_per_pkt\": {}, \
                  \"cycles_per_pkt\": {}, \"busy_cycles_per_pkt\": {}, \
                  \"burst_fill\": {}, \"dropped\": {}, \"fe_sent\": {}, \"fe_received\": {}, \"be_dequeued\": {}, \
                  \"be_enqueued\": {}, \"frontend_pages\": \"{}\", \"ok\": {}, \"error\": {}}}{sep}",
@@ -151,6 +152,9 @@ impl Report {
                 r.ticks_per_pkt().map_or("null".into(), num),
                 num(r.busy_share()),
                 num(r.fe_busy_share()),
+                r.latency_ns.map_or("null".into(), |l| num(l[0])),
+                r.latency_ns.map_or("null".into(), |l| num(l[1])),
+                r.latency_ns.map_or("null".into(), |l| num(l[2])),
                 r.busy_per_pkt().map_or("null".into(), num),
                 cycles(r.ticks_per_pkt()),
                 cycles(r.busy_per_pkt()),
@@ -182,7 +186,7 @@ fn clock_line(c: &Clock) -> String {
 fn line(r: &RowResult) -> String {
     let per = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
     format!(
-        "{:<9}{:<14}{:>4}{:>7}{:>9.3}{:>9.2}{:>10}{:>5.0}%{:>15}{:>10}{:>11}{:>7.0}%  {}",
+        "{:<9}{:<14}{:>4}{:>7}{:>9.3}{:>9.2}{:>10}{:>5.0}%{:>15}{:>10}{:>11}{:>7.0}%{:>22}  {}",
         r.dir.name(),
         r.copy.name(),
         if r.mrg { "on" } else { "off" },
@@ -195,6 +199,12 @@ fn line(r: &RowResult) -> String {
         per(r.burst_fill()),
         r.dropped,
         r.fe_busy_share() * 100.0,
+        r.latency_ns.map_or("-".into(), |[a, b, c]| format!(
+            "{:.1}/{:.1}/{:.1}",
+            a / 1e3,
+            b / 1e3,
+            c / 1e3
+        )),
         if r.error.is_none() { "ok" } else { "FAIL" },
     )
 }

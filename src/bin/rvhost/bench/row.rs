@@ -59,6 +59,9 @@ pub struct RowResult {
     /// Ticks of the frontend's core spent in loop turns that did work (moved packets, or
     /// served the soft DMA engine).
     pub fe_busy_ticks: u64,
+    /// Async enqueue: completion latency (submit to hand-back) percentiles p50, p99, p99.9 in
+    /// nanoseconds, over the whole row (warm-up included).
+    pub latency_ns: Option<[f64; 3]>,
     /// Packets the backend had but the guest had no room for, in the window.
     pub dropped: u64,
     /// Packets the backend moved (g2h, loopback: dequeued; h2g: enqueued) in the window.
@@ -336,6 +339,11 @@ fn summarize(
         ticks,
         busy_ticks: w1.be.busy - w0.be.busy,
         fe_busy_ticks: w1.fe.busy - w0.fe.busy,
+        latency_ns: be
+            .latency
+            .as_ref()
+            .filter(|h| !h.is_empty())
+            .map(|h| [50.0, 99.0, 99.9].map(|q| clock.secs(h.value_at_quantile(q / 100.0)) * 1e9)),
         dropped: w1.be.dropped - w0.be.dropped,
         backend_packets: match p.dir {
             Direction::H2g => w1.be.out - w0.be.out,
@@ -450,6 +458,7 @@ mod tests {
             BackendEnd {
                 totals: be,
                 destroyed: false,
+                latency: None,
             },
         )
     }

@@ -101,6 +101,7 @@ fn every_direction_delivers_and_accounts_for_every_packet() {
         .map(|c| c.id)
         .collect();
     let json = std::env::temp_dir().join(format!("rvhost-bench-test-{}.json", std::process::id()));
+    let svg = json.with_extension("svg");
     let args = BenchArgs {
         sizes: vec![64, 9000],
         mrg: vec![Toggle::On, Toggle::Off],
@@ -110,6 +111,7 @@ fn every_direction_delivers_and_accounts_for_every_packet() {
         backend_core: cores[0],
         frontend_core: *cores.get(1).unwrap_or(&cores[0]),
         json: Some(json.clone()),
+        plot: Some(svg.clone()),
         // Every copy goes to the engine (threshold 0), on two lanes.
         copy: CopyModes::parse("cpu,soft,threshold=0,engines=2").unwrap(),
         ..BenchArgs::default()
@@ -117,6 +119,16 @@ fn every_direction_delivers_and_accounts_for_every_packet() {
     run(&args).unwrap();
     let text = std::fs::read_to_string(&json).unwrap();
     let _ = std::fs::remove_file(&json);
+    let drawing = std::fs::read_to_string(&svg).unwrap();
+    let _ = std::fs::remove_file(&svg);
+    assert!(
+        drawing.contains("<svg") && drawing.contains("Mpps"),
+        "{drawing}"
+    );
+    // Completion latency for the async enqueue rows (h2g, loopback), none for the others.
+    let with_latency = text.matches("\"latency_p50_ns\": ").count()
+        - text.matches("\"latency_p50_ns\": null").count();
+    assert_eq!(with_latency, 2 * 2 * 2, "{text}");
     // Every direction with both copy modes.
     assert_eq!(text.matches("\"ok\": true").count(), 6 * 2 * 2, "{text}");
     assert_eq!(
