@@ -248,6 +248,9 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
     let ctx = Ctx::new(burst.features);
     let first_new = aq.pkts.len();
     let mut taken = 0;
+    // Leading packets that retired at once (only while nothing is in flight, so they all
+    // come before any packet of this burst that went into the in-flight queue).
+    let mut retired = 0;
     let mut tc = TranslationCache::new();
     let mut ahead = ReadAhead::default();
     // Only the general path needs it (a few KiB to initialise): made on first use.
@@ -268,11 +271,15 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
             burst.stats.too_large += 1;
             continue;
         }
-        if !place_simple(&q, &mut burst, aq, &mut tc, &mut ahead, pkt, &ctx) {
-            let pieces = pieces.get_or_insert_with(Pieces::new);
-            pieces.clear();
-            if place(&q, &mut burst, aq, pieces, pkt, &ctx).is_err() {
-                break;
+        match place_simple(&q, &mut burst, aq, &mut tc, &mut ahead, pkt, &ctx) {
+            Placed::Retired => retired += 1,
+            Placed::InFlight => {}
+            Placed::No => {
+                let pieces = pieces.get_or_insert_with(Pieces::new);
+                pieces.clear();
+                if place(&q, &mut burst, aq, pieces, pkt, &ctx).is_err() {
+                    break;
+                }
             }
         }
         taken += 1;
@@ -285,13 +292,16 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
     }
     burst.finish();
     start_jobs(aq);
-    // The mbufs go to their records, in order (records of returned chains have none).
+    // The mbufs: the retired ones wait for the next poll, the others go to their records, in
+    // order (records of returned chains have none).
     let mut taken_pkts = pkts.drain(..taken);
+    aq.done.extend(taken_pkts.by_ref().take(retired));
     for rec in aq.pkts.iter_mut().skip(first_new).filter(|r| r.is_pkt) {
         rec.mbuf = taken_pkts.next();
     }
     debug_assert!(taken_pkts.next().is_none());
     aq.stats.submitted += taken as u64;
+    aq.stats.completed += retired as u64;
     taken
 }
 
@@ -505,12 +515,12 @@ fn place_simple(
     ahead: &mut ReadAhead,
     pkt: &Mbuf,
     ctx: &Ctx,
-) -> bool {
+) -> Placed {
     if pkt.nb_segs() != 1 || !pkt.meta().ol_flags.is_empty() {
-        return false;
+        return Placed::No;
     }
     let Some((head, d)) = ahead.next(b) else {
-        return false;
+        return Placed::No;
     };
     let data = pkt.data();
     let need = ctx.hlen + data.len();
@@ -518,13 +528,13 @@ fn place_simple(
         || d.flags & VIRTQ_DESC_F_WRITE == 0
         || (d.len as usize) < need
     {
-        return false;
+        return Placed::No;
     }
     let Some(buf) = q.memory().gpa_to_host_cached(tc, Gpa(d.addr), need as u64) else {
-        return false;
+        return Placed::No;
     };
     let Ok(body) = buf.subslice(ctx.hlen, data.len()) else {
-        return false;
+        return Placed::No;
     };
     b.take_peeked();
     let hdr = VirtioNetHdr {
@@ -548,6 +558,12 @@ fn place_simple(
         body.copy_from(data);
         aq.stats.cpu_copies += 1;
         aq.stats.cpu_bytes += data.len() as u64;
+        if aq.pkts.is_empty() && aq.batch.is_empty() {
+            // Complete, and nothing is in flight before it: it retires now, through the
+            // burst's used entries as in enqueue_burst (the next poll hands the mbuf back).
+            b.used(head, need as u32);
+            return Placed::Retired;
+        }
     }
     aq.used.push_back([u32::from(head), need as u32]);
     aq.pkts.push_back(InFlight {
@@ -556,7 +572,18 @@ fn place_simple(
         used: 1,
         jobs_left: 0,
     });
-    true
+    Placed::InFlight
+}
+
+/// What [`place_simple`] did with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placed {
+    /// Not the simple case: the general path takes it.
+    No,
+    /// Copied by the CPU with nothing in flight before it: its used entry is in the burst.
+    Retired,
+    /// In the in-flight queue (a job, or behind packets in flight).
+    InFlight,
 }
 
 /// The write position in a packet's pieces.
