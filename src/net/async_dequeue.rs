@@ -103,6 +103,7 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, cache: &mut PktCache, large: Larg
             break;
         };
         let seq = aq.next_seq();
+        let jobs_before = aq.batch.len();
         let filled = if take_simple(&q, &mut tc, head, hlen, &mut m, aq, seq) {
             Ok(())
         } else {
@@ -117,6 +118,19 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, cache: &mut PktCache, large: Larg
         taken += 1;
         aq.used.push_back([u32::from(head), 0]);
         match filled {
+            Ok(())
+                if aq.batch.len() == jobs_before && aq.pkts.is_empty() && aq.batch.is_empty() =>
+            {
+                // Copied by the CPU with nothing in flight before it: it retires now, its
+                // chain going back through the burst as in dequeue_burst.
+                aq.used.pop_back();
+                b.used(head, 0);
+                b.stats.packets += 1;
+                b.stats.bytes += m.pkt_len() as u64;
+                aq.done.push(m);
+                aq.stats.submitted += 1;
+                aq.stats.completed += 1;
+            }
             Ok(()) => {
                 b.stats.packets += 1;
                 b.stats.bytes += m.pkt_len() as u64;
