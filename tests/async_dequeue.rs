@@ -15,11 +15,11 @@ use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF};
 use rvhost::frontend::{FrontendOptions, TxLayout};
 use rvhost::mbuf::{Mbuf, PktCache};
 use rvhost::net::{
-    AsyncConfig, AsyncCopyOps, DmaCopy, QueuePair, async_channel_register, async_clear_queue,
-    async_stats, async_try_dequeue_burst, dequeue_burst,
+    AsyncConfig, AsyncCopyOps, QueuePair, async_channel_register, async_clear_queue, async_stats,
+    async_try_dequeue_burst, dequeue_burst,
 };
-use rvhost_dma::soft::{Idle, LaneConfig, SoftConfig, SoftWorker, WorkerConfig};
-use rvhost_dma::{ChannelConfig, CpuEngine, FailPolicy, SoftDevice, Status};
+use rvhost_dma::soft::SoftWorker;
+use rvhost_dma::{FailPolicy, Status};
 
 const Q0: QueuePair = QueuePair(0);
 
@@ -34,31 +34,12 @@ fn bed(layout: TxLayout, flags: Flags) -> Bed {
     Bed::new("adq", flags, opts, "adq-test", 4096, 64)
 }
 
-/// A copy device: the CPU engine (`lanes == 0`) or a software engine with `lanes` lanes, the
-/// first throttled to `slow` bytes/s when set; and the thread serving the latter.
 fn device(
     lanes: usize,
     slow: u64,
     fail: FailPolicy,
 ) -> (Box<dyn AsyncCopyOps>, Option<SoftWorker>) {
-    let mut ch = ChannelConfig::new(1024);
-    ch.fail = fail;
-    if lanes == 0 {
-        return (Box::new(DmaCopy::new(CpuEngine::new(&ch).unwrap())), None);
-    }
-    let mut cfg = SoftConfig::with_lanes(lanes);
-    if slow > 0 {
-        cfg.lanes[0] = LaneConfig::throttled(slow);
-    }
-    cfg.chunk = 512;
-    let (dev, mut engines) = SoftDevice::new(&cfg, &[ch]).unwrap();
-    let worker = dev
-        .spawn(WorkerConfig {
-            idle: Idle::Yield,
-            ..WorkerConfig::default()
-        })
-        .unwrap();
-    (Box::new(DmaCopy::new(engines.remove(0))), Some(worker))
+    common::dma::copy_device(lanes, slow, fail)
 }
 
 fn register(b: &Bed, threshold: u32, ops: Box<dyn AsyncCopyOps>) {

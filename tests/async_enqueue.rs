@@ -16,12 +16,12 @@ use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F
 use rvhost::frontend::{FrontendOptions, TxLayout};
 use rvhost::mbuf::{Mbuf, OffloadFlags, PktCache};
 use rvhost::net::{
-    AsyncConfig, AsyncCopyOps, AsyncError, DmaCopy, QueuePair, async_channel_register,
+    AsyncConfig, AsyncCopyOps, AsyncError, QueuePair, async_channel_register,
     async_channel_unregister, async_clear_queue, async_in_flight, async_stats, enqueue_burst,
     poll_enqueue_completed, submit_enqueue_burst,
 };
-use rvhost_dma::soft::{Idle, LaneConfig, SoftConfig, SoftWorker, WorkerConfig};
-use rvhost_dma::{ChannelConfig, CpuEngine, FailPolicy, SoftDevice, Status};
+use rvhost_dma::soft::SoftWorker;
+use rvhost_dma::{FailPolicy, Status};
 
 const Q0: QueuePair = QueuePair(0);
 const MRG: u64 = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF | VIRTIO_RING_F_EVENT_IDX;
@@ -52,25 +52,9 @@ enum Engine {
 
 /// A copy device, and the thread serving it (if any), which must outlive the channel.
 fn device(e: Engine, fail: FailPolicy) -> (Box<dyn AsyncCopyOps>, Option<SoftWorker>) {
-    let mut ch = ChannelConfig::new(1024);
-    ch.fail = fail;
     match e {
-        Engine::Cpu => (Box::new(DmaCopy::new(CpuEngine::new(&ch).unwrap())), None),
-        Engine::Soft { lanes, slow } => {
-            let mut cfg = SoftConfig::with_lanes(lanes);
-            if slow > 0 {
-                cfg.lanes[0] = LaneConfig::throttled(slow);
-            }
-            cfg.chunk = 512;
-            let (dev, mut engines) = SoftDevice::new(&cfg, &[ch]).unwrap();
-            let worker = dev
-                .spawn(WorkerConfig {
-                    idle: Idle::Yield,
-                    ..WorkerConfig::default()
-                })
-                .unwrap();
-            (Box::new(DmaCopy::new(engines.remove(0))), Some(worker))
-        }
+        Engine::Cpu => common::dma::copy_device(0, 0, fail),
+        Engine::Soft { lanes, slow } => common::dma::copy_device(lanes, slow, fail),
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod child;
+pub mod dma;
 pub mod pkt;
 pub mod raw;
 
