@@ -10,7 +10,7 @@
 //! back while a job may still read it.
 
 use super::async_enqueue::{refuse_sync, start_jobs};
-use super::dequeue::{Drop, Large, fill, rarp};
+use super::dequeue::{Drop, Large, fill, push_rarp};
 use super::hdr::hdr_len;
 use super::queue_id::TxQueueId;
 use super::ring::Burst;
@@ -18,7 +18,7 @@ use crate::driver::Device;
 use crate::mbuf::{Mbuf, PktCache};
 use crate::memory::{Gpa, TranslationCache};
 use crate::virtq::Vring;
-use crate::virtq::async_queue::{AsyncQueue, CopyJob, InFlight};
+use crate::virtq::async_queue::{AsyncQueue, InFlight};
 use crate::virtq::split::{
     SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
@@ -48,28 +48,12 @@ pub fn async_try_dequeue_burst(
         return 0;
     };
     let start = out.len();
-    let mut max = max;
-    if let Some(mac) = dev.take_rarp() {
-        if let Ok(m) = rarp(cache, mac) {
-            out.push(m);
-            max = max.saturating_sub(1);
-        }
-    }
+    let max = push_rarp(dev, cache, out, max);
     if !aq.dead {
         submit(vq, &mut aq, cache, Large::of(dev.flags()), max);
     }
-    let k = max.min(aq.done.len());
-    out.extend(aq.done.drain(..k));
-    if !aq.pkts.is_empty() {
-        aq.collect();
-        let mut entries = std::mem::take(&mut aq.entries);
-        aq.retire(max - k, out, |e| entries.push(e));
-        let mut dropped = 0;
-        vq.publish_retired(&entries, &mut dropped);
-        entries.clear();
-        aq.entries = entries;
-        aq.stats.dropped += dropped;
-    }
+    let k = aq.take_done(max, out);
+    vq.retire_async(&mut aq, max - k, out);
     vq.async_q = Some(aq);
     out.len() - start
 }
@@ -221,17 +205,8 @@ fn take_simple(
         let _ = m.trim(data_len); // fresh again for the general path
         return false;
     };
-    if data_len >= aq.threshold && data_len > 0 && aq.job_room() {
-        aq.batch.push(CopyJob {
-            src: body.as_ptr(),
-            dst: dst.as_mut_ptr(),
-            len: data_len as u32,
-        });
-        aq.batch_seq.push(seq);
-    } else {
+    if !aq.batch_or_cpu(seq, body.as_ptr(), dst.as_mut_ptr(), data_len) {
         body.copy_to(dst);
-        aq.stats.cpu_copies += 1;
-        aq.stats.cpu_bytes += data_len as u64;
     }
     true
 }

@@ -20,7 +20,7 @@ use crate::mbuf::Mbuf;
 use crate::memory::{Gpa, GuestSlice, TranslationCache};
 use crate::virtq::Vring;
 use crate::virtq::async_queue::{
-    AsyncConfig, AsyncCopyOps, AsyncQueue, AsyncStats, CopyJob, Idle, InFlight,
+    AsyncConfig, AsyncCopyOps, AsyncQueue, AsyncStats, Idle, InFlight,
 };
 use crate::virtq::split::{
     SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
@@ -201,28 +201,12 @@ pub fn poll_enqueue_completed(
         return 0;
     };
     let vq = &mut *guard;
-    let Some(aq) = vq.async_q.as_mut() else {
+    let Some(mut aq) = vq.async_q.take() else {
         return 0;
     };
-    let mut n = 0;
-    if !aq.done.is_empty() {
-        let k = max.min(aq.done.len());
-        out.extend(aq.done.drain(..k));
-        n = k;
-    }
-    if aq.pkts.is_empty() {
-        return n;
-    }
-    aq.collect();
-    let mut entries = std::mem::take(&mut aq.entries);
-    n += aq.retire(max - n, out, |e| entries.push(e));
-    let mut dropped = 0;
-    vq.publish_retired(&entries, &mut dropped);
-    entries.clear();
-    if let Some(aq) = vq.async_q.as_mut() {
-        aq.entries = entries;
-        aq.stats.dropped += dropped;
-    }
+    let k = aq.take_done(max, out);
+    let n = k + vq.retire_async(&mut aq, max - k, out);
+    vq.async_q = Some(aq);
     n
 }
 
@@ -544,20 +528,11 @@ fn place_simple(
     // As enqueue: the header usually holds these values already; leave its line alone then.
     let _ = buf.update_at(0, &hdr.to_bytes()[..ctx.hlen]);
     let seq = aq.next_seq();
-    if data.len() >= aq.threshold && !data.is_empty() && aq.job_room() {
-        aq.batch.push(CopyJob {
-            src: data.as_ptr(),
-            dst: body.as_ptr(),
-            len: data.len() as u32,
-        });
-        aq.batch_seq.push(seq);
-    } else {
+    if !aq.batch_or_cpu(seq, data.as_ptr(), body.as_ptr(), data.len()) {
         if data.len() > PREFETCH_ABOVE {
             body.prefetch_for_write(); // as enqueue: the buffer's lines are cold
         }
         body.copy_from(data);
-        aq.stats.cpu_copies += 1;
-        aq.stats.cpu_bytes += data.len() as u64;
         if aq.pkts.is_empty() && aq.batch.is_empty() {
             // Complete, and nothing is in flight before it: it retires now, through the
             // burst's used entries as in enqueue_burst (the next poll hands the mbuf back).
@@ -637,17 +612,8 @@ impl<'a> Cursor<'_, 'a> {
                 return;
             };
             let n = run.len();
-            if n >= aq.threshold && n > 0 && aq.job_room() {
-                aq.batch.push(CopyJob {
-                    src: src.as_ptr(),
-                    dst: run.as_ptr(),
-                    len: n as u32,
-                });
-                aq.batch_seq.push(seq);
-            } else {
+            if !aq.batch_or_cpu(seq, src.as_ptr(), run.as_ptr(), n) {
                 run.copy_from(&src[..n]);
-                aq.stats.cpu_copies += 1;
-                aq.stats.cpu_bytes += n as u64;
             }
             src = &src[n..];
         }

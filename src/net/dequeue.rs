@@ -74,13 +74,7 @@ pub fn dequeue_burst(
     // measured 3.5% slower (14.4 -> 13.9 Mpps), g2h 64 B and loopback no different.
     b.write_through();
     let start = out.len();
-    let mut max = max;
-    if let Some(mac) = dev.take_rarp() {
-        if let Ok(m) = rarp(cache, mac) {
-            out.push(m);
-            max = max.saturating_sub(1);
-        }
-    }
+    let max = push_rarp(dev, cache, out, max);
     let n = usize::from(b.pending()).min(max);
     let first = out.len();
     if n == 0 || cache.alloc_bulk(out, n).is_err() {
@@ -267,8 +261,25 @@ fn external(
     Ok(())
 }
 
+/// Puts the pending RARP frame (after a migration), if any, first in `out`; returns how many
+/// packets of `max` are left for the burst.
+pub(super) fn push_rarp(
+    dev: &Device,
+    cache: &mut PktCache,
+    out: &mut Vec<Mbuf>,
+    max: usize,
+) -> usize {
+    if let Some(mac) = dev.take_rarp() {
+        if let Ok(m) = rarp(cache, mac) {
+            out.push(m);
+            return max.saturating_sub(1);
+        }
+    }
+    max
+}
+
 /// The RARP frame DPDK sends after a migration so switches learn the guest's MAC.
-pub(super) fn rarp(cache: &mut PktCache, mac: [u8; 6]) -> Result<Mbuf, ()> {
+fn rarp(cache: &mut PktCache, mac: [u8; 6]) -> Result<Mbuf, ()> {
     let mut m = cache.alloc().map_err(|_| ())?;
     m.append(60).map_err(|_| ())?;
     let d = m.data_mut().map_err(|_| ())?;

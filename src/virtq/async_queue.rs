@@ -351,9 +351,37 @@ impl AsyncQueue {
     }
 
     /// Room for one more job in this submit's batch without allocating.
-    pub fn job_room(&self) -> bool {
+    fn job_room(&self) -> bool {
         self.jobs.len() + self.batch.len() < self.jobs.capacity()
             && self.batch.len() < self.batch.capacity()
+    }
+
+    /// The threshold rule for one copy of `len` bytes of packet `seq`: at least the threshold
+    /// (and room in the batch), it joins the submit's batch for the device and this returns
+    /// `true`; else it is counted as a CPU copy, which the caller does now (`false`).
+    #[inline]
+    pub fn batch_or_cpu(&mut self, seq: u64, src: *const u8, dst: *mut u8, len: usize) -> bool {
+        if len >= self.threshold && len > 0 && self.job_room() {
+            self.batch.push(CopyJob {
+                src,
+                dst,
+                len: len as u32,
+            });
+            self.batch_seq.push(seq);
+            true
+        } else {
+            self.stats.cpu_copies += 1;
+            self.stats.cpu_bytes += len as u64;
+            false
+        }
+    }
+
+    /// Hands up to `max` packets a drain retired (or that retired at submit) to `out`;
+    /// returns how many.
+    pub fn take_done(&mut self, max: usize, out: &mut Vec<Mbuf>) -> usize {
+        let k = max.min(self.done.len());
+        out.extend(self.done.drain(..k));
+        k
     }
 
     /// Anything taken and not handed back: packets in flight or retired by a drain.
@@ -453,16 +481,37 @@ impl Drop for AsyncQueue {
 }
 
 impl Vring {
+    /// The retire step of a poll, a dequeue and a drain: reads the device's completions
+    /// (`aq` is the channel, taken out of this vring), takes up to `max` leading complete
+    /// packets, writes and publishes their used entries, and pushes their mbufs to `out`.
+    /// Returns how many mbufs.
+    pub(crate) fn retire_async(
+        &mut self,
+        aq: &mut AsyncQueue,
+        max: usize,
+        out: &mut Vec<Mbuf>,
+    ) -> usize {
+        if aq.pkts.is_empty() {
+            return 0;
+        }
+        aq.collect();
+        let mut entries = std::mem::take(&mut aq.entries);
+        let n = aq.retire(max, out, |e| entries.push(e));
+        aq.stats.dropped += self.publish_retired(&entries);
+        entries.clear();
+        aq.entries = entries;
+        n
+    }
+
     /// Writes used entries for packets retired from the async channel, publishes them and
     /// interrupts the guest if it asked; without usable rings (reset, or broken by the guest)
-    /// the entries are dropped and counted. `entries` yields `[id, len]` in order.
-    pub(crate) fn publish_retired(&mut self, entries: &[[u32; 2]], dropped: &mut u64) {
+    /// the entries are dropped: returns how many. `entries` are `[id, len]` in order.
+    fn publish_retired(&mut self, entries: &[[u32; 2]]) -> u64 {
         if entries.is_empty() {
-            return;
+            return 0;
         }
         let Some(rings) = self.rings.as_ref().filter(|_| !self.broken) else {
-            *dropped += entries.len() as u64;
-            return;
+            return entries.len() as u64;
         };
         let q = SplitQueue::new(rings, &self.mem, self.size);
         let first = self.last_used_idx;
@@ -481,6 +530,7 @@ impl Vring {
                 self.stats.interrupts += 1;
             }
         }
+        0
     }
 
     /// The control thread's rule for a vring with an async channel: before anything changes,
@@ -520,13 +570,9 @@ impl Vring {
                     std::thread::yield_now();
                 }
             }
-            let mut entries = Vec::with_capacity(aq.used.len());
             let mut done = std::mem::take(&mut aq.done);
-            aq.retire(usize::MAX, &mut done, |e| entries.push(e));
+            self.retire_async(&mut aq, usize::MAX, &mut done);
             aq.done = done;
-            let mut dropped = 0;
-            self.publish_retired(&entries, &mut dropped);
-            aq.stats.dropped += dropped;
         }
         self.async_q = Some(aq);
     }
