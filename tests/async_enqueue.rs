@@ -154,6 +154,60 @@ fn register(b: &Bed, threshold: u32, ops: Box<dyn AsyncCopyOps>) {
     async_channel_register(&b.dev, Q0.rx(), cfg, ops).unwrap();
 }
 
+/// Packets whose copies are still running: taken by a channel on a one-lane software engine
+/// throttled so that its jobs stay in flight.
+struct Running {
+    worker: Option<SoftWorker>,
+    cache: PktCache,
+    pkts: Vec<Vec<u8>>,
+    /// What the channel did not take.
+    left: Vec<Mbuf>,
+    taken: usize,
+}
+
+/// Registers a channel on `b` (threshold 256; one lane at `bytes_per_sec`), has the guest
+/// post `posted` receive buffers, and submits `n` frames of `size` bytes.
+fn running(
+    b: &mut Bed,
+    n: usize,
+    size: usize,
+    seed: usize,
+    bytes_per_sec: u64,
+    posted: usize,
+) -> Running {
+    let (ops, worker) = device(
+        Engine::Soft {
+            lanes: 1,
+            slow: bytes_per_sec,
+        },
+        FailPolicy::Never,
+    );
+    register(b, 256, ops);
+    let mut cache = b.pool.cache();
+    let pkts = frames(&vec![size; n], seed);
+    let mut left = mbufs_of(&mut cache, &pkts, false);
+    b.fe.rx(0).unwrap().post_rx(posted, 1536);
+    let taken = submit_enqueue_burst(&b.dev, Q0.rx(), &mut left);
+    Running {
+        worker,
+        cache,
+        pkts,
+        left,
+        taken,
+    }
+}
+
+impl Running {
+    /// Frees what came `back` and what was not taken; then no mbuf of `b`'s pool is out.
+    fn finish(mut self, b: &Bed, back: Vec<Mbuf>, what: &str) {
+        self.cache.free_bulk(back);
+        self.cache.free_bulk(self.left.drain(..));
+        drop(self.cache);
+        assert_eq!(b.pool.in_use(), 0, "{what}: no mbuf leaked");
+        drop(self.worker);
+    }
+}
+
 /// The same packets through the sync path and through the async path with every engine and
 /// threshold put the same bytes into the guest, in the same order; every mbuf comes back.
 #[test]
@@ -293,19 +347,8 @@ fn failed_jobs_are_copied_again_by_the_cpu() {
 #[test]
 fn stopping_the_ring_with_jobs_in_flight_returns_every_packet_once() {
     let mut b = bed(MRG, Flags::ASYNC_COPY);
-    let (ops, worker) = device(
-        Engine::Soft {
-            lanes: 1,
-            slow: 4 << 20,
-        },
-        FailPolicy::Never,
-    );
-    register(&b, 256, ops);
-    let mut cache = b.pool.cache();
-    let pkts = frames(&[4000; 64], 11);
-    let mut mbufs = mbufs_of(&mut cache, &pkts, false);
-    b.fe.rx(0).unwrap().post_rx(256, 1536);
-    let taken = submit_enqueue_burst(&b.dev, Q0.rx(), &mut mbufs);
+    let r = running(&mut b, 64, 4000, 11, 4 << 20, 256);
+    let taken = r.taken;
     assert!(taken > 0);
     assert!(async_in_flight(&b.dev, Q0.rx()).is_some());
     // 64 x 4000 B at 4 MB/s: most jobs are still running when the ring stops.
@@ -321,31 +364,16 @@ fn stopping_the_ring_with_jobs_in_flight_returns_every_packet_once() {
     // What the guest was given (used entries written before the base was read).
     let got = b.fe.rx(0).unwrap().recv(256);
     assert_eq!(got.len() as u64 + s.dropped, taken as u64, "{s:?}");
-    assert!(got.iter().zip(&pkts).all(|(g, p)| g == p));
-    cache.free_bulk(back);
-    cache.free_bulk(mbufs);
-    drop(cache);
-    assert_eq!(b.pool.in_use(), 0);
-    drop(worker);
+    assert!(got.iter().zip(&r.pkts).all(|(g, p)| g == p));
+    r.finish(&b, back, "stop");
 }
 
 /// The frontend goes away with jobs in flight: nothing leaks, every mbuf comes back.
 #[test]
 fn disconnect_with_jobs_in_flight_leaks_nothing() {
     let mut b = bed(MRG, Flags::ASYNC_COPY);
-    let (ops, worker) = device(
-        Engine::Soft {
-            lanes: 1,
-            slow: 4 << 20,
-        },
-        FailPolicy::Never,
-    );
-    register(&b, 256, ops);
-    let mut cache = b.pool.cache();
-    let pkts = frames(&[4000; 32], 5);
-    let mut mbufs = mbufs_of(&mut cache, &pkts, false);
-    b.fe.rx(0).unwrap().post_rx(256, 1536);
-    let taken = submit_enqueue_burst(&b.dev, Q0.rx(), &mut mbufs);
+    let r = running(&mut b, 32, 4000, 5, 4 << 20, 256);
+    let taken = r.taken;
     assert!(taken > 0);
     b.fe.disconnect();
     let mut back = Vec::new();
@@ -355,11 +383,7 @@ fn disconnect_with_jobs_in_flight_leaks_nothing() {
         async_clear_queue(&b.dev, Q0.rx(), &mut back);
     }
     assert_eq!(back.len(), taken);
-    cache.free_bulk(back);
-    cache.free_bulk(mbufs);
-    drop(cache);
-    assert_eq!(b.pool.in_use(), 0);
-    drop(worker);
+    r.finish(&b, back, "disconnect");
 }
 
 /// Unregistering is refused while packets are the channel's, and works once they are back;
@@ -461,20 +485,8 @@ fn control_requests_with_jobs_in_flight_drain_first() {
     ];
     for (what, request) in requests {
         let mut b = bed(MRG, Flags::ASYNC_COPY);
-        let (ops, worker) = device(
-            Engine::Soft {
-                lanes: 1,
-                slow: 2 << 20,
-            },
-            FailPolicy::Never,
-        );
-        register(&b, 256, ops);
-        let mut cache = b.pool.cache();
-        let pkts = frames(&[1500; 32], 13);
-        let mut mbufs = mbufs_of(&mut cache, &pkts, false);
-        b.fe.rx(0).unwrap().post_rx(64, 1536);
-        let taken = submit_enqueue_burst(&b.dev, Q0.rx(), &mut mbufs);
-        assert_eq!(taken, 32, "{what}");
+        let r = running(&mut b, 32, 1500, 13, 2 << 20, 64);
+        assert_eq!(r.taken, 32, "{what}");
         // 32 x 1500 B at 2 MB/s: ~24 ms of jobs, so the request finds them in flight.
         request(&mut b);
         let s = async_stats(&b.dev, Q0.rx()).unwrap();
@@ -485,12 +497,8 @@ fn control_requests_with_jobs_in_flight_drain_first() {
         assert_eq!(back.len(), 32, "{what}: every mbuf back once");
         let got = b.fe.rx(0).unwrap().recv(64);
         assert_eq!(got.len(), 32, "{what}: the guest has every packet");
-        assert!(got == pkts, "{what}: intact and in order");
-        cache.free_bulk(back);
-        drop(cache);
-        assert_eq!(b.pool.in_use(), 0, "{what}");
-        drop(b);
-        drop(worker);
+        assert!(got == r.pkts, "{what}: intact and in order");
+        r.finish(&b, back, what);
     }
 }
 
@@ -511,20 +519,8 @@ fn a_region_removed_with_jobs_in_flight_is_unmapped_after_the_drain() {
         ..FrontendOptions::default()
     };
     let mut b = Bed::new("async-rem", Flags::ASYNC_COPY, opts, "async-rem", 4096, 64);
-    let (ops, worker) = device(
-        Engine::Soft {
-            lanes: 1,
-            slow: 2 << 20,
-        },
-        FailPolicy::Never,
-    );
-    register(&b, 256, ops);
-    let mut cache = b.pool.cache();
-    let pkts = frames(&[1500; 48], 17);
-    let mut mbufs = mbufs_of(&mut cache, &pkts, false);
-    b.fe.rx(0).unwrap().post_rx(128, 1536);
-    let taken = submit_enqueue_burst(&b.dev, Q0.rx(), &mut mbufs);
-    assert_eq!(taken, 48);
+    let r = running(&mut b, 48, 1500, 17, 2 << 20, 128);
+    assert_eq!(r.taken, 48);
     // Every region goes: whichever holds the buffers, the drain must come first.
     for region in b.fe.memory_regions().into_iter().rev() {
         let ep = b.fe.endpoint().unwrap();
@@ -544,11 +540,6 @@ fn a_region_removed_with_jobs_in_flight_is_unmapped_after_the_drain() {
     // The used entries went into the rings before their memory left the table.
     let got = b.fe.rx(0).unwrap().recv(64);
     assert_eq!(got.len() as u64 + s.dropped, 48, "{s:?}");
-    assert!(got.iter().zip(&pkts).all(|(g, p)| g == p));
-    cache.free_bulk(back);
-    cache.free_bulk(mbufs);
-    drop(cache);
-    assert_eq!(b.pool.in_use(), 0);
-    drop(b);
-    drop(worker);
+    assert!(got.iter().zip(&r.pkts).all(|(g, p)| g == p));
+    r.finish(&b, back, "REM_MEM_REG");
 }
