@@ -33,11 +33,7 @@
 //! examples fall back to 4 KiB pages on their own. Runs are serialized: testpmd on CPU 1, the
 //! example's worker on CPU 0.
 
-// Only the child-process helpers of tests/common: its mod.rs also builds the in-process test
-// bed on rvhost's Rust frontend, which applications (and the examples) do not use.
-#[allow(dead_code)]
-#[path = "common/child.rs"]
-mod child;
+mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -46,7 +42,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use child::{Child, wait_for_socket};
+use common::child::{Child, wait_for_socket};
+use common::testpmd::{TpStats, forward_stats, free_hugepages};
+use common::{eventually, sock_path};
 use nix::sys::signal::Signal;
 
 /// One run at a time: testpmd and the examples poll their cores at 100%.
@@ -62,18 +60,6 @@ const TRAFFIC: Duration = Duration::from_secs(3);
 const MIN_PACKETS: u64 = 5_000;
 /// The CPU testpmd runs on; the examples' workers run on CPU 0.
 const TESTPMD_CPU: usize = 1;
-
-/// Waits until `f` is true or the timeout passes (`child::wait_for_socket` uses it).
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    f()
-}
 
 /// Why these tests cannot run here, if they cannot.
 fn cannot_run() -> Option<String> {
@@ -153,25 +139,6 @@ fn build_examples() -> Result<PathBuf, String> {
     Ok(profile_dir.join("examples"))
 }
 
-/// A fresh socket path under /tmp, unique to this process and call.
-fn sock_path(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let p = PathBuf::from(format!(
-        "/tmp/rvhost-ex-{tag}-{}-{n}.sock",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&p);
-    p
-}
-
-fn free_hugepages() -> u64 {
-    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// testpmd (line-buffered stdout) with virtio-user ports on `vdevs` (each `path=...,...`
 /// without the driver name), on CPU 1, then `app_args` after `--`.
 fn testpmd(vdevs: &[String], app_args: &[&str]) -> Command {
@@ -225,32 +192,6 @@ fn testpmd_loopback(sock: &Path, server: bool) -> Command {
             "--no-flush-rx",
         ],
     )
-}
-
-/// One port's "Forward statistics" of testpmd.
-#[derive(Debug, Clone, Copy, Default)]
-struct TpStats {
-    rx: u64,
-    tx: u64,
-    tx_dropped: u64,
-}
-
-fn field(line: &str, key: &str) -> Option<u64> {
-    let at = line.find(key)? + key.len();
-    line[at..].split_whitespace().next()?.parse().ok()
-}
-
-/// The last "Forward statistics for port `port`" block testpmd printed.
-fn forward_stats(lines: &[String], port: usize) -> Option<TpStats> {
-    let title = format!("Forward statistics for port {port} ");
-    let start = lines.iter().rposition(|l| l.contains(&title))?;
-    let rx = lines[start..].iter().find(|l| l.contains("RX-packets:"))?;
-    let tx = lines[start..].iter().find(|l| l.contains("TX-packets:"))?;
-    Some(TpStats {
-        rx: field(rx, "RX-packets:")?,
-        tx: field(tx, "TX-packets:")?,
-        tx_dropped: field(tx, "TX-dropped:")?,
-    })
 }
 
 /// The `key=value` numbers of the first stdout line starting with `prefix` (and a space)

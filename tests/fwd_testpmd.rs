@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use common::child::{Child, Final, parse_final_queues, rvhost_bin, stop_rvhost, wait_for_socket};
 use common::sock_path;
+use common::testpmd::{self, TpStats, field, forward_stats, free_hugepages};
 use nix::sys::signal::Signal;
 
 /// One run at a time: testpmd and rvhost poll their cores at 100%.
@@ -60,22 +61,6 @@ const POPULATION: u64 = 64;
 const TRAFFIC: Duration = Duration::from_secs(3);
 /// Fewest packets a run must move to count as traffic (a debug build forwards ~100k/s).
 const MIN_PACKETS: u64 = 5_000;
-
-fn testpmd_installed() -> bool {
-    Command::new("dpdk-testpmd")
-        .arg("--help")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok()
-}
-
-fn free_hugepages() -> u64 {
-    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
 
 /// What a case sends.
 #[derive(Debug, Clone, Copy)]
@@ -98,32 +83,6 @@ struct Case {
     queues: u16,
     /// rvhost's `--copy` (`cpu`: the sync path; `soft...`: the async path).
     copy: &'static str,
-}
-
-/// testpmd's final "Forward statistics for port 0" block.
-#[derive(Debug, Clone, Copy, Default)]
-struct TpStats {
-    rx: u64,
-    tx: u64,
-    tx_dropped: u64,
-}
-
-fn field(line: &str, key: &str) -> Option<u64> {
-    let at = line.find(key)? + key.len();
-    line[at..].split_whitespace().next()?.parse().ok()
-}
-
-fn forward_stats(lines: &[String]) -> Option<TpStats> {
-    let start = lines
-        .iter()
-        .rposition(|l| l.contains("Forward statistics for port 0"))?;
-    let rx = lines[start..].iter().find(|l| l.contains("RX-packets:"))?;
-    let tx = lines[start..].iter().find(|l| l.contains("TX-packets:"))?;
-    Some(TpStats {
-        rx: field(rx, "RX-packets:")?,
-        tx: field(tx, "TX-packets:")?,
-        tx_dropped: field(tx, "TX-dropped:")?,
-    })
 }
 
 fn testpmd(sock: &Path, case: &Case) -> Command {
@@ -197,7 +156,7 @@ fn rvhost(sock: &Path, case: &Case) -> Command {
 fn run(case: Case) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     common::init_log();
-    if !testpmd_installed() {
+    if !testpmd::installed() {
         println!("skipping: dpdk-testpmd is not installed (apt-get install dpdk-dev)");
         return;
     }
@@ -250,7 +209,7 @@ fn run(case: Case) {
         Some(f) => f,
         None => stop_rvhost(&mut rv),
     };
-    let tpf = forward_stats(&tp.stdout())
+    let tpf = forward_stats(&tp.stdout(), 0)
         .unwrap_or_else(|| panic!("{case:?}: no forward statistics\n{}", tp.tail(60)));
     println!(
         "{case:?}: testpmd {tpf:?}; rvhost {rvf:?}; {:.1} s",

@@ -7,6 +7,7 @@ pub mod child;
 pub mod dma;
 pub mod pkt;
 pub mod raw;
+pub mod testpmd;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
