@@ -87,7 +87,6 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, cache: &mut PktCache, large: Larg
             break;
         };
         let seq = aq.next_seq();
-        let jobs_before = aq.batch.len();
         let filled = if take_simple(&q, &mut tc, head, hlen, &mut m, aq, seq) {
             Ok(())
         } else {
@@ -100,14 +99,11 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, cache: &mut PktCache, large: Larg
             r
         };
         taken += 1;
-        aq.used.push_back([u32::from(head), 0]);
         match filled {
-            Ok(())
-                if aq.batch.len() == jobs_before && aq.pkts.is_empty() && aq.batch.is_empty() =>
-            {
+            // An empty batch: no job for this packet nor any before it in this burst.
+            Ok(()) if aq.pkts.is_empty() && aq.batch.is_empty() => {
                 // Copied by the CPU with nothing in flight before it: it retires now, its
                 // chain going back through the burst as in dequeue_burst.
-                aq.used.pop_back();
                 b.used(head, 0);
                 b.stats.packets += 1;
                 b.stats.bytes += m.pkt_len() as u64;
@@ -118,6 +114,7 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, cache: &mut PktCache, large: Larg
             Ok(()) => {
                 b.stats.packets += 1;
                 b.stats.bytes += m.pkt_len() as u64;
+                aq.used.push_back([u32::from(head), 0]);
                 aq.pkts.push_back(InFlight {
                     is_pkt: true,
                     mbuf: Some(m),
@@ -132,7 +129,6 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, cache: &mut PktCache, large: Larg
                     Drop::TooLarge => b.stats.too_large += 1,
                     Drop::NoMbuf => {
                         // The chain stays available for a later call.
-                        aq.used.pop_back();
                         b.unreserve();
                         b.stats.alloc_failures += 1;
                         cache.free(m);
@@ -141,6 +137,7 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, cache: &mut PktCache, large: Larg
                 }
                 cache.free(m);
                 // Returned empty, in its place in the order.
+                aq.used.push_back([u32::from(head), 0]);
                 aq.pkts.push_back(InFlight {
                     is_pkt: false,
                     mbuf: None,
