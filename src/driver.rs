@@ -17,6 +17,7 @@
 
 mod control;
 pub mod device;
+mod handlers;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

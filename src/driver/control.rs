@@ -24,8 +24,8 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::device::{Device, DeviceId, DeviceState, lock};
+use super::handlers::{self, DataPlane, Effects, Outcome};
 use super::{DriverError, Flags, SocketConfig};
-use crate::protocol::handlers::{self, Effects, Outcome};
 use crate::protocol::{ConnError, Connection, FrontendReq, Message, policy};
 
 const DISCONNECTED: &str = "frontend disconnected";
@@ -451,7 +451,9 @@ impl Control {
             c.state.running = false;
             ops.destroy_device(&dev);
         }
-        // Drop the rings, fds and memory now: nothing may use them after destroy_device.
+        // Drop the rings, fds and memory now: nothing may use them after destroy_device. The
+        // copy devices finish with them first.
+        c.state.quiesce(None);
         c.state.reset_vrings();
         c.state
             .set_memory(crate::memory::GuestMemory::empty(c.state.limits));
@@ -496,6 +498,17 @@ fn dispatch(c: &mut Conn, mut msg: Message) -> Result<(), String> {
         state.running = false;
         let ops = Arc::clone(&state.cfg.ops);
         ops.destroy_device(&state.dev);
+    }
+    // Copies in flight on what the request changes finish (and their packets retire) before
+    // the handler sees the rings or the memory.
+    match row.data_plane {
+        DataPlane::None => {}
+        DataPlane::Queue => {
+            if let Some(i) = handlers::vring_named(req, &msg.payload) {
+                state.quiesce(Some(i as usize));
+            }
+        }
+        DataPlane::AllQueues => state.quiesce(None),
     }
     let header = msg.header;
     let reply_expected = policy(req).reply_expected(&header, state.protocol_features);

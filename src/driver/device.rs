@@ -280,6 +280,22 @@ impl DeviceState {
         (0..2).all(|i| self.dev.lock_vring(i).is_some_and(|vq| vq.is_ready()))
     }
 
+    /// Waits for the copies in flight on vring `which` (every vring if `None`; an index the
+    /// device does not have is nothing to wait for) and retires their packets: what the
+    /// dispatcher does, from the handler table's `data_plane` column, before a request that
+    /// changes those rings or the memory they point into. Cheap without async channels.
+    pub fn quiesce(&self, which: Option<usize>) {
+        let queues = &self.dev.shared.queues;
+        let range = match which {
+            Some(i) if i < queues.len() => i..i + 1,
+            Some(_) => return,
+            None => 0..queues.len(),
+        };
+        for q in &queues[range] {
+            q.lock().drain_async();
+        }
+    }
+
     /// Resets every vring (keeping the memory table) and the readiness bookkeeping.
     pub fn reset_vrings(&mut self) {
         for q in self.dev.shared.queues.iter() {

@@ -109,7 +109,6 @@ pub fn async_channel_unregister(
     q: impl VringId,
 ) -> Result<Box<dyn AsyncCopyOps>, AsyncError> {
     let vring = q.vring();
-    // The lock drains the jobs in flight; what remains are packets not handed back.
     let mut vq = dev
         .lock_vring(vring)
         .ok_or(AsyncError::NoSuchQueue { vring })?;
@@ -140,6 +139,7 @@ pub fn async_clear_queue(dev: &Device, q: impl VringId, out: &mut Vec<Mbuf>) -> 
     let Some(mut vq) = dev.lock_vring(q.vring()) else {
         return 0;
     };
+    vq.drain_async();
     let Some(aq) = vq.async_q.as_mut() else {
         return 0;
     };
@@ -156,7 +156,7 @@ pub fn async_stats(dev: &Device, q: impl VringId) -> Option<AsyncStats> {
 }
 
 /// Packets `q`'s channel holds: submitted and not handed back by a poll. Takes the vring's
-/// lock (which drains the copy device first).
+/// lock: not for the data path's loop.
 pub fn async_in_flight(dev: &Device, q: impl VringId) -> Option<usize> {
     let vq = dev.lock_vring(q.vring())?;
     vq.async_q

@@ -56,7 +56,6 @@
 pub mod conn;
 pub mod endpoint;
 pub mod error;
-pub(crate) mod handlers;
 pub mod message;
 pub mod payload;
 pub mod policy;
@@ -68,7 +67,7 @@ pub use message::{
     BackendReq, FrontendReq, Header, ProtocolFeature, RequestCode, VHOST_USER_F_PROTOCOL_FEATURES,
     VHOST_USER_F_PROTOCOL_FEATURES_MASK,
 };
-pub use policy::{DataPlane, Fds, Policy, Reply, Size, check, policy};
+pub use policy::{Fds, Policy, Reply, Size, check, policy};
 
 /// Largest payload accepted or sent, in bytes.
 ///

@@ -3,8 +3,10 @@
 //!
 //! [`policy`] is the table: one row per [`FrontendReq`], stating the payload
 //! size rule, the file descriptors accepted, whether the request is answered
-//! by definition, whether it touches data-plane state, and the protocol
-//! feature that gates it. [`check`] applies the header, size and fd rules.
+//! by definition, and the protocol feature that gates it. [`check`] applies
+//! the header, size and fd rules. What a request does to the device (its
+//! handler, and what of the data plane it quiesces) is the device layer's
+//! table, in `driver/handlers.rs`.
 //!
 //! Sizes are those QEMU sends (`hw/virtio/vhost-user.c`) where the spec's
 //! message table is loose: `SET_LOG_BASE` carries the 16-byte log
@@ -15,7 +17,7 @@ use std::fmt;
 
 use super::error::ProtocolError;
 use super::message::{FrontendReq, Header, ProtocolFeature};
-use super::payload::{Config, MemoryTable, Payload, VringAddr, VringFile, VringState};
+use super::payload::{Config, MemoryTable, Payload, VringFile};
 use super::{MAX_FDS, MAX_PAYLOAD};
 
 /// A payload size rule, in bytes.
@@ -80,22 +82,6 @@ pub enum Reply {
     IfProtocolFeature(ProtocolFeature),
 }
 
-/// What a request does to state the queue workers read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DataPlane {
-    /// Nothing: handle it without touching the workers.
-    None,
-    /// Changes the state of the vring named in the payload (see
-    /// [`vring_index`]): lock or quiesce that queue while applying it.
-    Queue,
-    /// Changes state every queue reads (memory table, features, IOTLB, log,
-    /// reset): quiesce all queues while applying it.
-    AllQueues,
-    /// `GET_VRING_BASE`: stop the named queue and wait until its worker has
-    /// left it before reading the index to return.
-    StopQueue,
-}
-
 /// One row of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
@@ -107,8 +93,6 @@ pub struct Policy {
     pub fds: Fds,
     /// Reply by definition.
     pub reply: Reply,
-    /// Effect on the data plane.
-    pub data_plane: DataPlane,
     /// The protocol feature that must be negotiated for the request to be
     /// legal (informative: [`check`] does not know the negotiated set).
     pub feature: Option<ProtocolFeature>,
@@ -130,7 +114,6 @@ impl Policy {
 
 /// The policy of `req`.
 pub const fn policy(req: FrontendReq) -> Policy {
-    use DataPlane as D;
     use FrontendReq as R;
     use ProtocolFeature as F;
     use Reply::{AckIfRequested as Ack, Always};
@@ -141,7 +124,6 @@ pub const fn policy(req: FrontendReq) -> Policy {
         size: Size,
         fds: Fds,
         reply: Reply,
-        data_plane: DataPlane,
         feature: Option<ProtocolFeature>,
     ) -> Policy {
         Policy {
@@ -149,7 +131,6 @@ pub const fn policy(req: FrontendReq) -> Policy {
             size,
             fds,
             reply,
-            data_plane,
             feature,
         }
     }
@@ -158,161 +139,67 @@ pub const fn policy(req: FrontendReq) -> Policy {
     const MAX: u32 = MAX_PAYLOAD as u32;
 
     match req {
-        R::GetFeatures => row(req, Exact(0), Fds::None, Always, D::None, None),
-        R::SetFeatures => row(req, Exact(8), Fds::None, Ack, D::AllQueues, None),
-        R::SetOwner => row(req, Exact(0), Fds::None, Ack, D::None, None),
-        R::ResetOwner => row(req, Exact(0), Fds::None, Ack, D::AllQueues, None),
-        R::SetMemTable => row(req, MEM_TABLE, Fds::UpTo(8), Ack, D::AllQueues, None),
+        R::GetFeatures => row(req, Exact(0), Fds::None, Always, None),
+        R::SetFeatures => row(req, Exact(8), Fds::None, Ack, None),
+        R::SetOwner => row(req, Exact(0), Fds::None, Ack, None),
+        R::ResetOwner => row(req, Exact(0), Fds::None, Ack, None),
+        R::SetMemTable => row(req, MEM_TABLE, Fds::UpTo(8), Ack, None),
         R::SetLogBase => row(
             req,
             Exact(16),
             Fds::One,
             Reply::IfProtocolFeature(F::LogShmfd),
-            D::AllQueues,
             Some(F::LogShmfd),
         ),
-        R::SetLogFd => row(req, Exact(0), Fds::One, Ack, D::AllQueues, None),
-        R::SetVringNum => row(req, Exact(8), Fds::None, Ack, D::Queue, None),
-        R::SetVringAddr => row(req, Exact(40), Fds::None, Ack, D::Queue, None),
-        R::SetVringBase => row(req, Exact(8), Fds::None, Ack, D::Queue, None),
-        R::GetVringBase => row(req, Exact(8), Fds::None, Always, D::StopQueue, None),
+        R::SetLogFd => row(req, Exact(0), Fds::One, Ack, None),
+        R::SetVringNum => row(req, Exact(8), Fds::None, Ack, None),
+        R::SetVringAddr => row(req, Exact(40), Fds::None, Ack, None),
+        R::SetVringBase => row(req, Exact(8), Fds::None, Ack, None),
+        R::GetVringBase => row(req, Exact(8), Fds::None, Always, None),
         R::SetVringKick | R::SetVringCall | R::SetVringErr => {
-            row(req, Exact(8), Fds::OneUnlessNoFdFlag, Ack, D::Queue, None)
+            row(req, Exact(8), Fds::OneUnlessNoFdFlag, Ack, None)
         }
-        R::GetProtocolFeatures => row(req, Exact(0), Fds::None, Always, D::None, None),
-        R::SetProtocolFeatures => row(req, Exact(8), Fds::None, Ack, D::None, None),
-        R::GetQueueNum => row(req, Exact(0), Fds::None, Always, D::None, Some(F::Mq)),
-        R::SetVringEnable => row(req, Exact(8), Fds::None, Ack, D::Queue, None),
-        R::SendRarp => row(req, Exact(8), Fds::None, Ack, D::None, Some(F::Rarp)),
-        R::NetSetMtu => row(req, Exact(8), Fds::None, Ack, D::None, Some(F::NetMtu)),
-        R::SetBackendReqFd => row(req, Exact(0), Fds::One, Ack, D::None, Some(F::BackendReq)),
-        R::IotlbMsg => row(req, Exact(32), Fds::None, Ack, D::AllQueues, None),
-        R::SetVringEndian => row(
-            req,
-            Exact(8),
-            Fds::None,
-            Ack,
-            D::Queue,
-            Some(F::CrossEndian),
-        ),
-        R::GetConfig => row(req, CONFIG, Fds::None, Always, D::None, Some(F::Config)),
-        R::SetConfig => row(req, CONFIG, Fds::None, Ack, D::None, Some(F::Config)),
+        R::GetProtocolFeatures => row(req, Exact(0), Fds::None, Always, None),
+        R::SetProtocolFeatures => row(req, Exact(8), Fds::None, Ack, None),
+        R::GetQueueNum => row(req, Exact(0), Fds::None, Always, Some(F::Mq)),
+        R::SetVringEnable => row(req, Exact(8), Fds::None, Ack, None),
+        R::SendRarp => row(req, Exact(8), Fds::None, Ack, Some(F::Rarp)),
+        R::NetSetMtu => row(req, Exact(8), Fds::None, Ack, Some(F::NetMtu)),
+        R::SetBackendReqFd => row(req, Exact(0), Fds::One, Ack, Some(F::BackendReq)),
+        R::IotlbMsg => row(req, Exact(32), Fds::None, Ack, None),
+        R::SetVringEndian => row(req, Exact(8), Fds::None, Ack, Some(F::CrossEndian)),
+        R::GetConfig => row(req, CONFIG, Fds::None, Always, Some(F::Config)),
+        R::SetConfig => row(req, CONFIG, Fds::None, Ack, Some(F::Config)),
         R::CreateCryptoSession => row(
             req,
             Range(8, MAX),
             Fds::None,
             Always,
-            D::None,
             Some(F::CryptoSession),
         ),
-        R::CloseCryptoSession => row(
-            req,
-            Exact(8),
-            Fds::None,
-            Ack,
-            D::None,
-            Some(F::CryptoSession),
-        ),
-        R::PostcopyAdvise => row(
-            req,
-            Exact(0),
-            Fds::None,
-            Always,
-            D::None,
-            Some(F::Pagefault),
-        ),
-        R::PostcopyListen => row(req, Exact(0), Fds::None, Ack, D::None, Some(F::Pagefault)),
-        R::PostcopyEnd => row(
-            req,
-            Exact(0),
-            Fds::None,
-            Always,
-            D::None,
-            Some(F::Pagefault),
-        ),
-        R::GetInflightFd => row(
-            req,
-            Exact(24),
-            Fds::None,
-            Always,
-            D::None,
-            Some(F::InflightShmfd),
-        ),
-        R::SetInflightFd => row(
-            req,
-            Exact(24),
-            Fds::One,
-            Ack,
-            D::AllQueues,
-            Some(F::InflightShmfd),
-        ),
-        R::GpuSetSocket => row(req, Exact(0), Fds::One, Ack, D::None, None),
-        R::ResetDevice => row(
-            req,
-            Exact(0),
-            Fds::None,
-            Ack,
-            D::AllQueues,
-            Some(F::ResetDevice),
-        ),
-        R::VringKick => row(
-            req,
-            Exact(8),
-            Fds::None,
-            Ack,
-            D::None,
-            Some(F::InbandNotifications),
-        ),
-        R::GetMaxMemSlots => row(
-            req,
-            Exact(0),
-            Fds::None,
-            Always,
-            D::None,
-            Some(F::ConfigureMemSlots),
-        ),
-        R::AddMemReg => row(
-            req,
-            Exact(40),
-            Fds::One,
-            Ack,
-            D::AllQueues,
-            Some(F::ConfigureMemSlots),
-        ),
+        R::CloseCryptoSession => row(req, Exact(8), Fds::None, Ack, Some(F::CryptoSession)),
+        R::PostcopyAdvise => row(req, Exact(0), Fds::None, Always, Some(F::Pagefault)),
+        R::PostcopyListen => row(req, Exact(0), Fds::None, Ack, Some(F::Pagefault)),
+        R::PostcopyEnd => row(req, Exact(0), Fds::None, Always, Some(F::Pagefault)),
+        R::GetInflightFd => row(req, Exact(24), Fds::None, Always, Some(F::InflightShmfd)),
+        R::SetInflightFd => row(req, Exact(24), Fds::One, Ack, Some(F::InflightShmfd)),
+        R::GpuSetSocket => row(req, Exact(0), Fds::One, Ack, None),
+        R::ResetDevice => row(req, Exact(0), Fds::None, Ack, Some(F::ResetDevice)),
+        R::VringKick => row(req, Exact(8), Fds::None, Ack, Some(F::InbandNotifications)),
+        R::GetMaxMemSlots => row(req, Exact(0), Fds::None, Always, Some(F::ConfigureMemSlots)),
+        R::AddMemReg => row(req, Exact(40), Fds::One, Ack, Some(F::ConfigureMemSlots)),
         R::RemMemReg => row(
             req,
             Exact(40),
             Fds::UpTo(1),
             Ack,
-            D::AllQueues,
             Some(F::ConfigureMemSlots),
         ),
-        R::SetStatus => row(req, Exact(8), Fds::None, Ack, D::AllQueues, Some(F::Status)),
-        R::GetStatus => row(req, Exact(0), Fds::None, Always, D::None, Some(F::Status)),
-        R::GetSharedObject => row(
-            req,
-            Exact(16),
-            Fds::None,
-            Always,
-            D::None,
-            Some(F::SharedObject),
-        ),
-        R::SetDeviceStateFd => row(
-            req,
-            Exact(8),
-            Fds::One,
-            Always,
-            D::None,
-            Some(F::DeviceState),
-        ),
-        R::CheckDeviceState => row(
-            req,
-            Exact(0),
-            Fds::None,
-            Always,
-            D::None,
-            Some(F::DeviceState),
-        ),
+        R::SetStatus => row(req, Exact(8), Fds::None, Ack, Some(F::Status)),
+        R::GetStatus => row(req, Exact(0), Fds::None, Always, Some(F::Status)),
+        R::GetSharedObject => row(req, Exact(16), Fds::None, Always, Some(F::SharedObject)),
+        R::SetDeviceStateFd => row(req, Exact(8), Fds::One, Always, Some(F::DeviceState)),
+        R::CheckDeviceState => row(req, Exact(0), Fds::None, Always, Some(F::DeviceState)),
     }
 }
 
@@ -411,24 +298,6 @@ fn fd_count_error(what: &'static str, got: usize, expected: usize) -> ProtocolEr
             got,
             max: expected,
         }
-    }
-}
-
-/// The vring index a [`DataPlane::Queue`] or [`DataPlane::StopQueue`]
-/// request names (`None` for other requests or a malformed payload).
-pub fn vring_index(req: FrontendReq, payload: &[u8]) -> Option<u32> {
-    match req {
-        FrontendReq::SetVringNum
-        | FrontendReq::SetVringBase
-        | FrontendReq::GetVringBase
-        | FrontendReq::SetVringEnable
-        | FrontendReq::SetVringEndian
-        | FrontendReq::VringKick => VringState::parse(payload).ok().map(|s| s.index),
-        FrontendReq::SetVringAddr => VringAddr::parse(payload).ok().map(|a| a.index),
-        FrontendReq::SetVringKick | FrontendReq::SetVringCall | FrontendReq::SetVringErr => {
-            VringFile::parse(payload).ok().map(|f| f.index.into())
-        }
-        _ => None,
     }
 }
 

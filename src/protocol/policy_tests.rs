@@ -192,7 +192,6 @@ fn vring_fd_flag() {
         );
         let with_fd = 3u64.to_ne_bytes();
         assert_eq!(check(&hdr(req, 8), &with_fd, 1), Ok(req));
-        assert_eq!(vring_index(req, &with_fd), Some(3));
         let reserved = (1u64 << 20).to_ne_bytes();
         assert!(matches!(
             check(&hdr(req, 8), &reserved, 1),
@@ -288,27 +287,6 @@ fn reply_rules() {
             assert_eq!(policy(req).reply, Reply::Always, "{name}");
         }
     }
-}
-
-#[test]
-fn vring_index_of_queue_requests() {
-    for &req in FrontendReq::ALL {
-        let p = policy(req);
-        let (payload, _) = valid(req);
-        let idx = vring_index(req, &payload);
-        match p.data_plane {
-            DataPlane::Queue | DataPlane::StopQueue => assert_eq!(idx, Some(0), "{req}"),
-            // An in-band kick names a queue but changes no state.
-            _ if req == FrontendReq::VringKick => assert_eq!(idx, Some(0)),
-            _ => assert_eq!(idx, None, "{req}"),
-        }
-    }
-    let a = VringAddr {
-        index: 5,
-        ..VringAddr::default()
-    }
-    .to_bytes();
-    assert_eq!(vring_index(FrontendReq::SetVringAddr, &a), Some(5));
 }
 
 #[test]

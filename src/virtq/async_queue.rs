@@ -8,9 +8,11 @@
 //! whatever mix of CPU and DMA copies and however out of order the device finishes jobs, and a
 //! chain is never returned while a job may still write into it.
 //!
-//! Every request of the control thread takes the vring's lock with
-//! [`VringLock::lock`](super::lock::VringLock::lock), which drains the jobs in flight first
-//! ([`Vring::drain_async`]): memory, rings and indexes only change with nothing in flight.
+//! Memory, rings and indexes only change with nothing in flight: before a front-end request
+//! that changes a vring or the memory, the control thread drains the copies in flight of the
+//! vrings it changes ([`Vring::drain_async`]), as the handler table's `data_plane` column says
+//! (`driver/handlers.rs`; disconnect drains every vring). The [`Vring`] setters drain
+//! whatever is still in flight themselves, logging it as a bug of that table.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -240,6 +242,9 @@ pub struct AsyncStats {
     pub drains: u64,
     /// Drains that gave up on a device that did not finish (their memory leaked on purpose).
     pub drain_timeouts: u64,
+    /// Drains a vring setter had to do because the control thread had not quiesced the
+    /// vring before the request (a bug of the handler table; 0 in a correct build).
+    pub late_drains: u64,
 }
 
 /// A packet (or a malformed chain) taken by a submit and not retired yet.
@@ -387,6 +392,11 @@ impl AsyncQueue {
     /// Anything taken and not handed back: packets in flight or retired by a drain.
     pub fn busy(&self) -> bool {
         !self.pkts.is_empty() || !self.done.is_empty()
+    }
+
+    /// Packets taken and not retired yet (their chains are reserved, some copies may run).
+    pub fn in_flight(&self) -> bool {
+        !self.pkts.is_empty()
     }
 
     /// Sequence number the next submitted packet gets.

@@ -64,16 +64,14 @@ impl VringLock {
         drop(g); // publishes the zeroes
     }
 
-    /// Takes the lock, spinning while a burst holds it (the control thread). With an async
-    /// channel busy, first drains it ([`Vring::drain_async`]): whoever locks a vring this way
-    /// may change its rings or memory, which jobs in flight must not see.
+    /// Takes the lock, spinning while a burst holds it (the control thread). Copies in
+    /// flight stay in flight: the control thread quiesces the vrings a request changes before
+    /// its handler runs (`DeviceState::quiesce`), and the [`Vring`] setters that change rings
+    /// or memory drain what is still in flight (and say so) as a last line.
     pub fn lock(&self) -> VringGuard<'_> {
         let mut spins = 0u32;
         loop {
-            if let Some(mut g) = self.try_acquire() {
-                if g.async_q.as_ref().is_some_and(|a| a.busy()) {
-                    g.drain_async();
-                }
+            if let Some(g) = self.try_acquire() {
                 return g;
             }
             // Read-only spin until it looks free, so the cache line is not bounced.

@@ -156,6 +156,7 @@ pub struct QueueStats {
 impl Vring {
     /// Sets the queue size, checking the split-ring rules.
     pub fn set_size(&mut self, num: u32) -> Result<(), VringError> {
+        self.settle("SET_VRING_NUM");
         if num == 0 || num > MAX_QUEUE_SIZE || !num.is_power_of_two() {
             return Err(VringError::BadSize(num));
         }
@@ -167,6 +168,7 @@ impl Vring {
     /// Sets the ring addresses after checking their alignment, and translates them if the
     /// size and a memory table are known.
     pub fn set_addrs(&mut self, addrs: VringAddrs) -> Result<(), VringError> {
+        self.settle("SET_VRING_ADDR");
         for (ring, addr, align) in [
             ("descriptor", addrs.desc.raw(), 16),
             ("available", addrs.avail.raw(), 2),
@@ -183,6 +185,7 @@ impl Vring {
 
     /// Sets the next available index (split ring: the low 16 bits; the rest must be zero).
     pub fn set_base(&mut self, num: u32) -> Result<(), VringError> {
+        self.settle("SET_VRING_BASE");
         let base = u16::try_from(num).map_err(|_| VringError::BadBase(num))?;
         self.last_avail_idx = base;
         self.last_used_idx = base;
@@ -192,6 +195,7 @@ impl Vring {
 
     /// Replaces the memory table and re-translates the rings with it.
     pub fn set_memory(&mut self, mem: GuestMemory) -> Result<(), VringError> {
+        self.settle("a memory table change");
         self.mem = mem;
         self.rings = None;
         self.translate()
@@ -250,8 +254,22 @@ impl Vring {
 
     /// Sets the negotiated features (the used/avail ring lengths depend on EVENT_IDX).
     pub fn set_features(&mut self, features: u64) -> Result<(), VringError> {
+        self.settle("SET_FEATURES");
         self.features = features;
         self.translate()
+    }
+
+    /// Before a setter changes the rings or the memory: copies still in flight would write
+    /// into buffers of chains the change forgets (or into memory it unmaps), and their
+    /// packets would never retire. The control thread quiesced the vring before the handler
+    /// (the handler table's `data_plane` column); finding copies here is a bug of that table,
+    /// logged, and the copies are drained now so the guest and the application lose nothing.
+    fn settle(&mut self, what: &str) {
+        if let Some(aq) = self.async_q.as_mut().filter(|a| a.in_flight()) {
+            aq.stats.late_drains += 1;
+            log::error!("{what} with copies in flight on a vring not quiesced first: draining");
+            self.drain_async();
+        }
     }
 
     /// Ready for the data plane: rings translated, kick and call set, enabled.
@@ -260,8 +278,9 @@ impl Vring {
     }
 
     /// Back to the state of a fresh queue, keeping the memory table and the async channel
-    /// (drained by the lock the caller took: see [`lock::VringLock::lock`]).
+    /// (drained first: see [`settle`](Self::settle)).
     pub fn reset(&mut self) {
+        self.settle("a reset");
         let mem = std::mem::take(&mut self.mem);
         let async_q = self.async_q.take();
         *self = Vring {

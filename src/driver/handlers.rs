@@ -1,6 +1,6 @@
 //! One small function per front-end request, and the table that maps requests to them.
 //!
-//! The [`policy`](super::policy) table has already checked a message's header, size and fd
+//! The [`policy`](crate::protocol::policy) table has already checked a message's header, size and fd
 //! count when a handler runs; the handler parses the payload, checks what depends on device
 //! state (indexes, negotiated features, address ranges), and changes the state. A handler that
 //! returns `Err` closes the connection; [`Outcome::Failed`] answers a failure status (with
@@ -11,17 +11,17 @@ use std::os::unix::net::UnixStream;
 
 use thiserror::Error;
 
-use super::conn::Message;
-use super::error::ProtocolError;
-use super::message::FrontendReq;
-use super::payload::{
-    Config, InflightInfo, MemoryTable, Payload, SingleMemRegion, VringAddr, VringFile, VringState,
-};
-use crate::driver::device::{DeviceState, Inflight, MAX_QUEUE_PAIRS, lock};
+use super::device::{DeviceState, Inflight, MAX_QUEUE_PAIRS, lock};
 use crate::features::{VHOST_USER_F_PROTOCOL_FEATURES, protocol as pf};
 use crate::memory::{
     AddCheck, FrontendVa, GuestMemory, GuestRegion, MapOptions, MemoryError, RegionDesc, Released,
     VHOST_USER_MAX_MEM_SLOTS,
+};
+use crate::protocol::Message;
+use crate::protocol::error::ProtocolError;
+use crate::protocol::message::FrontendReq;
+use crate::protocol::payload::{
+    Config, InflightInfo, MemoryTable, Payload, SingleMemRegion, VringAddr, VringFile, VringState,
 };
 use crate::virtq::{MAX_QUEUE_SIZE, VringAddrs, VringError};
 
@@ -84,55 +84,96 @@ pub struct Effects {
 
 type Handler = fn(&mut DeviceState, &mut Message, &mut Effects) -> Result<Outcome, HandlerError>;
 
-/// One row of the table: the handler, and whether SET_OWNER must have come first.
-pub struct Row {
+/// What a request does to state the queue workers and the async copy channels read: the
+/// dispatcher quiesces that much of the data plane before the handler runs (the one place
+/// that rule lives; see [`quiesce`](super::device::DeviceState::quiesce)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DataPlane {
+    /// Nothing: handled without touching the queues.
+    None,
+    /// Changes the state of the vring named in the payload ([`vring_named`]): its copies in
+    /// flight are drained first.
+    Queue,
+    /// Changes state every queue reads (memory table, features, IOTLB, log, reset): every
+    /// vring's copies in flight are drained first.
+    AllQueues,
+}
+
+/// One row of the table.
+pub(crate) struct Row {
     /// The handler.
     pub handler: Handler,
-    /// The request changes device state, so it needs an owner.
+    /// The request changes device state, so it needs an owner (SET_OWNER first).
     pub needs_owner: bool,
     /// The device must stop (destroy_device) before the handler runs.
     pub stops_device: bool,
+    /// What of the data plane must be quiet before the handler runs.
+    pub data_plane: DataPlane,
 }
 
-/// The table of handlers.
-pub fn row(req: FrontendReq) -> Row {
+/// The table: for each request its handler, whether it needs an owner, whether it stops the
+/// device, and what it changes under the data plane. The wire rules (payload size, fds,
+/// reply) are [`policy`](crate::protocol::policy::policy)'s, checked before.
+pub(crate) fn row(req: FrontendReq) -> Row {
+    use DataPlane::{AllQueues as All, None as Nothing, Queue};
     use FrontendReq as R;
-    let (handler, needs_owner, stops_device): (Handler, bool, bool) = match req {
-        R::GetFeatures => (get_features, false, false),
-        R::SetFeatures => (set_features, true, false),
-        R::SetOwner => (set_owner, false, false),
-        R::ResetOwner => (reset_owner, false, true),
-        R::SetMemTable => (set_mem_table, true, false),
-        R::SetVringNum => (set_vring_num, true, false),
-        R::SetVringAddr => (set_vring_addr, true, false),
-        R::SetVringBase => (set_vring_base, true, false),
-        R::GetVringBase => (get_vring_base, true, true),
-        R::SetVringKick => (set_vring_kick, true, false),
-        R::SetVringCall => (set_vring_call, true, false),
-        R::SetVringErr => (set_vring_err, true, false),
-        R::GetProtocolFeatures => (get_protocol_features, false, false),
-        R::SetProtocolFeatures => (set_protocol_features, false, false),
-        R::GetQueueNum => (get_queue_num, false, false),
-        R::SetVringEnable => (set_vring_enable, true, false),
-        R::SendRarp => (send_rarp, true, false),
-        R::NetSetMtu => (net_set_mtu, true, false),
-        R::SetBackendReqFd => (set_backend_req_fd, false, false),
-        R::GetConfig => (get_config, false, false),
-        R::SetConfig => (set_config, true, false),
-        R::GetInflightFd => (get_inflight_fd, true, false),
-        R::SetInflightFd => (set_inflight_fd, true, false),
-        R::ResetDevice => (reset_device, false, true),
-        R::GetMaxMemSlots => (get_max_mem_slots, false, false),
-        R::AddMemReg => (add_mem_reg, true, false),
-        R::RemMemReg => (rem_mem_reg, true, false),
-        R::SetStatus => (set_status, false, false),
-        R::GetStatus => (get_status, false, false),
-        _ => (unsupported, false, false),
-    };
+    let (handler, needs_owner, stops_device, data_plane): (Handler, bool, bool, DataPlane) =
+        match req {
+            R::GetFeatures => (get_features, false, false, Nothing),
+            R::SetFeatures => (set_features, true, false, All),
+            R::SetOwner => (set_owner, false, false, Nothing),
+            R::ResetOwner => (reset_owner, false, true, All),
+            R::SetMemTable => (set_mem_table, true, false, All),
+            R::SetVringNum => (set_vring_num, true, false, Queue),
+            R::SetVringAddr => (set_vring_addr, true, false, Queue),
+            R::SetVringBase => (set_vring_base, true, false, Queue),
+            R::GetVringBase => (get_vring_base, true, true, Queue),
+            R::SetVringKick => (set_vring_kick, true, false, Queue),
+            R::SetVringCall => (set_vring_call, true, false, Queue),
+            R::SetVringErr => (set_vring_err, true, false, Queue),
+            R::GetProtocolFeatures => (get_protocol_features, false, false, Nothing),
+            R::SetProtocolFeatures => (set_protocol_features, false, false, Nothing),
+            R::GetQueueNum => (get_queue_num, false, false, Nothing),
+            R::SetVringEnable => (set_vring_enable, true, false, Queue),
+            R::SendRarp => (send_rarp, true, false, Nothing),
+            R::NetSetMtu => (net_set_mtu, true, false, Nothing),
+            R::SetBackendReqFd => (set_backend_req_fd, false, false, Nothing),
+            R::GetConfig => (get_config, false, false, Nothing),
+            R::SetConfig => (set_config, true, false, Nothing),
+            R::GetInflightFd => (get_inflight_fd, true, false, Nothing),
+            R::SetInflightFd => (set_inflight_fd, true, false, All),
+            R::ResetDevice => (reset_device, false, true, All),
+            R::GetMaxMemSlots => (get_max_mem_slots, false, false, Nothing),
+            R::AddMemReg => (add_mem_reg, true, false, All),
+            R::RemMemReg => (rem_mem_reg, true, false, All),
+            R::SetStatus => (set_status, false, false, All),
+            R::GetStatus => (get_status, false, false, Nothing),
+            // Refused below without touching any state.
+            _ => (unsupported, false, false, Nothing),
+        };
     Row {
         handler,
         needs_owner,
         stops_device,
+        data_plane,
+    }
+}
+
+/// The vring a [`DataPlane::Queue`] request names (`None` for other requests or a payload
+/// that does not parse: the handler refuses those).
+pub(crate) fn vring_named(req: FrontendReq, payload: &[u8]) -> Option<u32> {
+    match req {
+        FrontendReq::SetVringNum
+        | FrontendReq::SetVringBase
+        | FrontendReq::GetVringBase
+        | FrontendReq::SetVringEnable
+        | FrontendReq::SetVringEndian
+        | FrontendReq::VringKick => VringState::parse(payload).ok().map(|s| s.index),
+        FrontendReq::SetVringAddr => VringAddr::parse(payload).ok().map(|a| a.index),
+        FrontendReq::SetVringKick | FrontendReq::SetVringCall | FrontendReq::SetVringErr => {
+            VringFile::parse(payload).ok().map(|f| f.index.into())
+        }
+        _ => None,
     }
 }
 
@@ -252,7 +293,7 @@ fn reset_device(
 /// Maps every region of a table, each with its fd. Nothing is kept if one fails.
 fn map_regions(
     dev: &DeviceState,
-    regions: &[super::payload::MemoryRegion],
+    regions: &[crate::protocol::payload::MemoryRegion],
     fds: Vec<OwnedFd>,
 ) -> Result<GuestMemory, HandlerError> {
     let mapped = regions
@@ -263,7 +304,7 @@ fn map_regions(
     Ok(GuestMemory::new(mapped, dev.limits)?)
 }
 
-fn desc_of(r: &super::payload::MemoryRegion) -> RegionDesc {
+fn desc_of(r: &crate::protocol::payload::MemoryRegion) -> RegionDesc {
     RegionDesc {
         guest_phys_addr: r.guest_phys_addr,
         memory_size: r.memory_size,
@@ -587,7 +628,7 @@ fn send_rarp(
     msg: &mut Message,
     _: &mut Effects,
 ) -> Result<Outcome, HandlerError> {
-    let mac: super::payload::RarpMac = parse(msg)?;
+    let mac: crate::protocol::payload::RarpMac = parse(msg)?;
     *lock(&dev.dev.shared.rarp) = Some(mac.0);
     dev.dev
         .shared
@@ -842,10 +883,13 @@ fn unsupported(
         .frontend_request()
         .map(FrontendReq::name)
         .unwrap_or("unknown request");
-    let policy = msg.header.frontend_request().map(super::policy::policy);
+    let policy = msg
+        .header
+        .frontend_request()
+        .map(crate::protocol::policy::policy);
     match policy {
         // Requests answered by a failure status when the frontend asks for one.
-        Ok(p) if p.reply != super::policy::Reply::Always => {
+        Ok(p) if p.reply != crate::protocol::policy::Reply::Always => {
             Ok(Outcome::Failed(format!("{name} is not supported")))
         }
         _ => Err(HandlerError::Unsupported(name)),
@@ -859,3 +903,7 @@ fn require_protocol(dev: &DeviceState, req: FrontendReq, mask: u64) -> Result<()
         Err(state_err(req, "its protocol feature was not negotiated"))
     }
 }
+
+#[cfg(test)]
+#[path = "handlers_tests.rs"]
+mod tests;
