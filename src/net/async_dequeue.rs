@@ -1,27 +1,26 @@
 //! Guest → host on the asynchronous copy path (DPDK's `rte_vhost_async_try_dequeue_burst`).
 //!
-//! One call does both halves. It takes the guest's transmit chains into fresh mbufs: for the
-//! common chain (one descriptor, the packet fits one mbuf, no offload in its header) the CPU
-//! reads the virtio-net header and the payload becomes a job of the copy device when it is at
-//! least the channel's threshold; every other chain is copied by the CPU at once, exactly as
-//! [`dequeue_burst`](super::dequeue_burst) does. Then it reads the device's completions and
+//! One call does both halves. It takes the guest's transmit chains into fresh mbufs exactly as
+//! [`dequeue_burst`](super::dequeue_burst) does (the same functions, walking each chain once),
+//! with the async copy step: the CPU reads the virtio-net header, and each run of the payload
+//! becomes a job of the copy device when it is at least the channel's threshold (a packet
+//! whose header asks for offloads is copied by the CPU: they need its first bytes). Then it
+//! reads the device's completions and
 //! hands back, oldest first, the packets whose copies are done, returning their chains to the
 //! guest (used entries written in submission order) only then: the guest never gets a buffer
 //! back while a job may still read it.
 
-use super::async_enqueue::{refuse_sync, start_jobs};
-use super::dequeue::{Drop, Large, fill, push_rarp};
+use super::async_enqueue::{Submit, refuse_sync, start_jobs};
+use super::dequeue::{Drop, Large, fill, fill_simple, push_rarp};
 use super::hdr::hdr_len;
 use super::queue_id::TxQueueId;
 use super::ring::Burst;
+use super::runs::Pieces;
 use crate::driver::Device;
 use crate::mbuf::{Mbuf, PktCache};
-use crate::memory::{Gpa, TranslationCache};
+use crate::memory::TranslationCache;
 use crate::virtq::Vring;
 use crate::virtq::async_queue::{AsyncQueue, InFlight};
-use crate::virtq::split::{
-    SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
-};
 
 /// Takes up to `max` new packets from the guest's transmit queue `q` into the channel and
 /// hands back up to `max` whose copies completed, oldest first, appended to `out` (DPDK's
@@ -79,6 +78,8 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, cache: &mut PktCache, large: Larg
         return;
     }
     let mut tc = TranslationCache::new();
+    // Only the general path needs it: made on first use.
+    let mut pieces: Option<Pieces<'_>> = None;
     let mut taken = 0;
     while taken < n {
         let Some(mut m) = fresh.pop() else { break };
@@ -86,17 +87,16 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, cache: &mut PktCache, large: Larg
             cache.free(m);
             break;
         };
-        let seq = aq.next_seq();
-        let filled = if take_simple(&q, &mut tc, head, hlen, &mut m, aq, seq) {
-            Ok(())
-        } else {
-            // Anything else the CPU copies now, as dequeue_burst does.
-            let r = fill(&q, head, hlen, &mut m, cache, large);
-            if r.is_ok() {
-                aq.stats.cpu_copies += 1;
-                aq.stats.cpu_bytes += m.pkt_len() as u64;
+        let mut step = Submit {
+            seq: aq.next_seq(),
+            aq,
+        };
+        let filled = match fill_simple(&q, &mut tc, head, hlen, &mut m, &mut step) {
+            Some(()) => Ok(()),
+            None => {
+                let ps = pieces.get_or_insert_with(Pieces::new);
+                fill(&q, ps, head, hlen, &mut m, cache, large, &mut step)
             }
-            r
         };
         taken += 1;
         match filled {
@@ -155,55 +155,4 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, cache: &mut PktCache, large: Larg
     }
     b.finish();
     start_jobs(aq);
-}
-
-/// The common chain: one readable descriptor in one region, a packet that fits `m`, no
-/// offload in its header. The header is read by the CPU; the payload is a job when it is at
-/// least the threshold, else read now. `false` leaves the chain (and `m`) untouched.
-#[inline]
-fn take_simple(
-    q: &SplitQueue<'_>,
-    tc: &mut TranslationCache,
-    head: u16,
-    hlen: usize,
-    m: &mut Mbuf,
-    aq: &mut AsyncQueue,
-    seq: u64,
-) -> bool {
-    let d = q.desc(head);
-    if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE) != 0 {
-        return false;
-    }
-    let len = d.len as usize;
-    let Some(data_len) = len.checked_sub(hlen) else {
-        return false;
-    };
-    if data_len > m.tailroom() {
-        return false;
-    }
-    let Some(buf) = q
-        .memory()
-        .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(d.len))
-    else {
-        return false;
-    };
-    let mut hb = [0u8; 12];
-    if buf.read_at(0, &mut hb[..hlen]).is_err() || hb[0] | hb[1] != 0 {
-        // Offloads need the packet's first bytes on the CPU: the general path.
-        return false;
-    }
-    let Ok(body) = buf.subslice(hlen, data_len) else {
-        return false;
-    };
-    if m.append(data_len).is_err() {
-        return false;
-    }
-    let Ok(dst) = m.data_mut() else {
-        let _ = m.trim(data_len); // fresh again for the general path
-        return false;
-    };
-    if !aq.batch_or_cpu(seq, body.as_ptr(), dst.as_mut_ptr(), data_len) {
-        body.copy_to(dst);
-    }
-    true
 }

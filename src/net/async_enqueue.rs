@@ -10,11 +10,11 @@
 //! whose jobs are all done, writing their used entries in submission order. The mbufs are
 //! the channel's from submit to poll.
 
-use super::enqueue::{Ctx, MAX_CHAINS, PREFETCH_ABOVE, header, oversized_gso, prefetch_ahead};
+use super::enqueue::{Ctx, PREFETCH_ABOVE, Placement, oversized_gso, place, prefetch_ahead};
 use super::hdr::VirtioNetHdr;
-use super::offload;
 use super::queue_id::{RxQueueId, VringId};
-use super::ring::{Burst, MAX_PKT_LEN, READ_AHEAD, ReadAhead, Stop};
+use super::ring::{Burst, READ_AHEAD, ReadAhead};
+use super::runs::{CopyStep, Pieces};
 use crate::driver::{Device, Flags};
 use crate::mbuf::Mbuf;
 use crate::memory::{Gpa, GuestSlice, TranslationCache};
@@ -23,12 +23,8 @@ use crate::virtq::async_queue::{
     AsyncConfig, AsyncCopyOps, AsyncQueue, AsyncStats, Idle, InFlight,
 };
 use crate::virtq::split::{
-    SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    ChainError, SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
-
-/// Most guest buffer pieces one packet may be written into (beyond it the packet waits, as
-/// when it does not fit).
-const MAX_PIECES: usize = 128;
 
 /// Why an async channel call was refused.
 #[derive(Debug, thiserror::Error)]
@@ -259,9 +255,9 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
             Placed::Retired => retired += 1,
             Placed::InFlight => {}
             Placed::No => {
-                let pieces = pieces.get_or_insert_with(Pieces::new);
-                pieces.clear();
-                if place(&q, &mut burst, aq, pieces, pkt, &ctx).is_err() {
+                let ps = pieces.get_or_insert_with(Pieces::new);
+                let mut step = Submit { aq, seq: 0 };
+                if place(&q, &mut burst, ps, pkt, &ctx, &mut step).is_err() {
                     break;
                 }
             }
@@ -323,168 +319,81 @@ pub(super) fn start_jobs(aq: &mut AsyncQueue) {
     aq.batch_seq.clear();
 }
 
-/// The writable pieces of the chains a packet takes, and the chains.
-struct Pieces<'a> {
-    pieces: [Option<GuestSlice<'a>>; MAX_PIECES],
-    n: usize,
-    /// (head, bytes of pieces collected from it).
-    chains: [(u16, u64); MAX_CHAINS],
-    nchains: usize,
-    have: u64,
+/// The async path's copy step and placement: runs of at least the channel's threshold
+/// become jobs of packet `seq` (what the batch has no room for, and smaller runs, the CPU
+/// copies now); used entries and the packet's record go to the in-flight queue.
+pub(super) struct Submit<'q> {
+    pub(super) aq: &'q mut AsyncQueue,
+    pub(super) seq: u64,
 }
 
-impl<'a> Pieces<'a> {
-    fn new() -> Pieces<'a> {
-        Pieces {
-            pieces: [None; MAX_PIECES],
-            n: 0,
-            chains: [(0, 0); MAX_CHAINS],
-            nchains: 0,
-            have: 0,
+impl CopyStep for Submit<'_> {
+    #[inline]
+    fn write_guest(&mut self, src: &[u8], dst: GuestSlice<'_>) {
+        if !self
+            .aq
+            .batch_or_cpu(self.seq, src.as_ptr(), dst.as_ptr(), src.len())
+        {
+            dst.copy_from(src);
         }
     }
 
-    fn clear(&mut self) {
-        self.n = 0;
-        self.nchains = 0;
-        self.have = 0;
+    #[inline]
+    fn read_guest(&mut self, src: GuestSlice<'_>, dst: &mut [u8]) {
+        if !self
+            .aq
+            .batch_or_cpu(self.seq, src.as_ptr(), dst.as_mut_ptr(), dst.len())
+        {
+            src.copy_to(dst);
+        }
     }
 
-    /// Walks chain `head` (all of it: a malformed chain is refused whole, as `enqueue_burst`
-    /// does) and adds its pieces until `need` bytes are collected in all. `Ok` with whether
-    /// there was room for its pieces; `Err` for a malformed chain (its pieces are dropped
-    /// again).
-    fn add_chain(
-        &mut self,
-        q: &SplitQueue<'a>,
-        head: u16,
-        need: u64,
-    ) -> Result<bool, crate::virtq::split::ChainError> {
-        if self.nchains == MAX_CHAINS {
-            return Ok(false);
-        }
-        let (n0, have0) = (self.n, self.have);
-        let mut got = 0u64;
-        for piece in q.chain(head, true, MAX_PKT_LEN) {
-            let piece = match piece {
-                Ok(p) => p,
-                Err(e) => {
-                    self.n = n0;
-                    self.have = have0;
-                    return Err(e);
-                }
-            };
-            if self.have >= need {
-                continue; // the rest is only checked
-            }
-            if self.n == MAX_PIECES {
-                self.n = n0;
-                self.have = have0;
-                return Ok(false);
-            }
-            let take = piece.len().min((need - self.have) as usize);
-            let Ok(p) = piece.subslice(0, take) else {
-                break;
-            };
-            self.pieces[self.n] = Some(p);
-            self.n += 1;
-            self.have += take as u64;
-            got += take as u64;
-        }
-        self.chains[self.nchains] = (head, got);
-        self.nchains += 1;
-        Ok(true)
+    #[inline]
+    fn count_cpu(&mut self, bytes: usize) {
+        self.aq.stats.cpu_copies += 1;
+        self.aq.stats.cpu_bytes += bytes as u64;
+    }
+
+    #[cold]
+    fn forget(&mut self) {
+        self.aq.unbatch(self.seq);
     }
 }
 
-/// Reserves the chains `pkt` needs, writes its header (and patched prefix) with the CPU, and
-/// batches or copies its payload; pushes its record and used entries. `Err` leaves the packet
-/// (and the chains it did not take) for later.
-fn place<'a>(
-    q: &SplitQueue<'a>,
-    b: &mut Burst<'_>,
-    aq: &mut AsyncQueue,
-    ps: &mut Pieces<'a>,
-    pkt: &Mbuf,
-    ctx: &Ctx,
-) -> Result<(), Stop> {
-    let need = (ctx.hlen + pkt.pkt_len()) as u64;
-    loop {
-        let head = match b.next_head() {
-            Ok(h) => h,
-            Err(stop) => {
-                b.unreserve_n(ps.nchains);
-                return Err(stop);
-            }
-        };
-        match ps.add_chain(q, head, need) {
-            Ok(true) => {}
-            Ok(false) => {
-                // Too fragmented to track: the packet waits (as when it does not fit).
-                b.unreserve_n(ps.nchains + 1);
-                return Err(Stop::NoRoom);
-            }
-            Err(e) => {
-                // As enqueue_burst: the chains taken before the bad one go back empty, then
-                // the bad one, and the packet starts over.
-                b.bad_chain_later(head, e);
-                let k = ps.nchains;
-                for &(h, _) in &ps.chains[..k] {
-                    aq.used.push_back([u32::from(h), 0]);
-                }
-                aq.used.push_back([u32::from(head), 0]);
-                aq.pkts.push_back(InFlight {
-                    is_pkt: false,
-                    mbuf: None,
-                    used: k as u16 + 1,
-                    jobs_left: 0,
-                });
-                ps.clear();
-                continue;
-            }
+impl Placement for Submit<'_> {
+    #[cold]
+    fn bad_chain(&mut self, b: &mut Burst<'_>, reserved: &[(u16, u64)], bad: u16, e: ChainError) {
+        // As enqueue_burst: the chains taken before the bad one go back empty, then the bad
+        // one, in their place in the order.
+        b.bad_chain_later(bad, e);
+        for &(h, _) in reserved {
+            self.aq.used.push_back([u32::from(h), 0]);
         }
-        if ps.have >= need {
-            break;
+        self.aq.used.push_back([u32::from(bad), 0]);
+        self.aq.pkts.push_back(InFlight {
+            is_pkt: false,
+            mbuf: None,
+            used: reserved.len() as u16 + 1,
+            jobs_left: 0,
+        });
+    }
+
+    #[inline]
+    fn begin(&mut self) {
+        self.seq = self.aq.next_seq();
+    }
+
+    fn placed(&mut self, _: &mut Burst<'_>, chains: &[(u16, u64)]) {
+        for &(h, got) in chains {
+            self.aq.used.push_back([u32::from(h), got as u32]);
         }
-        if !ctx.mergeable {
-            // One chain must hold it all: as DPDK, it stays available and the packet waits.
-            b.unreserve();
-            return Err(Stop::NoRoom);
-        }
+        self.aq.pkts.push_back(InFlight {
+            is_pkt: true,
+            mbuf: None,
+            used: chains.len() as u16,
+            jobs_left: 0,
+        });
     }
-    let seq = aq.next_seq();
-    let mut dst = Cursor {
-        pieces: &ps.pieces[..ps.n],
-        i: 0,
-        off: 0,
-    };
-    let hdr = header(pkt, ctx, ps.nchains as u16).to_bytes();
-    dst.cpu(&hdr[..ctx.hlen], true, &mut aq.stats);
-    let prefix = offload::patched_prefix(pkt.meta(), ctx.csum, || pkt.segments().map(|s| s.data()));
-    let mut skip = 0;
-    if let Some((buf, n)) = &prefix {
-        dst.cpu(&buf[..*n], false, &mut aq.stats);
-        skip = *n;
-    }
-    for seg in pkt.segments() {
-        let data = seg.data();
-        let from = skip.min(data.len());
-        skip -= from;
-        dst.payload(&data[from..], seq, aq);
-    }
-    let mut left = need;
-    for &(head, got) in &ps.chains[..ps.nchains] {
-        let len = got.min(left);
-        left -= len;
-        aq.used.push_back([u32::from(head), len as u32]);
-    }
-    aq.pkts.push_back(InFlight {
-        is_pkt: true,
-        mbuf: None,
-        used: ps.nchains as u16,
-        jobs_left: 0,
-    });
-    Ok(())
 }
 
 /// The common case without walking a chain (as enqueue's `place_simple`): the next chain is
@@ -559,63 +468,4 @@ enum Placed {
     Retired,
     /// In the in-flight queue (a job, or behind packets in flight).
     InFlight,
-}
-
-/// The write position in a packet's pieces.
-struct Cursor<'p, 'a> {
-    pieces: &'p [Option<GuestSlice<'a>>],
-    i: usize,
-    off: usize,
-}
-
-impl<'a> Cursor<'_, 'a> {
-    /// The next run of at most `max` bytes of the current piece (moving past it).
-    #[inline]
-    fn next_run(&mut self, max: usize) -> Option<GuestSlice<'a>> {
-        loop {
-            let p = (*self.pieces.get(self.i)?)?;
-            if self.off < p.len() {
-                let n = max.min(p.len() - self.off);
-                let run = p.subslice(self.off, n).ok()?;
-                self.off += n;
-                return Some(run);
-            }
-            self.i += 1;
-            self.off = 0;
-        }
-    }
-
-    /// Writes `src` with the CPU (`update`: leaving bytes that already hold the value alone,
-    /// for the header).
-    fn cpu(&mut self, mut src: &[u8], update: bool, stats: &mut AsyncStats) {
-        while !src.is_empty() {
-            let Some(run) = self.next_run(src.len()) else {
-                return;
-            };
-            let n = run.len();
-            if update {
-                let _ = run.update_at(0, &src[..n]);
-            } else {
-                run.copy_from(&src[..n]);
-            }
-            stats.cpu_copies += 1;
-            stats.cpu_bytes += n as u64;
-            src = &src[n..];
-        }
-    }
-
-    /// Copies payload `src`: runs of at least the threshold into the batch for the device,
-    /// the others with the CPU now.
-    fn payload(&mut self, mut src: &[u8], seq: u64, aq: &mut AsyncQueue) {
-        while !src.is_empty() {
-            let Some(run) = self.next_run(src.len()) else {
-                return;
-            };
-            let n = run.len();
-            if !aq.batch_or_cpu(seq, src.as_ptr(), run.as_ptr(), n) {
-                run.copy_from(&src[..n]);
-            }
-            src = &src[n..];
-        }
-    }
 }

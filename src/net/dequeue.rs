@@ -6,11 +6,11 @@
 //! return every chain with a used entry of length 0, publish `used.idx` once, interrupt only
 //! if asked. A malformed chain is returned and counted, never delivered.
 
-use super::copy::GuestReader;
 use super::hdr::{VirtioNetHdr, hdr_len};
 use super::offload;
 use super::queue_id::TxQueueId;
 use super::ring::{Burst, MAX_PKT_LEN};
+use super::runs::{CopyStep, Cpu, MAX_PIECES, Pieces, Runs};
 use crate::driver::{Device, Flags};
 use crate::mbuf::{ExtBuf, Mbuf, PktCache};
 use crate::memory::{Gpa, TranslationCache};
@@ -89,11 +89,16 @@ pub fn dequeue_burst(
     let large = Large::of(dev.flags());
     let mut kept = first;
     let mut tc = TranslationCache::new();
+    // Only the general path needs it: made on first use.
+    let mut pieces: Option<Pieces<'_>> = None;
     for i in first..first + n {
         let Ok(head) = b.next_head() else { break };
-        let filled = match fill_simple(&q, &mut tc, head, hlen, &mut out[i]) {
+        let filled = match fill_simple(&q, &mut tc, head, hlen, &mut out[i], &mut Cpu) {
             Some(()) => Ok(()),
-            None => fill(&q, head, hlen, &mut out[i], cache, large),
+            None => {
+                let ps = pieces.get_or_insert_with(Pieces::new);
+                fill(&q, ps, head, hlen, &mut out[i], cache, large, &mut Cpu)
+            }
         };
         match filled {
             Ok(()) => {
@@ -136,14 +141,17 @@ impl Large {
 }
 
 /// The common case, without walking a chain: one descriptor, one region, a packet that fits
-/// the fresh mbuf `m`. `None` sends the chain to the general path ([`fill`]).
+/// the fresh mbuf `m`. The payload goes through `step` unless the header asks for offloads
+/// (they need the frame's first bytes on the CPU: copied now). `None` sends the chain to the
+/// general path ([`fill`]) with `m` untouched.
 #[inline]
-fn fill_simple(
+pub(super) fn fill_simple(
     q: &SplitQueue<'_>,
     tc: &mut TranslationCache,
     head: u16,
     hlen: usize,
     m: &mut Mbuf,
+    step: &mut impl CopyStep,
 ) -> Option<()> {
     let d = q.desc(head);
     if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE) != 0 {
@@ -159,10 +167,17 @@ fn fill_simple(
         .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(d.len))?;
     let mut hb = [0u8; 12];
     buf.read_at(0, &mut hb[..hlen]).ok()?;
+    let body = buf.subslice(hlen, data_len).ok()?;
     m.append(data_len).ok()?;
-    buf.read_at(hlen, m.data_mut().ok()?).ok()?;
+    let Ok(dst) = m.data_mut() else {
+        let _ = m.trim(data_len); // fresh again for the general path
+        return None;
+    };
     // Most packets carry no offload: flags and gso_type are the first two bytes.
-    if hb[0] | hb[1] != 0 {
+    if hb[0] | hb[1] == 0 {
+        step.read_guest(body, dst);
+    } else {
+        body.copy_to(dst);
         offloads(&VirtioNetHdr::from_bytes(&hb, hlen), m);
     }
     Some(())
@@ -180,84 +195,112 @@ pub(super) fn offloads(hdr: &VirtioNetHdr, m: &mut Mbuf) {
     }
 }
 
-/// Copies chain `head` into the fresh mbuf `m`.
-pub(super) fn fill(
-    q: &SplitQueue<'_>,
+/// The general case, for both copy modes: walks chain `head` once into `ps`, reads its header
+/// with the CPU, and copies the packet into the fresh mbuf `m` (chained into more segments,
+/// or into an external buffer, as `large` says) through `step`, or with the CPU when the
+/// header asks for offloads. On `Err` the step has forgotten its copies of this packet, so
+/// the caller may free `m`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fill<'a>(
+    q: &SplitQueue<'a>,
+    ps: &mut Pieces<'a>,
     head: u16,
     hlen: usize,
     m: &mut Mbuf,
     cache: &mut PktCache,
     large: Large,
+    step: &mut impl CopyStep,
 ) -> Result<(), Drop> {
-    let mut r = GuestReader::new(q.chain(head, false, MAX_PKT_LEN));
+    ps.clear();
+    match ps.add_chain(q, head, false, u64::MAX) {
+        Ok(true) => {}
+        // The first chain of a packet always has room to be tracked.
+        Ok(false) => return Err(Drop::Bad(ChainError::TooManyBuffers(MAX_PIECES as u32))),
+        Err(e) => return Err(Drop::Bad(e)),
+    }
+    let mut runs = ps.runs();
     let mut hb = [0u8; 12];
-    if r.read(&mut hb[..hlen])? < hlen {
+    if runs.read(&mut hb[..hlen], &mut Cpu) < hlen {
         return Err(Drop::Bad(ChainError::ShortHeader));
     }
     let hdr = VirtioNetHdr::from_bytes(&hb, hlen);
-    let got = read_into(&mut r, m)?;
-    if !r.at_end()? {
+    let data_len = (ps.have() - hlen as u64) as usize;
+    let r = if hdr.flags != 0 || hdr.gso_type != 0 {
+        let r = copy_packet(&mut runs, data_len, m, cache, large, &mut Cpu);
+        if r.is_ok() {
+            offloads(&hdr, m);
+        }
+        r
+    } else {
+        copy_packet(&mut runs, data_len, m, cache, large, step)
+    };
+    if r.is_err() {
+        step.forget();
+    }
+    r
+}
+
+/// Copies the `data_len` bytes left in `runs` into `m` (and the segments or external buffer
+/// `large` asks for when they do not fit its data room).
+fn copy_packet(
+    runs: &mut Runs<'_, '_>,
+    data_len: usize,
+    m: &mut Mbuf,
+    cache: &mut PktCache,
+    large: Large,
+    step: &mut impl CopyStep,
+) -> Result<(), Drop> {
+    if data_len > m.tailroom() {
         match large {
             Large::Linear => return Err(Drop::TooLarge),
-            Large::Chain => loop {
-                let mut seg = cache.alloc().map_err(|_| Drop::NoMbuf)?;
-                read_into(&mut r, &mut seg)?;
-                if m.chain(seg).is_err() {
-                    return Err(Drop::TooLarge);
-                }
-                if r.at_end()? {
-                    break;
-                }
-            },
-            Large::External => external(q, head, hlen, got, r, m)?,
+            Large::External => return external(runs, data_len, m, step),
+            Large::Chain => {}
         }
     }
-    if hdr.flags != 0 || hdr.gso_type != 0 {
-        offloads(&hdr, m);
+    let mut left = data_len - read_into(runs, m, data_len, step);
+    while left > 0 {
+        let mut seg = cache.alloc().map_err(|_| Drop::NoMbuf)?;
+        left -= read_into(runs, &mut seg, left, step);
+        // Its copies may still be running: the segment is `m`'s from here on, freed with it.
+        if m.chain(seg).is_err() {
+            return Err(Drop::TooLarge);
+        }
     }
     Ok(())
 }
 
-/// Fills `m`'s tailroom from the reader; returns the bytes read.
+/// Fills up to `max` bytes of `m`'s tailroom from `runs`; returns the bytes read.
 #[inline]
-fn read_into(r: &mut GuestReader<'_>, m: &mut Mbuf) -> Result<usize, Drop> {
-    let room = m.tailroom();
+fn read_into(runs: &mut Runs<'_, '_>, m: &mut Mbuf, max: usize, step: &mut impl CopyStep) -> usize {
+    let room = m.tailroom().min(max);
     // A fresh mbuf: append of its own tailroom and trim of what is left cannot fail.
     let _ = m.append(room);
     let len = m.data_len();
     let got = match m.data_mut() {
-        Ok(d) => r.read(&mut d[len - room..])?,
+        Ok(d) => runs.read(&mut d[len - room..], step),
         Err(_) => 0,
     };
     let _ = m.trim(room - got);
-    Ok(got)
+    got
 }
 
-/// EXTBUF: the whole packet in one external buffer attached to `m` (its first `got` bytes
-/// are in `m` already; the rest is read from the chain again after them).
+/// EXTBUF: the whole packet in one external buffer attached to `m`.
 fn external(
-    q: &SplitQueue<'_>,
-    head: u16,
-    hlen: usize,
-    got: usize,
-    rest: GuestReader<'_>,
+    runs: &mut Runs<'_, '_>,
+    data_len: usize,
     m: &mut Mbuf,
+    step: &mut impl CopyStep,
 ) -> Result<(), Drop> {
-    let total = got as u64 + rest.remaining()?;
-    if total > MAX_PKT_LEN {
+    if data_len as u64 > MAX_PKT_LEN {
         return Err(Drop::TooLarge);
     }
-    let mut buf = vec![0u8; total as usize].into_boxed_slice();
-    buf[..got].copy_from_slice(&m.data()[..got]);
-    let mut r = GuestReader::new(q.chain(head, false, MAX_PKT_LEN));
-    r.skip(hlen + got)?;
-    if r.read(&mut buf[got..])? != buf.len() - got {
-        // The guest shrank the chain between the two walks.
-        return Err(Drop::Bad(ChainError::TooLarge(total)));
-    }
+    let buf = vec![0u8; data_len].into_boxed_slice();
     let ext = ExtBuf::from_boxed_slice(buf).map_err(|_| Drop::TooLarge)?;
     m.attach_extbuf(ext).map_err(|_| Drop::TooLarge)?;
-    m.append(total as usize).map_err(|_| Drop::TooLarge)?;
+    m.append(data_len).map_err(|_| Drop::TooLarge)?;
+    let d = m.data_mut().map_err(|_| Drop::TooLarge)?;
+    // The buffer is `m`'s (on the heap, it does not move with `m`) until `m` is freed.
+    runs.read(d, step);
     Ok(())
 }
 

@@ -8,11 +8,11 @@
 //! counted; the packet moves on to the next chain. A packet that does not fit in what the
 //! guest offers stops the burst (as DPDK): it and the rest stay with the caller.
 
-use super::copy::GuestWriter;
 use super::hdr::{VirtioNetHdr, hdr_len};
 use super::offload;
 use super::queue_id::RxQueueId;
-use super::ring::{Burst, MAX_PKT_LEN, READ_AHEAD, ReadAhead, Stop};
+use super::ring::{Burst, READ_AHEAD, ReadAhead, Stop};
+use super::runs::{CopyStep, Cpu, Pieces};
 use crate::driver::Device;
 use crate::features::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
@@ -21,11 +21,8 @@ use crate::features::{
 use crate::mbuf::{Mbuf, OffloadFlags};
 use crate::memory::{Gpa, TranslationCache};
 use crate::virtq::split::{
-    SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    ChainError, SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
-
-/// Most chains one packet may take with mergeable buffers.
-pub(super) const MAX_CHAINS: usize = 64;
 
 /// Packets up to this many bytes are not prefetched before the copy (one or two cache lines:
 /// nothing to overlap).
@@ -71,6 +68,8 @@ pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
     let mut sent = 0;
     let mut tc = TranslationCache::new();
     let mut ahead = ReadAhead::default();
+    // Only the general path needs it: made on first use.
+    let mut pieces: Option<Pieces<'_>> = None;
     let mut early = burst.pending() == q.size();
     // Used entries go to the burst's shadow and are written in one run before the publish;
     // their lines are asked for now, so that those writes do not wait at the end (a guest
@@ -90,12 +89,8 @@ pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
             continue;
         }
         if !place_simple(&q, &mut burst, &mut tc, &mut ahead, pkt, &ctx) {
-            let placed = if ctx.mergeable {
-                place_mergeable(&q, &mut burst, pkt, &ctx)
-            } else {
-                place_one(&q, &mut burst, pkt, &ctx)
-            };
-            if placed.is_err() {
+            let ps = pieces.get_or_insert_with(Pieces::new);
+            if place(&q, &mut burst, ps, pkt, &ctx, &mut Cpu).is_err() {
                 break;
             }
         }
@@ -164,26 +159,6 @@ pub(super) fn header(pkt: &Mbuf, ctx: &Ctx, num_buffers: u16) -> VirtioNetHdr {
     }
     h.num_buffers = num_buffers;
     h
-}
-
-/// Writes the header and the packet's bytes (the first `l2+l3` replaced by a copy with the IP
-/// checksum filled in, if the packet asked for that).
-fn write_packet(w: &mut GuestWriter<'_>, hdr: &VirtioNetHdr, ctx: &Ctx, pkt: &Mbuf) -> bool {
-    let hlen = ctx.hlen;
-    let mut ok = w.update(&hdr.to_bytes()[..hlen]).is_ok_and(|n| n == hlen);
-    let prefix = offload::patched_prefix(pkt.meta(), ctx.csum, || pkt.segments().map(|s| s.data()));
-    let mut skip = 0;
-    if let Some((buf, n)) = &prefix {
-        ok &= w.write(&buf[..*n]).is_ok_and(|k| k == *n);
-        skip = *n;
-    }
-    for seg in pkt.segments() {
-        let data = seg.data();
-        let from = skip.min(data.len());
-        skip -= from;
-        ok &= w.write(&data[from..]).is_ok_and(|k| k == data.len() - from);
-    }
-    ok
 }
 
 /// Reads the chain [`READ_AHEAD`] places after the next, which `pkt` will most likely be
@@ -280,115 +255,102 @@ fn place_simple(
     true
 }
 
-/// Without mergeable buffers: the whole packet in one chain.
-fn place_one(q: &SplitQueue<'_>, b: &mut Burst<'_>, pkt: &Mbuf, ctx: &Ctx) -> Result<(), Stop> {
-    let need = (ctx.hlen + pkt.pkt_len()) as u64;
-    loop {
-        let head = b.next_head()?;
-        let cap = GuestWriter::new(q.chain(head, true, MAX_PKT_LEN)).remaining();
-        match cap {
-            Err(e) => {
-                b.bad_chain(head, e);
-                continue;
-            }
-            Ok(cap) if cap < need => {
-                // As DPDK: the buffer stays available, the packet stays with the caller.
-                b.unreserve();
-                return Err(Stop::NoRoom);
-            }
-            Ok(_) => {}
+/// What the general placement does with the chains and bytes of a packet: the sync path
+/// ([`Cpu`]) writes used entries into the burst and copies now; the async path records them
+/// in the in-flight queue and makes large copies jobs.
+pub(super) trait Placement: CopyStep {
+    /// The chains `reserved` for the packet go back empty, then the malformed `bad` one, in
+    /// avail order.
+    fn bad_chain(&mut self, b: &mut Burst<'_>, reserved: &[(u16, u64)], bad: u16, e: ChainError);
+    /// The chains are reserved; the packet's bytes come next.
+    #[inline]
+    fn begin(&mut self) {}
+    /// The packet is written: its chains and the bytes each got.
+    fn placed(&mut self, b: &mut Burst<'_>, chains: &[(u16, u64)]);
+}
+
+impl Placement for Cpu {
+    #[cold]
+    fn bad_chain(&mut self, b: &mut Burst<'_>, reserved: &[(u16, u64)], bad: u16, e: ChainError) {
+        for &(h, _) in reserved {
+            b.used(h, 0);
         }
-        let mut w = GuestWriter::new(q.chain(head, true, MAX_PKT_LEN));
-        if !write_packet(&mut w, &header(pkt, ctx, 1), ctx, pkt) {
-            // The chain changed under us (the guest rewrote it between the two walks).
-            b.stats.bad_chains += 1;
-            b.used(head, 0);
-            continue;
+        b.bad_chain(bad, e);
+    }
+
+    #[inline]
+    fn placed(&mut self, b: &mut Burst<'_>, chains: &[(u16, u64)]) {
+        for &(h, got) in chains {
+            b.used(h, got as u32);
         }
-        b.used(head, w.written() as u32);
-        return Ok(());
     }
 }
 
-/// With MRG_RXBUF: reserve chains until they hold the packet, then fill them in order.
-fn place_mergeable(
-    q: &SplitQueue<'_>,
+/// The general case, for both copy modes: reserves the chains `pkt` needs (one; or with
+/// MRG_RXBUF as many as it takes), walking each once into `ps`; then writes the header (and
+/// any patched offload prefix) with the CPU and the packet's bytes through `p`. A malformed
+/// chain goes back empty (with those reserved before it) and the packet starts over on the
+/// next. `Err` leaves the packet, and the chains it did not use, for later (as DPDK).
+pub(super) fn place<'a>(
+    q: &SplitQueue<'a>,
     b: &mut Burst<'_>,
+    ps: &mut Pieces<'a>,
     pkt: &Mbuf,
     ctx: &Ctx,
+    p: &mut impl Placement,
 ) -> Result<(), Stop> {
+    ps.clear();
     let need = (ctx.hlen + pkt.pkt_len()) as u64;
-    let mut heads = [0u16; MAX_CHAINS];
-    let mut n = 0;
-    let mut have = 0u64;
-    while have < need {
-        if n == MAX_CHAINS {
-            b.unreserve_n(n);
-            return Err(Stop::NoRoom);
-        }
+    loop {
         let head = match b.next_head() {
             Ok(h) => h,
             Err(stop) => {
-                b.unreserve_n(n);
+                b.unreserve_n(ps.chains().len());
                 return Err(stop);
             }
         };
-        match GuestWriter::new(q.chain(head, true, MAX_PKT_LEN)).remaining() {
-            Ok(cap) => {
-                heads[n] = head;
-                n += 1;
-                have += cap;
+        match ps.add_chain(q, head, true, need) {
+            Ok(true) => {}
+            Ok(false) => {
+                // Too fragmented to track: the packet waits, as when it does not fit.
+                b.unreserve_n(ps.chains().len() + 1);
+                return Err(Stop::NoRoom);
             }
             Err(e) => {
-                // Keep the used ring in avail order (IN_ORDER): the chains reserved before
-                // the bad one go back empty, then the bad one; the packet starts over.
-                for &h in &heads[..n] {
-                    b.used(h, 0);
-                }
-                n = 0;
-                have = 0;
-                b.bad_chain(head, e);
-            }
-        }
-    }
-    let hdr = header(pkt, ctx, n as u16);
-    let hdr_bytes = hdr.to_bytes();
-    let prefix = offload::patched_prefix(pkt.meta(), ctx.csum, || pkt.segments().map(|s| s.data()));
-    // The packet after its header as byte runs: the optional patched prefix, the segments.
-    let mut skip = prefix.as_ref().map_or(0, |p| p.1);
-    let mut runs = std::iter::once(prefix.as_ref().map_or(&[][..], |p| &p.0[..p.1])).chain(
-        pkt.segments().map(|s| {
-            let d = s.data();
-            let from = skip.min(d.len());
-            skip -= from;
-            &d[from..]
-        }),
-    );
-    // The header first (left untouched where it already holds these values), then the rest.
-    let mut run: &[u8] = &hdr_bytes[..ctx.hlen];
-    let mut in_hdr = true;
-    for &head in &heads[..n] {
-        let mut w = GuestWriter::new(q.chain(head, true, MAX_PKT_LEN));
-        loop {
-            if run.is_empty() {
-                in_hdr = false;
-                match runs.next() {
-                    Some(r) => run = r,
-                    None => break,
-                }
+                p.bad_chain(b, ps.chains(), head, e);
+                ps.clear();
                 continue;
             }
-            let wrote = if in_hdr { w.update(run) } else { w.write(run) };
-            match wrote {
-                Ok(0) | Err(_) => break,
-                Ok(k) => run = &run[k..],
-            }
         }
-        b.used(head, w.written() as u32);
+        if ps.have() >= need {
+            break;
+        }
+        if !ctx.mergeable {
+            // One chain must hold it all: the chain stays available and the packet waits.
+            b.unreserve();
+            return Err(Stop::NoRoom);
+        }
     }
-    if !run.is_empty() || runs.next().is_some_and(|r| !r.is_empty()) {
-        // The guest shrank its chains between the two walks: the packet was cut short.
-        b.stats.bad_chains += 1;
+    p.begin();
+    let mut runs = ps.runs();
+    let hdr = header(pkt, ctx, ps.chains().len() as u16).to_bytes();
+    // The header is usually what these buffers held last time: leave its lines alone then.
+    let mut ok = runs.write_cpu(&hdr[..ctx.hlen], true) == ctx.hlen;
+    p.count_cpu(ctx.hlen);
+    let prefix = offload::patched_prefix(pkt.meta(), ctx.csum, || pkt.segments().map(|s| s.data()));
+    let mut skip = 0;
+    if let Some((buf, n)) = &prefix {
+        ok &= runs.write_cpu(&buf[..*n], false) == *n;
+        p.count_cpu(*n);
+        skip = *n;
     }
+    for seg in pkt.segments() {
+        let data = seg.data();
+        let from = skip.min(data.len());
+        skip -= from;
+        ok &= runs.write(&data[from..], p) == data.len() - from;
+    }
+    debug_assert!(ok, "the pieces hold exactly the header and the packet");
+    p.placed(b, ps.chains());
     Ok(())
 }

@@ -7,7 +7,6 @@
 
 mod async_dequeue;
 mod async_enqueue;
-mod copy;
 mod dequeue;
 mod enqueue;
 pub mod hdr;
@@ -15,6 +14,7 @@ mod offload;
 pub mod pkt;
 mod queue_id;
 mod ring;
+mod runs;
 
 pub use crate::virtq::async_queue::{
     AsyncConfig, AsyncCopyOps, AsyncStats, CopyJob, CopyStatus, DEFAULT_THRESHOLD, DmaCopy,

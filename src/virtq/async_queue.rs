@@ -381,6 +381,18 @@ impl AsyncQueue {
         }
     }
 
+    /// Takes the jobs of packet `seq` (the last one batched) out of the submit's batch: the
+    /// packet is dropped before it was handed over, its destination is about to be freed.
+    pub fn unbatch(&mut self, seq: u64) {
+        while self.batch_seq.last() == Some(&seq) {
+            self.batch_seq.pop();
+            if let Some(job) = self.batch.pop() {
+                self.stats.cpu_copies += 1; // not a device copy after all
+                self.stats.cpu_bytes += u64::from(job.len);
+            }
+        }
+    }
+
     /// Hands up to `max` packets a drain retired (or that retired at submit) to `out`;
     /// returns how many.
     pub fn take_done(&mut self, max: usize, out: &mut Vec<Mbuf>) -> usize {

@@ -122,6 +122,9 @@ pub enum ChainError {
     /// The chain's total length exceeds what a packet may have.
     #[error("chain length exceeds {0} bytes")]
     TooLarge(u64),
+    /// More buffers than one packet may use (the data path's limit).
+    #[error("chain of more than {0} buffers")]
+    TooManyBuffers(u32),
     /// A transmit chain shorter than the virtio-net header.
     #[error("chain shorter than the virtio-net header")]
     ShortHeader,

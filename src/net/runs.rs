@@ -1,0 +1,232 @@
+//! One walk per chain, one copy step: the general data path of both directions and both copy
+//! modes.
+//!
+//! A packet's chains are walked once, each into [`Pieces`]: the guest buffers it takes (every
+//! descriptor checked by the chain walker; a malformed chain is refused whole). The bytes then
+//! move between those pieces and host memory run by run ([`Runs`]), each run through a
+//! [`CopyStep`]: [`Cpu`] copies it now (the sync path), the async path's step makes it a job
+//! of the copy device when it reaches the channel's threshold. Headers and patched offload
+//! prefixes are always the CPU's. The fast paths (one descriptor, one region) skip the walk
+//! and call the same step.
+
+use crate::memory::GuestSlice;
+use crate::virtq::split::{ChainError, SplitQueue};
+
+use super::ring::MAX_PKT_LEN;
+
+/// Most guest buffers one packet may use (DPDK's `BUF_VECTOR_MAX` is 256). A chain with more
+/// is malformed ([`ChainError::TooManyBuffers`]); a packet whose chains together need more
+/// waits, as when it does not fit.
+pub(super) const MAX_PIECES: usize = 128;
+
+/// Most chains one packet may take with mergeable buffers.
+pub(super) const MAX_CHAINS: usize = 64;
+
+/// Where the bytes of one run go: now, by the CPU, or later, by a copy device.
+pub(super) trait CopyStep {
+    /// Copies `src` into the guest run `dst` (as long as `src`).
+    fn write_guest(&mut self, src: &[u8], dst: GuestSlice<'_>);
+    /// Copies the guest run `src` into `dst` (as long as `src`).
+    fn read_guest(&mut self, src: GuestSlice<'_>, dst: &mut [u8]);
+    /// `bytes` the CPU wrote for a header or a patched prefix (counted by the async path).
+    #[inline]
+    fn count_cpu(&mut self, _bytes: usize) {}
+    /// The packet these copies were for is dropped before it was handed over: copies not
+    /// done yet must not be (their destination is about to be freed).
+    #[inline]
+    fn forget(&mut self) {}
+}
+
+/// The sync path's step: every copy now.
+pub(super) struct Cpu;
+
+impl CopyStep for Cpu {
+    #[inline]
+    fn write_guest(&mut self, src: &[u8], dst: GuestSlice<'_>) {
+        dst.copy_from(src);
+    }
+
+    #[inline]
+    fn read_guest(&mut self, src: GuestSlice<'_>, dst: &mut [u8]) {
+        src.copy_to(dst);
+    }
+}
+
+/// The guest buffers a packet takes, and the chains they belong to.
+pub(super) struct Pieces<'a> {
+    pieces: [Option<GuestSlice<'a>>; MAX_PIECES],
+    n: usize,
+    /// (head, bytes of pieces collected from it).
+    chains: [(u16, u64); MAX_CHAINS],
+    nchains: usize,
+    /// Bytes collected in all.
+    have: u64,
+}
+
+impl<'a> Pieces<'a> {
+    /// Empty (a few KiB to initialise: made once per burst, on first use).
+    pub(super) fn new() -> Pieces<'a> {
+        Pieces {
+            pieces: [None; MAX_PIECES],
+            n: 0,
+            chains: [(0, 0); MAX_CHAINS],
+            nchains: 0,
+            have: 0,
+        }
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.n = 0;
+        self.nchains = 0;
+        self.have = 0;
+    }
+
+    /// Bytes collected.
+    #[inline]
+    pub(super) fn have(&self) -> u64 {
+        self.have
+    }
+
+    /// The chains collected: (head, bytes collected from it).
+    #[inline]
+    pub(super) fn chains(&self) -> &[(u16, u64)] {
+        &self.chains[..self.nchains]
+    }
+
+    /// Walks chain `head` (all of it, `writable` or readable buffers: a malformed chain is
+    /// refused whole) and adds its buffers until `need` bytes are collected in all; the rest
+    /// of the chain is only checked. `Ok(false)`: no room to track it (the chains, or the
+    /// pieces of this packet's earlier chains, are used up; nothing is added). `Err` for a
+    /// malformed chain (nothing is added).
+    pub(super) fn add_chain(
+        &mut self,
+        q: &SplitQueue<'a>,
+        head: u16,
+        writable: bool,
+        need: u64,
+    ) -> Result<bool, ChainError> {
+        if self.nchains == MAX_CHAINS {
+            return Ok(false);
+        }
+        let (n0, have0) = (self.n, self.have);
+        let mut got = 0u64;
+        for piece in q.chain(head, writable, MAX_PKT_LEN) {
+            let piece = match piece {
+                Ok(p) => p,
+                Err(e) => {
+                    self.n = n0;
+                    self.have = have0;
+                    return Err(e);
+                }
+            };
+            if self.have >= need || piece.is_empty() {
+                continue;
+            }
+            if self.n == MAX_PIECES {
+                self.n = n0;
+                self.have = have0;
+                return if n0 == 0 {
+                    Err(ChainError::TooManyBuffers(MAX_PIECES as u32))
+                } else {
+                    Ok(false)
+                };
+            }
+            let take = piece.len().min((need - self.have) as usize);
+            let Ok(p) = piece.subslice(0, take) else {
+                break;
+            };
+            self.pieces[self.n] = Some(p);
+            self.n += 1;
+            self.have += take as u64;
+            got += take as u64;
+        }
+        self.chains[self.nchains] = (head, got);
+        self.nchains += 1;
+        Ok(true)
+    }
+
+    /// The collected buffers as runs, from the first byte.
+    #[inline]
+    pub(super) fn runs(&self) -> Runs<'_, 'a> {
+        Runs {
+            pieces: &self.pieces[..self.n],
+            i: 0,
+            off: 0,
+        }
+    }
+}
+
+/// A position in a packet's pieces.
+pub(super) struct Runs<'p, 'a> {
+    pieces: &'p [Option<GuestSlice<'a>>],
+    i: usize,
+    off: usize,
+}
+
+impl<'a> Runs<'_, 'a> {
+    /// The next run of at most `max` bytes of the current piece (moving past it); `None` at
+    /// the end.
+    #[inline]
+    fn next_run(&mut self, max: usize) -> Option<GuestSlice<'a>> {
+        loop {
+            let p = (*self.pieces.get(self.i)?)?;
+            if self.off < p.len() {
+                let n = max.min(p.len() - self.off);
+                let run = p.subslice(self.off, n).ok()?;
+                self.off += n;
+                return Some(run);
+            }
+            self.i += 1;
+            self.off = 0;
+        }
+    }
+
+    /// Writes `src` with the CPU (`update`: leaving bytes that already hold the value alone,
+    /// for the header); returns how many bytes fit.
+    pub(super) fn write_cpu(&mut self, mut src: &[u8], update: bool) -> usize {
+        let start = src.len();
+        while !src.is_empty() {
+            let Some(run) = self.next_run(src.len()) else {
+                break;
+            };
+            let n = run.len();
+            if update {
+                let _ = run.update_at(0, &src[..n]);
+            } else {
+                run.copy_from(&src[..n]);
+            }
+            src = &src[n..];
+        }
+        start - src.len()
+    }
+
+    /// Writes `src` run by run through `step`; returns how many bytes fit.
+    #[inline]
+    pub(super) fn write(&mut self, mut src: &[u8], step: &mut impl CopyStep) -> usize {
+        let start = src.len();
+        while !src.is_empty() {
+            let Some(run) = self.next_run(src.len()) else {
+                break;
+            };
+            let n = run.len();
+            step.write_guest(&src[..n], run);
+            src = &src[n..];
+        }
+        start - src.len()
+    }
+
+    /// Fills `dst` run by run through `step`; returns how many bytes the pieces had.
+    #[inline]
+    pub(super) fn read(&mut self, dst: &mut [u8], step: &mut impl CopyStep) -> usize {
+        let mut done = 0;
+        while done < dst.len() {
+            let Some(run) = self.next_run(dst.len() - done) else {
+                break;
+            };
+            let n = run.len();
+            step.read_guest(run, &mut dst[done..done + n]);
+            done += n;
+        }
+        done
+    }
+}
