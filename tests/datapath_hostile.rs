@@ -80,6 +80,17 @@ fn indirect_table_inside_an_indirect_table() {
 }
 
 #[test]
+fn more_buffers_than_a_packet_may_use() {
+    // 200 buffers of 64 B: a valid chain, but over the 128 buffers one packet may take.
+    dropped(|b| {
+        for i in 0..200u16 {
+            let next = if i < 199 { NEXT } else { 0 };
+            b.desc(1, i, b.gpa(SCRATCH + 64 * usize::from(i)), 64, next, i + 1);
+        }
+    });
+}
+
+#[test]
 fn lengths_whose_sum_overflows() {
     dropped(|b| {
         let buf = b.gpa(SCRATCH);
@@ -348,6 +359,20 @@ fn malformed_receive_chains_on_both_paths() {
         &[0, 1],
         &[(0, 0), (1, 112)],
         (1, 1, false),
+    );
+    // 200 one-byte buffers: the packet uses the first 112 (under the 128 a packet may use),
+    // the rest is only checked: delivered.
+    rx_both(
+        "a long chain of one-byte buffers",
+        |b| {
+            for i in 0..200u16 {
+                let next = if i < 199 { WRITE | NEXT } else { WRITE };
+                b.desc(0, i, buf(b, 0) + u64::from(i), 1, next, i + 1);
+            }
+        },
+        &[0],
+        &[(0, 112)],
+        (1, 0, false),
     );
     // A head beyond the table: the queue is broken, nothing is taken or written.
     rx_both("head beyond the table", |_| {}, &[999], &[], (0, 0, true));
