@@ -15,7 +15,6 @@ use super::dequeue::{Drop, Large, fill, fill_simple, push_rarp};
 use super::hdr::hdr_len;
 use super::queue_id::TxQueueId;
 use super::ring::Burst;
-use super::runs::Pieces;
 use crate::driver::Device;
 use crate::mbuf::{Mbuf, PktCache};
 use crate::memory::TranslationCache;
@@ -78,8 +77,6 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, cache: &mut PktCache, large: Larg
         return;
     }
     let mut tc = TranslationCache::new();
-    // Only the general path needs it: made on first use.
-    let mut pieces: Option<Pieces<'_>> = None;
     let mut taken = 0;
     while taken < n {
         let Some(mut m) = fresh.pop() else { break };
@@ -93,10 +90,7 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, cache: &mut PktCache, large: Larg
         };
         let filled = match fill_simple(&q, &mut tc, head, hlen, &mut m, &mut step) {
             Some(()) => Ok(()),
-            None => {
-                let ps = pieces.get_or_insert_with(Pieces::new);
-                fill(&q, ps, head, hlen, &mut m, cache, large, &mut step)
-            }
+            None => fill(&q, head, hlen, &mut m, cache, large, &mut step),
         };
         taken += 1;
         match filled {

@@ -14,7 +14,7 @@ use super::enqueue::{Ctx, PREFETCH_ABOVE, Placement, oversized_gso, place, prefe
 use super::hdr::VirtioNetHdr;
 use super::queue_id::{RxQueueId, VringId};
 use super::ring::{Burst, READ_AHEAD, ReadAhead};
-use super::runs::{CopyStep, Pieces};
+use super::runs::CopyStep;
 use crate::driver::{Device, Flags};
 use crate::mbuf::Mbuf;
 use crate::memory::{Gpa, GuestSlice, TranslationCache};
@@ -233,8 +233,6 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
     let mut retired = 0;
     let mut tc = TranslationCache::new();
     let mut ahead = ReadAhead::default();
-    // Only the general path needs it (a few KiB to initialise): made on first use.
-    let mut pieces: Option<Pieces<'_>> = None;
     for (i, pkt) in pkts.iter().enumerate() {
         // As enqueue_burst: ask for the guest buffer of a later packet now, so that the misses
         // on the guest's lines overlap instead of coming one after the other.
@@ -255,9 +253,8 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
             Placed::Retired => retired += 1,
             Placed::InFlight => {}
             Placed::No => {
-                let ps = pieces.get_or_insert_with(Pieces::new);
                 let mut step = Submit { aq, seq: 0 };
-                if place(&q, &mut burst, ps, pkt, &ctx, &mut step).is_err() {
+                if place(&q, &mut burst, pkt, &ctx, &mut step).is_err() {
                     break;
                 }
             }

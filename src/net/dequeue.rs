@@ -89,16 +89,11 @@ pub fn dequeue_burst(
     let large = Large::of(dev.flags());
     let mut kept = first;
     let mut tc = TranslationCache::new();
-    // Only the general path needs it: made on first use.
-    let mut pieces: Option<Pieces<'_>> = None;
     for i in first..first + n {
         let Ok(head) = b.next_head() else { break };
         let filled = match fill_simple(&q, &mut tc, head, hlen, &mut out[i], &mut Cpu) {
             Some(()) => Ok(()),
-            None => {
-                let ps = pieces.get_or_insert_with(Pieces::new);
-                fill(&q, ps, head, hlen, &mut out[i], cache, large, &mut Cpu)
-            }
+            None => fill(&q, head, hlen, &mut out[i], cache, large, &mut Cpu),
         };
         match filled {
             Ok(()) => {
@@ -173,11 +168,15 @@ pub(super) fn fill_simple(
         let _ = m.trim(data_len); // fresh again for the general path
         return None;
     };
-    // Most packets carry no offload: flags and gso_type are the first two bytes.
-    if hb[0] | hb[1] == 0 {
-        step.read_guest(body, dst);
-    } else {
+    // Most packets carry no offload: flags and gso_type are the first two bytes. Offloads
+    // need the frame's first bytes, so such a packet is copied now whatever the step.
+    let offload = hb[0] | hb[1] != 0;
+    if offload {
         body.copy_to(dst);
+    } else {
+        step.read_guest(body, dst);
+    }
+    if offload {
         offloads(&VirtioNetHdr::from_bytes(&hb, hlen), m);
     }
     Some(())
@@ -201,9 +200,9 @@ pub(super) fn offloads(hdr: &VirtioNetHdr, m: &mut Mbuf) {
 /// header asks for offloads. On `Err` the step has forgotten its copies of this packet, so
 /// the caller may free `m`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn fill<'a>(
-    q: &SplitQueue<'a>,
-    ps: &mut Pieces<'a>,
+#[inline(never)]
+pub(super) fn fill(
+    q: &SplitQueue<'_>,
     head: u16,
     hlen: usize,
     m: &mut Mbuf,
@@ -211,7 +210,7 @@ pub(super) fn fill<'a>(
     large: Large,
     step: &mut impl CopyStep,
 ) -> Result<(), Drop> {
-    ps.clear();
+    let mut ps = Pieces::new();
     match ps.add_chain(q, head, false, u64::MAX) {
         Ok(true) => {}
         // The first chain of a packet always has room to be tracked.

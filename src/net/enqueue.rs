@@ -68,8 +68,6 @@ pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
     let mut sent = 0;
     let mut tc = TranslationCache::new();
     let mut ahead = ReadAhead::default();
-    // Only the general path needs it: made on first use.
-    let mut pieces: Option<Pieces<'_>> = None;
     let mut early = burst.pending() == q.size();
     // Used entries go to the burst's shadow and are written in one run before the publish;
     // their lines are asked for now, so that those writes do not wait at the end (a guest
@@ -88,11 +86,10 @@ pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
             burst.stats.too_large += 1;
             continue;
         }
-        if !place_simple(&q, &mut burst, &mut tc, &mut ahead, pkt, &ctx) {
-            let ps = pieces.get_or_insert_with(Pieces::new);
-            if place(&q, &mut burst, ps, pkt, &ctx, &mut Cpu).is_err() {
-                break;
-            }
+        if !place_simple(&q, &mut burst, &mut tc, &mut ahead, pkt, &ctx)
+            && place(&q, &mut burst, pkt, &ctx, &mut Cpu).is_err()
+        {
+            break;
         }
         sent += 1;
         burst.stats.packets += 1;
@@ -291,15 +288,15 @@ impl Placement for Cpu {
 /// any patched offload prefix) with the CPU and the packet's bytes through `p`. A malformed
 /// chain goes back empty (with those reserved before it) and the packet starts over on the
 /// next. `Err` leaves the packet, and the chains it did not use, for later (as DPDK).
-pub(super) fn place<'a>(
-    q: &SplitQueue<'a>,
+#[inline(never)]
+pub(super) fn place(
+    q: &SplitQueue<'_>,
     b: &mut Burst<'_>,
-    ps: &mut Pieces<'a>,
     pkt: &Mbuf,
     ctx: &Ctx,
     p: &mut impl Placement,
 ) -> Result<(), Stop> {
-    ps.clear();
+    let mut ps = Pieces::new();
     let need = (ctx.hlen + pkt.pkt_len()) as u64;
     loop {
         let head = match b.next_head() {

@@ -9,6 +9,8 @@
 //! prefixes are always the CPU's. The fast paths (one descriptor, one region) skip the walk
 //! and call the same step.
 
+use std::mem::MaybeUninit;
+
 use crate::memory::GuestSlice;
 use crate::virtq::split::{ChainError, SplitQueue};
 
@@ -41,35 +43,38 @@ pub(super) trait CopyStep {
 pub(super) struct Cpu;
 
 impl CopyStep for Cpu {
-    #[inline]
+    #[inline(always)]
     fn write_guest(&mut self, src: &[u8], dst: GuestSlice<'_>) {
         dst.copy_from(src);
     }
 
-    #[inline]
+    #[inline(always)]
     fn read_guest(&mut self, src: GuestSlice<'_>, dst: &mut [u8]) {
         src.copy_to(dst);
     }
 }
 
-/// The guest buffers a packet takes, and the chains they belong to.
+/// The guest buffers a packet takes, and the chains they belong to. Free to create (nothing
+/// is initialised until used): it lives in the general path's own frame, so the bursts'
+/// frames stay small.
 pub(super) struct Pieces<'a> {
-    pieces: [Option<GuestSlice<'a>>; MAX_PIECES],
+    /// The first `n` are initialised.
+    pieces: [MaybeUninit<GuestSlice<'a>>; MAX_PIECES],
     n: usize,
-    /// (head, bytes of pieces collected from it).
-    chains: [(u16, u64); MAX_CHAINS],
+    /// (head, bytes of pieces collected from it); the first `nchains` are initialised.
+    chains: [MaybeUninit<(u16, u64)>; MAX_CHAINS],
     nchains: usize,
     /// Bytes collected in all.
     have: u64,
 }
 
 impl<'a> Pieces<'a> {
-    /// Empty (a few KiB to initialise: made once per burst, on first use).
+    #[inline]
     pub(super) fn new() -> Pieces<'a> {
         Pieces {
-            pieces: [None; MAX_PIECES],
+            pieces: [const { MaybeUninit::uninit() }; MAX_PIECES],
             n: 0,
-            chains: [(0, 0); MAX_CHAINS],
+            chains: [const { MaybeUninit::uninit() }; MAX_CHAINS],
             nchains: 0,
             have: 0,
         }
@@ -90,14 +95,24 @@ impl<'a> Pieces<'a> {
     /// The chains collected: (head, bytes collected from it).
     #[inline]
     pub(super) fn chains(&self) -> &[(u16, u64)] {
-        &self.chains[..self.nchains]
+        // SAFETY: the first `nchains` entries were written (`add_chain` writes before it
+        // counts), and MaybeUninit<T> has T's layout.
+        unsafe { std::slice::from_raw_parts(self.chains.as_ptr().cast(), self.nchains) }
+    }
+
+    /// The buffers collected.
+    #[inline]
+    fn pieces(&self) -> &[GuestSlice<'a>] {
+        // SAFETY: as in `chains`: the first `n` entries were written.
+        unsafe { std::slice::from_raw_parts(self.pieces.as_ptr().cast(), self.n) }
     }
 
     /// Walks chain `head` (all of it, `writable` or readable buffers: a malformed chain is
     /// refused whole) and adds its buffers until `need` bytes are collected in all; the rest
     /// of the chain is only checked. `Ok(false)`: no room to track it (the chains, or the
     /// pieces of this packet's earlier chains, are used up; nothing is added). `Err` for a
-    /// malformed chain (nothing is added).
+    /// malformed chain (nothing is added), [`ChainError::TooManyBuffers`] for a chain that
+    /// alone needs more than [`MAX_PIECES`] buffers.
     pub(super) fn add_chain(
         &mut self,
         q: &SplitQueue<'a>,
@@ -135,12 +150,12 @@ impl<'a> Pieces<'a> {
             let Ok(p) = piece.subslice(0, take) else {
                 break;
             };
-            self.pieces[self.n] = Some(p);
+            self.pieces[self.n].write(p);
             self.n += 1;
             self.have += take as u64;
             got += take as u64;
         }
-        self.chains[self.nchains] = (head, got);
+        self.chains[self.nchains].write((head, got));
         self.nchains += 1;
         Ok(true)
     }
@@ -149,7 +164,7 @@ impl<'a> Pieces<'a> {
     #[inline]
     pub(super) fn runs(&self) -> Runs<'_, 'a> {
         Runs {
-            pieces: &self.pieces[..self.n],
+            pieces: self.pieces(),
             i: 0,
             off: 0,
         }
@@ -158,7 +173,7 @@ impl<'a> Pieces<'a> {
 
 /// A position in a packet's pieces.
 pub(super) struct Runs<'p, 'a> {
-    pieces: &'p [Option<GuestSlice<'a>>],
+    pieces: &'p [GuestSlice<'a>],
     i: usize,
     off: usize,
 }
@@ -169,7 +184,7 @@ impl<'a> Runs<'_, 'a> {
     #[inline]
     fn next_run(&mut self, max: usize) -> Option<GuestSlice<'a>> {
         loop {
-            let p = (*self.pieces.get(self.i)?)?;
+            let p = *self.pieces.get(self.i)?;
             if self.off < p.len() {
                 let n = max.min(p.len() - self.off);
                 let run = p.subslice(self.off, n).ok()?;
