@@ -213,8 +213,6 @@ fn stop_with_jobs_in_flight_and_the_sync_path_refused() {
 /// entries to the guest.
 #[test]
 fn indirect_and_chained_transmit_buffers_give_the_same_bytes_on_both_paths() {
-    const NEXT: u16 = 1;
-    const INDIRECT: u16 = 4;
     const SCRATCH: usize = (32 << 20) - (2 << 20);
     const BUFS: usize = SCRATCH + (64 << 10);
     let sizes = [60usize, 200, 1000, 1514, 3000, 9000, 257, 4000];
@@ -242,23 +240,8 @@ fn indirect_and_chained_transmit_buffers_give_the_same_bytes_on_both_paths() {
             rest = &rest[n..];
             at += n + 64;
         }
-        let n = pieces.len() as u16;
-        if j % 2 == 0 {
-            let table = SCRATCH + usize::from(j) * 256;
-            for (k, &(off, len)) in pieces.iter().enumerate() {
-                let k = k as u16;
-                let flags = if k + 1 < n { NEXT } else { 0 };
-                b.desc_at(table + 16 * usize::from(k), b.gpa(off), len, flags, k + 1);
-            }
-            b.desc(1, j, b.gpa(table), 16 * u32::from(n), INDIRECT, 0);
-        } else {
-            let idx = |k: u16| if k == 0 { j } else { 64 + 8 * j + k };
-            for (k, &(off, len)) in pieces.iter().enumerate() {
-                let k = k as u16;
-                let flags = if k + 1 < n { NEXT } else { 0 };
-                b.desc(1, idx(k), b.gpa(off), len, flags, idx(k + 1));
-            }
-        }
+        let table = (j % 2 == 0).then(|| SCRATCH + usize::from(j) * 256);
+        b.chain(1, j, &pieces, false, table, 64 + 8 * j);
     }
 
     fn run(b: &mut Bed, pkts: &[Vec<u8>], asynch: bool) -> (Vec<Vec<u8>>, Vec<(u32, u32)>) {

@@ -154,6 +154,16 @@ fn register(b: &Bed, threshold: u32, ops: Box<dyn AsyncCopyOps>) {
     async_channel_register(&b.dev, Q0.rx(), cfg, ops).unwrap();
 }
 
+/// Frees what came `back`, checks that no mbuf of `b`'s pool is out, then drops the device
+/// and the thread serving its engine (after the channel, which the device holds).
+fn release(b: Bed, mut cache: PktCache, back: Vec<Mbuf>, worker: Option<SoftWorker>, ctx: &str) {
+    cache.free_bulk(back);
+    drop(cache);
+    assert_eq!(b.pool.in_use(), 0, "{ctx}: no mbuf leaked");
+    drop(b);
+    drop(worker);
+}
+
 /// Packets whose copies are still running: taken by a channel on a one-lane software engine
 /// throttled so that its jobs stay in flight.
 struct Running {
@@ -257,11 +267,7 @@ fn async_and_sync_give_the_guest_the_same_bytes() {
                 } else {
                     assert!(s.dma_copies > 0, "{ctx}: {s:?}");
                 }
-                cache.free_bulk(back);
-                drop(cache);
-                assert_eq!(b.pool.in_use(), 0, "{ctx}");
-                drop(b);
-                drop(worker);
+                release(b, cache, back, worker, &ctx);
             }
         }
     }
@@ -615,9 +621,6 @@ fn a_region_removed_with_jobs_in_flight_is_unmapped_after_the_drain() {
 /// and without mergeable buffers.
 #[test]
 fn indirect_and_chained_receive_buffers_get_the_same_bytes_on_both_paths() {
-    const NEXT: u16 = 1;
-    const WRITE: u16 = 2;
-    const INDIRECT: u16 = 4;
     const SCRATCH: usize = (32 << 20) - (2 << 20);
     const TABLES: usize = SCRATCH;
     const BUFS: usize = SCRATCH + (64 << 10);
@@ -637,24 +640,10 @@ fn indirect_and_chained_receive_buffers_get_the_same_bytes_on_both_paths() {
             pieces.push((at, len));
             at += len as usize + 64;
         }
-        let n = pieces.len() as u16;
-        if j % 2 == 0 {
-            let table = TABLES + usize::from(j) * 256;
-            for (k, &(off, len)) in pieces.iter().enumerate() {
-                let k = k as u16;
-                let flags = WRITE | if k + 1 < n { NEXT } else { 0 };
-                b.desc_at(table + 16 * usize::from(k), b.gpa(off), len, flags, k + 1);
-            }
-            b.desc(0, j, b.gpa(table), 16 * u32::from(n), INDIRECT, 0);
-        } else {
-            // Head j, then descriptors 64 + 8j + 1.. of the ring's table.
-            let idx = |k: u16| if k == 0 { j } else { 64 + 8 * j + k };
-            for (k, &(off, len)) in pieces.iter().enumerate() {
-                let k = k as u16;
-                let flags = WRITE | if k + 1 < n { NEXT } else { 0 };
-                b.desc(0, idx(k), b.gpa(off), len, flags, idx(k + 1));
-            }
-        }
+        // Even chains through an indirect table; odd ones direct, as head j then descriptors
+        // 64 + 8j + 1.. of the ring's table.
+        let table = (j % 2 == 0).then(|| TABLES + usize::from(j) * 256);
+        b.chain(0, j, &pieces, true, table, 64 + 8 * j);
         pieces
     }
 
@@ -724,11 +713,7 @@ fn indirect_and_chained_receive_buffers_get_the_same_bytes_on_both_paths() {
             );
             let s = async_stats(&b.dev, Q0.rx()).unwrap();
             assert!(s.dma_copies > 0, "{ctx}: {s:?}");
-            cache.free_bulk(back);
-            drop(cache);
-            assert_eq!(b.pool.in_use(), 0, "{ctx}");
-            drop(b);
-            drop(worker);
+            release(b, cache, back, worker, &ctx);
         }
     }
 }

@@ -198,33 +198,33 @@ impl<'a> Runs<'_, 'a> {
 
     /// Writes `src` with the CPU (`update`: leaving bytes that already hold the value alone,
     /// for the header); returns how many bytes fit.
-    pub(super) fn write_cpu(&mut self, mut src: &[u8], update: bool) -> usize {
-        let start = src.len();
-        while !src.is_empty() {
-            let Some(run) = self.next_run(src.len()) else {
-                break;
-            };
-            let n = run.len();
+    pub(super) fn write_cpu(&mut self, src: &[u8], update: bool) -> usize {
+        self.put(src, |src, run| {
             if update {
-                let _ = run.update_at(0, &src[..n]);
+                let _ = run.update_at(0, src);
             } else {
-                run.copy_from(&src[..n]);
+                run.copy_from(src);
             }
-            src = &src[n..];
-        }
-        start - src.len()
+        })
     }
 
     /// Writes `src` run by run through `step`; returns how many bytes fit.
     #[inline]
-    pub(super) fn write(&mut self, mut src: &[u8], step: &mut impl CopyStep) -> usize {
+    pub(super) fn write(&mut self, src: &[u8], step: &mut impl CopyStep) -> usize {
+        self.put(src, |src, run| step.write_guest(src, run))
+    }
+
+    /// Cuts `src` into runs of the pieces and hands each, with its bytes, to `copy`; returns
+    /// how many bytes fit.
+    #[inline]
+    fn put(&mut self, mut src: &[u8], mut copy: impl FnMut(&[u8], GuestSlice<'a>)) -> usize {
         let start = src.len();
         while !src.is_empty() {
             let Some(run) = self.next_run(src.len()) else {
                 break;
             };
             let n = run.len();
-            step.write_guest(&src[..n], run);
+            copy(&src[..n], run);
             src = &src[n..];
         }
         start - src.len()

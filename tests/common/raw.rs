@@ -34,6 +34,43 @@ impl Bed {
         self.write(at, &d);
     }
 
+    /// Writes chain `head` of `vring` over `pieces` (offset in the shared memory, length), each
+    /// buffer device-writable when `write`: through an indirect table at byte `table` of the
+    /// shared memory, or (`None`) directly, as `head` then descriptors `first + 1..` of the
+    /// ring's table.
+    pub fn chain(
+        &self,
+        vring: u16,
+        head: u16,
+        pieces: &[(usize, u32)],
+        write: bool,
+        table: Option<usize>,
+        first: u16,
+    ) {
+        const NEXT: u16 = 1;
+        const WRITE: u16 = 2;
+        const INDIRECT: u16 = 4;
+        let n = pieces.len() as u16;
+        let flags = |k: u16| (if write { WRITE } else { 0 }) | if k + 1 < n { NEXT } else { 0 };
+        match table {
+            Some(table) => {
+                for (k, &(off, len)) in pieces.iter().enumerate() {
+                    let k = k as u16;
+                    let at = table + 16 * usize::from(k);
+                    self.desc_at(at, self.gpa(off), len, flags(k), k + 1);
+                }
+                self.desc(vring, head, self.gpa(table), 16 * u32::from(n), INDIRECT, 0);
+            }
+            None => {
+                let idx = |k: u16| if k == 0 { head } else { first + k };
+                for (k, &(off, len)) in pieces.iter().enumerate() {
+                    let k = k as u16;
+                    self.desc(vring, idx(k), self.gpa(off), len, flags(k), idx(k + 1));
+                }
+            }
+        }
+    }
+
     /// Makes `heads` available on `vring` and publishes the new avail.idx.
     pub fn avail(&self, vring: u16, heads: &[u16]) {
         let info = self.fe.ring_info(vring).unwrap();
