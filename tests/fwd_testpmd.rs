@@ -81,7 +81,8 @@ struct Case {
     traffic: Traffic,
     /// Queue pairs on both sides (testpmd `queues=`, `--rxq`, `--txq`; rvhost `--queues`).
     queues: u16,
-    /// rvhost's `--copy` (`cpu`: the sync path; `soft...`: the async path).
+    /// rvhost's `--copy` (`cpu`: the sync path; `soft...`: the async path), then any further
+    /// options of rvhost, space-separated.
     copy: &'static str,
 }
 
@@ -149,7 +150,7 @@ fn rvhost(sock: &Path, case: &Case) -> Command {
     if !case.rvhost_server {
         cmd.arg("--client");
     }
-    cmd.args(["--copy", case.copy]);
+    cmd.arg("--copy").args(case.copy.split(' '));
     cmd
 }
 
@@ -423,7 +424,8 @@ loopback!(
 
 /// The async path (`rvhost fwd --copy soft`): the same exact counts, with every copy on the
 /// software DMA engine (threshold 0) or mixed with CPU copies (default threshold, 64 and
-/// 1454-byte segments), as server and client.
+/// 1454-byte segments), as server and client; the first with the engine pinned to the
+/// frontend's CPU and polling (`--dma-lcore`).
 macro_rules! loopback_async {
     ($name:ident, $mrg:expr, $in_order:expr, $server:expr, $mode:expr, $txpkts:expr, $copy:expr) => {
         #[test]
@@ -447,7 +449,7 @@ loopback_async!(
     true,
     "io",
     "1518",
-    "soft,threshold=0,engines=2"
+    "soft,threshold=0,engines=2 --dma-lcore 1"
 );
 loopback_async!(
     loopback_async_mixed_mrg0_inorder0_rvhost_client,

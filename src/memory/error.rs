@@ -104,11 +104,13 @@ pub enum MemoryError {
         #[source]
         errno: Errno,
     },
-    /// `mlock` failed (RLIMIT_MEMLOCK, or out of memory).
-    #[error("mlock of {len:#x} bytes failed")]
+    /// `mlock` failed (RLIMIT_MEMLOCK without CAP_IPC_LOCK, or out of memory).
+    #[error("mlock of {len:#x} bytes failed; {}", memlock_hint(*limit))]
     Mlock {
         /// Bytes to lock.
         len: u64,
+        /// The soft `RLIMIT_MEMLOCK` when it failed (`None`: unlimited or unknown).
+        limit: Option<u64>,
         /// errno of mlock.
         #[source]
         errno: Errno,
@@ -186,4 +188,51 @@ pub enum AccessError {
     /// `Acquire`/`AcqRel` for a store).
     #[error("memory ordering {0:?} is not valid for this atomic operation")]
     InvalidOrdering(Ordering),
+}
+
+/// What to do about a failed `mlock`: guest memory of devices with `ASYNC_COPY` is locked so
+/// that a copy engine never meets a page that moved.
+fn memlock_hint(limit: Option<u64>) -> String {
+    let limit = match limit {
+        Some(b) => format!("RLIMIT_MEMLOCK is {b} bytes"),
+        None => "RLIMIT_MEMLOCK is unlimited".to_owned(),
+    };
+    format!(
+        "guest memory of async-copy devices is locked and {limit}: raise it to at least the \
+         guest's memory (`ulimit -l`, systemd LimitMEMLOCK=, docker --ulimit memlock=) or \
+         grant CAP_IPC_LOCK"
+    )
+}
+
+/// The soft `RLIMIT_MEMLOCK`, `None` when unlimited or unknown.
+pub(crate) fn memlock_limit() -> Option<u64> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the valid, exclusively borrowed `rl`.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) };
+    (rc == 0 && rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_mlock_says_the_limit_and_the_remedy() {
+        let e = MemoryError::Mlock {
+            len: 0x4000_0000,
+            limit: Some(65536),
+            errno: Errno::ENOMEM,
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("mlock of 0x40000000 bytes failed"),
+            "{text}"
+        );
+        assert!(text.contains("RLIMIT_MEMLOCK is 65536 bytes"), "{text}");
+        assert!(text.contains("CAP_IPC_LOCK"), "{text}");
+        assert!(memlock_hint(None).contains("unlimited"));
+    }
 }

@@ -305,8 +305,13 @@ impl GuestRegion {
             // SAFETY: [host_base, host_base + size) lies inside the mapping (delta + size <=
             // map_len) and inside the file, so faulting it in cannot SIGBUS; mlock does not
             // change the contents.
-            unsafe { mman::mlock(region.host_base.cast::<c_void>(), size as usize) }
-                .map_err(|errno| MemoryError::Mlock { len: size, errno })?;
+            unsafe { mman::mlock(region.host_base.cast::<c_void>(), size as usize) }.map_err(
+                |errno| MemoryError::Mlock {
+                    len: size,
+                    limit: super::error::memlock_limit(),
+                    errno,
+                },
+            )?;
             region.locked = true;
         }
 

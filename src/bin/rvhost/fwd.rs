@@ -105,6 +105,11 @@ pub struct Args {
     /// 256, go to a software DMA engine with K lanes running on a thread of its own).
     #[arg(long, value_name = "MODE", default_value = "cpu", value_parser = parse_copy)]
     pub copy: CopyMode,
+    /// CPU of the software DMA engine's thread (`--copy soft`): pinned there, it polls without
+    /// yielding, as a hardware engine would work beside the lcores. Default: unpinned, and it
+    /// yields the CPU whenever it finds no work (shared cores).
+    #[arg(long, value_name = "CPU")]
+    pub dma_lcore: Option<usize>,
 }
 
 /// `--copy`: one mode.
@@ -160,6 +165,7 @@ struct Config {
     nb_mbufs: usize,
     duration: Option<Duration>,
     copy: CopyMode,
+    dma_lcore: Option<usize>,
 }
 
 fn seconds(name: &str, v: f64) -> Result<Duration, FwdError> {
@@ -190,6 +196,25 @@ impl Config {
             );
             cores.truncate(streams);
         }
+        if let Some(cpu) = a.dma_lcore {
+            if a.copy == CopyMode::Cpu {
+                return Err(FwdError::Usage(
+                    "--dma-lcore needs a DMA engine (--copy soft)".into(),
+                ));
+            }
+            if cores.contains(&cpu) {
+                return Err(FwdError::Usage(format!(
+                    "--dma-lcore {cpu} is also a forwarding lcore: a polling engine and an \
+                     lcore on one CPU starve each other (leave --dma-lcore out to share CPUs)"
+                )));
+            }
+            let online = core_affinity::get_core_ids().unwrap_or_default();
+            if !online.iter().any(|c| c.id == cpu) {
+                return Err(FwdError::Usage(format!(
+                    "--dma-lcore {cpu}: not a CPU this process may run on"
+                )));
+            }
+        }
         let stats_period = seconds("stats-period", a.stats_period)?;
         let duration = a.duration.map(|d| seconds("duration", d)).transpose()?;
         // Each lcore's cache may hold up to 1.5x its size; keep most of the pool in the ring.
@@ -214,6 +239,7 @@ impl Config {
             nb_mbufs: a.nb_mbufs,
             duration,
             copy: a.copy,
+            dma_lcore: a.dma_lcore,
         })
     }
 
@@ -307,7 +333,7 @@ pub fn run(args: Args) -> Result<(), FwdError> {
     let (engines, _dma) = match cfg.copy {
         CopyMode::Cpu => (None, None),
         CopyMode::Soft { threshold, lanes } => {
-            let (e, w) = copy::Engines::soft(ports, cfg.queues, threshold, lanes)?;
+            let (e, w) = copy::Engines::soft(ports, cfg.queues, threshold, lanes, cfg.dma_lcore)?;
             (Some(e), Some(w))
         }
     };

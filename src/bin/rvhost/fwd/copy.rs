@@ -30,12 +30,14 @@ pub struct Engines {
 
 impl Engines {
     /// A software device with one channel per port and queue pair, running on its own thread
-    /// (returned: it must outlive every device, so drop it after the ports are closed).
+    /// (returned: it must outlive every device, so drop it after the ports are closed). With
+    /// `core` the thread is pinned there and spins when idle; without, it yields.
     pub fn soft(
         ports: usize,
         queues: u16,
         threshold: u32,
         lanes: usize,
+        core: Option<usize>,
     ) -> Result<(Arc<Engines>, SoftWorker), DmaError> {
         let n = 2 * ports * usize::from(queues);
         let (dev, engines) = SoftDevice::new(
@@ -43,9 +45,13 @@ impl Engines {
             &vec![ChannelConfig::new(RING); n],
         )?;
         let worker = dev.spawn(WorkerConfig {
-            idle: Idle::Yield,
+            core,
+            idle: if core.is_some() {
+                Idle::Spin
+            } else {
+                Idle::Yield
+            },
             name: Some("rvhost-fwd-dma".into()),
-            ..WorkerConfig::default()
         })?;
         let slots = engines
             .into_iter()
