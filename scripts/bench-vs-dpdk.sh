@@ -5,13 +5,25 @@
 # shared VM the cache-to-cache latency between the two CPUs drifts from minute to minute and
 # moves absolute numbers 2-3x; only same-time ratios mean anything.
 #
-# Rows: {g2h, h2g, loopback} x {64, 1518 bytes} x {mrg_rxbuf=1, 0}, in_order=0.
-#   g2h       frontend txonly, backend rxonly   meter: frontend Tx-pps
-#   h2g       frontend rxonly, backend txonly   meter: frontend Rx-pps
-#   loopback  both io, frontend --tx-first      meter: frontend Rx-pps
-# Each run lasts --seconds stats samples of the frontend (`--stats-period 1`); its rate is the
-# mean of those samples after dropping the first --drop (warm-up). Per row: the median Mpps of each backend and the
-# median of the per-pair ratios rvhost/DPDK.
+# Rows: {g2h, h2g, loop-lat, loop-tput} x {64, 1518 bytes} x {mrg_rxbuf=1, 0}, in_order=0.
+#   g2h        frontend txonly, backend rxonly            meter: frontend Tx-pps
+#   h2g        frontend rxonly, backend txonly            meter: frontend Rx-pps
+#   loop-lat   both io, frontend --tx-first: one burst    meter: frontend Rx-pps
+#              (32 packets) in flight, so each side mostly waits for the other: a latency
+#              test, which the earliest publish of a burst wins
+#   loop-tput  frontend mac (rewrites the Ethernet header, as a guest application would),
+#              backend io, `start tx_first 32`: 32 bursts (1024 packets) in flight, so both
+#              sides stay busy: the throughput-bound loopback (PVP) a loaded VM sees
+# (`loopback` selects both loop kinds.) Each run lasts --seconds stats samples of the frontend
+# (`--stats-period 1`); its rate is the mean of those samples after dropping the first --drop
+# (warm-up). Per row: the median Mpps of each backend and the median of the per-pair ratios
+# rvhost/DPDK.
+#
+# Host state: before and after every run, `rvhost c2c` measures the one-way cache-line transfer
+# latency between the two CPUs (the figure the host changes when it moves the vCPUs, and with
+# it every shared-ring rate). Each pair gets the mean of its four probes; pairs whose probes
+# spread more than 1.4x are "mixed" (the host moved mid-pair). When a row's unmixed pairs fall
+# in more than one state (clusters 1.4x apart), the row's ratio is also given per state.
 #
 # Needs dpdk-testpmd (DPDK 22.11: apt-get install dpdk-dev), 2 MiB hugepages for two testpmd
 # instances (2 x --mem MB; echo 1024 > /proc/sys/vm/nr_hugepages) and a release build of
@@ -26,7 +38,8 @@ usage: scripts/bench-vs-dpdk.sh [options]
   --pairs N          DPDK/rvhost run pairs per row (default 3)
   --seconds S        length of each run: 1 s stats samples of the frontend (default 8)
   --drop N           stats samples dropped at the start of each run (default 2)
-  --dirs LIST        directions, from g2h,h2g,loopback (default all)
+  --dirs LIST        directions, from g2h,h2g,loop-lat,loop-tput (default all; loopback =
+                     both loop kinds)
   --sizes LIST       frame sizes in bytes (default 64,1518)
   --mrg LIST         mrg_rxbuf values, from 1,0 (default 1,0)
   --quick            smoke run: 1 pair, 3 s, 64 B only (drop 1 sample)
@@ -47,7 +60,7 @@ EOF
 PAIRS=3
 SECONDS_PER_RUN=8
 DROP=2
-DIRS="g2h,h2g,loopback"
+DIRS="g2h,h2g,loop-lat,loop-tput"
 SIZES="64,1518"
 MRGS="1,0"
 RVHOST=""
@@ -101,11 +114,12 @@ for v in PAIRS SECONDS_PER_RUN DROP BE_CPU FE_CPU MEM; do
 done
 ((PAIRS >= 1)) || die "--pairs must be at least 1"
 ((SECONDS_PER_RUN > DROP)) || die "--seconds must be larger than --drop (samples are 1 s apart)"
-IFS=, read -r -a DIR_LIST <<<"$DIRS"
+IFS=, read -r -a DIR_LIST <<<"${DIRS//loopback/loop-lat,loop-tput}"
 IFS=, read -r -a SIZE_LIST <<<"$SIZES"
 IFS=, read -r -a MRG_LIST <<<"$MRGS"
 for d in "${DIR_LIST[@]}"; do
-    [[ $d == g2h || $d == h2g || $d == loopback ]] || die "unknown direction '$d'"
+    [[ $d == g2h || $d == h2g || $d == loop-lat || $d == loop-tput ]] ||
+        die "unknown direction '$d'"
 done
 for s in "${SIZE_LIST[@]}"; do
     if ! is_uint "$s" || ((s < 42 || s > 9000)); then die "size '$s' is not in 42..9000"; fi
@@ -119,12 +133,14 @@ REPO=$(dirname "$SCRIPT_DIR")
 [[ -n $RVHOST ]] || RVHOST="${CARGO_TARGET_DIR:-$REPO/target}/release/rvhost"
 
 command -v "$TESTPMD" >/dev/null || die "$TESTPMD not found (apt-get install dpdk-dev)"
+[[ -x $RVHOST ]] || die "$RVHOST not found (it also runs the c2c probe): cargo build --release, or --rvhost PATH"
 if ((!DPDK_ONLY)); then
-    [[ -x $RVHOST ]] || die "$RVHOST not found: cargo build --release, or --rvhost PATH"
     command -v taskset >/dev/null || die "taskset not found (apt-get install util-linux)"
     "$RVHOST" fwd --help >/dev/null 2>&1 ||
         die "$RVHOST has no working 'fwd' subcommand (use --dpdk-only to run the DPDK half)"
 fi
+"$RVHOST" c2c --cpus "$BE_CPU,$FE_CPU" --quiet >/dev/null 2>&1 ||
+    die "$RVHOST c2c --cpus $BE_CPU,$FE_CPU failed (an old binary, or CPUs this process may not use)"
 free_pages=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages 2>/dev/null || echo 0)
 need_pages=$((2 * MEM / 2))
 if ((free_pages < need_pages)); then
@@ -213,12 +229,25 @@ wait_socket() {
 
 # --- one run ---------------------------------------------------------------------------------
 
+# The frontend's commands for loop-tput: 32 bursts sent before forwarding starts.
+printf 'start tx_first 32\n' >"$SOCK_DIR/tx_first_32" || die "cannot write $SOCK_DIR/tx_first_32"
+
 modes() { # dir -> "frontend_mode backend_mode meter extra_frontend_args"
     case $1 in
     g2h) echo "txonly rxonly Tx-pps" ;;
     h2g) echo "rxonly txonly Rx-pps" ;;
-    loopback) echo "io io Rx-pps --tx-first" ;;
+    loop-lat) echo "io io Rx-pps --tx-first" ;;
+    # Not interactive: testpmd runs the file, whose `start` comes first, then its own start
+    # finds forwarding already started.
+    loop-tput) echo "mac io Rx-pps --cmdline-file=$SOCK_DIR/tx_first_32" ;;
     esac
+}
+
+# One-way cache-line latency between the two CPUs in ns (rvhost c2c), or nan.
+probe() {
+    local ns
+    ns=$("$RVHOST" c2c --cpus "$BE_CPU,$FE_CPU" --quiet 2>/dev/null) && [[ $ns =~ ^[0-9]+$ ]] &&
+        echo "$ns" || echo nan
 }
 
 # Mean of a meter's samples in a testpmd log, dropping the first $DROP, in Mpps; "nan" if none.
@@ -231,10 +260,13 @@ parse_rate() {
 
 RUN_SEQ=0
 RATE=
-# run_one BACKEND(dpdk|rvhost) DIR SIZE MRG: sets RATE to the frontend's rate in Mpps (or nan).
+PROBES=()
+# run_one BACKEND(dpdk|rvhost) DIR SIZE MRG: sets RATE to the frontend's rate in Mpps (or nan)
+# and appends the c2c probes before and after the run to PROBES.
 # Runs in this shell (not in $(...)): the trap must see every process it starts.
 run_one() {
     local backend=$1 dir=$2 size=$3 mrg=$4
+    PROBES+=("$(probe)")
     local fe_mode be_mode meter extra
     read -r fe_mode be_mode meter extra <<<"$(modes "$dir")"
     RUN_SEQ=$((RUN_SEQ + 1))
@@ -264,6 +296,7 @@ run_one() {
         stop_pid "$be_pid"
         forget_pid "$be_pid"
         RATE=nan
+        PROBES+=("$(probe)")
         return
     fi
     # shellcheck disable=SC2086 # $extra is zero or one word
@@ -284,6 +317,7 @@ run_one() {
     stop_pid "$be_pid"
     forget_pid "$be_pid"
     rm -f "$sock"
+    PROBES+=("$(probe)")
     RATE=$(parse_rate "$fe_log" "$meter")
     if [[ $RATE == nan ]]; then
         echo "bench-vs-dpdk: $id: no $meter samples after the first $DROP (see $fe_log)" >&2
@@ -305,6 +339,43 @@ median() {
 ratio() { # rvhost dpdk -> ratio or nan
     awk -v a="$1" -v b="$2" 'BEGIN {
         if (a == "nan" || b == "nan" || b + 0 == 0) print "nan"; else printf "%.4f\n", a / b }'
+}
+
+# pair_probe PROBE...: "MEAN MIXED" of a pair's probes (nan ignored; MIXED 1 when they spread
+# more than 1.4x, "nan 0" if none).
+pair_probe() {
+    printf '%s\n' "$@" | awk '$1 != "nan" && $1 != "" {
+            v = $1 + 0; s += v; n++
+            if (n == 1 || v < lo) lo = v
+            if (n == 1 || v > hi) hi = v
+        }
+        END {
+            if (!n) { print "nan 0"; exit }
+            printf "%.0f %d\n", s / n, (lo > 0 && hi / lo > 1.4) ? 1 : 0
+        }'
+}
+
+# states "PROBE:RATIO"...: the unmixed pairs clustered by probe (a cluster ends where a probe is
+# more than 1.4x its first), one "NS:MEDIAN_RATIO:PAIRS" per cluster (NS: the cluster's median
+# probe).
+states() {
+    printf '%s\n' "$@" | awk -F: '$1 != "nan" && $2 != "nan" { print $1, $2 }' | sort -g | awk '
+        function flush(   i, j, t, m, p) {
+            if (!n) return
+            for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) {
+                if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
+            }
+            m = (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
+            p = (n % 2) ? pr[(n + 1) / 2] : (pr[n / 2] + pr[n / 2 + 1]) / 2
+            printf "%s%.0f:%.4f:%d", (out++ ? " " : ""), p, m, n
+            n = 0
+        }
+        {
+            if (n && $1 > 1.4 * first) flush()
+            if (!n) first = $1
+            n++; pr[n] = $1; r[n] = $2
+        }
+        END { flush(); print "" }'
 }
 
 json_num() { # number -> JSON (nan -> null)
@@ -330,25 +401,35 @@ echo "bench-vs-dpdk: $nrows rows x $PAIRS pairs, ${SECONDS_PER_RUN} s runs (abou
     "frontend CPU $FE_CPU; rate = mean of the frontend's 1 s samples after the first $DROP" >&2
 ((DPDK_ONLY)) || echo "bench-vs-dpdk: rvhost: $RVHOST" >&2
 
-ROW_NAMES=() ROW_DPDK=() ROW_RV=() ROW_RATIO=() ROW_PAIRS=() JSON_ROWS=()
+ROW_NAMES=() ROW_DPDK=() ROW_RV=() ROW_RATIO=() ROW_PAIRS=() ROW_PROBE=() ROW_STATES=()
+JSON_ROWS=()
 for mrg in "${MRG_LIST[@]}"; do
     for dir in "${DIR_LIST[@]}"; do
         for size in "${SIZE_LIST[@]}"; do
             name="$dir ${size}B mrg=$mrg"
-            dpdk=() rv=() ratios=()
+            dpdk=() rv=() ratios=() probes=() mixed=() tagged=()
             for ((p = 1; p <= PAIRS; p++)); do
+                PROBES=()
                 run_one dpdk "$dir" "$size" "$mrg"
                 d=$RATE
                 dpdk+=("$d")
+                if ((!DPDK_ONLY)); then
+                    run_one rvhost "$dir" "$size" "$mrg"
+                    r=$RATE
+                    rv+=("$r")
+                    ratios+=("$(ratio "$r" "$d")")
+                fi
+                read -r pp mx <<<"$(pair_probe "${PROBES[@]}")"
+                probes+=("$pp")
+                mixed+=("$mx")
+                ((mx)) && note=" MIXED" || note=""
                 if ((DPDK_ONLY)); then
-                    echo "  $name pair $p: DPDK $d Mpps" >&2
+                    echo "  $name pair $p: DPDK $d Mpps; c2c ${PROBES[*]} ns$note" >&2
                     continue
                 fi
-                run_one rvhost "$dir" "$size" "$mrg"
-                r=$RATE
-                rv+=("$r")
-                ratios+=("$(ratio "$r" "$d")")
-                echo "  $name pair $p: DPDK $d Mpps, rvhost $r Mpps, ratio ${ratios[-1]}" >&2
+                ((mx)) || tagged+=("$pp:${ratios[-1]}")
+                echo "  $name pair $p: DPDK $d Mpps, rvhost $r Mpps, ratio ${ratios[-1]};" \
+                    "c2c ${PROBES[*]} ns$note" >&2
             done
             valid=0
             for x in "${ratios[@]}"; do [[ $x != nan ]] && valid=$((valid + 1)); done
@@ -358,21 +439,43 @@ for mrg in "${MRG_LIST[@]}"; do
             ROW_RV+=("$(median "${rv[@]}")")
             ROW_RATIO+=("$(median "${ratios[@]}")")
             ROW_PAIRS+=("$valid")
-            JSON_ROWS+=("$(printf '{"dir": "%s", "size": %s, "mrg_rxbuf": %s, "dpdk_mpps": %s, "rvhost_mpps": %s, "ratio": %s, "pairs": %s, "dpdk_runs": %s, "rvhost_runs": %s, "ratios": %s}' \
+            ROW_PROBE+=("$(median "${probes[@]}")")
+            st=""
+            ((${#tagged[@]})) && st=$(states "${tagged[@]}")
+            ROW_STATES+=("$st")
+            st_json=""
+            for x in $st; do
+                IFS=: read -r sn sr sp <<<"$x"
+                st_json+="${st_json:+, }{\"c2c_ns\": $sn, \"ratio\": $sr, \"pairs\": $sp}"
+            done
+            JSON_ROWS+=("$(printf '{"dir": "%s", "size": %s, "mrg_rxbuf": %s, "dpdk_mpps": %s, "rvhost_mpps": %s, "ratio": %s, "pairs": %s, "dpdk_runs": %s, "rvhost_runs": %s, "ratios": %s, "c2c_ns": %s, "c2c_mixed": %s, "states": [%s]}' \
                 "$dir" "$size" "$mrg" "$(json_num "${ROW_DPDK[-1]}")" "$(json_num "${ROW_RV[-1]}")" \
                 "$(json_num "${ROW_RATIO[-1]}")" "$valid" "$(json_list "${dpdk[@]}")" \
-                "$(json_list "${rv[@]}")" "$(json_list "${ratios[@]}")")")
+                "$(json_list "${rv[@]}")" "$(json_list "${ratios[@]}")" \
+                "$(json_list "${probes[@]}")" "$(json_list "${mixed[@]}")" "$st_json")")
         done
     done
 done
 
-printf '\n%-22s %10s %12s %8s %6s\n' "row" "DPDK Mpps" "rvhost Mpps" "ratio" "pairs"
+printf '\n%-24s %10s %12s %8s %6s %7s  %s\n' "row" "DPDK Mpps" "rvhost Mpps" "ratio" "pairs" \
+    "c2c ns" "per state (c2c ns: ratio, pairs)"
 for i in "${!ROW_NAMES[@]}"; do
-    printf '%-22s %10s %12s %8s %6s\n' "${ROW_NAMES[$i]}" "${ROW_DPDK[$i]}" "${ROW_RV[$i]}" \
-        "${ROW_RATIO[$i]}" "${ROW_PAIRS[$i]}"
+    per_state=""
+    # shellcheck disable=SC2086 # one word per state
+    set -- ${ROW_STATES[$i]}
+    if (($# > 1)); then
+        for x in "$@"; do
+            IFS=: read -r sn sr sp <<<"$x"
+            per_state+="${per_state:+; }${sn}: $sr, $sp"
+        done
+    fi
+    printf '%-24s %10s %12s %8s %6s %7s  %s\n' "${ROW_NAMES[$i]}" "${ROW_DPDK[$i]}" "${ROW_RV[$i]}" \
+        "${ROW_RATIO[$i]}" "${ROW_PAIRS[$i]}" "${ROW_PROBE[$i]}" "$per_state"
 done
 echo "(Mpps: medians over the pairs of each backend; ratio: median of the per-pair rvhost/DPDK" \
-    "ratios; pairs: pairs where both runs gave samples)"
+    "ratios; pairs: pairs where both runs gave samples; c2c ns: median over the pairs of the" \
+    "one-way cache-line latency between the CPUs (rvhost c2c, mean of each pair's probes);" \
+    "per state: when the unmixed pairs fall in states more than 1.4x apart)"
 
 if [[ -n $JSON ]]; then
     {

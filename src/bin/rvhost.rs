@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 
 #[path = "rvhost/bench/mod.rs"]
 mod bench;
+#[path = "rvhost/c2c.rs"]
+mod c2c;
 #[path = "rvhost/fwd.rs"]
 mod fwd;
 
@@ -25,19 +27,23 @@ enum Command {
     /// Measure the data path in one process: the backend on one pinned core, the Rust
     /// frontend (acting as the guest) on another; g2h, h2g and loopback, per packet size.
     Bench(bench::BenchArgs),
+    /// Measure the one-way cache-line transfer latency between two CPUs (a ping-pong of one
+    /// line between two pinned threads): the figure that moves shared-ring benchmarks.
+    C2c(c2c::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The benchmark prints a table: connection chatter would interleave with it.
     let level = match cli.command {
-        Command::Bench(_) => "warn",
+        Command::Bench(_) | Command::C2c(_) => "warn",
         Command::Fwd(_) => "info",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.command {
         Command::Fwd(args) => fwd::run(args).map_err(Box::<dyn std::error::Error>::from),
         Command::Bench(args) => bench::run(&args).map_err(Box::<dyn std::error::Error>::from),
+        Command::C2c(args) => c2c::run(&args).map_err(Box::<dyn std::error::Error>::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
