@@ -50,6 +50,8 @@ usage: scripts/bench-vs-dpdk.sh [options]
   --mem MB           hugepage memory (-m) of each testpmd (default 512: two of them fit in
                      1024 pages with room for others)
   --dpdk-only        run only the DPDK backend (no rvhost; ratios are empty)
+  --vs PATH          run another rvhost binary in DPDK's place (A/B of two builds: the
+                     ratio is rvhost/PATH; the frontend is the same testpmd)
   --json FILE        also write the results as JSON
   --logs DIR         keep every run's output in DIR (default: a temporary dir, removed
                      unless a run failed)
@@ -69,6 +71,7 @@ BE_CPU=0
 FE_CPU=1
 MEM=512
 DPDK_ONLY=0
+VS=""
 JSON=""
 LOGDIR=""
 QUICK=0
@@ -93,6 +96,7 @@ while (($#)); do
     --frontend-cpu) FE_CPU=${2:?}; shift ;;
     --mem) MEM=${2:?}; shift ;;
     --dpdk-only) DPDK_ONLY=1 ;;
+    --vs) VS=${2:?}; shift ;;
     --json) JSON=${2:?}; shift ;;
     --logs) LOGDIR=${2:?}; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -100,6 +104,14 @@ while (($#)); do
     esac
     shift
 done
+
+if [[ -n $VS ]]; then
+    [[ -x $VS ]] || die "--vs $VS is not an executable"
+    ((DPDK_ONLY)) && die "--vs and --dpdk-only do not go together"
+    REF=vs REF_LABEL="base"
+else
+    REF=dpdk REF_LABEL="DPDK"
+fi
 
 if ((QUICK)); then
     PAIRS=1
@@ -261,7 +273,7 @@ parse_rate() {
 RUN_SEQ=0
 RATE=
 PROBES=()
-# run_one BACKEND(dpdk|rvhost) DIR SIZE MRG: sets RATE to the frontend's rate in Mpps (or nan)
+# run_one BACKEND(dpdk|rvhost|vs) DIR SIZE MRG: sets RATE to the frontend's rate in Mpps (or nan)
 # and appends the c2c probes before and after the run to PROBES.
 # Runs in this shell (not in $(...)): the trap must see every process it starts.
 run_one() {
@@ -285,7 +297,9 @@ run_one() {
     else
         # The whole process on the backend CPU (its lcore pins itself there too), as testpmd's
         # --lcores '0@CPU,1@CPU' puts its main and forwarding lcores.
-        start_bg "$be_secs" "$be_log" taskset -c "$BE_CPU" "$RVHOST" fwd --mode "$be_mode" \
+        local bin=$RVHOST
+        [[ $backend == vs ]] && bin=$VS
+        start_bg "$be_secs" "$be_log" taskset -c "$BE_CPU" "$bin" fwd --mode "$be_mode" \
             --iface "$sock" --lcores "$BE_CPU" --burst 32 --txpkts "$size"
         be_pid=$START_PID
         wait_socket "$sock" 20 "$be_pid" && sleep 0.5
@@ -400,6 +414,7 @@ echo "bench-vs-dpdk: $nrows rows x $PAIRS pairs, ${SECONDS_PER_RUN} s runs (abou
     "$((nrows * PAIRS * runs_per_pair * per_run / 60 + 1)) min); backend CPU $BE_CPU," \
     "frontend CPU $FE_CPU; rate = mean of the frontend's 1 s samples after the first $DROP" >&2
 ((DPDK_ONLY)) || echo "bench-vs-dpdk: rvhost: $RVHOST" >&2
+[[ -z $VS ]] || echo "bench-vs-dpdk: in DPDK's place (base): $VS" >&2
 
 ROW_NAMES=() ROW_DPDK=() ROW_RV=() ROW_RATIO=() ROW_PAIRS=() ROW_PROBE=() ROW_STATES=()
 JSON_ROWS=()
@@ -410,7 +425,7 @@ for mrg in "${MRG_LIST[@]}"; do
             dpdk=() rv=() ratios=() probes=() mixed=() tagged=()
             for ((p = 1; p <= PAIRS; p++)); do
                 PROBES=()
-                run_one dpdk "$dir" "$size" "$mrg"
+                run_one "$REF" "$dir" "$size" "$mrg"
                 d=$RATE
                 dpdk+=("$d")
                 if ((!DPDK_ONLY)); then
@@ -424,11 +439,11 @@ for mrg in "${MRG_LIST[@]}"; do
                 mixed+=("$mx")
                 ((mx)) && note=" MIXED" || note=""
                 if ((DPDK_ONLY)); then
-                    echo "  $name pair $p: DPDK $d Mpps; c2c ${PROBES[*]} ns$note" >&2
+                    echo "  $name pair $p: $REF_LABEL $d Mpps; c2c ${PROBES[*]} ns$note" >&2
                     continue
                 fi
                 ((mx)) || tagged+=("$pp:${ratios[-1]}")
-                echo "  $name pair $p: DPDK $d Mpps, rvhost $r Mpps, ratio ${ratios[-1]};" \
+                echo "  $name pair $p: $REF_LABEL $d Mpps, rvhost $r Mpps, ratio ${ratios[-1]};" \
                     "c2c ${PROBES[*]} ns$note" >&2
             done
             valid=0
@@ -439,7 +454,7 @@ for mrg in "${MRG_LIST[@]}"; do
             ROW_RV+=("$(median "${rv[@]}")")
             ROW_RATIO+=("$(median "${ratios[@]}")")
             ROW_PAIRS+=("$valid")
-            ROW_PROBE+=("$(median "${probes[@]}")")
+            ROW_PROBE+=("$(median "${probes[@]}" | awk '$1 != "nan" { printf "%.0f\n", $1; next } 1')")
             st=""
             ((${#tagged[@]})) && st=$(states "${tagged[@]}")
             ROW_STATES+=("$st")
@@ -457,7 +472,7 @@ for mrg in "${MRG_LIST[@]}"; do
     done
 done
 
-printf '\n%-24s %10s %12s %8s %6s %7s  %s\n' "row" "DPDK Mpps" "rvhost Mpps" "ratio" "pairs" \
+printf '\n%-24s %10s %12s %8s %6s %7s  %s\n' "row" "$REF_LABEL Mpps" "rvhost Mpps" "ratio" "pairs" \
     "c2c ns" "per state (c2c ns: ratio, pairs)"
 for i in "${!ROW_NAMES[@]}"; do
     per_state=""
@@ -481,7 +496,9 @@ if [[ -n $JSON ]]; then
     {
         printf '{\n  "tool": "bench-vs-dpdk",\n  "seconds": %s,\n  "drop": %s,\n  "pairs": %s,\n' \
             "$SECONDS_PER_RUN" "$DROP" "$PAIRS"
-        printf '  "backend_cpu": %s,\n  "frontend_cpu": %s,\n  "rows": [\n' "$BE_CPU" "$FE_CPU"
+        printf '  "backend_cpu": %s,\n  "frontend_cpu": %s,\n' "$BE_CPU" "$FE_CPU"
+        # "dpdk": the dpdk_* fields are DPDK's; else the rvhost binary that ran in its place.
+        printf '  "reference": "%s",\n  "rows": [\n' "${VS:-dpdk}"
         for i in "${!JSON_ROWS[@]}"; do
             sep=","
             ((i + 1 == ${#JSON_ROWS[@]})) && sep=""

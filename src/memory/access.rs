@@ -97,6 +97,36 @@ unsafe fn copy_bytes(src: *const u8, dst: *mut u8, len: usize) {
     }
 }
 
+/// Whether the `len` (at most 16) bytes at `a` and at `b` are equal, compared in registers:
+/// copying guest bytes to the stack and comparing that copy would load what was just stored in
+/// other widths, a store-to-load forward the CPU refuses, and the load would then wait until
+/// every older store (the previous packet's guest lines among them, each a miss to the other
+/// core) has reached the cache.
+///
+/// # Safety
+///
+/// `a` and `b` must be readable for `len` bytes, and `len <= 16`.
+#[inline(always)]
+unsafe fn same_bytes(a: *const u8, b: *const u8, len: usize) -> bool {
+    debug_assert!(len <= 16);
+    // SAFETY: every access below is at an offset + width <= len, inside the ranges the caller
+    // vouches for; unaligned reads need no alignment.
+    unsafe {
+        if len >= 8 {
+            // Two words cover the bytes, overlapping in the middle when len < 16.
+            ptr::read_unaligned(a.cast::<u64>()) == ptr::read_unaligned(b.cast::<u64>())
+                && ptr::read_unaligned(a.add(len - 8).cast::<u64>())
+                    == ptr::read_unaligned(b.add(len - 8).cast::<u64>())
+        } else if len >= 4 {
+            ptr::read_unaligned(a.cast::<u32>()) == ptr::read_unaligned(b.cast::<u32>())
+                && ptr::read_unaligned(a.add(len - 4).cast::<u32>())
+                    == ptr::read_unaligned(b.add(len - 4).cast::<u32>())
+        } else {
+            (0..len).all(|i| a.add(i).read() == b.add(i).read())
+        }
+    }
+}
+
 /// Whether the CPU has `prefetchw` (CPUID 0x8000_0001, ECX bit 8: PRFCHW), asked once.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -231,14 +261,15 @@ impl<'a> GuestSlice<'a> {
     /// a write would take it away from the reader and cost it a miss on its next look.
     #[inline]
     pub fn update_at(&self, offset: usize, src: &[u8]) -> Result<bool, AccessError> {
-        let mut buf = [0u8; 16];
-        if let Some(cur) = buf.get_mut(..src.len()) {
-            self.read_at(offset, cur)?;
-            if cur == src {
+        let p = self.range(offset, src.len())?;
+        // SAFETY: range() checked [offset, offset + src.len()) is inside the slice, readable and
+        // writable; src cannot overlap guest memory.
+        unsafe {
+            if src.len() <= 16 && same_bytes(p, src.as_ptr(), src.len()) {
                 return Ok(false);
             }
+            copy_bytes(src.as_ptr(), p, src.len());
         }
-        self.write_at(offset, src)?;
         Ok(true)
     }
 

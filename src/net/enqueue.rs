@@ -195,6 +195,20 @@ pub(super) fn prefetch_ahead(
     }
 }
 
+/// The header of a packet without offloads in one chain, as a constant: built per packet, its
+/// bytes went through the stack in other widths than they were read back, and each such load
+/// waited for the stores before it (guest lines) to reach the cache.
+const ONE_BUFFER: [u8; VirtioNetHdr::SIZE] = VirtioNetHdr {
+    num_buffers: 1,
+    flags: 0,
+    gso_type: 0,
+    hdr_len: 0,
+    gso_size: 0,
+    csum_start: 0,
+    csum_offset: 0,
+}
+.to_bytes();
+
 /// The common case, without walking a chain: the next available chain is one writable
 /// descriptor in one region, large enough for the header and the packet (one segment, no IP
 /// checksum to fill in). Anything else is left (chain not taken) for the general path.
@@ -228,14 +242,6 @@ fn place_simple(
         return false;
     };
     b.take_peeked();
-    let hdr = if pkt.meta().ol_flags.is_empty() {
-        VirtioNetHdr {
-            num_buffers: 1,
-            ..VirtioNetHdr::default()
-        }
-    } else {
-        header(pkt, ctx, 1)
-    };
     if data.len() > PREFETCH_ABOVE {
         // The guest posted this buffer long ago (a 1024-entry ring goes round between two
         // uses) so its lines are cold: asking for all of them at once overlaps the misses that
@@ -245,8 +251,8 @@ fn place_simple(
         }
     }
     // The header is usually what this buffer held last time: leave its line to the guest.
-    let ok = buf.update_at(0, &hdr.to_bytes()[..ctx.hlen]).is_ok()
-        && buf.write_at(ctx.hlen, data).is_ok();
+    let ok =
+        buf.update_at(0, &ONE_BUFFER[..ctx.hlen]).is_ok() && buf.write_at(ctx.hlen, data).is_ok();
     debug_assert!(ok, "bounds were checked by the translation");
     b.used(head, need as u32);
     true

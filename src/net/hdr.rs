@@ -79,16 +79,26 @@ impl VirtioNetHdr {
 
     /// The 12 wire bytes, little-endian (the first 10 are the legacy header), as the spec
     /// requires for VERSION_1.
-    pub fn to_bytes(&self) -> [u8; 12] {
-        let mut b = [0u8; 12];
-        b[0] = self.flags;
-        b[1] = self.gso_type;
-        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
-        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
-        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
-        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
-        b[10..12].copy_from_slice(&self.num_buffers.to_le_bytes());
-        b
+    pub const fn to_bytes(&self) -> [u8; 12] {
+        let [l0, l1] = self.hdr_len.to_le_bytes();
+        let [s0, s1] = self.gso_size.to_le_bytes();
+        let [c0, c1] = self.csum_start.to_le_bytes();
+        let [o0, o1] = self.csum_offset.to_le_bytes();
+        let [n0, n1] = self.num_buffers.to_le_bytes();
+        [
+            self.flags,
+            self.gso_type,
+            l0,
+            l1,
+            s0,
+            s1,
+            c0,
+            c1,
+            o0,
+            o1,
+            n0,
+            n1,
+        ]
     }
 
     /// Parses the first 10 or 12 bytes (`num_buffers` is 0 for 10).

@@ -332,8 +332,10 @@ impl ReadAhead {
 
     /// The head and descriptor of `b`'s next chain, without taking it: the copy read ahead if
     /// there is one, else read now. `None` if there is no next chain or its head is out of
-    /// the table (then [`Burst::next_head`] reports it).
-    #[inline]
+    /// the table (then [`Burst::next_head`] reports it). Always inlined: returned through
+    /// memory, its result was stored and read back in other widths, and that load waited for
+    /// every older store (guest lines) to reach the cache.
+    #[inline(always)]
     pub fn next(&mut self, b: &Burst<'_>) -> Option<(u16, VirtqDesc)> {
         let idx = b.next_index();
         let n = self.slots.len();
