@@ -112,6 +112,12 @@ impl Device {
         }
     }
 
+    /// The vring's lock and hints, for the data path's reads that need no lock.
+    #[inline]
+    pub(crate) fn vring_lock(&self, index: usize) -> Option<&VringLock> {
+        self.shared.queues.get(index)
+    }
+
     /// Bursts asked for a vring the device does not have (a queue pair at or beyond
     /// [`max_vrings`](Self::max_vrings)` / 2`): they returned 0 and touched nothing.
     pub fn bad_queue_ids(&self) -> u64 {

@@ -11,7 +11,7 @@
 //! back while a job may still read it.
 
 use super::async_enqueue::{Submit, refuse_sync, start_jobs};
-use super::dequeue::{Drop, Large, fill, fill_simple, push_rarp};
+use super::dequeue::{Drop, Large, fill, fill_simple, note_backlog, push_rarp};
 use super::hdr::hdr_len;
 use super::queue_id::TxQueueId;
 use super::ring::Burst;
@@ -48,7 +48,8 @@ pub fn async_try_dequeue_burst(
     let start = out.len();
     let max = push_rarp(dev, cache, out, max);
     if !aq.dead {
-        submit(vq, &mut aq, cache, Large::of(dev.flags()), max);
+        let left = submit(vq, &mut aq, cache, Large::of(dev.flags()), max);
+        note_backlog(dev, q.vring(), left);
     }
     let k = aq.take_done(max, out);
     vq.retire_async(&mut aq, max - k, out);
@@ -56,25 +57,33 @@ pub fn async_try_dequeue_burst(
     out.len() - start
 }
 
-/// Takes up to `max` chains into the channel.
-fn submit(vq: &mut Vring, aq: &mut AsyncQueue, cache: &mut PktCache, large: Large, max: usize) {
+/// Takes up to `max` chains into the channel; returns how many the guest had made available
+/// beyond them.
+fn submit(
+    vq: &mut Vring,
+    aq: &mut AsyncQueue,
+    cache: &mut PktCache,
+    large: Large,
+    max: usize,
+) -> u16 {
     aq.reserve(vq.size);
     let Some(mut b) = Burst::begin(vq) else {
-        return;
+        return 0;
     };
     let q = b.queue();
     let hlen = hdr_len(b.features);
     let n = usize::from(b.pending()).min(max);
     if n == 0 {
         b.finish();
-        return;
+        return 0;
     }
     let mut fresh = std::mem::take(&mut aq.fresh);
     if cache.alloc_bulk(&mut fresh, n).is_err() {
         b.stats.alloc_failures += 1;
+        let left = b.pending();
         b.finish();
         aq.fresh = fresh;
-        return;
+        return left;
     }
     let mut tc = TranslationCache::new();
     let mut taken = 0;
@@ -147,6 +156,8 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, cache: &mut PktCache, large: Larg
         // Jobs will read this table: keep it mapped until they are reported.
         aq.hold = Some(q.memory().clone());
     }
+    let left = b.pending();
     b.finish();
     start_jobs(aq);
+    left
 }

@@ -59,7 +59,8 @@ pub fn dequeue_burst(
     out: &mut Vec<Mbuf>,
     max: usize,
 ) -> usize {
-    let Some(mut guard) = dev.try_lock_vring(q.vring()) else {
+    let tx_vring = q.vring();
+    let Some(mut guard) = dev.try_lock_vring(tx_vring) else {
         return 0;
     };
     if guard.async_q.is_some() {
@@ -81,6 +82,7 @@ pub fn dequeue_burst(
         if n != 0 {
             b.stats.alloc_failures += 1;
         }
+        note_backlog(dev, tx_vring, b.pending());
         b.finish();
         return out.len() - start;
     }
@@ -117,8 +119,18 @@ pub fn dequeue_burst(
     }
     // Mbufs allocated for chains that gave no packet (or were not reached) go back.
     cache.free_bulk(out.drain(kept..));
+    note_backlog(dev, tx_vring, b.pending());
     b.finish();
     kept - start
+}
+
+/// Records on transmit vring `vring` whether its burst left `pending` chains behind (see
+/// [`VringLock::backlog`](crate::virtq::lock::VringLock::backlog)).
+#[inline]
+pub(super) fn note_backlog(dev: &Device, vring: usize, pending: u16) {
+    if let Some(l) = dev.vring_lock(vring) {
+        l.set_backlog(pending != 0);
+    }
 }
 
 impl Large {

@@ -29,12 +29,15 @@ use crate::virtq::split::{
 pub(super) const PREFETCH_ABOVE: usize = 128;
 
 /// When the guest has every buffer of its receive ring posted (it has taken all we gave it
-/// and waits for more), the used entries of the burst's first `PUBLISH_FIRST` packets are
-/// published as soon as they are written, the rest at the burst's end, so that it starts on
-/// them while we copy the rest. Measured against the testpmd virtio-user frontend (A/B in
-/// one invocation): loopback 64 B 5.2 -> 7.5 Mpps, loopback 1518 B 2.58 -> 3.18, h2g
-/// unchanged. Publishing every 16 entries whenever the guest kept up cost h2g 64 B 6-8%
-/// (a receiver that is the bottleneck loses by smaller batches).
+/// and waits for more) and no transmit backlog, the used entries of the burst's first
+/// `PUBLISH_FIRST` packets are published as soon as they are written, the rest at the burst's
+/// end, so that it starts on them while we copy the rest. Measured against the testpmd
+/// virtio-user frontend (A/B in one invocation): loopback 64 B 5.2 -> 7.5 Mpps, loopback
+/// 1518 B 2.58 -> 3.18, h2g unchanged. Publishing every 16 entries whenever the guest kept up
+/// cost h2g 64 B 6-8% (a receiver that is the bottleneck loses by smaller batches). With 1024
+/// packets in flight (bench-vs-dpdk loop-tput) the early publish cost 64 B 6-19%: the guest,
+/// woken mid-burst, reads used-ring lines we still write; a transmit backlog tells that case
+/// apart (loop-tput 64 B +4-18%, loop-lat within noise).
 const PUBLISH_FIRST: u16 = 8;
 
 /// How much of a later packet's buffer is asked for ahead (the rest of a large packet is
@@ -52,7 +55,8 @@ const READ_AHEAD_BYTES: usize = 128;
 /// a queue with an async channel (use
 /// [`submit_enqueue_burst`](super::submit_enqueue_burst) there).
 pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
-    let Some(mut guard) = dev.try_lock_vring(q.vring()) else {
+    let rx_vring = q.vring();
+    let Some(mut guard) = dev.try_lock_vring(rx_vring) else {
         return 0;
     };
     if guard.async_q.is_some() {
@@ -68,7 +72,10 @@ pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
     let mut sent = 0;
     let mut tc = TranslationCache::new();
     let mut ahead = ReadAhead::default();
-    let mut early = burst.pending() == q.size();
+    // Publish early only for a guest that waits: all its receive buffers posted, and nothing
+    // left on its transmit queue by our last dequeue there (a guest with a transmit backlog
+    // is busy, and an extra publish mid-burst hands it lines we are still writing).
+    let mut early = burst.pending() == q.size() && !sender_backlog(dev, rx_vring);
     // Used entries go to the burst's shadow and are written in one run before the publish;
     // their lines are asked for now, so that those writes do not wait at the end (a guest
     // waiting for the burst would wait longer). Against the testpmd virtio-user frontend:
@@ -100,6 +107,14 @@ pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
     }
     burst.finish();
     sent
+}
+
+/// Whether the last dequeue on the transmit vring paired with receive vring `rx_vring` left
+/// chains behind ([`VringLock::backlog`](crate::virtq::lock::VringLock::backlog)).
+#[inline]
+fn sender_backlog(dev: &Device, rx_vring: usize) -> bool {
+    dev.vring_lock(rx_vring + 1)
+        .is_some_and(crate::virtq::lock::VringLock::backlog)
 }
 
 /// A packet asking for segmentation that is longer than one segment.

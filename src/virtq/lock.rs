@@ -20,6 +20,10 @@ use super::stats::{Published, VringStats};
 #[derive(Default)]
 pub struct VringLock {
     locked: AtomicBool,
+    /// A transmit vring's last dequeue burst left chains the guest had made available: the
+    /// guest sends faster than it is served. Beside the lock word, whose line the lcore that
+    /// polls the vring owns; readable without the lock (see [`backlog`](Self::backlog)).
+    backlog: AtomicBool,
     vring: UnsafeCell<Vring>,
     published: Published,
 }
@@ -49,6 +53,24 @@ impl VringLock {
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .ok()
             .map(|_| VringGuard { lock: self })
+    }
+
+    /// Whether the last dequeue burst on this (transmit) vring left chains behind: the enqueue
+    /// on the same queue pair's receive vring batches its used entries then rather than
+    /// publishing some early (see `enqueue_burst`). A hint: `Relaxed`, stale by at most a
+    /// burst.
+    #[inline]
+    pub fn backlog(&self) -> bool {
+        self.backlog.load(Ordering::Relaxed)
+    }
+
+    /// Records what the dequeue burst that just ended left behind (a store only when it
+    /// changed, so a steady state leaves the line alone).
+    #[inline]
+    pub fn set_backlog(&self, left: bool) {
+        if self.backlog.load(Ordering::Relaxed) != left {
+            self.backlog.store(left, Ordering::Relaxed);
+        }
     }
 
     /// The counters and state as of the last unlock, without taking the lock.
