@@ -22,8 +22,10 @@
 # Host state: before and after every run, `rvhost c2c` measures the one-way cache-line transfer
 # latency between the two CPUs (the figure the host changes when it moves the vCPUs, and with
 # it every shared-ring rate). Each pair gets the mean of its four probes; pairs whose probes
-# spread more than 1.4x are "mixed" (the host moved mid-pair). When a row's unmixed pairs fall
-# in more than one state (clusters 1.4x apart), the row's ratio is also given per state.
+# spread more than 1.4x are "mixed" (the host moved mid-pair) and measured again, up to
+# --retries times per row (a mixed pair left after that is kept and marked). When a row's
+# unmixed pairs fall in more than one state (clusters 1.4x apart), the row's ratio is also
+# given per state.
 #
 # Needs dpdk-testpmd (DPDK 22.11: apt-get install dpdk-dev), 2 MiB hugepages for two testpmd
 # instances (2 x --mem MB; echo 1024 > /proc/sys/vm/nr_hugepages) and a release build of
@@ -47,6 +49,8 @@ usage: scripts/bench-vs-dpdk.sh [options]
   --testpmd PATH     dpdk-testpmd binary (default dpdk-testpmd)
   --backend-cpu N    CPU of both backends (default 0)
   --frontend-cpu N   CPU of the frontend (default 1)
+  --retries N        pairs of a row measured again when the host moved mid-pair (MIXED;
+                     default 2 per row)
   --mem MB           hugepage memory (-m) of each testpmd (default 512: two of them fit in
                      1024 pages with room for others)
   --dpdk-only        run only the DPDK backend (no rvhost; ratios are empty)
@@ -72,6 +76,7 @@ FE_CPU=1
 MEM=512
 DPDK_ONLY=0
 VS=""
+RETRIES=2
 JSON=""
 LOGDIR=""
 QUICK=0
@@ -97,6 +102,7 @@ while (($#)); do
     --mem) MEM=${2:?}; shift ;;
     --dpdk-only) DPDK_ONLY=1 ;;
     --vs) VS=${2:?}; shift ;;
+    --retries) RETRIES=${2:?}; shift ;;
     --json) JSON=${2:?}; shift ;;
     --logs) LOGDIR=${2:?}; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -121,7 +127,7 @@ if ((QUICK)); then
 fi
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
-for v in PAIRS SECONDS_PER_RUN DROP BE_CPU FE_CPU MEM; do
+for v in PAIRS SECONDS_PER_RUN DROP BE_CPU FE_CPU MEM RETRIES; do
     is_uint "${!v}" || die "$v must be a non-negative integer, not '${!v}'"
 done
 ((PAIRS >= 1)) || die "--pairs must be at least 1"
@@ -422,7 +428,7 @@ for mrg in "${MRG_LIST[@]}"; do
     for dir in "${DIR_LIST[@]}"; do
         for size in "${SIZE_LIST[@]}"; do
             name="$dir ${size}B mrg=$mrg"
-            dpdk=() rv=() ratios=() probes=() mixed=() tagged=()
+            dpdk=() rv=() ratios=() probes=() mixed=() tagged=() retries=$RETRIES r=""
             for ((p = 1; p <= PAIRS; p++)); do
                 PROBES=()
                 run_one "$REF" "$dir" "$size" "$mrg"
@@ -435,6 +441,17 @@ for mrg in "${MRG_LIST[@]}"; do
                     ratios+=("$(ratio "$r" "$d")")
                 fi
                 read -r pp mx <<<"$(pair_probe "${PROBES[@]}")"
+                if ((mx && retries > 0)); then
+                    # The host moved the vCPUs during the pair: its two runs saw different
+                    # machines. Measure it again.
+                    retries=$((retries - 1))
+                    echo "  $name pair $p: $REF_LABEL $d Mpps, rvhost ${r:-nan} Mpps; c2c" \
+                        "${PROBES[*]} ns MIXED: discarded, measured again" >&2
+                    unset 'dpdk[-1]'
+                    ((DPDK_ONLY)) || unset 'rv[-1]' 'ratios[-1]'
+                    p=$((p - 1))
+                    continue
+                fi
                 probes+=("$pp")
                 mixed+=("$mx")
                 ((mx)) && note=" MIXED" || note=""
