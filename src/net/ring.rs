@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::features::VIRTIO_RING_F_EVENT_IDX;
 use crate::ratelimit::LogLimiter;
-use crate::virtq::split::{ChainError, SplitQueue, USED_SHADOW, VirtqDesc};
+use crate::virtq::split::{ChainError, SplitQueue, USED_SHADOW, VirtqDesc, used_word};
 use crate::virtq::{QueueStats, Vring};
 
 /// Longest descriptor chain accepted for one packet: a 64 KiB GSO packet and its header,
@@ -53,7 +53,7 @@ pub struct Burst<'v> {
     /// written in one run when it is full and before each publish, so that the ring's lines,
     /// which the guest reads, are taken from it once and briefly rather than between packet
     /// copies).
-    shadow: &'v mut [[u32; 2]; USED_SHADOW],
+    shadow: &'v mut [u64; USED_SHADOW],
     shadow_len: usize,
     /// Write used entries to the ring at once (see [`write_through`](Self::write_through)).
     through: bool,
@@ -234,7 +234,7 @@ impl<'v> Burst<'v> {
                 self.flush_used();
             }
             // shadow_len < USED_SHADOW here; the modulo (a mask) only spares the bounds check.
-            self.shadow[self.shadow_len % USED_SHADOW] = [u32::from(head), len];
+            self.shadow[self.shadow_len % USED_SHADOW] = used_word(head, len);
             self.shadow_len += 1;
         }
         self.used = self.used.wrapping_add(1);
@@ -249,7 +249,7 @@ impl<'v> Burst<'v> {
             return;
         }
         let first = self.used.wrapping_sub(n as u16);
-        self.q.write_used_bulk(first, &self.shadow[..n]);
+        self.q.write_used_words(first, &self.shadow[..n]);
         self.shadow_len = 0;
     }
 

@@ -147,6 +147,12 @@ fn avail_ring_and_used_ring() {
     assert_eq!(q.used_idx(), 10);
     let used = g.vq.mem.gpa_to_host(Gpa(USED), 4 + 8 * 8).unwrap();
     assert_eq!(used.read_obj::<[u32; 2]>(4 + 8).unwrap(), [5, 1234]);
+    // The shadow's one-word entries land as [id, len], wrapping at the ring's end.
+    q.write_used_words(7, &[used_word(3, 0xdead_beef), used_word(0xffff, 60)]);
+    let mut b = [0u8; 8];
+    used.read_at(4 + 8 * 7, &mut b).unwrap();
+    assert_eq!(b, [3, 0, 0, 0, 0xef, 0xbe, 0xad, 0xde]);
+    assert_eq!(used.read_obj::<[u32; 2]>(4).unwrap(), [0xffff, 60]);
 }
 
 #[test]
