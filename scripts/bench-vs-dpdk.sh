@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # bench-vs-dpdk.sh: rvhost's backend (`rvhost fwd`) against DPDK's vhost backend (testpmd with
 # net_vhost), both driven by the same DPDK testpmd virtio-user frontend, runs interleaved
-# (DPDK, rvhost, DPDK, rvhost, ...) so that each pair is measured at the same time: on a
-# shared VM the cache-to-cache latency between the two CPUs drifts from minute to minute and
-# moves absolute numbers 2-3x; only same-time ratios mean anything.
+# (DPDK, rvhost, rvhost, DPDK, ...: the order alternates per pair) so that each pair is
+# measured at the same time: on a shared VM the cache-to-cache latency between the two CPUs
+# drifts from minute to minute and moves absolute numbers 2-3x; only same-time ratios mean
+# anything.
 #
 # Rows: {g2h, h2g, loop-lat, loop-tput} x {64, 1518 bytes} x {mrg_rxbuf=1, 0}, in_order=0.
 #   g2h        frontend txonly, backend rxonly            meter: frontend Tx-pps
@@ -431,12 +432,23 @@ for mrg in "${MRG_LIST[@]}"; do
             dpdk=() rv=() ratios=() probes=() mixed=() tagged=() retries=$RETRIES r=""
             for ((p = 1; p <= PAIRS; p++)); do
                 PROBES=()
-                run_one "$REF" "$dir" "$size" "$mrg"
-                d=$RATE
-                dpdk+=("$d")
-                if ((!DPDK_ONLY)); then
+                # Odd pairs run the reference first, even pairs rvhost first, so that a host
+                # that drifts (or reacts to what ran last) favours neither side.
+                if ((p % 2 == 0 && !DPDK_ONLY)); then
                     run_one rvhost "$dir" "$size" "$mrg"
                     r=$RATE
+                    run_one "$REF" "$dir" "$size" "$mrg"
+                    d=$RATE
+                else
+                    run_one "$REF" "$dir" "$size" "$mrg"
+                    d=$RATE
+                    if ((!DPDK_ONLY)); then
+                        run_one rvhost "$dir" "$size" "$mrg"
+                        r=$RATE
+                    fi
+                fi
+                dpdk+=("$d")
+                if ((!DPDK_ONLY)); then
                     rv+=("$r")
                     ratios+=("$(ratio "$r" "$d")")
                 fi
