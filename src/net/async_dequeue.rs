@@ -20,6 +20,7 @@ use crate::mbuf::{Mbuf, PktCache};
 use crate::memory::TranslationCache;
 use crate::virtq::Vring;
 use crate::virtq::async_queue::{AsyncQueue, InFlight};
+use crate::virtq::split::used_word;
 
 /// Takes up to `max` new packets from the guest's transmit queue `q` into the channel and
 /// hands back up to `max` whose copies completed, oldest first, appended to `out` (DPDK's
@@ -117,7 +118,7 @@ fn submit(
             Ok(()) => {
                 b.stats.packets += 1;
                 b.stats.bytes += m.pkt_len() as u64;
-                aq.used.push_back([u32::from(head), 0]);
+                aq.used.push_back(used_word(head, 0));
                 aq.pkts.push_back(InFlight {
                     is_pkt: true,
                     mbuf: Some(m),
@@ -140,7 +141,7 @@ fn submit(
                 }
                 cache.free(m);
                 // Returned empty, in its place in the order.
-                aq.used.push_back([u32::from(head), 0]);
+                aq.used.push_back(used_word(head, 0));
                 aq.pkts.push_back(InFlight {
                     is_pkt: false,
                     mbuf: None,

@@ -23,7 +23,7 @@ use crate::virtq::async_queue::{
     AsyncConfig, AsyncCopyOps, AsyncQueue, AsyncStats, Idle, InFlight,
 };
 use crate::virtq::split::{
-    ChainError, SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    ChainError, SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, used_word,
 };
 
 /// Why an async channel call was refused.
@@ -364,9 +364,9 @@ impl Placement for Submit<'_> {
         // one, in their place in the order.
         b.bad_chain_later(bad, e);
         for &(h, _) in reserved {
-            self.aq.used.push_back([u32::from(h), 0]);
+            self.aq.used.push_back(used_word(h, 0));
         }
-        self.aq.used.push_back([u32::from(bad), 0]);
+        self.aq.used.push_back(used_word(bad, 0));
         self.aq.pkts.push_back(InFlight {
             is_pkt: false,
             mbuf: None,
@@ -382,7 +382,7 @@ impl Placement for Submit<'_> {
 
     fn placed(&mut self, _: &mut Burst<'_>, chains: &[(u16, u64)]) {
         for &(h, got) in chains {
-            self.aq.used.push_back([u32::from(h), got as u32]);
+            self.aq.used.push_back(used_word(h, got as u32));
         }
         self.aq.pkts.push_back(InFlight {
             is_pkt: true,
@@ -446,7 +446,7 @@ fn place_simple(
             return Placed::Retired;
         }
     }
-    aq.used.push_back([u32::from(head), need as u32]);
+    aq.used.push_back(used_word(head, need as u32));
     aq.pkts.push_back(InFlight {
         is_pkt: true,
         mbuf: None,

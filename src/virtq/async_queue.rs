@@ -269,8 +269,8 @@ pub(crate) struct AsyncQueue {
     pub threshold: usize,
     /// Packets in submission order; `pkts[0]` has sequence number `head_seq`.
     pub pkts: VecDeque<InFlight>,
-    /// Used entries (`[id, len]`) of `pkts`, in order.
-    pub used: VecDeque<[u32; 2]>,
+    /// Used entries of `pkts` ([`used_word`](super::split::used_word)s), in order.
+    pub used: VecDeque<u64>,
     /// Jobs the device took and has not reported, oldest first, with their packet's sequence
     /// number (and the job, to copy it again if the device fails it).
     pub jobs: VecDeque<(u64, CopyJob)>,
@@ -291,7 +291,7 @@ pub(crate) struct AsyncQueue {
     /// Sequence numbers of `batch`'s packets.
     pub batch_seq: Vec<u64>,
     /// Scratch of a poll: the used entries of the packets it retires.
-    pub entries: Vec<[u32; 2]>,
+    pub entries: Vec<u64>,
     /// Scratch of an async dequeue: the burst's fresh mbufs.
     pub fresh: Vec<Mbuf>,
 }
@@ -452,14 +452,10 @@ impl AsyncQueue {
     }
 
     /// Takes up to `max` leading packets whose jobs all completed: their used entries are
-    /// given to `used` (in order, `[id, len]` each), their mbufs pushed to `out`; malformed
-    /// chains in the order are retired on the way without counting. Returns how many mbufs.
-    pub fn retire(
-        &mut self,
-        max: usize,
-        out: &mut Vec<Mbuf>,
-        mut used: impl FnMut([u32; 2]),
-    ) -> usize {
+    /// given to `used` (in order, one [`used_word`](super::split::used_word) each), their
+    /// mbufs pushed to `out`; malformed chains in the order are retired on the way without
+    /// counting. Returns how many mbufs.
+    pub fn retire(&mut self, max: usize, out: &mut Vec<Mbuf>, mut used: impl FnMut(u64)) -> usize {
         let mut n = 0;
         while n < max {
             match self.pkts.front() {
@@ -527,8 +523,8 @@ impl Vring {
 
     /// Writes used entries for packets retired from the async channel, publishes them and
     /// interrupts the guest if it asked; without usable rings (reset, or broken by the guest)
-    /// the entries are dropped: returns how many. `entries` are `[id, len]` in order.
-    fn publish_retired(&mut self, entries: &[[u32; 2]]) -> u64 {
+    /// the entries are dropped: returns how many. `entries` are used words, in order.
+    fn publish_retired(&mut self, entries: &[u64]) -> u64 {
         if entries.is_empty() {
             return 0;
         }
@@ -537,7 +533,7 @@ impl Vring {
         };
         let q = SplitQueue::new(rings, &self.mem, self.size);
         let first = self.last_used_idx;
-        q.write_used_bulk(first, entries);
+        q.write_used_words(first, entries);
         let last = first.wrapping_add(entries.len() as u16);
         let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
         if !event_idx {

@@ -251,17 +251,6 @@ impl<'a> SplitQueue<'a> {
         }
     }
 
-    /// Writes consecutive used entries (`[id, len]`) from ring index `first` (not yet
-    /// published).
-    #[inline]
-    pub fn write_used_bulk(&self, first: u16, elems: &[[u32; 2]]) {
-        let mut idx = first;
-        for e in elems {
-            self.write_used_elem(idx, *e);
-            idx = idx.wrapping_add(1);
-        }
-    }
-
     /// Writes consecutive used entries given as [`used_word`]s from ring index `first` (not yet
     /// published).
     #[inline]
