@@ -147,11 +147,7 @@ impl<R: Send + 'static> Lcores<R> {
         if cores.is_empty() {
             return Err(LcoreError::NoCores);
         }
-        let allowed: Vec<usize> = core_affinity::get_core_ids()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
+        let allowed = allowed_cores();
         if let Some(&core) = cores.iter().find(|c| !allowed.contains(c)) {
             return Err(LcoreError::CoreUnavailable { core, allowed });
         }
@@ -250,6 +246,17 @@ fn run_pinned<R>(lcore: Lcore, f: &(dyn Fn(Lcore) -> R + Send + Sync)) -> Result
     Ok(f(lcore))
 }
 
+/// The CPUs this process may run on (its affinity), in ascending order; empty if they
+/// cannot be read. Pinning to any other CPU fails (and `core_affinity` panics on one beyond
+/// its CPU set), so check against this first.
+pub fn allowed_cores() -> Vec<usize> {
+    core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
+}
+
 /// Parses a core list such as `"0-3,6,8-9"` into `[0, 1, 2, 3, 6, 8, 9]` (order kept,
 /// duplicates refused).
 pub fn parse_core_list(list: &str) -> Result<Vec<usize>, LcoreError> {
@@ -298,11 +305,7 @@ mod tests {
 
     #[test]
     fn workers_are_pinned_and_numbered() {
-        let cores: Vec<usize> = core_affinity::get_core_ids()
-            .unwrap()
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
+        let cores = allowed_cores();
         let workers = Lcores::launch(&cores, |lcore| {
             (
                 lcore.id().index(),

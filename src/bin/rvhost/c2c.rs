@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use rvhost::lcore::allowed_cores;
 use thiserror::Error;
 
 /// Options of `rvhost c2c`.
@@ -74,12 +75,9 @@ const BATCH_LIMIT: Duration = Duration::from_secs(2);
 struct Line(AtomicU64);
 
 fn pin(cpu: usize) -> Result<(), C2cError> {
-    // core_affinity panics on a CPU beyond the cpu_set_t: ask it only for CPUs it listed.
-    let allowed = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .iter()
-        .any(|c| c.id == cpu);
-    if allowed && core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+    if allowed_cores().contains(&cpu)
+        && core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
+    {
         Ok(())
     } else {
         Err(C2cError::Pin(cpu))
@@ -212,11 +210,7 @@ mod tests {
 
     #[test]
     fn a_round_trip_between_two_cpus_takes_a_plausible_time() {
-        let cpus: Vec<usize> = core_affinity::get_core_ids()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
+        let cpus = allowed_cores();
         let [a, b, ..] = cpus[..] else {
             println!("skipping: one CPU");
             return;

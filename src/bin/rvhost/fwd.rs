@@ -28,7 +28,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use rvhost::driver::{Driver, DriverError, Flags};
-use rvhost::lcore::{LcoreError, Lcores, parse_core_list};
+use rvhost::lcore::{LcoreError, Lcores, allowed_cores, parse_core_list};
 use rvhost::mbuf::{DEFAULT_DATA_ROOM, PktPool, PktPoolError};
 use rvhost_hugepages::region::{IovaMode, RegionConfig};
 use thiserror::Error;
@@ -208,8 +208,7 @@ impl Config {
                      lcore on one CPU starve each other (leave --dma-lcore out to share CPUs)"
                 )));
             }
-            let online = core_affinity::get_core_ids().unwrap_or_default();
-            if !online.iter().any(|c| c.id == cpu) {
+            if !allowed_cores().contains(&cpu) {
                 return Err(FwdError::Usage(format!(
                     "--dma-lcore {cpu}: not a CPU this process may run on"
                 )));
@@ -250,9 +249,7 @@ impl Config {
 
 /// The last CPU this process may run on.
 fn last_cpu() -> usize {
-    core_affinity::get_core_ids()
-        .and_then(|ids| ids.into_iter().map(|c| c.id).max())
-        .unwrap_or(0)
+    allowed_cores().into_iter().max().unwrap_or(0)
 }
 
 /// SIGINT and SIGTERM, blocked in every thread and read from a signalfd by the main loop: no

@@ -471,11 +471,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
 
 /// Both cores must be ones this process may run on (checked before anything starts).
 fn check_cores(args: &BenchArgs) -> Result<(), BenchError> {
-    let allowed: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
+    let allowed = rvhost::lcore::allowed_cores();
     for (arg, core) in [
         ("backend-core", args.backend_core),
         ("frontend-core", args.frontend_core),

@@ -95,11 +95,7 @@ fn out_of_range_arguments_are_refused() {
 /// the same one twice on a one-core machine).
 #[test]
 fn every_direction_delivers_and_accounts_for_every_packet() {
-    let cores: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
+    let cores = rvhost::lcore::allowed_cores();
     let json = std::env::temp_dir().join(format!("rvhost-bench-test-{}.json", std::process::id()));
     let svg = json.with_extension("svg");
     let args = BenchArgs {
