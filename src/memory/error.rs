@@ -204,17 +204,6 @@ fn memlock_hint(limit: Option<u64>) -> String {
     )
 }
 
-/// The soft `RLIMIT_MEMLOCK`, `None` when unlimited or unknown.
-pub(crate) fn memlock_limit() -> Option<u64> {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the valid, exclusively borrowed `rl`.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) };
-    (rc == 0 && rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

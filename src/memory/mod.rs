@@ -41,6 +41,8 @@ mod table;
 
 use std::fmt;
 
+use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
+
 pub use access::{GuestSlice, Pod};
 pub use error::{AccessError, AddrField, MemoryError};
 pub use region::{GuestRegion, MapOptions, RegionDesc};
@@ -116,21 +118,19 @@ pub struct MemoryLimits {
 impl Default for MemoryLimits {
     /// [`VHOST_USER_MAX_MEM_SLOTS`] regions, and the smaller of 1 TiB and the soft `RLIMIT_AS`.
     fn default() -> Self {
-        let mut rl = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes one rlimit into the valid, exclusively borrowed `rl`.
-        let rc = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut rl) };
-        let as_limit = if rc == 0 && rl.rlim_cur != libc::RLIM_INFINITY {
-            rl.rlim_cur
-        } else {
-            u64::MAX
-        };
+        let as_limit = soft_rlimit(Resource::RLIMIT_AS).unwrap_or(u64::MAX);
         MemoryLimits {
             max_regions: VHOST_USER_MAX_MEM_SLOTS,
             max_total_bytes: DEFAULT_MAX_TOTAL_BYTES.min(as_limit),
         }
+    }
+}
+
+/// The soft limit of `resource`, `None` when unlimited or unknown.
+pub(crate) fn soft_rlimit(resource: Resource) -> Option<u64> {
+    match getrlimit(resource) {
+        Ok((soft, _)) if soft != RLIM_INFINITY => Some(soft),
+        _ => None,
     }
 }
 

@@ -308,7 +308,7 @@ impl GuestRegion {
             unsafe { mman::mlock(region.host_base.cast::<c_void>(), size as usize) }.map_err(
                 |errno| MemoryError::Mlock {
                     len: size,
-                    limit: super::error::memlock_limit(),
+                    limit: super::soft_rlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK),
                     errno,
                 },
             )?;
