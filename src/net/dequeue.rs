@@ -182,13 +182,10 @@ pub(super) fn fill_simple(
     };
     // Most packets carry no offload: flags and gso_type are the first two bytes. Offloads
     // need the frame's first bytes, so such a packet is copied now whatever the step.
-    let offload = hb[0] | hb[1] != 0;
-    if offload {
-        body.copy_to(dst);
-    } else {
+    if hb[0] | hb[1] == 0 {
         step.read_guest(body, dst);
-    }
-    if offload {
+    } else {
+        body.copy_to(dst);
         offloads(&VirtioNetHdr::from_bytes(&hb, hlen), m);
     }
     Some(())

@@ -55,8 +55,7 @@ const READ_AHEAD_BYTES: usize = 128;
 /// a queue with an async channel (use
 /// [`submit_enqueue_burst`](super::submit_enqueue_burst) there).
 pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
-    let rx_vring = q.vring();
-    let Some(mut guard) = dev.try_lock_vring(rx_vring) else {
+    let Some(mut guard) = dev.try_lock_vring(q.vring()) else {
         return 0;
     };
     if guard.async_q.is_some() {
@@ -67,6 +66,7 @@ pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
     let Some(mut burst) = Burst::begin(&mut guard) else {
         return 0;
     };
+    let sender_busy = sender_backlog(dev, q);
     let q = burst.queue();
     let ctx = Ctx::new(burst.features);
     let mut sent = 0;
@@ -75,7 +75,7 @@ pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
     // Publish early only for a guest that waits: all its receive buffers posted, and nothing
     // left on its transmit queue by our last dequeue there (a guest with a transmit backlog
     // is busy, and an extra publish mid-burst hands it lines we are still writing).
-    let mut early = burst.pending() == q.size() && !sender_backlog(dev, rx_vring);
+    let mut early = burst.pending() == q.size() && !sender_busy;
     // Used entries go to the burst's shadow and are written in one run before the publish;
     // their lines are asked for now, so that those writes do not wait at the end (a guest
     // waiting for the burst would wait longer). Against the testpmd virtio-user frontend:
@@ -109,11 +109,11 @@ pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
     sent
 }
 
-/// Whether the last dequeue on the transmit vring paired with receive vring `rx_vring` left
-/// chains behind ([`VringLock::backlog`](crate::virtq::lock::VringLock::backlog)).
+/// Whether the last dequeue on the transmit queue paired with `rxq` left chains behind
+/// ([`VringLock::backlog`](crate::virtq::lock::VringLock::backlog)).
 #[inline]
-fn sender_backlog(dev: &Device, rx_vring: usize) -> bool {
-    dev.vring_lock(rx_vring + 1)
+fn sender_backlog(dev: &Device, rxq: RxQueueId) -> bool {
+    dev.vring_lock(rxq.pair().tx().vring())
         .is_some_and(crate::virtq::lock::VringLock::backlog)
 }
 
