@@ -80,6 +80,7 @@ impl<'a> Pieces<'a> {
         }
     }
 
+    /// Forgets everything collected (a packet starting over after a malformed chain).
     pub(super) fn clear(&mut self) {
         self.n = 0;
         self.nchains = 0;
