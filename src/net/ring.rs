@@ -31,6 +31,36 @@ pub enum Stop {
     Broken,
 }
 
+/// A 16-bit ring index kept in a 32-bit slot, read and written whole. The burst stores `next`
+/// and `used` once per packet and reads them back soon after; as adjacent `u16` fields, the
+/// compiler read `avail` and `next` with one 32-bit load, which the CPU cannot forward from the
+/// 16-bit store of `next` still in its store buffer, so the load waited for every older store
+/// (the packets' guest lines) to reach the cache: 25% of `prefetch_ahead` on h2g 64 B.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Idx(u32);
+
+impl Idx {
+    #[inline(always)]
+    fn new(i: u16) -> Idx {
+        Idx(u32::from(i))
+    }
+
+    #[inline(always)]
+    fn get(self) -> u16 {
+        self.0 as u16
+    }
+
+    #[inline(always)]
+    fn add(self, n: u16) -> Idx {
+        Idx::new(self.get().wrapping_add(n))
+    }
+
+    #[inline(always)]
+    fn sub(self, n: u16) -> Idx {
+        Idx::new(self.get().wrapping_sub(n))
+    }
+}
+
 /// The state of one burst (see the module docs).
 pub struct Burst<'v> {
     q: SplitQueue<'v>,
@@ -43,11 +73,11 @@ pub struct Burst<'v> {
     pub features: u64,
     /// Counters of this burst, added to the queue's at the end.
     pub stats: QueueStats,
-    avail: u16,
-    next: u16,
-    used: u16,
-    first_used: u16,
-    published: u16,
+    avail: Idx,
+    next: Idx,
+    used: Idx,
+    first_used: Idx,
+    published: Idx,
     log_limit: &'v mut LogLimiter,
     /// Used entries `used - shadow_len .. used`, not yet in the ring (the shadow used ring:
     /// written in one run when it is full and before each publish, so that the ring's lines,
@@ -104,7 +134,7 @@ impl<'v> Burst<'v> {
         let used = *last_used_idx;
         Some(Burst {
             q,
-            next: *last_avail_idx,
+            next: Idx::new(*last_avail_idx),
             last_avail: last_avail_idx,
             last_used: last_used_idx,
             broken,
@@ -112,10 +142,10 @@ impl<'v> Burst<'v> {
             call: call.as_ref().map(AsFd::as_fd),
             features: *features,
             stats: QueueStats::default(),
-            avail,
-            used,
-            first_used: used,
-            published: used,
+            avail: Idx::new(avail),
+            used: Idx::new(used),
+            first_used: Idx::new(used),
+            published: Idx::new(used),
             log_limit,
             shadow: &mut used_shadow.0,
             shadow_len: 0,
@@ -132,7 +162,7 @@ impl<'v> Burst<'v> {
     /// Chains the guest has made available and this burst has not taken.
     #[inline]
     pub fn pending(&self) -> u16 {
-        self.avail.wrapping_sub(self.next)
+        self.avail.get().wrapping_sub(self.next.get())
     }
 
     /// The head of the chain `ahead` places after the next one, if the guest has made it
@@ -143,20 +173,20 @@ impl<'v> Burst<'v> {
         if ahead >= self.pending() {
             return None;
         }
-        self.q.avail_head(self.next.wrapping_add(ahead)).ok()
+        self.q.avail_head(self.next.get().wrapping_add(ahead)).ok()
     }
 
     /// Available-ring index of the next chain.
     #[inline]
     pub fn next_index(&self) -> u16 {
-        self.next
+        self.next.get()
     }
 
     /// Takes the next chain, whose head the caller has read with
     /// [`peek_head`](Self::peek_head).
     #[inline]
     pub fn take_peeked(&mut self) {
-        self.next = self.next.wrapping_add(1);
+        self.next = self.next.add(1);
     }
 
     /// Takes the next available chain's head.
@@ -165,9 +195,9 @@ impl<'v> Burst<'v> {
         if self.next == self.avail {
             return Err(Stop::Empty);
         }
-        match self.q.avail_head(self.next) {
+        match self.q.avail_head(self.next.get()) {
             Ok(h) => {
-                self.next = self.next.wrapping_add(1);
+                self.next = self.next.add(1);
                 Ok(h)
             }
             Err(e) => {
@@ -184,7 +214,7 @@ impl<'v> Burst<'v> {
     /// Gives back the last `n` heads taken (their chains stay available).
     #[inline]
     pub fn unreserve_n(&mut self, n: usize) {
-        self.next = self.next.wrapping_sub(n as u16);
+        self.next = self.next.sub(n as u16);
     }
 
     /// Gives back the last head taken.
@@ -198,11 +228,11 @@ impl<'v> Burst<'v> {
     /// Returns whether it did.
     #[inline]
     pub fn publish_early(&mut self, min: u16) -> bool {
-        if self.used.wrapping_sub(self.published) < min {
+        if self.used.get().wrapping_sub(self.published.get()) < min {
             return false;
         }
         self.flush_used();
-        self.q.publish_used(self.used);
+        self.q.publish_used(self.used.get());
         self.published = self.used;
         true
     }
@@ -212,7 +242,7 @@ impl<'v> Burst<'v> {
     #[inline]
     pub fn prefetch_used(&self, n: usize) {
         let n = u16::try_from(n).unwrap_or(u16::MAX).min(self.pending());
-        self.q.prefetch_used(self.used, n);
+        self.q.prefetch_used(self.used.get(), n);
     }
 
     /// Writes used entries straight to the ring from now on, instead of keeping them in the
@@ -228,7 +258,7 @@ impl<'v> Burst<'v> {
     #[inline(always)]
     pub fn used(&mut self, head: u16, len: u32) {
         if self.through {
-            self.q.write_used(self.used, head, len);
+            self.q.write_used(self.used.get(), head, len);
         } else {
             if self.shadow_len == USED_SHADOW {
                 self.flush_used();
@@ -237,7 +267,7 @@ impl<'v> Burst<'v> {
             self.shadow[self.shadow_len % USED_SHADOW] = used_word(head, len);
             self.shadow_len += 1;
         }
-        self.used = self.used.wrapping_add(1);
+        self.used = self.used.add(1);
     }
 
     /// Writes the shadowed used entries to the ring (not yet published). Out of line: once
@@ -248,7 +278,7 @@ impl<'v> Burst<'v> {
         if n == 0 {
             return;
         }
-        let first = self.used.wrapping_sub(n as u16);
+        let first = self.used.get().wrapping_sub(n as u16);
         self.q.write_used_words(first, &self.shadow[..n]);
         self.shadow_len = 0;
     }
@@ -289,11 +319,11 @@ impl<'v> Burst<'v> {
                 // We poll: ask the guest not to kick (virtio 1.2 §2.7.10).
                 self.q.set_no_notify(true);
             }
-            self.q.publish_used(self.used);
+            self.q.publish_used(self.used.get());
             if let Some(call) = self.call {
                 if self
                     .q
-                    .needs_interrupt(event_idx, self.first_used, self.used)
+                    .needs_interrupt(event_idx, self.first_used.get(), self.used.get())
                 {
                     // An eventfd write adds to its counter; EAGAIN (counter full) still
                     // leaves it readable, so the guest is interrupted either way.
@@ -302,8 +332,8 @@ impl<'v> Burst<'v> {
                 }
             }
         }
-        *self.last_avail = self.next;
-        *self.last_used = self.used;
+        *self.last_avail = self.next.get();
+        *self.last_used = self.used.get();
         self.stats_out.add(&stats);
     }
 }
