@@ -222,3 +222,72 @@ fn a_flood_of_bad_chains_logs_a_bounded_number_of_lines() {
         "{lines} lines for {posted} bad chains in {secs:.1} s"
     );
 }
+
+/// The early publish (enqueue's `PUBLISH_FIRST`): a burst hands its first used entries to a
+/// guest that waits, one with every receive buffer posted and nothing left on its transmit
+/// queue; not to a guest with buffers still to post, nor to one whose transmit queue our last
+/// dequeue left chains on (a busy guest), nor for a burst too short to have a first part.
+#[test]
+fn enqueue_publishes_early_only_to_a_waiting_guest() {
+    let mut b = bed();
+    let mut cache = b.pool.cache();
+    let q = QueuePair(0);
+    let early = |b: &Bed| {
+        b.dev
+            .vring_stats(q.rx().vring())
+            .unwrap()
+            .queue
+            .early_publishes
+    };
+    let size = 256;
+    let pkts: Vec<_> = (0..32u8).map(|i| mbuf_of(&mut cache, &[i; 60])).collect();
+    // Takes every packet the guest received and posts receive buffers up to `n`.
+    let refill = |b: &mut Bed, n: u16| {
+        let rx = b.fe.rx(0).unwrap();
+        while !rx.recv(64).is_empty() {}
+        let posted = rx.posted();
+        rx.post_rx(usize::from(n - posted), 2048);
+        assert_eq!(rx.posted(), n);
+    };
+
+    // One buffer short of a full ring: the guest is still posting.
+    refill(&mut b, size - 1);
+    assert_eq!(enqueue_burst(&b.dev, q.rx(), &pkts), 32);
+    assert_eq!(early(&b), 0, "early publish with the ring not fully posted");
+
+    // Every buffer posted, nothing to send: it waits for us.
+    refill(&mut b, size);
+    assert_eq!(enqueue_burst(&b.dev, q.rx(), &pkts), 32);
+    assert_eq!(early(&b), 1, "no early publish to a waiting guest");
+
+    // The guest has 40 packets to send and our dequeue took 32: a transmit backlog.
+    refill(&mut b, size);
+    let frames: Vec<[u8; 60]> = (0..40u8).map(|i| [i; 60]).collect();
+    let refs: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+    assert_eq!(b.fe.tx(0).unwrap().send(&refs), 40);
+    let mut out = Vec::new();
+    assert_eq!(dequeue_burst(&b.dev, q.tx(), &mut cache, &mut out, 32), 32);
+    assert_eq!(enqueue_burst(&b.dev, q.rx(), &pkts), 32);
+    assert_eq!(
+        early(&b),
+        1,
+        "early publish to a guest with a transmit backlog"
+    );
+
+    // The backlog taken: waiting again.
+    assert_eq!(dequeue_burst(&b.dev, q.tx(), &mut cache, &mut out, 32), 8);
+    refill(&mut b, size);
+    assert_eq!(enqueue_burst(&b.dev, q.rx(), &pkts), 32);
+    assert_eq!(early(&b), 2, "no early publish once the backlog was taken");
+
+    // A burst shorter than the first part: nothing to publish before its end.
+    refill(&mut b, size);
+    assert_eq!(enqueue_burst(&b.dev, q.rx(), &pkts[..4]), 4);
+    assert_eq!(early(&b), 2, "early publish of a 4-packet burst");
+    let got = b.fe.rx(0).unwrap().recv(64);
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[3], vec![3u8; 60], "the packets arrive whole");
+
+    cache.free_bulk(out);
+    cache.free_bulk(pkts);
+}

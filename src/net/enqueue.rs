@@ -103,6 +103,7 @@ pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
         burst.stats.bytes += pkt.pkt_len() as u64;
         if early && burst.publish_early(PUBLISH_FIRST) {
             early = false;
+            burst.stats.early_publishes += 1;
         }
     }
     burst.finish();

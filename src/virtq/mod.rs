@@ -151,6 +151,9 @@ pub struct QueueStats {
     pub broken_bursts: u64,
     /// Times the data path marked the vring broken.
     pub breaks: u64,
+    /// Enqueue bursts that published their first used entries before the end of the burst
+    /// (to a guest waiting with all its receive buffers posted and nothing left to send).
+    pub early_publishes: u64,
 }
 
 impl Vring {

@@ -36,7 +36,7 @@ pub struct VringStats {
 impl VringStats {
     /// Counter names, in the order [`values`](Self::values) gives them (DPDK's
     /// `rte_vhost_vring_stats_get_names`).
-    pub const NAMES: [&'static str; 13] = [
+    pub const NAMES: [&'static str; 14] = [
         "packets",
         "bytes",
         "bad_chains",
@@ -46,6 +46,7 @@ impl VringStats {
         "not_ready",
         "broken_bursts",
         "breaks",
+        "early_publishes",
         "lock_busy",
         "broken",
         "ready",
@@ -53,7 +54,7 @@ impl VringStats {
     ];
 
     /// The values, flags as 0 or 1, in the order of [`NAMES`](Self::NAMES).
-    pub fn values(&self) -> [u64; 13] {
+    pub fn values(&self) -> [u64; 14] {
         let q = &self.queue;
         [
             q.packets,
@@ -65,6 +66,7 @@ impl VringStats {
             q.not_ready,
             q.broken_bursts,
             q.breaks,
+            q.early_publishes,
             self.lock_busy,
             u64::from(self.broken),
             u64::from(self.ready),
@@ -90,6 +92,7 @@ pub struct Published {
     not_ready: AtomicU64,
     broken_bursts: AtomicU64,
     breaks: AtomicU64,
+    early_publishes: AtomicU64,
     /// Counted at the failed try-lock itself (there is no vring to count it in).
     lock_busy: AtomicU64,
     broken: AtomicBool,
@@ -113,6 +116,7 @@ impl Published {
         self.not_ready.store(s.not_ready, r);
         self.broken_bursts.store(s.broken_bursts, r);
         self.breaks.store(s.breaks, r);
+        self.early_publishes.store(s.early_publishes, r);
         self.broken.store(vq.broken, r);
         self.ready.store(vq.is_ready(), r);
         self.enabled.store(vq.enabled, r);
@@ -138,6 +142,7 @@ impl Published {
                 not_ready: self.not_ready.load(r),
                 broken_bursts: self.broken_bursts.load(r),
                 breaks: self.breaks.load(r),
+                early_publishes: self.early_publishes.load(r),
             },
             lock_busy: self.lock_busy.load(r),
             broken: self.broken.load(r),
@@ -166,5 +171,6 @@ impl QueueStats {
         self.not_ready += o.not_ready;
         self.broken_bursts += o.broken_bursts;
         self.breaks += o.breaks;
+        self.early_publishes += o.early_publishes;
     }
 }
