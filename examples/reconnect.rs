@@ -52,7 +52,6 @@ use rvhost::dataplane::{DeviceTable, PortOps};
 use rvhost::driver::{Device, DeviceOps, Driver, Flags, Refused};
 use rvhost::lcore::{Lcore, Lcores};
 use rvhost::mbuf::{Mbuf, PktPool};
-use rvhost::net::pkt::macswap;
 use rvhost::net::{QueuePair, dequeue_burst, enqueue_burst};
 
 const USAGE: &str = "\
@@ -331,4 +330,12 @@ fn echo_worker(lcore: &Lcore, table: &Arc<DeviceTable>, pool: &PktPool, queues: 
         }
     }
     c
+}
+
+/// Swaps the frame's destination and source MAC addresses (nothing for a runt).
+fn macswap(frame: &mut [u8]) {
+    if frame.len() >= 14 {
+        let (dst, src) = frame.split_at_mut(6);
+        dst.swap_with_slice(&mut src[..6]);
+    }
 }

@@ -10,7 +10,7 @@
 //! |---|---|
 //! | [`driver`] | register sockets ([`Driver`](driver::Driver)), features, the device callbacks ([`DeviceOps`](driver::DeviceOps)), per-queue counters ([`Device::vring_stats`](driver::Device::vring_stats)) |
 //! | [`dataplane`] | hand running devices to pinned cores, with the `destroy_device` handshake done ([`DeviceTable`](dataplane::DeviceTable)) |
-//! | [`net`] | the bursts: [`dequeue_burst`](net::dequeue_burst) (guest → host), [`enqueue_burst`](net::enqueue_burst) (host → guest), with typed queue ids ([`QueuePair`](net::QueuePair)); [`net::pkt`] has frame helpers (MAC swap, checksums) |
+//! | [`net`] | the bursts: [`dequeue_burst`](net::dequeue_burst) (guest → host), [`enqueue_burst`](net::enqueue_burst) (host → guest), with typed queue ids ([`QueuePair`](net::QueuePair)); [`net::ether`] has Ethernet helpers (EtherTypes, the L3 offset, the Internet checksum) |
 //! | [`mbuf`] | packet buffers: [`PktPool::with_defaults`](mbuf::PktPool::with_defaults), a [`PktCache`](mbuf::PktCache) per worker |
 //! | [`lcore`] | worker threads pinned to cores |
 //! | [`features`] | virtio feature bits, for [`Driver::disable_features`](driver::Driver::disable_features) and friends |

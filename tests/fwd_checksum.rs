@@ -2,9 +2,10 @@
 //! guest that offloaded its UDP checksum (NEEDS_CSUM) reaches it completed in software.
 mod common;
 use common::child::{Child, rvhost_bin, stop_rvhost, wait_for_socket};
+use common::pkt::udp_frame;
 use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_CSUM};
 use rvhost::frontend::{Frontend, FrontendOptions, NetHdr};
-use rvhost::net::pkt::{checksum, udp_frame};
+use rvhost::net::ether::checksum;
 use std::process::Command;
 use std::time::{Duration, Instant};
 

@@ -12,10 +12,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::child::{Child, parse_final, rvhost_bin, wait_for_socket};
+use common::pkt::udp_frame;
 use common::sock_path;
 use nix::sys::signal::Signal;
 use rvhost::frontend::{Frontend, FrontendOptions};
-use rvhost::net::pkt::{ETHERTYPE_ARP, checksum, udp_frame};
+use rvhost::net::ether::{ETHERTYPE_ARP, checksum};
 
 fn opts() -> FrontendOptions {
     FrontendOptions {

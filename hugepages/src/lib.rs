@@ -2,10 +2,10 @@
 //!
 //! - [`region`]: hugepage memory (hugetlbfs file or `memfd` with `MFD_HUGETLB`), with a 4 KiB
 //!   fallback, the fd/offset a vhost-user frontend sends to share it, and VA→IOVA lookup.
-//! - [`ring`]: a fixed-capacity lock-free ring with bulk and burst operations (rte_ring semantics).
+//! - [`bulk_ring`]: a fixed-capacity lock-free ring with bulk and burst operations (rte_ring semantics).
 //! - [`mempool`]: fixed-size objects carved from regions, with per-lcore caches (rte_mempool
 //!   semantics).
 
+pub mod bulk_ring;
 pub mod mempool;
 pub mod region;
-pub mod ring;

@@ -77,15 +77,15 @@
 //!
 //! # Data path
 //!
-//! [`RxQueue`] and [`TxQueue`] ([`queue`]) sit on a [`DriverRing`] ([`ring`]), which touches
+//! [`RxQueue`] and [`TxQueue`] ([`queue`]) sit on a [`DriverRing`] ([`driver_ring`]), which touches
 //! the shared memory only through the checked accessors of [`shm`], the front-end's one
 //! module with `unsafe` code.
 
+pub mod driver_ring;
 pub mod error;
 pub mod layout;
 pub mod options;
 pub mod queue;
-pub mod ring;
 mod setup;
 pub mod shm;
 
@@ -100,11 +100,11 @@ use std::time::{Duration, Instant};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use rvhost_hugepages::region::{PageSize, Region, RegionConfig};
 
+pub use driver_ring::{DriverRing, RingStats};
 pub use error::{FrontendError, LayoutError};
 pub use layout::{Area, MemLayout, RingInfo};
 pub use options::{FrontendOptions, MemTableMode, TxLayout};
 pub use queue::{NetHdr, QueueStats, RxPacket, RxQueue, TxQueue};
-pub use ring::{DriverRing, RingStats};
 pub use setup::{
     Negotiated, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
 };

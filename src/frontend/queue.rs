@@ -14,8 +14,8 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::EventFd;
 
+use super::driver_ring::{DriverRing, RingStats};
 use super::options::TxLayout;
-use super::ring::{DriverRing, RingStats};
 use super::shm::SlotPool;
 use crate::features::{VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
 pub use crate::net::hdr::VirtioNetHdr as NetHdr;

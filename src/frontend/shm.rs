@@ -13,7 +13,7 @@
 //!
 //! Ring fields are little-endian (virtio 1.x); indexes written by one side and read by the
 //! other are atomic `u16`s, ring entries and descriptors are volatile accesses ordered by those
-//! atomics and by the fences of [`DriverRing`](super::ring::DriverRing).
+//! atomics and by the fences of [`DriverRing`](super::driver_ring::DriverRing).
 
 use std::ptr;
 use std::sync::Arc;
@@ -142,7 +142,7 @@ impl Shm {
 /// with its event field, lies inside the memory. Afterwards every accessor is infallible: ring
 /// indexes are reduced modulo the size, which keeps each access inside a checked part.
 ///
-/// Driver-side accessors are what [`DriverRing`](super::ring::DriverRing) uses; device-side
+/// Driver-side accessors are what [`DriverRing`](super::driver_ring::DriverRing) uses; device-side
 /// ones (`load_avail_idx`, `write_used_elem`, ...) let tests and device doubles play the
 /// back-end by hand.
 #[derive(Debug, Clone)]

@@ -11,10 +11,10 @@
 //! back while a job may still read it.
 
 use super::async_enqueue::{Submit, refuse_sync, start_jobs};
+use super::burst::Burst;
 use super::dequeue::{Drop, Large, fill, fill_simple, note_backlog, push_rarp};
 use super::hdr::hdr_len;
 use super::queue_id::TxQueueId;
-use super::ring::Burst;
 use crate::driver::Device;
 use crate::mbuf::{Mbuf, PktCache};
 use crate::memory::TranslationCache;

@@ -10,10 +10,10 @@
 //! whose jobs are all done, writing their used entries in submission order. The mbufs are
 //! the channel's from submit to poll.
 
+use super::burst::{Burst, READ_AHEAD, ReadAhead};
 use super::enqueue::{Ctx, PREFETCH_ABOVE, Placement, oversized_gso, place, prefetch_ahead};
 use super::hdr::VirtioNetHdr;
 use super::queue_id::{RxQueueId, VringId};
-use super::ring::{Burst, READ_AHEAD, ReadAhead};
 use super::runs::CopyStep;
 use crate::driver::{Device, Flags};
 use crate::mbuf::Mbuf;

@@ -6,10 +6,10 @@
 //! return every chain with a used entry of length 0, publish `used.idx` once, interrupt only
 //! if asked. A malformed chain is returned and counted, never delivered.
 
+use super::burst::{Burst, MAX_PKT_LEN};
 use super::hdr::{VirtioNetHdr, hdr_len};
 use super::offload;
 use super::queue_id::TxQueueId;
-use super::ring::{Burst, MAX_PKT_LEN};
 use super::runs::{CopyStep, Cpu, MAX_PIECES, Pieces, Runs};
 use crate::driver::{Device, Flags};
 use crate::mbuf::{ExtBuf, Mbuf, PktCache};

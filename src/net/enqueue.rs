@@ -8,10 +8,10 @@
 //! counted; the packet moves on to the next chain. A packet that does not fit in what the
 //! guest offers stops the burst (as DPDK): it and the rest stay with the caller.
 
+use super::burst::{Burst, READ_AHEAD, ReadAhead, Stop};
 use super::hdr::{VirtioNetHdr, hdr_len};
 use super::offload;
 use super::queue_id::RxQueueId;
-use super::ring::{Burst, READ_AHEAD, ReadAhead, Stop};
 use super::runs::{CopyStep, Cpu, Pieces};
 use crate::driver::Device;
 use crate::features::{

@@ -1,5 +1,5 @@
 //! virtio-net over split virtqueues: the data path (enqueue to the guest, dequeue from it),
-//! the header and its offloads, and the packet rewriting of the forwarding modes.
+//! the header and its offloads, and the Ethernet helpers they use.
 //!
 //! Vring numbering is virtio-net's: vring `2*q` is queue pair `q`'s receive queue (the host
 //! enqueues into it), vring `2*q + 1` its transmit queue (the host dequeues from it). The
@@ -7,13 +7,13 @@
 
 mod async_dequeue;
 mod async_enqueue;
+mod burst;
 mod dequeue;
 mod enqueue;
+pub mod ether;
 pub mod hdr;
 mod offload;
-pub mod pkt;
 mod queue_id;
-mod ring;
 mod runs;
 
 pub use crate::virtq::async_queue::{

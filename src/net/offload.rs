@@ -8,14 +8,13 @@
 //! with flags (an unknown protocol, or `csum_start` elsewhere than the L4 header) is completed
 //! in software when the packet is one segment.
 
+use super::ether::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN, be16, checksum};
 use super::hdr::{
     VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN,
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP, VirtioNetHdr,
 };
-use super::pkt::{ETHERTYPE_IPV4, ETHERTYPE_VLAN};
 use crate::mbuf::{OffloadFlags as F, PktMeta};
 
-const ETHERTYPE_IPV6: u16 = 0x86dd;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 
@@ -27,10 +26,6 @@ struct Headers {
     ipv4: bool,
     proto: u8,
     l4: u16,
-}
-
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
 
 fn parse(frame: &[u8]) -> Option<Headers> {
@@ -115,7 +110,7 @@ pub fn software_checksum(frame: &mut [u8], start: u16, offset: u16) {
         return;
     }
     // The partial checksum already in the field seeds the sum (it holds the pseudo-header).
-    let ck = super::pkt::checksum(&frame[start..]);
+    let ck = checksum(&frame[start..]);
     frame[at..at + 2].copy_from_slice(&ck.to_be_bytes());
 }
 
@@ -183,7 +178,7 @@ pub fn patched_prefix<'s, I: Iterator<Item = &'s [u8]>>(
     buf[..n].copy_from_slice(&head[..n]);
     if ip {
         buf[l2 + 10..l2 + 12].fill(0);
-        let ck = super::pkt::checksum(&buf[l2..start]);
+        let ck = checksum(&buf[l2..start]);
         buf[l2 + 10..l2 + 12].copy_from_slice(&ck.to_be_bytes());
     }
     if l4 {
@@ -218,7 +213,23 @@ fn sum_from<'s>(segments: impl Iterator<Item = &'s [u8]>, start: usize) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::pkt::{checksum, udp_frame};
+
+    /// Ethernet, IPv4 (header checksum filled in), UDP, zero payload: `len` bytes (>= 42).
+    fn udp_frame(len: usize, src: [u8; 6], dst: [u8; 6]) -> Vec<u8> {
+        let mut f = vec![0u8; len];
+        f[0..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&src);
+        f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        let ip_len = (len - 14) as u16;
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        f[22] = 64;
+        f[23] = IPPROTO_UDP;
+        let ck = checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&ck.to_be_bytes());
+        f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+        f
+    }
 
     fn tcp_frame() -> Vec<u8> {
         let mut f = udp_frame(100, [2; 6], [4; 6]);

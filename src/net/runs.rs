@@ -14,7 +14,7 @@ use std::mem::MaybeUninit;
 use crate::memory::GuestSlice;
 use crate::virtq::split::{ChainError, SplitQueue};
 
-use super::ring::MAX_PKT_LEN;
+use super::burst::MAX_PKT_LEN;
 
 /// Most guest buffers one packet may use (DPDK's `BUF_VECTOR_MAX` is 256). A chain with more
 /// is malformed ([`ChainError::TooManyBuffers`]); a packet whose chains together need more

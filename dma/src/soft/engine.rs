@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::ring::ChannelRing;
+use super::channel_ring::ChannelRing;
 use crate::sg;
 use crate::track::Tracker;
 use crate::{Completed, DmaEngine, DmaError, FailPolicy, Iova, OpFlags, Sge, Stats, Status};

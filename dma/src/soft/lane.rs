@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::ring::ChannelRing;
+use super::channel_ring::ChannelRing;
 use crate::Sge;
 use crate::sg::{self, Cursor};
 

@@ -50,9 +50,9 @@
 //!   [`SoftEngine::is_stopped`] becomes true (memory of abandoned jobs may then be reused), and
 //!   `copy`/`submit` fail with [`DmaError::Stopped`].
 
+mod channel_ring;
 mod engine;
 mod lane;
-mod ring;
 mod worker;
 
 #[cfg(test)]
@@ -69,8 +69,8 @@ use crossbeam_utils::CachePadded;
 pub use engine::SoftEngine;
 pub use worker::{Idle, SoftWorker, WorkerConfig};
 
+use self::channel_ring::ChannelRing;
 use self::lane::Lane;
-use self::ring::ChannelRing;
 use crate::fault::FaultState;
 use crate::{ChannelConfig, DmaError, FailPolicy, Status};
 

@@ -1,7 +1,7 @@
 //! The configuration of a [`Mempool`](super::Mempool) and its errors.
 
+use crate::bulk_ring::{MAX_CAPACITY, RingError};
 use crate::region::{IovaMode, PageSize, RegionConfig, RegionError};
-use crate::ring::{MAX_CAPACITY, RingError};
 
 use super::{CACHE_LINE_SIZE, DEFAULT_CACHE_SIZE, MAX_ALIGN, MAX_CACHE_SIZE, flush_threshold};
 

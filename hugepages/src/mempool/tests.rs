@@ -6,8 +6,8 @@
 use std::collections::HashSet;
 
 use super::*;
+use crate::bulk_ring::MAX_CAPACITY;
 use crate::region::{IovaMode, RegionConfig, RegionError, hugepage_status};
-use crate::ring::MAX_CAPACITY;
 
 fn small(name: &str, count: usize, elt_size: usize, cache: usize) -> MempoolConfig {
     MempoolConfig::new(name, count, elt_size)

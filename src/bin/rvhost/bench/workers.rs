@@ -12,10 +12,10 @@ use crossbeam_utils::CachePadded;
 
 use super::Direction;
 use super::clock::ticks;
+use crate::frame::udp_frame;
 use rvhost::dataplane::DeviceTable;
 use rvhost::frontend::{RxQueue, TxQueue};
 use rvhost::mbuf::{Mbuf, PktPool};
-use rvhost::net::pkt::udp_frame;
 use rvhost::net::{
     QueuePair, async_try_dequeue_burst, dequeue_burst, enqueue_burst, poll_enqueue_completed,
     submit_enqueue_burst,

@@ -13,10 +13,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use super::rewrite::{Echo, icmpecho, macswap};
+use crate::frame::udp_frame;
 use rvhost::driver::{Device, DeviceId};
 use rvhost::lcore::Lcore;
 use rvhost::mbuf::{Mbuf, PktCache, PktPool};
-use rvhost::net::pkt::{Echo, icmpecho, macswap, udp_frame};
 use rvhost::net::{
     QueuePair, RxQueueId, TxQueueId, async_try_dequeue_burst, dequeue_burst, enqueue_burst,
     poll_enqueue_completed, submit_enqueue_burst,

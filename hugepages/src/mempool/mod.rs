@@ -92,8 +92,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crossbeam_utils::CachePadded;
 
+use crate::bulk_ring::MpmcRing;
 use crate::region::{HugepageStatus, PageSize, Region, hugepage_status};
-use crate::ring::MpmcRing;
 
 pub use cache::MempoolCache;
 pub use config::{GetError, MempoolConfig, MempoolError, PutError};

@@ -324,5 +324,5 @@ impl DriverRing {
 }
 
 #[cfg(test)]
-#[path = "ring_tests.rs"]
+#[path = "driver_ring_tests.rs"]
 mod tests;

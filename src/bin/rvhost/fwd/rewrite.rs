@@ -1,18 +1,10 @@
-//! Frame helpers for applications and for `rvhost fwd`'s forwarding modes (as DPDK testpmd's):
-//! MAC swap, ARP and ICMP echo replies, the Internet checksum, and a UDP test frame (what
-//! `txonly` sends).
+//! What the forwarding modes do to a frame (as DPDK testpmd's): MAC swap, and ARP and ICMP
+//! echo replies for `icmpecho`.
 //!
-//! Every function works on a frame in a byte slice and checks lengths before touching a
-//! field; a frame too short for what it claims to be is left alone (`false`/`None`).
+//! Every function checks lengths before touching a field; a frame too short for what it claims
+//! to be is left alone (`false` / [`Echo::Ignored`]).
 
-/// EtherType of IPv4.
-pub const ETHERTYPE_IPV4: u16 = 0x0800;
-/// EtherType of ARP.
-pub const ETHERTYPE_ARP: u16 = 0x0806;
-/// EtherType of an 802.1Q VLAN tag.
-pub const ETHERTYPE_VLAN: u16 = 0x8100;
-
-const ETH_HLEN: usize = 14;
+use rvhost::net::ether::{ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, l3_header};
 
 /// Swaps the destination and source MAC addresses. False if the frame is shorter than an
 /// Ethernet header.
@@ -23,20 +15,6 @@ pub fn macswap(frame: &mut [u8]) -> bool {
     let (dst, rest) = frame.split_at_mut(6);
     dst.swap_with_slice(&mut rest[..6]);
     true
-}
-
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
-}
-
-/// Offset and EtherType of the L3 header, skipping one VLAN tag.
-fn l3(frame: &[u8]) -> Option<(usize, u16)> {
-    let t = be16(frame, 12)?;
-    if t == ETHERTYPE_VLAN {
-        Some((ETH_HLEN + 4, be16(frame, 16)?))
-    } else {
-        Some((ETH_HLEN, t))
-    }
 }
 
 /// What [`icmpecho`] did with a frame.
@@ -53,7 +31,7 @@ pub enum Echo {
 /// testpmd's `icmpecho`: answers an ARP request for any IPv4 address with `mac`, and an ICMP
 /// echo request to any address, rewriting the frame in place into the reply.
 pub fn icmpecho(frame: &mut [u8], mac: [u8; 6]) -> Echo {
-    let Some((off, ethertype)) = l3(frame) else {
+    let Some((off, ethertype)) = l3_header(frame) else {
         return Echo::Ignored;
     };
     match ethertype {
@@ -113,50 +91,11 @@ fn icmp_reply(frame: &mut [u8], off: usize) -> bool {
     macswap(frame)
 }
 
-/// One's-complement sum of 16-bit words (RFC 1071), folded.
-pub fn checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// The frame `txonly` sends (as testpmd's): Ethernet, IPv4 198.18.0.1 → 198.18.0.2, UDP port
-/// 9 → 9, zero payload, `len` bytes in all (at least 42; shorter lengths give 42 bytes).
-pub fn udp_frame(len: usize, src: [u8; 6], dst: [u8; 6]) -> Vec<u8> {
-    let len = len.max(42);
-    let mut f = vec![0u8; len];
-    f[0..6].copy_from_slice(&dst);
-    f[6..12].copy_from_slice(&src);
-    f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-    let ip_len = (len - ETH_HLEN).min(usize::from(u16::MAX)) as u16;
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-    ip[8] = 64; // TTL
-    ip[9] = 17; // UDP
-    ip[12..16].copy_from_slice(&[198, 18, 0, 1]);
-    ip[16..20].copy_from_slice(&[198, 18, 0, 2]);
-    let ck = checksum(ip);
-    ip[10..12].copy_from_slice(&ck.to_be_bytes());
-    let udp = &mut f[34..42];
-    udp[0..2].copy_from_slice(&9u16.to_be_bytes());
-    udp[2..4].copy_from_slice(&9u16.to_be_bytes());
-    udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
-    f
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::udp_frame;
+    use rvhost::net::ether::{ETHERTYPE_VLAN, checksum};
 
     const US: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const HIM: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
@@ -254,15 +193,5 @@ mod tests {
         f.extend_from_slice(&plain[12..]);
         assert_eq!(icmpecho(&mut f, US), Echo::IcmpReply);
         assert_eq!(checksum(&f[38..]), 0);
-    }
-
-    #[test]
-    fn txonly_frame_is_well_formed() {
-        let f = udp_frame(64, US, HIM);
-        assert_eq!(f.len(), 64);
-        assert_eq!(checksum(&f[14..34]), 0);
-        assert_eq!(u16::from_be_bytes([f[16], f[17]]), 50);
-        assert_eq!(u16::from_be_bytes([f[38], f[39]]), 30);
-        assert_eq!(udp_frame(10, US, HIM).len(), 42);
     }
 }

@@ -249,7 +249,7 @@ type Slot<T> = UnsafeCell<MaybeUninit<T>>;
 /// documentation](self) for the design, the memory ordering and the progress caveat.
 ///
 /// ```
-/// use rvhost_hugepages::ring::MpmcRing;
+/// use rvhost_hugepages::bulk_ring::MpmcRing;
 ///
 /// let ring = MpmcRing::<u32>::new(8).unwrap();
 /// assert_eq!(ring.enqueue_bulk(&[1, 2, 3]), 3);
@@ -762,7 +762,7 @@ impl<T: Copy, P: SyncMode, C: SyncMode> RingRef for Arc<Ring<T, P, C>> {
 /// Not `Clone`; its operations take `&mut self`. Dropping it releases the claim.
 ///
 /// ```
-/// use rvhost_hugepages::ring::SpscRing;
+/// use rvhost_hugepages::bulk_ring::SpscRing;
 /// use std::sync::Arc;
 ///
 /// let ring = Arc::new(SpscRing::<u64>::new(64).unwrap());
@@ -786,14 +786,14 @@ impl<T: Copy, P: SyncMode, C: SyncMode> RingRef for Arc<Ring<T, P, C>> {
 /// A single-producer ring has no `&self` enqueue, so it cannot be fed from several threads:
 ///
 /// ```compile_fail
-/// use rvhost_hugepages::ring::SpscRing;
+/// use rvhost_hugepages::bulk_ring::SpscRing;
 /// let ring = SpscRing::<u32>::new(8).unwrap();
 /// let shared = &ring;
 /// let _ = shared.enqueue_bulk(&[1]); // needs `&mut Ring` or a SingleProducer
 /// ```
 ///
 /// ```compile_fail
-/// use rvhost_hugepages::ring::SpscRing;
+/// use rvhost_hugepages::bulk_ring::SpscRing;
 /// let ring = SpscRing::<u32>::new(8).unwrap();
 /// let tx = ring.producer().unwrap();
 /// let tx2 = tx.clone(); // handles are not Clone

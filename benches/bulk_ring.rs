@@ -15,7 +15,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use crossbeam_queue::ArrayQueue;
-use rvhost_hugepages::ring::{MpmcRing, SpscRing};
+use rvhost_hugepages::bulk_ring::{MpmcRing, SpscRing};
 
 const BURST: usize = 32;
 const CAPACITY: usize = 1024;

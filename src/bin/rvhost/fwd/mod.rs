@@ -11,11 +11,9 @@
 //! Pieces: [`rvhost::dataplane`] (which device each port has, and the `destroy_device`
 //! handshake with the lcores), [`engine`] (streams and the poll loop), [`stats`] (counters and lines).
 
-#[path = "fwd/copy.rs"]
 mod copy;
-#[path = "fwd/engine.rs"]
 mod engine;
-#[path = "fwd/stats.rs"]
+mod rewrite;
 mod stats;
 
 use std::os::fd::AsFd;

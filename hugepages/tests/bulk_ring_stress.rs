@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rvhost_hugepages::ring::{MpmcRing, MpscRing, SpmcRing, SpscRing};
+use rvhost_hugepages::bulk_ring::{MpmcRing, MpscRing, SpmcRing, SpscRing};
 
 const RUN_FOR: Duration = Duration::from_millis(300);
 const MAX_CHUNK: usize = 32;

@@ -1,14 +1,12 @@
-//! The `rvhost` command line. Each subcommand lives in its own module under `src/bin/rvhost/`.
+//! The `rvhost` command line. Each subcommand lives in its own module beside this file.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-#[path = "rvhost/bench/mod.rs"]
 mod bench;
-#[path = "rvhost/c2c.rs"]
 mod c2c;
-#[path = "rvhost/fwd.rs"]
+mod frame;
 mod fwd;
 
 /// rvhost: a vhost-user backend (virtio-net over shared memory, poll-mode lcores).
