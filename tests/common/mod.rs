@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: socket paths, callback recorders, fd counts, the
-//! data-path test bed.
+//! data-path test bed, and `skip` for a test whose peer is missing.
 
 #![allow(dead_code)]
 
@@ -18,6 +18,12 @@ use rvhost::driver::{Device, DeviceId, DeviceOps, Driver, Flags};
 use rvhost::frontend::{Frontend, FrontendOptions};
 use rvhost::mbuf::PktPool;
 use rvhost_hugepages::region::{PageSize, RegionConfig};
+
+/// A test that cannot run here (no testpmd, QEMU, hugepages, root or second CPU) calls
+/// `return skip(why)`: it prints `skipping: <why>` and passes, or fails under
+/// `RVHOST_TEST_REQUIRE=all` (see `src/test_support.rs`).
+#[allow(unused_imports)] // unused by the tests that need no peer
+pub use rvhost::test_support::skip;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
