@@ -62,6 +62,12 @@ pub mod mbuf;
 pub mod net;
 pub mod ratelimit;
 
+// The skip-or-fail convention of rvhost's tests (`RVHOST_TEST_REQUIRE`): the crate's unit
+// tests, the command's tests and `tests/` reach it here; not an API.
+#[cfg(any(test, feature = "internals"))]
+#[doc(hidden)]
+pub mod test_support;
+
 // Internals: the guest memory table, the vhost-user wire protocol and the vrings. rvhost's own
 // tests reach into them through the `internals` feature (no stability promised); an
 // application never needs them. Without the feature, the parts only those tests use (codecs of

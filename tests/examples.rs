@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use common::child::{Child, wait_for_socket};
 use common::testpmd::{TpStats, forward_stats, free_hugepages};
-use common::{eventually, sock_path};
+use common::{eventually, skip, sock_path};
 use nix::sys::signal::Signal;
 
 /// One run at a time: testpmd and the examples poll their cores at 100%.
@@ -78,15 +78,6 @@ fn cannot_run() -> Option<String> {
         ));
     }
     None
-}
-
-/// Prints why a test skips, or fails it when `RVHOST_TEST_REQUIRE=all` asks for every test to
-/// really run (CI on a machine that has everything).
-fn skip(why: &str) {
-    if std::env::var("RVHOST_TEST_REQUIRE").is_ok_and(|v| v == "all") {
-        panic!("RVHOST_TEST_REQUIRE=all, but {why}");
-    }
-    println!("skipping: {why}");
 }
 
 /// `target/<profile>/examples/<name>`, built for this test.
@@ -306,7 +297,7 @@ fn check_loopback(tp: &TpStats, ex: &Counts, b: u64, ctx: &str) {
 fn echo_against_testpmd_exact_counts() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(why) = cannot_run() {
-        return skip(&why);
+        return skip(why);
     }
     let started = Instant::now();
     let sock = sock_path("echo");
@@ -348,7 +339,7 @@ fn echo_swaps_mac_addresses() {
     const PEER: &str = "02:00:00:00:00:00";
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(why) = cannot_run() {
-        return skip(&why);
+        return skip(why);
     }
     let sock = sock_path("echo-mac");
     let sock_arg = sock.to_str().expect("utf-8 path");
@@ -415,7 +406,7 @@ fn echo_swaps_mac_addresses() {
 fn reconnect_survives_frontend_restart() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(why) = cannot_run() {
-        return skip(&why);
+        return skip(why);
     }
     let started = Instant::now();
     let sock = sock_path("reconnect");
@@ -507,7 +498,7 @@ fn reconnect_survives_frontend_restart() {
 fn switch_forwards_between_two_testpmd_ports() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(why) = cannot_run() {
-        return skip(&why);
+        return skip(why);
     }
     let started = Instant::now();
     let socks = [sock_path("switch0"), sock_path("switch1")];

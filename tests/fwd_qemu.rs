@@ -14,8 +14,9 @@
 //! it; when no backend was killed, the backends together must have received exactly what the
 //! guest's eth0 transmitted.
 //!
-//! Skipped (with the reason printed) when the script is absent or the test is not run as
-//! root (the script needs root; it installs QEMU and a guest kernel with apt when missing).
+//! Skipped (`skipping: <why>`, or a failure under `RVHOST_TEST_REQUIRE=all`) when the script is
+//! absent or the test is not run as root (the script needs root; it installs QEMU and a guest
+//! kernel with apt when missing).
 
 mod common;
 
@@ -26,7 +27,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::child::{Child, parse_final, parse_final_queues, rvhost_bin};
-use common::sock_path;
+use common::{skip, sock_path};
 use nix::sys::signal::Signal;
 
 fn script() -> PathBuf {
@@ -305,8 +306,7 @@ fn cannot_run() -> Option<String> {
 #[test]
 fn linux_guest_pings_through_rvhost_fwd_icmpecho() {
     if let Some(why) = cannot_run() {
-        println!("skipping: {why}");
-        return;
+        return skip(why);
     }
     run(Case::new("client", Reconnect::No));
     run(Case::new("server", Reconnect::Graceful));
@@ -323,8 +323,7 @@ fn linux_guest_pings_through_rvhost_fwd_icmpecho() {
 #[test]
 fn multiqueue_linux_guest_pings_through_rvhost_fwd_icmpecho() {
     if let Some(why) = cannot_run() {
-        println!("skipping: {why}");
-        return;
+        return skip(why);
     }
     let mq = |qemu_mode, reconnect, queues| Case {
         queues,
@@ -355,8 +354,7 @@ fn multiqueue_linux_guest_pings_through_rvhost_fwd_icmpecho() {
 #[test]
 fn linux_guest_pings_through_rvhost_fwd_on_the_async_path() {
     if let Some(why) = cannot_run() {
-        println!("skipping: {why}");
-        return;
+        return skip(why);
     }
     run(Case {
         copy: "soft,threshold=0",

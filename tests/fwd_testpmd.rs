@@ -28,10 +28,11 @@
 //! `0 <= rv.tx - tp.rx <= 1024` (packets left in its receive ring). Byte counts must be
 //! `packets × frame size` on rvhost's side.
 //!
-//! Needs `dpdk-testpmd` (Debian: `apt-get install dpdk-dev`); without it the tests print why
-//! and pass. testpmd uses 2 MiB hugepages when 128 are free, else `--no-huge` (memfd-backed
-//! memory, which virtio-user shares as well). Runs are serialized (testpmd on CPU 1, rvhost on
-//! CPU 0) and take a few seconds each.
+//! Needs `dpdk-testpmd` (Debian: `apt-get install dpdk-dev`); without it the tests print
+//! `skipping: <why>` and pass, or fail under `RVHOST_TEST_REQUIRE=all`. testpmd uses 2 MiB
+//! hugepages when 128 are free, else `--no-huge` (memfd-backed memory, which virtio-user
+//! shares as well). Runs are serialized (testpmd on CPU 1, rvhost on CPU 0) and take a few
+//! seconds each.
 
 mod common;
 
@@ -42,8 +43,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::child::{Child, Final, parse_final_queues, rvhost_bin, stop_rvhost, wait_for_socket};
-use common::sock_path;
 use common::testpmd::{self, TpStats, field, forward_stats, free_hugepages};
+use common::{skip, sock_path};
 use nix::sys::signal::Signal;
 
 /// One run at a time: testpmd and rvhost poll their cores at 100%.
@@ -158,8 +159,7 @@ fn run(case: Case) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     common::init_log();
     if !testpmd::installed() {
-        println!("skipping: dpdk-testpmd is not installed (apt-get install dpdk-dev)");
-        return;
+        return skip("dpdk-testpmd is not installed (apt-get install dpdk-dev)");
     }
     let started = Instant::now();
     let sock = sock_path("fwd-testpmd");

@@ -3,7 +3,8 @@
 //! (`...,server=1`, rvhost connects with `Flags::CLIENT`).
 //!
 //! Needs `dpdk-testpmd` (Debian: `apt-get install dpdk-dev`) and free 2 MiB hugepages; `.ci/run`
-//! installs and reserves them. Without them the tests print why and pass.
+//! installs and reserves them. Without them the tests print `skipping: <why>` and pass, or fail
+//! under `RVHOST_TEST_REQUIRE=all`.
 
 mod common;
 
@@ -13,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Event, Recorder, sock_path};
+use common::{Event, Recorder, skip, sock_path};
 use rvhost::driver::{Driver, Flags};
 
 fn testpmd_available() -> Result<(), String> {
@@ -95,8 +96,7 @@ fn stop(mut child: Child) {
 fn run(server_backend: bool) {
     common::init_log();
     if let Err(why) = testpmd_available() {
-        println!("skipping: {why}");
-        return;
+        return skip(why);
     }
     let sock = sock_path("testpmd");
     let rec = Recorder::new();

@@ -9,3 +9,7 @@
 pub mod bulk_ring;
 pub mod mempool;
 pub mod region;
+
+/// The skip-or-fail convention of the tests (`RVHOST_TEST_REQUIRE`).
+#[cfg(test)]
+mod test_support;

@@ -14,6 +14,11 @@ use std::time::{Duration, Instant};
 use rvhost_hugepages::mempool::{Mempool, MempoolConfig, ObjPtr};
 use rvhost_hugepages::region::{PageSize, hugepage_status};
 
+/// The skip-or-fail convention (`RVHOST_TEST_REQUIRE`), shared with the crate's unit tests.
+#[path = "../src/test_support.rs"]
+mod test_support;
+use test_support::skip;
+
 const THREADS: usize = 4;
 const COUNT: usize = 512;
 const CACHE: usize = 32;
@@ -123,15 +128,13 @@ fn threads_with_caches_small_pages() {
 #[test]
 fn threads_with_caches_hugepages() {
     if hugepage_status(PageSize::Huge2M).map_or(0, |s| s.available()) < 2 {
-        println!("skipping: no free 2 MiB hugepages (echo 1024 > /proc/sys/vm/nr_hugepages)");
-        return;
+        return skip("no free 2 MiB hugepages (echo 1024 > /proc/sys/vm/nr_hugepages)");
     }
     let config = MempoolConfig::new("stress-2m", COUNT, 64)
         .with_cache_size(CACHE)
         .with_page_size(PageSize::Huge2M);
     if Mempool::new(config.clone()).is_err() {
-        println!("skipping: the 2 MiB hugepages were taken meanwhile");
-        return;
+        return skip("the 2 MiB hugepages were taken meanwhile");
     }
     stress(config, Duration::from_millis(300));
 }

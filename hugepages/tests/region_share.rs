@@ -16,6 +16,11 @@ use rvhost_hugepages::region::{
 };
 
 /// Set in the child's environment: the abstract socket name to connect to.
+/// The skip-or-fail convention (`RVHOST_TEST_REQUIRE`), shared with the crate's unit tests.
+#[path = "../src/test_support.rs"]
+mod test_support;
+use test_support::skip;
+
 const CHILD_ENV: &str = "RVHOST_REGION_SHARE_SOCKET";
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Message header: offset, len, seed, parent's IOVA of the window start (u64::MAX if not Pa).
@@ -225,10 +230,9 @@ fn share_small_region() {
 fn share_hugepage_region() {
     let free = hugepage_status(PageSize::Huge2M).map_or(0, |s| s.available());
     if free < 2 {
-        println!(
-            "skipping: no free 2 MiB hugepages (reserve with echo 1024 > /proc/sys/vm/nr_hugepages)"
+        return skip(
+            "no free 2 MiB hugepages (reserve with echo 1024 > /proc/sys/vm/nr_hugepages)",
         );
-        return;
     }
     let r = match Region::new(
         &RegionConfig::new(4 << 20)
@@ -237,10 +241,7 @@ fn share_hugepage_region() {
     ) {
         Ok(r) => r,
         // The other test in this process may have taken the last pages meanwhile.
-        Err(e @ RegionError::NotEnoughHugepages { .. }) => {
-            println!("skipping: {e}");
-            return;
-        }
+        Err(e @ RegionError::NotEnoughHugepages { .. }) => return skip(e),
         Err(e) => panic!("{e}"),
     };
     assert!(r.is_hugepage());

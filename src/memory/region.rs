@@ -455,6 +455,7 @@ impl Drop for GuestRegion {
 mod tests {
     use super::*;
     use crate::memory::testutil::*;
+    use crate::test_support::skip;
     use nix::sys::uio::{pread, pwrite};
 
     #[test]
@@ -726,10 +727,7 @@ mod tests {
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(0);
         if free < 2 {
-            eprintln!(
-                "skipping hugetlb_region_with_unaligned_offset: {free} free 2 MiB hugepages, need 2"
-            );
-            return;
+            return skip(format!("{free} free 2 MiB hugepages, need 2"));
         }
         use nix::sys::memfd::{MFdFlags, memfd_create};
         let name = unique_name("huge");
@@ -738,22 +736,15 @@ mod tests {
             MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_HUGETLB | MFdFlags::MFD_HUGE_2MB,
         ) {
             Ok(fd) => fd,
-            Err(e) => {
-                eprintln!("skipping hugetlb test: memfd_create(MFD_HUGETLB) failed: {e}");
-                return;
-            }
+            Err(e) => return skip(format!("memfd_create(MFD_HUGETLB) failed: {e}")),
         };
         if let Err(e) = nix::unistd::ftruncate(&fd, (2 * HUGE) as i64) {
-            eprintln!("skipping hugetlb test: ftruncate failed: {e}");
-            return;
+            return skip(format!("ftruncate of a hugetlb memfd failed: {e}"));
         }
         // Frontend view: the whole file. This reserves both huge pages for the file.
         let front = match FrontendMap::try_new(&fd, (2 * HUGE) as usize) {
             Ok(m) => m,
-            Err(e) => {
-                eprintln!("skipping hugetlb test: huge pages taken meanwhile (mmap: {e})");
-                return;
-            }
+            Err(e) => return skip(format!("huge pages taken meanwhile (mmap: {e})")),
         };
         for (off, size) in [
             (0u64, 0xa0000u64),

@@ -487,65 +487,201 @@ fn cmsg_layout_is_the_kernel_one() {
     assert!(take_scm_rights(&bogus).is_empty());
 }
 
-fn frames() -> impl Strategy<Value = Vec<u8>> {
-    let one = (1u32..50, 0u32..16, 0u32..5000, 0usize..600).prop_map(|(req, flags, size, body)| {
-        let mut v = Header::new(req, flags, size).to_bytes().to_vec();
-        v.resize(12 + body, 0xab);
-        v
-    });
-    prop::collection::vec(one, 0..8).prop_map(|fs| fs.concat())
+/// How a stream ends: EOF (with the bytes of an unfinished message), or a header whose size is
+/// over [`MAX_PAYLOAD`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum End {
+    Eof { pending: usize },
+    TooLarge { size: u32 },
 }
 
-fn feed(stream: &[u8], cuts: &[usize]) {
+/// What a [`Connection`] made of a stream: every message (header and payload; none of them
+/// carries fds), then how it ended. Panics on any other error.
+fn feed(stream: &[u8], cuts: &[usize]) -> (Vec<(Header, Vec<u8>)>, End) {
     let (mut conn, mut peer) = pair();
-    let mut at = 0;
     let mut pieces = Vec::new();
+    let mut at = 0;
     for &c in cuts {
         let end = (at + c).min(stream.len());
         pieces.push(&stream[at..end]);
         at = end;
     }
     pieces.push(&stream[at..]);
-    let check = |m: &Message| {
-        assert_eq!(m.payload.len(), m.header.size as usize);
-        assert!(m.payload.len() <= MAX_PAYLOAD);
+    let mut msgs = Vec::new();
+    // Reads until the socket is empty (`None`) or the stream ended (`Some`).
+    let mut drain = |conn: &mut Connection| loop {
+        match conn.recv() {
+            Ok(Some(m)) => {
+                assert!(m.fds.is_empty());
+                msgs.push((m.header, m.payload));
+            }
+            Ok(None) => return None,
+            Err(ConnError::Closed { pending }) => return Some(End::Eof { pending }),
+            Err(ConnError::Protocol(ProtocolError::PayloadTooLarge { size, max })) => {
+                assert_eq!(max, MAX_PAYLOAD);
+                return Some(End::TooLarge { size });
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
     };
     for piece in pieces {
         peer.write_all(piece).unwrap();
-        loop {
-            match conn.recv() {
-                Ok(Some(m)) => check(&m),
-                Ok(None) => break,
-                Err(_) => return,
-            }
+        if let Some(end) = drain(&mut conn) {
+            return (msgs, end);
         }
     }
     drop(peer);
+    let end = drain(&mut conn).expect("EOF must end the stream");
+    (msgs, end)
+}
+
+/// The framing rules, written out: 12-byte headers, `size` bytes of payload each, a size over
+/// [`MAX_PAYLOAD`] refused as soon as its header is complete, EOF with what was left over.
+fn reference(mut stream: &[u8]) -> (Vec<(Header, Vec<u8>)>, End) {
+    let mut msgs = Vec::new();
     loop {
-        match conn.recv() {
-            Ok(Some(m)) => check(&m),
-            Ok(None) => panic!("EOF must end the stream"),
-            Err(_) => return,
+        if stream.len() < Header::SIZE {
+            return (
+                msgs,
+                End::Eof {
+                    pending: stream.len(),
+                },
+            );
         }
+        let header = Header::parse(stream).unwrap();
+        if header.size as usize > MAX_PAYLOAD {
+            return (msgs, End::TooLarge { size: header.size });
+        }
+        let end = Header::SIZE + header.size as usize;
+        if stream.len() < end {
+            return (
+                msgs,
+                End::Eof {
+                    pending: stream.len(),
+                },
+            );
+        }
+        msgs.push((header, stream[Header::SIZE..end].to_vec()));
+        stream = &stream[end..];
     }
+}
+
+/// A well-formed message: any request code and flags (framing checks neither), a size up to
+/// [`MAX_PAYLOAD`] (its ends more often than a uniform pick gives them), exactly that many
+/// payload bytes.
+fn message() -> impl Strategy<Value = (Header, Vec<u8>)> {
+    let size = prop_oneof![
+        2 => Just(0usize),
+        2 => Just(MAX_PAYLOAD),
+        6 => 1..MAX_PAYLOAD,
+    ];
+    (any::<u32>(), any::<u32>(), size).prop_flat_map(|(request, flags, size)| {
+        prop::collection::vec(any::<u8>(), size).prop_map(move |payload| {
+            let header = Header {
+                request,
+                flags,
+                size: size as u32,
+            };
+            (header, payload)
+        })
+    })
+}
+
+/// `got` is `want`: the same messages, byte for byte, and the same end. Headers, sizes and the
+/// end are compared first, so that a failure prints those rather than kilobytes of payload.
+fn same(
+    got: &(Vec<(Header, Vec<u8>)>, End),
+    want: &(Vec<(Header, Vec<u8>)>, End),
+) -> Result<(), TestCaseError> {
+    let shape = |(msgs, end): &(Vec<(Header, Vec<u8>)>, End)| {
+        let sizes: Vec<_> = msgs.iter().map(|(h, p)| (*h, p.len())).collect();
+        (sizes, end.clone())
+    };
+    prop_assert_eq!(shape(got), shape(want));
+    for (i, (g, w)) in got.0.iter().zip(&want.0).enumerate() {
+        let at = g.1.iter().zip(&w.1).position(|(a, b)| a != b);
+        prop_assert!(
+            at.is_none(),
+            "message {}: payload differs at byte {:?}",
+            i,
+            at
+        );
+    }
+    Ok(())
+}
+
+fn wire(msgs: &[(Header, Vec<u8>)]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for (h, p) in msgs {
+        v.extend_from_slice(&h.to_bytes());
+        v.extend_from_slice(p);
+    }
+    v
+}
+
+/// What follows the well-formed messages of a stream.
+#[derive(Debug, Clone)]
+enum Tail {
+    /// Nothing: a clean EOF.
+    Clean,
+    /// A header with a size over [`MAX_PAYLOAD`], and some bytes after it.
+    TooLarge { size: u32, after: usize },
+    /// The first `keep` bytes (at least one, fewer than all) of one more well-formed message.
+    Truncated { msg: (Header, Vec<u8>), keep: usize },
+}
+
+fn tail() -> impl Strategy<Value = Tail> {
+    let too_large = (
+        prop_oneof![
+            Just(MAX_PAYLOAD as u32 + 1),
+            Just(u32::MAX),
+            MAX_PAYLOAD as u32 + 1..=u32::MAX
+        ],
+        0usize..64,
+    )
+        .prop_map(|(size, after)| Tail::TooLarge { size, after });
+    let truncated = message().prop_flat_map(|msg| {
+        let len = Header::SIZE + msg.1.len();
+        (Just(msg), 1..len).prop_map(|(msg, keep)| Tail::Truncated { msg, keep })
+    });
+    prop_oneof![Just(Tail::Clean), too_large, truncated]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
+    /// Any bytes, cut anywhere: the connection makes of them exactly what the framing rules
+    /// say, and never panics.
     #[test]
-    fn arbitrary_bytes_never_panic(
+    fn arbitrary_bytes_frame_as_the_rules_say(
         stream in prop::collection::vec(any::<u8>(), 0..4096),
         cuts in prop::collection::vec(0usize..64, 0..16),
     ) {
-        feed(&stream, &cuts);
+        same(&feed(&stream, &cuts), &reference(&stream))?;
     }
 
+    /// Well-formed messages, cut anywhere, come out exactly as sent, in order; then the tail:
+    /// a clean EOF, a size over the bound refused, or a truncated message reported as the
+    /// bytes it left pending.
     #[test]
     fn arbitrary_frames_assemble_exactly(
-        stream in frames(),
-        cuts in prop::collection::vec(0usize..700, 0..16),
+        msgs in prop::collection::vec(message(), 0..8),
+        tail in tail(),
+        cuts in prop::collection::vec(0usize..5000, 0..16),
     ) {
-        feed(&stream, &cuts);
+        let mut stream = wire(&msgs);
+        let end = match &tail {
+            Tail::Clean => End::Eof { pending: 0 },
+            Tail::TooLarge { size, after } => {
+                stream.extend_from_slice(&Header::new(1, Header::VERSION, *size).to_bytes());
+                stream.resize(stream.len() + after, 0xab);
+                End::TooLarge { size: *size }
+            }
+            Tail::Truncated { msg, keep } => {
+                stream.extend_from_slice(&wire(std::slice::from_ref(msg))[..*keep]);
+                End::Eof { pending: *keep }
+            }
+        };
+        same(&feed(&stream, &cuts), &(msgs, end))?;
     }
 }

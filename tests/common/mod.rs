@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: socket paths, callback recorders, fd counts, the
-//! data-path test bed.
+//! data-path test bed, and `skip` for a test whose peer is missing.
 
 #![allow(dead_code)]
 
@@ -9,15 +9,24 @@ pub mod pkt;
 pub mod raw;
 pub mod testpmd;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rvhost::driver::{Device, DeviceId, DeviceOps, Driver, Flags};
 use rvhost::frontend::{Frontend, FrontendOptions};
 use rvhost::mbuf::PktPool;
 use rvhost_hugepages::region::{PageSize, RegionConfig};
+
+/// A test that cannot run here (no testpmd, QEMU, hugepages, root or second CPU) calls
+/// `return skip(why)`: it prints `skipping: <why>` and passes, or fails under
+/// `RVHOST_TEST_REQUIRE=all` (see `src/test_support.rs`).
+#[allow(unused_imports)] // unused by the tests that need no peer
+pub use rvhost::test_support::skip;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -133,6 +142,55 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     f()
+}
+
+/// Fails a test that hangs. Armed with a bound, it waits on its own thread; dropped in time (the
+/// test finished, or panicked and unwinds), it goes away. Otherwise it writes its name and
+/// `progress()` to stderr, past the harness's capture, and exits the process with status 101:
+/// a thread stuck in a call cannot be unwound, and a hang would stop CI without a word.
+/// Declare it before what it guards, so that it is dropped after it (drops can hang too).
+pub struct Watchdog {
+    disarm: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watchdog {
+    pub fn arm(
+        name: impl Into<String>,
+        bound: Duration,
+        progress: impl Fn() -> String + Send + 'static,
+    ) -> Watchdog {
+        let name = name.into();
+        let (disarm, armed) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("watchdog: {name}"))
+            .spawn(move || {
+                if let Err(RecvTimeoutError::Timeout) = armed.recv_timeout(bound) {
+                    let msg = format!(
+                        "\nwatchdog: {name}: still running after {bound:?} ({}); \
+                         failing the test binary\n",
+                        progress()
+                    );
+                    let _ = std::io::stderr().write_all(msg.as_bytes());
+                    std::process::exit(101);
+                }
+            })
+            .expect("spawn the watchdog");
+        Watchdog {
+            disarm: Some(disarm),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Disconnecting the channel wakes the watchdog.
+        drop(self.disarm.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Logs to the test output (RUST_LOG=debug for more).

@@ -1,13 +1,15 @@
 //! Unit tests of the mempool: configuration, layout, cache policy, counters, checks.
 //!
-//! Hugepage cases use whatever pool the machine has; they never change system settings and print
-//! `skipping: ...` when too few 2 MiB pages are free.
+//! Hugepage cases use whatever pool the machine has; they never change system settings and skip
+//! (`crate::test_support::skip`: `skipping: ...`, or a failure under `RVHOST_TEST_REQUIRE=all`)
+//! when too few 2 MiB pages are free.
 
 use std::collections::HashSet;
 
 use super::*;
 use crate::bulk_ring::MAX_CAPACITY;
 use crate::region::{IovaMode, RegionConfig, RegionError, hugepage_status};
+use crate::test_support::skip;
 
 fn small(name: &str, count: usize, elt_size: usize, cache: usize) -> MempoolConfig {
     MempoolConfig::new(name, count, elt_size)
@@ -443,7 +445,7 @@ fn layout_small_pages_pa_refuses_big_objects() {
         Ok(pool) => {
             let mode = pool.regions().next().unwrap().iova_mode();
             assert_eq!(mode, IovaMode::Va, "only VA packs objects across pages");
-            println!("skipping: physical addresses not readable, pool is in VA mode");
+            skip("physical addresses not readable, pool is in VA mode");
         }
         Err(e) => panic!("unexpected error {e}"),
     }
@@ -480,11 +482,10 @@ fn several_regions() {
 
 #[test]
 fn hugepage_pool() {
-    const SKIP: &str = "skipping: fewer than 4 free 2 MiB hugepages \
+    const SKIP: &str = "fewer than 4 free 2 MiB hugepages \
                         (reserve with echo 1024 > /proc/sys/vm/nr_hugepages)";
     if hugepage_status(PageSize::Huge2M).map_or(0, |s| s.available()) < 4 {
-        println!("{SKIP}");
-        return;
+        return skip(SKIP);
     }
     // 2304-byte objects: 910 per 2 MiB page, so 2000 objects need 3 pages.
     let config = MempoolConfig::new("huge", 2000, 2304)
@@ -496,8 +497,7 @@ fn hugepage_pool() {
             source: RegionError::NotEnoughHugepages { .. },
             ..
         }) => {
-            println!("{SKIP} (taken meanwhile)");
-            return;
+            return skip(format!("{SKIP} (taken meanwhile)"));
         }
         Err(e) => panic!("hugepage pool: {e}"),
     };

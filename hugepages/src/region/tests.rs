@@ -1,7 +1,9 @@
 //! Unit tests of the region module.
 //!
 //! Hugepage tests use whatever pool the machine has (CI reserves some before running the
-//! tests); they never change system settings and skip with a message when no pages are free.
+//! tests); they never change system settings and skip (`crate::test_support::skip`: a
+//! message, or a failure under `RVHOST_TEST_REQUIRE=all`) when no pages are free. Checks of
+//! physical addresses skip the same way when this process cannot read them.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -11,9 +13,11 @@ use nix::errno::Errno;
 use super::status::{Plan, fallback_warning, hugepage_status_in, plan, warn_fallback_once};
 use super::sys::sanitize_name;
 use super::*;
+use crate::test_support::skip;
 
-const SKIP_2M: &str =
-    "skipping: no free 2 MiB hugepages (reserve with echo 1024 > /proc/sys/vm/nr_hugepages)";
+const NO_2M: &str = "no free 2 MiB hugepages (reserve with echo 1024 > /proc/sys/vm/nr_hugepages)";
+const NO_PFNS: &str = "physical addresses not readable (root with CAP_SYS_ADMIN can): Pa mode \
+                       not checked";
 
 fn small(size: usize) -> RegionConfig {
     RegionConfig::new(size)
@@ -140,6 +144,8 @@ fn small_region_iova() {
     }
     if pfns_readable() {
         assert_eq!(r.iova_mode(), IovaMode::Pa, "PFNs are readable here");
+    } else {
+        skip(NO_PFNS);
     }
 }
 
@@ -170,6 +176,8 @@ fn locking_populates_like_prefault() {
         assert_eq!(r.iova_mode(), IovaMode::Pa);
         let va = r.as_ptr() as usize + 4096 + 9;
         assert_eq!(r.va_to_iova(va), Some(pagemap::phys_addr(va).unwrap()));
+    } else {
+        skip(NO_PFNS);
     }
 }
 
@@ -583,8 +591,7 @@ fn kernel_reports_hugepage_exhaustion_at_mmap() {
     // hugetlb reserves a MAP_SHARED mapping's pages in mmap: a pool that is too small shows up
     // as mmap ENOMEM, not as SIGBUS on first touch.
     let Some(s) = hugepage_status(PageSize::Huge2M) else {
-        println!("skipping: no 2 MiB hugepage pool");
-        return;
+        return skip("no 2 MiB hugepage pool");
     };
     let impossible = s.total + s.overcommit + 1;
     let cfg = RegionConfig::new(impossible * PageSize::Huge2M.bytes());
@@ -729,8 +736,7 @@ fn check_huge_region(r: &Region, pages: usize) {
 #[test]
 fn hugepage_region_memfd() {
     if free_2m() < 3 {
-        println!("{SKIP_2M}");
-        return;
+        return skip(NO_2M);
     }
     let cfg = RegionConfig::new(5 << 20)
         .with_page_size(PageSize::Huge2M)
@@ -740,8 +746,7 @@ fn hugepage_region_memfd() {
         Ok(r) => r,
         // Other tests may have taken the pages meanwhile.
         Err(RegionError::NotEnoughHugepages { .. }) => {
-            println!("{SKIP_2M}");
-            return;
+            return skip(NO_2M);
         }
         Err(e) => panic!("{e}"),
     };
@@ -749,6 +754,8 @@ fn hugepage_region_memfd() {
     check_huge_region(&r, 3);
     if pfns_readable() {
         assert_eq!(r.iova_mode(), IovaMode::Pa);
+    } else {
+        skip(NO_PFNS);
     }
     // Another mapping of the same fd sees the same bytes and (in Pa mode) the same PAs.
     let w = Region::from_fd_with(
@@ -781,14 +788,14 @@ fn hugepage_region_memfd() {
 #[test]
 fn hugepage_region_preferred() {
     if free_2m() < 1 {
-        println!("{SKIP_2M}");
-        return;
+        return skip(NO_2M);
     }
     let r = Region::new(&RegionConfig::new(100).with_name("huge-preferred")).unwrap();
     // Unless another test raced us for the last page, this got a hugepage.
-    if r.page_size() == PageSize::Huge2M {
-        check_huge_region(&r, 1);
+    if r.page_size() != PageSize::Huge2M {
+        return skip("the last free 2 MiB hugepages were taken meanwhile");
     }
+    check_huge_region(&r, 1);
 }
 
 #[test]
@@ -796,18 +803,11 @@ fn hugepage_region_hugetlbfs() {
     let dir = PathBuf::from("/dev/hugepages");
     match hugetlbfs_page_size(&dir) {
         Ok(PageSize::Huge2M) => {}
-        Ok(other) => {
-            println!("skipping: /dev/hugepages serves {other} pages");
-            return;
-        }
-        Err(e) => {
-            println!("skipping: {e}");
-            return;
-        }
+        Ok(other) => return skip(format!("/dev/hugepages serves {other} pages")),
+        Err(e) => return skip(e),
     }
     if free_2m() < 2 {
-        println!("{SKIP_2M}");
-        return;
+        return skip(NO_2M);
     }
     let before = count_files(&dir);
     let cfg = RegionConfig::new(4 << 20)
@@ -817,8 +817,7 @@ fn hugepage_region_hugetlbfs() {
     let r = match Region::new(&cfg) {
         Ok(r) => r,
         Err(RegionError::NotEnoughHugepages { .. }) => {
-            println!("{SKIP_2M}");
-            return;
+            return skip(NO_2M);
         }
         Err(e) => panic!("{e}"),
     };
