@@ -49,6 +49,11 @@ pub(crate) fn on_control_thread() -> bool {
 
 static NEXT_DEVICE_ID: AtomicU32 = AtomicU32::new(0);
 
+/// A process-wide id for a new connection.
+pub(super) fn new_device_id() -> DeviceId {
+    DeviceId(NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed))
+}
+
 enum Command {
     Start(SocketConfig, mpsc::Sender<Result<(), DriverError>>),
     Stop(PathBuf, mpsc::Sender<()>),
@@ -145,11 +150,12 @@ struct Listener {
     cfg: SocketConfig,
 }
 
-struct Conn {
-    conn: Connection,
-    state: DeviceState,
+/// One connection: its framing and its device.
+pub(super) struct Conn {
+    pub conn: Connection,
+    pub state: DeviceState,
     /// EPOLLOUT is in the interest set.
-    writing: bool,
+    pub writing: bool,
 }
 
 struct Pending {
@@ -341,7 +347,7 @@ impl Control {
             log::error!("{}: epoll add failed: {e}", path.display());
             return self.schedule_reconnect(cfg);
         }
-        let id = DeviceId(NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed));
+        let id = new_device_id();
         let state = DeviceState::new(id, cfg);
         let dev = state.dev.clone();
         let ops = Arc::clone(&state.cfg.ops);
@@ -447,16 +453,7 @@ impl Control {
         }
         let ops = Arc::clone(&c.state.cfg.ops);
         let dev = c.state.dev.clone();
-        if c.state.running {
-            c.state.running = false;
-            ops.destroy_device(&dev);
-        }
-        // Drop the rings, fds and memory now: nothing may use them after destroy_device. The
-        // copy devices finish with them first.
-        c.state.quiesce(None);
-        c.state.reset_vrings();
-        c.state
-            .set_memory(crate::memory::GuestMemory::empty(c.state.limits));
+        stop_device(&mut c.state);
         lock(&self.registry).remove(&id);
         let cfg = c.state.cfg.clone();
         drop(c);
@@ -465,6 +462,20 @@ impl Control {
             self.schedule_reconnect(cfg);
         }
     }
+}
+
+/// The device side of closing a connection: `destroy_device` if it runs, then its rings, fds
+/// and memory go (nothing may use them after destroy_device; the copy devices finish with them
+/// first). The caller drops the connection and calls `destroy_connection` after this.
+pub(super) fn stop_device(state: &mut DeviceState) {
+    if state.running {
+        state.running = false;
+        let ops = Arc::clone(&state.cfg.ops);
+        ops.destroy_device(&state.dev);
+    }
+    state.quiesce(None);
+    state.reset_vrings();
+    state.set_memory(crate::memory::GuestMemory::empty(state.limits));
 }
 
 /// Creates a listening socket, replacing a stale socket file nobody listens on.
@@ -487,7 +498,7 @@ fn listen(path: &Path) -> Result<UnixListener, DriverError> {
 
 /// Handles one message: checks, runs the handler, replies, and runs the callbacks that
 /// follow from the new state. `Err` closes the connection.
-fn dispatch(c: &mut Conn, mut msg: Message) -> Result<(), String> {
+pub(super) fn dispatch(c: &mut Conn, mut msg: Message) -> Result<(), String> {
     let req = msg.check().map_err(|e| e.to_string())?;
     let row = handlers::row(req);
     let state = &mut c.state;

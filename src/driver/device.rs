@@ -214,6 +214,11 @@ pub(crate) struct DeviceState {
     pub notified: Vec<bool>,
     pub backend_req: Option<UnixStream>,
     pub inflight: Option<Inflight>,
+    /// Map guest regions between inaccessible pages ([`MapOptions::guard_pages`]); set by
+    /// the fuzz targets' sessions, never by a `Driver`.
+    ///
+    /// [`MapOptions::guard_pages`]: crate::memory::MapOptions::guard_pages
+    pub guard_pages: bool,
 }
 
 impl DeviceState {
@@ -249,6 +254,7 @@ impl DeviceState {
             notified: vec![false; nvrings],
             backend_req: None,
             inflight: None,
+            guard_pages: false,
         }
     }
 

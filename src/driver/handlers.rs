@@ -314,7 +314,10 @@ fn desc_of(r: &crate::protocol::payload::MemoryRegion) -> RegionDesc {
 }
 
 fn map_options(dev: &DeviceState) -> MapOptions {
-    let mut opts = MapOptions::new();
+    let mut opts = MapOptions {
+        guard_pages: dev.guard_pages,
+        ..MapOptions::new()
+    };
     if dev.dev.flags().contains(crate::driver::Flags::ASYNC_COPY) {
         // A copy device writes guest memory without faulting pages in (and with an IOMMU
         // needs them pinned): populate and lock, as DPDK does for async vrings.

@@ -18,6 +18,8 @@
 mod control;
 pub mod device;
 mod handlers;
+#[cfg(feature = "internals")]
+pub mod session;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -119,6 +119,11 @@ pub struct MapOptions {
     pub max_region_bytes: u64,
     /// Refuse fds that are not sealed with `F_SEAL_SHRINK` (see the module documentation).
     pub require_shrink_seal: bool,
+    /// Place the mapping between two inaccessible (`PROT_NONE`) pages, so that an access
+    /// running past either end of the region faults instead of reaching whatever the kernel
+    /// mapped next to it (another region, another guest's memory). Costs one more mapping
+    /// (address space only). rvhost's fuzz targets turn it on.
+    pub guard_pages: bool,
 }
 
 impl MapOptions {
@@ -129,6 +134,7 @@ impl MapOptions {
             lock: false,
             max_region_bytes: DEFAULT_MAX_TOTAL_BYTES,
             require_shrink_seal: false,
+            guard_pages: false,
         }
     }
 }
@@ -148,6 +154,9 @@ pub struct GuestRegion {
     map_base: NonNull<c_void>,
     /// Length of the whole mapping.
     map_len: usize,
+    /// With [`MapOptions::guard_pages`]: the `PROT_NONE` reservation the mapping sits in,
+    /// unmapped whole (mapping and guards) on drop.
+    guarded: Option<GuardedMapping>,
     /// `map_base + (mmap_offset - aligned offset)`: the host address of `guest_phys_addr`.
     host_base: NonNull<u8>,
     page_size: u64,
@@ -256,13 +265,32 @@ impl GuestRegion {
         if opts.populate {
             flags |= MapFlags::MAP_POPULATE;
         }
-        // SAFETY: a fresh mapping chosen by the kernel (addr None) cannot alias any existing Rust
-        // object; fd is a valid open regular file; the length and offset were computed above
-        // (offset page aligned, length nonzero). Only [delta, delta + size) of the mapping is ever
-        // accessed, and that range was checked to lie within st_size.
+        let mmap_err = |errno| MemoryError::Mmap {
+            offset: map_offset,
+            len: map_len_u64,
+            errno,
+        };
+        let guarded = if opts.guard_pages {
+            // page_size is a power of two that fits in usize (it is st_blksize or the system
+            // page size).
+            let g = GuardedMapping::reserve(map_len, page_size as usize, sys_page as usize)
+                .map_err(mmap_err)?;
+            flags |= MapFlags::MAP_FIXED;
+            Some(g)
+        } else {
+            None
+        };
+        let at = guarded.as_ref().map(GuardedMapping::inner);
+        // SAFETY: without guard pages, a fresh mapping chosen by the kernel (addr None) cannot
+        // alias any existing Rust object; with them, MAP_FIXED replaces part of the PROT_NONE
+        // reservation made just above, which nothing else uses (`inner` leaves at least one
+        // page of it on each side). fd is a valid open regular file; the length and offset
+        // were computed above (offset page aligned, length nonzero). Only
+        // [delta, delta + size) of the mapping is ever accessed, and that range was checked to
+        // lie within st_size.
         let map_base = unsafe {
             mman::mmap(
-                None,
+                at,
                 map_len_nz,
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
                 flags,
@@ -270,11 +298,7 @@ impl GuestRegion {
                 file_off,
             )
         }
-        .map_err(|errno| MemoryError::Mmap {
-            offset: map_offset,
-            len: map_len_u64,
-            errno,
-        })?;
+        .map_err(mmap_err)?;
 
         // SAFETY: delta < page_size <= map_len, so map_base + delta is inside the mapping just
         // created (and therefore non-null).
@@ -286,6 +310,7 @@ impl GuestRegion {
             desc,
             map_base,
             map_len,
+            guarded,
             host_base,
             page_size,
             shrink_sealed,
@@ -441,6 +466,10 @@ impl fmt::Debug for GuestRegion {
 
 impl Drop for GuestRegion {
     fn drop(&mut self) {
+        if self.guarded.is_some() {
+            // The reservation's own drop unmaps the mapping with its guards.
+            return;
+        }
         // SAFETY: map_base/map_len are exactly the mapping created in `map` and owned only by
         // this region; every GuestSlice borrows the region (directly or via a GuestMemory holding
         // an Arc to it), so none outlives this point.
@@ -448,6 +477,68 @@ impl Drop for GuestRegion {
             log::error!("munmap of guest region {} failed: {e}", self.desc);
         }
         // The fd closes when `self.fd` drops, after this.
+    }
+}
+
+/// Address space reserved `PROT_NONE` around a region's mapping ([`MapOptions::guard_pages`]):
+/// the mapping replaces its middle (`MAP_FIXED`), at least one system page on each side stays
+/// inaccessible. Unmapping the reservation unmaps the mapping inside it too.
+#[derive(Debug)]
+struct GuardedMapping {
+    start: NonNull<c_void>,
+    len: usize,
+    inner: NonZeroUsize,
+}
+
+impl GuardedMapping {
+    /// Reserves room for a mapping of `len` bytes at an address aligned to `page` (a hugetlb
+    /// mapping must be), with at least `sys_page` inaccessible bytes before and after it.
+    fn reserve(len: usize, page: usize, sys_page: usize) -> Result<GuardedMapping, nix::Error> {
+        // The mapping starts at the first `page` boundary past `start + sys_page`, at most
+        // `start + page` (start is sys_page aligned): `page + len + sys_page` bytes hold it
+        // and a guard page after it.
+        let total = page
+            .checked_add(len)
+            .and_then(|n| n.checked_add(sys_page))
+            .and_then(NonZeroUsize::new)
+            .ok_or(nix::Error::ENOMEM)?;
+        // SAFETY: a fresh anonymous PROT_NONE mapping chosen by the kernel (addr None) aliases
+        // nothing, and nothing can be read or written through it.
+        let start = unsafe {
+            mman::mmap_anonymous(
+                None,
+                total,
+                ProtFlags::PROT_NONE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
+            )
+        }?;
+        let mut g = GuardedMapping {
+            start,
+            len: total.get(),
+            inner: NonZeroUsize::MIN,
+        };
+        g.inner = (start.as_ptr() as usize)
+            .checked_add(sys_page)
+            .and_then(|a| a.checked_next_multiple_of(page))
+            .and_then(NonZeroUsize::new)
+            .ok_or(nix::Error::ENOMEM)?; // `g` drops: the reservation is unmapped
+        Ok(g)
+    }
+
+    /// Where the mapping goes.
+    fn inner(&self) -> NonZeroUsize {
+        self.inner
+    }
+}
+
+impl Drop for GuardedMapping {
+    fn drop(&mut self) {
+        // SAFETY: [start, start + len) is the reservation made in `reserve`, with the region's
+        // mapping inside it; both belong to the GuestRegion being dropped (or to a `map` that
+        // failed), and no GuestSlice of them outlives it (see GuestRegion's drop).
+        if let Err(e) = unsafe { mman::munmap(self.start, self.len) } {
+            log::error!("munmap of a guarded guest region failed: {e}");
+        }
     }
 }
 
@@ -695,6 +786,57 @@ mod tests {
             }
             Err(e) => panic!("unexpected {e}"),
         }
+        assert_eq!(mapped_bytes_named(&name), 0);
+        assert_eq!(fds_named(&name), 0);
+    }
+
+    /// The permissions `/proc/self/maps` gives the mapping holding `addr` (`None`: unmapped).
+    fn perms_at(addr: usize) -> Option<String> {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines().find_map(|l| {
+            let (range, rest) = l.split_once(' ')?;
+            let (a, b) = range.split_once('-')?;
+            let (a, b) = (
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            );
+            (a <= addr && addr < b).then(|| rest.split(' ').next().unwrap_or("").to_string())
+        })
+    }
+
+    #[test]
+    fn guard_pages_around_the_mapping() {
+        let name = unique_name("guarded");
+        let fd = memfd(&name, 0x6000);
+        // An unaligned offset: the mapping starts a page before the region.
+        let desc = RegionDesc {
+            memory_size: 0x3000,
+            mmap_offset: 0x1800,
+            ..RegionDesc::default()
+        };
+        let opts = MapOptions {
+            guard_pages: true,
+            ..MapOptions::new()
+        };
+        let r = GuestRegion::map(fd, desc, opts).unwrap();
+        r.as_slice().fill(0x5a);
+        assert_eq!(
+            r.as_slice().read_obj::<u64>(0x2ff8).unwrap(),
+            0x5a5a5a5a5a5a5a5a
+        );
+        let start = r.host_ptr() as usize;
+        let map_start = start - 0x800;
+        let map_end = start + 0x3800; // 0x800 + 0x3000 rounded up to the page
+        assert_eq!(perms_at(map_start).as_deref(), Some("rw-s"));
+        assert_eq!(perms_at(map_end - 1).as_deref(), Some("rw-s"));
+        assert_eq!(
+            perms_at(map_start - 1).as_deref(),
+            Some("---p"),
+            "guard before"
+        );
+        assert_eq!(perms_at(map_end).as_deref(), Some("---p"), "guard after");
+        assert_eq!(mapped_bytes_named(&name), 0x4000);
+        drop(r);
         assert_eq!(mapped_bytes_named(&name), 0);
         assert_eq!(fds_named(&name), 0);
     }
