@@ -1,6 +1,7 @@
-//! What a test does when this machine lacks what it needs (free hugepages, readable physical
-//! addresses): rvhost's convention (`src/test_support.rs` of the rvhost crate, which this crate
-//! cannot depend on), for this crate's unit tests and, through `#[path]`, its `tests/`.
+//! What a test does when this machine lacks what it needs (DPDK testpmd, QEMU, free hugepages,
+//! readable physical addresses, root, a second CPU): the one convention of the workspace's
+//! tests. It lives in this crate, the one every other depends on; rvhost re-exports it
+//! (`rvhost::test_support`).
 //!
 //! Without `RVHOST_TEST_REQUIRE`, [`skip`] writes `skipping: <why> [<test>]` to the process's
 //! standard error and the test returns and passes. The line goes to the file descriptor, not

@@ -15,9 +15,7 @@ use rvhost_hugepages::mempool::{Mempool, MempoolConfig, ObjPtr};
 use rvhost_hugepages::region::{PageSize, hugepage_status};
 
 /// The skip-or-fail convention (`RVHOST_TEST_REQUIRE`), shared with the crate's unit tests.
-#[path = "../src/test_support.rs"]
-mod test_support;
-use test_support::skip;
+use rvhost_hugepages::test_support::skip;
 
 const THREADS: usize = 4;
 const COUNT: usize = 512;

@@ -17,9 +17,7 @@ use rvhost_hugepages::region::{
 
 /// Set in the child's environment: the abstract socket name to connect to.
 /// The skip-or-fail convention (`RVHOST_TEST_REQUIRE`), shared with the crate's unit tests.
-#[path = "../src/test_support.rs"]
-mod test_support;
-use test_support::skip;
+use rvhost_hugepages::test_support::skip;
 
 const CHILD_ENV: &str = "RVHOST_REGION_SHARE_SOCKET";
 const TIMEOUT: Duration = Duration::from_secs(30);
