@@ -10,7 +10,7 @@
 //!
 //! Memory, rings and indexes only change with nothing in flight: before a front-end request
 //! that changes a vring or the memory, the control thread drains the copies in flight of the
-//! vrings it changes ([`Vring::drain_async`]), as the handler table's `data_plane` column says
+//! vrings it changes (`Vring::drain_async`), as the handler table's `data_plane` column says
 //! (`driver/handlers.rs`; disconnect drains every vring). The [`Vring`] setters drain
 //! whatever is still in flight themselves, logging it as a bug of that table.
 

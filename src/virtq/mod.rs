@@ -281,7 +281,7 @@ impl Vring {
     }
 
     /// Back to the state of a fresh queue, keeping the memory table and the async channel
-    /// (drained first: see [`settle`](Self::settle)).
+    /// (drained first: see `settle`).
     pub fn reset(&mut self) {
         self.settle("a reset");
         let mem = std::mem::take(&mut self.mem);
