@@ -317,6 +317,35 @@ fn cases() -> Vec<Case> {
             )
             .unwrap();
         }),
+        ("a table naming one held region twice", |ep| {
+            // Holds {A, B}, then sends {A, A}: both entries match held region A, as many
+            // entries as held regions. An overlapping table, refused like any other: no ack,
+            // the connection closes (and with it the fds of the message).
+            assert_eq!(acked(ep, R::SetOwner, &[], &[]).unwrap(), 0);
+            let (a, b) = (memfd(1 << 20), memfd(1 << 20));
+            let ra = region(0, 1 << 20, 0x1000_0000, 0);
+            let rb = region(1 << 20, 1 << 20, 0x2000_0000, 0);
+            let held = MemoryTable {
+                regions: vec![ra, rb],
+            };
+            let fds = [a.as_fd(), b.as_fd()];
+            assert_eq!(
+                acked(ep, R::SetMemTable, &held.to_bytes(), &fds).unwrap(),
+                0
+            );
+            let twice = MemoryTable {
+                regions: vec![ra, ra],
+            };
+            let fds = [a.as_fd(), a.as_fd()];
+            ep.send_request(R::SetMemTable, Header::NEED_REPLY, &twice.to_bytes(), &fds)
+                .unwrap();
+            if let Ok((_, p)) = ep.recv_reply(R::SetMemTable) {
+                panic!(
+                    "{{A, A}} over {{A, B}} was answered (status {:?}) instead of refused",
+                    u64::parse(&p)
+                );
+            }
+        }),
         ("region size overflows", |ep| {
             assert_eq!(acked(ep, R::SetOwner, &[], &[]).unwrap(), 0);
             let fd = memfd(1 << 20);

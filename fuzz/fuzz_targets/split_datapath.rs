@@ -29,14 +29,12 @@
 
 #![no_main]
 
-use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::ptr::NonNull;
 use std::sync::{Arc, OnceLock};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+use memmap2::{MmapOptions, MmapRaw};
 use rvhost::driver::session::{Served, Session, SessionOptions};
 use rvhost::driver::{Device, Flags};
 use rvhost::features::{
@@ -204,11 +202,12 @@ struct Pkt {
     seg: u16,
 }
 
-/// One guest region: where the guest sees it and the harness's own mapping of its memfd.
+/// One guest region: where the guest sees it and the harness's own mapping of its memfd
+/// (unmapped when the Guest drops).
 struct GuestRegion {
     gpa: u64,
     size: u64,
-    ptr: NonNull<u8>,
+    map: MmapRaw,
 }
 
 /// The guest's memory as the harness (the guest) sees it.
@@ -246,7 +245,7 @@ impl Guest {
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     bytes[k..].as_ptr(),
-                    r.ptr.as_ptr().add(off as usize),
+                    r.map.as_mut_ptr().add(off as usize),
                     n,
                 )
             };
@@ -267,7 +266,7 @@ impl Guest {
             // into a fresh Vec without forming a reference to the shared bytes.
             unsafe {
                 std::ptr::copy_nonoverlapping(
-                    r.ptr.as_ptr().add(off as usize),
+                    r.map.as_mut_ptr().add(off as usize),
                     chunk.as_mut_ptr(),
                     n as usize,
                 )
@@ -287,7 +286,7 @@ impl Guest {
             // SAFETY: [off, off + N) is inside the harness's mapping of the region; copied
             // into a local array without forming a reference to the shared bytes.
             unsafe {
-                std::ptr::copy_nonoverlapping(r.ptr.as_ptr().add(off as usize), out.as_mut_ptr(), N)
+                std::ptr::copy_nonoverlapping(r.map.as_ptr().add(off as usize), out.as_mut_ptr(), N)
             };
             return Some(out);
         }
@@ -307,15 +306,6 @@ impl Guest {
     /// Whether `[gpa, gpa + len)` lies in one region (an indirect table must).
     fn in_one_region(&self, gpa: u64, len: u64) -> bool {
         self.find(gpa).is_some_and(|(r, off)| len <= r.size - off)
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        for r in &self.regions {
-            // SAFETY: the harness's own mapping made in `setup`, used by nothing after this.
-            let _ = unsafe { munmap(r.ptr.cast(), r.size as usize) };
-        }
     }
 }
 
@@ -499,23 +489,11 @@ fn setup(input: &Input) -> Harness {
     let mut table = Vec::new();
     for (i, &(gpa, size)) in spans.iter().enumerate() {
         let fd = memfd(size);
-        // SAFETY: a fresh shared mapping of the harness's own memfd, chosen by the kernel.
-        let ptr = unsafe {
-            mmap(
-                None,
-                NonZeroUsize::new(size as usize).unwrap(),
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                fd.as_fd(),
-                0,
-            )
-        }
-        .expect("mmap");
-        regions.push(GuestRegion {
-            gpa,
-            size,
-            ptr: ptr.cast(),
-        });
+        let map = MmapOptions::new()
+            .len(size as usize)
+            .map_raw(&fd)
+            .expect("mmap");
+        regions.push(GuestRegion { gpa, size, map });
         table.push(MemoryRegion {
             guest_phys_addr: gpa,
             memory_size: size,

@@ -339,13 +339,12 @@ fn set_mem_table(
             format!("{} regions but {} fds", table.regions.len(), msg.fds.len()),
         ));
     }
+    let descs: Vec<RegionDesc> = table.regions.iter().map(desc_of).collect();
+    // Every table follows the table's rules, the one held again included: a table naming a
+    // held region twice overlaps itself and is refused here, not taken for the held table.
+    GuestMemory::check_table(&descs, dev.limits)?;
     // QEMU re-sends identical tables; keep the mapping (the new fds are closed on drop).
-    let same = dev.mem.len() == table.regions.len()
-        && table
-            .regions
-            .iter()
-            .all(|r| dev.mem.find_region(&desc_of(r)).is_some());
-    if same && !dev.mem.is_empty() {
+    if !dev.mem.is_empty() && dev.mem.holds_exactly(&descs) {
         dev.mem.reset_frontend_refs();
         return Ok(Outcome::Done);
     }

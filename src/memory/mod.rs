@@ -138,13 +138,11 @@ pub(crate) fn soft_rlimit(resource: Resource) -> Option<u64> {
 pub(crate) mod testutil {
     //! Real memfds and /proc-based leak checks for the tests of this module.
 
-    use std::num::NonZeroUsize;
-    use std::os::fd::{AsFd, OwnedFd};
-    use std::ptr::NonNull;
+    use std::os::fd::OwnedFd;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use memmap2::{MmapOptions, MmapRaw};
     use nix::sys::memfd::{MFdFlags, memfd_create};
-    use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -202,8 +200,7 @@ pub(crate) mod testutil {
 
     /// The frontend's own mapping of a whole memfd, to prove sharing.
     pub struct FrontendMap {
-        ptr: NonNull<std::ffi::c_void>,
-        len: usize,
+        map: MmapRaw,
     }
 
     impl FrontendMap {
@@ -211,56 +208,33 @@ pub(crate) mod testutil {
             Self::try_new(fd, len).unwrap()
         }
 
-        pub fn try_new(fd: &OwnedFd, len: usize) -> nix::Result<Self> {
-            // SAFETY: a fresh kernel-chosen shared mapping of a valid fd aliases no Rust object.
-            let ptr = unsafe {
-                mmap(
-                    None,
-                    NonZeroUsize::new(len).unwrap(),
-                    ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                    MapFlags::MAP_SHARED,
-                    fd.as_fd(),
-                    0,
-                )
-            }?;
-            Ok(FrontendMap { ptr, len })
+        pub fn try_new(fd: &OwnedFd, len: usize) -> std::io::Result<Self> {
+            let map = MmapOptions::new().len(len).map_raw(fd)?;
+            Ok(FrontendMap { map })
         }
 
         pub fn addr(&self) -> u64 {
-            self.ptr.as_ptr() as u64
+            self.map.as_ptr() as u64
         }
 
         pub fn write(&self, off: usize, data: &[u8]) {
-            assert!(off + data.len() <= self.len);
-            // SAFETY: bounds asserted above; the mapping lives until drop.
+            assert!(off + data.len() <= self.map.len());
+            // SAFETY: bounds asserted above; the mapping lives as long as self.
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     data.as_ptr(),
-                    self.ptr.as_ptr().cast::<u8>().add(off),
+                    self.map.as_mut_ptr().add(off),
                     data.len(),
                 )
             };
         }
 
         pub fn read(&self, off: usize, n: usize) -> Vec<u8> {
-            assert!(off + n <= self.len);
+            assert!(off + n <= self.map.len());
             let mut v = vec![0u8; n];
-            // SAFETY: bounds asserted above; the mapping lives until drop.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    self.ptr.as_ptr().cast::<u8>().add(off),
-                    v.as_mut_ptr(),
-                    n,
-                )
-            };
+            // SAFETY: bounds asserted above; the mapping lives as long as self.
+            unsafe { std::ptr::copy_nonoverlapping(self.map.as_ptr().add(off), v.as_mut_ptr(), n) };
             v
-        }
-    }
-
-    impl Drop for FrontendMap {
-        fn drop(&mut self) {
-            // SAFETY: exactly the mapping created in new().
-            unsafe { munmap(self.ptr, self.len) }.unwrap();
         }
     }
 }

@@ -15,6 +15,10 @@
 //! The page size is `st_blksize` from `fstat` when it is a power of two at least the system page
 //! size (hugetlbfs reports the huge page size there), the system page size otherwise.
 //!
+//! The mapping is `memmap2`'s [`MmapRaw`] (raw pointers only: the guest writes the memory
+//! concurrently), except between guard pages ([`MapOptions::guard_pages`]), which needs
+//! `MAP_FIXED`. The region's bytes are `mlock`ed by hand (memmap2 locks whole mappings).
+//!
 //! # The fd is kept
 //!
 //! [`GuestRegion`] keeps the frontend's fd open for its whole life (closed on drop, after the
@@ -32,11 +36,14 @@
 
 use std::ffi::c_void;
 use std::fmt;
+use std::io;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use memmap2::{Advice, MmapOptions, MmapRaw};
+use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::mman::{self, MapFlags, MmapAdvise, ProtFlags};
 use nix::sys::stat::fstat;
@@ -150,14 +157,11 @@ impl Default for MapOptions {
 /// Normally held in an `Arc` by one or more [`GuestMemory`](super::GuestMemory) tables.
 pub struct GuestRegion {
     desc: RegionDesc,
-    /// Start of the whole mapping (page aligned).
-    map_base: NonNull<c_void>,
-    /// Length of the whole mapping.
-    map_len: usize,
-    /// With [`MapOptions::guard_pages`]: the `PROT_NONE` reservation the mapping sits in,
-    /// unmapped whole (mapping and guards) on drop.
-    guarded: Option<GuardedMapping>,
-    /// `map_base + (mmap_offset - aligned offset)`: the host address of `guest_phys_addr`.
+    /// The whole mapping (from the aligned offset, page aligned), unmapped when it drops:
+    /// before `fd` closes, which is declared after it.
+    mapping: Mapping,
+    /// `mapping.base() + (mmap_offset - aligned offset)`: the host address of
+    /// `guest_phys_addr`, kept here so that the data path reads it with no indirection.
     host_base: NonNull<u8>,
     page_size: u64,
     shrink_sealed: bool,
@@ -169,7 +173,7 @@ pub struct GuestRegion {
     frontend_refs: AtomicU32,
 }
 
-// SAFETY: GuestRegion owns its mapping exclusively (unmapped only in Drop) and holds no
+// SAFETY: GuestRegion owns its mapping exclusively (unmapped only when it drops) and holds no
 // thread-affine state; the raw pointers are plain addresses of that mapping. All access to the
 // bytes goes through GuestSlice, whose operations are raw-pointer copies / volatile / atomic
 // accesses of memory that the guest mutates concurrently anyway, so sharing between threads adds
@@ -261,56 +265,45 @@ impl GuestRegion {
             return Err(too_large);
         };
 
-        let mut flags = MapFlags::MAP_SHARED;
-        if opts.populate {
-            flags |= MapFlags::MAP_POPULATE;
-        }
         let mmap_err = |errno| MemoryError::Mmap {
             offset: map_offset,
             len: map_len_u64,
             errno,
         };
-        let guarded = if opts.guard_pages {
+        let mapping = if opts.guard_pages {
             // page_size is a power of two that fits in usize (it is st_blksize or the system
             // page size).
-            let g = GuardedMapping::reserve(map_len, page_size as usize, sys_page as usize)
-                .map_err(mmap_err)?;
-            flags |= MapFlags::MAP_FIXED;
-            Some(g)
-        } else {
-            None
-        };
-        let at = guarded.as_ref().map(GuardedMapping::inner);
-        // SAFETY: without guard pages, a fresh mapping chosen by the kernel (addr None) cannot
-        // alias any existing Rust object; with them, MAP_FIXED replaces part of the PROT_NONE
-        // reservation made just above, which nothing else uses (`inner` leaves at least one
-        // page of it on each side). fd is a valid open regular file; the length and offset
-        // were computed above (offset page aligned, length nonzero). Only
-        // [delta, delta + size) of the mapping is ever accessed, and that range was checked to
-        // lie within st_size.
-        let map_base = unsafe {
-            mman::mmap(
-                at,
-                map_len_nz,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                flags,
+            let guarded = GuardedMapping::map(
                 fd.as_fd(),
+                map_len_nz,
                 file_off,
-            )
-        }
-        .map_err(mmap_err)?;
+                opts.populate,
+                page_size as usize,
+                sys_page as usize,
+            );
+            Mapping::Guarded(guarded.map_err(mmap_err)?)
+        } else {
+            let mut options = MmapOptions::new();
+            options.offset(map_offset).len(map_len);
+            if opts.populate {
+                options.populate();
+            }
+            // A fresh MAP_SHARED read-write mapping placed by the kernel. map_offset is a
+            // multiple of the system page size, so memmap2 maps from it exactly and its
+            // pointer is the mapping's start. Only [delta, delta + size) of it is ever
+            // accessed, and that range was checked to lie within st_size.
+            let raw = options.map_raw(&fd).map_err(|e| mmap_err(errno_of(&e)))?;
+            Mapping::Shared(raw)
+        };
 
-        // SAFETY: delta < page_size <= map_len, so map_base + delta is inside the mapping just
+        // SAFETY: delta < page_size <= map_len, so base + delta is inside the mapping just
         // created (and therefore non-null).
-        let host_base =
-            unsafe { NonNull::new_unchecked(map_base.as_ptr().cast::<u8>().add(delta_usize)) };
+        let host_base = unsafe { NonNull::new_unchecked(mapping.base().add(delta_usize)) };
 
-        // From here on, Drop unmaps on any error return.
+        // From here on, dropping `region` unmaps on any error return.
         let mut region = GuestRegion {
             desc,
-            map_base,
-            map_len,
-            guarded,
+            mapping,
             host_base,
             page_size,
             shrink_sealed,
@@ -320,13 +313,14 @@ impl GuestRegion {
         };
 
         // Keep guest memory out of core dumps (as DPDK's mem_set_dump does). Best effort.
-        // SAFETY: [map_base, map_base + map_len) is exactly the mapping created above; madvise
-        // DONTDUMP does not change its contents.
-        if let Err(e) = unsafe { mman::madvise(map_base, map_len, MmapAdvise::MADV_DONTDUMP) } {
+        if let Err(e) = region.mapping.dont_dump() {
             log::debug!("madvise(MADV_DONTDUMP) on guest region {desc} failed: {e}");
         }
 
         if opts.lock {
+            // The region's bytes only, not the whole mapping as memmap2's `lock` would: that
+            // adds up to a page on each side (with 1 GiB pages, as much of RLIMIT_MEMLOCK),
+            // and where st_blksize is larger than the pages of the file, pages past its end.
             // SAFETY: [host_base, host_base + size) lies inside the mapping (delta + size <=
             // map_len) and inside the file, so faulting it in cannot SIGBUS; mlock does not
             // change the contents.
@@ -343,7 +337,7 @@ impl GuestRegion {
         log::debug!(
             "mapped guest region {desc}: host {:p}, mapping {:p}+{map_len:#x} at file offset {map_offset:#x}, page size {page_size:#x}{}",
             region.host_base,
-            region.map_base,
+            region.mapping.base(),
             if shrink_sealed { ", shrink-sealed" } else { "" }
         );
         Ok(region)
@@ -455,7 +449,7 @@ impl fmt::Debug for GuestRegion {
         f.debug_struct("GuestRegion")
             .field("desc", &self.desc)
             .field("host_base", &self.host_base)
-            .field("map_len", &self.map_len)
+            .field("map_len", &self.mapping.len())
             .field("page_size", &self.page_size)
             .field("shrink_sealed", &self.shrink_sealed)
             .field("locked", &self.locked)
@@ -464,44 +458,90 @@ impl fmt::Debug for GuestRegion {
     }
 }
 
-impl Drop for GuestRegion {
-    fn drop(&mut self) {
-        if self.guarded.is_some() {
-            // The reservation's own drop unmaps the mapping with its guards.
-            return;
+/// The errno of an error `memmap2` returned. Its only errors that are not the kernel's are
+/// lengths above `isize::MAX`, hence `EOVERFLOW`.
+fn errno_of(e: &io::Error) -> Errno {
+    e.raw_os_error().map_or(Errno::EOVERFLOW, Errno::from_raw)
+}
+
+/// A region's mapping, unmapped when it drops. Every [`GuestSlice`] borrows the region
+/// (directly or through a [`GuestMemory`](super::GuestMemory) holding an `Arc` to it), so
+/// none outlives it.
+#[derive(Debug)]
+enum Mapping {
+    /// Placed by the kernel: `memmap2`, which only hands out raw pointers (the guest writes
+    /// the memory concurrently; no reference may be formed over it).
+    Shared(MmapRaw),
+    /// Inside a `PROT_NONE` reservation ([`MapOptions::guard_pages`]): `MAP_FIXED`, which
+    /// `memmap2` does not offer, so by hand.
+    Guarded(GuardedMapping),
+}
+
+impl Mapping {
+    /// The mapping's first byte (page aligned).
+    fn base(&self) -> *mut u8 {
+        match self {
+            Mapping::Shared(m) => m.as_mut_ptr(),
+            Mapping::Guarded(g) => g.inner.as_ptr().cast(),
         }
-        // SAFETY: map_base/map_len are exactly the mapping created in `map` and owned only by
-        // this region; every GuestSlice borrows the region (directly or via a GuestMemory holding
-        // an Arc to it), so none outlives this point.
-        if let Err(e) = unsafe { mman::munmap(self.map_base, self.map_len) } {
-            log::error!("munmap of guest region {} failed: {e}", self.desc);
+    }
+
+    /// The mapping's length (a multiple of the region's page size).
+    fn len(&self) -> usize {
+        match self {
+            Mapping::Shared(m) => m.len(),
+            Mapping::Guarded(g) => g.inner_len,
         }
-        // The fd closes when `self.fd` drops, after this.
+    }
+
+    /// `MADV_DONTDUMP` on the whole mapping.
+    fn dont_dump(&self) -> Result<(), Errno> {
+        match self {
+            Mapping::Shared(m) => m.advise(Advice::DontDump).map_err(|e| errno_of(&e)),
+            // SAFETY: [inner, inner + inner_len) is exactly the mapping placed in `map`;
+            // madvise DONTDUMP does not change its contents.
+            Mapping::Guarded(g) => unsafe {
+                mman::madvise(g.inner, g.inner_len, MmapAdvise::MADV_DONTDUMP)
+            },
+        }
     }
 }
 
 /// Address space reserved `PROT_NONE` around a region's mapping ([`MapOptions::guard_pages`]):
 /// the mapping replaces its middle (`MAP_FIXED`), at least one system page on each side stays
 /// inaccessible. Unmapping the reservation unmaps the mapping inside it too.
+///
+/// `memmap2` cannot place a mapping at a chosen address, so this one is made with nix.
 #[derive(Debug)]
 struct GuardedMapping {
+    /// The reservation.
     start: NonNull<c_void>,
     len: usize,
-    inner: NonZeroUsize,
+    /// The file's mapping inside it.
+    inner: NonNull<c_void>,
+    inner_len: usize,
 }
 
 impl GuardedMapping {
-    /// Reserves room for a mapping of `len` bytes at an address aligned to `page` (a hugetlb
-    /// mapping must be), with at least `sys_page` inaccessible bytes before and after it.
-    fn reserve(len: usize, page: usize, sys_page: usize) -> Result<GuardedMapping, nix::Error> {
+    /// Maps `len` bytes of `fd` at `offset` (`MAP_SHARED`, read-write, `MAP_POPULATE` if
+    /// `populate`) at an address aligned to `page` (a hugetlb mapping must be), with at least
+    /// `sys_page` inaccessible bytes before and after it.
+    fn map(
+        fd: BorrowedFd<'_>,
+        len: NonZeroUsize,
+        offset: libc::off_t,
+        populate: bool,
+        page: usize,
+        sys_page: usize,
+    ) -> Result<GuardedMapping, Errno> {
         // The mapping starts at the first `page` boundary past `start + sys_page`, at most
         // `start + page` (start is sys_page aligned): `page + len + sys_page` bytes hold it
         // and a guard page after it.
         let total = page
-            .checked_add(len)
+            .checked_add(len.get())
             .and_then(|n| n.checked_add(sys_page))
             .and_then(NonZeroUsize::new)
-            .ok_or(nix::Error::ENOMEM)?;
+            .ok_or(Errno::ENOMEM)?;
         // SAFETY: a fresh anonymous PROT_NONE mapping chosen by the kernel (addr None) aliases
         // nothing, and nothing can be read or written through it.
         let start = unsafe {
@@ -515,27 +555,44 @@ impl GuardedMapping {
         let mut g = GuardedMapping {
             start,
             len: total.get(),
-            inner: NonZeroUsize::MIN,
+            inner: start,
+            inner_len: 0,
         };
-        g.inner = (start.as_ptr() as usize)
+        // On any error below, `g` drops: the reservation is unmapped.
+        let at = (start.as_ptr() as usize)
             .checked_add(sys_page)
             .and_then(|a| a.checked_next_multiple_of(page))
             .and_then(NonZeroUsize::new)
-            .ok_or(nix::Error::ENOMEM)?; // `g` drops: the reservation is unmapped
+            .ok_or(Errno::ENOMEM)?;
+        let mut flags = MapFlags::MAP_SHARED | MapFlags::MAP_FIXED;
+        if populate {
+            flags |= MapFlags::MAP_POPULATE;
+        }
+        // SAFETY: MAP_FIXED replaces part of the PROT_NONE reservation made just above, which
+        // nothing else uses: [at, at + len) lies inside it with at least one page of it left
+        // on each side. fd is a valid open regular file, offset is page aligned and len
+        // nonzero (checked by the caller, which accesses only the part of the mapping that
+        // lies within the file's size).
+        g.inner = unsafe {
+            mman::mmap(
+                Some(at),
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                flags,
+                fd,
+                offset,
+            )
+        }?;
+        g.inner_len = len.get();
         Ok(g)
-    }
-
-    /// Where the mapping goes.
-    fn inner(&self) -> NonZeroUsize {
-        self.inner
     }
 }
 
 impl Drop for GuardedMapping {
     fn drop(&mut self) {
-        // SAFETY: [start, start + len) is the reservation made in `reserve`, with the region's
+        // SAFETY: [start, start + len) is the reservation made in `map`, with the region's
         // mapping inside it; both belong to the GuestRegion being dropped (or to a `map` that
-        // failed), and no GuestSlice of them outlives it (see GuestRegion's drop).
+        // failed), and no GuestSlice of them outlives it (see `Mapping`).
         if let Err(e) = unsafe { mman::munmap(self.start, self.len) } {
             log::error!("munmap of a guarded guest region failed: {e}");
         }
@@ -911,6 +968,14 @@ mod tests {
             );
             let tail = front.read(off as usize + last, 8);
             assert_eq!(u64::from_ne_bytes(tail.try_into().unwrap()), off ^ 0x2222);
+            // Unmapped whole: munmap of a hugetlb mapping needs whole huge pages (memmap2
+            // would not report the failure).
+            drop(r);
+            assert_eq!(
+                mapped_bytes_named(&name),
+                2 * HUGE,
+                "only the frontend's map"
+            );
         }
         // Beyond the end of a hugetlb file is refused as well.
         let desc = RegionDesc {

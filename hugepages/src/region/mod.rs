@@ -73,13 +73,12 @@ pub struct Region {
     locked: bool,
 }
 
-// SAFETY: `Region` owns a plain memory mapping and an fd; neither is tied to a thread. All
-// methods taking `&self` either read immutable fields or copy bytes with raw pointers (never
-// references), so sharing `&Region` between threads is no less sound than sharing the memory
-// with another process; callers coordinate who writes which bytes when.
-unsafe impl Send for Region {}
-// SAFETY: see `Send` above.
-unsafe impl Sync for Region {}
+// `Region` is `Send` and `Sync` because `MmapRaw` is: it owns a plain mapping, tied to no
+// thread, and hands out raw pointers only. All methods taking `&self` either read immutable
+// fields or copy bytes with raw pointers (never references), so sharing `&Region` between
+// threads is no less sound than sharing the memory with another process; callers coordinate
+// who writes which bytes when.
+// (`region_is_send_and_sync` in the tests checks that it stays so.)
 
 impl Region {
     /// Create a region as `config` says (see [`RegionConfig`]).
@@ -298,11 +297,7 @@ impl Region {
             None if !populated => (IovaMode::Va, Box::default()),
             required => {
                 let pages = map.len() / page_size.bytes();
-                match pagemap::page_phys_addrs(
-                    map.ptr().as_ptr() as usize,
-                    pages,
-                    page_size.bytes(),
-                ) {
+                match pagemap::page_phys_addrs(map.ptr() as usize, pages, page_size.bytes()) {
                     Ok(pas) => (IovaMode::Pa, pas.into_boxed_slice()),
                     Err(e) if required == Some(IovaMode::Pa) => {
                         return Err(RegionError::PhysAddrUnavailable {
@@ -334,7 +329,7 @@ impl Region {
     /// processes may access the same memory concurrently.
     pub fn as_ptr(&self) -> *mut u8 {
         // SAFETY: `start` < page size <= mapping length, so the result stays inside the mapping.
-        unsafe { self.map.ptr().as_ptr().add(self.start) }
+        unsafe { self.map.ptr().add(self.start) }
     }
 
     /// Length in bytes (for [`Region::new`], the configured size rounded up to the page size).
@@ -396,7 +391,7 @@ impl Region {
         match self.iova_mode {
             IovaMode::Va => Some(va as u64),
             IovaMode::Pa => {
-                let rel = va - self.map.ptr().as_ptr() as usize;
+                let rel = va - self.map.ptr() as usize;
                 let ps = self.page_size.bytes();
                 let pa = self.page_iovas.get(rel / ps)?;
                 Some(pa + (rel % ps) as u64)

@@ -1,24 +1,33 @@
 //! The system-call layer: memfds, hugetlbfs files and owned mappings.
 
 use std::ffi::CString;
-use std::num::NonZeroUsize;
+use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use memmap2::{MmapOptions, MmapRaw};
 use nix::errno::Errno;
 use nix::sys::memfd::{MFdFlags, memfd_create};
-use nix::sys::mman::{MapFlags, ProtFlags, mlock, mmap, munmap};
 use nix::sys::statfs::{HUGETLBFS_MAGIC, statfs};
 
 use super::{PageSize, RegionError, Result};
 
-/// An owned `mmap`ing; unmapped on drop.
+/// An owned `MAP_SHARED`, read-write mapping of a file; unmapped on drop (by `memmap2`).
+///
+/// `MmapRaw` only hands out raw pointers, which is what a mapping shared with other processes
+/// needs (they write it at any time; no `&[u8]` may be formed over it), and it is `Send` and
+/// `Sync`. Its length must be a multiple of the file's page size: `munmap` of a hugetlb
+/// mapping fails otherwise (and `memmap2` ignores unmap errors), so callers round it up.
 pub(crate) struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
+    map: MmapRaw,
+}
+
+/// The errno of an error `memmap2` returned. Its only errors that are not the kernel's are
+/// lengths above `isize::MAX`, hence `EOVERFLOW`.
+pub(crate) fn errno_of(e: &io::Error) -> Errno {
+    e.raw_os_error().map_or(Errno::EOVERFLOW, Errno::from_raw)
 }
 
 impl Mapping {
@@ -33,70 +42,53 @@ impl Mapping {
             offset,
             source,
         };
-        let nz_len = NonZeroUsize::new(len).ok_or(RegionError::ZeroSize)?;
-        let off = libc::off_t::try_from(offset).map_err(|_| mmap_err(Errno::EOVERFLOW))?;
-        let mut flags = MapFlags::MAP_SHARED;
+        if len == 0 {
+            return Err(RegionError::ZeroSize);
+        }
+        if libc::off_t::try_from(offset).is_err() {
+            return Err(mmap_err(Errno::EOVERFLOW));
+        }
+        let mut options = MmapOptions::new();
+        options.len(len).offset(offset);
         if populate {
-            flags |= MapFlags::MAP_POPULATE;
+            options.populate();
         }
-        // SAFETY: we let the kernel choose the address (no MAP_FIXED), so no existing mapping
-        // is replaced; the new mapping is owned by the returned `Mapping` and unmapped once.
-        let ptr = unsafe {
-            mmap(
-                None,
-                nz_len,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                flags,
-                fd,
-                off,
-            )
-        }
-        .map_err(mmap_err)?;
-        Ok(Mapping {
-            ptr: ptr.cast(),
-            len,
-        })
+        // The kernel chooses the address (memmap2 never passes MAP_FIXED), so no existing
+        // mapping is replaced. The callers pass page-aligned offsets, so the mapping starts at
+        // the returned pointer.
+        let map = options.map_raw(&fd).map_err(|e| mmap_err(errno_of(&e)))?;
+        Ok(Mapping { map })
     }
 
     /// First byte of the mapping.
-    pub(crate) fn ptr(&self) -> NonNull<u8> {
-        self.ptr
+    pub(crate) fn ptr(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
     }
 
     /// Length of the mapping in bytes.
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
 
     /// Fault in every page of `page_size` bytes by reading its first byte.
     pub(crate) fn touch(&self, page_size: usize) {
         let mut off = 0;
-        while off < self.len {
+        while off < self.len() {
             // SAFETY: `off < len`, so the byte is inside the mapping, which is readable. The
             // callers only map ranges inside the file, so the read cannot SIGBUS (unless another
             // process truncates the file concurrently, which the owner of the file must not do).
             // A volatile read does not form a reference and tolerates concurrent writers.
-            unsafe { self.ptr.as_ptr().add(off).read_volatile() };
+            unsafe { self.ptr().add(off).read_volatile() };
             off += page_size;
         }
     }
 
+    /// `mlock` the whole mapping.
     pub(crate) fn lock(&self) -> Result<()> {
-        // SAFETY: the range is exactly this live mapping; mlock does not change its contents.
-        unsafe { mlock(self.ptr.cast(), self.len) }.map_err(|source| RegionError::Lock {
-            len: self.len,
-            source,
+        self.map.lock().map_err(|e| RegionError::Lock {
+            len: self.len(),
+            source: errno_of(&e),
         })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` describe a mapping created by `Mapping::new` and owned solely by
-        // `self`; no reference into it can outlive the `Region` that owns `self`.
-        if let Err(e) = unsafe { munmap(self.ptr.cast(), self.len) } {
-            log::error!("munmap of {} bytes failed: {e}", self.len);
-        }
     }
 }
 

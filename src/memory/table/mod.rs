@@ -92,6 +92,46 @@ fn find_gpa(entries: &[Entry], gpa: u64) -> Option<usize> {
     }
 }
 
+/// The rules of every table, over valid descriptions sorted by guest-physical address: at most
+/// `max_regions`, no two overlapping in guest-physical space, the total within
+/// `max_total_bytes`, no two overlapping in frontend-VA space (checked in this order). Returns
+/// the total size and the indexes of `descs` sorted by frontend VA.
+fn check_layout(
+    descs: &[RegionDesc],
+    limits: MemoryLimits,
+) -> Result<(u64, Vec<u32>), MemoryError> {
+    if descs.len() > limits.max_regions {
+        return Err(MemoryError::TooManyRegions {
+            count: descs.len(),
+            max: limits.max_regions,
+        });
+    }
+    for w in descs.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        if a.gpa_end() > b.guest_phys_addr {
+            return Err(MemoryError::GpaOverlap { a: *a, b: *b });
+        }
+    }
+    let total = descs
+        .iter()
+        .fold(0u64, |t, d| t.saturating_add(d.memory_size));
+    if total > limits.max_total_bytes {
+        return Err(MemoryError::TotalTooLarge {
+            total,
+            limit: limits.max_total_bytes,
+        });
+    }
+    let mut by_uva: Vec<u32> = (0..descs.len() as u32).collect();
+    by_uva.sort_by_key(|&i| descs[i as usize].userspace_addr);
+    for w in by_uva.windows(2) {
+        let (a, b) = (&descs[w[0] as usize], &descs[w[1] as usize]);
+        if a.uva_end() > b.userspace_addr {
+            return Err(MemoryError::FvaOverlap { a: *a, b: *b });
+        }
+    }
+    Ok((total, by_uva))
+}
+
 /// What [`GuestMemory::check_add`] found for a region to add.
 #[derive(Debug)]
 pub enum AddCheck {
@@ -192,34 +232,9 @@ impl GuestMemory {
         mut regions: Vec<Arc<GuestRegion>>,
         limits: MemoryLimits,
     ) -> Result<Self, MemoryError> {
-        if regions.len() > limits.max_regions {
-            return Err(MemoryError::TooManyRegions {
-                count: regions.len(),
-                max: limits.max_regions,
-            });
-        }
         regions.sort_by_key(|r| r.desc().guest_phys_addr);
-        for w in regions.windows(2) {
-            let (a, b) = (w[0].desc(), w[1].desc());
-            if a.gpa_end() > b.guest_phys_addr {
-                return Err(MemoryError::GpaOverlap { a: *a, b: *b });
-            }
-        }
-        let total = regions.iter().fold(0u64, |t, r| t.saturating_add(r.size()));
-        if total > limits.max_total_bytes {
-            return Err(MemoryError::TotalTooLarge {
-                total,
-                limit: limits.max_total_bytes,
-            });
-        }
-        let mut by_uva: Vec<u32> = (0..regions.len() as u32).collect();
-        by_uva.sort_by_key(|&i| regions[i as usize].desc().userspace_addr);
-        for w in by_uva.windows(2) {
-            let (a, b) = (regions[w[0] as usize].desc(), regions[w[1] as usize].desc());
-            if a.uva_end() > b.userspace_addr {
-                return Err(MemoryError::FvaOverlap { a: *a, b: *b });
-            }
-        }
+        let descs: Vec<RegionDesc> = regions.iter().map(|r| *r.desc()).collect();
+        let (total, by_uva) = check_layout(&descs, limits)?;
         let entries = regions.iter().map(|r| Entry::new(r)).collect();
         Ok(GuestMemory {
             table: Arc::new(Table {
@@ -230,6 +245,38 @@ impl GuestMemory {
                 limits,
             }),
         })
+    }
+
+    /// Checks a whole table (SET_MEM_TABLE) without mapping anything: each description valid
+    /// ([`RegionDesc::validate`]) and the rules of [`new`](Self::new) (count, no two regions
+    /// overlapping in guest-physical or frontend-VA space, total size). A table naming one
+    /// region twice overlaps itself. Lets the control plane refuse a table before paying for
+    /// its mmaps, and before comparing it with the table it holds
+    /// ([`holds_exactly`](Self::holds_exactly)).
+    pub fn check_table(descs: &[RegionDesc], limits: MemoryLimits) -> Result<(), MemoryError> {
+        for d in descs {
+            d.validate()?;
+        }
+        let mut sorted = descs.to_vec();
+        sorted.sort_by_key(|d| d.guest_phys_addr);
+        check_layout(&sorted, limits).map(drop)
+    }
+
+    /// Whether `descs` name exactly this table's regions, one to one, matched by guest
+    /// address, frontend address and size (as REM_MEM_REG matches them; QEMU re-sends its
+    /// table with new fds). A region named twice, or one held region named and another not,
+    /// is not the same table.
+    pub fn holds_exactly(&self, descs: &[RegionDesc]) -> bool {
+        if descs.len() != self.len() {
+            return false;
+        }
+        let mut sorted = descs.to_vec();
+        sorted.sort_by_key(|d| d.guest_phys_addr);
+        // Both sorted by guest address: the i-th of each must be the same region.
+        sorted
+            .iter()
+            .zip(self.table.regions.iter())
+            .all(|(d, r)| r.desc().same_region(d))
     }
 
     /// Checks whether a region described by `desc` could be added, without mapping anything

@@ -748,3 +748,45 @@ fn set_mem_table_again_resets_the_counts() {
         Released::Removed { .. }
     ));
 }
+
+/// SET_MEM_TABLE's "same table" check: one to one, and a table naming a region twice is
+/// refused before it is compared.
+#[test]
+fn a_table_is_the_held_one_only_one_to_one() {
+    let fd = memfd(&unique_name("same"), 0x10000);
+    let mem = GuestMemory::new(
+        vec![
+            map(&fd, 0, 0x4000, 0x10000, 0),
+            map(&fd, 0x4000, 0x4000, 0x20000, 0x4000),
+        ],
+        limits(),
+    )
+    .unwrap();
+    let a = *mem.regions().next().unwrap().desc();
+    let b = *mem.regions().nth(1).unwrap().desc();
+    assert!(mem.holds_exactly(&[a, b]));
+    assert!(mem.holds_exactly(&[b, a]), "in any order");
+    assert!(!mem.holds_exactly(&[a, a]), "A twice is not {{A, B}}");
+    assert!(!mem.holds_exactly(&[b, b]));
+    assert!(!mem.holds_exactly(&[a]));
+    assert!(!mem.holds_exactly(&[a, b, b]));
+    GuestMemory::check_table(&[b, a], limits()).unwrap();
+    match GuestMemory::check_table(&[a, a], limits()) {
+        Err(MemoryError::GpaOverlap { a: x, b: y }) => assert_eq!((x, y), (a, a)),
+        other => panic!("{other:?}"),
+    }
+    let e = GuestMemory::check_table(&[a, RegionDesc::default()], limits()).unwrap_err();
+    assert!(matches!(e, MemoryError::ZeroSize), "{e}");
+    let e = GuestMemory::check_table(
+        &[a, b],
+        MemoryLimits {
+            max_regions: 1,
+            ..limits()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, MemoryError::TooManyRegions { count: 2, max: 1 }),
+        "{e}"
+    );
+}
