@@ -11,8 +11,9 @@
 //! the channel's from submit to poll.
 
 use super::burst::{Burst, READ_AHEAD, ReadAhead};
-use super::enqueue::{Ctx, PREFETCH_ABOVE, Placement, oversized_gso, place, prefetch_ahead};
-use super::hdr::VirtioNetHdr;
+use super::enqueue::{
+    Ctx, ONE_BUFFER, PREFETCH_ABOVE, Placement, oversized_gso, place, prefetch_ahead, prefetch_first,
+};
 use super::queue_id::{RxQueueId, VringId};
 use super::runs::CopyStep;
 use crate::driver::{Device, Flags};
@@ -233,11 +234,12 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
     let mut retired = 0;
     let mut tc = TranslationCache::new();
     let mut ahead = ReadAhead::default();
+    prefetch_first(&q, &burst, &mut ahead, &mut tc, pkts, &ctx);
     for (i, pkt) in pkts.iter().enumerate() {
         // As enqueue_burst: ask for the guest buffer of a later packet now, so that the misses
         // on the guest's lines overlap instead of coming one after the other.
         if let Some(later) = pkts.get(i + usize::from(READ_AHEAD)) {
-            prefetch_ahead(&q, &burst, &mut ahead, &mut tc, later, &ctx);
+            prefetch_ahead(&q, &burst, &mut ahead, &mut tc, READ_AHEAD, later, &ctx);
         }
         if !ctx.gso && oversized_gso(pkt) {
             // As enqueue_burst: consumed and counted, no buffer of this guest can hold it.
@@ -427,12 +429,8 @@ fn place_simple(
         return Placed::No;
     };
     b.take_peeked();
-    let hdr = VirtioNetHdr {
-        num_buffers: 1,
-        ..VirtioNetHdr::default()
-    };
-    // As enqueue: the header usually holds these values already; leave its line alone then.
-    let _ = buf.update_at(0, &hdr.to_bytes()[..ctx.hlen]);
+    // As enqueue: the header often holds these values already; leave its line alone then.
+    *b.hdr_written = buf.update_at(0, &ONE_BUFFER[..ctx.hlen]) == Ok(true);
     let seq = aq.next_seq();
     if !aq.batch_or_cpu(seq, data.as_ptr(), body.as_ptr(), data.len()) {
         if data.len() > PREFETCH_ABOVE {

@@ -87,6 +87,8 @@ pub struct Burst<'v> {
     shadow_len: usize,
     /// Write used entries to the ring at once (see [`write_through`](Self::write_through)).
     through: bool,
+    /// The vring's [`Vring::hdr_written`] hint, kept across bursts.
+    pub hdr_written: &'v mut bool,
 }
 
 impl<'v> Burst<'v> {
@@ -114,6 +116,7 @@ impl<'v> Burst<'v> {
             stats,
             used_shadow,
             log_limit,
+            hdr_written,
             ..
         } = vq;
         let q = SplitQueue::new(rings.as_ref()?, mem, *size);
@@ -150,6 +153,7 @@ impl<'v> Burst<'v> {
             shadow: &mut used_shadow.0,
             shadow_len: 0,
             through: false,
+            hdr_written,
         })
     }
 
@@ -349,12 +353,13 @@ pub struct ReadAhead {
 }
 
 impl ReadAhead {
-    /// Reads the chain [`READ_AHEAD`] places after `b`'s next one, if the guest has made it
-    /// available: its descriptor, for the caller to prefetch the buffer of.
+    /// Reads the chain `ahead` (at most [`READ_AHEAD`]) places after `b`'s next one, if the
+    /// guest has made it available: its descriptor, for the caller to prefetch the buffer of.
     #[inline]
-    pub fn read(&mut self, b: &Burst<'_>) -> Option<VirtqDesc> {
-        let head = b.peek_head(READ_AHEAD)?;
-        let idx = b.next_index().wrapping_add(READ_AHEAD);
+    pub fn read(&mut self, b: &Burst<'_>, ahead: u16) -> Option<VirtqDesc> {
+        debug_assert!(ahead <= READ_AHEAD);
+        let head = b.peek_head(ahead)?;
+        let idx = b.next_index().wrapping_add(ahead);
         let d = b.q.desc(head);
         self.slots[usize::from(idx) % self.slots.len()] = Some((idx, head, d));
         Some(d)

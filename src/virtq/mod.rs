@@ -125,6 +125,10 @@ pub struct Vring {
     pub used_shadow: split::UsedShadow,
     /// Limits the data path's log lines about this vring (malformed chains).
     pub log_limit: crate::ratelimit::LogLimiter,
+    /// A hint of the receive path: the last virtio-net header it placed had to be written
+    /// (the buffer held other bytes), so the next header's line is asked for to be written
+    /// rather than read (see `net::enqueue::prefetch_ahead`).
+    pub hdr_written: bool,
     /// The asynchronous copy channel, if the application registered one.
     pub(crate) async_q: Option<Box<async_queue::AsyncQueue>>,
 }
