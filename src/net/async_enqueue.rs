@@ -12,7 +12,8 @@
 
 use super::burst::{Burst, READ_AHEAD, ReadAhead};
 use super::enqueue::{
-    Ctx, ONE_BUFFER, PREFETCH_ABOVE, Placement, oversized_gso, place, prefetch_ahead, prefetch_first,
+    Ctx, ONE_BUFFER, PREFETCH_ABOVE, Placement, oversized_gso, place, prefetch_ahead,
+    prefetch_first,
 };
 use super::queue_id::{RxQueueId, VringId};
 use super::runs::CopyStep;
