@@ -38,4 +38,7 @@ pub enum DmaError {
     /// The soft device's worker thread panicked (the device was dropped while unwinding).
     #[error("the soft DMA worker thread panicked")]
     WorkerPanicked,
+    /// No memory for the device's rings.
+    #[error("cannot allocate DMA memory")]
+    OutOfMemory,
 }

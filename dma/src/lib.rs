@@ -72,6 +72,7 @@
 mod cpu;
 mod error;
 mod fault;
+pub mod hw;
 mod sg;
 pub mod soft;
 mod track;
