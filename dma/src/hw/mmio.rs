@@ -2,7 +2,7 @@
 //!
 //! Drivers read and write registers through [`Mmio`], at byte offsets into a BAR, so that the
 //! same driver code runs over a real mapped BAR ([`MmioBar`]) or over a software model of the
-//! device.
+//! device (e.g. [`IoatModel`](crate::model::IoatModel)).
 
 use std::ptr;
 

@@ -4,11 +4,15 @@
 //!   crate's only code touching device registers).
 //! * [`dma_mem`]: [`DmaRegion`], memory the device reads and writes (rings, completion
 //!   words), and [`DmaMapper`], which makes it visible to the device (an IOMMU mapping).
+//! * [`ioat`]: [`IoatChannel`], the IOAT (QuickData / CBDMA) driver.
 //!
-//! No VFIO layer yet: a driver is given its BAR (`M: Mmio`) and a mapper.
+//! No VFIO layer yet: a driver is given its BAR (`M: Mmio`) and a mapper. In tests both are a
+//! device model ([`crate::model`]).
 
 pub mod dma_mem;
+pub mod ioat;
 pub mod mmio;
 
 pub use dma_mem::{DmaMapper, DmaRegion, IdentityMapper};
+pub use ioat::IoatChannel;
 pub use mmio::{Mmio, MmioBar};
