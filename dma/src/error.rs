@@ -53,4 +53,12 @@ pub enum DmaError {
     /// it has been stopped, its jobs were reported as failed, and it takes no more jobs.
     #[error("the DMA device failed: {0}")]
     Device(&'static str),
+    /// A device command (DSA's CMD register) failed with the error code CMDSTATUS reported.
+    #[error("device command {cmd} failed with error code {code:#x}")]
+    DeviceCommand {
+        /// The command.
+        cmd: u32,
+        /// CMDSTATUS's error code.
+        code: u8,
+    },
 }

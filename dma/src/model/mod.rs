@@ -6,8 +6,12 @@
 //! and is processed in steps on the caller's thread, so tests are deterministic.
 //!
 //! * [`ioat`]: [`IoatModel`], one IOAT 3.x channel.
+//! * [`dsa`]: [`DsaModel`], a DSA device's configuration registers and commands (no
+//!   descriptor processing yet).
 
+pub mod dsa;
 pub mod ioat;
 mod iommu;
 
+pub use dsa::{DsaModel, DsaModelConfig};
 pub use ioat::{IoatModel, IoatModelConfig, ModelFault, ModelStats};
