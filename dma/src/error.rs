@@ -38,4 +38,27 @@ pub enum DmaError {
     /// The soft device's worker thread panicked (the device was dropped while unwinding).
     #[error("the soft DMA worker thread panicked")]
     WorkerPanicked,
+    /// A copy longer than one hardware descriptor can move (IOAT's XFERCAP); split it.
+    #[error("a copy of {len} bytes; the device moves at most {max} per descriptor")]
+    TooLong {
+        /// Length asked for (one scatter-gather piece, or the whole copy).
+        len: u64,
+        /// The device's limit.
+        max: u64,
+    },
+    /// No memory for the device's rings.
+    #[error("cannot allocate DMA memory")]
+    OutOfMemory,
+    /// A hardware channel misbehaved (reported a completion outside its ring, or did not reset):
+    /// it has been stopped, its jobs were reported as failed, and it takes no more jobs.
+    #[error("the DMA device failed: {0}")]
+    Device(&'static str),
+    /// A device command (DSA's CMD register) failed with the error code CMDSTATUS reported.
+    #[error("device command {cmd} failed with error code {code:#x}")]
+    DeviceCommand {
+        /// The command.
+        cmd: u32,
+        /// CMDSTATUS's error code.
+        code: u8,
+    },
 }

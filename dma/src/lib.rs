@@ -48,7 +48,10 @@
 //! | [`CpuEngine`] | in [`submit`](DmaEngine::submit), on the calling thread, in order | at once: the reference behaviour |
 //! | [`SoftEngine`] | on a [`SoftDevice`]: lanes served by a polling loop, on a thread of its own ([`SoftDevice::spawn`]) or inside the caller's loop ([`SoftDevice::poll`]) | per-job completion records written back like hardware; lanes finish out of order; failure injection and bandwidth throttling |
 //!
-//! The soft engine is what CI runs where no IOAT/DSA hardware exists; see [`soft`].
+//! | [`IoatChannel`](hw::IoatChannel) | on an IOAT (CBDMA) channel, or on its model [`IoatModel`](model::IoatModel) | the channel's completion write-back: the address of the last completed descriptor |
+//!
+//! The soft engine is what CI runs where no IOAT/DSA hardware exists; see [`soft`]. The IOAT
+//! driver ([`hw`]) is tested against a register-level model of the channel ([`model`]).
 //!
 //! # Example
 //!
@@ -72,6 +75,8 @@
 mod cpu;
 mod error;
 mod fault;
+pub mod hw;
+pub mod model;
 mod sg;
 pub mod soft;
 mod track;

@@ -1,8 +1,16 @@
-//! Conformance: the same cases on every engine — the CPU engine (the reference) and the soft
-//! engine polled by hand with one lane and with several, and on its own thread.
+//! Conformance: the same cases on every engine — the CPU engine (the reference), the soft
+//! engine polled by hand with one lane and with several, and on its own thread, and the IOAT
+//! driver over its model (stepped by hand; every live [`Buf`] of the test's thread is mapped in
+//! the model's IOMMU, and the run must break none of the model's rules).
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::hw::IoatChannel;
+use crate::hw::ioat::regs;
+use crate::model::{IoatModel, IoatModelConfig, ModelFault};
 use crate::soft::{SoftConfig, SoftWorker, WorkerConfig};
 use crate::*;
 
@@ -14,6 +22,8 @@ pub(crate) enum Kind {
     Polled(SoftConfig),
     /// Soft device on a worker thread.
     Threaded(SoftConfig),
+    /// IOAT driver over its model, stepped by the test.
+    Ioat(IoatModelConfig),
 }
 
 /// Every configuration the conformance cases run on.
@@ -33,7 +43,41 @@ pub(crate) fn kinds() -> Vec<Kind> {
         Kind::Polled(SoftConfig::default()),
         Kind::Polled(fine),
         Kind::Threaded(threaded),
+        Kind::Ioat(IoatModelConfig::default()),
     ]
+}
+
+/// The CHANERR bits the IOAT driver reports as `status`: how the IOAT rig injects a
+/// [`FailPolicy`].
+pub(crate) fn chanerr_of(status: Status) -> u32 {
+    match status {
+        Status::InvalidSrcAddr => regs::CHANERR_SRC_ADDR,
+        Status::InvalidDstAddr => regs::CHANERR_DEST_ADDR,
+        Status::BusReadError => regs::CHANERR_READ_DATA,
+        Status::BusWriteError => regs::CHANERR_WRITE_DATA,
+        Status::InvalidLength => regs::CHANERR_LENGTH,
+        Status::InvalidOpcode => regs::CHANERR_CONTROL,
+        other => panic!("no CHANERR bit is reported as {other:?}"),
+    }
+}
+
+fn model_fault(policy: FailPolicy) -> ModelFault {
+    match policy {
+        FailPolicy::Never => ModelFault::None,
+        FailPolicy::Index { idx, status } => ModelFault::AtDescriptor {
+            n: u64::from(idx),
+            chanerr: chanerr_of(status),
+        },
+        FailPolicy::EveryNth { n, status } => ModelFault::EveryNth {
+            n: n.into(),
+            chanerr: chanerr_of(status),
+        },
+    }
+}
+
+thread_local! {
+    /// Every live `Buf` of this thread: address -> length.
+    static LIVE: RefCell<BTreeMap<usize, usize>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 /// One channel and whatever serves it. Fields drop in order: the engine first.
@@ -41,6 +85,23 @@ pub(crate) struct Rig {
     pub(crate) engine: Box<dyn DmaEngine + Send>,
     pub(crate) device: Option<SoftDevice>,
     _worker: Option<SoftWorker>,
+    /// The IOAT model, and the `Buf` ranges the rig mapped in it.
+    pub(crate) model: Option<IoatModel>,
+    mapped: Vec<(u64, u64)>,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        // The engine first: the IOAT driver's teardown must break no rule either.
+        let stub = CpuEngine::new(&ChannelConfig::new(1)).unwrap();
+        drop(std::mem::replace(&mut self.engine, Box::new(stub)));
+        if let Some(model) = &self.model {
+            let v = model.violations();
+            if !std::thread::panicking() {
+                assert!(v.is_empty(), "the IOAT model saw broken rules: {v:#?}");
+            }
+        }
+    }
 }
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -52,7 +113,27 @@ impl Rig {
                 engine: Box::new(CpuEngine::new(&ch).unwrap()),
                 device: None,
                 _worker: None,
+                model: None,
+                mapped: Vec::new(),
             },
+            Kind::Ioat(cfg) => {
+                let model = IoatModel::new(*cfg);
+                let hw_cfg = ChannelConfig {
+                    fail: FailPolicy::Never,
+                    ..ch
+                };
+                let engine = IoatChannel::new(model.clone(), &hw_cfg, Arc::new(model.clone()))
+                    .expect("IOAT channel over its model");
+                model.set_max_pending((engine.descriptors() - 1) as u16);
+                model.set_fault(model_fault(ch.fail));
+                Rig {
+                    engine: Box::new(engine),
+                    device: None,
+                    _worker: None,
+                    model: Some(model),
+                    mapped: Vec::new(),
+                }
+            }
             Kind::Polled(cfg) | Kind::Threaded(cfg) => {
                 let (device, mut engines) = SoftDevice::new(cfg, &[ch]).unwrap();
                 let engine = Box::new(engines.pop().unwrap());
@@ -61,6 +142,8 @@ impl Rig {
                         engine,
                         device: Some(device),
                         _worker: None,
+                        model: None,
+                        mapped: Vec::new(),
                     }
                 } else {
                     let worker = device.spawn(WorkerConfig::default()).unwrap();
@@ -68,6 +151,8 @@ impl Rig {
                         engine,
                         device: None,
                         _worker: Some(worker),
+                        model: None,
+                        mapped: Vec::new(),
                     }
                 }
             }
@@ -76,6 +161,25 @@ impl Rig {
 
     /// Lets the engine make progress.
     pub(crate) fn pump(&mut self) {
+        if let Some(model) = &self.model {
+            // The IOMMU maps exactly the live buffers of this thread while the model runs.
+            for (iova, len) in self.mapped.drain(..) {
+                assert!(model.unmap(Iova(iova), len));
+            }
+            LIVE.with_borrow(|live| {
+                for (&addr, &len) in live {
+                    // SAFETY: a live `Buf` of this thread; the model runs only here, right
+                    // below, and the buffer cannot be dropped before this call returns (the
+                    // mapping is renewed at every pump). The DMA contract says which of its
+                    // bytes the model may touch.
+                    if unsafe { model.map(Iova(addr as u64), len as u64) } {
+                        self.mapped.push((addr as u64, len as u64));
+                    }
+                }
+            });
+            model.run(64);
+            return;
+        }
         match &mut self.device {
             Some(device) => {
                 device.poll();
@@ -127,25 +231,40 @@ impl Rig {
 pub(crate) struct Buf(pub(crate) Vec<u8>);
 
 impl Buf {
+    fn live(bytes: Vec<u8>) -> Buf {
+        if !bytes.is_empty() {
+            LIVE.with_borrow_mut(|live| live.insert(bytes.as_ptr() as usize, bytes.len()));
+        }
+        Buf(bytes)
+    }
+
     pub(crate) fn pattern(len: usize, seed: u32) -> Buf {
         let mut x = seed.wrapping_mul(0x9e37_79b9) | 1;
-        Buf((0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect())
+        Buf::live(
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect(),
+        )
     }
 
     pub(crate) fn filled(len: usize, byte: u8) -> Buf {
-        Buf(vec![byte; len])
+        Buf::live(vec![byte; len])
     }
 
     pub(crate) fn at(&mut self, off: usize) -> Iova {
         assert!(off <= self.0.len());
         Iova::from_mut_ptr(self.0.as_mut_ptr().wrapping_add(off))
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        LIVE.with_borrow_mut(|live| live.remove(&(self.0.as_ptr() as usize)));
     }
 }
 
@@ -454,7 +573,7 @@ fn every_nth_failure_nothing_lost_or_duplicated() {
     let ch = ChannelConfig {
         fail: FailPolicy::EveryNth {
             n: std::num::NonZeroU32::new(3).unwrap(),
-            status: Status::PageFault,
+            status: Status::BusWriteError,
         },
         ..ChannelConfig::new(32)
     };
@@ -485,7 +604,10 @@ fn every_nth_failure_nothing_lost_or_duplicated() {
             if c.has_error {
                 let mut st = [Status::Successful; 1];
                 let e = rig.engine.completed_status(1, &mut st);
-                assert_eq!((e.count, st[0], e.has_error), (1, Status::PageFault, true));
+                assert_eq!(
+                    (e.count, st[0], e.has_error),
+                    (1, Status::BusWriteError, true)
+                );
                 reported.push((e.last_idx, false));
             }
             if reported.len() == before {

@@ -2,12 +2,14 @@
 //! enqueue / submit / poll / report calls, every job is reported exactly once, in ring order,
 //! with the status the failure policy gives it, and with its destination written when (and not
 //! before) it is reported successfully. The CPU engine runs the same operations as reference.
+//! The IOAT driver over its model runs them too (without failure injection).
 
 use std::num::NonZeroU32;
 
 use proptest::prelude::*;
 
 use super::super::*;
+use crate::model::IoatModelConfig;
 use crate::tests::{Buf, Kind, Rig};
 use crate::{OpFlags, Sge};
 
@@ -254,5 +256,14 @@ proptest! {
         prop_assert_eq!(&soft.reported, &reference.reported);
         let used = soft.accepted.len() * MAX_LEN;
         prop_assert!(soft.dst.0[..used] == reference.dst.0[..used]);
+        // The IOAT driver over its model, without failure injection (the model fails
+        // descriptors, not jobs): the same against its own CPU replay.
+        let hw = ChannelConfig { fail: FailPolicy::Never, ..ch };
+        let ioat = run(&Kind::Ioat(IoatModelConfig::default()), hw, &ops)?;
+        let all = ChannelConfig { ring_size: 128, ..hw };
+        let reference = run(&Kind::Cpu, all, &ioat.accepted)?;
+        prop_assert_eq!(&ioat.reported, &reference.reported);
+        let used = ioat.accepted.len() * MAX_LEN;
+        prop_assert!(ioat.dst.0[..used] == reference.dst.0[..used]);
     }
 }
