@@ -71,8 +71,8 @@ pub const VIRTIO_F_IN_ORDER: u64 = 1 << 35;
 /// The virtio-net features rvhost offers by default: what its split-ring data path serves.
 ///
 /// Not offered: packed rings and `ACCESS_PLATFORM` (IOTLB), whose subsystems are not built.
-/// `LOG_ALL` (dirty logging for live migration, with the `LOG_SHMFD` protocol feature) can be
-/// enabled (`Driver::enable_features`) but is not offered by default yet.
+/// `LOG_ALL` (dirty logging for live migration) is offered, with the `LOG_SHMFD` protocol
+/// feature.
 pub const DEFAULT_FEATURES: u64 = VIRTIO_NET_F_CSUM
     | VIRTIO_NET_F_GUEST_CSUM
     | VIRTIO_NET_F_MTU
@@ -89,6 +89,7 @@ pub const DEFAULT_FEATURES: u64 = VIRTIO_NET_F_CSUM
     | VIRTIO_NET_F_CTRL_RX
     | VIRTIO_NET_F_GUEST_ANNOUNCE
     | VIRTIO_NET_F_MQ
+    | VHOST_F_LOG_ALL
     | VIRTIO_F_ANY_LAYOUT
     | VIRTIO_RING_F_INDIRECT_DESC
     | VIRTIO_RING_F_EVENT_IDX
@@ -140,6 +141,7 @@ pub mod protocol {
 
     /// What rvhost offers by default.
     pub const DEFAULT: u64 = MQ
+        | LOG_SHMFD
         | RARP
         | REPLY_ACK
         | NET_MTU
