@@ -46,7 +46,10 @@ pub const VIRTIO_NET_F_MQ: u64 = 1 << 22;
 pub const VIRTIO_NET_F_CTRL_MAC_ADDR: u64 = 1 << 23;
 /// Legacy: notify when the available ring is empty.
 pub const VIRTIO_F_NOTIFY_ON_EMPTY: u64 = 1 << 24;
-/// vhost: log dirty pages for live migration.
+/// vhost: log dirty pages for live migration. While negotiated, every guest page the data path
+/// writes (receive buffers, used rings with `VHOST_VRING_F_LOG`) is marked in the log of
+/// SET_LOG_BASE (needs the [`protocol::LOG_SHMFD`] protocol feature). Not on vrings with an
+/// async copy channel: refused there (SET_FEATURES fails, registering a channel fails).
 pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
 /// Legacy: no framing assumptions about descriptor layout.
 pub const VIRTIO_F_ANY_LAYOUT: u64 = 1 << 27;
@@ -67,8 +70,9 @@ pub const VIRTIO_F_IN_ORDER: u64 = 1 << 35;
 
 /// The virtio-net features rvhost offers by default: what its split-ring data path serves.
 ///
-/// Not offered: packed rings, `ACCESS_PLATFORM` (IOTLB) and `LOG_ALL` (dirty logging), whose
-/// subsystems are not built.
+/// Not offered: packed rings and `ACCESS_PLATFORM` (IOTLB), whose subsystems are not built.
+/// `LOG_ALL` (dirty logging for live migration) is offered, with the `LOG_SHMFD` protocol
+/// feature.
 pub const DEFAULT_FEATURES: u64 = VIRTIO_NET_F_CSUM
     | VIRTIO_NET_F_GUEST_CSUM
     | VIRTIO_NET_F_MTU
@@ -85,6 +89,7 @@ pub const DEFAULT_FEATURES: u64 = VIRTIO_NET_F_CSUM
     | VIRTIO_NET_F_CTRL_RX
     | VIRTIO_NET_F_GUEST_ANNOUNCE
     | VIRTIO_NET_F_MQ
+    | VHOST_F_LOG_ALL
     | VIRTIO_F_ANY_LAYOUT
     | VIRTIO_RING_F_INDIRECT_DESC
     | VIRTIO_RING_F_EVENT_IDX
@@ -94,14 +99,14 @@ pub const DEFAULT_FEATURES: u64 = VIRTIO_NET_F_CSUM
 
 /// Features the control plane can never offer (their subsystems are not built); asking to
 /// enable them is an error.
-pub const UNSUPPORTED_FEATURES: u64 =
-    VHOST_F_LOG_ALL | VIRTIO_F_ACCESS_PLATFORM | VIRTIO_F_RING_PACKED;
+pub const UNSUPPORTED_FEATURES: u64 = VIRTIO_F_ACCESS_PLATFORM | VIRTIO_F_RING_PACKED;
 
 /// vhost-user protocol feature bits (masks), as numbered by the vhost-user spec.
 pub mod protocol {
     /// Multiple queues (GET_QUEUE_NUM).
     pub const MQ: u64 = 1 << 0;
-    /// Dirty log in shared memory.
+    /// Dirty log in shared memory: SET_LOG_BASE carries the log's fd and is answered (see
+    /// [`VHOST_F_LOG_ALL`](super::VHOST_F_LOG_ALL)).
     pub const LOG_SHMFD: u64 = 1 << 1;
     /// SEND_RARP after migration.
     pub const RARP: u64 = 1 << 2;
@@ -136,6 +141,7 @@ pub mod protocol {
 
     /// What rvhost offers by default.
     pub const DEFAULT: u64 = MQ
+        | LOG_SHMFD
         | RARP
         | REPLY_ACK
         | NET_MTU
@@ -148,10 +154,6 @@ pub mod protocol {
         | STATUS;
 
     /// Protocol features whose subsystems are not built; never offered.
-    pub const UNSUPPORTED: u64 = LOG_SHMFD
-        | CROSS_ENDIAN
-        | CRYPTO_SESSION
-        | PAGEFAULT
-        | HOST_NOTIFIER
-        | INBAND_NOTIFICATIONS;
+    pub const UNSUPPORTED: u64 =
+        CROSS_ENDIAN | CRYPTO_SESSION | PAGEFAULT | HOST_NOTIFIER | INBAND_NOTIFICATIONS;
 }

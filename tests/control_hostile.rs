@@ -22,7 +22,7 @@ use nix::sys::memfd::{MFdFlags, memfd_create};
 use rvhost::driver::{DeviceId, Driver, Flags};
 use rvhost::features::{VHOST_USER_F_PROTOCOL_FEATURES, protocol as pf};
 use rvhost::protocol::payload::{
-    InflightInfo, MemoryRegion, MemoryTable, Payload, VringAddr, VringFile, VringState,
+    InflightInfo, LogInfo, MemoryRegion, MemoryTable, Payload, VringAddr, VringFile, VringState,
 };
 use rvhost::protocol::{ConnError, Endpoint, FrontendReq as R, Header};
 
@@ -520,6 +520,52 @@ fn cases() -> Vec<Case> {
             ep.send_request(R::SetMemTable, 0, &table.to_bytes(), &[ro.as_fd()])
                 .unwrap();
         }),
+        ("dirty log without LOG_SHMFD", |ep| {
+            assert_eq!(acked(ep, R::SetOwner, &[], &[]).unwrap(), 0);
+            let fd = memfd(4096);
+            ep.send_request(R::SetLogBase, 0, &log_info(16, 0), &[fd.as_fd()])
+                .unwrap();
+        }),
+        ("dirty log of size 0", |ep| {
+            negotiate_protocol(ep, pf::LOG_SHMFD);
+            let fd = memfd(4096);
+            ep.send_request(R::SetLogBase, 0, &log_info(0, 0), &[fd.as_fd()])
+                .unwrap();
+        }),
+        ("dirty log offset beyond its fd", |ep| {
+            negotiate_protocol(ep, pf::LOG_SHMFD);
+            let fd = memfd(4096);
+            ep.send_request(R::SetLogBase, 0, &log_info(16, 8192), &[fd.as_fd()])
+                .unwrap();
+        }),
+        ("dirty log larger than its fd", |ep| {
+            negotiate_protocol(ep, pf::LOG_SHMFD);
+            let fd = memfd(4096);
+            ep.send_request(R::SetLogBase, 0, &log_info(4097, 0), &[fd.as_fd()])
+                .unwrap();
+        }),
+        ("dirty log size plus offset overflows", |ep| {
+            negotiate_protocol(ep, pf::LOG_SHMFD);
+            let fd = memfd(4096);
+            ep.send_request(
+                R::SetLogBase,
+                0,
+                &log_info(4096, u64::MAX - 100),
+                &[fd.as_fd()],
+            )
+            .unwrap();
+        }),
+        ("dirty log without an fd", |ep| {
+            negotiate_protocol(ep, pf::LOG_SHMFD);
+            ep.send_request(R::SetLogBase, 0, &log_info(16, 0), &[])
+                .unwrap();
+        }),
+        ("dirty log in a socket instead of a file", |ep| {
+            negotiate_protocol(ep, pf::LOG_SHMFD);
+            let (a, _b) = UnixStream::pair().unwrap();
+            ep.send_request(R::SetLogBase, 0, &log_info(16, 0), &[a.as_fd()])
+                .unwrap();
+        }),
         ("ADD_MEM_REG without CONFIGURE_MEM_SLOTS", |ep| {
             assert_eq!(acked(ep, R::SetOwner, &[], &[]).unwrap(), 0);
             let fd = memfd(4096);
@@ -528,6 +574,14 @@ fn cases() -> Vec<Case> {
             ep.send_request(R::AddMemReg, 0, &p, &[fd.as_fd()]).unwrap();
         }),
     ]
+}
+
+fn log_info(mmap_size: u64, mmap_offset: u64) -> Vec<u8> {
+    LogInfo {
+        mmap_size,
+        mmap_offset,
+    }
+    .to_bytes()
 }
 
 fn negotiate_protocol(ep: &mut Endpoint, features: u64) {

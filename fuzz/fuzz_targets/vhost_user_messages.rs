@@ -14,10 +14,11 @@
 //!   replies or that asked with NEED_REPLY, none otherwise), none from a message that closes
 //!   the connection; acks are 0 or 1; only GET_INFLIGHT_FD's reply carries an fd;
 //! - what the replies say: offered features, queue count, slots, status, vring base, config;
+//!   SET_LOG_BASE's (with LOG_SHMFD) is empty and every vring then holds the dirty log;
 //! - a request refused with a failure status leaves the device's state as it was (features,
 //!   status, MTU, owner, memory table, every vring); one acked 0 did what it says;
 //! - a message the policy refuses closes the connection; a closed connection has its device
-//!   stopped, rings reset and memory dropped; callbacks come in DPDK's order;
+//!   stopped, rings reset and memory and dirty log dropped; callbacks come in DPDK's order;
 //! - and per input: once the session is dropped, the process has the fds and mappings it had
 //!   before, and every mbuf is back in the pool.
 
@@ -562,6 +563,14 @@ impl Harness {
         if let Some((_, body)) = reps.first() {
             if p.reply == Reply::Always {
                 self.check_reply(req, &payload, body, &before, &after);
+            } else if req == FrontendReq::SetLogBase && before.protocol_features & pf::LOG_SHMFD != 0
+            {
+                // The LOG_SHMFD reply: an empty payload, and every vring holds the new log.
+                assert!(body.is_empty(), "{req}: the reply carries {} bytes", body.len());
+                let dev = self.session.device();
+                for i in 0..dev.max_vrings() {
+                    assert!(dev.lock_vring(i).unwrap().log.is_some(), "{req}: vring {i}");
+                }
             } else {
                 assert_eq!(body.len(), 8, "{req}: an ack is a u64");
                 match u64::parse(body).unwrap() {
@@ -726,7 +735,10 @@ impl Harness {
             for i in 0..dev.max_vrings() {
                 let vq = dev.lock_vring(i).unwrap();
                 assert!(
-                    vq.rings.is_none() && vq.mem.is_empty() && vq.kick.is_none(),
+                    vq.rings.is_none()
+                        && vq.mem.is_empty()
+                        && vq.kick.is_none()
+                        && vq.log.is_none(),
                     "vring {i} kept its rings or memory after the close"
                 );
             }

@@ -476,6 +476,7 @@ pub(super) fn stop_device(state: &mut DeviceState) {
     state.quiesce(None);
     state.reset_vrings();
     state.set_memory(crate::memory::GuestMemory::empty(state.limits));
+    state.set_log(None);
 }
 
 /// Creates a listening socket, replacing a stale socket file nobody listens on.

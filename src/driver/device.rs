@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::memory::{GuestMemory, GuestRegion, MemoryLimits};
+use crate::memory::{DirtyLog, GuestMemory, GuestRegion, MemoryLimits};
 use crate::virtq::lock::{VringGuard, VringLock};
 
 use super::SocketConfig;
@@ -315,6 +315,16 @@ impl DeviceState {
         }
         self.notified.iter_mut().for_each(|n| *n = false);
         self.dev.shared.nr_vrings.store(0, Ordering::Relaxed);
+    }
+
+    /// Installs a dirty log (`None`: drops it) on every vring of the device, each under the
+    /// vring's lock: the old log is unmapped when the last vring lets go of it, after the burst
+    /// that may be writing it. Copies in flight were drained first (the handler table's
+    /// `data_plane` column).
+    pub fn set_log(&mut self, log: Option<Arc<DirtyLog>>) {
+        for q in self.dev.shared.queues.iter() {
+            q.lock().set_log(log.clone());
+        }
     }
 
     /// Installs a new memory table on the device and every vring. Rings that no longer

@@ -8,20 +8,22 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 use thiserror::Error;
 
 use super::device::{DeviceState, Inflight, MAX_QUEUE_PAIRS, lock};
-use crate::features::{VHOST_USER_F_PROTOCOL_FEATURES, protocol as pf};
+use crate::features::{VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, protocol as pf};
 use crate::memory::{
-    AddCheck, FrontendVa, GuestMemory, GuestRegion, MapOptions, MemoryError, RegionDesc, Released,
-    VHOST_USER_MAX_MEM_SLOTS,
+    AddCheck, DirtyLog, FrontendVa, GuestMemory, GuestRegion, MapOptions, MemoryError, RegionDesc,
+    Released, VHOST_USER_MAX_MEM_SLOTS, log_bytes_for,
 };
 use crate::protocol::Message;
 use crate::protocol::error::ProtocolError;
 use crate::protocol::message::FrontendReq;
 use crate::protocol::payload::{
-    Config, InflightInfo, MemoryTable, Payload, SingleMemRegion, VringAddr, VringFile, VringState,
+    Config, InflightInfo, LogInfo, MemoryTable, Payload, SingleMemRegion, VringAddr, VringFile,
+    VringState,
 };
 use crate::virtq::{MAX_QUEUE_SIZE, VringAddrs, VringError};
 
@@ -124,6 +126,8 @@ pub(crate) fn row(req: FrontendReq) -> Row {
             R::SetOwner => (set_owner, false, false, Nothing),
             R::ResetOwner => (reset_owner, false, true, All),
             R::SetMemTable => (set_mem_table, true, false, All),
+            R::SetLogBase => (set_log_base, true, false, All),
+            R::SetLogFd => (set_log_fd, true, false, Nothing),
             R::SetVringNum => (set_vring_num, true, false, Queue),
             R::SetVringAddr => (set_vring_addr, true, false, Queue),
             R::SetVringBase => (set_vring_base, true, false, Queue),
@@ -235,6 +239,21 @@ fn set_features(
 ) -> Result<Outcome, HandlerError> {
     let features: u64 = parse(msg)?;
     offered(FrontendReq::SetFeatures, features, dev.cfg.features)?;
+    if features & VHOST_F_LOG_ALL != 0 {
+        if let Some(i) = dev
+            .dev
+            .shared
+            .queues
+            .iter()
+            .position(|q| q.lock().async_q.is_some())
+        {
+            // The async path does not mark the pages its copies write: refused, not unlogged.
+            let why = format!(
+                "VHOST_F_LOG_ALL (dirty logging) on a device whose vring {i} has an async copy channel, which does not log"
+            );
+            return refuse(msg, state_err(FrontendReq::SetFeatures, why));
+        }
+    }
     if dev.running && features != dev.features {
         fx.features_changed = Some(features);
     }
@@ -271,6 +290,7 @@ fn reset_owner(
     dev.status = 0;
     dev.owner = false;
     dev.inflight = None;
+    dev.set_log(None);
     dev.publish();
     Ok(Outcome::Done)
 }
@@ -420,11 +440,83 @@ fn rem_mem_reg(
 /// connection is closed: the frontend would otherwise go on as if the region were mapped, and
 /// the guest's buffers in it would be dropped as unmapped, one by one.
 fn refuse_memory(msg: &Message, e: MemoryError) -> Result<Outcome, HandlerError> {
+    refuse(msg, e.into())
+}
+
+/// A failure status when the frontend asked for one, else the connection closes.
+fn refuse(msg: &Message, e: HandlerError) -> Result<Outcome, HandlerError> {
     if msg.header.need_reply() {
         Ok(Outcome::Failed(e.to_string()))
     } else {
-        Err(e.into())
+        Err(e)
     }
+}
+
+/// SET_LOG_BASE (LOG_SHMFD): maps the dirty log from its fd, checked as a memory region is
+/// (size 0, beyond the fd's size, `offset + size` overflow, no fd: refused, the fd closed,
+/// nothing mapped), and installs it on every vring; the log it replaces is unmapped once no
+/// vring holds it. Answered with an empty reply (QEMU waits for one and reads no payload, as
+/// DPDK answers). A refused log closes the connection: the reply has no status a frontend
+/// reads, so a failure answered with one would be taken for success and the migration would
+/// go on unlogged.
+///
+/// A log smaller than the guest memory it should cover is accepted with a warning: QEMU grows
+/// its log after a memory hotplug by sending a larger one, so a short log can be a passing
+/// state. The data path never writes beyond it; pages it cannot hold are counted
+/// ([`DirtyLog::beyond`]) and logged, rate-limited.
+fn set_log_base(
+    dev: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    require_protocol(dev, FrontendReq::SetLogBase, pf::LOG_SHMFD)?;
+    let info: LogInfo = parse(msg)?;
+    let fd = msg
+        .take_fd()
+        .ok_or_else(|| state_err(FrontendReq::SetLogBase, "no fd"))?;
+    let log = DirtyLog::map(fd, info.mmap_size, info.mmap_offset).map_err(|e| {
+        state_err(
+            FrontendReq::SetLogBase,
+            format!(
+                "log of {:#x} bytes at offset {:#x}: {e}",
+                info.mmap_size, info.mmap_offset
+            ),
+        )
+    })?;
+    let mem_end = dev
+        .mem
+        .regions()
+        .map(|r| r.guest_phys_addr().raw().saturating_add(r.size()))
+        .max()
+        .unwrap_or(0);
+    let need = log_bytes_for(mem_end);
+    if log.len() < need {
+        log::warn!(
+            "{}: SET_LOG_BASE: a log of {} bytes covers guest memory below {:#x}, which reaches {mem_end:#x} ({need} bytes needed): writes above it will not be logged (counted)",
+            dev.dev.id(),
+            log.len(),
+            log.covers()
+        );
+    }
+    log::debug!(
+        "{}: dirty log of {} bytes mapped (offset {:#x})",
+        dev.dev.id(),
+        info.mmap_size,
+        info.mmap_offset
+    );
+    dev.set_log(Some(Arc::new(log)));
+    Ok(Outcome::Reply(Vec::new(), Vec::new()))
+}
+
+/// SET_LOG_FD: an eventfd to tell the frontend the log changed. rvhost never signals it (the
+/// frontend reads the log when it syncs): the fd is closed, as DPDK does.
+fn set_log_fd(
+    _: &mut DeviceState,
+    msg: &mut Message,
+    _: &mut Effects,
+) -> Result<Outcome, HandlerError> {
+    msg.fds.clear();
+    Ok(Outcome::Done)
 }
 
 fn get_max_mem_slots(

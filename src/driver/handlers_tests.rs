@@ -48,6 +48,7 @@ fn the_data_plane_column_covers_what_changes_rings_or_memory() {
             | R::ResetOwner
             | R::ResetDevice
             | R::SetMemTable
+            | R::SetLogBase
             | R::AddMemReg
             | R::RemMemReg
             | R::SetInflightFd

@@ -64,7 +64,8 @@
 //!    NEED_REPLY if REPLY_ACK was negotiated);
 //! 3. `GET_QUEUE_NUM` (with MQ), `SET_FEATURES`;
 //! 4. `SET_MEM_TABLE` (on every start, as QEMU does), or `GET_MAX_MEM_SLOTS` and one
-//!    `ADD_MEM_REG` per region (once per connection);
+//!    `ADD_MEM_REG` per region (once per connection); with [`FrontendOptions::dirty_log`],
+//!    `SET_LOG_BASE` (and its reply);
 //! 5. per vring: `SET_VRING_NUM`, `SET_VRING_BASE`, `SET_VRING_ADDR`, `SET_VRING_KICK`,
 //!    `SET_VRING_CALL`;
 //! 6. `SET_VRING_ENABLE 1` on every vring (when bit 30 was negotiated);
@@ -81,6 +82,7 @@
 //! the shared memory only through the checked accessors of [`shm`], the front-end's one
 //! module with `unsafe` code.
 
+pub mod dirty_log;
 pub mod driver_ring;
 pub mod error;
 pub mod layout;
@@ -100,6 +102,7 @@ use std::time::{Duration, Instant};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use rvhost_hugepages::region::{PageSize, Region, RegionConfig};
 
+pub use dirty_log::DirtyLogArea;
 pub use driver_ring::{DriverRing, RingStats};
 pub use error::{FrontendError, LayoutError};
 pub use layout::{Area, MemLayout, RingInfo};
@@ -145,6 +148,8 @@ pub struct Frontend {
     running: bool,
     /// ADD_MEM_REG was sent on this connection (regions are added once per connection).
     regions_added: bool,
+    /// The dirty log ([`FrontendOptions::dirty_log`]).
+    log: Option<DirtyLogArea>,
 }
 
 impl Frontend {
@@ -319,6 +324,11 @@ impl Frontend {
             opts.gpa_gap,
         )?;
         let plans = layout::plan(&layout, opts.vrings(), opts.queue_size, opts.buf_size)?;
+        let log = if opts.dirty_log {
+            Some(DirtyLogArea::new(gpa_end(&layout))?)
+        } else {
+            None
+        };
         let event_idx = opts.features & crate::features::VIRTIO_RING_F_EVENT_IDX != 0;
         let mut rx = Vec::with_capacity(usize::from(opts.queue_pairs));
         let mut tx = Vec::with_capacity(usize::from(opts.queue_pairs));
@@ -370,6 +380,7 @@ impl Frontend {
             negotiated: None,
             running: false,
             regions_added: false,
+            log,
         })
     }
 
@@ -464,6 +475,38 @@ impl Frontend {
     pub fn queues(&mut self) -> (&mut [RxQueue], &mut [TxQueue]) {
         (&mut self.rx, &mut self.tx)
     }
+
+    /// The dirty log ([`FrontendOptions::dirty_log`]), to read
+    /// ([`DirtyLogArea::peek`]) or read and clear ([`DirtyLogArea::take`]).
+    pub fn dirty_log(&self) -> Option<&DirtyLogArea> {
+        self.log.as_ref()
+    }
+
+    /// Replaces the dirty log with a new, zeroed one and sends it with SET_LOG_BASE (QEMU does
+    /// when the guest's memory grows); the old one is dropped (unmapped here) once the back-end
+    /// has answered. Needs [`FrontendOptions::dirty_log`] and a connection.
+    pub fn replace_dirty_log(&mut self) -> Result<(), FrontendError> {
+        if self.log.is_none() {
+            return Err(FrontendError::State {
+                op: "replace_dirty_log",
+                reason: "FrontendOptions::dirty_log is off",
+            });
+        }
+        let new = DirtyLogArea::new(gpa_end(&self.layout))?;
+        new.send(self.endpoint()?)?;
+        self.log = Some(new);
+        Ok(())
+    }
+}
+
+/// The end of the guest-physical space the layout announces (what a dirty log must cover).
+fn gpa_end(layout: &MemLayout) -> u64 {
+    layout
+        .chunks()
+        .iter()
+        .map(|c| c.gpa.raw().saturating_add(c.len as u64))
+        .max()
+        .unwrap_or(0)
 }
 
 impl Drop for Frontend {

@@ -99,6 +99,12 @@ pub struct FrontendOptions {
     pub accept_timeout: Duration,
     /// Timeout of each reply. Default 5 s.
     pub reply_timeout: Duration,
+    /// Dirty logging, in QEMU's role during a live migration: negotiate `VHOST_F_LOG_ALL` and
+    /// the LOG_SHMFD protocol feature (both required), send a memfd log covering the guest
+    /// memory with SET_LOG_BASE after the memory table, and ask every vring to log its used
+    /// ring (`VHOST_VRING_F_LOG`, at the used ring's guest address). Read it with
+    /// [`Frontend::dirty_log`](super::Frontend::dirty_log). Default `false`.
+    pub dirty_log: bool,
 }
 
 impl Default for FrontendOptions {
@@ -127,6 +133,7 @@ impl Default for FrontendOptions {
             connect_timeout: Duration::ZERO,
             accept_timeout: Duration::from_secs(10),
             reply_timeout: Endpoint::DEFAULT_TIMEOUT,
+            dirty_log: false,
         }
     }
 }

@@ -8,7 +8,9 @@ use super::layout::{MemLayout, RingInfo};
 use super::options::{FrontendOptions, MemTableMode};
 use super::queue::{NetHdr, Queue};
 use super::shm::Shm;
-use crate::features::{VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_NET_F_MQ, protocol as pf};
+use crate::features::{
+    VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_NET_F_MQ, protocol as pf,
+};
 use crate::protocol::payload::{
     MemoryTable, Payload, SingleMemRegion, VringAddr, VringFile, VringState,
 };
@@ -70,6 +72,7 @@ impl Frontend {
             negotiated,
             running,
             regions_added,
+            log,
             ..
         } = self;
         let ep = ep.as_mut().ok_or(FrontendError::NotConnected("start"))?;
@@ -88,9 +91,13 @@ impl Frontend {
             neg.max_mem_slots = send_memory(ep, opts.mem_table, &neg, shm, layout)?;
             *regions_added = opts.mem_table == MemTableMode::AddMemReg;
         }
+        if let Some(log) = log.as_ref() {
+            log.send(ep)?;
+        }
+        let log_used = log.is_some();
         for (pair, (r, t)) in rx.iter_mut().zip(tx.iter_mut()).enumerate() {
-            setup_vring(ep, r, &rings[2 * pair])?;
-            setup_vring(ep, t, &rings[2 * pair + 1])?;
+            setup_vring(ep, r, &rings[2 * pair], log_used)?;
+            setup_vring(ep, t, &rings[2 * pair + 1], log_used)?;
         }
         if neg.features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             for v in 0..opts.vrings() {
@@ -175,12 +182,17 @@ fn negotiate(ep: &mut Endpoint, opts: &FrontendOptions) -> Result<Negotiated, Fr
     if opts.queue_pairs > 1 {
         wanted |= VIRTIO_NET_F_MQ;
     }
+    let mut wanted_pf = opts.protocol_features;
+    if opts.dirty_log {
+        wanted |= VHOST_F_LOG_ALL;
+        wanted_pf |= pf::LOG_SHMFD;
+    }
     let features = (wanted & offered) | (offered & VHOST_USER_F_PROTOCOL_FEATURES);
     let (offered_pf, pfeat) = if offered & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
         let o = ep
             .get_u64(R::GetProtocolFeatures)
             .map_err(FrontendError::request(R::GetProtocolFeatures))?;
-        let p = o & opts.protocol_features;
+        let p = o & wanted_pf;
         // Sent before REPLY_ACK is in force (QEMU does the same).
         ep.request(R::SetProtocolFeatures, &p.to_ne_bytes(), &[])
             .map_err(FrontendError::request(R::SetProtocolFeatures))?;
@@ -203,6 +215,11 @@ fn negotiate(ep: &mut Endpoint, opts: &FrontendOptions) -> Result<Negotiated, Fr
     } else {
         None
     };
+    if opts.dirty_log && (features & VHOST_F_LOG_ALL == 0 || pfeat & pf::LOG_SHMFD == 0) {
+        return Err(FrontendError::Negotiation(format!(
+            "dirty logging needs VHOST_F_LOG_ALL and the LOG_SHMFD protocol feature (offered {offered:#x}, protocol {offered_pf:#x})"
+        )));
+    }
     if opts.queue_pairs > 1 && (queue_num.is_none() || features & VIRTIO_NET_F_MQ == 0) {
         return Err(FrontendError::Negotiation(format!(
             "{} queue pairs need the MQ protocol feature and VIRTIO_NET_F_MQ",
@@ -271,11 +288,12 @@ fn send_memory(
     }
 }
 
-/// Step 5 for one vring.
+/// Step 5 for one vring (`log_used`: ask for its used ring's writes in the dirty log).
 fn setup_vring<K>(
     ep: &mut Endpoint,
     q: &mut Queue<K>,
     info: &RingInfo,
+    log_used: bool,
 ) -> Result<(), FrontendError> {
     use FrontendReq as R;
     let v = q.vring();
@@ -292,7 +310,7 @@ fn setup_vring<K>(
         .map_err(err(R::SetVringBase))?;
     let addr = VringAddr {
         index,
-        flags: 0,
+        flags: if log_used { VringAddr::F_LOG } else { 0 },
         desc_user_addr: info.desc.fva.raw(),
         used_user_addr: info.used.fva.raw(),
         avail_user_addr: info.avail.fva.raw(),

@@ -23,7 +23,7 @@
 use std::marker::PhantomData;
 use std::mem::{MaybeUninit, align_of, size_of};
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU16, Ordering};
 
 use super::error::AccessError;
 
@@ -439,6 +439,27 @@ impl<'a> GuestSlice<'a> {
         // ordering was checked to be valid for a store.
         unsafe { AtomicU16::from_ptr(p) }.store(val, order);
         Ok(())
+    }
+
+    /// Atomically ORs `bits` into the byte at `offset` and returns its previous value (the
+    /// dirty log's marking: other parties set and clear bits of the same byte concurrently).
+    #[inline]
+    pub fn fetch_or_u8(&self, offset: usize, bits: u8, order: Ordering) -> Result<u8, AccessError> {
+        let p = self.range(offset, 1)?;
+        // SAFETY: range() checked the byte is inside the slice (a valid read-write mapping for
+        // 'a); a u8 is always aligned for AtomicU8; every ordering is valid for an RMW; the
+        // bytes are only ever accessed atomically or by copies, never through references.
+        Ok(unsafe { AtomicU8::from_ptr(p) }.fetch_or(bits, order))
+    }
+
+    /// Atomically replaces the byte at `offset` with `val` and returns the previous value (a
+    /// dirty log's reader takes the bits and clears them in one step).
+    #[inline]
+    pub fn swap_u8(&self, offset: usize, val: u8, order: Ordering) -> Result<u8, AccessError> {
+        let p = self.range(offset, 1)?;
+        // SAFETY: as in fetch_or_u8: p is inside the writable slice, aligned for AtomicU8, and
+        // every ordering is valid for an RMW.
+        Ok(unsafe { AtomicU8::from_ptr(p) }.swap(val, order))
     }
 
     /// `load_u16(offset, Ordering::Acquire)`: read a ring index the guest publishes (avail->idx).

@@ -23,6 +23,8 @@
 //!   SET_MEM_TABLE and re-derived for ADD_MEM_REG/REM_MEM_REG; it translates
 //!   ([`gpa_to_host`](GuestMemory::gpa_to_host) and friends, with a caller-owned
 //!   [`TranslationCache`]).
+//! - [`DirtyLog`] is the dirty log of live migration (SET_LOG_BASE), one bit per 4 KiB page of
+//!   guest-physical memory, marked by the data path while `VHOST_F_LOG_ALL` is negotiated.
 //! - [`GuestSlice`] reads and writes guest memory without ever forming Rust references to it
 //!   (the guest writes concurrently); [`Pod`] marks types that may be copied in and out.
 //!
@@ -35,6 +37,7 @@
 //! atomically and non-atomically at the same time.
 
 mod access;
+mod dirty_log;
 mod error;
 pub mod region;
 mod table;
@@ -44,6 +47,7 @@ use std::fmt;
 use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
 
 pub use access::{GuestSlice, Pod};
+pub use dirty_log::{DirtyLog, LOG_PAGE, log_bytes_for};
 pub use error::{AccessError, AddrField, MemoryError};
 pub use region::{GuestRegion, MapOptions, RegionDesc};
 pub use table::{

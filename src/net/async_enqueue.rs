@@ -16,8 +16,9 @@ use super::enqueue::{
     prefetch_first,
 };
 use super::queue_id::{RxQueueId, VringId};
-use super::runs::CopyStep;
+use super::runs::{CopyStep, NoLog};
 use crate::driver::{Device, Flags};
+use crate::features::VHOST_F_LOG_ALL;
 use crate::mbuf::Mbuf;
 use crate::memory::{Gpa, GuestSlice, TranslationCache};
 use crate::virtq::Vring;
@@ -47,6 +48,16 @@ pub enum AsyncError {
     /// The vring already has a channel.
     #[error("vring {vring} already has an async channel")]
     AlreadyRegistered {
+        /// The vring.
+        vring: usize,
+    },
+    /// The device has `VHOST_F_LOG_ALL` negotiated (a live migration is logging dirty
+    /// pages): the async path does not mark the pages its copies write, so it is refused
+    /// rather than left unlogged. Register after the migration, or use the sync bursts.
+    #[error(
+        "vring {vring}: dirty logging (VHOST_F_LOG_ALL) is on, which the async path does not support"
+    )]
+    DirtyLogging {
         /// The vring.
         vring: usize,
     },
@@ -93,6 +104,9 @@ pub fn async_channel_register(
         .ok_or(AsyncError::NoSuchQueue { vring })?;
     if vq.async_q.is_some() {
         return Err(AsyncError::AlreadyRegistered { vring });
+    }
+    if vq.features & VHOST_F_LOG_ALL != 0 {
+        return Err(AsyncError::DirtyLogging { vring });
     }
     let size = vq.size;
     vq.async_q = Some(Box::new(AsyncQueue::new(ops, &config, size)));
@@ -220,8 +234,28 @@ pub(super) fn refuse_sync(vq: &mut Vring, what: &str) {
     }
 }
 
+/// Whether `vq` logs dirty pages (`VHOST_F_LOG_ALL`), which the async path does not do: then
+/// its submits are refused (0, logged at a limited rate) rather than left unlogged. The
+/// control plane refuses LOG_ALL on a vring with a channel and a channel on a logging vring
+/// (`AsyncError::DirtyLogging`); this is the data path's side of that rule, one test per burst.
+#[inline]
+pub(super) fn refuse_logging(vq: &mut Vring) -> bool {
+    if vq.features & VHOST_F_LOG_ALL == 0 {
+        return false;
+    }
+    if vq.log_limit.check().is_some() {
+        log::error!(
+            "async copy refused: dirty logging (VHOST_F_LOG_ALL) is on and the async path does not log"
+        );
+    }
+    true
+}
+
 /// The submit proper, on a locked vring whose channel was taken out of it.
 fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
+    if refuse_logging(vq) {
+        return 0;
+    }
     aq.reserve(vq.size);
     let Some(mut burst) = Burst::begin(vq) else {
         return 0;
@@ -257,7 +291,7 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
             Placed::InFlight => {}
             Placed::No => {
                 let mut step = Submit { aq, seq: 0 };
-                if place(&q, &mut burst, pkt, &ctx, &mut step).is_err() {
+                if place(&q, &mut burst, pkt, &ctx, &mut step, NoLog).is_err() {
                     break;
                 }
             }

@@ -4,7 +4,9 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 
-use crate::features::VIRTIO_RING_F_EVENT_IDX;
+use crate::features::{VHOST_F_LOG_ALL, VIRTIO_RING_F_EVENT_IDX};
+use crate::memory::DirtyLog;
+use crate::protocol::payload::VringAddr;
 use crate::ratelimit::LogLimiter;
 use crate::virtq::split::{ChainError, SplitQueue, USED_SHADOW, VirtqDesc, used_word};
 use crate::virtq::{QueueStats, Vring};
@@ -89,6 +91,11 @@ pub struct Burst<'v> {
     through: bool,
     /// The vring's [`Vring::hdr_written`] hint, kept across bursts.
     pub hdr_written: &'v mut bool,
+    /// The dirty log, while `VHOST_F_LOG_ALL` is negotiated and a log is set.
+    log: Option<&'v DirtyLog>,
+    /// The log and the used ring's guest-physical address, when its writes are logged too
+    /// (`VHOST_VRING_F_LOG` in SET_VRING_ADDR).
+    used_log: Option<(&'v DirtyLog, u64)>,
 }
 
 impl<'v> Burst<'v> {
@@ -117,6 +124,8 @@ impl<'v> Burst<'v> {
             used_shadow,
             log_limit,
             hdr_written,
+            log: dirty,
+            addrs,
             ..
         } = vq;
         let q = SplitQueue::new(rings.as_ref()?, mem, *size);
@@ -135,6 +144,16 @@ impl<'v> Burst<'v> {
             return None;
         }
         let used = *last_used_idx;
+        // The one test of the dirty log per burst: the loops take it as a type (see
+        // `dirty_log`), so without logging they do nothing more per packet.
+        let dirty: &'v Option<std::sync::Arc<DirtyLog>> = dirty;
+        let log = dirty
+            .as_deref()
+            .filter(|_| *features & VHOST_F_LOG_ALL != 0);
+        let used_log = match (log, addrs) {
+            (Some(l), Some(a)) if a.flags & VringAddr::F_LOG != 0 => Some((l, a.log)),
+            _ => None,
+        };
         Some(Burst {
             q,
             next: Idx::new(*last_avail_idx),
@@ -154,7 +173,16 @@ impl<'v> Burst<'v> {
             shadow_len: 0,
             through: false,
             hdr_written,
+            log,
+            used_log,
         })
+    }
+
+    /// The dirty log to mark the burst's writes of guest buffers in, while `VHOST_F_LOG_ALL` is
+    /// negotiated and SET_LOG_BASE gave one (the used ring's writes the burst marks itself).
+    #[inline]
+    pub fn dirty_log(&self) -> Option<&'v DirtyLog> {
+        self.log
     }
 
     /// The queue's rings, for walking chains.
@@ -237,8 +265,28 @@ impl<'v> Burst<'v> {
         }
         self.flush_used();
         self.q.publish_used(self.used.get());
+        if let Some((log, gpa)) = self.used_log {
+            self.log_used(log, gpa, self.published, self.used);
+        }
         self.published = self.used;
         true
+    }
+
+    /// Marks the used ring's pages written for entries `[from, to)` and for its flags and
+    /// index, in the dirty log at the ring's guest address `gpa` (VHOST_VRING_F_LOG). Marked
+    /// after the writes (the log's release fence orders them).
+    #[inline(never)]
+    fn log_used(&self, log: &DirtyLog, gpa: u64, from: Idx, to: Idx) {
+        // used.flags and used.idx: the first 4 bytes.
+        log.mark(gpa, 4);
+        let size = self.q.size();
+        let n = to.get().wrapping_sub(from.get()).min(size);
+        let start = from.get() & (size - 1);
+        let head = n.min(size - start);
+        // An address near the end of u64 saturates and is counted beyond the log.
+        let entry = |slot: u16| gpa.saturating_add(4 + 8 * u64::from(slot));
+        log.mark(entry(start), 8 * u64::from(head));
+        log.mark(entry(0), 8 * u64::from(n - head));
     }
 
     /// Asks for the used-ring lines of the next `n` entries (at most the chains pending) in a
@@ -324,6 +372,9 @@ impl<'v> Burst<'v> {
                 self.q.set_no_notify(true);
             }
             self.q.publish_used(self.used.get());
+            if let Some((log, gpa)) = self.used_log {
+                self.log_used(log, gpa, self.first_used, self.used);
+            }
             if let Some(call) = self.call {
                 if self
                     .q

@@ -12,14 +12,14 @@ use super::burst::{Burst, READ_AHEAD, ReadAhead, Stop};
 use super::hdr::{VirtioNetHdr, hdr_len};
 use super::offload;
 use super::queue_id::RxQueueId;
-use super::runs::{CopyStep, Cpu, Pieces};
+use super::runs::{CopyStep, Cpu, Dirty, NoLog, Pieces};
 use crate::driver::Device;
 use crate::features::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_MRG_RXBUF,
 };
 use crate::mbuf::{Mbuf, OffloadFlags};
-use crate::memory::{Gpa, TranslationCache};
+use crate::memory::{DirtyLog, Gpa, TranslationCache};
 use crate::virtq::split::{
     ChainError, SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
@@ -63,10 +63,31 @@ pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
         super::async_enqueue::refuse_sync(&mut guard, "enqueue_burst");
         return 0;
     }
-    let Some(mut burst) = Burst::begin(&mut guard) else {
+    let Some(burst) = Burst::begin(&mut guard) else {
         return 0;
     };
     let sender_busy = sender_backlog(dev, q);
+    match burst.dirty_log() {
+        None => enqueue_chains(burst, pkts, sender_busy, NoLog),
+        Some(log) => enqueue_logged(burst, pkts, sender_busy, log),
+    }
+}
+
+/// [`enqueue_chains`] marking what it writes in the dirty log (out of line: the loop without
+/// logging stays as it was).
+#[inline(never)]
+fn enqueue_logged(burst: Burst<'_>, pkts: &[Mbuf], sender_busy: bool, log: &DirtyLog) -> usize {
+    enqueue_chains(burst, pkts, sender_busy, log)
+}
+
+/// The loop of [`enqueue_burst`]; `log` marks the guest pages it writes ([`NoLog`]: none).
+#[inline(always)]
+fn enqueue_chains(
+    mut burst: Burst<'_>,
+    pkts: &[Mbuf],
+    sender_busy: bool,
+    log: impl Dirty,
+) -> usize {
     let q = burst.queue();
     let ctx = Ctx::new(burst.features);
     let mut sent = 0;
@@ -94,8 +115,8 @@ pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
             burst.stats.too_large += 1;
             continue;
         }
-        if !place_simple(&q, &mut burst, &mut tc, &mut ahead, pkt, &ctx)
-            && place(&q, &mut burst, pkt, &ctx, &mut Cpu).is_err()
+        if !place_simple(&q, &mut burst, &mut tc, &mut ahead, pkt, &ctx, log)
+            && place(&q, &mut burst, pkt, &ctx, &mut Cpu, log).is_err()
         {
             break;
         }
@@ -261,6 +282,7 @@ fn place_simple(
     ahead: &mut ReadAhead,
     pkt: &Mbuf,
     ctx: &Ctx,
+    log: impl Dirty,
 ) -> bool {
     // Offloads the guest cannot take, or checksums to fill in, go the general way.
     if pkt.nb_segs() != 1 || !pkt.meta().ol_flags.is_empty() {
@@ -297,6 +319,7 @@ fn place_simple(
     *b.hdr_written = written == Ok(true);
     let ok = written.is_ok() && buf.write_at(ctx.hlen, data).is_ok();
     debug_assert!(ok, "bounds were checked by the translation");
+    log.mark(d.addr, need as u64);
     b.used(head, need as u32);
     true
 }
@@ -336,7 +359,9 @@ impl Placement for Cpu {
 /// MRG_RXBUF as many as it takes), walking each once into `ps`; then writes the header (and
 /// any patched offload prefix) with the CPU and the packet's bytes through `p`. A malformed
 /// chain goes back empty (with those reserved before it) and the packet starts over on the
-/// next. `Err` leaves the packet, and the chains it did not use, for later (as DPDK).
+/// next. `Err` leaves the packet, and the chains it did not use, for later (as DPDK). The
+/// buffers written are marked in `log` (the sync path's; the async path passes [`NoLog`]:
+/// dirty logging is refused on a vring with a channel).
 #[inline(never)]
 pub(super) fn place(
     q: &SplitQueue<'_>,
@@ -344,6 +369,7 @@ pub(super) fn place(
     pkt: &Mbuf,
     ctx: &Ctx,
     p: &mut impl Placement,
+    log: impl Dirty,
 ) -> Result<(), Stop> {
     let mut ps = Pieces::new();
     let need = (ctx.hlen + pkt.pkt_len()) as u64;
@@ -397,6 +423,7 @@ pub(super) fn place(
         ok &= runs.write(&data[from..], p) == data.len() - from;
     }
     debug_assert!(ok, "the pieces hold exactly the header and the packet");
+    ps.mark_dirty(q.memory(), log);
     p.placed(b, ps.chains());
     Ok(())
 }

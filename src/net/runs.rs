@@ -11,7 +11,7 @@
 
 use std::mem::MaybeUninit;
 
-use crate::memory::GuestSlice;
+use crate::memory::{DirtyLog, GuestMemory, GuestSlice};
 use crate::virtq::split::{ChainError, SplitQueue};
 
 use super::burst::MAX_PKT_LEN;
@@ -37,6 +37,43 @@ pub(super) trait CopyStep {
     /// done yet must not be (their destination is about to be freed).
     #[inline]
     fn forget(&mut self) {}
+}
+
+/// Where a burst marks the guest pages it writes: nowhere ([`NoLog`]: the burst's loop is
+/// compiled without any trace of logging) or in the dirty log (`&DirtyLog`, while
+/// `VHOST_F_LOG_ALL` is negotiated). The burst decides once, at its start, which loop to run.
+pub(super) trait Dirty: Copy {
+    /// Marks `[gpa, gpa + len)` written.
+    fn mark(self, gpa: u64, len: u64);
+    /// Marks the guest bytes of `s`, a slice of `mem`, written.
+    fn mark_slice(self, mem: &GuestMemory, s: &GuestSlice<'_>);
+}
+
+/// No dirty logging: every marking is nothing.
+#[derive(Clone, Copy)]
+pub(super) struct NoLog;
+
+impl Dirty for NoLog {
+    #[inline(always)]
+    fn mark(self, _gpa: u64, _len: u64) {}
+
+    #[inline(always)]
+    fn mark_slice(self, _mem: &GuestMemory, _s: &GuestSlice<'_>) {}
+}
+
+impl Dirty for &DirtyLog {
+    #[inline]
+    fn mark(self, gpa: u64, len: u64) {
+        DirtyLog::mark(self, gpa, len);
+    }
+
+    #[inline]
+    fn mark_slice(self, mem: &GuestMemory, s: &GuestSlice<'_>) {
+        // Every piece came from translating a guest address with `mem`.
+        if let Some(gpa) = mem.gpa_of_host(s) {
+            DirtyLog::mark(self, gpa.raw(), s.len() as u64);
+        }
+    }
 }
 
 /// The sync path's step: every copy now.
@@ -159,6 +196,14 @@ impl<'a> Pieces<'a> {
         self.chains[self.nchains].write((head, got));
         self.nchains += 1;
         Ok(true)
+    }
+
+    /// Marks every buffer collected (the bytes the packet was written to) in `log`.
+    #[inline]
+    pub(super) fn mark_dirty(&self, mem: &GuestMemory, log: impl Dirty) {
+        for p in self.pieces() {
+            log.mark_slice(mem, p);
+        }
     }
 
     /// The collected buffers as runs, from the first byte.

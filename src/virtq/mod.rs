@@ -16,11 +16,12 @@ pub mod split;
 pub mod stats;
 
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use thiserror::Error;
 
 use crate::features::VIRTIO_RING_F_EVENT_IDX;
-use crate::memory::{FrontendVa, GuestArea, GuestMemory};
+use crate::memory::{DirtyLog, FrontendVa, GuestArea, GuestMemory};
 
 /// Largest queue size a split ring may have (virtio 1.2 §2.7).
 pub const MAX_QUEUE_SIZE: u32 = 32768;
@@ -31,7 +32,9 @@ pub const DESC_SIZE: u64 = 16;
 /// What SET_VRING_ADDR carried: the three rings as frontend virtual addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VringAddrs {
-    /// VHOST_VRING_F_LOG etc.
+    /// `VHOST_VRING_F_LOG` ([`VringAddr::F_LOG`]): log the used ring's writes at `log`.
+    ///
+    /// [`VringAddr::F_LOG`]: crate::protocol::payload::VringAddr::F_LOG
     pub flags: u32,
     /// Descriptor table.
     pub desc: FrontendVa,
@@ -39,7 +42,9 @@ pub struct VringAddrs {
     pub used: FrontendVa,
     /// Available ring.
     pub avail: FrontendVa,
-    /// Guest address for used-ring dirty logging (unused: logging is not supported).
+    /// Guest-physical address of the used ring, where its writes are marked in the dirty log
+    /// (with `F_LOG`; not checked against the memory table: the spec allows any address the
+    /// log holds, and the log's bounds are checked at each marking).
     pub log: u64,
 }
 
@@ -96,6 +101,10 @@ pub struct Vring {
     pub rings: Option<SplitRings>,
     /// The memory table the rings and descriptors are translated with.
     pub mem: GuestMemory,
+    /// The dirty log (SET_LOG_BASE), shared by the device's vrings; written only while the
+    /// features have `VHOST_F_LOG_ALL`. Replaced under the vring's lock, so a log is unmapped
+    /// only when no vring holds it.
+    pub log: Option<Arc<DirtyLog>>,
     /// Next available-ring index to process (SET_VRING_BASE / GET_VRING_BASE).
     pub last_avail_idx: u16,
     /// Next used-ring index to write.
@@ -208,6 +217,12 @@ impl Vring {
         self.translate()
     }
 
+    /// Replaces the dirty log (`None`: no log).
+    pub fn set_log(&mut self, log: Option<Arc<DirtyLog>>) {
+        self.settle("a dirty log change");
+        self.log = log;
+    }
+
     /// Byte lengths of (descriptor table, available ring, used ring) for the current size.
     pub fn ring_lengths(&self) -> (u64, u64, u64) {
         let n = u64::from(self.size);
@@ -284,14 +299,16 @@ impl Vring {
         self.rings.is_some() && self.kick_set && self.call_set && self.enabled
     }
 
-    /// Back to the state of a fresh queue, keeping the memory table and the async channel
-    /// (drained first: see `settle`).
+    /// Back to the state of a fresh queue, keeping the memory table, the dirty log and the async
+    /// channel (drained first: see `settle`).
     pub fn reset(&mut self) {
         self.settle("a reset");
         let mem = std::mem::take(&mut self.mem);
+        let log = self.log.take();
         let async_q = self.async_q.take();
         *self = Vring {
             mem,
+            log,
             async_q,
             ..Vring::default()
         };

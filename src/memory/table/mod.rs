@@ -413,6 +413,19 @@ impl GuestMemory {
         Some(&self.table.regions[pos])
     }
 
+    /// The guest-physical address of the host bytes `s` points at, if they lie in one region
+    /// of this table: the reverse of [`gpa_to_host`](Self::gpa_to_host), for the dirty log of
+    /// bytes the data path wrote through a slice (a linear scan of the regions; only while
+    /// logging).
+    pub fn gpa_of_host(&self, s: &GuestSlice<'_>) -> Option<Gpa> {
+        let p = s.as_ptr() as usize;
+        self.table.entries.iter().find_map(|e| {
+            let off = p.checked_sub(e.host.as_ptr() as usize)? as u64;
+            let size = e.gpa_end - e.gpa;
+            (off < size && s.len() as u64 <= size - off).then_some(Gpa(e.gpa + off))
+        })
+    }
+
     /// The region containing `gpa`.
     pub fn region_of_gpa(&self, gpa: Gpa) -> Option<&Arc<GuestRegion>> {
         find_gpa(&self.table.entries, gpa.0).map(|i| &self.table.regions[i])

@@ -1,0 +1,519 @@
+//! Dirty logging for live migration (`VHOST_F_LOG_ALL`, LOG_SHMFD): the Rust frontend plays
+//! QEMU's role (a memfd log sent with SET_LOG_BASE, `VHOST_VRING_F_LOG` on every vring), the
+//! backend moves packets both ways, and the log must hold exactly the pages the backend wrote:
+//! every page of the receive buffers' bytes it wrote (as the used entries say) and of the used
+//! ring entries, flags and index it wrote, and no other page.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::Bed;
+use common::pkt::{mbuf_of, payload};
+use rvhost::driver::{Device, Flags};
+use rvhost::features::{
+    VHOST_F_LOG_ALL, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
+};
+use rvhost::frontend::{DirtyLogArea, Frontend, FrontendOptions, VirtqDesc};
+use rvhost::mbuf::{Mbuf, PktCache};
+use rvhost::net::{QueuePair, dequeue_burst, enqueue_burst};
+use rvhost::protocol::FrontendReq;
+
+const Q0: QueuePair = QueuePair(0);
+const PAGE: u64 = 4096;
+
+/// Buffers of 1500 bytes are placed 1536 bytes apart: many straddle a page boundary.
+const BUF: usize = 1500;
+
+fn opts(features: u64, regions: usize) -> FrontendOptions {
+    FrontendOptions {
+        features,
+        dirty_log: true,
+        regions,
+        gpa_gap: if regions > 1 { 0x10_0000 } else { 0 },
+        // With several regions, small ones (256 KiB each): the receive ring's buffers spread
+        // over three of them.
+        mem_size: if regions > 1 { 1 << 20 } else { 8 << 20 },
+        buf_size: BUF,
+        force_small_pages: true,
+        ..FrontendOptions::default()
+    }
+}
+
+fn bed(features: u64, regions: usize) -> Bed {
+    Bed::new(
+        "dlog",
+        Flags::empty(),
+        opts(features, regions),
+        "dlog",
+        4096,
+        64,
+    )
+}
+
+/// The pages a set of writes touched.
+#[derive(Default, Debug)]
+struct Pages {
+    set: BTreeSet<u64>,
+    /// Writes that straddled a page boundary, and chains written across two regions.
+    straddling: usize,
+    across_regions: usize,
+}
+
+impl Pages {
+    fn add(&mut self, gpa: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let (first, last) = (gpa / PAGE, (gpa + len - 1) / PAGE);
+        if first != last {
+            self.straddling += 1;
+        }
+        self.set.extend(first..=last);
+    }
+}
+
+/// The pages marked in a log.
+fn marked(log: &[u8]) -> BTreeSet<u64> {
+    (0..log.len() as u64 * 8)
+        .filter(|p| log[(p / 8) as usize] & (1 << (p % 8)) != 0)
+        .collect()
+}
+
+/// The region (chunk) index of a guest address.
+fn region_of(fe: &Frontend, gpa: u64) -> usize {
+    fe.layout()
+        .chunks()
+        .iter()
+        .position(|c| gpa >= c.gpa.raw() && gpa < c.gpa.raw() + c.len as u64)
+        .expect("a buffer outside the layout")
+}
+
+/// Adds what the backend wrote for the used entries `[from, to)` of vring `v`: the ring's
+/// entries, flags and index, and, on a receive ring, the first `len` bytes of each used chain.
+fn written(fe: &Frontend, v: u16, from: u16, to: u16, pages: &mut Pages) {
+    let info = *fe.ring_info(v).unwrap();
+    let used = info.used.gpa.raw();
+    let size = info.size;
+    pages.add(used, 4);
+    let mut i = from;
+    while i != to {
+        let slot = i & (size - 1);
+        pages.add(used + 4 + 8 * u64::from(slot), 8);
+        i = i.wrapping_add(1);
+    }
+}
+
+/// The receive chains' bytes for used entries `[from, to)` of the receive ring of pair 0.
+fn rx_written(fe: &mut Frontend, from: u16, to: u16, pages: &mut Pages) {
+    // Per used entry, the (address, bytes written) of each buffer of its chain.
+    let mut chains: Vec<Vec<(u64, u64)>> = Vec::new();
+    let ring = fe.rx(0).unwrap().ring().shared();
+    let size = ring.size();
+    let mut i = from;
+    while i != to {
+        let e = ring.read_used_elem(i & (size - 1));
+        let mut left = u64::from(e.len);
+        let mut id = e.id as u16;
+        let mut chain = Vec::new();
+        loop {
+            let d = ring.read_desc(id);
+            let n = left.min(u64::from(d.len));
+            chain.push((d.addr, n));
+            left -= n;
+            if d.flags & VirtqDesc::F_NEXT == 0 || left == 0 {
+                break;
+            }
+            id = d.next;
+        }
+        assert_eq!(left, 0, "used entry {i}: more bytes than its chain holds");
+        chains.push(chain);
+        i = i.wrapping_add(1);
+    }
+    for chain in chains {
+        let regions: BTreeSet<usize> = chain
+            .iter()
+            .filter(|&&(_, n)| n > 0)
+            .map(|&(a, _)| region_of(fe, a))
+            .collect();
+        if regions.len() > 1 {
+            pages.across_regions += 1;
+        }
+        for (a, n) in chain {
+            pages.add(a, n);
+        }
+    }
+}
+
+fn used_idx(fe: &mut Frontend, vring: u16) -> u16 {
+    if vring % 2 == 0 {
+        fe.rx(vring / 2).unwrap().ring().shared().load_used_idx()
+    } else {
+        fe.tx(vring / 2).unwrap().ring().shared().load_used_idx()
+    }
+}
+
+/// Enqueues `pkts` (all must go), then checks the log against what was written.
+fn enqueue_and_check(b: &mut Bed, cache: &mut PktCache, pkts: &[Vec<u8>], case: &str) -> Pages {
+    let before = used_idx(&mut b.fe, 0);
+    b.fe.dirty_log().unwrap().take();
+    let mbufs: Vec<Mbuf> = pkts.iter().map(|p| mbuf_of(cache, p)).collect();
+    assert_eq!(
+        enqueue_burst(&b.dev, Q0.rx(), &mbufs),
+        mbufs.len(),
+        "{case}"
+    );
+    cache.free_bulk(mbufs);
+    let after = used_idx(&mut b.fe, 0);
+    let mut want = Pages::default();
+    written(&b.fe, 0, before, after, &mut want);
+    rx_written(&mut b.fe, before, after, &mut want);
+    let got = marked(&b.fe.dirty_log().unwrap().take());
+    assert_eq!(
+        got, want.set,
+        "{case}: marked pages (left) vs written pages (right)"
+    );
+    // The guest gets every packet intact.
+    let mut recv = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while recv.len() < pkts.len() && Instant::now() < deadline {
+        recv.extend(b.fe.rx(0).unwrap().recv(64));
+    }
+    assert_eq!(recv, pkts, "{case}");
+    want
+}
+
+/// Sends `pkts` from the guest, dequeues them all, then checks the log: the used ring only.
+fn dequeue_and_check(b: &mut Bed, cache: &mut PktCache, pkts: &[Vec<u8>], case: &str) {
+    let before = used_idx(&mut b.fe, 1);
+    b.fe.dirty_log().unwrap().take();
+    let refs: Vec<&[u8]> = pkts.iter().map(Vec::as_slice).collect();
+    assert_eq!(b.fe.tx(0).unwrap().send(&refs), refs.len(), "{case}");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while out.len() < pkts.len() && Instant::now() < deadline {
+        dequeue_burst(&b.dev, Q0.tx(), cache, &mut out, 32);
+    }
+    assert_eq!(out.len(), pkts.len(), "{case}");
+    cache.free_bulk(out);
+    let after = used_idx(&mut b.fe, 1);
+    let mut want = Pages::default();
+    written(&b.fe, 1, before, after, &mut want);
+    let got = marked(&b.fe.dirty_log().unwrap().take());
+    assert_eq!(
+        got, want.set,
+        "{case}: marked pages (left) vs written pages (right)"
+    );
+    b.fe.tx(0).unwrap().reap();
+}
+
+const MRG_CASES: [u64; 2] = [
+    VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF | VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX,
+];
+
+/// Both directions, mergeable buffers on and off, one region and four (with holes between
+/// them): the log holds exactly the pages written, bit for bit.
+#[test]
+fn the_log_marks_exactly_the_pages_written() {
+    for features in MRG_CASES {
+        for regions in [1, 4] {
+            let case = format!("features {features:#x}, {regions} regions");
+            let mut b = bed(features, regions);
+            assert!(b.fe.features() & VHOST_F_LOG_ALL != 0, "{case}");
+            let mut cache = b.pool.cache();
+            let mergeable = features & VIRTIO_NET_F_MRG_RXBUF != 0;
+            let mut seen = Pages::default();
+            for round in 0..12 {
+                // Chains of two buffers (3000 bytes) without mergeable buffers: a packet may
+                // take both; with them, one-buffer chains and packets over several chains.
+                // Without them, the whole ring is posted (in order, the first time), so that
+                // the chains are used up to the one whose buffers sit on both sides of the
+                // first region's end.
+                let (n, buf_len) = if mergeable { (64, BUF) } else { (128, 2 * BUF) };
+                b.fe.rx(0).unwrap().post_rx(n, buf_len);
+                let pkts: Vec<Vec<u8>> = (0..24)
+                    .map(|i| {
+                        let len = match (i + round) % 6 {
+                            0 => 60,
+                            1 => 1000,
+                            2 => 1400,
+                            3 if mergeable => 9000,
+                            3 => 2900,
+                            4 if mergeable => 4000,
+                            _ => 1514,
+                        };
+                        payload(len, round * 100 + i)
+                    })
+                    .collect();
+                let w = enqueue_and_check(&mut b, &mut cache, &pkts, &case);
+                seen.straddling += w.straddling;
+                seen.across_regions += w.across_regions;
+                let tx: Vec<Vec<u8>> = (0..16).map(|i| payload(60 + 97 * i, i)).collect();
+                dequeue_and_check(&mut b, &mut cache, &tx, &case);
+            }
+            assert!(
+                seen.straddling > 0,
+                "{case}: no write straddled a page boundary"
+            );
+            if regions > 1 && !mergeable {
+                assert!(
+                    seen.across_regions > 0,
+                    "{case}: no chain was written across two regions"
+                );
+            }
+            let vq = b.dev.lock_vring(0).unwrap();
+            assert_eq!(vq.log.as_ref().map(|l| l.beyond()), Some(0), "{case}");
+        }
+    }
+}
+
+/// SET_FEATURES without LOG_ALL (QEMU's end of a cancelled migration): the log stays mapped and
+/// the vrings keep `VHOST_VRING_F_LOG`, but nothing is written to it any more.
+#[test]
+fn without_log_all_nothing_is_written_to_the_log() {
+    let mut b = bed(MRG_CASES[0], 1);
+    let mut cache = b.pool.cache();
+    let features = b.fe.features() & !VHOST_F_LOG_ALL;
+    b.fe.endpoint()
+        .unwrap()
+        .set_u64(FrontendReq::SetFeatures, features)
+        .unwrap();
+    // A GET_FEATURES answered: the SET_FEATURES before it was handled.
+    let _ = b.fe.endpoint().unwrap().get_u64(FrontendReq::GetFeatures);
+    assert_eq!(b.dev.features() & VHOST_F_LOG_ALL, 0);
+    for round in 0..4 {
+        b.fe.rx(0).unwrap().post_rx(64, BUF);
+        let pkts: Vec<Vec<u8>> = (0..32)
+            .map(|i| payload(60 + 40 * i, round * 32 + i))
+            .collect();
+        let mbufs: Vec<Mbuf> = pkts.iter().map(|p| mbuf_of(&mut cache, p)).collect();
+        assert_eq!(enqueue_burst(&b.dev, Q0.rx(), &mbufs), mbufs.len());
+        cache.free_bulk(mbufs);
+        while !b.fe.rx(0).unwrap().recv(64).is_empty() {}
+        let refs: Vec<Vec<u8>> = (0..16).map(|i| payload(100 + i, i)).collect();
+        let refs: Vec<&[u8]> = refs.iter().map(Vec::as_slice).collect();
+        b.fe.tx(0).unwrap().send(&refs);
+        let mut out = Vec::new();
+        dequeue_burst(&b.dev, Q0.tx(), &mut cache, &mut out, 32);
+        assert_eq!(out.len(), 16);
+        cache.free_bulk(out);
+    }
+    let log = b.fe.dirty_log().unwrap();
+    assert!(
+        log.peek_mapping().iter().all(|&x| x == 0),
+        "the log was written"
+    );
+}
+
+/// Bytes of this process's address space mapped from the memfd called `name`.
+fn mapped_bytes_named(name: &str) -> u64 {
+    let ours = |path: &str| {
+        path.strip_prefix("/memfd:")
+            .and_then(|t| t.strip_prefix(name))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
+    };
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(6, ' ');
+            let range = f.next()?;
+            let path = f.nth(4).unwrap_or("").trim_start();
+            if !ours(path) {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?)
+        })
+        .sum()
+}
+
+/// Open fds of this process on the memfd called `name`.
+fn fds_named(name: &str) -> usize {
+    let ours = format!("/memfd:{name} (deleted)");
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.to_string_lossy() == ours)
+        .count()
+}
+
+/// A second SET_LOG_BASE replaces the first: the first is unmapped (here the frontend drops
+/// its own mapping too, so nothing of it is left in the process), and the backend marks the
+/// new one.
+#[test]
+fn a_second_log_replaces_the_first_which_is_unmapped() {
+    let mut b = bed(MRG_CASES[0], 1);
+    let mut cache = b.pool.cache();
+    let first = b.fe.dirty_log().unwrap().name().to_owned();
+    let one = mapped_bytes_named(&first);
+    assert!(
+        one >= 2 * PAGE,
+        "the frontend's and the backend's mapping: {one}"
+    );
+    b.fe.replace_dirty_log().unwrap();
+    let second = b.fe.dirty_log().unwrap().name().to_owned();
+    assert_ne!(first, second);
+    assert_eq!(
+        mapped_bytes_named(&first),
+        0,
+        "the first log is still mapped"
+    );
+    assert_eq!(fds_named(&first), 0, "the first log's fd is still open");
+    assert_eq!(fds_named(&second), 2, "the frontend's and the backend's fd");
+    assert!(mapped_bytes_named(&second) >= 2 * PAGE);
+    b.fe.rx(0).unwrap().post_rx(64, BUF);
+    let pkts: Vec<Vec<u8>> = (0..8).map(|i| payload(1000, i)).collect();
+    enqueue_and_check(&mut b, &mut cache, &pkts, "after a second SET_LOG_BASE");
+    // The connection's end unmaps the log too.
+    drop(cache);
+    let Bed { fe, dev, .. } = b;
+    drop(fe);
+    assert!(common::eventually(Duration::from_secs(5), || {
+        mapped_bytes_named(&second) == 0 && fds_named(&second) == 0
+    }));
+    drop(dev);
+}
+
+/// The log replaced again and again while another thread enqueues without pause: nothing
+/// crashes, every packet arrives, and once the churn stops the writes go to the last log, bit
+/// for bit.
+#[test]
+fn the_log_changed_under_traffic() {
+    let mut b = bed(MRG_CASES[0], 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = {
+        let (dev, stop) = (b.dev.clone(), Arc::clone(&stop));
+        let pool = b.pool.clone();
+        std::thread::spawn(move || host(&dev, &pool, &stop))
+    };
+    let mut received = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut replaced = 0;
+    let mut last = Instant::now();
+    while Instant::now() < deadline {
+        b.fe.rx(0).unwrap().post_rx(256, BUF);
+        received += b.fe.rx(0).unwrap().recv(256).len();
+        if last.elapsed() >= Duration::from_millis(10) {
+            b.fe.replace_dirty_log().unwrap();
+            replaced += 1;
+            last = Instant::now();
+        }
+    }
+    assert!(received > 0, "no traffic while the log changed");
+    stop.store(true, Ordering::Relaxed);
+    let sent = sent.join().unwrap();
+    while received < sent {
+        let n = b.fe.rx(0).unwrap().recv(256).len();
+        assert!(n > 0, "{received} of {sent} packets arrived");
+        received += n;
+    }
+    assert!(replaced >= 5, "the log was replaced only {replaced} times");
+    // The last log gets what is written after the churn, exactly.
+    b.fe.replace_dirty_log().unwrap();
+    let mut cache = b.pool.cache();
+    b.fe.rx(0).unwrap().post_rx(64, BUF);
+    let pkts: Vec<Vec<u8>> = (0..16).map(|i| payload(200 * i + 60, i)).collect();
+    enqueue_and_check(&mut b, &mut cache, &pkts, "after the churn");
+}
+
+/// Enqueues 64-byte packets until told to stop; returns how many went.
+fn host(dev: &Device, pool: &rvhost::mbuf::PktPool, stop: &AtomicBool) -> usize {
+    let mut cache = pool.cache();
+    let mbufs: Vec<Mbuf> = (0..32)
+        .map(|i| mbuf_of(&mut cache, &payload(64, i)))
+        .collect();
+    let mut sent = 0;
+    while !stop.load(Ordering::Relaxed) {
+        sent += enqueue_burst(dev, Q0.rx(), &mbufs[..8]);
+    }
+    cache.free_bulk(mbufs);
+    sent
+}
+
+/// A log smaller than the guest memory (its first 32 KiB): accepted (with a warning), the
+/// pages it holds are marked, the rest counted, and nothing is written beyond it.
+#[test]
+fn a_log_smaller_than_guest_memory_is_never_written_beyond() {
+    let mut b = bed(MRG_CASES[0], 1);
+    let mut cache = b.pool.cache();
+    let small = DirtyLogArea::new(8 * PAGE).unwrap();
+    assert_eq!(small.len(), 1);
+    small.send(b.fe.endpoint().unwrap()).unwrap();
+    b.fe.rx(0).unwrap().post_rx(64, BUF);
+    let pkts: Vec<Vec<u8>> = (0..32).map(|i| payload(1514, i)).collect();
+    let mbufs: Vec<Mbuf> = pkts.iter().map(|p| mbuf_of(&mut cache, p)).collect();
+    assert_eq!(enqueue_burst(&b.dev, Q0.rx(), &mbufs), 32);
+    cache.free_bulk(mbufs);
+    let mut got = Vec::new();
+    while got.len() < 32 {
+        got.extend(b.fe.rx(0).unwrap().recv(64));
+    }
+    assert_eq!(got, pkts);
+    let bytes = small.peek_mapping();
+    assert!(bytes.len() >= PAGE as usize);
+    assert!(
+        bytes[1..].iter().all(|&x| x == 0),
+        "written beyond the log's byte"
+    );
+    // The used ring is in the first 32 KiB: its page is marked.
+    let used = b.fe.ring_info(0).unwrap().used.gpa.raw();
+    assert!(used < 8 * PAGE);
+    assert!(bytes[0] & (1 << (used / PAGE)) != 0);
+    let beyond = b.dev.lock_vring(0).unwrap().log.as_ref().unwrap().beyond();
+    assert!(beyond > 0, "buffers beyond the log were not counted");
+}
+
+/// The async path does not mark what its copies write, so it and dirty logging exclude each
+/// other: SET_FEATURES with LOG_ALL on a device whose vring has an async channel is refused (a
+/// failure status: the frontend asked with REPLY_ACK), and a channel on a device logging dirty
+/// pages is refused with `AsyncError::DirtyLogging`.
+#[test]
+fn dirty_logging_and_async_channels_exclude_each_other() {
+    use rvhost::features::protocol as pf;
+    use rvhost::net::{AsyncConfig, AsyncError, async_channel_register};
+
+    // A channel first, then LOG_ALL.
+    let o = FrontendOptions {
+        dirty_log: false,
+        protocol_features: FrontendOptions::default().protocol_features | pf::LOG_SHMFD,
+        ..opts(MRG_CASES[0], 1)
+    };
+    let mut b = Bed::new("dlog-async", Flags::ASYNC_COPY, o, "dlog-async", 1024, 64);
+    let (ops, _worker) = common::dma::copy_device(0, 0, Default::default());
+    async_channel_register(&b.dev, Q0.rx(), AsyncConfig::default(), ops).unwrap();
+    let features = b.fe.features() | VHOST_F_LOG_ALL;
+    let ep = b.fe.endpoint().unwrap();
+    assert!(ep.reply_ack());
+    let refused = ep.set_u64(FrontendReq::SetFeatures, features);
+    assert!(
+        refused.is_err(),
+        "LOG_ALL was accepted with an async channel"
+    );
+    assert_eq!(b.dev.features() & VHOST_F_LOG_ALL, 0);
+    // The connection is still served.
+    assert!(
+        b.fe.endpoint()
+            .unwrap()
+            .get_u64(FrontendReq::GetFeatures)
+            .is_ok()
+    );
+
+    // LOG_ALL first, then a channel.
+    let b = Bed::new(
+        "dlog-async2",
+        Flags::ASYNC_COPY,
+        opts(MRG_CASES[0], 1),
+        "dlog-async2",
+        1024,
+        64,
+    );
+    assert!(b.dev.features() & VHOST_F_LOG_ALL != 0);
+    let (ops, _worker) = common::dma::copy_device(0, 0, Default::default());
+    let e = async_channel_register(&b.dev, Q0.tx(), AsyncConfig::default(), ops).unwrap_err();
+    assert!(matches!(e, AsyncError::DirtyLogging { vring: 1 }), "{e}");
+}
