@@ -477,13 +477,37 @@ fn dirty_logging_and_async_channels_exclude_each_other() {
     use rvhost::features::protocol as pf;
     use rvhost::net::{AsyncConfig, AsyncError, async_channel_register};
 
-    // A channel first, then LOG_ALL.
+    // A socket with async copy does not offer dirty logging.
+    let d = rvhost::driver::Driver::new().unwrap();
+    let path = common::sock_path("dlog-offer");
+    d.register(&path, Flags::ASYNC_COPY).unwrap();
+    assert_eq!(d.features(&path).unwrap() & VHOST_F_LOG_ALL, 0);
+    assert_eq!(d.protocol_features(&path).unwrap() & pf::LOG_SHMFD, 0);
+    let path2 = common::sock_path("dlog-offer2");
+    d.register(&path2, Flags::empty()).unwrap();
+    let plain = d.features(&path2).unwrap();
+    assert_ne!(plain & VHOST_F_LOG_ALL, 0, "offered without async copy");
+
+    // Offered anyway by the application: a channel first, then LOG_ALL.
+    let offer_log = |d: &rvhost::driver::Driver, p: &std::path::Path| {
+        d.enable_features(p, VHOST_F_LOG_ALL).unwrap();
+        let pfs = d.protocol_features(p).unwrap();
+        d.set_protocol_features(p, pfs | pf::LOG_SHMFD).unwrap();
+    };
     let o = FrontendOptions {
         dirty_log: false,
         protocol_features: FrontendOptions::default().protocol_features | pf::LOG_SHMFD,
         ..opts(MRG_CASES[0], 1)
     };
-    let mut b = Bed::new("dlog-async", Flags::ASYNC_COPY, o, "dlog-async", 1024, 64);
+    let mut b = Bed::configured(
+        "dlog-async",
+        Flags::ASYNC_COPY,
+        o,
+        "dlog-async",
+        1024,
+        64,
+        offer_log,
+    );
     let (ops, _worker) = common::dma::copy_device(0, 0, Default::default());
     async_channel_register(&b.dev, Q0.rx(), AsyncConfig::default(), ops).unwrap();
     let features = b.fe.features() | VHOST_F_LOG_ALL;
@@ -504,13 +528,14 @@ fn dirty_logging_and_async_channels_exclude_each_other() {
     );
 
     // LOG_ALL first, then a channel.
-    let b = Bed::new(
+    let b = Bed::configured(
         "dlog-async2",
         Flags::ASYNC_COPY,
         opts(MRG_CASES[0], 1),
         "dlog-async2",
         1024,
         64,
+        offer_log,
     );
     assert!(b.dev.features() & VHOST_F_LOG_ALL != 0);
     let (ops, _worker) = common::dma::copy_device(0, 0, Default::default());

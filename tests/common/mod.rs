@@ -223,11 +223,26 @@ impl Bed {
         mbufs: usize,
         cache: usize,
     ) -> Bed {
+        Bed::configured(tag, flags, opts, pool_name, mbufs, cache, |_, _| {})
+    }
+
+    /// As [`new`](Self::new), with `configure` called on the driver and the socket's path
+    /// after it is registered and before it starts (to change what it offers).
+    pub fn configured(
+        tag: &str,
+        flags: Flags,
+        opts: FrontendOptions,
+        pool_name: &str,
+        mbufs: usize,
+        cache: usize,
+        configure: impl FnOnce(&Driver, &std::path::Path),
+    ) -> Bed {
         init_log();
         let path = sock_path(tag);
         let rec = Recorder::new();
         let driver = Driver::new().unwrap();
         driver.register(&path, flags).unwrap();
+        configure(&driver, &path);
         driver.set_callbacks(&path, Arc::clone(&rec) as _).unwrap();
         driver.start(&path).unwrap();
         let mut fe = Frontend::connect(&path, opts).unwrap();
