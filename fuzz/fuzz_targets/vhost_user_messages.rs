@@ -508,6 +508,10 @@ impl Harness {
         let whole = size as usize == payload.len()
             && payload.len() <= rvhost::protocol::MAX_PAYLOAD
             && self.session.pending_input() == 0;
+        // Whether the backend starts this message on a frame boundary: if an earlier message
+        // promised more bytes than it sent, this one's first bytes complete that one, and the
+        // reply to it comes now.
+        let fresh = self.session.pending_input() == 0;
         let before = self.snap();
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
         let bytes = rvhost_fuzz::frame(code, flags, size, &payload);
@@ -517,8 +521,10 @@ impl Harness {
         let served = self.session.serve();
         let got = self.wire.recv();
         let reps = replies(&got.bytes);
-        for (h, _) in &reps {
-            assert_eq!(h.request, code, "a reply to another request");
+        if fresh {
+            for (h, _) in &reps {
+                assert_eq!(h.request, code, "a reply to another request");
+            }
         }
         if !whole || sent != bytes.len() {
             assert!(got.fds.len() <= reps.len(), "more fds than replies");
