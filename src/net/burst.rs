@@ -256,13 +256,14 @@ impl<'v> Burst<'v> {
     }
 
     /// Publishes the used entries written so far if at least `min` are not yet (one release
-    /// store of `used.idx`; the notification, if any, stays at [`finish`](Self::finish)).
-    /// Returns whether it did.
+    /// store of `used.idx`; the notification, if any, stays at [`finish`](Self::finish)),
+    /// calling `before` first (to finish their buffers' writes). Returns whether it did.
     #[inline]
-    pub fn publish_early(&mut self, min: u16) -> bool {
+    pub fn publish_early(&mut self, min: u16, before: impl FnOnce()) -> bool {
         if self.used.get().wrapping_sub(self.published.get()) < min {
             return false;
         }
+        before();
         self.flush_used();
         self.q.publish_used(self.used.get());
         if let Some((log, gpa)) = self.used_log {

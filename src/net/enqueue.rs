@@ -19,7 +19,7 @@ use crate::features::{
     VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_MRG_RXBUF,
 };
 use crate::mbuf::{Mbuf, OffloadFlags};
-use crate::memory::{DirtyLog, Gpa, TranslationCache};
+use crate::memory::{DirtyLog, Gpa, GuestSlice, TranslationCache};
 use crate::virtq::split::{
     ChainError, SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
@@ -97,6 +97,14 @@ fn enqueue_chains(
     // left on its transmit queue by our last dequeue there (a guest with a transmit backlog
     // is busy, and an extra publish mid-burst hands it lines we are still writing).
     let mut early = burst.pending() == q.size() && !sender_busy;
+    // Small payloads are copied at the burst's end (see `Deferred`) unless the guest is busy
+    // transmitting or waits for an early publish. A/B against copying each packet in the loop
+    // (testpmd frontend, 64 B): h2g 2.1-3.8x in the slow host state (c2c ~165 ns: the loop
+    // waited behind a store buffer full of writes to lines the guest's driver had read, one
+    // transfer per packet, 5.5 Mpps against DPDK's 14) and 1.16-1.31 in the fast one. Deferring
+    // with a transmit backlog cost loop-tput mrg1 16-55%; deferring before an early publish
+    // cost loop-lat 64 B 10-20%: both copy at once.
+    let mut deferred = Deferred::new(!sender_busy && !early);
     // Used entries go to the burst's shadow and are written in one run before the publish;
     // their lines are asked for now, so that those writes do not wait at the end (a guest
     // waiting for the burst would wait longer). Against the testpmd virtio-user frontend:
@@ -115,21 +123,77 @@ fn enqueue_chains(
             burst.stats.too_large += 1;
             continue;
         }
-        if !place_simple(&q, &mut burst, &mut tc, &mut ahead, pkt, &ctx, log)
-            && place(&q, &mut burst, pkt, &ctx, &mut Cpu, log).is_err()
+        if !place_simple(
+            &q,
+            &mut burst,
+            &mut tc,
+            &mut ahead,
+            &mut deferred,
+            pkt,
+            &ctx,
+            log,
+        ) && place(&q, &mut burst, pkt, &ctx, &mut Cpu, log).is_err()
         {
             break;
         }
         sent += 1;
         burst.stats.packets += 1;
         burst.stats.bytes += pkt.pkt_len() as u64;
-        if early && burst.publish_early(PUBLISH_FIRST) {
+        if early && burst.publish_early(PUBLISH_FIRST, || deferred.flush()) {
             early = false;
             burst.stats.early_publishes += 1;
         }
     }
+    deferred.flush();
     burst.finish();
     sent
+}
+
+/// Small packets' payload copies of a burst, done together before its used entries are
+/// published (as DPDK's `batch_copy_elems`): the loop then reads descriptors and asks for
+/// buffers without waiting behind a store buffer full of writes to guest lines still on
+/// their way. Not with the dirty log (a page is marked after its write: `place_simple` copies
+/// at once then).
+pub(super) struct Deferred<'g, 'p> {
+    n: usize,
+    /// How many may wait (0: copy at once).
+    max: usize,
+    copies: [Option<(GuestSlice<'g>, &'p [u8])>; DEFER_MAX],
+}
+
+/// Copies of at most this many bytes are deferred (DPDK: `MAX_BATCH_LEN`).
+const DEFER_BELOW: usize = 256;
+/// At most this many copies wait (a burst's worth; more are copied at once).
+const DEFER_MAX: usize = 64;
+
+impl<'g, 'p> Deferred<'g, 'p> {
+    pub(super) fn new(on: bool) -> Self {
+        Deferred {
+            n: 0,
+            max: if on { DEFER_MAX } else { 0 },
+            copies: [None; DEFER_MAX],
+        }
+    }
+
+    /// Copies `src` to `dst` now or before the next [`flush`](Self::flush).
+    #[inline]
+    pub(super) fn copy(&mut self, dst: GuestSlice<'g>, src: &'p [u8]) {
+        if src.len() <= DEFER_BELOW && self.n < self.max {
+            self.copies[self.n] = Some((dst, src));
+            self.n += 1;
+        } else {
+            dst.copy_from(src);
+        }
+    }
+
+    /// Does the copies that wait.
+    #[inline]
+    pub(super) fn flush(&mut self) {
+        for (dst, src) in self.copies[..self.n].iter().flatten() {
+            dst.copy_from(src);
+        }
+        self.n = 0;
+    }
 }
 
 /// Whether the last dequeue on the transmit queue paired with `rxq` left chains behind
@@ -275,14 +339,15 @@ pub(super) const ONE_BUFFER: [u8; VirtioNetHdr::SIZE] = VirtioNetHdr {
 /// descriptor in one region, large enough for the header and the packet (one segment, no IP
 /// checksum to fill in). Anything else is left (chain not taken) for the general path.
 #[inline]
-fn place_simple(
-    q: &SplitQueue<'_>,
+fn place_simple<'v, 'p, L: Dirty>(
+    q: &SplitQueue<'v>,
     b: &mut Burst<'_>,
     tc: &mut TranslationCache,
     ahead: &mut ReadAhead,
-    pkt: &Mbuf,
+    deferred: &mut Deferred<'v, 'p>,
+    pkt: &'p Mbuf,
     ctx: &Ctx,
-    log: impl Dirty,
+    log: L,
 ) -> bool {
     // Offloads the guest cannot take, or checksums to fill in, go the general way.
     if pkt.nb_segs() != 1 || !pkt.meta().ol_flags.is_empty() {
@@ -317,8 +382,19 @@ fn place_simple(
     // guest, and the next header's line asked for reading.
     let written = buf.update_at(0, &ONE_BUFFER[..ctx.hlen]);
     *b.hdr_written = written == Ok(true);
-    let ok = written.is_ok() && buf.write_at(ctx.hlen, data).is_ok();
-    debug_assert!(ok, "bounds were checked by the translation");
+    let body = buf.subslice(ctx.hlen, data.len());
+    debug_assert!(
+        written.is_ok() && body.is_ok(),
+        "bounds were checked by the translation"
+    );
+    if let Ok(body) = body {
+        if L::ON {
+            // A page is marked only after its write.
+            body.copy_from(data);
+        } else {
+            deferred.copy(body, data);
+        }
+    }
     log.mark(d.addr, need as u64);
     b.used(head, need as u32);
     true

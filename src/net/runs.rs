@@ -43,6 +43,8 @@ pub(super) trait CopyStep {
 /// compiled without any trace of logging) or in the dirty log (`&DirtyLog`, while
 /// `VHOST_F_LOG_ALL` is negotiated). The burst decides once, at its start, which loop to run.
 pub(super) trait Dirty: Copy {
+    /// Whether this logs (a constant per type: the loops test it at compile time).
+    const ON: bool;
     /// Marks `[gpa, gpa + len)` written.
     fn mark(self, gpa: u64, len: u64);
     /// Marks the guest bytes of `s`, a slice of `mem`, written.
@@ -54,6 +56,8 @@ pub(super) trait Dirty: Copy {
 pub(super) struct NoLog;
 
 impl Dirty for NoLog {
+    const ON: bool = false;
+
     #[inline(always)]
     fn mark(self, _gpa: u64, _len: u64) {}
 
@@ -62,6 +66,8 @@ impl Dirty for NoLog {
 }
 
 impl Dirty for &DirtyLog {
+    const ON: bool = true;
+
     #[inline]
     fn mark(self, gpa: u64, len: u64) {
         DirtyLog::mark(self, gpa, len);
