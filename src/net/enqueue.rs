@@ -104,7 +104,7 @@ fn enqueue_chains(
     // transfer per packet, 5.5 Mpps against DPDK's 14) and 1.16-1.31 in the fast one. Deferring
     // with a transmit backlog cost loop-tput mrg1 16-55%; deferring before an early publish
     // cost loop-lat 64 B 10-20%: both copy at once.
-    let mut deferred = Deferred::new(!sender_busy && !early);
+    let mut deferred = Deferred::new(!sender_busy && !early, log);
     // Used entries go to the burst's shadow and are written in one run before the publish;
     // their lines are asked for now, so that those writes do not wait at the end (a guest
     // waiting for the burst would wait longer). Against the testpmd virtio-user frontend:
@@ -131,7 +131,6 @@ fn enqueue_chains(
             &mut deferred,
             pkt,
             &ctx,
-            log,
         ) && place(&q, &mut burst, pkt, &ctx, &mut Cpu, log).is_err()
         {
             break;
@@ -152,13 +151,15 @@ fn enqueue_chains(
 /// Small packets' payload copies of a burst, done together before its used entries are
 /// published (as DPDK's `batch_copy_elems`): the loop then reads descriptors and asks for
 /// buffers without waiting behind a store buffer full of writes to guest lines still on
-/// their way. Not with the dirty log (a page is marked after its write: `place_simple` copies
-/// at once then).
-pub(super) struct Deferred<'g, 'p> {
+/// their way. Never with the dirty log: a page is marked after its write, so with a log
+/// every copy is done at once.
+pub(super) struct Deferred<'g, 'p, L> {
     n: usize,
     /// How many may wait (0: copy at once).
     max: usize,
     copies: [Option<(GuestSlice<'g>, &'p [u8])>; DEFER_MAX],
+    /// The dirty log the burst's writes are marked in.
+    log: L,
 }
 
 /// Copies of at most this many bytes are deferred (DPDK: `MAX_BATCH_LEN`).
@@ -166,12 +167,14 @@ const DEFER_BELOW: usize = 256;
 /// At most this many copies wait (a burst's worth; more are copied at once).
 const DEFER_MAX: usize = 64;
 
-impl<'g, 'p> Deferred<'g, 'p> {
-    pub(super) fn new(on: bool) -> Self {
+impl<'g, 'p, L: Dirty> Deferred<'g, 'p, L> {
+    /// Copies wait if `on` and there is no log to mark them in.
+    pub(super) fn new(on: bool, log: L) -> Self {
         Deferred {
             n: 0,
-            max: if on { DEFER_MAX } else { 0 },
+            max: if on && !L::ON { DEFER_MAX } else { 0 },
             copies: [None; DEFER_MAX],
+            log,
         }
     }
 
@@ -344,10 +347,9 @@ fn place_simple<'v, 'p, L: Dirty>(
     b: &mut Burst<'_>,
     tc: &mut TranslationCache,
     ahead: &mut ReadAhead,
-    deferred: &mut Deferred<'v, 'p>,
+    deferred: &mut Deferred<'v, 'p, L>,
     pkt: &'p Mbuf,
     ctx: &Ctx,
-    log: L,
 ) -> bool {
     // Offloads the guest cannot take, or checksums to fill in, go the general way.
     if pkt.nb_segs() != 1 || !pkt.meta().ol_flags.is_empty() {
@@ -388,14 +390,10 @@ fn place_simple<'v, 'p, L: Dirty>(
         "bounds were checked by the translation"
     );
     if let Ok(body) = body {
-        if L::ON {
-            // A page is marked only after its write.
-            body.copy_from(data);
-        } else {
-            deferred.copy(body, data);
-        }
+        deferred.copy(body, data);
     }
-    log.mark(d.addr, need as u64);
+    // With a log the copy was done at once: the page is marked after its write.
+    deferred.log.mark(d.addr, need as u64);
     b.used(head, need as u32);
     true
 }
