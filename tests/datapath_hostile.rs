@@ -336,6 +336,19 @@ fn malformed_receive_chains_on_both_paths() {
         &[(0, 0), (1, 112)],
         (1, 1, false),
     );
+    // One buffer that runs past the end of guest memory, though the packet would fit in its
+    // mapped part (the one-descriptor fast path translated only what it needed; found by
+    // fuzz/split_datapath), then a good chain.
+    rx_both(
+        "a buffer running past the end of guest memory",
+        |b| {
+            b.desc(0, 0, b.gpa(MEM - 1024), 4096, WRITE, 0);
+            b.desc(0, 1, buf(b, 1), 2048, WRITE, 0);
+        },
+        &[0, 1],
+        &[(0, 0), (1, 112)],
+        (1, 1, false),
+    );
     // An indirect table inside an indirect table, then a good chain.
     rx_both(
         "nested indirect",

@@ -457,7 +457,11 @@ fn place_simple(
     {
         return Placed::No;
     }
-    let Some(buf) = q.memory().gpa_to_host_cached(tc, Gpa(d.addr), need as u64) else {
+    // The whole buffer must be guest memory (as enqueue's `place_simple`).
+    let Some(buf) = q
+        .memory()
+        .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(d.len))
+    else {
         return Placed::No;
     };
     let Ok(body) = buf.subslice(ctx.hlen, data.len()) else {

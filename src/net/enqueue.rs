@@ -364,7 +364,10 @@ fn place_simple<'v, 'p, L: Dirty>(
         && d.flags & VIRTQ_DESC_F_WRITE != 0
         && d.len as usize >= need
     {
-        q.memory().gpa_to_host_cached(tc, Gpa(d.addr), need as u64)
+        // The whole buffer must be guest memory, not only the part this packet needs (as the
+        // general path's walk and DPDK: a descriptor that runs past it is malformed).
+        q.memory()
+            .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(d.len))
     } else {
         None
     };
