@@ -21,6 +21,7 @@ use rvhost::frontend::{DirtyLogArea, Frontend, FrontendOptions, VirtqDesc};
 use rvhost::mbuf::{Mbuf, PktCache};
 use rvhost::net::{QueuePair, dequeue_burst, enqueue_burst};
 use rvhost::protocol::FrontendReq;
+use rvhost::test_support::{fds_named, mapped_bytes_named};
 
 const Q0: QueuePair = QueuePair(0);
 const PAGE: u64 = 4096;
@@ -307,39 +308,6 @@ fn without_log_all_nothing_is_written_to_the_log() {
         log.peek_mapping().iter().all(|&x| x == 0),
         "the log was written"
     );
-}
-
-/// Bytes of this process's address space mapped from the memfd called `name`.
-fn mapped_bytes_named(name: &str) -> u64 {
-    let ours = |path: &str| {
-        path.strip_prefix("/memfd:")
-            .and_then(|t| t.strip_prefix(name))
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
-    };
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.splitn(6, ' ');
-            let range = f.next()?;
-            let path = f.nth(4).unwrap_or("").trim_start();
-            if !ours(path) {
-                return None;
-            }
-            let (a, b) = range.split_once('-')?;
-            Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?)
-        })
-        .sum()
-}
-
-/// Open fds of this process on the memfd called `name`.
-fn fds_named(name: &str) -> usize {
-    let ours = format!("/memfd:{name} (deleted)");
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|t| t.to_string_lossy() == ours)
-        .count()
 }
 
 /// A second SET_LOG_BASE replaces the first: the first is unmapped (here the frontend drops
