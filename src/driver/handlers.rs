@@ -13,7 +13,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use super::device::{DeviceState, Inflight, MAX_QUEUE_PAIRS, lock};
-use crate::features::{VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, protocol as pf};
+use crate::features::{VHOST_USER_F_PROTOCOL_FEATURES, protocol as pf};
 use crate::memory::{
     AddCheck, DirtyLog, FrontendVa, GuestMemory, GuestRegion, MapOptions, MemoryError, RegionDesc,
     Released, VHOST_USER_MAX_MEM_SLOTS, log_bytes_for,
@@ -239,21 +239,6 @@ fn set_features(
 ) -> Result<Outcome, HandlerError> {
     let features: u64 = parse(msg)?;
     offered(FrontendReq::SetFeatures, features, dev.cfg.features)?;
-    if features & VHOST_F_LOG_ALL != 0 {
-        if let Some(i) = dev
-            .dev
-            .shared
-            .queues
-            .iter()
-            .position(|q| q.lock().async_q.is_some())
-        {
-            // The async path does not mark the pages its copies write: refused, not unlogged.
-            let why = format!(
-                "VHOST_F_LOG_ALL (dirty logging) on a device whose vring {i} has an async copy channel, which does not log"
-            );
-            return refuse(msg, state_err(FrontendReq::SetFeatures, why));
-        }
-    }
     if dev.running && features != dev.features {
         fx.features_changed = Some(features);
     }

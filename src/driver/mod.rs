@@ -263,27 +263,13 @@ impl Driver {
         if sockets.contains_key(&path) {
             return Err(DriverError::AlreadyRegistered(path));
         }
-        let (mut offer, mut protocol_offer) =
-            (features::DEFAULT_FEATURES, features::protocol::DEFAULT);
-        if flags.contains(Flags::ASYNC_COPY) {
-            // The async path does not mark the pages its copies write, so dirty logging is not
-            // offered (as DPDK does with async copy): QEMU then blocks migration up front
-            // instead of failing it at SET_FEATURES. `enable_features` can still add it; the
-            // device then refuses LOG_ALL while a vring has a channel.
-            log::info!(
-                "{}: dirty logging (VHOST_F_LOG_ALL) not offered: the socket uses async copy",
-                path.display()
-            );
-            offer &= !features::VHOST_F_LOG_ALL;
-            protocol_offer &= !features::protocol::LOG_SHMFD;
-        }
         sockets.insert(
             path.clone(),
             SocketConfig {
                 path,
                 flags,
-                features: offer,
-                protocol_features: protocol_offer,
+                features: features::DEFAULT_FEATURES,
+                protocol_features: features::protocol::DEFAULT,
                 max_queue_pairs: device::MAX_QUEUE_PAIRS,
                 ops: Arc::new(NoOps),
                 started: false,

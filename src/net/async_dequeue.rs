@@ -10,7 +10,7 @@
 //! guest (used entries written in submission order) only then: the guest never gets a buffer
 //! back while a job may still read it.
 
-use super::async_enqueue::{Submit, refuse_logging, refuse_sync, start_jobs};
+use super::async_enqueue::{Submit, refuse_sync, start_jobs};
 use super::burst::Burst;
 use super::dequeue::{Drop, Large, fill, fill_simple, note_backlog, push_rarp};
 use super::hdr::hdr_len;
@@ -67,9 +67,6 @@ fn submit(
     large: Large,
     max: usize,
 ) -> u16 {
-    if refuse_logging(vq) {
-        return 0;
-    }
     aq.reserve(vq.size);
     let Some(mut b) = Burst::begin(vq) else {
         return 0;
@@ -127,6 +124,7 @@ fn submit(
                     mbuf: Some(m),
                     used: 1,
                     jobs_left: 0,
+                    dirty: 0,
                 });
                 aq.stats.submitted += 1;
             }
@@ -150,6 +148,7 @@ fn submit(
                     mbuf: None,
                     used: 1,
                     jobs_left: 0,
+                    dirty: 0,
                 });
             }
         }

@@ -16,11 +16,10 @@ use super::enqueue::{
     prefetch_first,
 };
 use super::queue_id::{RxQueueId, VringId};
-use super::runs::{CopyStep, NoLog};
+use super::runs::{CopyStep, Marks, NoLog};
 use crate::driver::{Device, Flags};
-use crate::features::VHOST_F_LOG_ALL;
 use crate::mbuf::Mbuf;
-use crate::memory::{Gpa, GuestSlice, TranslationCache};
+use crate::memory::{DirtyLog, Gpa, GuestSlice, TranslationCache};
 use crate::virtq::Vring;
 use crate::virtq::async_queue::{
     AsyncConfig, AsyncCopyOps, AsyncQueue, AsyncStats, Idle, InFlight,
@@ -48,16 +47,6 @@ pub enum AsyncError {
     /// The vring already has a channel.
     #[error("vring {vring} already has an async channel")]
     AlreadyRegistered {
-        /// The vring.
-        vring: usize,
-    },
-    /// The device has `VHOST_F_LOG_ALL` negotiated (a live migration is logging dirty
-    /// pages): the async path does not mark the pages its copies write, so it is refused
-    /// rather than left unlogged. Register after the migration, or use the sync bursts.
-    #[error(
-        "vring {vring}: dirty logging (VHOST_F_LOG_ALL) is on, which the async path does not support"
-    )]
-    DirtyLogging {
         /// The vring.
         vring: usize,
     },
@@ -104,9 +93,6 @@ pub fn async_channel_register(
         .ok_or(AsyncError::NoSuchQueue { vring })?;
     if vq.async_q.is_some() {
         return Err(AsyncError::AlreadyRegistered { vring });
-    }
-    if vq.features & VHOST_F_LOG_ALL != 0 {
-        return Err(AsyncError::DirtyLogging { vring });
     }
     let size = vq.size;
     vq.async_q = Some(Box::new(AsyncQueue::new(ops, &config, size)));
@@ -234,28 +220,8 @@ pub(super) fn refuse_sync(vq: &mut Vring, what: &str) {
     }
 }
 
-/// Whether `vq` logs dirty pages (`VHOST_F_LOG_ALL`), which the async path does not do: then
-/// its submits are refused (0, logged at a limited rate) rather than left unlogged. The
-/// control plane refuses LOG_ALL on a vring with a channel and a channel on a logging vring
-/// (`AsyncError::DirtyLogging`); this is the data path's side of that rule, one test per burst.
-#[inline]
-pub(super) fn refuse_logging(vq: &mut Vring) -> bool {
-    if vq.features & VHOST_F_LOG_ALL == 0 {
-        return false;
-    }
-    if vq.log_limit.check().is_some() {
-        log::error!(
-            "async copy refused: dirty logging (VHOST_F_LOG_ALL) is on and the async path does not log"
-        );
-    }
-    true
-}
-
 /// The submit proper, on a locked vring whose channel was taken out of it.
 fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
-    if refuse_logging(vq) {
-        return 0;
-    }
     aq.reserve(vq.size);
     let Some(mut burst) = Burst::begin(vq) else {
         return 0;
@@ -269,6 +235,9 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
     let mut retired = 0;
     let mut tc = TranslationCache::new();
     let mut ahead = ReadAhead::default();
+    // While logging, what each packet writes is marked when it retires, after its jobs.
+    let log = burst.dirty_log();
+    let marks = Marks::default();
     prefetch_first(&q, &burst, &mut ahead, &mut tc, pkts, &ctx);
     for (i, pkt) in pkts.iter().enumerate() {
         // As enqueue_burst: ask for the guest buffer of a later packet now, so that the misses
@@ -286,13 +255,24 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
             burst.stats.too_large += 1;
             continue;
         }
-        match place_simple(&q, &mut burst, aq, &mut tc, &mut ahead, pkt, &ctx) {
+        match place_simple(&q, &mut burst, aq, &mut tc, &mut ahead, pkt, &ctx, log) {
             Placed::Retired => retired += 1,
             Placed::InFlight => {}
             Placed::No => {
                 let mut step = Submit { aq, seq: 0 };
-                if place(&q, &mut burst, pkt, &ctx, &mut step, NoLog).is_err() {
+                let placed = match log {
+                    None => place(&q, &mut burst, pkt, &ctx, &mut step, NoLog),
+                    Some(_) => place(&q, &mut burst, pkt, &ctx, &mut step, &marks),
+                };
+                if placed.is_err() {
                     break;
+                }
+                if log.is_some() {
+                    // `placed` pushed the packet's record last.
+                    let n = marks.take_into(&mut aq.dirty);
+                    if let Some(p) = aq.pkts.back_mut() {
+                        p.dirty = n;
+                    }
                 }
             }
         }
@@ -409,6 +389,7 @@ impl Placement for Submit<'_> {
             mbuf: None,
             used: reserved.len() as u16 + 1,
             jobs_left: 0,
+            dirty: 0,
         });
     }
 
@@ -426,14 +407,17 @@ impl Placement for Submit<'_> {
             mbuf: None,
             used: chains.len() as u16,
             jobs_left: 0,
+            dirty: 0,
         });
     }
 }
 
 /// The common case without walking a chain (as enqueue's `place_simple`): the next chain is
 /// one writable descriptor in one region that holds the header and the packet (one segment,
-/// no offload). Anything else is left for [`place`].
+/// no offload). Anything else is left for [`place`]. With a dirty `log`, the buffer is
+/// marked after it is written: now if the CPU copied it, else when the packet retires.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn place_simple(
     q: &SplitQueue<'_>,
     b: &mut Burst<'_>,
@@ -442,6 +426,7 @@ fn place_simple(
     ahead: &mut ReadAhead,
     pkt: &Mbuf,
     ctx: &Ctx,
+    log: Option<&DirtyLog>,
 ) -> Placed {
     if pkt.nb_segs() != 1 || !pkt.meta().ol_flags.is_empty() {
         return Placed::No;
@@ -479,9 +464,15 @@ fn place_simple(
         if aq.pkts.is_empty() && aq.batch.is_empty() {
             // Complete, and nothing is in flight before it: it retires now, through the
             // burst's used entries as in enqueue_burst (the next poll hands the mbuf back).
+            if let Some(log) = log {
+                log.mark(d.addr, need as u64);
+            }
             b.used(head, need as u32);
             return Placed::Retired;
         }
+    }
+    if log.is_some() {
+        aq.dirty.push_back((d.addr, need as u64));
     }
     aq.used.push_back(used_word(head, need as u32));
     aq.pkts.push_back(InFlight {
@@ -489,6 +480,7 @@ fn place_simple(
         mbuf: None,
         used: 1,
         jobs_left: 0,
+        dirty: u16::from(log.is_some()),
     });
     Placed::InFlight
 }

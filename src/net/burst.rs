@@ -267,27 +267,11 @@ impl<'v> Burst<'v> {
         self.flush_used();
         self.q.publish_used(self.used.get());
         if let Some((log, gpa)) = self.used_log {
-            self.log_used(log, gpa, self.published, self.used);
+            self.q
+                .log_used(log, gpa, self.published.get(), self.used.get());
         }
         self.published = self.used;
         true
-    }
-
-    /// Marks the used ring's pages written for entries `[from, to)` and for its flags and
-    /// index, in the dirty log at the ring's guest address `gpa` (VHOST_VRING_F_LOG). Marked
-    /// after the writes (the log's release fence orders them).
-    #[inline(never)]
-    fn log_used(&self, log: &DirtyLog, gpa: u64, from: Idx, to: Idx) {
-        // used.flags and used.idx: the first 4 bytes.
-        log.mark(gpa, 4);
-        let size = self.q.size();
-        let n = to.get().wrapping_sub(from.get()).min(size);
-        let start = from.get() & (size - 1);
-        let head = n.min(size - start);
-        // An address near the end of u64 saturates and is counted beyond the log.
-        let entry = |slot: u16| gpa.saturating_add(4 + 8 * u64::from(slot));
-        log.mark(entry(start), 8 * u64::from(head));
-        log.mark(entry(0), 8 * u64::from(n - head));
     }
 
     /// Asks for the used-ring lines of the next `n` entries (at most the chains pending) in a
@@ -374,7 +358,8 @@ impl<'v> Burst<'v> {
             }
             self.q.publish_used(self.used.get());
             if let Some((log, gpa)) = self.used_log {
-                self.log_used(log, gpa, self.first_used, self.used);
+                self.q
+                    .log_used(log, gpa, self.first_used.get(), self.used.get());
             }
             if let Some(call) = self.call {
                 if self

@@ -9,6 +9,8 @@
 //! prefixes are always the CPU's. The fast paths (one descriptor, one region) skip the walk
 //! and call the same step.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 
 use crate::memory::{DirtyLog, GuestMemory, GuestSlice};
@@ -78,6 +80,37 @@ impl Dirty for &DirtyLog {
         // Every piece came from translating a guest address with `mem`.
         if let Some(gpa) = mem.gpa_of_host(s) {
             DirtyLog::mark(self, gpa.raw(), s.len() as u64);
+        }
+    }
+}
+
+/// Dirty marks kept for later (the async path's): a packet's pages are marked when it
+/// retires, after the copy device has written them.
+#[derive(Default)]
+pub(super) struct Marks(RefCell<Vec<(u64, u64)>>);
+
+impl Marks {
+    /// Moves the marks kept so far to the back of `to`; returns how many.
+    pub(super) fn take_into(&self, to: &mut VecDeque<(u64, u64)>) -> u16 {
+        let mut v = self.0.borrow_mut();
+        let n = v.len();
+        to.extend(v.drain(..));
+        n as u16
+    }
+}
+
+impl Dirty for &Marks {
+    const ON: bool = true;
+
+    #[inline]
+    fn mark(self, gpa: u64, len: u64) {
+        self.0.borrow_mut().push((gpa, len));
+    }
+
+    #[inline]
+    fn mark_slice(self, mem: &GuestMemory, s: &GuestSlice<'_>) {
+        if let Some(gpa) = mem.gpa_of_host(s) {
+            self.mark(gpa.raw(), s.len() as u64);
         }
     }
 }

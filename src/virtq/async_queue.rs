@@ -259,6 +259,9 @@ pub(crate) struct InFlight {
     pub used: u16,
     /// Its jobs the device has not reported yet.
     pub jobs_left: u32,
+    /// Guest ranges it writes that are marked in the dirty log when it retires (the next
+    /// `dirty` of [`AsyncQueue::dirty`]; 0 unless the device logs).
+    pub dirty: u16,
 }
 
 /// The asynchronous channel of one vring (see the module docs).
@@ -271,6 +274,11 @@ pub(crate) struct AsyncQueue {
     pub pkts: VecDeque<InFlight>,
     /// Used entries of `pkts` ([`used_word`](super::split::used_word)s), in order.
     pub used: VecDeque<u64>,
+    /// While the device logs dirty pages (`VHOST_F_LOG_ALL`): the guest ranges `(gpa, len)`
+    /// that `pkts` write, in order, marked when their packet retires (after its jobs are
+    /// done: a page marked before the device wrote it could be copied by the migration, its
+    /// bit cleared, and the write lost).
+    pub dirty: VecDeque<(u64, u64)>,
     /// Jobs the device took and has not reported, oldest first, with their packet's sequence
     /// number (and the job, to copy it again if the device fails it).
     pub jobs: VecDeque<(u64, CopyJob)>,
@@ -317,6 +325,7 @@ impl AsyncQueue {
             threshold: config.threshold as usize,
             pkts: VecDeque::new(),
             used: VecDeque::new(),
+            dirty: VecDeque::new(),
             jobs: VecDeque::new(),
             head_seq: 0,
             done: Vec::new(),
@@ -451,11 +460,17 @@ impl AsyncQueue {
         n
     }
 
-    /// Takes up to `max` leading packets whose jobs all completed: their used entries are
-    /// given to `used` (in order, one [`used_word`](super::split::used_word) each), their
-    /// mbufs pushed to `out`; malformed chains in the order are retired on the way without
-    /// counting. Returns how many mbufs.
-    pub fn retire(&mut self, max: usize, out: &mut Vec<Mbuf>, mut used: impl FnMut(u64)) -> usize {
+    /// Takes up to `max` leading packets whose jobs all completed: the guest ranges they
+    /// wrote are given to `dirty` (`(gpa, len)`), their used entries to `used` (in order, one
+    /// [`used_word`](super::split::used_word) each), their mbufs pushed to `out`; malformed
+    /// chains in the order are retired on the way without counting. Returns how many mbufs.
+    pub fn retire(
+        &mut self,
+        max: usize,
+        out: &mut Vec<Mbuf>,
+        mut used: impl FnMut(u64),
+        mut dirty: impl FnMut(u64, u64),
+    ) -> usize {
         let mut n = 0;
         while n < max {
             match self.pkts.front() {
@@ -466,6 +481,11 @@ impl AsyncQueue {
                 break;
             };
             self.head_seq += 1;
+            for _ in 0..p.dirty {
+                if let Some((gpa, len)) = self.dirty.pop_front() {
+                    dirty(gpa, len);
+                }
+            }
             for _ in 0..p.used {
                 if let Some(e) = self.used.pop_front() {
                     used(e);
@@ -514,7 +534,17 @@ impl Vring {
         }
         aq.collect();
         let mut entries = std::mem::take(&mut aq.entries);
-        let n = aq.retire(max, out, |e| entries.push(e));
+        let log = self.dirty_log();
+        let n = aq.retire(
+            max,
+            out,
+            |e| entries.push(e),
+            |gpa, len| {
+                if let Some(log) = log {
+                    log.mark(gpa, len);
+                }
+            },
+        );
         aq.stats.dropped += self.publish_retired(&entries);
         entries.clear();
         aq.entries = entries;
@@ -540,6 +570,9 @@ impl Vring {
             q.set_no_notify(true);
         }
         q.publish_used(last);
+        if let Some((log, gpa)) = self.used_log() {
+            q.log_used(log, gpa, first, last);
+        }
         self.last_used_idx = last;
         if let Some(call) = self.call.as_ref() {
             if q.needs_interrupt(event_idx, first, last) {
@@ -579,6 +612,7 @@ impl Vring {
                         }
                         std::mem::forget(aq.hold.take());
                         aq.used.clear();
+                        aq.dirty.clear();
                         // The device may still write: keep it (and its job list) alive with
                         // the dead channel, never dropped while this process runs.
                         let jobs = std::mem::take(&mut aq.jobs);

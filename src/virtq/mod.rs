@@ -20,8 +20,9 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::features::VIRTIO_RING_F_EVENT_IDX;
+use crate::features::{VHOST_F_LOG_ALL, VIRTIO_RING_F_EVENT_IDX};
 use crate::memory::{DirtyLog, FrontendVa, GuestArea, GuestMemory};
+use crate::protocol::payload::VringAddr;
 
 /// Largest queue size a split ring may have (virtio 1.2 §2.7).
 pub const MAX_QUEUE_SIZE: u32 = 32768;
@@ -221,6 +222,23 @@ impl Vring {
     pub fn set_log(&mut self, log: Option<Arc<DirtyLog>>) {
         self.settle("a dirty log change");
         self.log = log;
+    }
+
+    /// The dirty log the data path marks its writes of guest memory in: while the features
+    /// have `VHOST_F_LOG_ALL` and SET_LOG_BASE gave one.
+    pub fn dirty_log(&self) -> Option<&DirtyLog> {
+        self.log
+            .as_deref()
+            .filter(|_| self.features & VHOST_F_LOG_ALL != 0)
+    }
+
+    /// The dirty log and the used ring's guest-physical address, when the used ring's writes
+    /// are logged too (`VHOST_VRING_F_LOG` in SET_VRING_ADDR).
+    pub fn used_log(&self) -> Option<(&DirtyLog, u64)> {
+        match (self.dirty_log(), self.addrs) {
+            (Some(l), Some(a)) if a.flags & VringAddr::F_LOG != 0 => Some((l, a.log)),
+            _ => None,
+        }
     }
 
     /// Byte lengths of (descriptor table, available ring, used ring) for the current size.

@@ -17,7 +17,7 @@ use std::sync::atomic::{Ordering, fence};
 use thiserror::Error;
 
 use super::{DESC_SIZE, SplitRings};
-use crate::memory::{Gpa, GuestMemory, GuestSlice, Pod, TranslationCache};
+use crate::memory::{DirtyLog, Gpa, GuestMemory, GuestSlice, Pod, TranslationCache};
 
 /// The descriptor continues via `next`.
 pub const VIRTQ_DESC_F_NEXT: u16 = 1;
@@ -267,6 +267,23 @@ impl<'a> SplitQueue<'a> {
     #[inline]
     pub fn publish_used(&self, idx: u16) {
         let _ = self.used.store_u16_release(2, idx);
+    }
+
+    /// Marks the used ring's pages written for entries `[from, to)` and for its flags and
+    /// index, in the dirty log at the ring's guest address `gpa` (`VHOST_VRING_F_LOG`). Called
+    /// after the writes (the log's release fence orders them).
+    #[inline(never)]
+    pub fn log_used(&self, log: &DirtyLog, gpa: u64, from: u16, to: u16) {
+        // used.flags and used.idx: the first 4 bytes.
+        log.mark(gpa, 4);
+        let size = self.size();
+        let n = to.wrapping_sub(from).min(size);
+        let start = from & (size - 1);
+        let head = n.min(size - start);
+        // An address near the end of u64 saturates and is counted beyond the log.
+        let entry = |slot: u16| gpa.saturating_add(4 + 8 * u64::from(slot));
+        log.mark(entry(start), 8 * u64::from(head));
+        log.mark(entry(0), 8 * u64::from(n - head));
     }
 
     /// The `used.idx` currently published.
