@@ -564,7 +564,7 @@ fn the_async_path_marks_exactly_the_pages_written() {
 
 /// A page the copy engine writes is marked once the job is done, not at submit: QEMU may
 /// read and clear the log in between, copy the page, and never see the late write. With a
-/// slow engine (one lane at 20 KB/s) one 1400-byte packet stays in flight ~70 ms: meanwhile
+/// slow engine (one lane at 2 KB/s) one 1400-byte packet stays in flight ~0.7 s: meanwhile
 /// nothing is marked (no used entry is written either); after the poll that retires it, its
 /// buffer and the used ring are.
 #[test]
@@ -581,7 +581,7 @@ fn the_async_path_marks_a_page_after_its_copy() {
         threshold: 128,
         ..AsyncConfig::default()
     };
-    let (ops, worker) = common::dma::copy_device(1, 20_000, Default::default());
+    let (ops, worker) = common::dma::copy_device(1, 2_000, Default::default());
     async_channel_register(&b.dev, Q0.rx(), config, ops).unwrap();
     let mut cache = b.pool.cache();
     b.fe.rx(0).unwrap().post_rx(8, BUF);
