@@ -272,7 +272,12 @@ impl Rig {
                     }
                 }
             });
-            model.run(64);
+            // DSA: a few steps at a time, so that the driver polls while the engines are half
+            // way through a window of out-of-order descriptors.
+            model.run(match model {
+                Model::Ioat(_) => 64,
+                Model::Dsa(_) => 3,
+            });
             return;
         }
         match &mut self.device {
