@@ -15,8 +15,9 @@
 //!
 //! A batch's descriptors are contiguous. Like DPDK, the ring never splits a batch: positions
 //! run on past the ring's end into `max_batch` spare slots, and a new batch starts back at
-//! its masked position. At most `D` descriptors are in flight (`D`, a power of two, holds a
-//! full ring of the largest jobs), so no two in-flight descriptors share a position.
+//! its masked position. So a descriptor's position is always its (free-running) number
+//! modulo `D`, plus 0 or `D`; and fewer than `D` descriptors belong to unreported jobs (`D`, a
+//! power of two, holds a full ring of the largest jobs): no two of them share a position.
 //!
 //! # Completion and in-order retirement
 //!
