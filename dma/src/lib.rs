@@ -47,11 +47,12 @@
 //! |---|---|---|
 //! | [`CpuEngine`] | in [`submit`](DmaEngine::submit), on the calling thread, in order | at once: the reference behaviour |
 //! | [`SoftEngine`] | on a [`SoftDevice`]: lanes served by a polling loop, on a thread of its own ([`SoftDevice::spawn`]) or inside the caller's loop ([`SoftDevice::poll`]) | per-job completion records written back like hardware; lanes finish out of order; failure injection and bandwidth throttling |
-//!
 //! | [`IoatChannel`](hw::IoatChannel) | on an IOAT (CBDMA) channel, or on its model [`IoatModel`](model::IoatModel) | the channel's completion write-back: the address of the last completed descriptor |
+//! | [`DsaChannel`](hw::DsaChannel) | on a DSA work queue, or on its model [`DsaModel`](model::DsaModel) | per-batch completion records, retired in order |
 //!
 //! The soft engine is what CI runs where no IOAT/DSA hardware exists; see [`soft`]. The IOAT
-//! driver ([`hw`]) is tested against a register-level model of the channel ([`model`]).
+//! and DSA drivers ([`hw`]) are tested against register-level models of the devices
+//! ([`model`]).
 //!
 //! # Example
 //!

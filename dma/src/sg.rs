@@ -38,6 +38,56 @@ pub(crate) fn validate(src: &[Sge], dst: &[Sge], max_sges: u16) -> Result<u64, D
     Ok(s)
 }
 
+/// The contiguous pieces of a scatter-gather copy: `(src, dst, len)`, zero-length entries
+/// skipped. The lists have equal totals (validated), so there are at most
+/// `src.len() + dst.len() - 1` pieces.
+#[derive(Clone)]
+pub(crate) struct Pieces<'a> {
+    src: &'a [Sge],
+    dst: &'a [Sge],
+    si: usize,
+    so: u32,
+    di: usize,
+    doff: u32,
+}
+
+impl<'a> Pieces<'a> {
+    /// The pieces of `src -> dst`.
+    pub(crate) fn new(src: &'a [Sge], dst: &'a [Sge]) -> Pieces<'a> {
+        Pieces {
+            src,
+            dst,
+            si: 0,
+            so: 0,
+            di: 0,
+            doff: 0,
+        }
+    }
+}
+
+impl Iterator for Pieces<'_> {
+    type Item = (u64, u64, u32);
+
+    fn next(&mut self) -> Option<(u64, u64, u32)> {
+        while self.si < self.src.len() && self.so == self.src[self.si].len {
+            (self.si, self.so) = (self.si + 1, 0);
+        }
+        while self.di < self.dst.len() && self.doff == self.dst[self.di].len {
+            (self.di, self.doff) = (self.di + 1, 0);
+        }
+        let (s, d) = (self.src.get(self.si)?, self.dst.get(self.di)?);
+        let n = (s.len - self.so).min(d.len - self.doff);
+        let piece = (
+            s.addr.0.wrapping_add(u64::from(self.so)),
+            d.addr.0.wrapping_add(u64::from(self.doff)),
+            n,
+        );
+        self.so += n;
+        self.doff += n;
+        Some(piece)
+    }
+}
+
 /// Copies `len` bytes from `src` to `dst`.
 ///
 /// # Safety

@@ -1,16 +1,18 @@
 //! Conformance: the same cases on every engine — the CPU engine (the reference), the soft
-//! engine polled by hand with one lane and with several, and on its own thread, and the IOAT
-//! driver over its model (stepped by hand; every live [`Buf`] of the test's thread is mapped in
-//! the model's IOMMU, and the run must break none of the model's rules).
+//! engine polled by hand with one lane and with several, and on its own thread, the IOAT
+//! driver over its model, and the DSA driver over its model, in order and with engines
+//! completing out of order (models stepped by hand; every live [`Buf`] of the test's thread is
+//! mapped in the model's IOMMU, and the run must break none of the model's rules).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::hw::IoatChannel;
+use crate::hw::dsa::regs::comp;
 use crate::hw::ioat::regs;
-use crate::model::{IoatModel, IoatModelConfig, ModelFault};
+use crate::hw::{DsaChannel, DsaDevice, IoatChannel};
+use crate::model::{DsaFault, DsaModel, DsaModelConfig, IoatModel, IoatModelConfig, ModelFault};
 use crate::soft::{SoftConfig, SoftWorker, WorkerConfig};
 use crate::*;
 
@@ -24,6 +26,8 @@ pub(crate) enum Kind {
     Threaded(SoftConfig),
     /// IOAT driver over its model, stepped by the test.
     Ioat(IoatModelConfig),
+    /// DSA driver over its model, stepped by the test.
+    Dsa(DsaModelConfig),
 }
 
 /// Every configuration the conformance cases run on.
@@ -44,7 +48,79 @@ pub(crate) fn kinds() -> Vec<Kind> {
         Kind::Polled(fine),
         Kind::Threaded(threaded),
         Kind::Ioat(IoatModelConfig::default()),
+        Kind::Dsa(DsaModelConfig::default()),
+        // Four descriptors at once, the newest advanced first: out-of-order completions.
+        Kind::Dsa(DsaModelConfig {
+            parallel: 4,
+            ..Default::default()
+        }),
     ]
+}
+
+/// The completion status the DSA driver reports as `status`: how the DSA rig injects a
+/// [`FailPolicy`].
+pub(crate) fn dsa_code_of(status: Status) -> u8 {
+    match status {
+        Status::PageFault => comp::PAGE_FAULT_NOBOF,
+        Status::InvalidOpcode => comp::BAD_OPCODE,
+        Status::InvalidLength => comp::XFER_ERANGE,
+        other => panic!("no DSA completion status is reported as {other:?}"),
+    }
+}
+
+fn dsa_fault(policy: FailPolicy) -> DsaFault {
+    match policy {
+        FailPolicy::Never => DsaFault::None,
+        FailPolicy::Index { idx, status } => DsaFault::AtDescriptor {
+            n: u64::from(idx),
+            status: dsa_code_of(status),
+        },
+        FailPolicy::EveryNth { n, status } => DsaFault::EveryNth {
+            n: n.into(),
+            status: dsa_code_of(status),
+        },
+    }
+}
+
+/// A device model a rig steps, and whose IOMMU maps the test's buffers.
+pub(crate) enum Model {
+    Ioat(IoatModel),
+    Dsa(DsaModel),
+}
+
+impl Model {
+    /// # Safety
+    ///
+    /// The contract of [`IoatModel::map`].
+    unsafe fn map(&self, iova: Iova, len: u64) -> bool {
+        match self {
+            // SAFETY: this function's contract.
+            Model::Ioat(m) => unsafe { m.map(iova, len) },
+            // SAFETY: this function's contract.
+            Model::Dsa(m) => unsafe { m.map(iova, len) },
+        }
+    }
+
+    fn unmap(&self, iova: Iova, len: u64) -> bool {
+        match self {
+            Model::Ioat(m) => m.unmap(iova, len),
+            Model::Dsa(m) => m.unmap(iova, len),
+        }
+    }
+
+    fn run(&self, n: usize) -> usize {
+        match self {
+            Model::Ioat(m) => m.run(n),
+            Model::Dsa(m) => m.run(n),
+        }
+    }
+
+    fn violations(&self) -> Vec<String> {
+        match self {
+            Model::Ioat(m) => m.violations(),
+            Model::Dsa(m) => m.violations(),
+        }
+    }
 }
 
 /// The CHANERR bits the IOAT driver reports as `status`: how the IOAT rig injects a
@@ -85,20 +161,20 @@ pub(crate) struct Rig {
     pub(crate) engine: Box<dyn DmaEngine + Send>,
     pub(crate) device: Option<SoftDevice>,
     _worker: Option<SoftWorker>,
-    /// The IOAT model, and the `Buf` ranges the rig mapped in it.
-    pub(crate) model: Option<IoatModel>,
+    /// The device model, and the `Buf` ranges the rig mapped in it.
+    pub(crate) model: Option<Model>,
     mapped: Vec<(u64, u64)>,
 }
 
 impl Drop for Rig {
     fn drop(&mut self) {
-        // The engine first: the IOAT driver's teardown must break no rule either.
+        // The engine first: the drivers' teardown must break no rule either.
         let stub = CpuEngine::new(&ChannelConfig::new(1)).unwrap();
         drop(std::mem::replace(&mut self.engine, Box::new(stub)));
         if let Some(model) = &self.model {
             let v = model.violations();
             if !std::thread::panicking() {
-                assert!(v.is_empty(), "the IOAT model saw broken rules: {v:#?}");
+                assert!(v.is_empty(), "the device model saw broken rules: {v:#?}");
             }
         }
     }
@@ -130,7 +206,26 @@ impl Rig {
                     engine: Box::new(engine),
                     device: None,
                     _worker: None,
-                    model: Some(model),
+                    model: Some(Model::Ioat(model)),
+                    mapped: Vec::new(),
+                }
+            }
+            Kind::Dsa(cfg) => {
+                let model = DsaModel::new(*cfg);
+                let hw_cfg = ChannelConfig {
+                    fail: FailPolicy::Never,
+                    ..ch
+                };
+                let dev = DsaDevice::setup(model.clone()).expect("DSA device over its model");
+                let engine =
+                    DsaChannel::new(dev, model.portal(0), &hw_cfg, Arc::new(model.clone()))
+                        .expect("DSA channel over its model");
+                model.set_fault(dsa_fault(ch.fail));
+                Rig {
+                    engine: Box::new(engine),
+                    device: None,
+                    _worker: None,
+                    model: Some(Model::Dsa(model)),
                     mapped: Vec::new(),
                 }
             }
@@ -177,7 +272,12 @@ impl Rig {
                     }
                 }
             });
-            model.run(64);
+            // DSA: a few steps at a time, so that the driver polls while the engines are half
+            // way through a window of out-of-order descriptors.
+            model.run(match model {
+                Model::Ioat(_) => 64,
+                Model::Dsa(_) => 3,
+            });
             return;
         }
         match &mut self.device {
@@ -509,7 +609,7 @@ fn failed_job_is_reported_then_later_jobs() {
     let ch = ChannelConfig {
         fail: FailPolicy::Index {
             idx: 5,
-            status: Status::BusReadError,
+            status: Status::InvalidLength,
         },
         ..ChannelConfig::new(16)
     };
@@ -545,7 +645,7 @@ fn failed_job_is_reported_then_later_jobs() {
         }
         // `completed_status` reports it, then the later jobs.
         let st = rig.wait_status(5);
-        assert_eq!(st[0], Status::BusReadError, "{kind:?}");
+        assert_eq!(st[0], Status::InvalidLength, "{kind:?}");
         assert!(st[1..].iter().all(|s| s.is_ok()), "{kind:?}: {st:?}");
         assert_eq!(
             rig.engine.completed(16),
@@ -573,7 +673,7 @@ fn every_nth_failure_nothing_lost_or_duplicated() {
     let ch = ChannelConfig {
         fail: FailPolicy::EveryNth {
             n: std::num::NonZeroU32::new(3).unwrap(),
-            status: Status::BusWriteError,
+            status: Status::InvalidOpcode,
         },
         ..ChannelConfig::new(32)
     };
@@ -606,7 +706,7 @@ fn every_nth_failure_nothing_lost_or_duplicated() {
                 let e = rig.engine.completed_status(1, &mut st);
                 assert_eq!(
                     (e.count, st[0], e.has_error),
-                    (1, Status::BusWriteError, true)
+                    (1, Status::InvalidOpcode, true)
                 );
                 reported.push((e.last_idx, false));
             }

@@ -5,7 +5,8 @@
 //! * [`dma_mem`]: [`DmaRegion`], memory the device reads and writes (rings, completion
 //!   words), and [`DmaMapper`], which makes it visible to the device (an IOMMU mapping).
 //! * [`ioat`]: [`IoatChannel`], the IOAT (QuickData / CBDMA) driver.
-//! * [`dsa`]: DSA device setup ([`DsaDevice`]); no descriptor submission yet.
+//! * [`dsa`]: the DSA driver: device setup ([`DsaDevice`]) and [`DsaChannel`] over a WQ
+//!   portal.
 //!
 //! No VFIO layer yet: a driver is given its BAR (`M: Mmio`) and a mapper. In tests both are a
 //! device model ([`crate::model`]).
@@ -16,6 +17,6 @@ pub mod ioat;
 pub mod mmio;
 
 pub use dma_mem::{DmaMapper, DmaRegion, IdentityMapper};
-pub use dsa::DsaDevice;
+pub use dsa::{DsaChannel, DsaDevice};
 pub use ioat::IoatChannel;
 pub use mmio::{Mmio, MmioBar};

@@ -48,6 +48,20 @@ impl Iommu {
         (self.ranges.range(..=addr).next_back()).is_some_and(|(_, &e)| end <= e)
     }
 
+    /// How many of the `len` bytes at `addr` are mapped before the first unmapped one (`len`
+    /// if all are), following ranges that touch.
+    pub(crate) fn mapped_prefix(&self, addr: u64, len: u64) -> u64 {
+        let mut at = addr;
+        let end = addr.saturating_add(len);
+        while at < end {
+            match self.ranges.range(..=at).next_back() {
+                Some((_, &e)) if e > at => at = e,
+                _ => break,
+            }
+        }
+        at.min(end) - addr
+    }
+
     /// The mapped ranges, `(start, len)`.
     pub(crate) fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.ranges.iter().map(|(&s, &e)| (s, e - s))
@@ -146,5 +160,13 @@ mod tests {
         assert!(m.unmap(0x1000, 0x1000));
         assert!(!m.check(0x1000, 1));
         assert_eq!(m.ranges().collect::<Vec<_>>(), [(0x3000, 0x100)]);
+        assert!(m.map(0x3100, 0x100));
+        assert_eq!(
+            m.mapped_prefix(0x3080, 0x1000),
+            0x180,
+            "across touching ranges"
+        );
+        assert_eq!(m.mapped_prefix(0x3080, 0x10), 0x10);
+        assert_eq!(m.mapped_prefix(0x2000, 0x10), 0);
     }
 }

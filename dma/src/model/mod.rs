@@ -6,12 +6,12 @@
 //! and is processed in steps on the caller's thread, so tests are deterministic.
 //!
 //! * [`ioat`]: [`IoatModel`], one IOAT 3.x channel.
-//! * [`dsa`]: [`DsaModel`], a DSA device's configuration registers and commands (no
-//!   descriptor processing yet).
+//! * [`dsa`]: [`DsaModel`], a DSA device: configuration registers and commands, WQ portals,
+//!   engines processing MEMMOVE, NOOP, DRAIN and BATCH descriptors, completion records.
 
 pub mod dsa;
 pub mod ioat;
 mod iommu;
 
-pub use dsa::{DsaModel, DsaModelConfig};
+pub use dsa::{DsaFault, DsaModel, DsaModelConfig, DsaModelStats, DsaPortal};
 pub use ioat::{IoatModel, IoatModelConfig, ModelFault, ModelStats};

@@ -132,3 +132,89 @@ pub mod err {
     /// DISABLE_WQ: the device is not enabled.
     pub const DEV_NOT_EN: u8 = 0x32;
 }
+
+// ---- The data path: descriptors, completion records (Linux's `include/uapi/linux/idxd.h`,
+// DPDK's `drivers/dma/idxd/idxd_hw_defs.h`) ----
+
+/// Size of a descriptor, and the alignment of a batch's descriptor list.
+pub const DESC_SIZE: usize = 64;
+/// Size of a completion record, and its alignment.
+pub const COMP_SIZE: usize = 32;
+
+/// Descriptor word 0: flags (24 bits) and opcode (8 bits) are its high half; PASID and the
+/// privilege bit (unused here) its low half.
+pub const DESC_OP_FLAGS_SHIFT: u32 = 32;
+/// Descriptor: shift of the opcode inside the 32-bit op/flags field.
+pub const DESC_OPCODE_SHIFT: u32 = 24;
+/// Descriptor word index of the completion record address.
+pub const DESC_COMP_WORD: usize = 1;
+/// Descriptor word index of the source address (MEMMOVE) or descriptor list address (BATCH).
+pub const DESC_SRC_WORD: usize = 2;
+/// Descriptor word index of the destination address.
+pub const DESC_DST_WORD: usize = 3;
+/// Descriptor word index of the transfer size (MEMMOVE) or descriptor count (BATCH), low 32
+/// bits.
+pub const DESC_SIZE_WORD: usize = 4;
+
+/// Opcodes (`enum dsa_opcode`).
+pub mod op {
+    /// No operation: completes at once (writes its completion record if asked).
+    pub const NOOP: u8 = 0x00;
+    /// A batch: `count` descriptors at `desc_list_addr`, processed by one engine.
+    pub const BATCH: u8 = 0x01;
+    /// Drain: completes once every descriptor submitted before it has completed.
+    pub const DRAIN: u8 = 0x02;
+    /// Memory move (copy; overlapping buffers allowed).
+    pub const MEMMOVE: u8 = 0x03;
+}
+
+/// Descriptor flags (`IDXD_OP_FLAG_*`).
+pub mod flag {
+    /// Inside a batch: wait for the earlier descriptors of the batch, and do not run if one of
+    /// them failed.
+    pub const FENCE: u32 = 0x0001;
+    /// Block on fault (not used: a fault completes the descriptor with an error instead).
+    pub const BOF: u32 = 0x0002;
+    /// Completion record address valid: the record is written on an error.
+    pub const CRAV: u32 = 0x0004;
+    /// Request completion record: written on success too (needs CRAV).
+    pub const RCR: u32 = 0x0008;
+    /// Request completion interrupt (not used).
+    pub const RCI: u32 = 0x0010;
+    /// Cache control: destination writes go to the cache (what a CPU consumer wants).
+    pub const CC: u32 = 0x0100;
+}
+
+/// Completion record status codes (`enum dsa_completion_status`), byte 0 of the record, low
+/// 7 bits; 0 means "not written yet", which is why the device writes it last.
+pub mod comp {
+    /// Not completed (the record is untouched).
+    pub const NONE: u8 = 0x00;
+    /// Success.
+    pub const SUCCESS: u8 = 0x01;
+    /// A page fault (address not translatable) with block-on-fault clear: `fault_addr` is the
+    /// address, `bytes_completed` what was done before it.
+    pub const PAGE_FAULT_NOBOF: u8 = 0x03;
+    /// A batch in which at least one descriptor failed (its own record says how).
+    pub const BATCH_FAIL: u8 = 0x05;
+    /// A page fault reading a batch's descriptor list.
+    pub const BATCH_PAGE_FAULT: u8 = 0x06;
+    /// Unknown opcode, or a batch inside a batch.
+    pub const BAD_OPCODE: u8 = 0x10;
+    /// Reserved or unsupported flags set (`invalid_flags` says which).
+    pub const INVALID_FLAGS: u8 = 0x11;
+    /// Transfer size 0 or above the WQ's maximum.
+    pub const XFER_ERANGE: u8 = 0x13;
+    /// Batch descriptor count below 2 or above the WQ's maximum batch size.
+    pub const DESC_CNT_ERANGE: u8 = 0x14;
+    /// A batch's descriptor list not 64-byte aligned.
+    pub const DESCLIST_ALIGN: u8 = 0x18;
+    /// Mask of the status in the status byte.
+    pub const STATUS_MASK: u8 = 0x7f;
+    /// Status byte: the fault was on a write.
+    pub const FAULT_WRITE: u8 = 0x80;
+}
+
+/// Completion record word 0: status in bits 0..8, result 8..16, bytes completed (or, for a
+/// batch, descriptors completed) in 32..64. Word 1: the fault address. Word 2: invalid flags.
+pub const COMP_BYTES_SHIFT: u32 = 32;

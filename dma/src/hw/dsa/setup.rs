@@ -92,8 +92,8 @@ pub fn command(bar: &impl Mmio, cmd: u32, operand: u32) -> Result<(), DmaError> 
 /// A DSA device set up with one dedicated work queue (WQ 0, in group 0 with engine 0, holding
 /// every WQ entry), enabled. Dropping it disables the queue and the device.
 ///
-/// Only the setup exists so far: descriptors are not submitted yet (no portal, no completion
-/// records, no [`DmaEngine`](crate::DmaEngine)).
+/// Descriptors are submitted by a [`DsaChannel`](super::DsaChannel), which takes the device
+/// over.
 #[derive(Debug)]
 pub struct DsaDevice<M: Mmio> {
     bar: M,

@@ -53,6 +53,7 @@ use std::sync::atomic::{AtomicU64, fence};
 use super::regs::*;
 use crate::hw::dma_mem::{DmaMapper, DmaRegion};
 use crate::hw::mmio::Mmio;
+use crate::sg::Pieces;
 use crate::track::Tracker;
 use crate::{
     ChannelConfig, Completed, DmaEngine, DmaError, FailPolicy, Iova, OpFlags, Sge, Stats, Status,
@@ -117,42 +118,6 @@ impl<M: Mmio> std::fmt::Debug for IoatChannel<M> {
             .field("offset", &self.offset)
             .field("broken", &self.broken)
             .finish_non_exhaustive()
-    }
-}
-
-/// The contiguous pieces of a scatter-gather copy: `(src, dst, len)`, zero-length entries
-/// skipped. The lists have equal totals (validated), so there are at most
-/// `src.len() + dst.len() - 1` pieces.
-#[derive(Clone)]
-struct Pieces<'a> {
-    src: &'a [Sge],
-    dst: &'a [Sge],
-    si: usize,
-    so: u32,
-    di: usize,
-    doff: u32,
-}
-
-impl Iterator for Pieces<'_> {
-    type Item = (u64, u64, u32);
-
-    fn next(&mut self) -> Option<(u64, u64, u32)> {
-        while self.si < self.src.len() && self.so == self.src[self.si].len {
-            (self.si, self.so) = (self.si + 1, 0);
-        }
-        while self.di < self.dst.len() && self.doff == self.dst[self.di].len {
-            (self.di, self.doff) = (self.di + 1, 0);
-        }
-        let (s, d) = (self.src.get(self.si)?, self.dst.get(self.di)?);
-        let n = (s.len - self.so).min(d.len - self.doff);
-        let piece = (
-            s.addr.0.wrapping_add(u64::from(self.so)),
-            d.addr.0.wrapping_add(u64::from(self.doff)),
-            n,
-        );
-        self.so += n;
-        self.doff += n;
-        Some(piece)
     }
 }
 
@@ -522,14 +487,7 @@ impl<M: Mmio> DmaEngine for IoatChannel<M> {
         flags: OpFlags,
     ) -> Result<u16, DmaError> {
         let (s, d) = ([Sge::new(src, len)], [Sge::new(dst, len)]);
-        let pieces = Pieces {
-            src: &s,
-            dst: &d,
-            si: 0,
-            so: 0,
-            di: 0,
-            doff: 0,
-        };
+        let pieces = Pieces::new(&s, &d);
         self.enqueue(pieces, flags)
     }
 
@@ -540,14 +498,7 @@ impl<M: Mmio> DmaEngine for IoatChannel<M> {
         flags: OpFlags,
     ) -> Result<u16, DmaError> {
         crate::sg::validate(src, dst, self.max_sges)?;
-        let pieces = Pieces {
-            src,
-            dst,
-            si: 0,
-            so: 0,
-            di: 0,
-            doff: 0,
-        };
+        let pieces = Pieces::new(src, dst);
         self.enqueue(pieces, flags)
     }
 

@@ -2,14 +2,15 @@
 //! enqueue / submit / poll / report calls, every job is reported exactly once, in ring order,
 //! with the status the failure policy gives it, and with its destination written when (and not
 //! before) it is reported successfully. The CPU engine runs the same operations as reference.
-//! The IOAT driver over its model runs them too (without failure injection).
+//! The IOAT and DSA drivers over their models run them too (without failure injection; DSA
+//! with one to four engines completing out of order).
 
 use std::num::NonZeroU32;
 
 use proptest::prelude::*;
 
 use super::super::*;
-use crate::model::IoatModelConfig;
+use crate::model::{DsaModelConfig, IoatModelConfig};
 use crate::tests::{Buf, Kind, Rig};
 use crate::{OpFlags, Sge};
 
@@ -242,6 +243,7 @@ proptest! {
         lane_burst in prop_oneof![Just(1u32), Just(2), Just(32)],
         fail in policy(),
         threaded in any::<bool>(),
+        dsa_parallel in 1u8..5,
         ops in prop::collection::vec(op(), 1..80),
     ) {
         let ch = ChannelConfig { ring_size: 1 << ring_log, max_sges: 4, fail };
@@ -265,5 +267,12 @@ proptest! {
         prop_assert_eq!(&ioat.reported, &reference.reported);
         let used = ioat.accepted.len() * MAX_LEN;
         prop_assert!(ioat.dst.0[..used] == reference.dst.0[..used]);
+        // The DSA driver over its model, the same way.
+        let dsa_cfg = DsaModelConfig { parallel: dsa_parallel, ..Default::default() };
+        let dsa = run(&Kind::Dsa(dsa_cfg), hw, &ops)?;
+        let reference = run(&Kind::Cpu, all, &dsa.accepted)?;
+        prop_assert_eq!(&dsa.reported, &reference.reported);
+        let used = dsa.accepted.len() * MAX_LEN;
+        prop_assert!(dsa.dst.0[..used] == reference.dst.0[..used]);
     }
 }
