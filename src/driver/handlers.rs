@@ -498,7 +498,7 @@ fn set_log_base(
             log.covers()
         );
     }
-    log::debug!(
+    log::info!(
         "{}: dirty log of {} bytes mapped (offset {:#x})",
         dev.dev.id(),
         info.mmap_size,
