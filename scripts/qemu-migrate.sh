@@ -28,6 +28,11 @@
 #   -w, --migrate-after S  seconds between the stream's start and the migration (default: 2)
 #   -l, --max-loss N       most stream replies that may be lost (default: 0: with the
 #                          backend's writes logged, precopy over loopback loses none)
+#       --announce HOW     how the destination announces the guest's MAC after the move:
+#                          guest: the guest driver (VIRTIO_NET_F_GUEST_ANNOUNCE, the default)
+#                          rarp: virtio-net-pci guest_announce=off, so QEMU sends SEND_RARP
+#                          and the destination backend injects a RARP frame on its dequeue
+#                          (which icmpecho counts received and does not answer)
 #       --lcores LIST      CPUs of both backends' lcores (default: 0)
 #   -t, --timeout SECS     hard limit for the whole run (default: 180)
 #   -k, --keep             keep the run's directory when it passes (it is always kept on a
@@ -43,7 +48,8 @@
 # ended on the destination; it lost at most --max-loss replies and got no duplicate (a
 # receive buffer that reached the destination with old bytes); every 1400-byte ping after the
 # move was answered; both backends answered traffic (each `FINAL` line has tx_pkts == rx_pkts
-# > 0, no drop); QEMU made more than one dirty-sync pass; neither backend found a vring base
+# > 0, no drop; with --announce rarp the destination got SEND_RARP and left 1..N injected RARP
+# frames unanswered); QEMU made more than one dirty-sync pass; neither backend found a vring base
 # that disagrees with the used index in guest memory (the rings as migrated must match the
 # source's GET_VRING_BASE); and the source backend set bits in QEMU's dirty log (its "dirty
 # log ... released: N pages marked" line, N > 0): a backend that wrote guest memory without
@@ -54,6 +60,7 @@
 #   MIGRATE result=PASS|FAIL mode=M mem=M transmitted=N received=N lost=N dups=N
 #     lost_ranges=A-B,C|none
 #     downtime_ms=N total_ms=N setup_ms=N dirty_syncs=N pages_marked=N big=N/10
+#     announce=guest|rarp send_rarp=N rarp_frames=N
 #
 # Exit status: 0 = PASS, 1 = FAIL, 2 = setup error (or an unsupported mode such as postcopy).
 # Each run's files (serial consoles, QEMU and backend logs, QMP answers) are in
@@ -74,6 +81,7 @@ INTERVAL=0.01
 STREAM=12
 MIGRATE_AFTER=2
 MAX_LOSS=0
+ANNOUNCE=guest
 LCORES=0
 TIMEOUT=180
 KEEP=0
@@ -101,6 +109,7 @@ while [ $# -gt 0 ]; do
         -s|--stream) STREAM=${2:-}; shift ;;
         -w|--migrate-after) MIGRATE_AFTER=${2:-}; shift ;;
         -l|--max-loss) MAX_LOSS=${2:-}; shift ;;
+        --announce) ANNOUNCE=${2:-}; shift ;;
         --lcores) LCORES=${2:-}; shift ;;
         -t|--timeout) TIMEOUT=${2:-}; shift ;;
         -k|--keep) KEEP=1 ;;
@@ -112,6 +121,7 @@ done
 case "$MODE" in client|server) ;; *) die "bad --mode '$MODE' (client or server)" ;; esac
 case "$MEM" in memfd|hugepages) ;; *) die "bad --mem '$MEM' (memfd or hugepages)" ;; esac
 case "$ACCEL" in tcg|kvm) ;; *) die "bad --accel '$ACCEL' (tcg or kvm)" ;; esac
+case "$ANNOUNCE" in guest|rarp) ;; *) die "bad --announce '$ANNOUNCE' (guest or rarp)" ;; esac
 case "$MIGRATION" in
     precopy) ;;
     # Where a postcopy run would go: migrate-set-capabilities postcopy-ram on both sides, then
@@ -329,7 +339,8 @@ start_backend() { # src|dst
 start_qemu() { # src|dst
     # vectors=0: QEMU 7.2 under TCG crashes with vhost-user and MSI-X (see qemu_vhost_guest.sh);
     # legacy INTx works under KVM too.
-    local chardev args
+    local chardev args device="virtio-net-pci,netdev=net0,mac=$MAC,romfile=,vectors=0"
+    [ "$ANNOUNCE" = rarp ] && device="$device,guest_announce=off"
     if [ "$MODE" = server ]; then
         chardev="socket,id=char0,path=$W/$1.sock,server=on,wait=off"
     else
@@ -340,7 +351,7 @@ start_qemu() { # src|dst
         -object "$MEMOBJ" -numa node,memdev=mem
         -chardev "$chardev"
         -netdev type=vhost-user,id=net0,chardev=char0,queues=1
-        -device "virtio-net-pci,netdev=net0,mac=$MAC,romfile=,vectors=0"
+        -device "$device"
         -kernel "$KVMLINUZ" -initrd "$INITRD"
         -append "console=ttyS0 panic=-1 quiet mig.ip=$GUEST_IP mig.peer=$PEER_IP mig.count=$COUNT mig.interval=$INTERVAL mig.big=$BIG"
         -display none -monitor none -serial "file:$W/serial-$1.log"
@@ -521,7 +532,16 @@ grep -aq 'dirty log .* mapped' "$W/backend-src.log" 2>/dev/null || fail "the sou
 if grep -a 'disagrees with used.idx' "$W/backend-src.log" "$W/backend-dst.log" 2>/dev/null; then
     fail "a backend found a vring base that disagrees with the used index in guest memory"
 fi
-# Both backends served the guest, and answered every frame they took.
+# Both backends served the guest, and answered every frame they took but the RARP frames
+# the destination injected for SEND_RARP (--announce rarp: at least one; QEMU announces in a
+# few rounds, each a SEND_RARP, and frames pending together are injected once).
+RARPS=$(grep -ac 'SEND_RARP for ' "$W/backend-dst.log" 2>/dev/null)
+if [ "$ANNOUNCE" = rarp ]; then
+    [ "${RARPS:-0}" -gt 0 ] || fail "the destination backend got no SEND_RARP"
+    grep -aq 'SEND_RARP for ' "$W/backend-src.log" 2>/dev/null && fail "the source backend got a SEND_RARP"
+else
+    [ "${RARPS:-0}" = 0 ] || fail "SEND_RARP sent although the guest announces itself"
+fi
 for b in src dst; do
     final=$(grep -a '^FINAL port=0 ' "$W/backend-$b.log" 2>/dev/null | tail -1)
     rx=$(sed -n 's/.* rx_pkts=\([0-9]*\).*/\1/p' <<<"$final")
@@ -530,19 +550,29 @@ for b in src dst; do
     echo "backend-$b: ${final:-no FINAL line}"
     [ -n "$final" ] || { fail "backend-$b printed no FINAL line"; continue; }
     [ "${rx:-0}" -gt 0 ] || fail "backend-$b saw no traffic"
-    [ "$rx" = "$tx" ] && [ "$drops" = 0 ] || fail "backend-$b did not answer every frame ($final)"
+    [ "$drops" = 0 ] || fail "backend-$b dropped replies ($final)"
+    unanswered=$((rx - tx))
+    if [ "$b" = dst ] && [ "$ANNOUNCE" = rarp ]; then
+        [ "$unanswered" -ge 1 ] && [ "$unanswered" -le "$RARPS" ] \
+            || fail "backend-dst: $unanswered frames unanswered, want 1..$RARPS injected RARP frames ($final)"
+        INJECTED=$unanswered
+    else
+        [ "$unanswered" = 0 ] || fail "backend-$b did not answer every frame ($final)"
+    fi
 done
 
 echo "================ rvhost live migration summary ================"
 echo "run dir:    $W"
-echo "mode:       $MIGRATION, QEMU vhost-user $MODE, mem=$MEM, accel=$ACCEL, guest ${GUEST_MEM_MB} MB"
+echo "mode:       $MIGRATION, QEMU vhost-user $MODE, mem=$MEM, accel=$ACCEL, guest ${GUEST_MEM_MB} MB, announce=$ANNOUNCE"
+echo "announce:   ${RARPS:-0} SEND_RARP to the destination backend, ${INJECTED:-0} RARP frames injected"
 echo "migration:  status=${MIG_STATUS:-?} downtime=${DOWNTIME:-?} ms total=${TOTAL:-?} ms setup=${SETUP:-?} ms dirty-sync passes=${SYNCS:-?}"
 echo "dirty log:  source backend marked ${MARKED:-?} pages"
 echo "guest markers:"
 serial_all | grep -a 'VHOST-MIG:' | sed 's/^/  /'
 echo "MIGRATE result=$RESULT mode=$MODE mem=$MEM transmitted=${TX:-0} received=${RX:-0} lost=${LOST:-?} dups=${DUPS:-?}" \
     "lost_ranges=${RANGES:-?} downtime_ms=${DOWNTIME:-?} total_ms=${TOTAL:-?} setup_ms=${SETUP:-?}" \
-    "dirty_syncs=${SYNCS:-?} pages_marked=${MARKED:-?} big=${BIG_RX:-0}/10"
+    "dirty_syncs=${SYNCS:-?} pages_marked=${MARKED:-?} big=${BIG_RX:-0}/10 announce=$ANNOUNCE" \
+    "send_rarp=${RARPS:-0} rarp_frames=${INJECTED:-0}"
 if [ "$RESULT" = PASS ]; then
     echo "RESULT: PASS ($(( $(date +%s) - T0 )) s)"
     [ "$KEEP" = 1 ] || rm -rf "$W"

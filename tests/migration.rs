@@ -3,7 +3,8 @@
 //! started with `-incoming`), each with its own backend and socket, guest memory shared with
 //! the backend (`share=on`), the migration driven over QMP while the guest pings the backend
 //! every 10 ms. One run per QEMU vhost-user role (client: rvhost listens; server: rvhost
-//! `--client`) and guest memory (memfd, hugepages).
+//! `--client`) and guest memory (memfd, hugepages), and one whose guest does not announce
+//! itself, so that the destination backend announces it (SEND_RARP).
 //!
 //! Each run must pass the script's checks (see its `--help`): the migration completed, the
 //! ping stream started on the source and ended on the destination without losing a reply or
@@ -67,14 +68,17 @@ fn num(m: &HashMap<String, String>, k: &str, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("{what}: no number {k} in the MIGRATE line {m:?}"))
 }
 
-/// Runs one precopy migration; panics unless it passed.
-fn migrate(qemu_mode: &str, mem: &str) {
+/// Runs one precopy migration; panics unless it passed. `announce`: the script's
+/// `--announce` (`guest`, or `rarp`: QEMU sends SEND_RARP and the destination injects RARP).
+fn migrate(qemu_mode: &str, mem: &str, announce: &str) {
     let _one = ONE_MIGRATION.lock().unwrap_or_else(|e| e.into_inner());
-    let what = format!("precopy, QEMU vhost-user {qemu_mode}, {mem} guest memory");
+    let what =
+        format!("precopy, QEMU vhost-user {qemu_mode}, {mem} guest memory, announce by {announce}");
     let started = Instant::now();
     let mut cmd = Command::new("bash");
     cmd.arg(script())
-        .args(["--mode", qemu_mode, "--mem", mem, "--timeout", "170"])
+        .args(["--mode", qemu_mode, "--mem", mem, "--announce", announce])
+        .args(["--timeout", "170"])
         .args(["--max-loss", MAX_LOSS])
         .arg("--rvhost")
         .arg(rvhost_bin())
@@ -111,11 +115,17 @@ fn migrate(qemu_mode: &str, mem: &str) {
     assert!(num(&m, "dirty_syncs", &what) >= 2, "{what}: {m:?}");
     assert!(num(&m, "pages_marked", &what) > 0, "{what}: {m:?}");
     assert_eq!(m.get("big").map(String::as_str), Some("10/10"), "{what}");
+    let rarp_frames = num(&m, "rarp_frames", &what);
+    if announce == "rarp" {
+        assert!(rarp_frames > 0, "{what}: {m:?}");
+    } else {
+        assert_eq!(num(&m, "send_rarp", &what), 0, "{what}: {m:?}");
+    }
     // Written past the harness's capture (as `skip` does): CI's log keeps every run's figures.
     let line = format!(
         "migration: {what}: PASS in {:.1} s: stream transmitted={tx} received={rx} lost={lost} \
          (ranges {}), downtime {} ms, migration {} ms (setup {} ms), {} dirty-sync passes, {} \
-         pages marked by the source backend\n",
+         pages marked by the source backend, {rarp_frames} RARP frames injected\n",
         started.elapsed().as_secs_f64(),
         m["lost_ranges"],
         num(&m, "downtime_ms", &what),
@@ -169,7 +179,7 @@ fn precopy_qemu_client_memfd() {
     if let Some(why) = cannot_run() {
         return skip(why);
     }
-    migrate("client", "memfd");
+    migrate("client", "memfd", "guest");
 }
 
 #[test]
@@ -177,7 +187,7 @@ fn precopy_qemu_server_memfd() {
     if let Some(why) = cannot_run() {
         return skip(why);
     }
-    migrate("server", "memfd");
+    migrate("server", "memfd", "guest");
 }
 
 #[test]
@@ -185,7 +195,7 @@ fn precopy_qemu_client_hugepages() {
     if let Some(why) = cannot_run().or_else(cannot_use_hugepages) {
         return skip(why);
     }
-    migrate("client", "hugepages");
+    migrate("client", "hugepages", "guest");
 }
 
 #[test]
@@ -193,7 +203,18 @@ fn precopy_qemu_server_hugepages() {
     if let Some(why) = cannot_run().or_else(cannot_use_hugepages) {
         return skip(why);
     }
-    migrate("server", "hugepages");
+    migrate("server", "hugepages", "guest");
+}
+
+/// A guest without GUEST_ANNOUNCE (`guest_announce=off`): QEMU asks the destination backend
+/// to announce the guest's MAC (SEND_RARP, once per announce round), and its dequeue injects a
+/// RARP frame as if the guest had sent it.
+#[test]
+fn precopy_qemu_client_memfd_announced_by_send_rarp() {
+    if let Some(why) = cannot_run() {
+        return skip(why);
+    }
+    migrate("client", "memfd", "rarp");
 }
 
 /// Postcopy is not implemented: the script says so and exits 2 (a setup error), before it
@@ -226,7 +247,7 @@ fn the_migrate_line_is_parsed() {
         "backend-src: FINAL port=0 rx_pkts=5",
         "MIGRATE result=PASS mode=client mem=memfd transmitted=1200 received=1198 lost=2 dups=0 \
          lost_ranges=600-601 downtime_ms=41 total_ms=1500 setup_ms=3 dirty_syncs=3 \
-         pages_marked=12 big=10/10",
+         pages_marked=12 big=10/10 announce=guest send_rarp=0 rarp_frames=0",
         "RESULT: PASS (30 s)",
     ]
     .iter()
