@@ -33,6 +33,9 @@
 #                          rarp: virtio-net-pci guest_announce=off, so QEMU sends SEND_RARP
 #                          and the destination backend injects a RARP frame on its dequeue
 #                          (which icmpecho counts received and does not answer)
+#   -q, --queues N         queue pairs (QEMU mq=on and -smp N, rvhost fwd --queues N); the
+#                          guest's ping runs on one CPU, so one pair carries the stream
+#                          (default: 1)
 #       --lcores LIST      CPUs of both backends' lcores (default: 0)
 #   -t, --timeout SECS     hard limit for the whole run (default: 180)
 #   -k, --keep             keep the run's directory when it passes (it is always kept on a
@@ -57,7 +60,7 @@
 # switch-over: a lost or duplicate reply).
 #
 # Output ends with one machine-readable line:
-#   MIGRATE result=PASS|FAIL mode=M mem=M transmitted=N received=N lost=N dups=N
+#   MIGRATE result=PASS|FAIL mode=M mem=M queues=N transmitted=N received=N lost=N dups=N
 #     lost_ranges=A-B,C|none
 #     downtime_ms=N total_ms=N setup_ms=N dirty_syncs=N pages_marked=N big=N/10
 #     announce=guest|rarp send_rarp=N rarp_frames=N
@@ -82,6 +85,7 @@ STREAM=12
 MIGRATE_AFTER=2
 MAX_LOSS=0
 ANNOUNCE=guest
+QUEUES=1
 LCORES=0
 TIMEOUT=180
 KEEP=0
@@ -110,6 +114,7 @@ while [ $# -gt 0 ]; do
         -w|--migrate-after) MIGRATE_AFTER=${2:-}; shift ;;
         -l|--max-loss) MAX_LOSS=${2:-}; shift ;;
         --announce) ANNOUNCE=${2:-}; shift ;;
+        -q|--queues) QUEUES=${2:-}; shift ;;
         --lcores) LCORES=${2:-}; shift ;;
         -t|--timeout) TIMEOUT=${2:-}; shift ;;
         -k|--keep) KEEP=1 ;;
@@ -131,7 +136,7 @@ case "$MIGRATION" in
     # of postcopy").
     postcopy) die "postcopy migration is not supported by rvhost (it does not offer the PAGEFAULT protocol feature; precopy only, issue 15)" ;;
 esac
-for v in GUEST_MEM_MB MAX_LOSS TIMEOUT; do
+for v in GUEST_MEM_MB MAX_LOSS TIMEOUT QUEUES; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
 for v in INTERVAL STREAM MIGRATE_AFTER; do
@@ -330,7 +335,7 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 1' INT TERM
 
 start_backend() { # src|dst
-    local args=(fwd --mode icmpecho --iface "$W/$1.sock" --lcores "$LCORES")
+    local args=(fwd --mode icmpecho --iface "$W/$1.sock" --lcores "$LCORES" --queues "$QUEUES")
     [ "$MODE" = server ] && args+=(--client)
     log "backend-$1: $RVHOST ${args[*]}"
     "$RVHOST" "${args[@]}" </dev/null >"$W/backend-$1.log" 2>&1 &
@@ -341,16 +346,17 @@ start_qemu() { # src|dst
     # legacy INTx works under KVM too.
     local chardev args device="virtio-net-pci,netdev=net0,mac=$MAC,romfile=,vectors=0"
     [ "$ANNOUNCE" = rarp ] && device="$device,guest_announce=off"
+    [ "$QUEUES" -gt 1 ] && device="$device,mq=on"
     if [ "$MODE" = server ]; then
         chardev="socket,id=char0,path=$W/$1.sock,server=on,wait=off"
     else
         chardev="socket,id=char0,path=$W/$1.sock,reconnect=1"
     fi
     args=(
-        "$QEMU" -machine q35 -accel "$ACCEL" -m "$GUEST_MEM_MB" -smp 1
+        "$QEMU" -machine q35 -accel "$ACCEL" -m "$GUEST_MEM_MB" -smp "$QUEUES"
         -object "$MEMOBJ" -numa node,memdev=mem
         -chardev "$chardev"
-        -netdev type=vhost-user,id=net0,chardev=char0,queues=1
+        -netdev "type=vhost-user,id=net0,chardev=char0,queues=$QUEUES"
         -device "$device"
         -kernel "$KVMLINUZ" -initrd "$INITRD"
         -append "console=ttyS0 panic=-1 quiet mig.ip=$GUEST_IP mig.peer=$PEER_IP mig.count=$COUNT mig.interval=$INTERVAL mig.big=$BIG"
@@ -563,13 +569,13 @@ done
 
 echo "================ rvhost live migration summary ================"
 echo "run dir:    $W"
-echo "mode:       $MIGRATION, QEMU vhost-user $MODE, mem=$MEM, accel=$ACCEL, guest ${GUEST_MEM_MB} MB, announce=$ANNOUNCE"
+echo "mode:       $MIGRATION, QEMU vhost-user $MODE, mem=$MEM, accel=$ACCEL, guest ${GUEST_MEM_MB} MB, $QUEUES queue pair(s), announce=$ANNOUNCE"
 echo "announce:   ${RARPS:-0} SEND_RARP to the destination backend, ${INJECTED:-0} RARP frames injected"
 echo "migration:  status=${MIG_STATUS:-?} downtime=${DOWNTIME:-?} ms total=${TOTAL:-?} ms setup=${SETUP:-?} ms dirty-sync passes=${SYNCS:-?}"
 echo "dirty log:  source backend marked ${MARKED:-?} pages"
 echo "guest markers:"
 serial_all | grep -a 'VHOST-MIG:' | sed 's/^/  /'
-echo "MIGRATE result=$RESULT mode=$MODE mem=$MEM transmitted=${TX:-0} received=${RX:-0} lost=${LOST:-?} dups=${DUPS:-?}" \
+echo "MIGRATE result=$RESULT mode=$MODE mem=$MEM queues=$QUEUES transmitted=${TX:-0} received=${RX:-0} lost=${LOST:-?} dups=${DUPS:-?}" \
     "lost_ranges=${RANGES:-?} downtime_ms=${DOWNTIME:-?} total_ms=${TOTAL:-?} setup_ms=${SETUP:-?}" \
     "dirty_syncs=${SYNCS:-?} pages_marked=${MARKED:-?} big=${BIG_RX:-0}/10 announce=$ANNOUNCE" \
     "send_rarp=${RARPS:-0} rarp_frames=${INJECTED:-0}"

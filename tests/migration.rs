@@ -3,8 +3,8 @@
 //! started with `-incoming`), each with its own backend and socket, guest memory shared with
 //! the backend (`share=on`), the migration driven over QMP while the guest pings the backend
 //! every 10 ms. One run per QEMU vhost-user role (client: rvhost listens; server: rvhost
-//! `--client`) and guest memory (memfd, hugepages), and one whose guest does not announce
-//! itself, so that the destination backend announces it (SEND_RARP).
+//! `--client`) and guest memory (memfd, hugepages), one whose guest does not announce itself,
+//! so that the destination backend announces it (SEND_RARP), and one with two queue pairs.
 //!
 //! Each run must pass the script's checks (see its `--help`): the migration completed, the
 //! ping stream started on the source and ended on the destination without losing a reply or
@@ -68,17 +68,49 @@ fn num(m: &HashMap<String, String>, k: &str, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("{what}: no number {k} in the MIGRATE line {m:?}"))
 }
 
-/// Runs one precopy migration; panics unless it passed. `announce`: the script's
-/// `--announce` (`guest`, or `rarp`: QEMU sends SEND_RARP and the destination injects RARP).
-fn migrate(qemu_mode: &str, mem: &str, announce: &str) {
+/// One run of the script.
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    /// QEMU's vhost-user role: "client" (rvhost listens) or "server" (rvhost `--client`).
+    qemu_mode: &'static str,
+    /// "memfd" or "hugepages".
+    mem: &'static str,
+    /// The script's `--announce`: "guest", or "rarp" (QEMU sends SEND_RARP and the destination
+    /// injects RARP frames).
+    announce: &'static str,
+    /// Queue pairs (`--queues`).
+    queues: u16,
+}
+
+impl Case {
+    const fn new(qemu_mode: &'static str, mem: &'static str) -> Case {
+        Case {
+            qemu_mode,
+            mem,
+            announce: "guest",
+            queues: 1,
+        }
+    }
+}
+
+/// Runs one precopy migration; panics unless it passed.
+fn migrate(case: Case) {
+    let Case {
+        qemu_mode,
+        mem,
+        announce,
+        queues,
+    } = case;
     let _one = ONE_MIGRATION.lock().unwrap_or_else(|e| e.into_inner());
-    let what =
-        format!("precopy, QEMU vhost-user {qemu_mode}, {mem} guest memory, announce by {announce}");
+    let what = format!(
+        "precopy, QEMU vhost-user {qemu_mode}, {mem} guest memory, {queues} queue pair(s), \
+         announce by {announce}"
+    );
     let started = Instant::now();
     let mut cmd = Command::new("bash");
     cmd.arg(script())
         .args(["--mode", qemu_mode, "--mem", mem, "--announce", announce])
-        .args(["--timeout", "170"])
+        .args(["--queues", &queues.to_string(), "--timeout", "170"])
         .args(["--max-loss", MAX_LOSS])
         .arg("--rvhost")
         .arg(rvhost_bin())
@@ -179,7 +211,7 @@ fn precopy_qemu_client_memfd() {
     if let Some(why) = cannot_run() {
         return skip(why);
     }
-    migrate("client", "memfd", "guest");
+    migrate(Case::new("client", "memfd"));
 }
 
 #[test]
@@ -187,7 +219,7 @@ fn precopy_qemu_server_memfd() {
     if let Some(why) = cannot_run() {
         return skip(why);
     }
-    migrate("server", "memfd", "guest");
+    migrate(Case::new("server", "memfd"));
 }
 
 #[test]
@@ -195,7 +227,7 @@ fn precopy_qemu_client_hugepages() {
     if let Some(why) = cannot_run().or_else(cannot_use_hugepages) {
         return skip(why);
     }
-    migrate("client", "hugepages", "guest");
+    migrate(Case::new("client", "hugepages"));
 }
 
 #[test]
@@ -203,7 +235,7 @@ fn precopy_qemu_server_hugepages() {
     if let Some(why) = cannot_run().or_else(cannot_use_hugepages) {
         return skip(why);
     }
-    migrate("server", "hugepages", "guest");
+    migrate(Case::new("server", "hugepages"));
 }
 
 /// A guest without GUEST_ANNOUNCE (`guest_announce=off`): QEMU asks the destination backend
@@ -214,7 +246,24 @@ fn precopy_qemu_client_memfd_announced_by_send_rarp() {
     if let Some(why) = cannot_run() {
         return skip(why);
     }
-    migrate("client", "memfd", "rarp");
+    migrate(Case {
+        announce: "rarp",
+        ..Case::new("client", "memfd")
+    });
+}
+
+/// Two queue pairs (`mq=on`, two guest CPUs): QEMU keeps one vhost device per pair on the one
+/// connection, and each sends its own SET_LOG_BASE, SET_FEATURES with LOG_ALL and
+/// GET_VRING_BASEs.
+#[test]
+fn precopy_two_queue_pairs_qemu_server_memfd() {
+    if let Some(why) = cannot_run() {
+        return skip(why);
+    }
+    migrate(Case {
+        queues: 2,
+        ..Case::new("server", "memfd")
+    });
 }
 
 /// Postcopy is not implemented: the script says so and exits 2 (a setup error), before it
@@ -245,7 +294,7 @@ fn postcopy_is_refused_as_not_supported() {
 fn the_migrate_line_is_parsed() {
     let out: Vec<String> = [
         "backend-src: FINAL port=0 rx_pkts=5",
-        "MIGRATE result=PASS mode=client mem=memfd transmitted=1200 received=1198 lost=2 dups=0 \
+        "MIGRATE result=PASS mode=client mem=memfd queues=1 transmitted=1200 received=1198 lost=2 dups=0 \
          lost_ranges=600-601 downtime_ms=41 total_ms=1500 setup_ms=3 dirty_syncs=3 \
          pages_marked=12 big=10/10 announce=guest send_rarp=0 rarp_frames=0",
         "RESULT: PASS (30 s)",
