@@ -432,6 +432,8 @@ qmp() { # name json [timeout]
         print answer(), "\n";
     ' "$W/qmp-$1.sock" "$2" "${3:-10}" 2>>"$W/qmp.log" | tee -a "$W/qmp.log"
 }
+# Why a QMP command got no answer (the client's last error line).
+qmp_error() { tail -n 1 "$W/qmp.log" 2>/dev/null; }
 json_num() { sed -n "s/.*\"$1\": \([0-9]*\).*/\1/p" | head -1; }
 json_str() { sed -n "s/.*\"$1\": \"\([^\"]*\)\".*/\1/p" | head -1; }
 
@@ -460,15 +462,19 @@ run() {
     grep -aq 'VHOST-MIG: STREAM-START' "$W/serial-src.log" || { FAIL_REASON="the guest failed before its stream"; return 1; }
     log "stream started on the source; migrating in $MIGRATE_AFTER s"
     sleep "$MIGRATE_AFTER"
+    if grep -aq 'VHOST-MIG: STREAM-END' "$W/serial-src.log" || ! alive "${PID[qemu-src]}"; then
+        FAIL_REASON="the stream ended before the migration started (--stream $STREAM s is too short for --migrate-after $MIGRATE_AFTER s)"
+        return 1
+    fi
 
     local ans caps
     caps='{"capability": "events", "state": true}'
     ans=$(qmp src "{\"execute\": \"migrate-set-capabilities\", \"arguments\": {\"capabilities\": [$caps]}}")
-    [[ $ans == *'"return"'* ]] || { FAIL_REASON="migrate-set-capabilities: $ans"; return 1; }
+    [[ $ans == *'"return"'* ]] || { FAIL_REASON="migrate-set-capabilities: ${ans:-$(qmp_error)}"; return 1; }
     ans=$(qmp src '{"execute": "migrate-set-parameters", "arguments": {"max-bandwidth": 4294967296, "downtime-limit": 300}}')
-    [[ $ans == *'"return"'* ]] || { FAIL_REASON="migrate-set-parameters: $ans"; return 1; }
+    [[ $ans == *'"return"'* ]] || { FAIL_REASON="migrate-set-parameters: ${ans:-$(qmp_error)}"; return 1; }
     ans=$(qmp src "{\"execute\": \"migrate\", \"arguments\": {\"uri\": \"unix:$W/migrate.sock\"}}")
-    [[ $ans == *'"return"'* ]] || { FAIL_REASON="migrate: $ans"; return 1; }
+    [[ $ans == *'"return"'* ]] || { FAIL_REASON="migrate: ${ans:-$(qmp_error)}"; return 1; }
     log "migration started"
     local end=$(($(date +%s) + 90))
     while :; do
