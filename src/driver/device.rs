@@ -322,8 +322,21 @@ impl DeviceState {
     /// that may be writing it. Copies in flight were drained first (the handler table's
     /// `data_plane` column).
     pub fn set_log(&mut self, log: Option<Arc<DirtyLog>>) {
+        let mut old = None;
         for q in self.dev.shared.queues.iter() {
-            q.lock().set_log(log.clone());
+            let mut vq = q.lock();
+            old = old.or_else(|| vq.log.clone());
+            vq.set_log(log.clone());
+        }
+        if let Some(old) = old.filter(|old| log.as_ref().is_none_or(|l| !Arc::ptr_eq(l, old))) {
+            // Once per log: what the data path did with it (a migration test reads this line).
+            log::info!(
+                "{}: dirty log of {} bytes released: {} pages marked, {} ranges beyond it",
+                self.dev.id(),
+                old.len(),
+                old.marked(),
+                old.beyond()
+            );
         }
     }
 

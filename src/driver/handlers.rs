@@ -483,7 +483,7 @@ fn set_log_base(
             log.covers()
         );
     }
-    log::debug!(
+    log::info!(
         "{}: dirty log of {} bytes mapped (offset {:#x})",
         dev.dev.id(),
         info.mmap_size,
@@ -708,6 +708,16 @@ fn send_rarp(
     _: &mut Effects,
 ) -> Result<Outcome, HandlerError> {
     let mac: crate::protocol::payload::RarpMac = parse(msg)?;
+    // Once per announce round after a migration (QEMU sends a few).
+    log::info!(
+        "{}: SEND_RARP for {}: the next dequeue on vring 1 announces it",
+        dev.dev.id(),
+        mac.0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    );
     *lock(&dev.dev.shared.rarp) = Some(mac.0);
     dev.dev
         .shared

@@ -114,3 +114,25 @@ fn log_bytes_for_rounds_up() {
     assert_eq!(log_bytes_for(8 * LOG_PAGE + 1), 2);
     assert_eq!(log_bytes_for(64 << 20), (64 << 20) / LOG_PAGE / 8);
 }
+
+#[test]
+fn marked_counts_the_bits_set_that_were_clear() {
+    let (log, view, _) = log16();
+    assert_eq!(log.marked(), 0);
+    // Pages 2..=4, then page 4 again with page 5: one more.
+    log.mark(2 * LOG_PAGE, 3 * LOG_PAGE);
+    assert_eq!(log.marked(), 3);
+    log.mark(4 * LOG_PAGE + 10, LOG_PAGE);
+    assert_eq!(log.marked(), 4);
+    // Already dirty: nothing new.
+    log.mark(2 * LOG_PAGE, 10);
+    assert_eq!(log.marked(), 4);
+    // The frontend clears the log (it copied the pages): the next writes count again.
+    view.write(4096, &[0; 16]);
+    log.mark(2 * LOG_PAGE, 10);
+    assert_eq!(log.marked(), 5);
+    // A range reaching beyond the log counts the pages it could mark.
+    log.mark(127 * LOG_PAGE, 2 * LOG_PAGE);
+    assert_eq!((log.marked(), log.beyond()), (6, 1));
+    assert_eq!(marked(&view), [2, 127]);
+}
