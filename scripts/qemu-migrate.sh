@@ -37,6 +37,10 @@
 #                          guest's ping runs on one CPU, so one pair carries the stream
 #                          (default: 1)
 #       --lcores LIST      CPUs of both backends' lcores (default: 0)
+#       --copy MODE        both backends' copy mode (rvhost fwd --copy: cpu, or
+#                          soft[,threshold=N] for the async path with the software DMA
+#                          engine, whose writes are logged once the engine has done them)
+#                          (default: cpu)
 #   -t, --timeout SECS     hard limit for the whole run (default: 180)
 #   -k, --keep             keep the run's directory when it passes (it is always kept on a
 #                          failure)
@@ -87,6 +91,7 @@ MAX_LOSS=0
 ANNOUNCE=guest
 QUEUES=1
 LCORES=0
+COPY=cpu
 TIMEOUT=180
 KEEP=0
 KEEP_RUNS=${MIG_KEEP_RUNS:-10}
@@ -116,6 +121,7 @@ while [ $# -gt 0 ]; do
         --announce) ANNOUNCE=${2:-}; shift ;;
         -q|--queues) QUEUES=${2:-}; shift ;;
         --lcores) LCORES=${2:-}; shift ;;
+        --copy) COPY=${2:-}; shift ;;
         -t|--timeout) TIMEOUT=${2:-}; shift ;;
         -k|--keep) KEEP=1 ;;
         -h|--help) usage; exit 0 ;;
@@ -335,7 +341,8 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 1' INT TERM
 
 start_backend() { # src|dst
-    local args=(fwd --mode icmpecho --iface "$W/$1.sock" --lcores "$LCORES" --queues "$QUEUES")
+    local args=(fwd --mode icmpecho --iface "$W/$1.sock" --lcores "$LCORES" --queues "$QUEUES"
+        --copy "$COPY")
     [ "$MODE" = server ] && args+=(--client)
     log "backend-$1: $RVHOST ${args[*]}"
     "$RVHOST" "${args[@]}" </dev/null >"$W/backend-$1.log" 2>&1 &
@@ -537,6 +544,11 @@ fi
 # The source backend's dirty log: bits it set in QEMU's log (released when QEMU quit).
 MARKED=$(sed -n "s/.*dirty log .* released: \([0-9]*\) pages marked.*/\1/p" "$W/backend-src.log" 2>/dev/null | awk "{ n += \$1 } END { print n + 0 }")
 [ "${MARKED:-0}" -gt 0 ] || fail "the source backend marked no page in the dirty log (${MARKED:-no 'dirty log ... released' line})"
+if [ "${COPY%%,*}" = soft ]; then
+    # The async path really carried the stream: the source's engine copied frames.
+    DMA=$(sed -n "s/.* h2g: async: .* dma_copies=\([0-9]*\) .*/\1/p" "$W/backend-src.log" 2>/dev/null | awk "{ n += \$1 } END { print n + 0 }")
+    [ "${DMA:-0}" -gt 0 ] || fail "--copy $COPY: the source backend's engine copied nothing to the guest (no 'h2g: async: ... dma_copies=N' line with N > 0)"
+fi
 grep -aq 'dirty log .* mapped' "$W/backend-src.log" 2>/dev/null || fail "the source backend never mapped a dirty log"
 # The destination's rings, as migrated, must agree with the source's GET_VRING_BASE: a used
 # index the source backend wrote but did not log arrives stale, and rvhost then resumes from it
