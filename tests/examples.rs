@@ -492,8 +492,11 @@ fn reconnect_survives_frontend_restart() {
 /// port's address, from its own): 0 → switch → 1 → testpmd → 0 → switch → ... Each testpmd
 /// port's first burst is flooded (destination not yet learnt), everything after goes to the
 /// learnt port. Every frame the switch receives on one port is for the other port, so per
-/// direction: `sw.rx[i] == sw.tx[1-i] + sw.drops[1-i]` with nothing filtered, and the `2B`
-/// frames of the two first bursts are in flight or counted as dropped.
+/// direction: `sw.rx[i] == sw.tx[1-i] + sw.drops[1-i] + sw.filtered[i]`, and the `2B` frames
+/// of the two first bursts are in flight or counted as dropped or filtered. A frame is filtered
+/// only when it is flooded while the other port's device is not running yet (testpmd starts
+/// its ports one after the other; under load the first port's first burst can arrive before
+/// the second is up): at most a first burst per port.
 #[test]
 fn switch_forwards_between_two_testpmd_ports() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -560,11 +563,14 @@ fn switch_forwards_between_two_testpmd_ports() {
     println!("switch: {ctx}; {:.1} s", started.elapsed().as_secs_f64());
     let c = |p: usize, k: &str| ports[p][k];
     for p in 0..2 {
-        assert_eq!(c(p, "filtered"), 0, "{ctx}");
+        assert!(
+            c(p, "filtered") <= POPULATION,
+            "more than a first burst filtered: {ctx}"
+        );
         assert!(c(p, "rx") >= MIN_PACKETS, "too little traffic: {ctx}");
         assert_eq!(
             c(p, "rx"),
-            c(1 - p, "tx") + c(1 - p, "drops"),
+            c(1 - p, "tx") + c(1 - p, "drops") + c(p, "filtered"),
             "all from port {p} goes to port {}: {ctx}",
             1 - p
         );
@@ -580,11 +586,13 @@ fn switch_forwards_between_two_testpmd_ports() {
     let in_flight: u64 = (0..2)
         .map(|p| (tps[p].tx - c(p, "rx")) + (c(p, "tx") - tps[p].rx))
         .sum();
-    let dropped: u64 = (0..2).map(|p| c(p, "drops") + tps[p].tx_dropped).sum();
+    let dropped: u64 = (0..2)
+        .map(|p| c(p, "drops") + c(p, "filtered") + tps[p].tx_dropped)
+        .sum();
     assert_eq!(
         in_flight + dropped,
         2 * POPULATION,
-        "every circulating frame is in flight or counted as dropped: {ctx}"
+        "every circulating frame is in flight or counted as dropped or filtered: {ctx}"
     );
     for s in &socks {
         assert!(!s.exists(), "the switch left {} behind", s.display());
