@@ -680,7 +680,9 @@ impl<'a> PackedQueue<'a> {
     /// to the driver before all of it is: every id and length is written first, then (after a
     /// release fence) the flags of the elements after the first, and the first element's flags
     /// last with `Release` (DPDK's batched used writes; the driver reads used descriptors in
-    /// ring order, so it stops at the first until the whole batch is there).
+    /// ring order, so it stops at the first until the whole batch is there). This is also the
+    /// order the spec asks of a request spread over several buffers (§2.8.8 "Multi-buffer
+    /// requests": a mergeable receive packet's chains), so such a packet goes in one batch.
     pub fn write_used_batch(&self, pos: RingPos, batch: &[PackedUsed]) -> RingPos {
         let Some((&first, _)) = batch.split_first() else {
             return pos;
