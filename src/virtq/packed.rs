@@ -395,8 +395,9 @@ pub enum PackedError {
 /// An available chain's shape (see [`PackedQueue::avail_chain`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AvailChain {
-    /// Where the chain starts: its used descriptor is written here when it is returned alone
-    /// or first of its batch.
+    /// Where the chain starts in the ring. (Its used descriptor goes wherever the device's
+    /// used position is when it is returned: the same slot only when buffers are used in the
+    /// order they came.)
     pub head: RingPos,
     /// Buffer id (from the chain's last descriptor).
     pub id: u16,
