@@ -87,6 +87,7 @@ pub mod driver_ring;
 pub mod error;
 pub mod layout;
 pub mod options;
+pub mod packed_ring;
 pub mod queue;
 mod setup;
 pub mod shm;

@@ -12,6 +12,7 @@
 
 pub mod async_queue;
 pub mod lock;
+pub mod packed;
 pub mod split;
 pub mod stats;
 

@@ -1,0 +1,907 @@
+//! The packed virtqueue from the device side (virtio 1.2 §2.8): reading available descriptor
+//! chains from the one descriptor ring, writing used descriptors (one at a time, or a batch
+//! whose first flags are stored last), event suppression in both directions, and the vring
+//! base with its wrap counters (vhost-user GET/SET_VRING_BASE).
+//!
+//! A position in the ring is a [`RingPos`]: a slot below the queue size and the wrap counter
+//! of the lap it is in. A descriptor at the device's available position is available when its
+//! AVAIL bit equals the available wrap counter and its USED bit does not ([`desc_is_avail`]);
+//! the device writes a used descriptor with both bits equal to the used wrap counter.
+//!
+//! Reading a chain takes two steps, as the split ring's `avail_head` and `chain` do:
+//!
+//! 1. [`PackedQueue::avail_chain`] finds the chain's shape: its slots (descriptors linked by
+//!    `NEXT` in consecutive slots, wrapping at the ring's end), its buffer id (from the last
+//!    descriptor, §2.8.6) and its first descriptor. A fault here — a descriptor of the chain not
+//!    marked available, a chain longer than the room the device has, a buffer id beyond the
+//!    queue size — leaves no way to know where the chain ends or whom to return it to: the
+//!    caller marks the queue broken.
+//! 2. [`PackedQueue::chain`] walks the chain's buffers as host slices, following an indirect
+//!    table. A fault here (a buffer outside guest memory, the wrong permission, a bad indirect
+//!    length, INDIRECT chained with NEXT) is a [`ChainError`] as on the split ring: the chain's
+//!    shape is known, so the caller may return it used with length 0.
+//!
+//! Everything read from guest memory is hostile: every index is reduced or checked before it
+//! is used, loops are bounded by the chain's slot count or the indirect table's length, byte
+//! counts are summed in `u64` and bounded. Nothing here panics.
+//!
+//! Memory ordering: the driver writes a chain's descriptors, then the first one's flags with a
+//! release (its memory barrier before the flags, §2.8.21.1); [`PackedQueue::desc_is_avail`]
+//! loads those flags with `Acquire`, so the chain's descriptors read afterwards are the ones the
+//! driver wrote. The device writes a used descriptor's id and length, then its flags with
+//! `Release` ([`PackedQueue::write_used`]); the driver reads the flags, then the rest after its
+//! read barrier.
+
+use std::sync::atomic::{Ordering, fence};
+
+use thiserror::Error;
+
+use super::split::{ChainError, MAX_INDIRECT};
+use super::{VringAddrs, VringError};
+use crate::memory::{Gpa, GuestArea, GuestMemory, GuestSlice, Pod, TranslationCache};
+use crate::protocol::payload::PackedVringBase;
+
+/// The buffer continues in the next slot of the ring (`VIRTQ_DESC_F_NEXT`).
+pub const VIRTQ_DESC_F_NEXT: u16 = 1;
+/// The buffer is device-writable (`VIRTQ_DESC_F_WRITE`); in a used descriptor: its length is
+/// meaningful.
+pub const VIRTQ_DESC_F_WRITE: u16 = 2;
+/// The buffer holds an indirect table of [`PvirtqDesc`] (`VIRTQ_DESC_F_INDIRECT`).
+pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+/// The driver's available bit (`VIRTQ_DESC_F_AVAIL`, bit 7).
+pub const VIRTQ_DESC_F_AVAIL: u16 = 1 << 7;
+/// The device's used bit (`VIRTQ_DESC_F_USED`, bit 15).
+pub const VIRTQ_DESC_F_USED: u16 = 1 << 15;
+
+/// Event suppression flags: notifications wanted.
+pub const RING_EVENT_FLAGS_ENABLE: u16 = 0;
+/// Event suppression flags: no notifications.
+pub const RING_EVENT_FLAGS_DISABLE: u16 = 1;
+/// Event suppression flags: a notification when the descriptor at `off_wrap` is made
+/// available / used (only with `VIRTIO_RING_F_EVENT_IDX`).
+pub const RING_EVENT_FLAGS_DESC: u16 = 2;
+/// The bits of the event suppression flags the spec defines (the rest is reserved).
+const RING_EVENT_FLAGS_MASK: u16 = 3;
+
+/// Largest packed queue size (virtio 1.2 §2.8: indexes are 15 bits).
+pub const MAX_PACKED_SIZE: u16 = 32768;
+/// Bytes of a packed descriptor.
+pub const PACKED_DESC_SIZE: u64 = 16;
+/// Bytes of an event suppression structure.
+pub const EVENT_SUPPRESS_SIZE: u64 = 4;
+
+/// Offsets in a [`PvirtqDesc`].
+const OFF_LEN: usize = 8;
+const OFF_ID: usize = 12;
+const OFF_FLAGS: usize = 14;
+
+/// A packed-ring descriptor (`struct pvirtq_desc`, virtio 1.2 §2.8.13), 16 bytes. The same
+/// layout serves available descriptors, used descriptors and indirect table entries.
+#[doc(alias = "pvirtq_desc")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PvirtqDesc {
+    /// Guest-physical address of the buffer.
+    pub addr: u64,
+    /// Its length (in a used descriptor: the bytes the device wrote).
+    pub len: u32,
+    /// Buffer id.
+    pub id: u16,
+    /// `VIRTQ_DESC_F_*`.
+    pub flags: u16,
+}
+
+// SAFETY: repr(C) of u64, u32, u16, u16 at offsets 0, 8, 12, 14: 16 bytes without padding, and
+// every bit pattern is a valid value.
+unsafe impl Pod for PvirtqDesc {}
+
+impl PvirtqDesc {
+    /// The descriptor with its fields converted from little-endian (as read from the ring) to
+    /// native, or back (the same swap both ways).
+    #[inline]
+    pub fn swap_le(self) -> PvirtqDesc {
+        PvirtqDesc {
+            addr: u64::from_le(self.addr),
+            len: u32::from_le(self.len),
+            id: u16::from_le(self.id),
+            flags: u16::from_le(self.flags),
+        }
+    }
+}
+
+/// A position in the packed ring: a slot and the wrap counter of the lap it is in. Both
+/// sides start at slot 0 with the wrap counter set ([`RingPos::START`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RingPos {
+    /// Slot, below the queue size.
+    pub idx: u16,
+    /// Wrap counter: flips each time `idx` wraps to 0.
+    pub wrap: bool,
+}
+
+impl Default for RingPos {
+    fn default() -> Self {
+        RingPos::START
+    }
+}
+
+impl RingPos {
+    /// Where both wrap counters start (virtio 1.2 §2.8.1: initialised to 1).
+    pub const START: RingPos = RingPos { idx: 0, wrap: true };
+
+    /// A position.
+    pub const fn new(idx: u16, wrap: bool) -> RingPos {
+        RingPos { idx, wrap }
+    }
+
+    /// The position `n` slots further in a ring of `size`: each pass over the ring's end flips
+    /// the wrap counter. A `size` of 0 leaves the position as it is.
+    #[inline]
+    pub fn advance(self, n: u16, size: u16) -> RingPos {
+        if size == 0 {
+            return self;
+        }
+        let t = u32::from(self.idx) + u32::from(n);
+        let size = u32::from(size);
+        let laps = t / size;
+        // t % size < size <= 32768 fits in u16.
+        RingPos {
+            idx: (t % size) as u16,
+            wrap: self.wrap ^ (laps % 2 == 1),
+        }
+    }
+
+    /// The position on a ring of `2 * size` slots that counts both laps: distances between
+    /// positions less than a lap apart are differences modulo `2 * size`.
+    #[inline]
+    fn extended(self, size: u16) -> u32 {
+        let size = u32::from(size);
+        (u32::from(self.idx) + if self.wrap { size } else { 0 }) % (2 * size).max(1)
+    }
+
+    /// Slots from `from` to `self` (going forward, less than two laps), in a ring of `size`.
+    #[inline]
+    pub fn distance_from(self, from: RingPos, size: u16) -> u32 {
+        let m = (2 * u32::from(size)).max(1);
+        (self.extended(size) + m - from.extended(size)) % m
+    }
+}
+
+/// Encodes a position as the spec's 16-bit form: slot in bits 0-14, wrap counter in bit 15
+/// (the event suppression's `off_wrap`, and each half of the vhost-user vring base).
+#[inline]
+pub const fn pack_base(idx: u16, wrap: bool) -> u16 {
+    (idx & 0x7fff) | (wrap as u16) << 15
+}
+
+/// Decodes [`pack_base`]'s form into (slot, wrap counter).
+#[inline]
+pub const fn unpack_base(v: u16) -> (u16, bool) {
+    (v & 0x7fff, v & 0x8000 != 0)
+}
+
+/// The vhost-user vring base of a packed queue (GET_VRING_BASE's reply, SET_VRING_BASE's
+/// payload, [`PackedVringBase`]): bits 0-14 the next available slot, bit 15 the available wrap
+/// counter, bits 16-30 the next used slot, bit 31 the used wrap counter.
+#[inline]
+pub const fn encode_vring_base(avail: RingPos, used: RingPos) -> u32 {
+    PackedVringBase {
+        avail_idx: avail.idx,
+        avail_wrap: avail.wrap,
+        used_idx: used.idx,
+        used_wrap: used.wrap,
+    }
+    .to_num()
+}
+
+/// Decodes a packed queue's vring base into (available, used) positions, refusing a slot
+/// beyond the queue size ([`VringError::BadBase`]).
+pub fn decode_vring_base(num: u32, size: u16) -> Result<(RingPos, RingPos), VringError> {
+    let b = PackedVringBase::from_num(num);
+    if b.avail_idx >= size || b.used_idx >= size {
+        return Err(VringError::BadBase(num));
+    }
+    Ok((
+        RingPos::new(b.avail_idx, b.avail_wrap),
+        RingPos::new(b.used_idx, b.used_wrap),
+    ))
+}
+
+/// Whether a descriptor with `flags` is available at a position whose wrap counter is `wrap`:
+/// its AVAIL bit equals the wrap counter and its USED bit does not (virtio 1.2 §2.8.1).
+#[inline]
+pub const fn desc_is_avail(flags: u16, wrap: bool) -> bool {
+    let avail = flags & VIRTQ_DESC_F_AVAIL != 0;
+    let used = flags & VIRTQ_DESC_F_USED != 0;
+    avail == wrap && used != wrap
+}
+
+/// Whether a descriptor with `flags` is used at a position whose wrap counter is `wrap`: both
+/// bits equal the wrap counter (what the driver checks).
+#[inline]
+pub const fn desc_is_used(flags: u16, wrap: bool) -> bool {
+    let avail = flags & VIRTQ_DESC_F_AVAIL != 0;
+    let used = flags & VIRTQ_DESC_F_USED != 0;
+    avail == wrap && used == wrap
+}
+
+/// The AVAIL and USED bits of a used descriptor written at a position whose wrap counter is
+/// `wrap` (both equal to it).
+#[inline]
+pub const fn used_bits(wrap: bool) -> u16 {
+    if wrap {
+        VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED
+    } else {
+        0
+    }
+}
+
+/// The AVAIL and USED bits of a descriptor the driver makes available at a position whose wrap
+/// counter is `wrap` (AVAIL = wrap, USED = !wrap).
+#[inline]
+pub const fn avail_bits(wrap: bool) -> u16 {
+    if wrap {
+        VIRTQ_DESC_F_AVAIL
+    } else {
+        VIRTQ_DESC_F_USED
+    }
+}
+
+/// `vring_need_event` on a packed ring: whether the event position `event` lies in
+/// `[old, new)`, the positions a batch of used (or available) descriptors covered, with
+/// positions compared over both laps (the wrap counters tell which lap each one is in).
+#[inline]
+pub fn need_event(event: RingPos, old: RingPos, new: RingPos, size: u16) -> bool {
+    // event in [old, new)  <=>  new - event - 1 < new - old  (mod 2 * size)
+    let m = (2 * u32::from(size)).max(1);
+    let (e, o, n) = (event.extended(size), old.extended(size), new.extended(size));
+    (n + 2 * m - e - 1) % m < (n + m - o) % m
+}
+
+/// An event suppression setting (`struct pvirtq_event_suppress`, virtio 1.2 §2.8.14).
+#[doc(alias = "pvirtq_event_suppress")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSuppress {
+    /// `RING_EVENT_FLAGS_ENABLE`: notify after every batch.
+    Enable,
+    /// `RING_EVENT_FLAGS_DISABLE`: never notify.
+    Disable,
+    /// `RING_EVENT_FLAGS_DESC`: notify when the descriptor at this position is made
+    /// available / used (EVENT_IDX).
+    Desc(RingPos),
+}
+
+impl EventSuppress {
+    /// The structure's two fields `(off_wrap, flags)`.
+    pub fn fields(self) -> (u16, u16) {
+        match self {
+            EventSuppress::Enable => (0, RING_EVENT_FLAGS_ENABLE),
+            EventSuppress::Disable => (0, RING_EVENT_FLAGS_DISABLE),
+            EventSuppress::Desc(p) => (pack_base(p.idx, p.wrap), RING_EVENT_FLAGS_DESC),
+        }
+    }
+
+    /// Reads the fields as the other side wrote them: the reserved flags value 3 reads as
+    /// `Enable` (notifying too often is harmless, never notifying is not).
+    pub fn from_fields(off_wrap: u16, flags: u16) -> EventSuppress {
+        match flags & RING_EVENT_FLAGS_MASK {
+            RING_EVENT_FLAGS_DISABLE => EventSuppress::Disable,
+            RING_EVENT_FLAGS_DESC => {
+                let (idx, wrap) = unpack_base(off_wrap);
+                EventSuppress::Desc(RingPos::new(idx, wrap))
+            }
+            _ => EventSuppress::Enable,
+        }
+    }
+}
+
+/// A packed queue's three parts, translated and checked against its size and the memory table.
+/// SET_VRING_ADDR's three addresses name them: `desc` the descriptor ring, `avail` the driver
+/// event suppression area, `used` the device event suppression area.
+#[derive(Debug, Clone)]
+pub struct PackedRings {
+    /// `struct pvirtq_desc[size]` (the descriptor ring).
+    pub desc: GuestArea,
+    /// The driver event suppression structure: the driver's wishes about used notifications
+    /// (read by the device).
+    pub driver: GuestArea,
+    /// The device event suppression structure: the device's wishes about available
+    /// notifications (written by the device).
+    pub device: GuestArea,
+}
+
+impl PackedRings {
+    /// Byte lengths of (descriptor ring, driver area, device area) for `size` entries.
+    pub const fn lengths(size: u16) -> (u64, u64, u64) {
+        (
+            PACKED_DESC_SIZE * size as u64,
+            EVENT_SUPPRESS_SIZE,
+            EVENT_SUPPRESS_SIZE,
+        )
+    }
+
+    /// Checks the queue size (1..=32768, any value: a packed ring need not be a power of two),
+    /// the parts' alignment (16, 4, 4; virtio 1.2 §2.8.10) and translates each into one region.
+    pub fn new(
+        mem: &GuestMemory,
+        addrs: &VringAddrs,
+        size: u32,
+    ) -> Result<PackedRings, VringError> {
+        if size == 0 || size > u32::from(MAX_PACKED_SIZE) {
+            return Err(VringError::BadSize(size));
+        }
+        let (dl, el, _) = PackedRings::lengths(size as u16);
+        let parts = [
+            ("descriptor", addrs.desc, 16, dl),
+            ("driver event", addrs.avail, 4, el),
+            ("device event", addrs.used, 4, el),
+        ];
+        for (ring, va, align, _) in parts {
+            if va.raw() % align != 0 {
+                return Err(VringError::Misaligned {
+                    ring,
+                    addr: va.raw(),
+                    align,
+                });
+            }
+        }
+        let [desc, driver, device] = parts.map(|(ring, va, _, len)| {
+            mem.fva_area(va, len).ok_or(VringError::Unmapped {
+                ring,
+                addr: va.raw(),
+                len,
+            })
+        });
+        Ok(PackedRings {
+            desc: desc?,
+            driver: driver?,
+            device: device?,
+        })
+    }
+}
+
+/// Why a packed ring's available chain could not be taken: the chain's shape is unknown, so
+/// the queue is broken (see the module documentation). Faults of the buffers are [`ChainError`]s.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum PackedError {
+    /// A descriptor after the chain's first is not marked available for its lap (AVAIL/USED
+    /// bits inconsistent with the wrap counter): the chain runs into descriptors the driver did
+    /// not make available.
+    #[error("descriptor at slot {slot} of a chain is not marked available")]
+    NotAvailable {
+        /// The slot.
+        slot: u16,
+    },
+    /// The chain is longer than the slots the device may read (the queue size, less the slots
+    /// of chains not yet returned).
+    #[error("chain longer than the {max} slots available to it")]
+    TooLong {
+        /// The slots it could have.
+        max: u16,
+    },
+    /// The buffer id is beyond the queue size.
+    #[error("buffer id {id} is beyond the queue size {size}")]
+    BadId {
+        /// The id.
+        id: u16,
+        /// Queue size.
+        size: u16,
+    },
+    /// The buffer id is already in flight (made available again before it was used).
+    #[error("buffer id {0} is already in flight")]
+    IdInFlight(u16),
+}
+
+/// An available chain's shape (see [`PackedQueue::avail_chain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AvailChain {
+    /// Where the chain starts in the ring. (Its used descriptor goes wherever the device's
+    /// used position is when it is returned: the same slot only when buffers are used in the
+    /// order they came.)
+    pub head: RingPos,
+    /// Buffer id (from the chain's last descriptor).
+    pub id: u16,
+    /// Ring slots the chain takes (the next chain starts this many slots further).
+    pub count: u16,
+    /// The first descriptor, as read after its flags showed it available.
+    pub first: PvirtqDesc,
+}
+
+impl AvailChain {
+    /// The position after the chain: where the next chain starts.
+    #[inline]
+    pub fn next(&self, size: u16) -> RingPos {
+        self.head.advance(self.count, size)
+    }
+}
+
+/// A used element to write: buffer `id`, `len` bytes written, `count` ring slots the
+/// element's chains took (the next used descriptor is written `count` slots further; with
+/// IN_ORDER, one element may stand for several chains, the last one's id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PackedUsed {
+    /// Buffer id.
+    pub id: u16,
+    /// Bytes written into the buffer's device-writable part.
+    pub len: u32,
+    /// Ring slots covered.
+    pub count: u16,
+}
+
+/// The buffer ids a device has taken and not yet returned: a chain whose id is still in
+/// flight is refused ([`PackedError::IdInFlight`]), so a driver cannot make the device return
+/// one buffer twice.
+#[derive(Debug, Clone, Default)]
+pub struct InFlightIds {
+    bits: Box<[u64]>,
+    size: u16,
+    count: u16,
+}
+
+impl InFlightIds {
+    /// No id in flight, for a queue of `size` (ids below it).
+    pub fn new(size: u16) -> InFlightIds {
+        InFlightIds {
+            bits: vec![0; usize::from(size).div_ceil(64)].into(),
+            size,
+            count: 0,
+        }
+    }
+
+    /// Ids in flight.
+    pub fn count(&self) -> u16 {
+        self.count
+    }
+
+    /// Whether `id` is in flight.
+    pub fn contains(&self, id: u16) -> bool {
+        let (w, b) = (usize::from(id / 64), id % 64);
+        self.bits.get(w).is_some_and(|x| x & (1 << b) != 0)
+    }
+
+    /// Records `id` as taken: [`PackedError::IdInFlight`] if it already is,
+    /// [`PackedError::BadId`] if it is beyond the ids tracked.
+    pub fn insert(&mut self, id: u16) -> Result<(), PackedError> {
+        let (w, b) = (usize::from(id / 64), id % 64);
+        let size = self.size;
+        let x = match self.bits.get_mut(w) {
+            Some(x) if id < size => x,
+            _ => return Err(PackedError::BadId { id, size }),
+        };
+        if *x & (1 << b) != 0 {
+            return Err(PackedError::IdInFlight(id));
+        }
+        *x |= 1 << b;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Records `id` as returned; whether it was in flight.
+    pub fn remove(&mut self, id: u16) -> bool {
+        let (w, b) = (usize::from(id / 64), id % 64);
+        match self.bits.get_mut(w) {
+            Some(x) if *x & (1 << b) != 0 => {
+                *x &= !(1 << b);
+                self.count -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A packed queue's rings, for the duration of one burst (borrowed from the locked vring).
+#[derive(Debug, Clone, Copy)]
+pub struct PackedQueue<'a> {
+    desc: GuestSlice<'a>,
+    driver: GuestSlice<'a>,
+    device: GuestSlice<'a>,
+    mem: &'a GuestMemory,
+    size: u16,
+}
+
+impl<'a> PackedQueue<'a> {
+    /// Views `rings` (translated for a queue of `size`) and the table to translate buffers.
+    /// A `size` beyond what the descriptor ring holds is reduced to it.
+    pub fn new(rings: &'a PackedRings, mem: &'a GuestMemory, size: u16) -> PackedQueue<'a> {
+        let desc = rings.desc.slice();
+        let fits = (desc.len() as u64 / PACKED_DESC_SIZE).min(u64::from(MAX_PACKED_SIZE));
+        PackedQueue {
+            desc,
+            driver: rings.driver.slice(),
+            device: rings.device.slice(),
+            mem,
+            size: size.min(fits as u16),
+        }
+    }
+
+    /// Queue size.
+    #[inline]
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// The memory table buffers are translated with.
+    #[inline]
+    pub fn memory(&self) -> &'a GuestMemory {
+        self.mem
+    }
+
+    /// Byte offset of slot `idx` (reduced modulo the size: every access stays in the ring).
+    #[inline]
+    fn off(&self, idx: u16) -> usize {
+        usize::from(idx % self.size.max(1)) * PACKED_DESC_SIZE as usize
+    }
+
+    /// The flags of slot `idx`, with `Acquire`: pairs with the driver's barrier before it
+    /// stores the flags of a chain's first descriptor, so the chain read afterwards is whole.
+    /// The ring was checked at translation, so the load cannot fail; a failure reads as 0
+    /// (not available at the start).
+    #[inline]
+    pub fn flags_acquire(&self, idx: u16) -> u16 {
+        u16::from_le(
+            self.desc
+                .load_u16(self.off(idx) + OFF_FLAGS, Ordering::Acquire)
+                .unwrap_or(0),
+        )
+    }
+
+    /// Whether the descriptor at `pos` is available (its flags loaded with `Acquire`).
+    #[inline]
+    pub fn desc_is_avail(&self, pos: RingPos) -> bool {
+        desc_is_avail(self.flags_acquire(pos.idx), pos.wrap)
+    }
+
+    /// Descriptor `idx` of the ring (a copy, read once; reduced modulo the size).
+    #[inline]
+    pub fn desc(&self, idx: u16) -> PvirtqDesc {
+        self.desc
+            .read_obj::<PvirtqDesc>(self.off(idx))
+            .unwrap_or_default()
+            .swap_le()
+    }
+
+    /// Asks for the ring's lines of slots `[first, first + n)` to be read (see
+    /// [`GuestSlice::prefetch_for_read`]).
+    #[inline]
+    pub fn prefetch_descs(&self, first: u16, n: u16) {
+        let size = usize::from(self.size);
+        let n = usize::from(n).min(size);
+        let start = usize::from(first % self.size.max(1));
+        let head = n.min(size - start);
+        let d = PACKED_DESC_SIZE as usize;
+        if let Ok(s) = self.desc.subslice(d * start, d * head) {
+            s.prefetch_for_read();
+        }
+        if n > head {
+            if let Ok(s) = self.desc.subslice(0, d * (n - head)) {
+                s.prefetch_for_read();
+            }
+        }
+    }
+
+    /// The chain made available at `pos`, if the descriptor there is available: its slots
+    /// (following `NEXT` into consecutive slots, the wrap counter flipping at the ring's end),
+    /// buffer id and first descriptor. `budget` is the slots the device may read from `pos`
+    /// (the queue size less the slots of chains taken and not yet returned); a longer chain is
+    /// [`PackedError::TooLong`]. Every descriptor after the first must be marked available for
+    /// its own lap ([`PackedError::NotAvailable`]), and the id must be below the queue size
+    /// ([`PackedError::BadId`]).
+    ///
+    /// Only the shape is checked here; the buffers are checked by [`chain`](Self::chain).
+    pub fn avail_chain(
+        &self,
+        pos: RingPos,
+        budget: u16,
+    ) -> Result<Option<AvailChain>, PackedError> {
+        if !self.desc_is_avail(pos) {
+            return Ok(None);
+        }
+        let budget = budget.min(self.size);
+        if budget == 0 {
+            return Err(PackedError::TooLong { max: 0 });
+        }
+        let first = self.desc(pos.idx);
+        let mut last = first;
+        let mut at = pos;
+        let mut count: u16 = 1;
+        while last.flags & VIRTQ_DESC_F_NEXT != 0 {
+            if count == budget {
+                return Err(PackedError::TooLong { max: budget });
+            }
+            at = at.advance(1, self.size);
+            // The first descriptor's Acquire ordered the rest of the chain (written before it):
+            // a plain load suffices.
+            let flags = u16::from_le(
+                self.desc
+                    .load_u16(self.off(at.idx) + OFF_FLAGS, Ordering::Relaxed)
+                    .unwrap_or(0),
+            );
+            if !desc_is_avail(flags, at.wrap) {
+                return Err(PackedError::NotAvailable { slot: at.idx });
+            }
+            last = self.desc(at.idx);
+            count += 1;
+        }
+        if last.id >= self.size {
+            return Err(PackedError::BadId {
+                id: last.id,
+                size: self.size,
+            });
+        }
+        Ok(Some(AvailChain {
+            head: pos,
+            id: last.id,
+            count,
+            first,
+        }))
+    }
+
+    /// Walks `chain`'s buffers: an iterator over host slices (a buffer across two regions comes
+    /// as two pieces), ending with `None` after the last or with one `Err` for a bad chain.
+    ///
+    /// `writable` selects the queue kind as on the split ring: a receive queue needs every
+    /// buffer device-writable, a transmit queue every buffer device-readable. `max_len` bounds
+    /// the chain's total length. A descriptor with INDIRECT must be the chain's only one; its
+    /// table (a non-empty multiple of 16 bytes, at most [`MAX_INDIRECT`] entries, inside guest
+    /// memory) holds consecutive descriptors whose only meaningful flag is WRITE (the others,
+    /// NEXT and INDIRECT included, and the ids are reserved and ignored: virtio 1.2 §2.8.7).
+    pub fn chain(&self, chain: &AvailChain, writable: bool, max_len: u64) -> PackedChain<'a> {
+        PackedChain {
+            mem: self.mem,
+            cache: TranslationCache::new(),
+            ring: self.desc,
+            size: self.size,
+            slot: chain.head.idx,
+            first: Some(chain.first),
+            left: u32::from(chain.count),
+            chained: chain.count > 1,
+            table: None,
+            writable,
+            cur_addr: 0,
+            cur_len: 0,
+            total: 0,
+            max_len,
+            failed: false,
+        }
+    }
+
+    /// Writes `used` at `pos` — id and length, then the flags (AVAIL and USED equal to `pos`'s
+    /// wrap counter, WRITE when the length is not 0) with `Release`, so a driver that sees the
+    /// flags sees the rest — and returns the position of the next used descriptor.
+    #[inline]
+    pub fn write_used(&self, pos: RingPos, used: PackedUsed) -> RingPos {
+        self.write_used_body(pos, used);
+        self.store_used_flags(pos, used, Ordering::Release);
+        pos.advance(used.count, self.size)
+    }
+
+    /// Writes a batch of used elements from `pos` on, each at the position after the previous
+    /// one's slots, and returns the position after the batch. Nothing of the batch is visible
+    /// to the driver before all of it is: every id and length is written first, then (after a
+    /// release fence) the flags of the elements after the first, and the first element's flags
+    /// last with `Release` (DPDK's batched used writes; the driver reads used descriptors in
+    /// ring order, so it stops at the first until the whole batch is there). This is also the
+    /// order the spec asks of a request spread over several buffers (§2.8.8 "Multi-buffer
+    /// requests": a mergeable receive packet's chains), so such a packet goes in one batch.
+    pub fn write_used_batch(&self, pos: RingPos, batch: &[PackedUsed]) -> RingPos {
+        let Some((&first, _)) = batch.split_first() else {
+            return pos;
+        };
+        let end = self.stage_used_batch(pos, batch);
+        self.store_used_flags(pos, first, Ordering::Release);
+        end
+    }
+
+    /// The first part of [`write_used_batch`](Self::write_used_batch): everything but the
+    /// first element's flags. Returns the position after the batch.
+    pub(crate) fn stage_used_batch(&self, pos: RingPos, batch: &[PackedUsed]) -> RingPos {
+        let mut at = pos;
+        for &u in batch {
+            self.write_used_body(at, u);
+            at = at.advance(u.count, self.size);
+        }
+        // The ids and lengths above are visible before any of the flags below.
+        fence(Ordering::Release);
+        let mut at = pos;
+        for (k, &u) in batch.iter().enumerate() {
+            if k > 0 {
+                self.store_used_flags(at, u, Ordering::Relaxed);
+            }
+            at = at.advance(u.count, self.size);
+        }
+        at
+    }
+
+    #[inline]
+    fn write_used_body(&self, pos: RingPos, u: PackedUsed) {
+        let off = self.off(pos.idx);
+        let _ = self.desc.write_obj(off + OFF_LEN, u.len.to_le());
+        let _ = self.desc.write_obj(off + OFF_ID, u.id.to_le());
+    }
+
+    #[inline]
+    fn store_used_flags(&self, pos: RingPos, u: PackedUsed, order: Ordering) {
+        let write = if u.len != 0 { VIRTQ_DESC_F_WRITE } else { 0 };
+        let flags = used_bits(pos.wrap) | write;
+        let _ = self
+            .desc
+            .store_u16(self.off(pos.idx) + OFF_FLAGS, flags.to_le(), order);
+    }
+
+    /// The driver event suppression structure: what the driver wants of used notifications.
+    #[inline]
+    pub fn driver_event(&self) -> EventSuppress {
+        let flags = u16::from_le(self.driver.load_u16(2, Ordering::Acquire).unwrap_or(0));
+        let off_wrap = u16::from_le(self.driver.load_u16(0, Ordering::Relaxed).unwrap_or(0));
+        EventSuppress::from_fields(off_wrap, flags)
+    }
+
+    /// Writes the device event suppression structure: what the device wants of available
+    /// notifications (kicks). `off_wrap` is stored before the flags (with `Release`), so a
+    /// driver that sees `DESC` sees its position. After enabling, the device must look at the
+    /// ring once more before sleeping: a chain made available before the driver saw the change
+    /// came without a kick.
+    pub fn set_device_event(&self, ev: EventSuppress) {
+        let (off_wrap, flags) = ev.fields();
+        let _ = self
+            .device
+            .store_u16(0, off_wrap.to_le(), Ordering::Relaxed);
+        let _ = self.device.store_u16(2, flags.to_le(), Ordering::Release);
+    }
+
+    /// Whether the driver wants a used notification after the device wrote used descriptors
+    /// over the positions `[old, new)` (virtio 1.2 §2.8.10/§2.8.14): without EVENT_IDX unless it
+    /// disabled them; with EVENT_IDX as its flags say, for `DESC` when its position lies in
+    /// `[old, new)`. `DESC` without EVENT_IDX, and the reserved flags value, read as enabled.
+    #[inline]
+    pub fn needs_interrupt(&self, event_idx: bool, old: RingPos, new: RingPos) -> bool {
+        // The used descriptors must be visible before we read the driver's suppression state,
+        // or we could miss a request it made after reading them (pairs with the driver's
+        // barrier between writing its event structure and re-reading the ring).
+        fence(Ordering::SeqCst);
+        match self.driver_event() {
+            EventSuppress::Disable => false,
+            EventSuppress::Enable => true,
+            EventSuppress::Desc(_) if !event_idx => true,
+            EventSuppress::Desc(ev) => need_event(ev, old, new, self.size),
+        }
+    }
+}
+
+/// Iterator over one packed chain's buffers (see [`PackedQueue::chain`]).
+#[derive(Debug)]
+pub struct PackedChain<'a> {
+    mem: &'a GuestMemory,
+    cache: TranslationCache,
+    ring: GuestSlice<'a>,
+    size: u16,
+    /// Ring slot of the next direct descriptor.
+    slot: u16,
+    /// The first descriptor, already read by `avail_chain`.
+    first: Option<PvirtqDesc>,
+    /// Direct descriptors (or, in a table, entries) left to read.
+    left: u32,
+    /// The chain has more than one direct descriptor.
+    chained: bool,
+    /// The indirect table being read and the index of its next entry.
+    table: Option<(GuestSlice<'a>, u32)>,
+    writable: bool,
+    cur_addr: u64,
+    cur_len: u64,
+    total: u64,
+    max_len: u64,
+    failed: bool,
+}
+
+impl<'a> PackedChain<'a> {
+    /// Total bytes of the descriptors read so far (the whole chain once exhausted).
+    pub fn total_len(&self) -> u64 {
+        self.total
+    }
+
+    #[cold]
+    fn fail(&mut self, e: ChainError) -> Option<Result<GuestSlice<'a>, ChainError>> {
+        self.failed = true;
+        Some(Err(e))
+    }
+
+    /// The next descriptor: the next entry of the indirect table, or the next ring slot.
+    fn next_desc(&mut self) -> PvirtqDesc {
+        self.left -= 1;
+        if let Some((t, i)) = self.table.as_mut() {
+            let d = t
+                .read_obj::<PvirtqDesc>(*i as usize * PACKED_DESC_SIZE as usize)
+                .unwrap_or_default()
+                .swap_le();
+            *i += 1;
+            return d;
+        }
+        let slot = u32::from(self.slot) % u32::from(self.size.max(1));
+        // slot + 1 <= size <= 32768: the result fits in u16.
+        self.slot = ((slot + 1) % u32::from(self.size.max(1))) as u16;
+        if let Some(d) = self.first.take() {
+            return d;
+        }
+        self.ring
+            .read_obj::<PvirtqDesc>(slot as usize * PACKED_DESC_SIZE as usize)
+            .unwrap_or_default()
+            .swap_le()
+    }
+
+    /// Reads the next buffer into `cur_*`, entering an indirect table.
+    fn advance(&mut self) -> Result<(), ChainError> {
+        loop {
+            let d = self.next_desc();
+            let in_table = self.table.is_some();
+            if !in_table && d.flags & VIRTQ_DESC_F_INDIRECT != 0 {
+                if self.chained || d.flags & VIRTQ_DESC_F_NEXT != 0 {
+                    return Err(ChainError::NestedIndirect);
+                }
+                let n = d.len / PACKED_DESC_SIZE as u32;
+                if d.len == 0 || d.len % PACKED_DESC_SIZE as u32 != 0 || n > MAX_INDIRECT {
+                    return Err(ChainError::IndirectLen(d.len));
+                }
+                let t = self.mem.gpa_to_host(Gpa(d.addr), u64::from(d.len)).ok_or(
+                    ChainError::Unmapped {
+                        addr: d.addr,
+                        len: u64::from(d.len),
+                    },
+                )?;
+                self.table = Some((t, 0));
+                self.left = n;
+                continue;
+            }
+            if (d.flags & VIRTQ_DESC_F_WRITE != 0) != self.writable {
+                return Err(ChainError::Permissions);
+            }
+            self.total += u64::from(d.len);
+            if self.total > self.max_len {
+                return Err(ChainError::TooLarge(self.max_len));
+            }
+            self.cur_addr = d.addr;
+            self.cur_len = u64::from(d.len);
+            return Ok(());
+        }
+    }
+}
+
+impl<'a> Iterator for PackedChain<'a> {
+    type Item = Result<GuestSlice<'a>, ChainError>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        while self.cur_len == 0 {
+            if self.left == 0 {
+                return None;
+            }
+            if let Err(e) = self.advance() {
+                return self.fail(e);
+            }
+        }
+        let mem: &'a GuestMemory = self.mem;
+        match mem.gpa_to_host_prefix_cached(&mut self.cache, Gpa(self.cur_addr), self.cur_len) {
+            Some(s) => {
+                let n = s.len() as u64;
+                self.cur_len -= n;
+                // n <= region end - cur_addr: no overflow.
+                self.cur_addr += n;
+                Some(Ok(s))
+            }
+            None => {
+                let e = ChainError::Unmapped {
+                    addr: self.cur_addr,
+                    len: self.cur_len,
+                };
+                self.fail(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "packed_tests.rs"]
+mod tests;
