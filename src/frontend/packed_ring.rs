@@ -1,7 +1,7 @@
 //! The driver side of a packed virtqueue (virtio 1.2 §2.8): posting chains (direct or through an
 //! indirect table) with buffer ids, making them available with the AVAIL/USED bits of the
 //! driver's wrap counter, reading used descriptors back, and event suppression. Safe code over
-//! the shared memory's [`GuestSlice`] view (no `unsafe` here).
+//! the shared memory's `GuestSlice` view (no `unsafe` here).
 //!
 //! The driver keeps its own record of every chain it made available (the slots each buffer id
 //! took, and the order they were posted in): a used descriptor only names an id, and the
