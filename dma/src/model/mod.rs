@@ -19,4 +19,4 @@ pub mod worker;
 
 pub use dsa::{DsaFault, DsaModel, DsaModelConfig, DsaModelStats, DsaPortal};
 pub use ioat::{IoatModel, IoatModelConfig, ModelFault, ModelStats};
-pub use worker::ModelWorker;
+pub use worker::{ModelWorker, Served};

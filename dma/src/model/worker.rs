@@ -22,7 +22,35 @@ const IOAT_STEP: usize = 32;
 /// Work descriptors a DSA model advances per lock taken.
 const DSA_STEP: usize = 16;
 
-/// A device model served by a thread of its own (see the [module documentation](self)).
+/// A model a [`ModelWorker`] serves.
+#[derive(Clone, Debug)]
+pub enum Served {
+    /// An IOAT channel.
+    Ioat(IoatModel),
+    /// A DSA device.
+    Dsa(DsaModel),
+}
+
+impl Served {
+    /// Steps the model once: up to a few descriptors (see the models' `run`); returns how many
+    /// it processed.
+    pub fn step(&self) -> usize {
+        match self {
+            Served::Ioat(m) => m.run(IOAT_STEP),
+            Served::Dsa(m) => m.run(DSA_STEP),
+        }
+    }
+
+    /// Every rule of the model's broken so far (its `violations`).
+    pub fn violations(&self) -> Vec<String> {
+        match self {
+            Served::Ioat(m) => m.violations(),
+            Served::Dsa(m) => m.violations(),
+        }
+    }
+}
+
+/// Device models served by a thread of their own (see the [module documentation](self)).
 /// Dropping it stops the thread and joins it; the model itself lives on (other handles keep
 /// it), back in step mode. Descriptors not yet processed then stay where they are.
 #[derive(Debug)]
@@ -32,6 +60,14 @@ pub struct ModelWorker {
 }
 
 impl ModelWorker {
+    /// Serves `models` from one thread of their own (thread `rvhost-dma-model` unless `cfg`
+    /// names it): each turn steps every model once, until the worker is stopped or dropped.
+    pub fn serve(models: Vec<Served>, cfg: WorkerConfig) -> Result<ModelWorker, DmaError> {
+        ModelWorker::spawn(cfg, "rvhost-dma-model", move || {
+            models.iter().map(Served::step).sum()
+        })
+    }
+
     /// Runs `step` (which returns the work it did, 0 if none) on a new thread until the worker
     /// is stopped or dropped, idling as `cfg` says after a step that found nothing.
     fn spawn<F>(cfg: WorkerConfig, name: &str, mut step: F) -> Result<ModelWorker, DmaError>
@@ -95,8 +131,8 @@ impl IoatModel {
     /// names it): the thread processes descriptors as soon as DMACOUNT makes them pending,
     /// until the returned worker is stopped or dropped.
     pub fn spawn(&self, cfg: WorkerConfig) -> Result<ModelWorker, DmaError> {
-        let model = self.clone();
-        ModelWorker::spawn(cfg, "rvhost-ioat-model", move || model.run(IOAT_STEP))
+        let model = Served::Ioat(self.clone());
+        ModelWorker::spawn(cfg, "rvhost-ioat-model", move || model.step())
     }
 }
 
@@ -105,8 +141,8 @@ impl DsaModel {
     /// names it): its engines take descriptors from the WQs as soon as a portal receives them,
     /// until the returned worker is stopped or dropped.
     pub fn spawn(&self, cfg: WorkerConfig) -> Result<ModelWorker, DmaError> {
-        let model = self.clone();
-        ModelWorker::spawn(cfg, "rvhost-dsa-model", move || model.run(DSA_STEP))
+        let model = Served::Dsa(self.clone());
+        ModelWorker::spawn(cfg, "rvhost-dsa-model", move || model.step())
     }
 }
 
@@ -230,5 +266,35 @@ mod tests {
         drop(worker);
         drop(ch);
         assert!(model.violations().is_empty(), "{:?}", model.violations());
+    }
+
+    #[test]
+    fn one_thread_serves_several_models_in_passthrough() {
+        let ioat = IoatModel::new(IoatModelConfig::default());
+        let dsa = DsaModel::new(DsaModelConfig::default());
+        // SAFETY: only the channels below submit to the models, under the DMA contract.
+        unsafe {
+            ioat.set_passthrough(true);
+            dsa.set_passthrough(true);
+        }
+        let cfg = ChannelConfig::new(32);
+        let mut a = IoatChannel::new(ioat.clone(), &cfg, Arc::new(ioat.clone())).unwrap();
+        let dev = DsaDevice::setup(dsa.clone()).unwrap();
+        let mut b = DsaChannel::new(dev, dsa.portal(0), &cfg, Arc::new(dsa.clone())).unwrap();
+        let rings = (ioat.mappings().len(), dsa.mappings().len());
+        let worker = ModelWorker::serve(
+            vec![Served::Ioat(ioat.clone()), Served::Dsa(dsa.clone())],
+            WorkerConfig::default(),
+        )
+        .unwrap();
+        // Nothing of the test's buffers is mapped: passthrough lets the models reach them.
+        let jobs = copies_byte_for_byte(&mut a, &|_, _, _| true);
+        assert_eq!(ioat.stats().descriptors, jobs);
+        let jobs = copies_byte_for_byte(&mut b, &|_, _, _| true);
+        assert_eq!(dsa.stats().descriptors, jobs);
+        assert_eq!((ioat.mappings().len(), dsa.mappings().len()), rings);
+        worker.stop().unwrap();
+        drop((a, b));
+        assert!(ioat.violations().is_empty() && dsa.violations().is_empty());
     }
 }
