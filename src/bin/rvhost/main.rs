@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod c2c;
+mod dma;
 mod frame;
 mod fwd;
 
