@@ -127,3 +127,106 @@ fn hardware_copy_modes_are_refused_with_what_to_do() {
         );
     }
 }
+
+/// Runs `scripts/vfio-bind.sh` with `args`, sysfs at `sysfs`, its state under `state`, and a
+/// modprobe that always fails (nothing is ever loaded on the test machine).
+fn vfio_bind(args: &[&str], sysfs: &Path, state: &Path) -> (i32, String, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/vfio-bind.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .env("SYSFS", sysfs)
+        .env("RVHOST_VFIO_STATE", state)
+        .env("MODPROBE", "false")
+        .output()
+        .expect("run vfio-bind.sh");
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// The script's error paths (no device here can be bound for real): each exits non-zero with
+/// a message naming what is missing, and leaves nothing changed.
+#[test]
+fn vfio_bind_script_says_what_is_missing() {
+    let tree = TempTree::new("vfio-bind");
+    let sys = tree.path().join("sys");
+    let state = tree.path().join("state");
+    fs::create_dir_all(sys.join("bus/pci/devices")).unwrap();
+
+    let (code, out, _) = vfio_bind(&["--help"], &sys, &state);
+    assert_eq!(code, 0);
+    assert!(out.contains("Usage: scripts/vfio-bind.sh BDF") && out.contains("--unbind BDF"));
+    assert_eq!(vfio_bind(&[], &sys, &state).0, 1);
+    assert_eq!(vfio_bind(&["--unbind"], &sys, &state).0, 1);
+    let (code, _, err) = vfio_bind(&["00:04"], &sys, &state);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not a PCI address"), "{err}");
+
+    let (code, _, err) = vfio_bind(&["0000:00:04.0"], &sys, &state);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no such PCI device: 0000:00:04.0"), "{err}");
+    let (code, _, err) = vfio_bind(&["--unbind", "0000:00:04.0"], &sys, &state);
+    assert_eq!(code, 2, "{err}");
+    // This machine's sysfs has no domain ffff.
+    let (code, _, err) = vfio_bind(&["ffff:ff:1f.7"], Path::new("/sys"), &state);
+    assert_eq!(code, 2, "{err}");
+
+    // Not a copy engine: refused whatever else holds.
+    function(&sys, "0000:00:03.0", 0x1572, Some("i40e"), Some(3));
+    let (code, _, err) = vfio_bind(&["0000:00:03.0"], &sys, &state);
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        err.contains("(0x8086:0x1572, driver i40e) is not an IOAT or DSA function"),
+        "{err}"
+    );
+
+    function(&sys, "0000:00:04.0", 0x2021, Some("ioatdma"), None);
+    let (code, _, err) = vfio_bind(&["0000:00:04.0"], &sys, &state);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("no IOMMU group: enable the IOMMU (intel_iommu=on"),
+        "{err}"
+    );
+
+    // In an IOMMU group, vfio-pci absent and not loadable.
+    function(&sys, "0000:00:04.1", 0x2021, Some("ioatdma"), Some(12));
+    let dev = sys.join("bus/pci/devices/0000:00:04.1");
+    fs::write(dev.join("driver_override"), "").unwrap();
+    let (code, _, err) = vfio_bind(&["0000:00:04.1"], &sys, &state);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("vfio-pci module is not loaded"), "{err}");
+    assert_eq!(fs::read_to_string(dev.join("driver_override")).unwrap(), "");
+    assert!(!state.join("0000:00:04.1").exists());
+
+    // vfio-pci present, but the (fake) kernel binds nothing: undone, and said so.
+    fs::create_dir_all(sys.join("bus/pci/drivers/vfio-pci")).unwrap();
+    let (code, _, err) = vfio_bind(&["0000:00:04.1"], &sys, &state);
+    assert_eq!(code, 6, "{err}");
+    assert!(
+        err.contains("did not bind 0000:00:04.1 to vfio-pci (now: ioatdma)"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_to_string(dev.join("driver_override")).unwrap(),
+        "\n"
+    );
+    assert!(!state.join("0000:00:04.1").exists());
+
+    // Nothing to do: already bound, or not bound to vfio-pci.
+    function(&sys, "0000:6a:01.0", 0x0b25, Some("vfio-pci"), Some(40));
+    let (code, out, _) = vfio_bind(&["0000:6a:01.0"], &sys, &state);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("already bound to vfio-pci (IOMMU group 40)"),
+        "{out}"
+    );
+    let (code, out, _) = vfio_bind(&["--unbind", "0000:00:04.1"], &sys, &state);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("not bound to vfio-pci (driver: ioatdma)"),
+        "{out}"
+    );
+}
