@@ -208,11 +208,11 @@ impl CopyMode {
                 ("engines", Some(_), _) => {
                     return Err(format!("{tok}: applies to a `soft` before it"));
                 }
-                (k, _, _) if k.starts_with("ioat:") || k.starts_with("dsa:") => {
-                    return Err(format!(
-                        "{tok}: IOAT/DSA devices over VFIO are not supported yet; \
-                         `rvhost dma list` shows the devices, ioat-model and dsa-model run the \
-                         drivers over software models"
+                _ if tok.starts_with("ioat:") || tok.starts_with("dsa:") => {
+                    return Err(crate::dma::device_mode_refusal(
+                        tok,
+                        std::path::Path::new("/sys"),
+                        std::path::Path::new("/dev/vfio"),
                     ));
                 }
                 _ => {

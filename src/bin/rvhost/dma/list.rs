@@ -49,7 +49,8 @@ impl Kind {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// `ioat`, `dsa` or `iax`.
+    pub fn name(self) -> &'static str {
         match self {
             Kind::Ioat => "ioat",
             Kind::Dsa => "dsa",
@@ -110,6 +111,20 @@ impl fmt::Display for Function {
             self.advice().unwrap_or_else(|| "ready".into()),
         )
     }
+}
+
+/// The kind of the function at `bdf` under `sysfs`: `None` if it does not exist, `Some(None)`
+/// if it is not an IOAT, DSA or IAX function.
+pub fn kind_at(sysfs: &Path, bdf: &str) -> Option<Option<Kind>> {
+    let dir = sysfs.join("bus/pci/devices").join(bdf);
+    if !dir.exists() {
+        return None;
+    }
+    let id = |f: &str| read_hex(&dir.join(f)).and_then(|v| u16::try_from(v).ok());
+    Some(match (id("vendor"), id("device")) {
+        (Some(v), Some(d)) => Kind::of(v, d),
+        _ => None,
+    })
 }
 
 /// Reads a sysfs hex file such as `vendor` (`0x8086`).
