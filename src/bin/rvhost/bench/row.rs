@@ -254,16 +254,16 @@ pub(crate) fn run_row(
         idle: Idle::Yield,
         ..WorkerConfig::default()
     };
-    let mut violations = Vec::new();
+    let mut models = Vec::new();
     let (mut _soft_worker, mut _model_worker) = (None, None);
     if let Some(serve) = soft {
         match serve {
             DmaServe::Soft(dev) => {
                 _soft_worker = Some(dev.spawn(idle).map_err(BenchError::Dma)?);
             }
-            DmaServe::Models(models) => {
-                violations = models.iter().flat_map(|m| m.violations()).collect();
-                _model_worker = Some(ModelWorker::serve(models, idle).map_err(BenchError::Dma)?);
+            DmaServe::Models(m) => {
+                models = m.clone();
+                _model_worker = Some(ModelWorker::serve(m, idle).map_err(BenchError::Dma)?);
             }
         }
         let mut left = Vec::new();
@@ -271,6 +271,8 @@ pub(crate) fn run_row(
         async_clear_queue(&bed.dev, QueuePair(0).tx(), &mut left);
         pool.cache().free_bulk(left);
     }
+    // The models' rules, the clearing included (the channels' teardown comes with the bed's).
+    let violations: Vec<String> = models.iter().flat_map(|m| m.violations()).collect();
     let (w0, w1, drain_err) = measured;
     let mut r = summarize(cfg, &params, clock, w0, w1, &fe_end, &be_end);
     r.frontend_pages = frontend_pages;

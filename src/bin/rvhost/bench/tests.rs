@@ -10,6 +10,15 @@ struct Cli {
     args: BenchArgs,
 }
 
+/// Bench runs pin busy-polling threads to the same two cores: two at once would starve each
+/// other (a drain then looks finished while packets are still in flight). Each holds this.
+static BENCH_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn run_alone(args: &BenchArgs) -> Result<(), BenchError> {
+    let _alone = BENCH_RUN.lock().unwrap_or_else(|e| e.into_inner());
+    run(args)
+}
+
 fn parse(argv: &[&str]) -> Result<BenchArgs, clap::Error> {
     Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied())).map(|c| c.args)
 }
@@ -132,7 +141,7 @@ fn every_direction_delivers_and_accounts_for_every_packet() {
         copy: CopyModes::parse("cpu,soft,threshold=0,engines=2").unwrap(),
         ..BenchArgs::default()
     };
-    run(&args).unwrap();
+    run_alone(&args).unwrap();
     let text = std::fs::read_to_string(&json).unwrap();
     let _ = std::fs::remove_file(&json);
     let drawing = std::fs::read_to_string(&svg).unwrap();
@@ -190,7 +199,7 @@ fn the_engines_and_the_models_run_side_by_side() {
     );
     let plain = report::Report::new(&BenchArgs::default(), clock::Clock::calibrate());
     assert!(!plain.header_lines().iter().any(|l| l.contains("model")));
-    run(&args).unwrap();
+    run_alone(&args).unwrap();
     let text = std::fs::read_to_string(&json).unwrap();
     let _ = std::fs::remove_file(&json);
     assert_eq!(text.matches("\"ok\": true").count(), 2 * 4, "{text}");

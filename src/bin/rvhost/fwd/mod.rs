@@ -107,8 +107,8 @@ pub struct Args {
     #[arg(long, value_name = "MODE", default_value = "cpu", value_parser = parse_copy)]
     pub copy: CopyMode,
     /// CPU of the DMA engine's thread (`--copy soft`, or the models'): pinned there, it polls
-    /// without yielding, as a hardware engine would work beside the lcores. Default: unpinned, and it
-    /// yields the CPU whenever it finds no work (shared cores).
+    /// without yielding, as a hardware engine would work beside the lcores. Default: unpinned,
+    /// and it yields the CPU whenever it finds no work (shared cores).
     #[arg(long, value_name = "CPU")]
     pub dma_lcore: Option<usize>,
 }
