@@ -196,6 +196,11 @@ fn run(case: Case) -> BTreeMap<usize, u64> {
         if copy != "cpu" {
             // The replies went through the async path: the engine copied them, and every one
             // the channel took came back before the device went away.
+            assert!(
+                !text.contains("DMA model"),
+                "{what}: backend {}: a device model saw broken rules:\n{text}",
+                i + 1
+            );
             let stat = |key| value_after(&lines, "h2g: async: submitted=", key);
             let (sub, done, dma) = (stat("submitted="), stat("completed="), stat("dma_copies="));
             assert!(
@@ -362,6 +367,23 @@ fn linux_guest_pings_through_rvhost_fwd_on_the_async_path() {
     });
     run(Case {
         copy: "soft,threshold=0,engines=2",
+        ..Case::new("server", Reconnect::Kill)
+    });
+}
+
+/// The replies through the IOAT and the DSA driver, each over its device model
+/// (`--copy ioat-model|dsa-model`, every copy on the driver).
+#[test]
+fn linux_guest_pings_through_rvhost_fwd_over_the_device_models() {
+    if let Some(why) = cannot_run() {
+        return skip(why);
+    }
+    run(Case {
+        copy: "ioat-model,threshold=0",
+        ..Case::new("client", Reconnect::No)
+    });
+    run(Case {
+        copy: "dsa-model,threshold=0",
         ..Case::new("server", Reconnect::Kill)
     });
 }

@@ -61,4 +61,13 @@ pub enum DmaError {
         /// CMDSTATUS's error code.
         code: u8,
     },
+    /// A PCI function could not be opened through VFIO; the message says what is missing
+    /// and what to do.
+    #[error("{bdf}: {what}")]
+    Vfio {
+        /// The function's PCI address.
+        bdf: String,
+        /// What is missing, and what to do.
+        what: String,
+    },
 }

@@ -1,8 +1,9 @@
 //! Conformance: the same cases on every engine — the CPU engine (the reference), the soft
 //! engine polled by hand with one lane and with several, and on its own thread, the IOAT
 //! driver over its model, and the DSA driver over its model, in order and with engines
-//! completing out of order (models stepped by hand; every live [`Buf`] of the test's thread is
-//! mapped in the model's IOMMU, and the run must break none of the model's rules).
+//! completing out of order, each model stepped by hand and on a thread of its own (every live
+//! [`Buf`] of the test's thread is mapped in the model's IOMMU, and the run must break none of
+//! the model's rules).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -12,7 +13,9 @@ use std::time::{Duration, Instant};
 use crate::hw::dsa::regs::comp;
 use crate::hw::ioat::regs;
 use crate::hw::{DsaChannel, DsaDevice, IoatChannel};
-use crate::model::{DsaFault, DsaModel, DsaModelConfig, IoatModel, IoatModelConfig, ModelFault};
+use crate::model::{
+    DsaFault, DsaModel, DsaModelConfig, IoatModel, IoatModelConfig, ModelFault, ModelWorker,
+};
 use crate::soft::{SoftConfig, SoftWorker, WorkerConfig};
 use crate::*;
 
@@ -28,6 +31,10 @@ pub(crate) enum Kind {
     Ioat(IoatModelConfig),
     /// DSA driver over its model, stepped by the test.
     Dsa(DsaModelConfig),
+    /// IOAT driver over its model, served by the model's thread.
+    IoatThreaded(IoatModelConfig),
+    /// DSA driver over its model, served by the model's thread.
+    DsaThreaded(DsaModelConfig),
 }
 
 /// Every configuration the conformance cases run on.
@@ -51,6 +58,11 @@ pub(crate) fn kinds() -> Vec<Kind> {
         Kind::Dsa(DsaModelConfig::default()),
         // Four descriptors at once, the newest advanced first: out-of-order completions.
         Kind::Dsa(DsaModelConfig {
+            parallel: 4,
+            ..Default::default()
+        }),
+        Kind::IoatThreaded(IoatModelConfig::default()),
+        Kind::DsaThreaded(DsaModelConfig {
             parallel: 4,
             ..Default::default()
         }),
@@ -82,7 +94,9 @@ fn dsa_fault(policy: FailPolicy) -> DsaFault {
     }
 }
 
-/// A device model a rig steps, and whose IOMMU maps the test's buffers.
+/// A device model a rig steps (or whose thread serves it), and whose IOMMU maps the test's
+/// buffers.
+#[derive(Clone)]
 pub(crate) enum Model {
     Ioat(IoatModel),
     Dsa(DsaModel),
@@ -154,6 +168,44 @@ fn model_fault(policy: FailPolicy) -> ModelFault {
 thread_local! {
     /// Every live `Buf` of this thread: address -> length.
     static LIVE: RefCell<BTreeMap<usize, usize>> = const { RefCell::new(BTreeMap::new()) };
+    /// The models of this thread's live rigs served by a thread of their own, by rig number:
+    /// every live `Buf` is mapped in them from its birth to its drop (their thread runs any
+    /// time, so a buffer is mapped before any job can name it).
+    static THREADED: RefCell<Vec<(u64, Model)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Numbers the threaded rigs of all threads.
+static RIG_NUMBER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Maps every live `Buf` of this thread in `model` and keeps mapping new ones until
+/// [`unregister_threaded`] is called with the returned number.
+fn register_threaded(model: &Model) -> u64 {
+    let n = RIG_NUMBER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    LIVE.with_borrow(|live| {
+        for (&addr, &len) in live {
+            // SAFETY: a live `Buf` of this thread; it is unmapped by its drop (or when the rig
+            // unregisters), before its memory goes. The DMA contract says which of its bytes
+            // the model may touch.
+            assert!(unsafe { model.map(Iova(addr as u64), len as u64) });
+        }
+    });
+    THREADED.with_borrow_mut(|t| t.push((n, model.clone())));
+    n
+}
+
+/// Stops mapping new `Buf`s in the model registered as `n`, and unmaps the live ones.
+fn unregister_threaded(n: u64) {
+    let Some(model) = THREADED.with_borrow_mut(|t| {
+        let at = t.iter().position(|(k, _)| *k == n)?;
+        Some(t.remove(at).1)
+    }) else {
+        return;
+    };
+    LIVE.with_borrow(|live| {
+        for (&addr, &len) in live {
+            model.unmap(Iova(addr as u64), len as u64);
+        }
+    });
 }
 
 /// One channel and whatever serves it. Fields drop in order: the engine first.
@@ -164,6 +216,8 @@ pub(crate) struct Rig {
     /// The device model, and the `Buf` ranges the rig mapped in it.
     pub(crate) model: Option<Model>,
     mapped: Vec<(u64, u64)>,
+    /// The model's thread and the rig's number in `THREADED`, when the model is threaded.
+    threaded: Option<(ModelWorker, u64)>,
 }
 
 impl Drop for Rig {
@@ -171,6 +225,13 @@ impl Drop for Rig {
         // The engine first: the drivers' teardown must break no rule either.
         let stub = CpuEngine::new(&ChannelConfig::new(1)).unwrap();
         drop(std::mem::replace(&mut self.engine, Box::new(stub)));
+        if let Some((worker, n)) = self.threaded.take() {
+            let stopped = worker.stop();
+            unregister_threaded(n);
+            if !std::thread::panicking() {
+                stopped.expect("the model's thread");
+            }
+        }
         if let Some(model) = &self.model {
             let v = model.violations();
             if !std::thread::panicking() {
@@ -191,6 +252,7 @@ impl Rig {
                 _worker: None,
                 model: None,
                 mapped: Vec::new(),
+                threaded: None,
             },
             Kind::Ioat(cfg) => {
                 let model = IoatModel::new(*cfg);
@@ -208,6 +270,7 @@ impl Rig {
                     _worker: None,
                     model: Some(Model::Ioat(model)),
                     mapped: Vec::new(),
+                    threaded: None,
                 }
             }
             Kind::Dsa(cfg) => {
@@ -227,8 +290,19 @@ impl Rig {
                     _worker: None,
                     model: Some(Model::Dsa(model)),
                     mapped: Vec::new(),
+                    threaded: None,
                 }
             }
+            Kind::IoatThreaded(cfg) => {
+                Rig::threaded(Rig::new(&Kind::Ioat(*cfg), ch), |m| match m {
+                    Model::Ioat(m) => m.spawn(WorkerConfig::default()),
+                    Model::Dsa(_) => unreachable!(),
+                })
+            }
+            Kind::DsaThreaded(cfg) => Rig::threaded(Rig::new(&Kind::Dsa(*cfg), ch), |m| match m {
+                Model::Dsa(m) => m.spawn(WorkerConfig::default()),
+                Model::Ioat(_) => unreachable!(),
+            }),
             Kind::Polled(cfg) | Kind::Threaded(cfg) => {
                 let (device, mut engines) = SoftDevice::new(cfg, &[ch]).unwrap();
                 let engine = Box::new(engines.pop().unwrap());
@@ -239,6 +313,7 @@ impl Rig {
                         _worker: None,
                         model: None,
                         mapped: Vec::new(),
+                        threaded: None,
                     }
                 } else {
                     let worker = device.spawn(WorkerConfig::default()).unwrap();
@@ -248,14 +323,27 @@ impl Rig {
                         _worker: Some(worker),
                         model: None,
                         mapped: Vec::new(),
+                        threaded: None,
                     }
                 }
             }
         }
     }
 
+    /// A stepped model's rig, its model now served by a thread `spawn` starts.
+    fn threaded(mut rig: Rig, spawn: impl FnOnce(&Model) -> Result<ModelWorker, DmaError>) -> Rig {
+        let model = rig.model.clone().expect("a model's rig");
+        let n = register_threaded(&model);
+        let worker = spawn(&model).expect("the model's thread");
+        rig.threaded = Some((worker, n));
+        rig
+    }
+
     /// Lets the engine make progress.
     pub(crate) fn pump(&mut self) {
+        if self.threaded.is_some() {
+            return std::thread::yield_now();
+        }
         if let Some(model) = &self.model {
             // The IOMMU maps exactly the live buffers of this thread while the model runs.
             for (iova, len) in self.mapped.drain(..) {
@@ -333,7 +421,16 @@ pub(crate) struct Buf(pub(crate) Vec<u8>);
 impl Buf {
     fn live(bytes: Vec<u8>) -> Buf {
         if !bytes.is_empty() {
-            LIVE.with_borrow_mut(|live| live.insert(bytes.as_ptr() as usize, bytes.len()));
+            let (addr, len) = (bytes.as_ptr() as usize, bytes.len());
+            LIVE.with_borrow_mut(|live| live.insert(addr, len));
+            THREADED.with_borrow(|t| {
+                for (_, model) in t {
+                    // SAFETY: the buffer is unmapped by its drop (or when the rig unregisters),
+                    // before its memory goes; the DMA contract says which of its bytes the
+                    // model may touch.
+                    assert!(unsafe { model.map(Iova(addr as u64), len as u64) });
+                }
+            });
         }
         Buf(bytes)
     }
@@ -364,7 +461,14 @@ impl Buf {
 
 impl Drop for Buf {
     fn drop(&mut self) {
-        LIVE.with_borrow_mut(|live| live.remove(&(self.0.as_ptr() as usize)));
+        let addr = self.0.as_ptr() as usize;
+        if LIVE.with_borrow_mut(|live| live.remove(&addr)).is_some() {
+            THREADED.with_borrow(|t| {
+                for (_, model) in t {
+                    model.unmap(Iova(addr as u64), self.0.len() as u64);
+                }
+            });
+        }
     }
 }
 

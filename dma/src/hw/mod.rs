@@ -8,13 +8,18 @@
 //! * [`dsa`]: the DSA driver: device setup ([`DsaDevice`]) and [`DsaChannel`] over a WQ
 //!   portal.
 //!
-//! No VFIO layer yet: a driver is given its BAR (`M: Mmio`) and a mapper. In tests both are a
-//! device model ([`crate::model`]).
+//! * [`vfio`]: the VFIO layer: [`vfio::check`] says what is missing before a function can be
+//!   opened; with the `vfio` feature, `VfioPci` opens it and maps its BARs, and is the
+//!   [`DmaMapper`] of its IOMMU.
+//!
+//! A driver is given its BAR (`M: Mmio`) and a mapper: a device model ([`crate::model`]) in
+//! tests, a BAR and the IOMMU of a function opened through VFIO on hardware.
 
 pub mod dma_mem;
 pub mod dsa;
 pub mod ioat;
 pub mod mmio;
+pub mod vfio;
 
 pub use dma_mem::{DmaMapper, DmaRegion, IdentityMapper};
 pub use dsa::{DsaChannel, DsaDevice};

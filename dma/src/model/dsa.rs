@@ -922,6 +922,23 @@ impl DsaModel {
         self.lock().iommu.map(iova.0, len)
     }
 
+    /// Turns IOMMU passthrough on or off: with it on, the model accesses any address a
+    /// descriptor names, mapped or not (as a device does with the IOMMU off or in pass-through
+    /// mode); mappings are still recorded and checked again once it is off. Off by default.
+    ///
+    /// For a data path whose buffers the model cannot be told about (rvhost has no hook yet
+    /// to map a guest's memory for a device when its memory table changes).
+    ///
+    /// # Safety
+    ///
+    /// While it is on, every address a descriptor submitted to the model names is valid for
+    /// the access the descriptor asks for, when the model makes it: true of this crate's
+    /// drivers, whose rings and completion words are their own and whose jobs' memory is the
+    /// caller's under the [`DmaEngine::copy`](crate::DmaEngine::copy) contract.
+    pub unsafe fn set_passthrough(&self, on: bool) {
+        self.lock().iommu.passthrough = on;
+    }
+
     /// Unmaps the range mapped at exactly `iova..iova + len`; false if there is none.
     pub fn unmap(&self, iova: Iova, len: u64) -> bool {
         self.lock().iommu.unmap(iova.0, len)

@@ -2,6 +2,10 @@
 //! of the models that touches memory. A device model reaches memory only through
 //! [`Iommu::check`]ed ranges; an unmapped address is a fault the model reports as its silicon
 //! would (an error bit), never an access.
+//!
+//! In *passthrough* (an IOMMU off, or in pass-through mode: `iommu=pt`) every address that does
+//! not wrap passes the checks; mappings are still recorded. The data path turns it on where it
+//! cannot map what the device is given (see the models' `set_passthrough`).
 
 use std::collections::BTreeMap;
 use std::ptr;
@@ -11,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Release};
 #[derive(Debug, Default)]
 pub(crate) struct Iommu {
     ranges: BTreeMap<u64, u64>,
+    /// Every address passes the checks.
+    pub(crate) passthrough: bool,
 }
 
 impl Iommu {
@@ -45,12 +51,18 @@ impl Iommu {
         let Some(end) = addr.checked_add(len.max(1)) else {
             return false;
         };
+        if self.passthrough {
+            return true;
+        }
         (self.ranges.range(..=addr).next_back()).is_some_and(|(_, &e)| end <= e)
     }
 
     /// How many of the `len` bytes at `addr` are mapped before the first unmapped one (`len`
     /// if all are), following ranges that touch.
     pub(crate) fn mapped_prefix(&self, addr: u64, len: u64) -> u64 {
+        if self.passthrough {
+            return len.min(u64::MAX - addr);
+        }
         let mut at = addr;
         let end = addr.saturating_add(len);
         while at < end {
@@ -168,5 +180,10 @@ mod tests {
         );
         assert_eq!(m.mapped_prefix(0x3080, 0x10), 0x10);
         assert_eq!(m.mapped_prefix(0x2000, 0x10), 0);
+        m.passthrough = true;
+        assert!(m.check(0x2000, 0x10) && m.check(0, 0));
+        assert!(!m.check(u64::MAX, 2), "wraps");
+        assert_eq!(m.mapped_prefix(0x2000, 0x10), 0x10);
+        assert!(m.map(0x5000, 0x10), "mappings are still recorded");
     }
 }

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod c2c;
+mod dma;
 mod frame;
 mod fwd;
 
@@ -28,13 +29,16 @@ enum Command {
     /// Measure the one-way cache-line transfer latency between two CPUs (a ping-pong of one
     /// line between two pinned threads): the figure that moves shared-ring benchmarks.
     C2c(c2c::Args),
+    /// Copy engine devices: `rvhost dma list` shows the IOAT and DSA PCI functions, their
+    /// driver and IOMMU group.
+    Dma(dma::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The benchmark prints a table: connection chatter would interleave with it.
     let level = match cli.command {
-        Command::Bench(_) | Command::C2c(_) => "warn",
+        Command::Bench(_) | Command::C2c(_) | Command::Dma(_) => "warn",
         Command::Fwd(_) => "info",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         Command::Fwd(args) => fwd::run(args).map_err(Box::<dyn std::error::Error>::from),
         Command::Bench(args) => bench::run(&args).map_err(Box::<dyn std::error::Error>::from),
         Command::C2c(args) => c2c::run(&args).map_err(Box::<dyn std::error::Error>::from),
+        Command::Dma(args) => dma::run(&args).map_err(Box::<dyn std::error::Error>::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

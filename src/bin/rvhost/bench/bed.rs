@@ -23,7 +23,10 @@ pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new() -> Result<TempDir, BenchError> {
-        let path = std::env::temp_dir().join(format!("rvhost-bench-{}", std::process::id()));
+        // Unique per run in this process too (tests run benches side by side).
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("rvhost-bench-{}-{run}", std::process::id()));
         std::fs::create_dir_all(&path).map_err(|source| BenchError::Io {
             what: "creating",
             path: path.clone(),

@@ -48,6 +48,7 @@ mod workers;
 #[cfg(test)]
 mod tests;
 
+use crate::dma::models::ModelKind;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -119,10 +120,19 @@ pub enum CopyMode {
         /// Lanes ("engines") of the software device.
         lanes: usize,
     },
+    /// The async path with the IOAT or DSA driver over a software model of the device's
+    /// registers (`ioat-model`, `dsa-model`): the throughput is a model's, not the hardware's.
+    Model {
+        /// Which device.
+        kind: ModelKind,
+        /// Copies below this many bytes stay on the backend core.
+        threshold: u32,
+    },
 }
 
 impl CopyMode {
-    /// The name in the table and the JSON: `cpu`, `soft`, or `soft:t=N,e=K` off the defaults.
+    /// The name in the table and the JSON: `cpu`, `soft`, or `soft:t=N,e=K` off the defaults;
+    /// `ioat-model`, `dsa-model`, or `ioat-model:t=N`.
     pub fn name(self) -> String {
         match self {
             CopyMode::Cpu => "cpu".into(),
@@ -133,11 +143,24 @@ impl CopyMode {
                     format!("soft:t={threshold},e={lanes}")
                 }
             }
+            CopyMode::Model { kind, threshold } => {
+                if threshold == rvhost::net::DEFAULT_THRESHOLD {
+                    kind.name().into()
+                } else {
+                    format!("{}:t={threshold}", kind.name())
+                }
+            }
         }
     }
 
-    /// Parses `--copy`: `cpu` and `soft` start a mode, `threshold=N` and `engines=K` set the
-    /// last `soft` (e.g. `cpu,soft,threshold=0,soft,engines=4`).
+    /// Whether the mode runs on a device model.
+    pub fn is_model(self) -> bool {
+        matches!(self, CopyMode::Model { .. })
+    }
+
+    /// Parses `--copy`: `cpu`, `soft`, `ioat-model` and `dsa-model` start a mode,
+    /// `threshold=N` sets the last `soft` or model, `engines=K` the last `soft` (e.g.
+    /// `cpu,soft,threshold=0,soft,engines=4,ioat-model`).
     pub fn parse_list(s: &str) -> Result<Vec<CopyMode>, String> {
         let mut modes: Vec<CopyMode> = Vec::new();
         for tok in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
@@ -151,7 +174,19 @@ impl CopyMode {
                     threshold: rvhost::net::DEFAULT_THRESHOLD,
                     lanes: 1,
                 }),
-                ("threshold", Some(v), Some(CopyMode::Soft { threshold, .. })) => {
+                ("ioat-model", None, _) => modes.push(CopyMode::Model {
+                    kind: ModelKind::Ioat,
+                    threshold: rvhost::net::DEFAULT_THRESHOLD,
+                }),
+                ("dsa-model", None, _) => modes.push(CopyMode::Model {
+                    kind: ModelKind::Dsa,
+                    threshold: rvhost::net::DEFAULT_THRESHOLD,
+                }),
+                (
+                    "threshold",
+                    Some(v),
+                    Some(CopyMode::Soft { threshold, .. } | CopyMode::Model { threshold, .. }),
+                ) => {
                     *threshold = v
                         .parse()
                         .map_err(|_| format!("threshold={v}: not a byte count"))?;
@@ -167,12 +202,23 @@ impl CopyMode {
                         }
                     };
                 }
-                ("threshold" | "engines", Some(_), _) => {
+                ("threshold", Some(_), _) => {
+                    return Err(format!("{tok}: applies to a `soft` or a model before it"));
+                }
+                ("engines", Some(_), _) => {
                     return Err(format!("{tok}: applies to a `soft` before it"));
+                }
+                _ if tok.starts_with("ioat:") || tok.starts_with("dsa:") => {
+                    return Err(crate::dma::device_mode_refusal(
+                        tok,
+                        std::path::Path::new("/sys"),
+                        std::path::Path::new("/dev/vfio"),
+                    ));
                 }
                 _ => {
                     return Err(format!(
-                        "{tok}: expected cpu, soft, threshold=N or engines=K"
+                        "{tok}: expected cpu, soft, ioat-model, dsa-model, threshold=N or \
+                         engines=K"
                     ));
                 }
             }
@@ -245,9 +291,11 @@ pub struct BenchArgs {
     /// line per direction, mrg and copy mode, into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
-    /// Copy modes, each run per row: `cpu` (the backend core copies) and `soft[,threshold=N]
-    /// [,engines=K]` (async path, software DMA engine polled on the frontend's core), e.g.
-    /// `cpu,soft`.
+    /// Copy modes, each run per row: `cpu` (the backend core copies), `soft[,threshold=N]
+    /// [,engines=K]` (async path, software DMA engine polled on the frontend's core), and
+    /// `ioat-model[,threshold=N]`, `dsa-model[,threshold=N]` (async path, the IOAT or DSA
+    /// driver over a software model of the device, stepped on the frontend's core: a model's
+    /// throughput, not the hardware's), e.g. `cpu,soft,ioat-model,dsa-model`.
     #[arg(long, default_value = "cpu", value_parser = CopyModes::parse)]
     pub copy: CopyModes,
 }
@@ -330,8 +378,8 @@ pub enum BenchError {
         #[source]
         source: std::io::Error,
     },
-    /// The software DMA engine could not be set up.
-    #[error("software DMA engine")]
+    /// The DMA engine (software, or a device model) could not be set up.
+    #[error("DMA engine")]
     Dma(#[source] rvhost_dma::DmaError),
     /// The async channel could not be registered.
     #[error("async channel")]
@@ -363,7 +411,7 @@ impl BenchArgs {
             return bad("mrg", "give on, off or on,off".into());
         }
         if self.copy.0.is_empty() {
-            return bad("copy", "give cpu, soft or cpu,soft".into());
+            return bad("copy", "give cpu, soft, ioat-model or dsa-model".into());
         }
         if let Some(s) = self
             .sizes

@@ -17,7 +17,7 @@ pub(crate) struct Report {
 impl Report {
     pub fn new(args: &BenchArgs, clock: Clock) -> Report {
         let unit = clock.unit;
-        let header =
+        let mut header =
             vec![
             format!(
                 "rvhost bench: backend core {}, frontend core {}, burst {}, queue size {}, \
@@ -57,29 +57,43 @@ impl Report {
              threshold (t, default 256 B) go to the software DMA engine (e lanes), polled on \
              the frontend's core"
                 .into(),
-            format!(
-                "{:<9}{:<14}{:>4}{:>7}{:>9}{:>9}{:>10}{:>6}{:>15}{:>10}{:>11}{:>8}{:>22}  check",
-                "dir",
-                "copy",
-                "mrg",
-                "size",
-                "Mpps",
-                "Gbit/s",
-                format!("{unit}/pkt"),
-                "busy",
-                format!("busy {unit}/pkt"),
-                "pkt/burst",
-                "drops",
-                "fe busy",
-                "lat p50/99/99.9 us",
-            ),
         ];
+        if args.copy.0.iter().any(|c| c.is_model()) {
+            header.push(
+                "  ioat-model, dsa-model = async path, the IOAT or DSA driver over a software \
+                         model of the device's registers (IOMMU in passthrough), stepped on the \
+                         frontend's core: their throughput is a model's, not the hardware's"
+                    .into(),
+            );
+        }
+        header.push(format!(
+            "{:<9}{:<14}{:>4}{:>7}{:>9}{:>9}{:>10}{:>6}{:>15}{:>10}{:>11}{:>8}{:>22}  check",
+            "dir",
+            "copy",
+            "mrg",
+            "size",
+            "Mpps",
+            "Gbit/s",
+            format!("{unit}/pkt"),
+            "busy",
+            format!("busy {unit}/pkt"),
+            "pkt/burst",
+            "drops",
+            "fe busy",
+            "lat p50/99/99.9 us",
+        ));
         Report {
             header,
             printed: false,
             clock,
             args: args.clone(),
         }
+    }
+
+    /// The header printed before the first row.
+    #[cfg(test)]
+    pub fn header_lines(&self) -> &[String] {
+        &self.header
     }
 
     /// Prints a note line (before the table if it has not started).

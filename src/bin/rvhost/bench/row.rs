@@ -9,13 +9,18 @@ use rvhost_hugepages::region::PageSize;
 use super::bed::{BUF_SIZE, Bed};
 use super::clock::{Clock, ticks};
 use super::workers::{
-    BackendEnd, DRAIN, FrontendEnd, Params, RUN, STOP, Shared, Totals, backend_loop, frontend_loop,
+    BackendEnd, DRAIN, DmaServe, FrontendEnd, Params, RUN, STOP, Shared, Totals, backend_loop,
+    frontend_loop,
 };
 use super::{BenchArgs, BenchError, CopyMode, Direction};
+use crate::dma::models::model_channels;
 use rvhost::frontend::NetHdr;
 use rvhost::lcore::Lcores;
 use rvhost::mbuf::PktPool;
-use rvhost::net::{AsyncConfig, DmaCopy, QueuePair, async_channel_register, async_clear_queue};
+use rvhost::net::{
+    AsyncConfig, AsyncCopyOps, DmaCopy, QueuePair, async_channel_register, async_clear_queue,
+};
+use rvhost_dma::model::ModelWorker;
 use rvhost_dma::soft::{Idle, SoftConfig, WorkerConfig};
 use rvhost_dma::{ChannelConfig, SoftDevice};
 
@@ -173,37 +178,38 @@ pub(crate) fn run_row(
         args.small_pages,
         asynch,
     )?;
-    // The soft engine's device is polled in the frontend's loop: one thread on that core.
-    let mut soft = match cfg.copy {
-        CopyMode::Cpu => None,
+    // The DMA engine (the soft engine's device, or the models) is polled in the frontend's
+    // loop: one thread on that core. One channel per direction: the guest's receive and
+    // transmit queues.
+    let ring = args.queue_size.max(64);
+    let (mut soft, channels, threshold) = match cfg.copy {
+        CopyMode::Cpu => (None, Vec::new(), 0),
         CopyMode::Soft { threshold, lanes } => {
-            // One channel per direction: the guest's receive and transmit queues.
-            let ring = ChannelConfig::new(args.queue_size.max(64));
-            let (dev, mut engines) = SoftDevice::new(&SoftConfig::with_lanes(lanes), &[ring, ring])
+            let ring = ChannelConfig::new(ring);
+            let (dev, engines) = SoftDevice::new(&SoftConfig::with_lanes(lanes), &[ring, ring])
                 .map_err(BenchError::Dma)?;
-            let config = AsyncConfig {
-                threshold,
-                ..AsyncConfig::default()
-            };
-            let tx_engine = engines.remove(1);
-            let rx_engine = engines.remove(0);
-            async_channel_register(
-                &bed.dev,
-                QueuePair(0).rx(),
-                config,
-                Box::new(DmaCopy::new(rx_engine)),
-            )
-            .map_err(BenchError::Async)?;
-            async_channel_register(
-                &bed.dev,
-                QueuePair(0).tx(),
-                config,
-                Box::new(DmaCopy::new(tx_engine)),
-            )
-            .map_err(BenchError::Async)?;
-            Some(dev)
+            let channels = engines
+                .into_iter()
+                .map(|e| Box::new(DmaCopy::new(e)) as Box<dyn AsyncCopyOps>)
+                .collect();
+            (Some(DmaServe::Soft(dev)), channels, threshold)
+        }
+        CopyMode::Model { kind, threshold } => {
+            let m = model_channels(kind, 2, ring).map_err(BenchError::Dma)?;
+            (Some(DmaServe::Models(m.models)), m.channels, threshold)
         }
     };
+    let config = AsyncConfig {
+        threshold,
+        ..AsyncConfig::default()
+    };
+    let mut channels = channels.into_iter();
+    if let (Some(rx_ops), Some(tx_ops)) = (channels.next(), channels.next()) {
+        async_channel_register(&bed.dev, QueuePair(0).rx(), config, rx_ops)
+            .map_err(BenchError::Async)?;
+        async_channel_register(&bed.dev, QueuePair(0).tx(), config, tx_ops)
+            .map_err(BenchError::Async)?;
+    }
     let frontend_pages = bed.frontend_pages();
     let params = Params {
         dir: cfg.dir,
@@ -244,29 +250,40 @@ pub(crate) fn run_row(
     let be_end = be_end.ok_or(BenchError::WorkerPanicked("backend"))?;
     // Packets still in the async channel (none after a clean drain): its device is served
     // by a thread of its own while the channel is emptied and the bed torn down.
-    let _soft_worker = match soft {
-        Some(dev) => {
-            let worker = dev
-                .spawn(WorkerConfig {
-                    idle: Idle::Yield,
-                    ..WorkerConfig::default()
-                })
-                .map_err(BenchError::Dma)?;
-            let mut left = Vec::new();
-            async_clear_queue(&bed.dev, QueuePair(0).rx(), &mut left);
-            async_clear_queue(&bed.dev, QueuePair(0).tx(), &mut left);
-            pool.cache().free_bulk(left);
-            Some(worker)
-        }
-        None => None,
+    let idle = WorkerConfig {
+        idle: Idle::Yield,
+        ..WorkerConfig::default()
     };
+    let mut models = Vec::new();
+    let (mut _soft_worker, mut _model_worker) = (None, None);
+    if let Some(serve) = soft {
+        match serve {
+            DmaServe::Soft(dev) => {
+                _soft_worker = Some(dev.spawn(idle).map_err(BenchError::Dma)?);
+            }
+            DmaServe::Models(m) => {
+                models = m.clone();
+                _model_worker = Some(ModelWorker::serve(m, idle).map_err(BenchError::Dma)?);
+            }
+        }
+        let mut left = Vec::new();
+        async_clear_queue(&bed.dev, QueuePair(0).rx(), &mut left);
+        async_clear_queue(&bed.dev, QueuePair(0).tx(), &mut left);
+        pool.cache().free_bulk(left);
+    }
+    // The models' rules, the clearing included (the channels' teardown comes with the bed's).
+    let violations: Vec<String> = models.iter().flat_map(|m| m.violations()).collect();
     let (w0, w1, drain_err) = measured;
     let mut r = summarize(cfg, &params, clock, w0, w1, &fe_end, &be_end);
     r.frontend_pages = frontend_pages;
     r.error = drain_err
         .or_else(|| check_window(&params, &w1))
         .or_else(|| check_totals(&params, &fe_end, &be_end))
-        .or_else(|| check_vrings(&bed));
+        .or_else(|| check_vrings(&bed))
+        .or_else(|| {
+            (!violations.is_empty())
+                .then(|| format!("the device model saw broken rules: {violations:?}"))
+        });
     Ok(r)
 }
 

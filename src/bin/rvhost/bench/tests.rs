@@ -10,6 +10,15 @@ struct Cli {
     args: BenchArgs,
 }
 
+/// Bench runs pin busy-polling threads to the same two cores: two at once would starve each
+/// other (a drain then looks finished while packets are still in flight). Each holds this.
+static BENCH_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn run_alone(args: &BenchArgs) -> Result<(), BenchError> {
+    let _alone = BENCH_RUN.lock().unwrap_or_else(|e| e.into_inner());
+    run(args)
+}
+
 fn parse(argv: &[&str]) -> Result<BenchArgs, clap::Error> {
     Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied())).map(|c| c.args)
 }
@@ -59,6 +68,23 @@ fn lists_and_values_parse() {
         "options apply to the soft before them"
     );
     assert_eq!(c.copy.0[2].name(), "soft:t=0,e=4");
+    let m = parse(&["--copy", "ioat-model,dsa-model,threshold=0"]).unwrap();
+    assert_eq!(
+        m.copy.0,
+        vec![
+            CopyMode::Model {
+                kind: ModelKind::Ioat,
+                threshold: 256
+            },
+            CopyMode::Model {
+                kind: ModelKind::Dsa,
+                threshold: 0
+            }
+        ],
+        "threshold applies to the model before it"
+    );
+    let names: Vec<_> = m.copy.0.iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["ioat-model", "dsa-model:t=0"]);
     for bad in [
         "",
         "dma",
@@ -66,6 +92,9 @@ fn lists_and_values_parse() {
         "cpu,engines=2",
         "soft,engines=0",
         "soft,threshold=x",
+        "ioat-model,engines=2",
+        "ioat:0000:00:04.0",
+        "dsa:0000:6a:01.0",
     ] {
         assert!(parse(&["--copy", bad]).is_err(), "--copy {bad:?}");
     }
@@ -112,7 +141,7 @@ fn every_direction_delivers_and_accounts_for_every_packet() {
         copy: CopyModes::parse("cpu,soft,threshold=0,engines=2").unwrap(),
         ..BenchArgs::default()
     };
-    run(&args).unwrap();
+    run_alone(&args).unwrap();
     let text = std::fs::read_to_string(&json).unwrap();
     let _ = std::fs::remove_file(&json);
     let drawing = std::fs::read_to_string(&svg).unwrap();
@@ -132,6 +161,55 @@ fn every_direction_delivers_and_accounts_for_every_packet() {
         3 * 2 * 2,
         "{text}"
     );
+    assert!(
+        !text.contains("\"packets\": 0,"),
+        "every row moved packets: {text}"
+    );
+}
+
+/// `--copy cpu,soft,ioat-model,dsa-model`: a row for each, side by side, every copy of the
+/// async modes on the engine (threshold 0); the models' rows are flagged as a model's.
+#[test]
+fn the_engines_and_the_models_run_side_by_side() {
+    let cores = rvhost::lcore::allowed_cores();
+    let json =
+        std::env::temp_dir().join(format!("rvhost-bench-models-{}.json", std::process::id()));
+    let args = BenchArgs {
+        dirs: vec![Direction::H2g, Direction::G2h],
+        sizes: vec![1518],
+        mrg: vec![Toggle::On],
+        duration: 0.1,
+        warmup: 0.05,
+        queue_size: 256,
+        backend_core: cores[0],
+        frontend_core: *cores.get(1).unwrap_or(&cores[0]),
+        json: Some(json.clone()),
+        copy: CopyModes::parse("cpu,soft,threshold=0,ioat-model,threshold=0,dsa-model,threshold=0")
+            .unwrap(),
+        ..BenchArgs::default()
+    };
+    let report = report::Report::new(&args, clock::Clock::calibrate());
+    let header = report.header_lines();
+    assert!(
+        header
+            .iter()
+            .any(|l| l.contains("ioat-model, dsa-model")
+                && l.contains("a model's, not the hardware's")),
+        "{header:#?}"
+    );
+    let plain = report::Report::new(&BenchArgs::default(), clock::Clock::calibrate());
+    assert!(!plain.header_lines().iter().any(|l| l.contains("model")));
+    run_alone(&args).unwrap();
+    let text = std::fs::read_to_string(&json).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(text.matches("\"ok\": true").count(), 2 * 4, "{text}");
+    for name in ["cpu", "soft:t=0,e=1", "ioat-model:t=0", "dsa-model:t=0"] {
+        assert_eq!(
+            text.matches(&format!("\"copy\": \"{name}\"")).count(),
+            2,
+            "{name}: {text}"
+        );
+    }
     assert!(
         !text.contains("\"packets\": 0,"),
         "every row moved packets: {text}"

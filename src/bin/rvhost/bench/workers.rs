@@ -21,6 +21,7 @@ use rvhost::net::{
     submit_enqueue_burst,
 };
 use rvhost_dma::SoftDevice;
+use rvhost_dma::model::Served;
 
 /// Traffic flows.
 pub(crate) const RUN: u8 = 0;
@@ -348,6 +349,24 @@ pub(crate) struct FrontendEnd {
     pub tx_in_flight: u16,
 }
 
+/// What serves a row's DMA channels in the frontend's loop.
+pub(crate) enum DmaServe {
+    /// The software DMA engine's device.
+    Soft(SoftDevice),
+    /// Device models (stepped: a few descriptors each per turn).
+    Models(Vec<Served>),
+}
+
+impl DmaServe {
+    /// One poll of the device or step of each model; the work done.
+    pub(crate) fn poll(&mut self) -> usize {
+        match self {
+            DmaServe::Soft(dev) => dev.poll(),
+            DmaServe::Models(models) => models.iter().map(Served::step).sum(),
+        }
+    }
+}
+
 /// The frontend (guest driver) worker: sends and/or receives at full speed until [`STOP`].
 /// In [`DRAIN`] it stops sending and keeps receiving and reaping.
 pub(crate) fn frontend_loop(
@@ -355,7 +374,7 @@ pub(crate) fn frontend_loop(
     rx: &mut RxQueue,
     tx: &mut TxQueue,
     sh: &Shared,
-    mut soft: Option<&mut SoftDevice>,
+    mut soft: Option<&mut DmaServe>,
 ) -> FrontendEnd {
     let frame = frame(p.size);
     let hdr = &frame[..HDR_BYTES.min(p.size)];
@@ -375,7 +394,8 @@ pub(crate) fn frontend_loop(
         let t0 = ticks();
         let mut worked = 0;
         if let Some(dev) = soft.as_deref_mut() {
-            // The software DMA engine shares this core: one loop serves both.
+            // The DMA engine (software, or device models) shares this core: one loop serves
+            // both.
             worked += dev.poll();
         }
         let mut moved = 0;

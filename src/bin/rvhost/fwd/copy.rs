@@ -1,8 +1,9 @@
-//! `--copy soft`: the ports' queues go through the async copy path, both ways, with one
-//! channel of a software DMA engine per port, queue pair and direction.
+//! `--copy soft|ioat-model|dsa-model`: the ports' queues go through the async copy path, both
+//! ways, with one DMA channel per port, queue pair and direction.
 //!
-//! The engine (a [`SoftDevice`] with one channel per port, queue pair and direction) runs on a
-//! thread of its own. A channel is registered on the device's vring in `new_device` and taken back
+//! The engine runs on a thread of its own: a [`SoftDevice`] with one channel per port, queue
+//! pair and direction, or one device model per channel (the IOAT or DSA driver over it, see
+//! [`crate::dma::models`]), all served by one [`ModelWorker`]. A channel is registered on the device's vring in `new_device` and taken back
 //! in `destroy_device`, after the lcores let go of the device and the packets still in it
 //! were handed back, so that the next device of the port gets it again.
 
@@ -14,8 +15,50 @@ use rvhost::net::{
     AsyncConfig, AsyncCopyOps, DmaCopy, QueuePair, VringId, async_channel_register,
     async_channel_unregister, async_clear_queue, async_stats,
 };
+use rvhost_dma::model::{ModelWorker, Served};
 use rvhost_dma::soft::{Idle, SoftConfig, SoftWorker, WorkerConfig};
 use rvhost_dma::{ChannelConfig, DmaError, SoftDevice};
+
+use crate::dma::models::{ModelKind, model_channels, report_violations};
+
+/// The thread serving the channels: it must outlive every device, so drop it after the ports
+/// are closed (and, for the models, after the channels, so that their teardown is checked).
+pub enum DmaThread {
+    /// The software engine's device on its thread.
+    Soft {
+        /// Stops and joins the thread on drop.
+        _worker: SoftWorker,
+    },
+    /// The device models on their thread.
+    Models {
+        /// Stops and joins the thread on drop.
+        worker: Option<ModelWorker>,
+        /// The models, whose broken rules are logged on drop.
+        models: Vec<Served>,
+    },
+}
+
+impl Drop for DmaThread {
+    fn drop(&mut self) {
+        if let DmaThread::Models { worker, models } = self {
+            drop(worker.take());
+            report_violations(models);
+        }
+    }
+}
+
+/// The worker thread's settings: pinned to `core` and spinning, or unpinned and yielding.
+fn worker_config(core: Option<usize>) -> WorkerConfig {
+    WorkerConfig {
+        core,
+        idle: if core.is_some() {
+            Idle::Spin
+        } else {
+            Idle::Yield
+        },
+        name: Some("rvhost-fwd-dma".into()),
+    }
+}
 
 /// Jobs a channel holds at most (its ring).
 const RING: u16 = 1024;
@@ -38,34 +81,52 @@ impl Engines {
         threshold: u32,
         lanes: usize,
         core: Option<usize>,
-    ) -> Result<(Arc<Engines>, SoftWorker), DmaError> {
+    ) -> Result<(Arc<Engines>, DmaThread), DmaError> {
         let n = 2 * ports * usize::from(queues);
         let (dev, engines) = SoftDevice::new(
             &SoftConfig::with_lanes(lanes),
             &vec![ChannelConfig::new(RING); n],
         )?;
-        let worker = dev.spawn(WorkerConfig {
-            core,
-            idle: if core.is_some() {
-                Idle::Spin
-            } else {
-                Idle::Yield
-            },
-            name: Some("rvhost-fwd-dma".into()),
-        })?;
+        let worker = dev.spawn(worker_config(core))?;
         let slots = engines
             .into_iter()
-            .map(|e| Some(Box::new(DmaCopy::new(e)) as Box<dyn AsyncCopyOps>))
+            .map(|e| Box::new(DmaCopy::new(e)) as Box<dyn AsyncCopyOps>)
             .collect();
-        let engines = Engines {
-            slots: Mutex::new(slots),
+        let engines = Engines::with(slots, queues, threshold);
+        Ok((Arc::new(engines), DmaThread::Soft { _worker: worker }))
+    }
+
+    /// One IOAT or DSA model per port, queue pair and direction, each with its driver's
+    /// channel, all served by one thread (returned: drop it after the ports are closed and
+    /// the engines dropped). With `core` the thread is pinned there and spins when idle;
+    /// without, it yields.
+    pub fn models(
+        ports: usize,
+        queues: u16,
+        threshold: u32,
+        kind: ModelKind,
+        core: Option<usize>,
+    ) -> Result<(Arc<Engines>, DmaThread), DmaError> {
+        let n = 2 * ports * usize::from(queues);
+        let m = model_channels(kind, n, RING)?;
+        let worker = ModelWorker::serve(m.models.clone(), worker_config(core))?;
+        let engines = Engines::with(m.channels, queues, threshold);
+        let thread = DmaThread::Models {
+            worker: Some(worker),
+            models: m.models,
+        };
+        Ok((Arc::new(engines), thread))
+    }
+
+    fn with(channels: Vec<Box<dyn AsyncCopyOps>>, queues: u16, threshold: u32) -> Engines {
+        Engines {
+            slots: Mutex::new(channels.into_iter().map(Some).collect()),
             queues,
             config: AsyncConfig {
                 threshold,
                 ..AsyncConfig::default()
             },
-        };
-        Ok((Arc::new(engines), worker))
+        }
     }
 
     fn index(&self, port: usize, q: u16, dir: Dir) -> usize {

@@ -98,14 +98,17 @@ pub struct Args {
     /// Stop after this many seconds (fractions allowed).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
-    /// How packets are copied into the guests: `cpu` (the lcores copy) or
+    /// How packets are copied into the guests: `cpu` (the lcores copy),
     /// `soft[,threshold=N][,engines=K]` (the async path: copies of at least N bytes, default
-    /// 256, go to a software DMA engine with K lanes running on a thread of its own).
+    /// 256, go to a software DMA engine with K lanes running on a thread of its own), or
+    /// `ioat-model[,threshold=N]`, `dsa-model[,threshold=N]` (the async path over the IOAT or
+    /// DSA driver, each channel on a software model of the device, the models served by a
+    /// thread of their own).
     #[arg(long, value_name = "MODE", default_value = "cpu", value_parser = parse_copy)]
     pub copy: CopyMode,
-    /// CPU of the software DMA engine's thread (`--copy soft`): pinned there, it polls without
-    /// yielding, as a hardware engine would work beside the lcores. Default: unpinned, and it
-    /// yields the CPU whenever it finds no work (shared cores).
+    /// CPU of the DMA engine's thread (`--copy soft`, or the models'): pinned there, it polls
+    /// without yielding, as a hardware engine would work beside the lcores. Default: unpinned,
+    /// and it yields the CPU whenever it finds no work (shared cores).
     #[arg(long, value_name = "CPU")]
     pub dma_lcore: Option<usize>,
 }
@@ -114,7 +117,9 @@ pub struct Args {
 fn parse_copy(s: &str) -> Result<CopyMode, String> {
     match CopyMode::parse_list(s)?.as_slice() {
         [one] => Ok(*one),
-        _ => Err("give one copy mode (cpu or soft[,threshold=N][,engines=K])".into()),
+        _ => Err("give one copy mode (cpu, soft[,threshold=N][,engines=K], \
+                  ioat-model[,threshold=N] or dsa-model[,threshold=N])"
+            .into()),
     }
 }
 
@@ -197,7 +202,7 @@ impl Config {
         if let Some(cpu) = a.dma_lcore {
             if a.copy == CopyMode::Cpu {
                 return Err(FwdError::Usage(
-                    "--dma-lcore needs a DMA engine (--copy soft)".into(),
+                    "--dma-lcore needs a DMA engine (--copy soft, ioat-model or dsa-model)".into(),
                 ));
             }
             if cores.contains(&cpu) {
@@ -324,11 +329,16 @@ pub fn run(args: Args) -> Result<(), FwdError> {
         failed: Default::default(),
         asynch: cfg.copy != CopyMode::Cpu,
     });
-    // The DMA engine outlives the ports (dropped after serve closed them).
-    let (engines, _dma) = match cfg.copy {
+    // The DMA engine outlives the ports (dropped after serve closed them, and after the
+    // channels).
+    let (engines, dma) = match cfg.copy {
         CopyMode::Cpu => (None, None),
         CopyMode::Soft { threshold, lanes } => {
             let (e, w) = copy::Engines::soft(ports, cfg.queues, threshold, lanes, cfg.dma_lcore)?;
+            (Some(e), Some(w))
+        }
+        CopyMode::Model { kind, threshold } => {
+            let (e, w) = copy::Engines::models(ports, cfg.queues, threshold, kind, cfg.dma_lcore)?;
             (Some(e), Some(w))
         }
     };
@@ -338,6 +348,8 @@ pub fn run(args: Args) -> Result<(), FwdError> {
     let served = serve(&cfg, &shared, engines.as_ref(), &signals);
     workers.stop();
     let joined = workers.join();
+    drop(engines);
+    drop(dma);
     print_final(&shared, started.elapsed());
     served?;
     joined?;
