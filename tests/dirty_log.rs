@@ -229,12 +229,8 @@ fn enqueue_and_check_on(
     want
 }
 
-/// Sends `pkts` from the guest, dequeues them all, then checks the log: the used ring only.
-fn dequeue_and_check(b: &mut Bed, cache: &mut PktCache, pkts: &[Vec<u8>], case: &str) {
-    dequeue_and_check_on(b, cache, pkts, case, Path::Sync)
-}
-
-/// As [`dequeue_and_check`], on `path`.
+/// Sends `pkts` from the guest, dequeues them all on `path`, then checks the log: the used
+/// ring only.
 fn dequeue_and_check_on(
     b: &mut Bed,
     cache: &mut PktCache,
@@ -269,6 +265,59 @@ fn dequeue_and_check_on(
     b.fe.tx(0).unwrap().reap();
 }
 
+/// `n` rounds of traffic both ways on `path`, each checked bit for bit ([`enqueue_and_check_on`],
+/// [`dequeue_and_check_on`]): packets of 60 to 9000 bytes, receive chains of one buffer (with
+/// mergeable buffers) or two (without: a packet may take both), posted so that some writes
+/// straddle a page boundary and, with several regions and no mergeable buffers, a chain is
+/// written across two regions (the whole ring is posted in order the first time, so the
+/// chains are used up to the one on both sides of the first region's end); both are checked
+/// to have happened.
+fn rounds(
+    b: &mut Bed,
+    cache: &mut PktCache,
+    features: u64,
+    regions: usize,
+    n: usize,
+    case: &str,
+    path: Path,
+) {
+    let mergeable = features & VIRTIO_NET_F_MRG_RXBUF != 0;
+    let mut seen = Pages::default();
+    for round in 0..n {
+        let (posted, buf_len) = if mergeable { (64, BUF) } else { (128, 2 * BUF) };
+        b.fe.rx(0).unwrap().post_rx(posted, buf_len);
+        let pkts: Vec<Vec<u8>> = (0..24)
+            .map(|i| {
+                let len = match (i + round) % 6 {
+                    0 => 60,
+                    1 => 1000,
+                    2 => 1400,
+                    3 if mergeable => 9000,
+                    3 => 2900,
+                    4 if mergeable => 4000,
+                    _ => 1514,
+                };
+                payload(len, round * 100 + i)
+            })
+            .collect();
+        let w = enqueue_and_check_on(b, cache, &pkts, case, path);
+        seen.straddling += w.straddling;
+        seen.across_regions += w.across_regions;
+        let tx: Vec<Vec<u8>> = (0..16).map(|i| payload(60 + 97 * i, i)).collect();
+        dequeue_and_check_on(b, cache, &tx, case, path);
+    }
+    assert!(
+        seen.straddling > 0,
+        "{case}: no write straddled a page boundary"
+    );
+    if regions > 1 && !mergeable {
+        assert!(
+            seen.across_regions > 0,
+            "{case}: no chain was written across two regions"
+        );
+    }
+}
+
 const MRG_CASES: [u64; 2] = [
     VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF | VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX,
@@ -284,46 +333,7 @@ fn the_log_marks_exactly_the_pages_written() {
             let mut b = bed(features, regions);
             assert!(b.fe.features() & VHOST_F_LOG_ALL != 0, "{case}");
             let mut cache = b.pool.cache();
-            let mergeable = features & VIRTIO_NET_F_MRG_RXBUF != 0;
-            let mut seen = Pages::default();
-            for round in 0..12 {
-                // Chains of two buffers (3000 bytes) without mergeable buffers: a packet may
-                // take both; with them, one-buffer chains and packets over several chains.
-                // Without them, the whole ring is posted (in order, the first time), so that
-                // the chains are used up to the one whose buffers sit on both sides of the
-                // first region's end.
-                let (n, buf_len) = if mergeable { (64, BUF) } else { (128, 2 * BUF) };
-                b.fe.rx(0).unwrap().post_rx(n, buf_len);
-                let pkts: Vec<Vec<u8>> = (0..24)
-                    .map(|i| {
-                        let len = match (i + round) % 6 {
-                            0 => 60,
-                            1 => 1000,
-                            2 => 1400,
-                            3 if mergeable => 9000,
-                            3 => 2900,
-                            4 if mergeable => 4000,
-                            _ => 1514,
-                        };
-                        payload(len, round * 100 + i)
-                    })
-                    .collect();
-                let w = enqueue_and_check(&mut b, &mut cache, &pkts, &case);
-                seen.straddling += w.straddling;
-                seen.across_regions += w.across_regions;
-                let tx: Vec<Vec<u8>> = (0..16).map(|i| payload(60 + 97 * i, i)).collect();
-                dequeue_and_check(&mut b, &mut cache, &tx, &case);
-            }
-            assert!(
-                seen.straddling > 0,
-                "{case}: no write straddled a page boundary"
-            );
-            if regions > 1 && !mergeable {
-                assert!(
-                    seen.across_regions > 0,
-                    "{case}: no chain was written across two regions"
-                );
-            }
+            rounds(&mut b, &mut cache, features, regions, 12, &case, Path::Sync);
             let vq = b.dev.lock_vring(0).unwrap();
             assert_eq!(vq.log.as_ref().map(|l| l.beyond()), Some(0), "{case}");
         }
@@ -524,35 +534,7 @@ fn the_async_path_marks_exactly_the_pages_written() {
             let (ops, tx_worker) = common::dma::copy_device(2, 0, Default::default());
             async_channel_register(&b.dev, Q0.tx(), config, ops).unwrap();
             let mut cache = b.pool.cache();
-            let mergeable = features & VIRTIO_NET_F_MRG_RXBUF != 0;
-            let mut seen = Pages::default();
-            for round in 0..8 {
-                let (n, buf_len) = if mergeable { (64, BUF) } else { (128, 2 * BUF) };
-                b.fe.rx(0).unwrap().post_rx(n, buf_len);
-                let pkts: Vec<Vec<u8>> = (0..24)
-                    .map(|i| {
-                        let len = match (i + round) % 6 {
-                            0 => 60,
-                            1 => 1000,
-                            2 => 1400,
-                            3 if mergeable => 9000,
-                            3 => 2900,
-                            4 if mergeable => 4000,
-                            _ => 1514,
-                        };
-                        payload(len, round * 100 + i)
-                    })
-                    .collect();
-                let w = enqueue_and_check_on(&mut b, &mut cache, &pkts, &case, Path::Async);
-                seen.straddling += w.straddling;
-                seen.across_regions += w.across_regions;
-                let tx: Vec<Vec<u8>> = (0..16).map(|i| payload(60 + 97 * i, i)).collect();
-                dequeue_and_check_on(&mut b, &mut cache, &tx, &case, Path::Async);
-            }
-            assert!(seen.straddling > 0, "{case}: no write straddled a page");
-            if regions > 1 && !mergeable {
-                assert!(seen.across_regions > 0, "{case}: no chain across regions");
-            }
+            rounds(&mut b, &mut cache, features, regions, 8, &case, Path::Async);
             let stats = rvhost::net::async_stats(&b.dev, Q0.rx()).unwrap();
             assert!(stats.dma_copies > 0, "{case}: no copy went to the engine");
             drop(cache);

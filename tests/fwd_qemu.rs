@@ -27,7 +27,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::child::{Child, parse_final, parse_final_queues, rvhost_bin};
-use common::{skip, sock_path};
+use common::{is_root, skip, sock_path};
 use nix::sys::signal::Signal;
 
 fn script() -> PathBuf {
@@ -283,17 +283,6 @@ fn lost_race_with_a_passing_guest(out: &[String]) -> bool {
         );
     }
     raced && guest_passed
-}
-
-/// Whether the effective uid is 0 (the second field of `Uid:` in /proc/self/status).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("Uid:"))?;
-            line.split_whitespace().nth(2).map(|euid| euid == "0")
-        })
-        .unwrap_or(false)
 }
 
 /// Why the guest tests cannot run here, if they cannot.

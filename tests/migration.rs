@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::child::{Child, rvhost_bin};
-use common::skip;
+use common::{is_root, skip};
 use nix::sys::signal::Signal;
 
 fn script() -> PathBuf {
@@ -178,17 +178,6 @@ fn migrate(case: Case) {
         num(&m, "pages_marked", &what),
     );
     let _ = std::io::stderr().write_all(line.as_bytes());
-}
-
-/// Whether the effective uid is 0 (the second field of `Uid:` in /proc/self/status).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("Uid:"))?;
-            line.split_whitespace().nth(2).map(|euid| euid == "0")
-        })
-        .unwrap_or(false)
 }
 
 /// Why the migration tests cannot run here, if they cannot (as `tests/fwd_qemu.rs`).
