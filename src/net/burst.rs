@@ -4,12 +4,11 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 
-use crate::features::{VHOST_F_LOG_ALL, VIRTIO_RING_F_EVENT_IDX};
+use crate::features::VIRTIO_RING_F_EVENT_IDX;
 use crate::memory::DirtyLog;
-use crate::protocol::payload::VringAddr;
 use crate::ratelimit::LogLimiter;
 use crate::virtq::split::{ChainError, SplitQueue, USED_SHADOW, VirtqDesc, used_word};
-use crate::virtq::{QueueStats, Vring};
+use crate::virtq::{QueueStats, Vring, active_log, used_ring_log};
 
 /// Longest descriptor chain accepted for one packet: a 64 KiB GSO packet and its header,
 /// with room to spare.
@@ -147,13 +146,8 @@ impl<'v> Burst<'v> {
         // The one test of the dirty log per burst: the loops take it as a type (see
         // `dirty_log`), so without logging they do nothing more per packet.
         let dirty: &'v Option<std::sync::Arc<DirtyLog>> = dirty;
-        let log = dirty
-            .as_deref()
-            .filter(|_| *features & VHOST_F_LOG_ALL != 0);
-        let used_log = match (log, addrs) {
-            (Some(l), Some(a)) if a.flags & VringAddr::F_LOG != 0 => Some((l, a.log)),
-            _ => None,
-        };
+        let log = active_log(dirty, *features);
+        let used_log = used_ring_log(log, *addrs);
         Some(Burst {
             q,
             next: Idx::new(*last_avail_idx),

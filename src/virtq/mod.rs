@@ -50,6 +50,26 @@ pub struct VringAddrs {
     pub log: u64,
 }
 
+/// [`Vring::dirty_log`] from a vring's fields (for a caller holding them borrowed apart, as
+/// `Burst::begin` does): `log` while `features` have `VHOST_F_LOG_ALL`.
+#[inline]
+pub(crate) fn active_log(log: &Option<Arc<DirtyLog>>, features: u64) -> Option<&DirtyLog> {
+    log.as_deref().filter(|_| features & VHOST_F_LOG_ALL != 0)
+}
+
+/// [`Vring::used_log`] from a vring's fields: `log` and the used ring's guest address when
+/// `addrs` ask for the used ring's writes to be logged (`VHOST_VRING_F_LOG`).
+#[inline]
+pub(crate) fn used_ring_log(
+    log: Option<&DirtyLog>,
+    addrs: Option<VringAddrs>,
+) -> Option<(&DirtyLog, u64)> {
+    match (log, addrs) {
+        (Some(l), Some(a)) if a.flags & VringAddr::F_LOG != 0 => Some((l, a.log)),
+        _ => None,
+    }
+}
+
 /// A queue's rings, translated and checked against its size and the memory table.
 #[derive(Debug, Clone)]
 pub struct SplitRings {
@@ -228,18 +248,13 @@ impl Vring {
     /// The dirty log the data path marks its writes of guest memory in: while the features
     /// have `VHOST_F_LOG_ALL` and SET_LOG_BASE gave one.
     pub fn dirty_log(&self) -> Option<&DirtyLog> {
-        self.log
-            .as_deref()
-            .filter(|_| self.features & VHOST_F_LOG_ALL != 0)
+        active_log(&self.log, self.features)
     }
 
     /// The dirty log and the used ring's guest-physical address, when the used ring's writes
     /// are logged too (`VHOST_VRING_F_LOG` in SET_VRING_ADDR).
     pub fn used_log(&self) -> Option<(&DirtyLog, u64)> {
-        match (self.dirty_log(), self.addrs) {
-            (Some(l), Some(a)) if a.flags & VringAddr::F_LOG != 0 => Some((l, a.log)),
-            _ => None,
-        }
+        used_ring_log(self.dirty_log(), self.addrs)
     }
 
     /// Byte lengths of (descriptor table, available ring, used ring) for the current size.
