@@ -24,7 +24,11 @@
 # latency between the two CPUs (the figure the host changes when it moves the vCPUs, and with
 # it every shared-ring rate). Each pair gets the mean of its four probes; pairs whose probes
 # spread more than 1.4x are "mixed" (the host moved mid-pair) and measured again, up to
-# --retries times per row (a mixed pair left after that is kept and marked). When a row's
+# --retries times per row (a mixed pair left after that is kept and marked). The probes only
+# see the edges of a run, so each run is also checked within: a run whose CPUs lost more than
+# 3% of their time to steal (/proc/stat: the host ran something else on them), or whose kept
+# 1 s samples spread more than 1.3x (max/min), is "unsteady", and its pair counts as mixed.
+# When a row's
 # unmixed pairs fall in more than one state (clusters 1.4x apart), the row's ratio is also
 # given per state.
 #
@@ -50,8 +54,8 @@ usage: scripts/bench-vs-dpdk.sh [options]
   --testpmd PATH     dpdk-testpmd binary (default dpdk-testpmd)
   --backend-cpu N    CPU of both backends (default 0)
   --frontend-cpu N   CPU of the frontend (default 1)
-  --retries N        pairs of a row measured again when the host moved mid-pair (MIXED;
-                     default 2 per row)
+  --retries N        pairs of a row measured again when the host moved mid-pair or a
+                     run was unsteady (MIXED, UNSTEADY; default 2 per row)
   --mem MB           hugepage memory (-m) of each testpmd (default 512: two of them fit in
                      1024 pages with room for others)
   --dpdk-only        run only the DPDK backend (no rvhost; ratios are empty)
@@ -269,19 +273,47 @@ probe() {
         echo "$ns" || echo nan
 }
 
-# Mean of a meter's samples in a testpmd log, dropping the first $DROP, in Mpps; "nan" if none.
+# "MEAN SPREAD" of a meter's samples in a testpmd log, dropping the first $DROP: their mean in
+# Mpps and max/min of them; "nan nan" if none.
 parse_rate() {
     local log=$1 meter=$2
     awk -v m="$meter:" -v drop="$DROP" '
-        $1 == m { n++; if (n > drop) { s += $2; k++ } }
-        END { if (k) printf "%.4f\n", s / k / 1e6; else print "nan" }' "$log"
+        $1 == m { n++; if (n > drop) { v = $2 + 0; s += v; k++
+            if (k == 1 || v < lo) lo = v
+            if (k == 1 || v > hi) hi = v } }
+        END {
+            if (!k) { print "nan nan"; exit }
+            printf "%.4f %.2f\n", s / k / 1e6, (lo > 0) ? hi / lo : 99
+        }' "$log"
 }
+
+# "STEAL TOTAL" jiffies of the two CPUs from /proc/stat (steal: time the host ran something else
+# on their physical CPUs while they wanted to run).
+cpu_ticks() {
+    awk -v a="cpu$BE_CPU" -v b="cpu$FE_CPU" '$1 == a || $1 == b {
+            st += $9; for (i = 2; i <= 9; i++) t += $i }
+        END { print st + 0, t + 0 }' /proc/stat
+}
+
+# Steal between two cpu_ticks readings, in percent of the two CPUs' time ("nan" if no time).
+steal_pct() { # STEAL0 TOTAL0 STEAL1 TOTAL1
+    awk -v s0="$1" -v t0="$2" -v s1="$3" -v t1="$4" 'BEGIN {
+        if (t1 > t0) printf "%.1f\n", 100 * (s1 - s0) / (t1 - t0); else print "nan" }'
+}
+
+# Limits of a steady run: above either, the host took the CPUs away or changed under the run
+# (the edge probes cannot see a change that came and went within it), and the pair is measured
+# again as a MIXED one is.
+MAX_STEAL_PCT=3
+MAX_SPREAD=1.3
 
 RUN_SEQ=0
 RATE=
 PROBES=()
-# run_one BACKEND(dpdk|rvhost|vs) DIR SIZE MRG: sets RATE to the frontend's rate in Mpps (or nan)
-# and appends the c2c probes before and after the run to PROBES.
+UNSTEADY=()
+# run_one BACKEND(dpdk|rvhost|vs) DIR SIZE MRG: sets RATE to the frontend's rate in Mpps (or nan),
+# appends the c2c probes before and after the run to PROBES, and a note to UNSTEADY when the run
+# was not steady (steal above MAX_STEAL_PCT, or its samples spread more than MAX_SPREAD).
 # Runs in this shell (not in $(...)): the trap must see every process it starts.
 run_one() {
     local backend=$1 dir=$2 size=$3 mrg=$4
@@ -327,19 +359,29 @@ run_one() {
         -- --forward-mode="$fe_mode" --txpkts="$size" --auto-start --stats-period 1 \
         --nb-cores=1 --rxd=1024 --txd=1024 --burst=32 $extra
     fe_pid=$START_PID
+    local t0 t1
+    t0=$(cpu_ticks)
     # The run ends after --seconds stats samples (1 s apart), counted from the first one, so
     # EAL start-up time does not eat into it; the timeout above is only a backstop.
     while kill -0 "$fe_pid" 2>/dev/null; do
         (($(grep -c "$meter:" "$fe_log") >= SECONDS_PER_RUN)) && break
         sleep 0.2
     done
+    t1=$(cpu_ticks)
     stop_pid "$fe_pid"
     forget_pid "$fe_pid"
     stop_pid "$be_pid"
     forget_pid "$be_pid"
     rm -f "$sock"
     PROBES+=("$(probe)")
-    RATE=$(parse_rate "$fe_log" "$meter")
+    local spread steal
+    read -r RATE spread <<<"$(parse_rate "$fe_log" "$meter")"
+    # shellcheck disable=SC2086 # two words each
+    steal=$(steal_pct $t0 $t1)
+    if awk -v st="$steal" -v sp="$spread" -v mst="$MAX_STEAL_PCT" -v msp="$MAX_SPREAD" \
+        'BEGIN { exit !((st != "nan" && st + 0 > mst) || (sp != "nan" && sp + 0 > msp)) }'; then
+        UNSTEADY+=("$backend: steal ${steal}%, samples spread ${spread}x")
+    fi
     if [[ $RATE == nan ]]; then
         echo "bench-vs-dpdk: $id: no $meter samples after the first $DROP (see $fe_log)" >&2
         KEEP_LOGS=1
@@ -431,7 +473,7 @@ for mrg in "${MRG_LIST[@]}"; do
             name="$dir ${size}B mrg=$mrg"
             dpdk=() rv=() ratios=() probes=() mixed=() tagged=() retries=$RETRIES r=""
             for ((p = 1; p <= PAIRS; p++)); do
-                PROBES=()
+                PROBES=() UNSTEADY=()
                 # Odd pairs run the reference first, even pairs rvhost first, so that a host
                 # that drifts (or reacts to what ran last) favours neither side.
                 if ((p % 2 == 0 && !DPDK_ONLY)); then
@@ -453,12 +495,19 @@ for mrg in "${MRG_LIST[@]}"; do
                     ratios+=("$(ratio "$r" "$d")")
                 fi
                 read -r pp mx <<<"$(pair_probe "${PROBES[@]}")"
+                why="MIXED"
+                if ((${#UNSTEADY[@]})); then
+                    # A run was not steady: the edge probes may agree while the host took the
+                    # CPUs or changed state within it. Counted as a mixed pair.
+                    mx=1
+                    why="UNSTEADY (${UNSTEADY[*]})"
+                fi
                 if ((mx && retries > 0)); then
                     # The host moved the vCPUs during the pair: its two runs saw different
                     # machines. Measure it again.
                     retries=$((retries - 1))
                     echo "  $name pair $p: $REF_LABEL $d Mpps, rvhost ${r:-nan} Mpps; c2c" \
-                        "${PROBES[*]} ns MIXED: discarded, measured again" >&2
+                        "${PROBES[*]} ns $why: discarded, measured again" >&2
                     unset 'dpdk[-1]'
                     ((DPDK_ONLY)) || unset 'rv[-1]' 'ratios[-1]'
                     p=$((p - 1))
@@ -466,7 +515,7 @@ for mrg in "${MRG_LIST[@]}"; do
                 fi
                 probes+=("$pp")
                 mixed+=("$mx")
-                ((mx)) && note=" MIXED" || note=""
+                ((mx)) && note=" $why" || note=""
                 if ((DPDK_ONLY)); then
                     echo "  $name pair $p: $REF_LABEL $d Mpps; c2c ${PROBES[*]} ns$note" >&2
                     continue
