@@ -576,7 +576,7 @@ fn get_vring_base(
             format!("vring {i} was never set up"),
         ));
     }
-    let base = vq.last_avail_idx;
+    let base = vq.base();
     // Stop the ring as DPDK does: forget kick and call and the translated rings; size, base
     // and enable state stay until the frontend sets them again.
     vq.started = false;
@@ -585,11 +585,11 @@ fn get_vring_base(
     vq.call = None;
     vq.call_set = false;
     vq.addrs = None;
-    vq.rings = None;
+    vq.forget_rings();
     drop(vq);
     let reply = VringState {
         index: s.index,
-        num: u32::from(base),
+        num: base,
     };
     Ok(Outcome::Reply(reply.to_bytes(), Vec::new()))
 }

@@ -21,9 +21,10 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::features::{VHOST_F_LOG_ALL, VIRTIO_RING_F_EVENT_IDX};
+use crate::features::{VHOST_F_LOG_ALL, VIRTIO_F_RING_PACKED, VIRTIO_RING_F_EVENT_IDX};
 use crate::memory::{DirtyLog, FrontendVa, GuestArea, GuestMemory};
 use crate::protocol::payload::VringAddr;
+use packed::{PackedRings, RingPos};
 
 /// Largest queue size a split ring may have (virtio 1.2 §2.7).
 pub const MAX_QUEUE_SIZE: u32 = 32768;
@@ -107,8 +108,9 @@ pub enum VringError {
         /// Its length for the queue size.
         len: u64,
     },
-    /// SET_VRING_BASE with an index beyond what a split ring allows.
-    #[error("ring base {0} is out of range")]
+    /// SET_VRING_BASE with an index beyond what the ring allows: above 16 bits on a split
+    /// ring, a slot beyond the queue size on a packed ring.
+    #[error("ring base {0:#x} is out of range")]
     BadBase(u32),
 }
 
@@ -119,18 +121,29 @@ pub struct Vring {
     pub size: u16,
     /// Ring addresses (SET_VRING_ADDR).
     pub addrs: Option<VringAddrs>,
-    /// Translated rings; `Some` only when size, addresses and memory agree.
+    /// Translated split rings; `Some` only when size, addresses and memory agree and the
+    /// features do not have `VIRTIO_F_RING_PACKED`.
     pub rings: Option<SplitRings>,
+    /// Translated packed ring (descriptor ring and the two event suppression areas); `Some`
+    /// only when size, addresses and memory agree and the features have
+    /// `VIRTIO_F_RING_PACKED`. At most one of `rings` and `packed` is `Some`.
+    pub packed: Option<PackedRings>,
     /// The memory table the rings and descriptors are translated with.
     pub mem: GuestMemory,
     /// The dirty log (SET_LOG_BASE), shared by the device's vrings; written only while the
     /// features have `VHOST_F_LOG_ALL`. Replaced under the vring's lock, so a log is unmapped
     /// only when no vring holds it.
     pub log: Option<Arc<DirtyLog>>,
-    /// Next available-ring index to process (SET_VRING_BASE / GET_VRING_BASE).
+    /// Split ring: next available-ring index to process (SET_VRING_BASE / GET_VRING_BASE).
     pub last_avail_idx: u16,
-    /// Next used-ring index to write.
+    /// Split ring: next used-ring index to write.
     pub last_used_idx: u16,
+    /// Packed ring: the next slot to read and its wrap counter (SET_VRING_BASE /
+    /// GET_VRING_BASE, bits 0-15).
+    pub avail_pos: RingPos,
+    /// Packed ring: the next slot to write a used descriptor at and its wrap counter
+    /// (GET_VRING_BASE, bits 16-31).
+    pub used_pos: RingPos,
     /// Kick eventfd (frontend → backend); `None` with `kick_set` means polling mode.
     pub kick: Option<OwnedFd>,
     /// SET_VRING_KICK was received (with an fd or the no-fd flag).
@@ -192,10 +205,17 @@ pub struct QueueStats {
 }
 
 impl Vring {
-    /// Sets the queue size, checking the split-ring rules.
+    /// Whether the features have `VIRTIO_F_RING_PACKED`: the queue is a packed ring.
+    pub fn is_packed(&self) -> bool {
+        self.features & VIRTIO_F_RING_PACKED != 0
+    }
+
+    /// Sets the queue size: 1..=32768, and a power of two on a split ring (a packed ring may
+    /// have any size; virtio 1.2 §2.7, §2.8). QEMU and DPDK negotiate the features before the
+    /// sizes; [`translate`](Self::translate) checks the rule again if they change after.
     pub fn set_size(&mut self, num: u32) -> Result<(), VringError> {
         self.settle("SET_VRING_NUM");
-        if num == 0 || num > MAX_QUEUE_SIZE || !num.is_power_of_two() {
+        if num == 0 || num > MAX_QUEUE_SIZE || (!self.is_packed() && !num.is_power_of_two()) {
             return Err(VringError::BadSize(num));
         }
         // num <= 32768 fits in u16. The ring lengths depend on the size: translate again.
@@ -217,25 +237,56 @@ impl Vring {
             }
         }
         self.addrs = Some(addrs);
-        self.rings = None;
+        self.forget_rings();
         self.translate()
     }
 
-    /// Sets the next available index (split ring: the low 16 bits; the rest must be zero).
+    /// Sets where the ring resumes (SET_VRING_BASE). Split ring: the next available index,
+    /// the low 16 bits (the rest must be zero). Packed ring: bits 0-14 the next available
+    /// slot, bit 15 its wrap counter; the used position is set to the same place, as DPDK
+    /// does: a ring is stopped (GET_VRING_BASE) only with every chain it took returned, so the
+    /// two agree, and a DPDK virtio-user frontend sends 0 in bits 16-31. A slot beyond the
+    /// queue size is refused (if the size is not known yet, `translate` checks it).
     pub fn set_base(&mut self, num: u32) -> Result<(), VringError> {
         self.settle("SET_VRING_BASE");
-        let base = u16::try_from(num).map_err(|_| VringError::BadBase(num))?;
-        self.last_avail_idx = base;
-        self.last_used_idx = base;
+        if self.is_packed() {
+            let (idx, wrap) = packed::unpack_base(num as u16);
+            if num >> 16 != 0 && num >> 16 != num & 0xffff {
+                log::debug!(
+                    "packed vring base {num:#x}: used half ignored, the used position resumes \
+                     at the available one"
+                );
+            }
+            if self.size != 0 && idx >= self.size {
+                return Err(VringError::BadBase(num));
+            }
+            self.avail_pos = RingPos::new(idx, wrap);
+            self.used_pos = self.avail_pos;
+        } else {
+            let base = u16::try_from(num).map_err(|_| VringError::BadBase(num))?;
+            self.last_avail_idx = base;
+            self.last_used_idx = base;
+        }
         self.broken = false;
         Ok(())
+    }
+
+    /// The vring base GET_VRING_BASE answers: the next available index on a split ring; on a
+    /// packed ring the available position in bits 0-15 and the used one in bits 16-31 (the
+    /// vhost-user spec's layout; QEMU reads both halves).
+    pub fn base(&self) -> u32 {
+        if self.is_packed() {
+            packed::encode_vring_base(self.avail_pos, self.used_pos)
+        } else {
+            u32::from(self.last_avail_idx)
+        }
     }
 
     /// Replaces the memory table and re-translates the rings with it.
     pub fn set_memory(&mut self, mem: GuestMemory) -> Result<(), VringError> {
         self.settle("a memory table change");
         self.mem = mem;
-        self.rings = None;
+        self.forget_rings();
         self.translate()
     }
 
@@ -268,13 +319,27 @@ impl Vring {
         (DESC_SIZE * n, 4 + 2 * n + event, 4 + 8 * n + event)
     }
 
-    /// Translates the rings if size, addresses and memory are all set. An address that is
-    /// not inside one region is an error; a missing piece is not (it may come later).
-    pub fn translate(&mut self) -> Result<(), VringError> {
+    /// Forgets the translated rings of either layout (the data plane stops using them).
+    pub fn forget_rings(&mut self) {
         self.rings = None;
+        self.packed = None;
+    }
+
+    /// Translates the rings if size, addresses and memory are all set, as a split or a packed
+    /// ring as the features say. An address that is not inside one region, or a size or base
+    /// the layout does not allow, is an error; a missing piece is not (it may come later).
+    pub fn translate(&mut self) -> Result<(), VringError> {
+        self.forget_rings();
         let Some(a) = self.addrs else { return Ok(()) };
         if self.size == 0 || self.mem.is_empty() {
             return Ok(());
+        }
+        if self.is_packed() {
+            return self.translate_packed(a);
+        }
+        // The features may have changed since SET_VRING_NUM.
+        if !self.size.is_power_of_two() {
+            return Err(VringError::BadSize(u32::from(self.size)));
         }
         let (dl, al, ul) = self.ring_lengths();
         let area = |ring, va: FrontendVa, len| {
@@ -308,6 +373,20 @@ impl Vring {
         Ok(())
     }
 
+    /// The packed half of [`translate`](Self::translate). Unlike the split ring's used index,
+    /// nothing in a packed ring's memory says where the device stopped (a used descriptor's
+    /// flags tell only its lap): the base from SET_VRING_BASE is the truth, as in DPDK.
+    fn translate_packed(&mut self, a: VringAddrs) -> Result<(), VringError> {
+        let rings = PackedRings::new(&self.mem, &a, u32::from(self.size))?;
+        for pos in [self.avail_pos, self.used_pos] {
+            if pos.idx >= self.size {
+                return Err(VringError::BadBase(self.base()));
+            }
+        }
+        self.packed = Some(rings);
+        Ok(())
+    }
+
     /// Sets the negotiated features (the used/avail ring lengths depend on EVENT_IDX).
     pub fn set_features(&mut self, features: u64) -> Result<(), VringError> {
         self.settle("SET_FEATURES");
@@ -328,9 +407,12 @@ impl Vring {
         }
     }
 
-    /// Ready for the data plane: rings translated, kick and call set, enabled.
+    /// Ready for the data plane: rings translated (either layout), kick and call set, enabled.
     pub fn is_ready(&self) -> bool {
-        self.rings.is_some() && self.kick_set && self.call_set && self.enabled
+        (self.rings.is_some() || self.packed.is_some())
+            && self.kick_set
+            && self.call_set
+            && self.enabled
     }
 
     /// Back to the state of a fresh queue, keeping the memory table, the dirty log and the async

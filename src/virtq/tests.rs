@@ -1,6 +1,7 @@
 //! Tests of queue configuration against a real memfd-backed memory table.
 
 use super::*;
+use crate::features::VIRTIO_F_RING_PACKED;
 use crate::memory::testutil::{memfd, unique_name};
 use crate::memory::{GuestRegion, MapOptions, MemoryLimits, RegionDesc};
 
@@ -139,4 +140,114 @@ fn readiness_needs_rings_kick_call_and_enable() {
     vq.reset();
     assert!(!vq.is_ready());
     assert!(!vq.mem.is_empty(), "reset keeps the memory table");
+}
+
+/// A vring whose features have `VIRTIO_F_RING_PACKED`.
+fn packed_vring() -> Vring {
+    let mut vq = Vring::default();
+    vq.set_features(VIRTIO_F_RING_PACKED).unwrap();
+    vq
+}
+
+#[test]
+fn packed_sizes_need_not_be_powers_of_two() {
+    let mut vq = packed_vring();
+    for bad in [0, 32769, 65536, u32::MAX] {
+        assert_eq!(vq.set_size(bad), Err(VringError::BadSize(bad)));
+    }
+    for good in [1, 3, 100, 1000, 32768] {
+        vq.set_size(good).unwrap();
+        assert_eq!(u32::from(vq.size), good);
+    }
+    // Back to a split ring: a size of 1000 no longer translates.
+    vq.set_size(1000).unwrap();
+    vq.set_memory(memory()).unwrap();
+    vq.set_addrs(addrs(0, 0x8000, 0x9000)).unwrap();
+    assert!(vq.packed.is_some());
+    assert_eq!(vq.set_features(0), Err(VringError::BadSize(1000)));
+    assert!(vq.rings.is_none() && vq.packed.is_none());
+}
+
+#[test]
+fn packed_rings_translate_as_one_descriptor_ring_and_two_event_areas() {
+    let mut vq = packed_vring();
+    vq.set_memory(memory()).unwrap();
+    vq.set_size(300).unwrap();
+    vq.set_addrs(addrs(0, 0x8000, 0x8004)).unwrap();
+    assert!(vq.rings.is_none(), "no split rings on a packed queue");
+    let p = vq.packed.as_ref().unwrap();
+    assert_eq!(p.desc.slice().len(), 300 * 16);
+    assert_eq!(p.driver.slice().len(), 4);
+    assert_eq!(p.device.slice().len(), 4);
+    vq.kick_set = true;
+    vq.call_set = true;
+    vq.enabled = true;
+    assert!(vq.is_ready());
+    // The same addresses as a split ring: the layout follows the features.
+    vq.set_size(256).unwrap();
+    vq.set_addrs(addrs(0, 0x8000, 0x9000)).unwrap();
+    vq.set_features(0).unwrap();
+    assert!(vq.rings.is_some() && vq.packed.is_none());
+    vq.set_features(VIRTIO_F_RING_PACKED).unwrap();
+    assert!(vq.rings.is_none() && vq.packed.is_some());
+    // The driver event area must be 4-byte aligned (the split avail ring only 2).
+    assert!(matches!(
+        vq.set_addrs(addrs(0, 0x8002, 0x9000)),
+        Err(VringError::Misaligned {
+            ring: "driver event",
+            ..
+        })
+    ));
+    assert!(vq.packed.is_none());
+    // A descriptor ring that runs past the region.
+    assert!(matches!(
+        vq.set_addrs(addrs((1 << 20) - 0x800, 0x8000, 0x9000)),
+        Err(VringError::Unmapped {
+            ring: "descriptor",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn packed_base_carries_the_wrap_counters() {
+    use super::packed::RingPos;
+    let mut vq = packed_vring();
+    assert_eq!(
+        vq.base(),
+        0x8000_8000,
+        "both positions start at slot 0, wrap 1"
+    );
+    vq.set_size(256).unwrap();
+    // Slot 5 on the lap with the wrap counter clear; the used half is ignored (DPDK's
+    // virtio-user sends 0 there): the used position resumes at the available one.
+    vq.set_base(5).unwrap();
+    assert_eq!(vq.avail_pos, RingPos::new(5, false));
+    assert_eq!(vq.used_pos, RingPos::new(5, false));
+    assert_eq!(vq.base(), 5 | 5 << 16);
+    vq.set_base(0x8000 | 255).unwrap();
+    assert_eq!(vq.base(), 0x80ff_80ff);
+    // Slot beyond the size.
+    assert_eq!(vq.set_base(256), Err(VringError::BadBase(256)));
+    assert_eq!(vq.set_base(0x8000 | 300), Err(VringError::BadBase(0x812c)));
+    assert_eq!(
+        vq.avail_pos,
+        RingPos::new(255, true),
+        "a refused base changes nothing"
+    );
+    // A base set before the size is checked when the ring is translated.
+    let mut vq = packed_vring();
+    vq.set_base(200).unwrap();
+    vq.set_size(100).unwrap();
+    vq.set_memory(memory()).unwrap();
+    assert!(matches!(
+        vq.set_addrs(addrs(0, 0x8000, 0x9000)),
+        Err(VringError::BadBase(_))
+    ));
+    assert!(vq.packed.is_none());
+    // A split ring's base is unchanged by all this.
+    assert_eq!(vq.last_avail_idx, 0);
+    vq.broken = true;
+    vq.set_base(7).unwrap();
+    assert!(!vq.broken, "a new base clears broken on a packed ring too");
 }
