@@ -3,7 +3,10 @@
 //! A [`DmaRegion`] is a zeroed, page-aligned allocation with a known [`Iova`]; for now the
 //! IOVA is the virtual address (as for the crate's other engines). A driver makes it visible to
 //! the device through a [`DmaMapper`]: [`IdentityMapper`] when there is no IOMMU to program, a
-//! device model's IOMMU table in tests, and (later) a VFIO container's `VFIO_IOMMU_MAP_DMA`.
+//! device model's IOMMU table, or a VFIO container's `VFIO_IOMMU_MAP_DMA` (`VfioPci`). The same
+//! mapper serves the rest of what a device reaches: the application's buffers (mbuf pools) and,
+//! in rvhost, each guest's memory (`Driver::set_dma_mapper`); [`MapperSet`] programs several
+//! IOMMU tables as one.
 //!
 //! The region is shared with the device, so no Rust reference into it is ever made, except
 //! [`AtomicU64`]s for words the device writes (completion write-backs, which hardware writes as
