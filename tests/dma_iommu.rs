@@ -464,3 +464,23 @@ fn without_the_mapping_the_strict_models_fault_and_the_cpu_copies() {
         "the IOAT channel halted on the fault"
     );
 }
+
+/// A mapper only makes sense on the async path, and only before the socket starts.
+#[test]
+fn a_mapper_needs_async_copy_and_a_socket_not_started() {
+    use rvhost::driver::{Driver, DriverError};
+    use rvhost_dma::hw::IdentityMapper;
+    let d = Driver::new().unwrap();
+    let (sync, asynch) = (
+        common::sock_path("iommu-sync"),
+        common::sock_path("iommu-async"),
+    );
+    d.register(&sync, Flags::empty()).unwrap();
+    let r = d.set_dma_mapper(&sync, Arc::new(IdentityMapper));
+    assert!(matches!(r, Err(DriverError::NotAsyncCopy(_))), "{r:?}");
+    d.register(&asynch, Flags::ASYNC_COPY).unwrap();
+    d.set_dma_mapper(&asynch, Arc::new(IdentityMapper)).unwrap();
+    d.start(&asynch).unwrap();
+    let r = d.set_dma_mapper(&asynch, Arc::new(IdentityMapper));
+    assert!(matches!(r, Err(DriverError::AlreadyStarted(_))), "{r:?}");
+}
