@@ -21,8 +21,8 @@ use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use rvhost::frontend::{FrontendOptions, MemTableMode, TxLayout};
 use rvhost::mbuf::Mbuf;
 use rvhost::net::{
-    AsyncConfig, AsyncCopyOps, DmaCopy, QueuePair, async_channel_register, async_stats,
-    async_try_dequeue_burst, poll_enqueue_completed, submit_enqueue_burst,
+    AsyncConfig, AsyncCopyOps, DmaCopy, QueuePair, async_channel_register, async_clear_queue,
+    async_stats, async_try_dequeue_burst, poll_enqueue_completed, submit_enqueue_burst,
 };
 use rvhost::protocol::payload::{MemoryRegion, MemoryTable, Payload, SingleMemRegion};
 use rvhost::protocol::{FrontendReq as R, Header};
@@ -365,7 +365,14 @@ fn traffic_passes_with_every_region_mapped_and_a_new_table_remaps() {
         "the dispatcher drained first"
     );
 
-    // The connection's end unmaps every region; the drivers' rings and the pool stay.
+    // The connection's end, with copies in flight, unmaps every region after they are
+    // drained (none fails); the drivers' rings and the pool stay.
+    let mut cache = it.b.pool.cache();
+    let mut mbufs: Vec<Mbuf> = (0..32)
+        .map(|i| mbuf_of(&mut cache, &payload(1500, 900 + i)))
+        .collect();
+    it.b.fe.rx(0).unwrap().post_rx(64, 2048);
+    submit_enqueue_burst(&it.b.dev, Q0.rx(), &mut mbufs);
     it.b.fe.disconnect();
     let want: BTreeSet<_> = it.pool.iter().copied().collect();
     assert!(
@@ -373,6 +380,17 @@ fn traffic_passes_with_every_region_mapped_and_a_new_table_remaps() {
         "after the disconnect: {:?}",
         it.m.mapped()
     );
+    assert_eq!(
+        it.dma_errors(),
+        (0, 0),
+        "every copy finished before its unmap"
+    );
+    let mut back = Vec::new();
+    async_clear_queue(&it.b.dev, Q0.rx(), &mut back);
+    poll_enqueue_completed(&it.b.dev, Q0.rx(), &mut back, 64);
+    assert_eq!(back.len() + mbufs.len(), 32, "every mbuf back once");
+    cache.free_bulk(back);
+    cache.free_bulk(mbufs);
 }
 
 #[test]
