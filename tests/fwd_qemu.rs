@@ -201,6 +201,17 @@ fn run(case: Case) -> BTreeMap<usize, u64> {
                 "{what}: backend {}: a device model saw broken rules:\n{text}",
                 i + 1
             );
+            // A model's IOMMU is strict: a copy naming memory nobody mapped (guest memory, the
+            // pool) faults, and the job comes back failed (copied again by the CPU, counted).
+            if copy.contains("model") {
+                for l in lines.iter().filter(|l| l.contains(": async: submitted=")) {
+                    assert!(
+                        l.contains(" dma_errors=0 "),
+                        "{what}: backend {}: DMA jobs failed: {l}\n{text}",
+                        i + 1
+                    );
+                }
+            }
             let stat = |key| value_after(&lines, "h2g: async: submitted=", key);
             let (sub, done, dma) = (stat("submitted="), stat("completed="), stat("dma_copies="));
             assert!(

@@ -475,7 +475,7 @@ pub(super) fn stop_device(state: &mut DeviceState) {
     }
     state.quiesce(None);
     state.reset_vrings();
-    state.set_memory(crate::memory::GuestMemory::empty(state.limits));
+    state.clear_memory();
     state.set_log(None);
 }
 

@@ -10,6 +10,7 @@ use crate::memory::{DirtyLog, GuestMemory, GuestRegion, MemoryLimits};
 use crate::virtq::lock::{VringGuard, VringLock};
 
 use super::SocketConfig;
+use super::dma_map::{DmaMap, DmaMapError};
 
 /// Most queue pairs a device may have (DPDK's `VHOST_MAX_QUEUE_PAIRS`).
 pub const MAX_QUEUE_PAIRS: u16 = 128;
@@ -219,6 +220,9 @@ pub(crate) struct DeviceState {
     ///
     /// [`MapOptions::guard_pages`]: crate::memory::MapOptions::guard_pages
     pub guard_pages: bool,
+    /// The guest regions mapped for the socket's copy devices, when the application gave a
+    /// mapper ([`Driver::set_dma_mapper`](super::Driver::set_dma_mapper)).
+    pub dma_map: Option<DmaMap>,
 }
 
 impl DeviceState {
@@ -226,6 +230,7 @@ impl DeviceState {
         let nvrings = usize::from(cfg.max_queue_pairs) * 2;
         let queues: Box<[VringLock]> = (0..nvrings).map(|_| VringLock::default()).collect();
         let limits = MemoryLimits::default();
+        let dma_map = cfg.dma_mapper.clone().map(DmaMap::new);
         DeviceState {
             dev: Device {
                 shared: Arc::new(Shared {
@@ -255,6 +260,7 @@ impl DeviceState {
             backend_req: None,
             inflight: None,
             guard_pages: false,
+            dma_map,
         }
     }
 
@@ -342,16 +348,49 @@ impl DeviceState {
 
     /// Installs a new memory table on the device and every vring. Rings that no longer
     /// translate are left unready (with a warning) until the frontend sets them again.
-    pub fn set_memory(&mut self, mem: GuestMemory) {
+    ///
+    /// With a DMA mapper, the table's new regions are mapped for the copy devices first; if
+    /// the mapper refuses one, nothing is left mapped of them, the table is not installed and
+    /// the error is returned (the handler refuses the request). Regions the table no longer
+    /// has are unmapped once every vring holds it (see [`super::dma_map`]).
+    pub fn set_memory(&mut self, mem: GuestMemory) -> Result<(), DmaMapError> {
+        if let Some(map) = self.dma_map.as_mut() {
+            map.map_new(&mem).inspect_err(|e| {
+                log::error!(
+                    "{}: {}: {}; the memory change is refused",
+                    self.dev.id(),
+                    e,
+                    e.source
+                );
+            })?;
+        }
         for (i, q) in self.dev.shared.queues.iter().enumerate() {
             let mut vq = q.lock();
             let had_rings = vq.addrs.is_some();
+            // Drains, under the lock, whatever a burst submitted since the dispatcher's
+            // quiesce: after this no job of this vring names the old table.
             if let Err(e) = vq.set_memory(mem.clone()) {
                 if had_rings {
                     log::warn!("{}: vring {i} after memory change: {e}", self.dev.id());
                 }
             }
         }
-        self.mem = mem;
+        // The old table lives until its regions are unmapped from the IOMMU.
+        let old = std::mem::replace(&mut self.mem, mem);
+        if let Some(map) = self.dma_map.as_mut() {
+            map.unmap_stale(&self.mem);
+            log::debug!("{}: {} guest regions DMA-mapped", self.dev.id(), map.len());
+        }
+        drop(old);
+        Ok(())
+    }
+
+    /// Drops the memory table (RESET_OWNER, the connection's end): every region is unmapped
+    /// from the copy devices after every vring let go of it.
+    pub fn clear_memory(&mut self) {
+        // The empty table has no region to map, so nothing can be refused.
+        if let Err(e) = self.set_memory(GuestMemory::empty(self.limits)) {
+            log::error!("{}: clearing the memory table: {e}", self.dev.id());
+        }
     }
 }

@@ -36,6 +36,9 @@ pub enum HandlerError {
     /// A memory region or table was refused.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The socket's DMA mapper refused a region of a new memory table.
+    #[error(transparent)]
+    DmaMap(#[from] super::dma_map::DmaMapError),
     /// A vring setting was refused.
     #[error("vring {index}: {source}")]
     Vring {
@@ -269,7 +272,7 @@ fn reset_owner(
 ) -> Result<Outcome, HandlerError> {
     // As DPDK: forget everything negotiated, the memory table and the rings.
     dev.reset_vrings();
-    dev.set_memory(GuestMemory::empty(dev.limits));
+    dev.clear_memory();
     dev.features = 0;
     dev.protocol_features = 0;
     dev.status = 0;
@@ -354,8 +357,7 @@ fn set_mem_table(
         return Ok(Outcome::Done);
     }
     let mem = map_regions(dev, &table.regions, std::mem::take(&mut msg.fds))?;
-    dev.set_memory(mem);
-    Ok(Outcome::Done)
+    install(dev, msg, mem)
 }
 
 /// ADD_MEM_REG. An exact duplicate of a region in the table (QEMU sends one per queue pair:
@@ -390,8 +392,21 @@ fn add_mem_reg(
     }
     let region = GuestRegion::map(fd, desc, map_options(dev))?;
     let mem = dev.mem.with_added(region)?;
-    dev.set_memory(mem);
-    Ok(Outcome::Done)
+    install(dev, msg, mem)
+}
+
+/// Installs a new memory table. The socket's DMA mapper refusing one of its regions refuses the
+/// request as a refused region is ([`refuse`]): the old table stays, nothing of the new one
+/// stays mapped (its regions are unmapped, their fds closed, as the table drops).
+fn install(
+    dev: &mut DeviceState,
+    msg: &Message,
+    mem: GuestMemory,
+) -> Result<Outcome, HandlerError> {
+    match dev.set_memory(mem) {
+        Ok(()) => Ok(Outcome::Done),
+        Err(e) => refuse(msg, e.into()),
+    }
 }
 
 /// REM_MEM_REG: drops one reference; the region leaves the table with the last one.
@@ -412,7 +427,8 @@ fn rem_mem_reg(
                 dev.dev.id()
             );
         }
-        Ok(Released::Removed { table, .. }) => dev.set_memory(table),
+        // A table without the region has nothing new to map: not refused.
+        Ok(Released::Removed { table, .. }) => return install(dev, msg, table),
         Err(e) => return refuse_memory(msg, e),
     }
     Ok(Outcome::Done)

@@ -9,6 +9,7 @@
 //! | `rte_vhost_driver_set_protocol_features` | [`Driver::set_protocol_features`] |
 //! | `rte_vhost_driver_callback_register` | [`Driver::set_callbacks`] |
 //! | `rte_vhost_driver_start` | [`Driver::start`] |
+//! | `async_dma_map` (automatic with async copy, into the VFIO container) | [`Driver::set_dma_mapper`] |
 //! | `rte_vhost_driver_unregister` | [`Driver::unregister`] |
 //!
 //! One control thread per [`Driver`] runs an epoll loop over every started socket: listeners,
@@ -17,6 +18,7 @@
 
 mod control;
 pub mod device;
+mod dma_map;
 mod handlers;
 #[cfg(feature = "internals")]
 pub mod session;
@@ -30,6 +32,8 @@ use thiserror::Error;
 pub use crate::virtq::QueueStats;
 pub use crate::virtq::stats::VringStats;
 pub use device::{Device, DeviceId};
+pub use dma_map::DmaMapError;
+pub use rvhost_dma::hw::DmaMapper;
 
 use crate::features;
 
@@ -94,6 +98,9 @@ pub enum DriverError {
     /// A flag names a subsystem that rvhost does not have yet.
     #[error("flag {0} is not supported by this build of rvhost")]
     UnsupportedFlag(&'static str),
+    /// A DMA mapper for a socket registered without [`Flags::ASYNC_COPY`].
+    #[error("{0}: a DMA mapper needs a socket registered with Flags::ASYNC_COPY")]
+    NotAsyncCopy(PathBuf),
     /// A feature bit that cannot be offered.
     #[error("feature bits {0:#x} are not supported by this build of rvhost")]
     UnsupportedFeatures(u64),
@@ -218,6 +225,8 @@ pub(crate) struct SocketConfig {
     pub max_queue_pairs: u16,
     pub ops: Arc<dyn DeviceOps>,
     pub started: bool,
+    /// Maps each device's guest memory for the copy devices ([`Driver::set_dma_mapper`]).
+    pub dma_mapper: Option<Arc<dyn DmaMapper>>,
 }
 
 /// The vhost-user driver: a set of registered socket paths served by one control thread.
@@ -273,6 +282,7 @@ impl Driver {
                 max_queue_pairs: device::MAX_QUEUE_PAIRS,
                 ops: Arc::new(NoOps),
                 started: false,
+                dma_mapper: None,
             },
         );
         Ok(())
@@ -386,6 +396,38 @@ impl Driver {
     ) -> Result<(), DriverError> {
         self.update(path.as_ref(), |c| {
             c.ops = ops;
+            Ok(())
+        })
+    }
+
+    /// Gives the socket's devices a DMA mapper (DPDK maps into its VFIO container on its own
+    /// when async copy is on; here the application says where): every region of each
+    /// device's guest memory is then mapped through it (IOVA = the backend's virtual address
+    /// of the region, length = its size) before any vring sees the memory table that names
+    /// it, and unmapped when the region leaves the table, after every copy in flight on the
+    /// device's vrings is drained (SET_MEM_TABLE, ADD_MEM_REG / REM_MEM_REG, RESET_OWNER,
+    /// the connection's end). A region the mapper refuses refuses the memory change: a
+    /// failure status with REPLY_ACK, else the connection closes, as for a region that cannot
+    /// be mapped in the process (see the `Driver`'s memory rules); nothing stays half-mapped.
+    ///
+    /// The copy devices' own rings and completion records are their drivers' to map, and
+    /// the application's mbuf pools its own (`PktPool::memory_ranges`), as in DPDK. One
+    /// mapper may serve many sockets: regions mapped at once never overlap (each is its own
+    /// `mmap` in this process, and stays mapped while the IOMMU maps it). For channels behind
+    /// several IOMMU tables, give a [`MapperSet`](rvhost_dma::hw::MapperSet).
+    ///
+    /// Needs [`Flags::ASYNC_COPY`] (the only path that hands guest memory to a device).
+    pub fn set_dma_mapper(
+        &self,
+        path: impl AsRef<Path>,
+        mapper: Arc<dyn DmaMapper>,
+    ) -> Result<(), DriverError> {
+        let path = path.as_ref();
+        self.update(path, |c| {
+            if !c.flags.contains(Flags::ASYNC_COPY) {
+                return Err(DriverError::NotAsyncCopy(path.to_path_buf()));
+            }
+            c.dma_mapper = Some(mapper);
             Ok(())
         })
     }

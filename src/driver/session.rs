@@ -107,6 +107,7 @@ impl Session {
             max_queue_pairs: opts.max_queue_pairs.clamp(1, MAX_QUEUE_PAIRS),
             ops: Arc::clone(&ops),
             started: true,
+            dma_mapper: None,
         };
         let mut state = DeviceState::new(control::new_device_id(), cfg);
         state.guard_pages = opts.guard_pages;

@@ -3,7 +3,10 @@
 //! A [`DmaRegion`] is a zeroed, page-aligned allocation with a known [`Iova`]; for now the
 //! IOVA is the virtual address (as for the crate's other engines). A driver makes it visible to
 //! the device through a [`DmaMapper`]: [`IdentityMapper`] when there is no IOMMU to program, a
-//! device model's IOMMU table in tests, and (later) a VFIO container's `VFIO_IOMMU_MAP_DMA`.
+//! device model's IOMMU table, or a VFIO container's `VFIO_IOMMU_MAP_DMA` (`VfioPci`). The same
+//! mapper serves the rest of what a device reaches: the application's buffers (mbuf pools) and,
+//! in rvhost, each guest's memory (`Driver::set_dma_mapper`); [`MapperSet`] programs several
+//! IOMMU tables as one.
 //!
 //! The region is shared with the device, so no Rust reference into it is ever made, except
 //! [`AtomicU64`]s for words the device writes (completion write-backs, which hardware writes as
@@ -42,6 +45,63 @@ impl DmaMapper for IdentityMapper {
     }
 
     fn unmap(&self, _iova: Iova, _len: usize) {}
+}
+
+/// Several IOMMUs programmed as one: each mapping is made in every member, in order, or in
+/// none. For an application whose copy channels sit behind different IOMMU tables (one device
+/// model per channel, or devices in different VFIO containers) but that hands one mapper to
+/// whoever maps its memory (rvhost's `Driver::set_dma_mapper`).
+///
+/// Members must not share a table: a range mapped twice in one table is refused (overlap) by
+/// the second mapping.
+pub struct MapperSet(Vec<std::sync::Arc<dyn DmaMapper>>);
+
+impl MapperSet {
+    /// A set of `members` (none: every mapping succeeds and does nothing).
+    pub fn new(members: Vec<std::sync::Arc<dyn DmaMapper>>) -> MapperSet {
+        MapperSet(members)
+    }
+
+    /// How many mappers the set programs.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True if the set has no member.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for MapperSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapperSet")
+            .field("members", &self.0.len())
+            .finish()
+    }
+}
+
+impl DmaMapper for MapperSet {
+    /// Maps the range in every member; if one fails, the members that took it already are
+    /// unmapped again and that member's error is returned.
+    unsafe fn map(&self, iova: Iova, va: *const u8, len: usize) -> Result<(), DmaError> {
+        for (i, m) in self.0.iter().enumerate() {
+            // SAFETY: this method's contract is `map`'s, passed on to each member.
+            if let Err(e) = unsafe { m.map(iova, va, len) } {
+                for done in &self.0[..i] {
+                    done.unmap(iova, len);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn unmap(&self, iova: Iova, len: usize) {
+        for m in &self.0 {
+            m.unmap(iova, len);
+        }
+    }
 }
 
 /// A zeroed, page-aligned allocation that a device accesses by its [`Iova`] (= its virtual
@@ -158,6 +218,56 @@ impl Drop for DmaRegion {
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering::Relaxed;
+
+    /// Records its mappings; refuses every map when `fail`.
+    #[derive(Default)]
+    struct Rec {
+        maps: std::sync::Mutex<Vec<(u64, usize)>>,
+        fail: bool,
+    }
+
+    impl DmaMapper for Rec {
+        unsafe fn map(&self, iova: Iova, _va: *const u8, len: usize) -> Result<(), DmaError> {
+            if self.fail {
+                return Err(DmaError::InvalidConfig("refused"));
+            }
+            self.maps.lock().unwrap().push((iova.0, len));
+            Ok(())
+        }
+        fn unmap(&self, iova: Iova, len: usize) {
+            let mut m = self.maps.lock().unwrap();
+            let at = m.iter().position(|&x| x == (iova.0, len)).unwrap();
+            m.remove(at);
+        }
+    }
+
+    #[test]
+    fn mapper_set_maps_in_all_or_none() {
+        use std::sync::Arc;
+        let (a, b) = (Arc::new(Rec::default()), Arc::new(Rec::default()));
+        let bad = Arc::new(Rec {
+            fail: true,
+            ..Rec::default()
+        });
+        let set = MapperSet::new(vec![a.clone(), b.clone()]);
+        let buf = [0u8; 64];
+        // SAFETY: the recording mappers never touch the memory.
+        unsafe { set.map(Iova::from_ptr(buf.as_ptr()), buf.as_ptr(), 64) }.unwrap();
+        assert_eq!(
+            (a.maps.lock().unwrap().len(), b.maps.lock().unwrap().len()),
+            (1, 1)
+        );
+        set.unmap(Iova::from_ptr(buf.as_ptr()), 64);
+        assert!(a.maps.lock().unwrap().is_empty() && b.maps.lock().unwrap().is_empty());
+        let set = MapperSet::new(vec![a.clone(), bad, b.clone()]);
+        // SAFETY: as above.
+        let r = unsafe { set.map(Iova::from_ptr(buf.as_ptr()), buf.as_ptr(), 64) };
+        assert!(r.is_err());
+        assert!(
+            a.maps.lock().unwrap().is_empty() && b.maps.lock().unwrap().is_empty(),
+            "nothing left half-mapped"
+        );
+    }
 
     #[test]
     fn region_is_zeroed_aligned_and_checked() {

@@ -21,7 +21,7 @@ pub mod ioat;
 pub mod mmio;
 pub mod vfio;
 
-pub use dma_mem::{DmaMapper, DmaRegion, IdentityMapper};
+pub use dma_mem::{DmaMapper, DmaRegion, IdentityMapper, MapperSet};
 pub use dsa::{DsaChannel, DsaDevice};
 pub use ioat::IoatChannel;
 pub use mmio::{Mmio, MmioBar};

@@ -926,8 +926,9 @@ impl DsaModel {
     /// descriptor names, mapped or not (as a device does with the IOMMU off or in pass-through
     /// mode); mappings are still recorded and checked again once it is off. Off by default.
     ///
-    /// For a data path whose buffers the model cannot be told about (rvhost has no hook yet
-    /// to map a guest's memory for a device when its memory table changes).
+    /// For tests and data paths that do not map what they hand the model; rvhost's own maps
+    /// guest memory through `Driver::set_dma_mapper` and its pools itself, with the model
+    /// strict.
     ///
     /// # Safety
     ///

@@ -14,8 +14,9 @@ use std::sync::atomic::Ordering::{Acquire, Release};
 use std::thread::{self, JoinHandle};
 
 use super::{DsaModel, IoatModel};
-use crate::DmaError;
+use crate::hw::DmaMapper;
 use crate::soft::{Idle, WorkerConfig};
+use crate::{DmaError, Iova};
 
 /// Descriptors an IOAT model processes per lock taken.
 const IOAT_STEP: usize = 32;
@@ -41,11 +42,38 @@ impl Served {
         }
     }
 
+    /// The model's IOMMU mappings, `(iova, len)` in address order (its `mappings`).
+    pub fn mappings(&self) -> Vec<(Iova, u64)> {
+        match self {
+            Served::Ioat(m) => m.mappings(),
+            Served::Dsa(m) => m.mappings(),
+        }
+    }
+
     /// Every rule of the model's broken so far (its `violations`).
     pub fn violations(&self) -> Vec<String> {
         match self {
             Served::Ioat(m) => m.violations(),
             Served::Dsa(m) => m.violations(),
+        }
+    }
+}
+
+/// The model's IOMMU (its [`DmaMapper`] implementation).
+impl DmaMapper for Served {
+    unsafe fn map(&self, iova: Iova, va: *const u8, len: usize) -> Result<(), DmaError> {
+        match self {
+            // SAFETY: this method's contract is `map`'s, passed on to the model.
+            Served::Ioat(m) => unsafe { DmaMapper::map(m, iova, va, len) },
+            // SAFETY: as above.
+            Served::Dsa(m) => unsafe { DmaMapper::map(m, iova, va, len) },
+        }
+    }
+
+    fn unmap(&self, iova: Iova, len: usize) {
+        match self {
+            Served::Ioat(m) => DmaMapper::unmap(m, iova, len),
+            Served::Dsa(m) => DmaMapper::unmap(m, iova, len),
         }
     }
 }

@@ -9,7 +9,7 @@ use rvhost_hugepages::region::PageSize;
 
 use super::BenchError;
 use rvhost::dataplane::{DeviceTable, PortOps};
-use rvhost::driver::{Device, DeviceOps, Driver, Flags, Refused};
+use rvhost::driver::{Device, DeviceOps, DmaMapper, Driver, Flags, Refused};
 use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
 use rvhost::frontend::{Frontend, FrontendOptions};
 
@@ -112,7 +112,8 @@ pub(crate) struct Bed {
 }
 
 impl Bed {
-    /// Starts a driver on `sock` (with [`Flags::ASYNC_COPY`] if `asynch`), connects and
+    /// Starts a driver on `sock` (with [`Flags::ASYNC_COPY`] if `asynch`, and `mapper` as its
+    /// DMA mapper if given), connects and
     /// starts a frontend with `queue_size` descriptors per ring (on 4 KiB pages if
     /// `small_pages`), and waits for the device.
     pub fn new(
@@ -121,6 +122,7 @@ impl Bed {
         mrg: bool,
         small_pages: bool,
         asynch: bool,
+        mapper: Option<Arc<dyn DmaMapper>>,
     ) -> Result<Bed, BenchError> {
         let driver = Driver::new()?;
         let flags = if asynch {
@@ -129,6 +131,9 @@ impl Bed {
             Flags::empty()
         };
         driver.register(sock, flags)?;
+        if let Some(m) = mapper {
+            driver.set_dma_mapper(sock, m)?;
+        }
         let table = DeviceTable::new(1, 1);
         let capture = Arc::new(Capture::new(&table));
         driver.set_callbacks(sock, Arc::clone(&capture) as Arc<dyn DeviceOps>)?;

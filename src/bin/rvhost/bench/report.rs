@@ -61,8 +61,9 @@ impl Report {
         if args.copy.0.iter().any(|c| c.is_model()) {
             header.push(
                 "  ioat-model, dsa-model = async path, the IOAT or DSA driver over a software \
-                         model of the device's registers (IOMMU in passthrough), stepped on the \
-                         frontend's core: their throughput is a model's, not the hardware's"
+                         model of the device's registers (IOMMU strict: pool and guest memory \
+                         mapped), stepped on the frontend's core: their throughput is a \
+                         model's, not the hardware's"
                     .into(),
             );
         }

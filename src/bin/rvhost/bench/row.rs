@@ -13,12 +13,13 @@ use super::workers::{
     frontend_loop,
 };
 use super::{BenchArgs, BenchError, CopyMode, Direction};
-use crate::dma::models::model_channels;
+use crate::dma::models::{PoolMapping, model_channels};
 use rvhost::frontend::NetHdr;
 use rvhost::lcore::Lcores;
 use rvhost::mbuf::PktPool;
 use rvhost::net::{
     AsyncConfig, AsyncCopyOps, DmaCopy, QueuePair, async_channel_register, async_clear_queue,
+    async_stats,
 };
 use rvhost_dma::model::ModelWorker;
 use rvhost_dma::soft::{Idle, SoftConfig, WorkerConfig};
@@ -171,17 +172,14 @@ pub(crate) fn run_row(
 ) -> Result<RowResult, BenchError> {
     let args = cfg.args;
     let asynch = cfg.copy != CopyMode::Cpu;
-    let mut bed = Bed::new(
-        &cfg.sock,
-        args.queue_size,
-        cfg.mrg,
-        args.small_pages,
-        asynch,
-    )?;
     // The DMA engine (the soft engine's device, or the models) is polled in the frontend's
     // loop: one thread on that core. One channel per direction: the guest's receive and
-    // transmit queues.
+    // transmit queues. The models come first: the driver maps the guest's memory in their
+    // IOMMUs when its table arrives (before the row's bed exists), and the pool is mapped
+    // in them for the row (`_pool_map`, dropped after the bed).
     let ring = args.queue_size.max(64);
+    let mut _pool_map = None;
+    let mut mapper = None;
     let (mut soft, channels, threshold) = match cfg.copy {
         CopyMode::Cpu => (None, Vec::new(), 0),
         CopyMode::Soft { threshold, lanes } => {
@@ -196,9 +194,20 @@ pub(crate) fn run_row(
         }
         CopyMode::Model { kind, threshold } => {
             let m = model_channels(kind, 2, ring).map_err(BenchError::Dma)?;
+            let all = m.mapper(0..m.models.len());
+            _pool_map = Some(PoolMapping::new(pool, Arc::clone(&all)).map_err(BenchError::Dma)?);
+            mapper = Some(all);
             (Some(DmaServe::Models(m.models)), m.channels, threshold)
         }
     };
+    let mut bed = Bed::new(
+        &cfg.sock,
+        args.queue_size,
+        cfg.mrg,
+        args.small_pages,
+        asynch,
+        mapper,
+    )?;
     let config = AsyncConfig {
         threshold,
         ..AsyncConfig::default()
@@ -280,6 +289,7 @@ pub(crate) fn run_row(
         .or_else(|| check_window(&params, &w1))
         .or_else(|| check_totals(&params, &fe_end, &be_end))
         .or_else(|| check_vrings(&bed))
+        .or_else(|| check_dma_errors(&bed))
         .or_else(|| {
             (!violations.is_empty())
                 .then(|| format!("the device model saw broken rules: {violations:?}"))
@@ -449,6 +459,16 @@ fn check_vrings(bed: &Bed) -> Option<String> {
         }
     }
     (bad > 0).then(|| format!("{bad} descriptor chains reported bad"))
+}
+
+/// Copy jobs the device failed (an IOMMU fault of a model, an unmapped address): the async
+/// path copied them again with the CPU, so the counts pass, but a row that measures a copy
+/// device must not hide them.
+fn check_dma_errors(bed: &Bed) -> Option<String> {
+    let rx = async_stats(&bed.dev, QueuePair(0).rx());
+    let tx = async_stats(&bed.dev, QueuePair(0).tx());
+    let errors: u64 = [rx, tx].iter().flatten().map(|s| s.dma_errors).sum();
+    (errors > 0).then(|| format!("{errors} DMA jobs failed (copied again by the CPU)"))
 }
 
 #[cfg(test)]

@@ -62,7 +62,7 @@ fn is_bdf(s: &str) -> bool {
 
 /// Why `--copy ioat:BDF` or `--copy dsa:BDF` (`tok`) cannot run, with sysfs at `sysfs` and
 /// the VFIO nodes in `dev_vfio`: what the VFIO checks find missing, with what to do; or, when
-/// the function is ready, what rvhost still lacks.
+/// the function is ready, that rvhost does not drive a real device yet (untried on hardware).
 pub fn device_mode_refusal(tok: &str, sysfs: &Path, dev_vfio: &Path) -> String {
     let (want, bdf) = tok.split_once(':').unwrap_or((tok, ""));
     if !is_bdf(bdf) {
@@ -82,7 +82,11 @@ pub fn device_mode_refusal(tok: &str, sysfs: &Path, dev_vfio: &Path) -> String {
     match vfio::check(sysfs, dev_vfio, bdf) {
         Err(e) => format!("{tok}: {e}"),
         Ok(ready) => format!(
-            "{tok}: {bdf} is ready (vfio-pci, IOMMU group {}), but rvhost cannot run the data              path on a device yet: the guests' memory must be mapped in the device's IOMMU              whenever their memory tables change, and rvhost has no hook for that              (ioat-model and dsa-model run the drivers over models)",
+            "{tok}: {bdf} is ready (vfio-pci, IOMMU group {}), but rvhost does not drive a real \
+             device yet: nothing of the VFIO path (open, BARs, the drivers on silicon, the \
+             IOMMU mapping of the pool and of guest memory through Driver::set_dma_mapper) \
+             has run on hardware; ioat-model and dsa-model run the same drivers and the same \
+             mapping over models with a strict IOMMU",
             ready.group
         ),
     }
@@ -146,7 +150,8 @@ mod tests {
         fs::write(dev.join("40"), "").unwrap();
         let r = refusal("dsa:0000:6a:01.0");
         assert!(
-            r.contains("is ready (vfio-pci, IOMMU group 40)") && r.contains("no hook"),
+            r.contains("is ready (vfio-pci, IOMMU group 40)")
+                && r.contains("does not drive a real device yet"),
             "{r}"
         );
         let _ = fs::remove_dir_all(&root);

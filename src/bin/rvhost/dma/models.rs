@@ -3,18 +3,23 @@
 //! registers, so the data path's DMA code runs end to end where no such device exists.
 //!
 //! Each channel gets a model of its own (an IOAT model is one channel; a DSA model is a device
-//! whose WQ 0 the driver sets up). The models' IOMMU is in passthrough: the data path copies
-//! between guest memory and mbufs, and rvhost has no hook yet to tell a device about a guest's
-//! memory when its table changes (what DPDK's vhost does on SET_MEM_TABLE with
-//! `async_dma_map`), so the models reach any address a descriptor names, as a device does with
-//! the IOMMU off or in pass-through mode.
+//! whose WQ 0 the driver sets up). The models' IOMMU is strict, as a device's behind VFIO with
+//! the IOMMU on: an address nobody mapped is a fault the driver reports as a failed job (the
+//! async path then copies with the CPU and counts a `dma_error`). What the models reach is
+//! mapped: their rings and completion records by their drivers; the mbuf pool by
+//! [`PoolMapping`] (the application's part, as in DPDK); guest memory by the driver of each
+//! socket, through the mapper [`ModelChannels::mapper`] gives ([`Driver::set_dma_mapper`]).
+//!
+//! [`Driver::set_dma_mapper`]: rvhost::driver::Driver::set_dma_mapper
 
+use std::ops::Range;
 use std::sync::Arc;
 
+use rvhost::mbuf::PktPool;
 use rvhost::net::{AsyncCopyOps, DmaCopy};
-use rvhost_dma::hw::{DsaChannel, DsaDevice, IoatChannel};
+use rvhost_dma::hw::{DmaMapper, DsaChannel, DsaDevice, IoatChannel, MapperSet};
 use rvhost_dma::model::{DsaModel, DsaModelConfig, IoatModel, IoatModelConfig, Served};
-use rvhost_dma::{ChannelConfig, DmaError};
+use rvhost_dma::{ChannelConfig, DmaError, Iova};
 
 /// Which device the channels model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,8 +49,66 @@ pub struct ModelChannels {
     pub models: Vec<Served>,
 }
 
-/// `n` channels of `ring` jobs over models of `kind`, in IOMMU passthrough (see the
-/// [module documentation](self)).
+impl ModelChannels {
+    /// One mapper programming the IOMMUs of the models `which` (indexes of `models`): what a
+    /// socket whose queues use those channels gives its driver.
+    pub fn mapper(&self, which: Range<usize>) -> Arc<dyn DmaMapper> {
+        mapper_of(&self.models[which])
+    }
+}
+
+/// One mapper programming the IOMMUs of `models`.
+pub fn mapper_of(models: &[Served]) -> Arc<dyn DmaMapper> {
+    let members = models
+        .iter()
+        .map(|m| Arc::new(m.clone()) as Arc<dyn DmaMapper>)
+        .collect();
+    Arc::new(MapperSet::new(members))
+}
+
+/// An mbuf pool's memory mapped in some models' IOMMUs (IOVA = VA) for as long as this lives;
+/// it keeps a handle of the pool, so the memory outlives the mapping.
+pub struct PoolMapping {
+    mapper: Arc<dyn DmaMapper>,
+    ranges: Vec<(*const u8, usize)>,
+    _pool: PktPool,
+}
+
+impl PoolMapping {
+    /// Maps every memory range of `pool` through `mapper`; on a failure, unmaps what it
+    /// mapped and returns the error.
+    pub fn new(pool: &PktPool, mapper: Arc<dyn DmaMapper>) -> Result<PoolMapping, DmaError> {
+        let mut out = PoolMapping {
+            mapper,
+            ranges: Vec::new(),
+            _pool: pool.clone(),
+        };
+        for (va, len) in pool.memory_ranges() {
+            // SAFETY: the range is the pool's memory, which `out._pool` keeps allocated until
+            // `out` drops, and `drop` unmaps it first; mbuf data is only reached through raw
+            // pointers while a copy may be writing it (the async path's rule).
+            unsafe { out.mapper.map(Iova::from_ptr(va), va, len) }?;
+            out.ranges.push((va, len));
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for PoolMapping {
+    fn drop(&mut self) {
+        for &(va, len) in &self.ranges {
+            self.mapper.unmap(Iova::from_ptr(va), len);
+        }
+    }
+}
+
+// SAFETY: the raw pointers are addresses only (never dereferenced here); the pool handle and
+// the mapper are Send + Sync.
+unsafe impl Send for PoolMapping {}
+
+/// `n` channels of `ring` jobs over models of `kind`, their IOMMUs strict (see the
+/// [module documentation](self)): map the pool with [`PoolMapping`] and guest memory through
+/// [`ModelChannels::mapper`] before traffic.
 pub fn model_channels(kind: ModelKind, n: usize, ring: u16) -> Result<ModelChannels, DmaError> {
     // The data path copies contiguous ranges only.
     let cfg = ChannelConfig {
@@ -60,10 +123,6 @@ pub fn model_channels(kind: ModelKind, n: usize, ring: u16) -> Result<ModelChann
         match kind {
             ModelKind::Ioat => {
                 let model = IoatModel::new(IoatModelConfig::default());
-                // SAFETY: only the channel below submits to the model: its own rings, and jobs
-                // whose memory the async path keeps valid until they are reported (the
-                // contract of `AsyncCopyOps::transfer_data`, which `DmaCopy` passes to `copy`).
-                unsafe { model.set_passthrough(true) };
                 let ch = IoatChannel::new(model.clone(), &cfg, Arc::new(model.clone()))?;
                 // The model checks that DMACOUNT never puts more than the ring in flight.
                 model.set_max_pending(u16::try_from(ch.descriptors() - 1).unwrap_or(u16::MAX));
@@ -77,8 +136,6 @@ pub fn model_channels(kind: ModelKind, n: usize, ring: u16) -> Result<ModelChann
                     parallel: 4,
                     ..DsaModelConfig::default()
                 });
-                // SAFETY: as for the IOAT model above.
-                unsafe { model.set_passthrough(true) };
                 let dev = DsaDevice::setup(model.clone())?;
                 let ch = DsaChannel::new(dev, model.portal(0), &cfg, Arc::new(model.clone()))?;
                 out.channels.push(Box::new(DmaCopy::new(ch)));

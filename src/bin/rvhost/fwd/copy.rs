@@ -3,7 +3,10 @@
 //!
 //! The engine runs on a thread of its own: a [`SoftDevice`] with one channel per port, queue
 //! pair and direction, or one device model per channel (the IOAT or DSA driver over it, see
-//! [`crate::dma::models`]), all served by one [`ModelWorker`]. A channel is registered on the device's vring in `new_device` and taken back
+//! [`crate::dma::models`]), all served by one [`ModelWorker`]. The models' IOMMUs are strict:
+//! the pool is mapped in every model for the run ([`PoolMapping`]), and each port's socket
+//! gets a mapper over its own channels' models, through which its driver maps the guest's
+//! memory ([`Engines::mapper`]). A channel is registered on the device's vring in `new_device` and taken back
 //! in `destroy_device`, after the lcores let go of the device and the packets still in it
 //! were handed back, so that the next device of the port gets it again.
 
@@ -19,7 +22,10 @@ use rvhost_dma::model::{ModelWorker, Served};
 use rvhost_dma::soft::{Idle, SoftConfig, SoftWorker, WorkerConfig};
 use rvhost_dma::{ChannelConfig, DmaError, SoftDevice};
 
-use crate::dma::models::{ModelKind, model_channels, report_violations};
+use rvhost::mbuf::PktPool;
+use rvhost_dma::hw::DmaMapper;
+
+use crate::dma::models::{ModelKind, PoolMapping, mapper_of, model_channels, report_violations};
 
 /// The thread serving the channels: it must outlive every device, so drop it after the ports
 /// are closed (and, for the models, after the channels, so that their teardown is checked).
@@ -33,6 +39,8 @@ pub enum DmaThread {
     Models {
         /// Stops and joins the thread on drop.
         worker: Option<ModelWorker>,
+        /// The pool mapped in the models' IOMMUs, unmapped on drop.
+        pool_map: Option<PoolMapping>,
         /// The models, whose broken rules are logged on drop.
         models: Vec<Served>,
     },
@@ -40,8 +48,14 @@ pub enum DmaThread {
 
 impl Drop for DmaThread {
     fn drop(&mut self) {
-        if let DmaThread::Models { worker, models } = self {
+        if let DmaThread::Models {
+            worker,
+            pool_map,
+            models,
+        } = self
+        {
             drop(worker.take());
+            drop(pool_map.take());
             report_violations(models);
         }
     }
@@ -69,6 +83,9 @@ pub struct Engines {
     slots: Mutex<Vec<Option<Box<dyn AsyncCopyOps>>>>,
     queues: u16,
     config: AsyncConfig,
+    /// Per port, the mapper of its channels' IOMMUs (none for the software engine, which
+    /// has no IOMMU).
+    mappers: Vec<Arc<dyn DmaMapper>>,
 }
 
 impl Engines {
@@ -92,33 +109,45 @@ impl Engines {
             .into_iter()
             .map(|e| Box::new(DmaCopy::new(e)) as Box<dyn AsyncCopyOps>)
             .collect();
-        let engines = Engines::with(slots, queues, threshold);
+        let engines = Engines::with(slots, queues, threshold, Vec::new());
         Ok((Arc::new(engines), DmaThread::Soft { _worker: worker }))
     }
 
     /// One IOAT or DSA model per port, queue pair and direction, each with its driver's
     /// channel, all served by one thread (returned: drop it after the ports are closed and
     /// the engines dropped). With `core` the thread is pinned there and spins when idle;
-    /// without, it yields.
+    /// without, it yields. `pool` is mapped in every model until the thread is dropped.
     pub fn models(
         ports: usize,
         queues: u16,
         threshold: u32,
         kind: ModelKind,
         core: Option<usize>,
+        pool: &PktPool,
     ) -> Result<(Arc<Engines>, DmaThread), DmaError> {
-        let n = 2 * ports * usize::from(queues);
-        let m = model_channels(kind, n, RING)?;
+        let per_port = 2 * usize::from(queues);
+        let m = model_channels(kind, ports * per_port, RING)?;
+        let pool_map = PoolMapping::new(pool, mapper_of(&m.models))?;
+        // The channels of port p are slots p * per_port.. (see `index`).
+        let mappers = (0..ports)
+            .map(|p| m.mapper(p * per_port..(p + 1) * per_port))
+            .collect();
         let worker = ModelWorker::serve(m.models.clone(), worker_config(core))?;
-        let engines = Engines::with(m.channels, queues, threshold);
+        let engines = Engines::with(m.channels, queues, threshold, mappers);
         let thread = DmaThread::Models {
             worker: Some(worker),
+            pool_map: Some(pool_map),
             models: m.models,
         };
         Ok((Arc::new(engines), thread))
     }
 
-    fn with(channels: Vec<Box<dyn AsyncCopyOps>>, queues: u16, threshold: u32) -> Engines {
+    fn with(
+        channels: Vec<Box<dyn AsyncCopyOps>>,
+        queues: u16,
+        threshold: u32,
+        mappers: Vec<Arc<dyn DmaMapper>>,
+    ) -> Engines {
         Engines {
             slots: Mutex::new(channels.into_iter().map(Some).collect()),
             queues,
@@ -126,7 +155,14 @@ impl Engines {
                 threshold,
                 ..AsyncConfig::default()
             },
+            mappers,
         }
+    }
+
+    /// The mapper port `port`'s socket gives its driver, so that its devices' guest memory is
+    /// mapped in its channels' IOMMUs; `None` for an engine without an IOMMU.
+    pub fn mapper(&self, port: usize) -> Option<Arc<dyn DmaMapper>> {
+        self.mappers.get(port).cloned()
     }
 
     fn index(&self, port: usize, q: u16, dir: Dir) -> usize {

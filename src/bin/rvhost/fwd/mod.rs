@@ -338,7 +338,14 @@ pub fn run(args: Args) -> Result<(), FwdError> {
             (Some(e), Some(w))
         }
         CopyMode::Model { kind, threshold } => {
-            let (e, w) = copy::Engines::models(ports, cfg.queues, threshold, kind, cfg.dma_lcore)?;
+            let (e, w) = copy::Engines::models(
+                ports,
+                cfg.queues,
+                threshold,
+                kind,
+                cfg.dma_lcore,
+                &shared.pool,
+            )?;
             (Some(e), Some(w))
         }
     };
@@ -386,6 +393,9 @@ fn serve(
                 table: Arc::clone(&sh.table),
                 port,
             };
+            if let Some(mapper) = engines.and_then(|e| e.mapper(port)) {
+                driver.set_dma_mapper(path, mapper)?;
+            }
             match engines {
                 Some(e) => driver.set_callbacks(
                     path,
