@@ -219,6 +219,9 @@ pub(crate) struct DeviceState {
     ///
     /// [`MapOptions::guard_pages`]: crate::memory::MapOptions::guard_pages
     pub guard_pages: bool,
+    /// Postcopy migration state (PAGEFAULT): the userfaultfd, listening, a table waiting for
+    /// the front-end's acknowledgement.
+    pub postcopy: super::postcopy::Postcopy,
 }
 
 impl DeviceState {
@@ -255,6 +258,7 @@ impl DeviceState {
             backend_req: None,
             inflight: None,
             guard_pages: false,
+            postcopy: super::postcopy::Postcopy::default(),
         }
     }
 
