@@ -24,7 +24,8 @@
 #                          (--postcopy-after); the destination runs the guest while its
 #                          memory still arrives, the backend's faults served by QEMU
 #       --postcopy-after S seconds between `migrate` and `migrate-start-postcopy` (default:
-#                          0.5; the switch happens during the first RAM pass)
+#                          0: at once, QEMU switches as its first RAM pass runs; a hugepage
+#                          guest may finish precopy before a later switch)
 #   -b, --rvhost PATH      the rvhost binary (default: $RVHOST_BIN, else rvhost in PATH)
 #   -a, --accel A          tcg | kvm (default: tcg)
 #       --guest-mem MB     guest memory (default: 256)
@@ -95,7 +96,7 @@ GUEST_MEM_MB=256
 INTERVAL=0.01
 STREAM=12
 MIGRATE_AFTER=2
-POSTCOPY_AFTER=0.5
+POSTCOPY_AFTER=0
 MAX_LOSS=0
 ANNOUNCE=guest
 QUEUES=1

@@ -81,6 +81,7 @@ pub(super) fn advise(
     _: &mut Message,
     _: &mut Effects,
 ) -> Result<Outcome, HandlerError> {
+    negotiated(dev, FrontendReq::PostcopyAdvise)?;
     if dev.postcopy.ufd.is_some() {
         log::warn!(
             "{}: POSTCOPY_ADVISE again: the userfaultfd held is closed and replaced",
@@ -124,6 +125,7 @@ pub(super) fn listen(
     _: &mut Message,
     _: &mut Effects,
 ) -> Result<Outcome, HandlerError> {
+    negotiated(dev, FrontendReq::PostcopyListen)?;
     if dev.postcopy.ufd.is_none() {
         return Ok(Outcome::Failed(
             "no userfaultfd: POSTCOPY_ADVISE did not come first".into(),
@@ -146,6 +148,7 @@ pub(super) fn end(
     _: &mut Message,
     _: &mut Effects,
 ) -> Result<Outcome, HandlerError> {
+    negotiated(dev, FrontendReq::PostcopyEnd)?;
     let Some(ufd) = dev.postcopy.ufd.take() else {
         return Ok(Outcome::Failed(
             "no userfaultfd: POSTCOPY_ADVISE never came".into(),
@@ -358,4 +361,17 @@ fn answer_region(mem: &GuestMemory, region: &MemoryRegion) -> Result<Outcome, Ha
 /// Whether `dev` takes memory in postcopy mode (listening with PAGEFAULT negotiated).
 pub(super) fn listening(dev: &DeviceState) -> bool {
     dev.postcopy.listening && dev.has_protocol(pf::PAGEFAULT)
+}
+
+/// POSTCOPY_* requests need PAGEFAULT negotiated (offered only with POSTCOPY_SUPPORT); without
+/// it they close the connection, as an unsupported request does.
+fn negotiated(dev: &DeviceState, req: FrontendReq) -> Result<(), HandlerError> {
+    if dev.has_protocol(pf::PAGEFAULT) {
+        Ok(())
+    } else {
+        Err(HandlerError::State {
+            request: req.name(),
+            reason: "the PAGEFAULT protocol feature was not negotiated".into(),
+        })
+    }
 }
