@@ -572,7 +572,11 @@ if [ "$RESULT" = PASS ]; then
 fi
 # The source backend's dirty log: bits it set in QEMU's log (released when QEMU quit).
 MARKED=$(sed -n "s/.*dirty log .* released: \([0-9]*\) pages marked.*/\1/p" "$W/backend-src.log" 2>/dev/null | awk "{ n += \$1 } END { print n + 0 }")
-[ "${MARKED:-0}" -gt 0 ] || fail "the source backend marked no page in the dirty log (${MARKED:-no 'dirty log ... released' line})"
+# In postcopy the source logs only until the switch, which may come before the backend wrote
+# anything (migrate-start-postcopy at once): required for precopy only.
+if [ "$MIGRATION" = precopy ]; then
+    [ "${MARKED:-0}" -gt 0 ] || fail "the source backend marked no page in the dirty log (${MARKED:-no 'dirty log ... released' line})"
+fi
 if [ "${COPY%%,*}" = soft ]; then
     # The async path really carried the stream: the source's engine copied frames.
     DMA=$(sed -n "s/.* h2g: async: .* dma_copies=\([0-9]*\) .*/\1/p" "$W/backend-src.log" 2>/dev/null | awk "{ n += \$1 } END { print n + 0 }")

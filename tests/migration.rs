@@ -170,7 +170,11 @@ fn migrate(case: Case) {
     assert!(tx > 0, "{what}: stream {m:?}");
     assert_eq!((lost, num(&m, "dups", &what)), (0, 0), "{what}: {m:?}");
     assert!(num(&m, "dirty_syncs", &what) >= 2, "{what}: {m:?}");
-    assert!(num(&m, "pages_marked", &what) > 0, "{what}: {m:?}");
+    // In postcopy the source logs only until the switch (at once here): maybe no page.
+    assert!(
+        postcopy || num(&m, "pages_marked", &what) > 0,
+        "{what}: {m:?}"
+    );
     assert_eq!(m.get("big").map(String::as_str), Some("10/10"), "{what}");
     assert_eq!(m.get("migration").map(String::as_str), Some(kind), "{what}");
     let postcopy_requests = if postcopy {

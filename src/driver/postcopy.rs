@@ -256,6 +256,9 @@ pub(super) fn acknowledged(dev: &mut DeviceState, msg: &Message) -> Result<(), S
             due.name()
         ));
     }
+    if due == FrontendReq::AddMemReg && !dev.has_protocol(pf::CONFIGURE_MEM_SLOTS) {
+        return Err("an ADD_MEM_REG acknowledgement without CONFIGURE_MEM_SLOTS negotiated".into());
+    }
     msg.header.check_flags().map_err(|e| e.to_string())?;
     if msg.header.is_reply() {
         return Err("postcopy acknowledgement with the REPLY flag".into());
