@@ -381,6 +381,9 @@ start_qemu() { # src|dst
         -no-reboot
     )
     [ "$1" = dst ] && args+=(-incoming "unix:$W/migrate.sock")
+    # QEMU's trace of a fault of the backend's (its userfaultfd, not the guest's) that QEMU
+    # matched to a region: counted in the summary ("backend faults").
+    [ "$1" = dst ] && [ "$MIGRATION" = postcopy ] && args+=(-trace vhost_user_postcopy_fault_handler_found)
     printf '%q ' "${args[@]}" > "$W/qemu-$1.cmd"
     : > "$W/serial-$1.log"
     "${args[@]}" </dev/null >"$W/qemu-$1.log" 2>&1 &
@@ -604,6 +607,7 @@ if [ "$MIGRATION" = postcopy ]; then
     PC_ADVISE=$(grep -ac 'POSTCOPY_ADVISE: userfaultfd .* opened' "$W/backend-dst.log" 2>/dev/null)
     PC_REG=$(grep -ac 'postcopy: .* acknowledged; [1-9][0-9]* regions registered' "$W/backend-dst.log" 2>/dev/null)
     PC_END=$(grep -ac 'postcopy: ended' "$W/backend-dst.log" 2>/dev/null)
+    PC_FAULTS=$(grep -ac 'vhost_user_postcopy_fault_handler_found' "$W/qemu-dst.log" 2>/dev/null)
     [ "${PC_ADVISE:-0}" -gt 0 ] || fail "the destination backend got no POSTCOPY_ADVISE"
     [ "${PC_REG:-0}" -gt 0 ] || fail "the destination backend registered no memory with its userfaultfd"
     [ "${PC_END:-0}" -gt 0 ] || fail "the destination backend got no POSTCOPY_END"
@@ -649,14 +653,14 @@ echo "mode:       $MIGRATION, QEMU vhost-user $MODE, mem=$MEM, accel=$ACCEL, gue
 echo "announce:   ${RARPS:-0} SEND_RARP to the destination backend, ${INJECTED:-0} RARP frames injected"
 echo "migration:  status=${MIG_STATUS:-?} downtime=${DOWNTIME:-?} ms total=${TOTAL:-?} ms setup=${SETUP:-?} ms dirty-sync passes=${SYNCS:-?}"
 echo "dirty log:  source backend marked ${MARKED:-?} pages"
-[ "$MIGRATION" = postcopy ] && echo "postcopy:   ${PC_REQS:-?} page requests from the destination; destination backend: ${PC_ADVISE:-0} advise, ${PC_REG:-0} registrations, ${PC_END:-0} end"
+[ "$MIGRATION" = postcopy ] && echo "postcopy:   ${PC_REQS:-?} page requests from the destination, ${PC_FAULTS:-0} of them faults of the destination backend; destination backend: ${PC_ADVISE:-0} advise, ${PC_REG:-0} registrations, ${PC_END:-0} end"
 echo "in hand:    ${IN_HAND:-0} request(s) in the source's async dequeue channel at its stop"
 echo "guest markers:"
 serial_all | grep -a 'VHOST-MIG:' | sed 's/^/  /'
 echo "MIGRATE result=$RESULT mode=$MODE mem=$MEM queues=$QUEUES transmitted=${TX:-0} received=${RX:-0} lost=${LOST:-?} dups=${DUPS:-?}" \
     "lost_ranges=${RANGES:-?} downtime_ms=${DOWNTIME:-?} total_ms=${TOTAL:-?} setup_ms=${SETUP:-?}" \
     "dirty_syncs=${SYNCS:-?} pages_marked=${MARKED:-?} big=${BIG_RX:-0}/10 announce=$ANNOUNCE" \
-    "send_rarp=${RARPS:-0} rarp_frames=${INJECTED:-0} migration=$MIGRATION postcopy_requests=${PC_REQS:--}"
+    "send_rarp=${RARPS:-0} rarp_frames=${INJECTED:-0} migration=$MIGRATION postcopy_requests=${PC_REQS:--} backend_faults=${PC_FAULTS:--}"
 if [ "$RESULT" = PASS ]; then
     echo "RESULT: PASS ($(( $(date +%s) - T0 )) s)"
     [ "$KEEP" = 1 ] || rm -rf "$W"

@@ -179,8 +179,9 @@ fn migrate(case: Case) {
     assert_eq!(m.get("migration").map(String::as_str), Some(kind), "{what}");
     let postcopy_requests = if postcopy {
         format!(
-            ", {} postcopy page requests",
-            num(&m, "postcopy_requests", &what)
+            ", {} postcopy page requests ({} faults of the destination backend)",
+            num(&m, "postcopy_requests", &what),
+            num(&m, "backend_faults", &what)
         )
     } else {
         String::new()

@@ -598,6 +598,19 @@ mod tests {
         assert!(cfg(&["--mode", "io", "--iface", "a", "--nb-mbufs", "10"]).is_err());
         assert!(cfg(&["--mode", "io", "--iface", "a", "--duration=-1"]).is_err());
         assert!(cfg(&["--mode", "io", "--iface", "a", "--stats-period", "nan"]).is_err());
+        // Postcopy only with the CPU copying (the async path populates and locks memory).
+        let c = cfg(&["--mode", "io", "--iface", "a", "--postcopy"]).unwrap();
+        assert!(c.postcopy);
+        let e = cfg(&[
+            "--mode",
+            "io",
+            "--iface",
+            "a",
+            "--postcopy",
+            "--copy",
+            "soft",
+        ]);
+        assert!(e.is_err_and(|e| e.to_string().contains("--postcopy needs --copy cpu")));
         // More lcores than streams: the extra ones are not started.
         let c = cfg(&["--mode", "io", "--iface", "a", "--lcores", "0,1"]).unwrap();
         assert_eq!(c.cores, vec![0]);
