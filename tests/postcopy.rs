@@ -535,3 +535,108 @@ fn expect_eof(case: &str, ep: &mut Endpoint) {
     }
     panic!("{case}: the connection stayed open");
 }
+
+/// The data path faults and waits: the Rust frontend in QEMU's role sets up a device in
+/// postcopy (ADVISE, LISTEN, the table answered and acknowledged), the pages of its receive
+/// buffers are then taken out of the file (as QEMU's discard does: `fallocate(PUNCH_HOLE)`),
+/// and `enqueue_burst` writes packets into them: each first touch of a buffer page faults on
+/// the backend's mapping, a thread in QEMU's role reads the fault from the userfaultfd, places
+/// a zero page through the file and wakes the lcore, and every packet arrives intact.
+#[test]
+fn the_data_path_waits_for_missing_pages() {
+    use rvhost::frontend::FrontendOptions;
+    use rvhost::net::{QueuePair, enqueue_burst};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let _s = serial();
+    if let Some(why) = cannot_run() {
+        return skip(why);
+    }
+    let opts = FrontendOptions {
+        postcopy: true,
+        force_small_pages: true,
+        ..FrontendOptions::default()
+    };
+    let mut b = common::Bed::new(
+        "pc-data",
+        Flags::POSTCOPY_SUPPORT,
+        opts,
+        "pc-pool",
+        1024,
+        32,
+    );
+    let regions = b.fe.postcopy_regions().to_vec();
+    assert_eq!(regions.len(), 1, "{regions:?}");
+    let region = regions[0];
+    let ufd = b.fe.postcopy_ufd().unwrap().try_clone_to_owned().unwrap();
+    assert!(is_userfaultfd(ufd.as_fd()));
+    let file = b.fe.shm().region().fd().try_clone_to_owned().unwrap();
+    // Post the buffers, then drop their pages from the file (whole pages inside the slots).
+    let rx = b.fe.rx(0).unwrap();
+    assert_eq!(rx.post_rx(16, 1536), 16);
+    let pool = rx.pool();
+    let start = (pool.offset(0) as u64).next_multiple_of(PAGE);
+    let end = (pool.offset(15) + pool.slot_len()) as u64 / PAGE * PAGE;
+    assert!(end > start, "buffers {start:#x}..{end:#x}");
+    let at = region.mmap_offset + (start - region.guest_phys_addr);
+    nix::fcntl::fallocate(
+        &file,
+        nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+            | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        at as i64,
+        (end - start) as i64,
+    )
+    .unwrap();
+    // QEMU's part: serve the backend's faults until told to stop.
+    let done = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let server = {
+        let (done, served) = (Arc::clone(&done), Arc::clone(&served));
+        let base = region.userspace_addr;
+        std::thread::spawn(move || {
+            use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+            while !done.load(Ordering::Acquire) {
+                let mut fds = [PollFd::new(ufd.as_fd(), PollFlags::POLLIN)];
+                if poll(&mut fds, PollTimeout::from(50u16)).unwrap() == 0 {
+                    continue;
+                }
+                let msg = next_fault(&ufd);
+                assert_eq!(msg.event, UFFD_EVENT_PAGEFAULT, "{msg:?}");
+                let page = msg.address & !(PAGE - 1);
+                assert!(page >= base && page < base + region.memory_size, "{msg:?}");
+                let off = region.mmap_offset + (page - base);
+                // The page's content: it was taken out of the file, so zeros.
+                nix::sys::uio::pwrite(&file, &[0u8; PAGE as usize], off as i64).unwrap();
+                wake(ufd.as_raw_fd(), page, PAGE).unwrap();
+                served.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let mut cache = b.pool.cache();
+    let pkts: Vec<Vec<u8>> = (0..12).map(|i| common::pkt::payload(1400, i)).collect();
+    let mbufs: Vec<_> = pkts
+        .iter()
+        .map(|p| common::pkt::mbuf_of(&mut cache, p))
+        .collect();
+    let q0 = QueuePair(0);
+    assert_eq!(enqueue_burst(&b.dev, q0.rx(), &mbufs), mbufs.len());
+    cache.free_bulk(mbufs);
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while got.len() < pkts.len() && std::time::Instant::now() < deadline {
+        got.extend(b.fe.rx(0).unwrap().recv(32));
+    }
+    done.store(true, Ordering::Release);
+    server.join().unwrap();
+    assert_eq!(got, pkts);
+    let faults = served.load(Ordering::Relaxed);
+    assert!(
+        faults > 0,
+        "the backend wrote the buffers without one fault"
+    );
+    eprintln!(
+        "postcopy data path: {} packets over {} faults served",
+        pkts.len(),
+        faults
+    );
+}
