@@ -544,17 +544,26 @@ fn expect_eof(case: &str, ep: &mut Endpoint) {
 /// a zero page through the file and wakes the lcore, and every packet arrives intact.
 #[test]
 fn the_data_path_waits_for_missing_pages() {
-    use rvhost::frontend::FrontendOptions;
-    use rvhost::net::{QueuePair, enqueue_burst};
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use rvhost::frontend::MemTableMode;
 
     let _s = serial();
     if let Some(why) = cannot_run() {
         return skip(why);
     }
+    for mode in [MemTableMode::SetMemTable, MemTableMode::AddMemReg] {
+        data_path_faults(mode);
+    }
+}
+
+fn data_path_faults(mode: rvhost::frontend::MemTableMode) {
+    use rvhost::frontend::FrontendOptions;
+    use rvhost::net::{QueuePair, enqueue_burst};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
     let opts = FrontendOptions {
         postcopy: true,
         force_small_pages: true,
+        mem_table: mode,
         ..FrontendOptions::default()
     };
     let mut b = common::Bed::new(
@@ -635,7 +644,7 @@ fn the_data_path_waits_for_missing_pages() {
         "the backend wrote the buffers without one fault"
     );
     eprintln!(
-        "postcopy data path: {} packets over {} faults served",
+        "postcopy data path ({mode:?}): {} packets over {} faults served",
         pkts.len(),
         faults
     );
