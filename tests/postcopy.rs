@@ -232,7 +232,7 @@ fn serve_fault(ufd: &OwnedFd, file: &OwnedFd, base: u64, value: u64) -> u64 {
     assert!(page >= base && page < base + REGION, "{msg:?}");
     let off = page - base;
     nix::sys::uio::pwrite(file, &value.to_ne_bytes(), off as i64).unwrap();
-    wake(ufd.as_raw_fd(), page, PAGE).unwrap();
+    wake(ufd.as_fd(), page, PAGE).unwrap();
     page
 }
 
@@ -616,7 +616,7 @@ fn data_path_faults(mode: rvhost::frontend::MemTableMode) {
                 let off = region.mmap_offset + (page - base);
                 // The page's content: it was taken out of the file, so zeros.
                 nix::sys::uio::pwrite(&file, &[0u8; PAGE as usize], off as i64).unwrap();
-                wake(ufd.as_raw_fd(), page, PAGE).unwrap();
+                wake(ufd.as_fd(), page, PAGE).unwrap();
                 served.fetch_add(1, Ordering::Relaxed);
             }
         })

@@ -288,11 +288,12 @@ impl Userfaultfd {
 
 /// `UFFDIO_WAKE` on `fd` for `[start, start + len)`: what a front-end does after placing a
 /// page (QEMU's `postcopy_wake_shared`). For tests playing the front-end's role.
-pub fn wake(fd: RawFd, start: u64, len: u64) -> Result<(), Errno> {
+pub fn wake(fd: std::os::fd::BorrowedFd<'_>, start: u64, len: u64) -> Result<(), Errno> {
     let mut range = UffdioRange { start, len };
-    // SAFETY: `range` is a valid uffdio_range for the call; a wake only resumes threads
-    // waiting on faults in the range (an fd that is not a userfaultfd fails with ENOTTY).
-    unsafe { uffdio_wake(fd, &mut range) }?;
+    // SAFETY: `fd` is open for the call (borrowed) and `range` a valid uffdio_range the
+    // kernel only reads; on a userfaultfd a wake only resumes threads waiting on faults in the
+    // range, and other fds refuse the request (ENOTTY: it carries UFFDIO's 0xAA type).
+    unsafe { uffdio_wake(fd.as_raw_fd(), &mut range) }?;
     Ok(())
 }
 
