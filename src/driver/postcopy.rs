@@ -3,9 +3,9 @@
 //!
 //! 1. `POSTCOPY_ADVISE`: the back-end opens a userfaultfd and replies with it (an empty
 //!    payload and the fd). A second ADVISE replaces the one held (DPDK does too; the old fd
-//!    is closed here, DPDK leaks it).
+//!    is closed here; DPDK overwrites its descriptor without closing it, as far as read).
 //! 2. `POSTCOPY_LISTEN`: refused (failure status) without a userfaultfd, or once memory is
-//!    mapped (DPDK: "regions already registered at postcopy-listen").
+//!    mapped (as DPDK refuses it when regions are mapped).
 //! 3. `SET_MEM_TABLE` while listening: the regions are mapped and the back-end replies with
 //!    the table whose `userspace_addr` fields are its own mapping addresses; the front-end
 //!    then sends its acknowledgement, a `SET_MEM_TABLE` carrying a `u64` 0 (no fds). Only
