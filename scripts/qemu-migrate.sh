@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# qemu-migrate.sh - live migration (precopy) of a QEMU Linux guest from one rvhost backend to
-# another, with a ping stream running across the move.
+# qemu-migrate.sh - live migration (precopy, or postcopy with --postcopy) of a QEMU Linux
+# guest from one rvhost backend to another, with a ping stream running across the move.
 #
 # Two QEMU processes on this machine, each with its own `rvhost fwd --mode icmpecho` backend on
 # its own vhost-user socket: the source boots the guest, the destination waits with
@@ -17,9 +17,15 @@
 #   -M, --mem MEM          memfd: memory-backend-memfd,share=on
 #                          hugepages: memory-backend-file,mem-path=/dev/hugepages,share=on
 #                          (default: memfd)
-#       --precopy          precopy migration (the default and the only kind supported)
-#       --postcopy         postcopy: NOT SUPPORTED by rvhost (no PAGEFAULT protocol
-#                          feature); says so and exits 2
+#       --precopy          precopy migration (the default)
+#       --postcopy         postcopy: both backends run with `rvhost fwd --postcopy`
+#                          (PAGEFAULT offered), postcopy-ram is set on both QEMUs, and
+#                          migrate-start-postcopy is sent once the first pass has started
+#                          (--postcopy-after); the destination runs the guest while its
+#                          memory still arrives, the backend's faults served by QEMU
+#       --postcopy-after S seconds between `migrate` and `migrate-start-postcopy` (default:
+#                          0: at once, QEMU switches as its first RAM pass runs; a hugepage
+#                          guest may finish precopy before a later switch)
 #   -b, --rvhost PATH      the rvhost binary (default: $RVHOST_BIN, else rvhost in PATH)
 #   -a, --accel A          tcg | kvm (default: tcg)
 #       --guest-mem MB     guest memory (default: 256)
@@ -71,7 +77,8 @@
 #     downtime_ms=N total_ms=N setup_ms=N dirty_syncs=N pages_marked=N big=N/10
 #     announce=guest|rarp send_rarp=N rarp_frames=N
 #
-# Exit status: 0 = PASS, 1 = FAIL, 2 = setup error (or an unsupported mode such as postcopy).
+# Exit status: 0 = PASS, 1 = FAIL, 2 = setup error (or an unsupported combination such as
+#              --postcopy with --copy other than cpu).
 # Each run's files (serial consoles, QEMU and backend logs, QMP answers) are in
 # $VHG_CACHE/migrate-runs/<id>/, removed on a pass unless --keep.
 set -uo pipefail
@@ -89,6 +96,7 @@ GUEST_MEM_MB=256
 INTERVAL=0.01
 STREAM=12
 MIGRATE_AFTER=2
+POSTCOPY_AFTER=0
 MAX_LOSS=0
 ANNOUNCE=guest
 QUEUES=1
@@ -113,6 +121,7 @@ while [ $# -gt 0 ]; do
         -M|--mem) MEM=${2:-}; shift ;;
         --precopy) MIGRATION=precopy ;;
         --postcopy) MIGRATION=postcopy ;;
+        --postcopy-after) POSTCOPY_AFTER=${2:-}; shift ;;
         -b|--rvhost) RVHOST=${2:-}; shift ;;
         -a|--accel) ACCEL=${2:-}; shift ;;
         --guest-mem) GUEST_MEM_MB=${2:-}; shift ;;
@@ -137,17 +146,14 @@ case "$ACCEL" in tcg|kvm) ;; *) die "bad --accel '$ACCEL' (tcg or kvm)" ;; esac
 case "$ANNOUNCE" in guest|rarp) ;; *) die "bad --announce '$ANNOUNCE' (guest or rarp)" ;; esac
 case "$MIGRATION" in
     precopy) ;;
-    # Where a postcopy run would go: migrate-set-capabilities postcopy-ram on both sides, then
-    # migrate-start-postcopy after the first pass. rvhost does not implement it (the backend
-    # would have to register the guest's memory with userfaultfd and answer POSTCOPY_ADVISE/
-    # LISTEN/END), so QEMU would refuse the capability anyway ("vhost-user backend not capable
-    # of postcopy").
-    postcopy) die "postcopy migration is not supported by rvhost (it does not offer the PAGEFAULT protocol feature; precopy only, issue 15)" ;;
+    postcopy)
+        case "${COPY%%,*}" in cpu) ;; *) die "--postcopy needs --copy cpu (rvhost refuses postcopy on the async copy path: it populates and locks guest memory)" ;; esac
+        ;;
 esac
 for v in GUEST_MEM_MB MAX_LOSS TIMEOUT QUEUES; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
-for v in INTERVAL STREAM MIGRATE_AFTER; do
+for v in INTERVAL STREAM MIGRATE_AFTER POSTCOPY_AFTER; do
     [[ ${!v} =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "$v must be a number of seconds (got '${!v}')"
 done
 COUNT=$(awk -v s="$STREAM" -v i="$INTERVAL" 'BEGIN { n = int(s / i + 0.5); print (n < 1 ? 1 : n) }')
@@ -346,6 +352,7 @@ start_backend() { # src|dst
     local args=(fwd --mode icmpecho --iface "$W/$1.sock" --lcores "$LCORES" --queues "$QUEUES"
         --copy "$COPY")
     [ "$MODE" = server ] && args+=(--client)
+    [ "$MIGRATION" = postcopy ] && args+=(--postcopy)
     log "backend-$1: $RVHOST ${args[*]}"
     "$RVHOST" "${args[@]}" </dev/null >"$W/backend-$1.log" 2>&1 &
     PID[backend-$1]=$!
@@ -374,6 +381,9 @@ start_qemu() { # src|dst
         -no-reboot
     )
     [ "$1" = dst ] && args+=(-incoming "unix:$W/migrate.sock")
+    # QEMU's trace of a fault of the backend's (its userfaultfd, not the guest's) that QEMU
+    # matched to a region: counted in the summary ("backend faults").
+    [ "$1" = dst ] && [ "$MIGRATION" = postcopy ] && args+=(-trace vhost_user_postcopy_fault_handler_found)
     printf '%q ' "${args[@]}" > "$W/qemu-$1.cmd"
     : > "$W/serial-$1.log"
     "${args[@]}" </dev/null >"$W/qemu-$1.log" 2>&1 &
@@ -437,8 +447,12 @@ qmp() { # name json [timeout]
         line();
         syswrite($s, qq({"execute": "qmp_capabilities"}\n));
         answer();
-        syswrite($s, "$cmd\n");
-        print answer(), "\n";
+        # One command, or several separated by newlines, each sent once the one before is
+        # answered, on this one connection (no client start-up between them).
+        for my $c (split /\n/, $cmd) {
+            syswrite($s, "$c\n");
+            print answer(), "\n";
+        }
     ' "$W/qmp-$1.sock" "$2" "${3:-10}" 2>>"$W/qmp.log" | tee -a "$W/qmp.log"
 }
 # Why a QMP command got no answer (the client's last error line).
@@ -478,13 +492,38 @@ run() {
 
     local ans caps
     caps='{"capability": "events", "state": true}'
+    if [ "$MIGRATION" = postcopy ]; then
+        # QEMU wants postcopy-ram on the destination too (it opens its userfaultfd and sends
+        # POSTCOPY_ADVISE to the destination backend when the source advises).
+        caps="$caps, {\"capability\": \"postcopy-ram\", \"state\": true}"
+        ans=$(qmp dst '{"execute": "migrate-set-capabilities", "arguments": {"capabilities": [{"capability": "postcopy-ram", "state": true}]}}')
+        [[ $ans == *'"return"'* ]] || { FAIL_REASON="migrate-set-capabilities (destination): ${ans:-$(qmp_error)}"; return 1; }
+    fi
     ans=$(qmp src "{\"execute\": \"migrate-set-capabilities\", \"arguments\": {\"capabilities\": [$caps]}}")
     [[ $ans == *'"return"'* ]] || { FAIL_REASON="migrate-set-capabilities: ${ans:-$(qmp_error)}"; return 1; }
     ans=$(qmp src '{"execute": "migrate-set-parameters", "arguments": {"max-bandwidth": 4294967296, "downtime-limit": 300}}')
     [[ $ans == *'"return"'* ]] || { FAIL_REASON="migrate-set-parameters: ${ans:-$(qmp_error)}"; return 1; }
-    ans=$(qmp src "{\"execute\": \"migrate\", \"arguments\": {\"uri\": \"unix:$W/migrate.sock\"}}")
-    [[ $ans == *'"return"'* ]] || { FAIL_REASON="migrate: ${ans:-$(qmp_error)}"; return 1; }
-    log "migration started"
+    local migrate="{\"execute\": \"migrate\", \"arguments\": {\"uri\": \"unix:$W/migrate.sock\"}}"
+    local start_postcopy='{"execute": "migrate-start-postcopy"}'
+    if [ "$MIGRATION" = postcopy ] && [ "$POSTCOPY_AFTER" = 0 ]; then
+        # Both on one QMP connection, a few milliseconds apart: a guest of mostly zero pages
+        # (hugepages, prealloc) finishes its first pass in ~0.2 s, before a second client
+        # could ask for the switch, and the migration would end as precopy.
+        ans=$(qmp src "$migrate"$'\n'"$start_postcopy")
+        [[ $(head -1 <<<"$ans") == *'"return"'* ]] || { FAIL_REASON="migrate: ${ans:-$(qmp_error)}"; return 1; }
+        [[ $(sed -n 2p <<<"$ans") == *'"return"'* ]] || { FAIL_REASON="migrate-start-postcopy: ${ans:-$(qmp_error)}"; return 1; }
+        log "migration started, postcopy asked for at once"
+    else
+        ans=$(qmp src "$migrate")
+        [[ $ans == *'"return"'* ]] || { FAIL_REASON="migrate: ${ans:-$(qmp_error)}"; return 1; }
+        log "migration started"
+        if [ "$MIGRATION" = postcopy ]; then
+            sleep "$POSTCOPY_AFTER"
+            ans=$(qmp src "$start_postcopy")
+            [[ $ans == *'"return"'* ]] || { FAIL_REASON="migrate-start-postcopy: ${ans:-$(qmp_error)}"; return 1; }
+            log "postcopy asked for"
+        fi
+    fi
     local end=$(($(date +%s) + 90))
     while :; do
         ans=$(qmp src '{"execute": "query-migrate"}')
@@ -503,6 +542,7 @@ run() {
     TOTAL=$(json_num total-time <<<"$ans")
     SETUP=$(json_num setup-time <<<"$ans")
     SYNCS=$(json_num dirty-sync-count <<<"$ans")
+    PC_REQS=$(json_num postcopy-requests <<<"$ans")
     log "migration completed: downtime ${DOWNTIME:-?} ms, total ${TOTAL:-?} ms, ${SYNCS:-?} dirty-sync passes"
     ans=$(qmp dst '{"execute": "query-status"}')
     [ "$(json_str status <<<"$ans")" = running ] || { FAIL_REASON="destination not running: $ans"; return 1; }
@@ -551,13 +591,27 @@ if [ "$RESULT" = PASS ]; then
 fi
 # The source backend's dirty log: bits it set in QEMU's log (released when QEMU quit).
 MARKED=$(sed -n "s/.*dirty log .* released: \([0-9]*\) pages marked.*/\1/p" "$W/backend-src.log" 2>/dev/null | awk "{ n += \$1 } END { print n + 0 }")
-[ "${MARKED:-0}" -gt 0 ] || fail "the source backend marked no page in the dirty log (${MARKED:-no 'dirty log ... released' line})"
+# In postcopy the source logs only until the switch, which may come before the backend wrote
+# anything (migrate-start-postcopy at once): required for precopy only.
+if [ "$MIGRATION" = precopy ]; then
+    [ "${MARKED:-0}" -gt 0 ] || fail "the source backend marked no page in the dirty log (${MARKED:-no 'dirty log ... released' line})"
+fi
 if [ "${COPY%%,*}" = soft ]; then
     # The async path really carried the stream: the source's engine copied frames.
     DMA=$(sed -n "s/.* h2g: async: .* dma_copies=\([0-9]*\) .*/\1/p" "$W/backend-src.log" 2>/dev/null | awk "{ n += \$1 } END { print n + 0 }")
     [ "${DMA:-0}" -gt 0 ] || fail "--copy $COPY: the source backend's engine copied nothing to the guest (no 'h2g: async: ... dma_copies=N' line with N > 0)"
 fi
 grep -aq 'dirty log .* mapped' "$W/backend-src.log" 2>/dev/null || fail "the source backend never mapped a dirty log"
+if [ "$MIGRATION" = postcopy ]; then
+    # The destination backend went through the whole postcopy sequence.
+    PC_ADVISE=$(grep -ac 'POSTCOPY_ADVISE: userfaultfd .* opened' "$W/backend-dst.log" 2>/dev/null)
+    PC_REG=$(grep -ac 'postcopy: .* acknowledged; [1-9][0-9]* regions registered' "$W/backend-dst.log" 2>/dev/null)
+    PC_END=$(grep -ac 'postcopy: ended' "$W/backend-dst.log" 2>/dev/null)
+    PC_FAULTS=$(grep -ac 'vhost_user_postcopy_fault_handler_found' "$W/qemu-dst.log" 2>/dev/null)
+    [ "${PC_ADVISE:-0}" -gt 0 ] || fail "the destination backend got no POSTCOPY_ADVISE"
+    [ "${PC_REG:-0}" -gt 0 ] || fail "the destination backend registered no memory with its userfaultfd"
+    [ "${PC_END:-0}" -gt 0 ] || fail "the destination backend got no POSTCOPY_END"
+fi
 # The destination's rings, as migrated, must agree with the source's GET_VRING_BASE: a used
 # index the source backend wrote but did not log arrives stale, and rvhost then resumes from it
 # with this warning (packets resent or lost).
@@ -599,13 +653,14 @@ echo "mode:       $MIGRATION, QEMU vhost-user $MODE, mem=$MEM, accel=$ACCEL, gue
 echo "announce:   ${RARPS:-0} SEND_RARP to the destination backend, ${INJECTED:-0} RARP frames injected"
 echo "migration:  status=${MIG_STATUS:-?} downtime=${DOWNTIME:-?} ms total=${TOTAL:-?} ms setup=${SETUP:-?} ms dirty-sync passes=${SYNCS:-?}"
 echo "dirty log:  source backend marked ${MARKED:-?} pages"
+[ "$MIGRATION" = postcopy ] && echo "postcopy:   ${PC_REQS:-?} page requests from the destination, ${PC_FAULTS:-0} of them faults of the destination backend; destination backend: ${PC_ADVISE:-0} advise, ${PC_REG:-0} registrations, ${PC_END:-0} end"
 echo "in hand:    ${IN_HAND:-0} request(s) in the source's async dequeue channel at its stop"
 echo "guest markers:"
 serial_all | grep -a 'VHOST-MIG:' | sed 's/^/  /'
 echo "MIGRATE result=$RESULT mode=$MODE mem=$MEM queues=$QUEUES transmitted=${TX:-0} received=${RX:-0} lost=${LOST:-?} dups=${DUPS:-?}" \
     "lost_ranges=${RANGES:-?} downtime_ms=${DOWNTIME:-?} total_ms=${TOTAL:-?} setup_ms=${SETUP:-?}" \
     "dirty_syncs=${SYNCS:-?} pages_marked=${MARKED:-?} big=${BIG_RX:-0}/10 announce=$ANNOUNCE" \
-    "send_rarp=${RARPS:-0} rarp_frames=${INJECTED:-0}"
+    "send_rarp=${RARPS:-0} rarp_frames=${INJECTED:-0} migration=$MIGRATION postcopy_requests=${PC_REQS:--} backend_faults=${PC_FAULTS:--}"
 if [ "$RESULT" = PASS ]; then
     echo "RESULT: PASS ($(( $(date +%s) - T0 )) s)"
     [ "$KEEP" = 1 ] || rm -rf "$W"

@@ -153,7 +153,8 @@ pub mod protocol {
         | CONFIGURE_MEM_SLOTS
         | STATUS;
 
-    /// Protocol features whose subsystems are not built; never offered.
+    /// Protocol features whose subsystems are not built; never offered. (PAGEFAULT is
+    /// offered on sockets registered with `Flags::POSTCOPY_SUPPORT` only.)
     pub const UNSUPPORTED: u64 =
-        CROSS_ENDIAN | CRYPTO_SESSION | PAGEFAULT | HOST_NOTIFIER | INBAND_NOTIFICATIONS;
+        CROSS_ENDIAN | CRYPTO_SESSION | HOST_NOTIFIER | INBAND_NOTIFICATIONS;
 }

@@ -500,7 +500,20 @@ fn listen(path: &Path) -> Result<UnixListener, DriverError> {
 /// Handles one message: checks, runs the handler, replies, and runs the callbacks that
 /// follow from the new state. `Err` closes the connection.
 pub(super) fn dispatch(c: &mut Conn, mut msg: Message) -> Result<(), String> {
+    if super::postcopy::is_acknowledgement(&c.state, &msg) {
+        return postcopy_acknowledged(c, &msg);
+    }
     let req = msg.check().map_err(|e| e.to_string())?;
+    if matches!(
+        c.state.postcopy.pending,
+        Some(super::postcopy::Pending::Regions(_))
+    ) && req != FrontendReq::AddMemReg
+    {
+        return Err(format!(
+            "{} received between postcopy ADD_MEM_REGs and their acknowledgement",
+            req.name()
+        ));
+    }
     let row = handlers::row(req);
     let state = &mut c.state;
     if row.needs_owner && !state.owner {
@@ -549,6 +562,24 @@ pub(super) fn dispatch(c: &mut Conn, mut msg: Message) -> Result<(), String> {
         Outcome::Done => {}
     }
     after_message(&mut c.state, req, fx);
+    Ok(())
+}
+
+/// The message after a SET_MEM_TABLE answered in postcopy mode: it must be the frontend's
+/// acknowledgement ([`postcopy::acknowledged`](super::postcopy::acknowledged)); answered with
+/// status 0 when it asks (QEMU sets NEED_REPLY with REPLY_ACK).
+fn postcopy_acknowledged(c: &mut Conn, msg: &Message) -> Result<(), String> {
+    super::postcopy::acknowledged(&mut c.state, msg)?;
+    if msg.header.need_reply() {
+        c.conn
+            .send_ack(&msg.header, 0)
+            .map_err(|e| format!("ack of the postcopy acknowledgement: {e}"))?;
+    }
+    let req = msg
+        .header
+        .frontend_request()
+        .unwrap_or(FrontendReq::SetMemTable);
+    after_message(&mut c.state, req, Effects::default());
     Ok(())
 }
 

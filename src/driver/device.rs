@@ -223,6 +223,9 @@ pub(crate) struct DeviceState {
     /// The guest regions mapped for the socket's copy devices, when the application gave a
     /// mapper ([`Driver::set_dma_mapper`](super::Driver::set_dma_mapper)).
     pub dma_map: Option<DmaMap>,
+    /// Postcopy migration state (PAGEFAULT): the userfaultfd, listening, a table waiting for
+    /// the front-end's acknowledgement.
+    pub postcopy: super::postcopy::Postcopy,
 }
 
 impl DeviceState {
@@ -261,6 +264,7 @@ impl DeviceState {
             inflight: None,
             guard_pages: false,
             dma_map,
+            postcopy: super::postcopy::Postcopy::default(),
         }
     }
 

@@ -64,6 +64,9 @@ pub enum HandlerError {
         /// What is wrong.
         reason: String,
     },
+    /// A userfaultfd operation of postcopy failed.
+    #[error("postcopy: {0}")]
+    Postcopy(#[from] crate::memory::uffd::UffdError),
     /// A request this backend does not implement and cannot answer meaningfully.
     #[error("{0} is not supported (its protocol feature is not offered)")]
     Unsupported(&'static str),
@@ -155,6 +158,9 @@ pub(crate) fn row(req: FrontendReq) -> Row {
             R::RemMemReg => (rem_mem_reg, true, false, All),
             R::SetStatus => (set_status, false, false, All),
             R::GetStatus => (get_status, false, false, Nothing),
+            R::PostcopyAdvise => (super::postcopy::advise, true, false, Nothing),
+            R::PostcopyListen => (super::postcopy::listen, true, false, Nothing),
+            R::PostcopyEnd => (super::postcopy::end, true, false, Nothing),
             // Refused below without touching any state.
             _ => (unsupported, false, false, Nothing),
         };
@@ -279,6 +285,7 @@ fn reset_owner(
     dev.owner = false;
     dev.inflight = None;
     dev.set_log(None);
+    dev.postcopy.reset();
     dev.publish();
     Ok(Outcome::Done)
 }
@@ -312,7 +319,7 @@ fn map_regions(
     Ok(GuestMemory::new(mapped, dev.limits)?)
 }
 
-fn desc_of(r: &crate::protocol::payload::MemoryRegion) -> RegionDesc {
+pub(super) fn desc_of(r: &crate::protocol::payload::MemoryRegion) -> RegionDesc {
     RegionDesc {
         guest_phys_addr: r.guest_phys_addr,
         memory_size: r.memory_size,
@@ -321,7 +328,7 @@ fn desc_of(r: &crate::protocol::payload::MemoryRegion) -> RegionDesc {
     }
 }
 
-fn map_options(dev: &DeviceState) -> MapOptions {
+pub(super) fn map_options(dev: &DeviceState) -> MapOptions {
     let mut opts = MapOptions {
         guard_pages: dev.guard_pages,
         ..MapOptions::new()
@@ -351,12 +358,20 @@ fn set_mem_table(
     // Every table follows the table's rules, the one held again included: a table naming a
     // held region twice overlaps itself and is refused here, not taken for the held table.
     GuestMemory::check_table(&descs, dev.limits)?;
+    let postcopy = super::postcopy::listening(dev);
     // QEMU re-sends identical tables; keep the mapping (the new fds are closed on drop).
     if !dev.mem.is_empty() && dev.mem.holds_exactly(&descs) {
         dev.mem.reset_frontend_refs();
+        if postcopy {
+            return super::postcopy::answer_table(dev, &table, None);
+        }
         return Ok(Outcome::Done);
     }
     let mem = map_regions(dev, &table.regions, std::mem::take(&mut msg.fds))?;
+    if postcopy {
+        // Installed (and registered) once the frontend acknowledges the addresses.
+        return super::postcopy::answer_table(dev, &table, Some(mem));
+    }
     install(dev, msg, mem)
 }
 
@@ -370,6 +385,9 @@ fn add_mem_reg(
     _: &mut Effects,
 ) -> Result<Outcome, HandlerError> {
     require_protocol(dev, FrontendReq::AddMemReg, pf::CONFIGURE_MEM_SLOTS)?;
+    if super::postcopy::listening(dev) {
+        return super::postcopy::add_region(dev, msg);
+    }
     let reg: SingleMemRegion = parse(msg)?;
     let desc = desc_of(&reg.region);
     let fd = msg

@@ -20,6 +20,7 @@ mod control;
 pub mod device;
 mod dma_map;
 mod handlers;
+mod postcopy;
 #[cfg(feature = "internals")]
 pub mod session;
 
@@ -48,7 +49,10 @@ impl Flags {
     pub const NO_RECONNECT: Flags = Flags(1 << 1);
     /// Support `VIRTIO_F_ACCESS_PLATFORM` with IOTLB messages.
     pub const IOMMU_SUPPORT: Flags = Flags(1 << 3);
-    /// Support postcopy live migration.
+    /// Support postcopy live migration: the protocol feature PAGEFAULT is offered, and
+    /// POSTCOPY_ADVISE/LISTEN/END are served (a userfaultfd over the guest's memory). Refused
+    /// together with [`ASYNC_COPY`](Self::ASYNC_COPY), as DPDK does: that path populates and
+    /// locks guest memory when mapping it, which postcopy must not do.
     pub const POSTCOPY_SUPPORT: Flags = Flags(1 << 4);
     /// Dequeue only into single linear mbufs (drop what does not fit).
     pub const LINEARBUF: Flags = Flags(1 << 6);
@@ -70,10 +74,7 @@ impl Flags {
     }
 
     /// Flags whose subsystem is not built yet, with a name for the error message.
-    const NOT_BUILT: [(Flags, &'static str); 2] = [
-        (Flags::IOMMU_SUPPORT, "IOMMU_SUPPORT (IOTLB)"),
-        (Flags::POSTCOPY_SUPPORT, "POSTCOPY_SUPPORT"),
-    ];
+    const NOT_BUILT: [(Flags, &'static str); 1] = [(Flags::IOMMU_SUPPORT, "IOMMU_SUPPORT (IOTLB)")];
 }
 
 impl std::ops::BitOr for Flags {
@@ -101,6 +102,9 @@ pub enum DriverError {
     /// A DMA mapper for a socket registered without [`Flags::ASYNC_COPY`].
     #[error("{0}: a DMA mapper needs a socket registered with Flags::ASYNC_COPY")]
     NotAsyncCopy(PathBuf),
+    /// Two flags that cannot be used together.
+    #[error("flags {0} and {1} cannot be used together: {2}")]
+    IncompatibleFlags(&'static str, &'static str, &'static str),
     /// A feature bit that cannot be offered.
     #[error("feature bits {0:#x} are not supported by this build of rvhost")]
     UnsupportedFeatures(u64),
@@ -265,6 +269,14 @@ impl Driver {
                 return Err(DriverError::UnsupportedFlag(name));
             }
         }
+        if flags.contains(Flags::POSTCOPY_SUPPORT) && flags.contains(Flags::ASYNC_COPY) {
+            return Err(DriverError::IncompatibleFlags(
+                "POSTCOPY_SUPPORT",
+                "ASYNC_COPY",
+                "the async copy path populates and locks guest memory when it is mapped, \
+                 which defeats postcopy's page faults (DPDK refuses them together too)",
+            ));
+        }
         if path.as_os_str().len() >= 108 {
             return Err(DriverError::PathTooLong(path));
         }
@@ -278,7 +290,11 @@ impl Driver {
                 path,
                 flags,
                 features: features::DEFAULT_FEATURES,
-                protocol_features: features::protocol::DEFAULT,
+                protocol_features: if flags.contains(Flags::POSTCOPY_SUPPORT) {
+                    features::protocol::DEFAULT | features::protocol::PAGEFAULT
+                } else {
+                    features::protocol::DEFAULT
+                },
                 max_queue_pairs: device::MAX_QUEUE_PAIRS,
                 ops: Arc::new(NoOps),
                 started: false,
@@ -362,6 +378,13 @@ impl Driver {
     ) -> Result<(), DriverError> {
         supported(protocol_features, features::protocol::UNSUPPORTED)?;
         self.update(path.as_ref(), |c| {
+            if protocol_features & features::protocol::PAGEFAULT != 0
+                && !c.flags.contains(Flags::POSTCOPY_SUPPORT)
+            {
+                return Err(DriverError::UnsupportedFeatures(
+                    features::protocol::PAGEFAULT,
+                ));
+            }
             c.protocol_features = protocol_features;
             Ok(())
         })

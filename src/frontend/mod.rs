@@ -151,6 +151,12 @@ pub struct Frontend {
     regions_added: bool,
     /// The dirty log ([`FrontendOptions::dirty_log`]).
     log: Option<DirtyLogArea>,
+    /// Postcopy ([`FrontendOptions::postcopy`]): the back-end's userfaultfd and its answer to
+    /// the memory table.
+    postcopy: Option<(
+        std::os::fd::OwnedFd,
+        Vec<crate::protocol::payload::MemoryRegion>,
+    )>,
 }
 
 impl Frontend {
@@ -260,6 +266,7 @@ impl Frontend {
         self.ep = None;
         self.running = false;
         self.regions_added = false;
+        self.postcopy = None;
     }
 
     fn reconnect_socket(&mut self) -> Result<(), FrontendError> {
@@ -382,6 +389,7 @@ impl Frontend {
             running: false,
             regions_added: false,
             log,
+            postcopy: None,
         })
     }
 
@@ -475,6 +483,21 @@ impl Frontend {
     /// Every queue, e.g. to hand them to worker threads (`std::thread::scope`).
     pub fn queues(&mut self) -> (&mut [RxQueue], &mut [TxQueue]) {
         (&mut self.rx, &mut self.tx)
+    }
+
+    /// The back-end's userfaultfd from POSTCOPY_ADVISE ([`FrontendOptions::postcopy`]), after
+    /// [`start`](Self::start): read its fault events, place the page, then wake the faulting
+    /// thread (`UFFDIO_WAKE`).
+    pub fn postcopy_ufd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.postcopy.as_ref().map(|(fd, _)| fd.as_fd())
+    }
+
+    /// The back-end's answer to the memory table in postcopy: the regions with the back-end's
+    /// mapping address of each in `userspace_addr` (empty without
+    /// [`FrontendOptions::postcopy`]).
+    pub fn postcopy_regions(&self) -> &[crate::protocol::payload::MemoryRegion] {
+        self.postcopy.as_ref().map_or(&[], |(_, r)| r.as_slice())
     }
 
     /// The dirty log ([`FrontendOptions::dirty_log`]), to read

@@ -105,6 +105,14 @@ pub struct FrontendOptions {
     /// ring (`VHOST_VRING_F_LOG`, at the used ring's guest address). Read it with
     /// [`Frontend::dirty_log`](super::Frontend::dirty_log). Default `false`.
     pub dirty_log: bool,
+    /// Postcopy, in QEMU's role on a migration's destination: negotiate the PAGEFAULT
+    /// protocol feature (required), send POSTCOPY_ADVISE and POSTCOPY_LISTEN before the memory
+    /// table, and send the table as QEMU does in postcopy (the back-end answers with its
+    /// mapping addresses, [`Frontend::postcopy_regions`](super::Frontend::postcopy_regions);
+    /// then the acknowledgement). The back-end's userfaultfd is
+    /// [`Frontend::postcopy_ufd`](super::Frontend::postcopy_ufd): the caller serves its faults.
+    /// Default `false`.
+    pub postcopy: bool,
 }
 
 impl Default for FrontendOptions {
@@ -134,6 +142,7 @@ impl Default for FrontendOptions {
             accept_timeout: Duration::from_secs(10),
             reply_timeout: Endpoint::DEFAULT_TIMEOUT,
             dirty_log: false,
+            postcopy: false,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The setup and teardown sequences (listed in the [module docs](super#setup-sequence)).
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use super::Frontend;
 use super::error::FrontendError;
@@ -12,9 +12,9 @@ use crate::features::{
     VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_NET_F_MQ, protocol as pf,
 };
 use crate::protocol::payload::{
-    MemoryTable, Payload, SingleMemRegion, VringAddr, VringFile, VringState,
+    MemoryRegion, MemoryTable, Payload, SingleMemRegion, VringAddr, VringFile, VringState,
 };
-use crate::protocol::{Endpoint, FrontendReq, VHOST_MEMORY_BASELINE_NREGIONS};
+use crate::protocol::{Endpoint, FrontendReq, Header, VHOST_MEMORY_BASELINE_NREGIONS};
 
 /// Device status: the guest noticed the device (virtio 1.2 §2.1).
 #[doc(alias = "VIRTIO_CONFIG_S_ACKNOWLEDGE")]
@@ -73,6 +73,7 @@ impl Frontend {
             running,
             regions_added,
             log,
+            postcopy,
             ..
         } = self;
         let ep = ep.as_mut().ok_or(FrontendError::NotConnected("start"))?;
@@ -84,7 +85,12 @@ impl Frontend {
         for q in tx.iter_mut() {
             q.configure(neg.features);
         }
-        if opts.mem_table == MemTableMode::AddMemReg && *regions_added {
+        if opts.postcopy {
+            let (ufd, answered, slots) = postcopy_memory(ep, opts.mem_table, &neg, shm, layout)?;
+            neg.max_mem_slots = slots;
+            *regions_added = opts.mem_table == MemTableMode::AddMemReg;
+            *postcopy = Some((ufd, answered));
+        } else if opts.mem_table == MemTableMode::AddMemReg && *regions_added {
             // QEMU adds only the regions the back-end lacks: none on a restart.
             neg.max_mem_slots = negotiated.and_then(|n| n.max_mem_slots);
         } else {
@@ -183,6 +189,9 @@ fn negotiate(ep: &mut Endpoint, opts: &FrontendOptions) -> Result<Negotiated, Fr
         wanted |= VIRTIO_NET_F_MQ;
     }
     let mut wanted_pf = opts.protocol_features;
+    if opts.postcopy {
+        wanted_pf |= pf::PAGEFAULT;
+    }
     if opts.dirty_log {
         wanted |= VHOST_F_LOG_ALL;
         wanted_pf |= pf::LOG_SHMFD;
@@ -286,6 +295,98 @@ fn send_memory(
             Ok(Some(slots))
         }
     }
+}
+
+/// Step 4 in postcopy (QEMU's `vhost_user_postcopy_advise`, `_listen` and
+/// `vhost_user_set_mem_table_postcopy`): POSTCOPY_ADVISE (its reply's fd is the back-end's
+/// userfaultfd), POSTCOPY_LISTEN, then the memory without NEED_REPLY, each request answered with
+/// the back-end's addresses, and the acknowledgement (a `u64` 0 coded as the memory's request,
+/// once after ADD_MEM_REGs). Returns the fd, the regions as answered and the slot count.
+#[allow(clippy::type_complexity)]
+fn postcopy_memory(
+    ep: &mut Endpoint,
+    mode: MemTableMode,
+    neg: &Negotiated,
+    shm: &Shm,
+    layout: &MemLayout,
+) -> Result<(OwnedFd, Vec<MemoryRegion>, Option<u64>), FrontendError> {
+    use FrontendReq as R;
+    if !neg.has_protocol(pf::PAGEFAULT) {
+        return Err(FrontendError::Negotiation(
+            "postcopy needs the PAGEFAULT protocol feature".into(),
+        ));
+    }
+    ep.send_request(R::PostcopyAdvise, 0, &[], &[])
+        .map_err(FrontendError::request(R::PostcopyAdvise))?;
+    let mut advised = ep
+        .recv_reply_with_fds(R::PostcopyAdvise)
+        .map_err(FrontendError::request(R::PostcopyAdvise))?;
+    let ufd = match (advised.payload.is_empty(), advised.fds.pop()) {
+        (true, Some(fd)) if advised.fds.is_empty() => fd,
+        _ => {
+            return Err(FrontendError::Negotiation(
+                "POSTCOPY_ADVISE: the back-end answered without its userfaultfd".into(),
+            ));
+        }
+    };
+    ep.send_request(R::PostcopyListen, Header::NEED_REPLY, &[], &[])
+        .map_err(FrontendError::request(R::PostcopyListen))?;
+    ep.wait_ack(R::PostcopyListen)
+        .map_err(FrontendError::request(R::PostcopyListen))?;
+    let regions = layout.regions();
+    let fd = shm.region().fd();
+    let bad = |what: &str| FrontendError::Negotiation(format!("postcopy: {what}"));
+    let (answered, slots, ack) = match mode {
+        MemTableMode::SetMemTable => {
+            let fds: Vec<BorrowedFd<'_>> = regions.iter().map(|_| fd).collect();
+            let table = MemoryTable { regions };
+            ep.send_request(R::SetMemTable, 0, &table.to_bytes(), &fds)
+                .map_err(FrontendError::request(R::SetMemTable))?;
+            let (_, p) = ep
+                .recv_reply(R::SetMemTable)
+                .map_err(FrontendError::request(R::SetMemTable))?;
+            let got = MemoryTable::parse(&p).map_err(|e| bad(&e.to_string()))?;
+            if got.regions.len() != table.regions.len() {
+                return Err(bad("the answer has another number of regions"));
+            }
+            (got.regions, None, R::SetMemTable)
+        }
+        MemTableMode::AddMemReg => {
+            let slots = ep
+                .get_u64(R::GetMaxMemSlots)
+                .map_err(FrontendError::request(R::GetMaxMemSlots))?;
+            let mut got = Vec::new();
+            for region in regions {
+                ep.send_request(
+                    R::AddMemReg,
+                    0,
+                    &SingleMemRegion { region }.to_bytes(),
+                    &[fd],
+                )
+                .map_err(FrontendError::request(R::AddMemReg))?;
+                let (_, p) = ep
+                    .recv_reply(R::AddMemReg)
+                    .map_err(FrontendError::request(R::AddMemReg))?;
+                got.push(
+                    SingleMemRegion::parse(&p)
+                        .map_err(|e| bad(&e.to_string()))?
+                        .region,
+                );
+            }
+            (got, Some(slots), R::AddMemReg)
+        }
+    };
+    // QEMU sends the acknowledgement without NEED_REPLY; asked for here when REPLY_ACK is on,
+    // so that the regions are registered when this returns.
+    if ep.reply_ack() {
+        ep.send_request(ack, Header::NEED_REPLY, &0u64.to_ne_bytes(), &[])
+            .map_err(FrontendError::request(ack))?;
+        ep.wait_ack(ack).map_err(FrontendError::request(ack))?;
+    } else {
+        ep.send_request(ack, 0, &0u64.to_ne_bytes(), &[])
+            .map_err(FrontendError::request(ack))?;
+    }
+    Ok((ufd, answered, slots))
 }
 
 /// Step 5 for one vring (`log_used`: ask for its used ring's writes in the dirty log).

@@ -41,6 +41,7 @@ mod dirty_log;
 mod error;
 pub mod region;
 mod table;
+pub mod uffd;
 
 use std::fmt;
 

@@ -374,6 +374,13 @@ impl GuestRegion {
         self.host_base.as_ptr()
     }
 
+    /// The whole mapping holding the region, as (start address, length): page aligned at the
+    /// region's page size, from the page holding its first byte to the page holding its last
+    /// (postcopy registers it with the userfaultfd). Guard pages are not part of it.
+    pub fn mapping_range(&self) -> (u64, u64) {
+        (self.mapping.base() as u64, self.mapping.len() as u64)
+    }
+
     /// The page size used for alignment (huge page size for hugetlbfs).
     pub fn page_size(&self) -> u64 {
         self.page_size

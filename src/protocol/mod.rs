@@ -26,7 +26,9 @@
 //!   for it; DPDK sends an empty payload). In postcopy (after
 //!   `POSTCOPY_LISTEN`) `SET_MEM_TABLE` and `ADD_MEM_REG` are answered with
 //!   the back-end's mapping addresses, and QEMU acknowledges with a
-//!   `SET_MEM_TABLE` carrying a zero `u64`. Every other request is answered
+//!   `SET_MEM_TABLE` carrying a zero `u64` (after a batch of `ADD_MEM_REG`s:
+//!   one 8-byte `ADD_MEM_REG` carrying a zero `u64`; QEMU 7.2 sends these
+//!   without NEED_REPLY and waits for no answer). Every other request is answered
 //!   only when it carries NEED_REPLY (REPLY_ACK), with a `u64` status, 0 for
 //!   success; a reply sets REPLY, keeps the request code and clears
 //!   NEED_REPLY. A failed `GET_CONFIG` is answered with an empty payload.

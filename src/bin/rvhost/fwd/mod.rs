@@ -111,6 +111,12 @@ pub struct Args {
     /// and it yields the CPU whenever it finds no work (shared cores).
     #[arg(long, value_name = "CPU")]
     pub dma_lcore: Option<usize>,
+    /// Support postcopy live migration: register the ports with POSTCOPY_SUPPORT (the
+    /// PAGEFAULT protocol feature is offered; QEMU's destination may then run the guest
+    /// before its memory has arrived). Only with `--copy cpu`: the async path populates and
+    /// locks guest memory, which postcopy cannot have.
+    #[arg(long)]
+    pub postcopy: bool,
 }
 
 /// `--copy`: one mode.
@@ -168,6 +174,8 @@ struct Config {
     nb_mbufs: usize,
     duration: Option<Duration>,
     copy: CopyMode,
+    /// Register the ports with POSTCOPY_SUPPORT.
+    postcopy: bool,
     dma_lcore: Option<usize>,
 }
 
@@ -198,6 +206,13 @@ impl Config {
                 cores.len()
             );
             cores.truncate(streams);
+        }
+        if a.postcopy && a.copy != CopyMode::Cpu {
+            return Err(FwdError::Usage(format!(
+                "--postcopy needs --copy cpu (got --copy {}): the async copy path populates and \
+                 locks guest memory when it is mapped, which defeats postcopy's page faults",
+                a.copy.name()
+            )));
         }
         if let Some(cpu) = a.dma_lcore {
             if a.copy == CopyMode::Cpu {
@@ -242,6 +257,7 @@ impl Config {
             duration,
             copy: a.copy,
             dma_lcore: a.dma_lcore,
+            postcopy: a.postcopy,
         })
     }
 
@@ -382,6 +398,9 @@ fn serve(
     };
     if engines.is_some() {
         flags = flags | Flags::ASYNC_COPY;
+    }
+    if cfg.postcopy {
+        flags = flags | Flags::POSTCOPY_SUPPORT;
     }
     let mut registered = Vec::new();
     let opened = (|| {
@@ -589,6 +608,19 @@ mod tests {
         assert!(cfg(&["--mode", "io", "--iface", "a", "--nb-mbufs", "10"]).is_err());
         assert!(cfg(&["--mode", "io", "--iface", "a", "--duration=-1"]).is_err());
         assert!(cfg(&["--mode", "io", "--iface", "a", "--stats-period", "nan"]).is_err());
+        // Postcopy only with the CPU copying (the async path populates and locks memory).
+        let c = cfg(&["--mode", "io", "--iface", "a", "--postcopy"]).unwrap();
+        assert!(c.postcopy);
+        let e = cfg(&[
+            "--mode",
+            "io",
+            "--iface",
+            "a",
+            "--postcopy",
+            "--copy",
+            "soft",
+        ]);
+        assert!(e.is_err_and(|e| e.to_string().contains("--postcopy needs --copy cpu")));
         // More lcores than streams: the extra ones are not started.
         let c = cfg(&["--mode", "io", "--iface", "a", "--lcores", "0,1"]).unwrap();
         assert_eq!(c.cores, vec![0]);
