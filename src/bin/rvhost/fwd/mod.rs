@@ -111,6 +111,10 @@ pub struct Args {
     /// and it yields the CPU whenever it finds no work (shared cores).
     #[arg(long, value_name = "CPU")]
     pub dma_lcore: Option<usize>,
+    /// Offer packed virtqueues (`VIRTIO_F_RING_PACKED`; not offered by default yet). Not with
+    /// `--copy` other than `cpu`.
+    #[arg(long)]
+    pub packed: bool,
 }
 
 /// `--copy`: one mode.
@@ -169,6 +173,7 @@ struct Config {
     duration: Option<Duration>,
     copy: CopyMode,
     dma_lcore: Option<usize>,
+    packed: bool,
 }
 
 fn seconds(name: &str, v: f64) -> Result<Duration, FwdError> {
@@ -229,6 +234,11 @@ impl Config {
                 a.burst
             )));
         }
+        if a.packed && !matches!(a.copy, CopyMode::Cpu) {
+            return Err(FwdError::Usage(
+                "--packed runs with --copy cpu only (the async path runs split rings)".into(),
+            ));
+        }
         Ok(Config {
             mode: a.mode,
             ifaces: a.ifaces,
@@ -242,6 +252,7 @@ impl Config {
             duration,
             copy: a.copy,
             dma_lcore: a.dma_lcore,
+            packed: a.packed,
         })
     }
 
@@ -381,6 +392,9 @@ fn serve(
         for (port, path) in cfg.ifaces.iter().enumerate() {
             driver.register(path, flags)?;
             registered.push(path);
+            if cfg.packed {
+                driver.enable_features(path, rvhost::features::VIRTIO_F_RING_PACKED)?;
+            }
             driver.set_max_queue_pairs(path, cfg.queues)?;
             let ops = PortOps {
                 table: Arc::clone(&sh.table),
