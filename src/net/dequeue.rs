@@ -7,11 +7,11 @@
 //! if asked. A malformed chain is returned and counted, never delivered.
 
 use super::burst::{Burst, MAX_PKT_LEN};
-use super::ring::Ring;
 use super::hdr::{VirtioNetHdr, hdr_len};
 use super::offload;
 use super::packed_burst::PackedBurst;
 use super::queue_id::TxQueueId;
+use super::ring::Ring;
 use super::runs::{CopyStep, Cpu, MAX_PIECES, Pieces, Runs};
 use crate::driver::{Device, Flags};
 use crate::mbuf::{ExtBuf, Mbuf, PktCache};

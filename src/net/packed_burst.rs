@@ -21,8 +21,8 @@ use crate::features::VIRTIO_RING_F_EVENT_IDX;
 use crate::memory::{DirtyLog, GuestMemory};
 use crate::ratelimit::LogLimiter;
 use crate::virtq::packed::{
-    AvailChain, EventSuppress, InFlightIds, PackedChain, PackedQueue, PackedUsed, PvirtqDesc,
-    RingPos, PACKED_DESC_SIZE, VIRTQ_DESC_F_NEXT,
+    AvailChain, EventSuppress, InFlightIds, PACKED_DESC_SIZE, PackedChain, PackedQueue, PackedUsed,
+    PvirtqDesc, RingPos, VIRTQ_DESC_F_NEXT,
 };
 use crate::virtq::split::{ChainError, VirtqDesc};
 use crate::virtq::{QueueStats, Vring, active_log, used_ring_log};
@@ -105,8 +105,7 @@ impl<'v> PackedBurst<'v> {
         let dirty: &'v Option<std::sync::Arc<DirtyLog>> = dirty;
         let log = active_log(dirty, *features);
         let desc_gpa = addrs.and_then(|a| mem.fva_to_gpa(a.desc)).map(|g| g.raw());
-        let used_log = used_ring_log(log, *addrs)
-            .and_then(|(l, _)| desc_gpa.map(|g| (l, g)));
+        let used_log = used_ring_log(log, *addrs).and_then(|(l, _)| desc_gpa.map(|g| (l, g)));
         let (next, used) = (*avail_pos, *used_pos);
         packed_shadow.clear();
         Some(PackedBurst {
@@ -141,7 +140,8 @@ impl<'v> PackedBurst<'v> {
     fn budget(&self) -> u16 {
         let out = self.next.distance_from(self.used, self.size);
         // Chains are returned in order: `used` trails `next` by at most the queue size.
-        self.size.saturating_sub(u16::try_from(out).unwrap_or(u16::MAX))
+        self.size
+            .saturating_sub(u16::try_from(out).unwrap_or(u16::MAX))
     }
 
     /// The chain at `next`, if one is available and whole; a fault of its shape marks the
@@ -150,7 +150,9 @@ impl<'v> PackedBurst<'v> {
     fn chain_at_next(&mut self) -> Result<AvailChain, Stop> {
         match self.q.avail_chain(self.next, self.budget()) {
             Ok(Some(c)) if !self.ids.contains(c.id) => Ok(c),
-            Ok(Some(c)) => Err(self.break_ring(format_args!("buffer id {} is already in flight", c.id))),
+            Ok(Some(c)) => {
+                Err(self.break_ring(format_args!("buffer id {} is already in flight", c.id)))
+            }
             Ok(None) => Err(Stop::Empty),
             Err(e) => Err(self.break_ring(format_args!("{e}"))),
         }
@@ -332,7 +334,10 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
         if self.through {
             let end = self.q.write_used(self.used, u);
             if let Some((log, gpa)) = self.used_log {
-                log.mark(gpa + PACKED_DESC_SIZE * u64::from(self.used.idx), PACKED_DESC_SIZE);
+                log.mark(
+                    gpa + PACKED_DESC_SIZE * u64::from(self.used.idx),
+                    PACKED_DESC_SIZE,
+                );
             }
             self.published = end;
         } else {
@@ -390,7 +395,10 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
                 self.q.set_device_event(EventSuppress::Disable);
             }
             if let Some(call) = self.call {
-                if self.q.needs_interrupt(event_idx, self.first_used, self.used) {
+                if self
+                    .q
+                    .needs_interrupt(event_idx, self.first_used, self.used)
+                {
                     // As on the split ring: EAGAIN still leaves the eventfd readable.
                     let _ = nix::unistd::write(call, &1u64.to_ne_bytes());
                     stats.interrupts += 1;
