@@ -44,6 +44,12 @@ pub enum AsyncError {
     /// `inorder: false`: rvhost always retires packets in submission order.
     #[error("out-of-order completion (inorder: false) is not supported: packets retire in order")]
     OutOfOrder,
+    /// The vring is a packed ring: the async path runs split rings only.
+    #[error("vring {vring} is a packed ring: the async copy path runs split rings only")]
+    PackedRing {
+        /// The vring.
+        vring: usize,
+    },
     /// The vring already has a channel.
     #[error("vring {vring} already has an async channel")]
     AlreadyRegistered {
@@ -93,6 +99,11 @@ pub fn async_channel_register(
         .ok_or(AsyncError::NoSuchQueue { vring })?;
     if vq.async_q.is_some() {
         return Err(AsyncError::AlreadyRegistered { vring });
+    }
+    if vq.is_packed() {
+        // Not reachable through a Driver (an ASYNC_COPY socket never offers packed rings);
+        // a Device built otherwise gets the reason rather than a silent not_ready.
+        return Err(AsyncError::PackedRing { vring });
     }
     let size = vq.size;
     vq.async_q = Some(Box::new(AsyncQueue::new(ops, &config, size)));
