@@ -180,7 +180,10 @@ fn packed_rings_are_offered_on_request_and_not_with_async_copy() {
         driver.set_features(&asynchronous, offered | VIRTIO_F_RING_PACKED),
     ] {
         assert!(
-            matches!(refused, Err(DriverError::UnsupportedFeatures(VIRTIO_F_RING_PACKED))),
+            matches!(
+                refused,
+                Err(DriverError::UnsupportedFeatures(VIRTIO_F_RING_PACKED))
+            ),
             "{refused:?}"
         );
     }
