@@ -115,7 +115,7 @@ fn written(fe: &Frontend, v: u16, from: u16, to: u16, pages: &mut Pages) {
 fn rx_written(fe: &mut Frontend, from: u16, to: u16, pages: &mut Pages) {
     // Per used entry, the (address, bytes written) of each buffer of its chain.
     let mut chains: Vec<Vec<(u64, u64)>> = Vec::new();
-    let ring = fe.rx(0).unwrap().ring().shared();
+    let ring = fe.rx(0).unwrap().ring().unwrap().shared();
     let size = ring.size();
     let mut i = from;
     while i != to {
@@ -154,9 +154,19 @@ fn rx_written(fe: &mut Frontend, from: u16, to: u16, pages: &mut Pages) {
 
 fn used_idx(fe: &mut Frontend, vring: u16) -> u16 {
     if vring % 2 == 0 {
-        fe.rx(vring / 2).unwrap().ring().shared().load_used_idx()
+        fe.rx(vring / 2)
+            .unwrap()
+            .ring()
+            .unwrap()
+            .shared()
+            .load_used_idx()
     } else {
-        fe.tx(vring / 2).unwrap().ring().shared().load_used_idx()
+        fe.tx(vring / 2)
+            .unwrap()
+            .ring()
+            .unwrap()
+            .shared()
+            .load_used_idx()
     }
 }
 

@@ -105,6 +105,10 @@ pub struct FrontendOptions {
     /// ring (`VHOST_VRING_F_LOG`, at the used ring's guest address). Read it with
     /// [`Frontend::dirty_log`](super::Frontend::dirty_log). Default `false`.
     pub dirty_log: bool,
+    /// Packed virtqueues: negotiate `VIRTIO_F_RING_PACKED` (required) and drive every queue
+    /// as a packed ring (`ring_base` does not apply). Default `false`: split rings, and
+    /// `VIRTIO_F_RING_PACKED` is never asked for.
+    pub packed: bool,
 }
 
 impl Default for FrontendOptions {
@@ -134,6 +138,7 @@ impl Default for FrontendOptions {
             accept_timeout: Duration::from_secs(10),
             reply_timeout: Endpoint::DEFAULT_TIMEOUT,
             dirty_log: false,
+            packed: false,
         }
     }
 }
