@@ -3,9 +3,9 @@
 //!
 //! Chains are taken from the device's available position, each checked for its shape by
 //! [`PackedQueue::avail_chain`] (a fault there leaves no way to know where the chain ends: the
-//! queue is marked broken) and for its buffer id: an id already taken and not returned is a
-//! broken ring too (a driver may not make one buffer available twice), so no id goes back
-//! twice. Chains go back in the order they came (the sync path retires every packet in its
+//! queue is marked broken) and for its buffer id: an id already taken and not returned (its
+//! used descriptor not yet visible to the driver) is a broken ring too (a driver may not make
+//! one buffer available twice), so no id goes back twice. Chains go back in the order they came (the sync path retires every packet in its
 //! burst), each used descriptor written at the device's used position, which then moves by the
 //! chain's slots.
 //!
@@ -190,6 +190,10 @@ impl<'v> PackedBurst<'v> {
             return;
         }
         let end = self.q.write_used_batch(self.published, self.shadow);
+        // Returned now that the driver can see them: it may make these ids available again.
+        for u in self.shadow.iter() {
+            self.ids.remove(u.id);
+        }
         if let Some((log, gpa)) = self.used_log {
             let mut at = self.published;
             for u in self.shadow.iter() {
@@ -325,7 +329,6 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
 
     #[inline]
     fn used(&mut self, c: AvailChain, len: u32) {
-        self.ids.remove(c.id);
         let u = PackedUsed {
             id: c.id,
             len,
@@ -333,6 +336,7 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
         };
         if self.through {
             let end = self.q.write_used(self.used, u);
+            self.ids.remove(c.id);
             if let Some((log, gpa)) = self.used_log {
                 log.mark(
                     gpa + PACKED_DESC_SIZE * u64::from(self.used.idx),
