@@ -377,6 +377,11 @@ impl PackedDriverRing {
         desc_is_used(flags, self.used.wrap)
     }
 
+    /// Ring slots the outstanding chain of buffer `id` took (0: not outstanding).
+    pub fn slots_of(&self, id: u16) -> u16 {
+        self.id_slots.get(usize::from(id)).copied().unwrap_or(0)
+    }
+
     /// Whether buffer `id` is outstanding (made available, not yet used).
     pub fn is_outstanding(&self, id: u16) -> bool {
         self.id_slots.get(usize::from(id)).is_some_and(|&n| n != 0)
