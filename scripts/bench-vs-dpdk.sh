@@ -6,7 +6,9 @@
 # drifts from minute to minute and moves absolute numbers 2-3x; only same-time ratios mean
 # anything.
 #
-# Rows: {g2h, h2g, loop-lat, loop-tput} x {64, 1518 bytes} x {mrg_rxbuf=1, 0}, in_order=0.
+# Rows: {g2h, h2g, loop-lat, loop-tput} x {64, 1518 bytes} x {mrg_rxbuf=1, 0}, in_order=0, on
+# split rings (and with --rings, packed ones: frontend packed_vq=1, rvhost --packed; DPDK's
+# backend offers packed rings by default).
 #   g2h        frontend txonly, backend rxonly            meter: frontend Tx-pps
 #   h2g        frontend rxonly, backend txonly            meter: frontend Rx-pps
 #   loop-lat   both io, frontend --tx-first: one burst    meter: frontend Rx-pps
@@ -49,6 +51,7 @@ usage: scripts/bench-vs-dpdk.sh [options]
                      both loop kinds)
   --sizes LIST       frame sizes in bytes (default 64,1518)
   --mrg LIST         mrg_rxbuf values, from 1,0 (default 1,0)
+  --rings LIST       ring layouts, from split,packed (default split)
   --quick            smoke run: 1 pair, 3 s, 64 B only (drop 1 sample)
   --rvhost PATH      rvhost binary (default target/release/rvhost)
   --testpmd PATH     dpdk-testpmd binary (default dpdk-testpmd)
@@ -74,6 +77,7 @@ DROP=2
 DIRS="g2h,h2g,loop-lat,loop-tput"
 SIZES="64,1518"
 MRGS="1,0"
+RINGS="split"
 RVHOST=""
 TESTPMD="dpdk-testpmd"
 BE_CPU=0
@@ -99,6 +103,7 @@ while (($#)); do
     --dirs) DIRS=${2:?}; shift ;;
     --sizes) SIZES=${2:?}; shift ;;
     --mrg) MRGS=${2:?}; shift ;;
+    --rings) RINGS=${2:?}; shift ;;
     --quick) QUICK=1 ;;
     --rvhost) RVHOST=${2:?}; shift ;;
     --testpmd) TESTPMD=${2:?}; shift ;;
@@ -140,6 +145,10 @@ done
 IFS=, read -r -a DIR_LIST <<<"${DIRS//loopback/loop-lat,loop-tput}"
 IFS=, read -r -a SIZE_LIST <<<"$SIZES"
 IFS=, read -r -a MRG_LIST <<<"$MRGS"
+IFS=, read -r -a RING_LIST <<<"$RINGS"
+for r in "${RING_LIST[@]}"; do
+    [[ $r == split || $r == packed ]] || die "unknown ring layout '$r' (split or packed)"
+done
 for d in "${DIR_LIST[@]}"; do
     [[ $d == g2h || $d == h2g || $d == loop-lat || $d == loop-tput ]] ||
         die "unknown direction '$d'"
@@ -311,17 +320,21 @@ RUN_SEQ=0
 RATE=
 PROBES=()
 UNSTEADY=()
-# run_one BACKEND(dpdk|rvhost|vs) DIR SIZE MRG: sets RATE to the frontend's rate in Mpps (or nan),
+# run_one BACKEND(dpdk|rvhost|vs) DIR SIZE MRG RING: sets RATE to the frontend's rate in Mpps (or nan),
 # appends the c2c probes before and after the run to PROBES, and a note to UNSTEADY when the run
 # was not steady (steal above MAX_STEAL_PCT, or its samples spread more than MAX_SPREAD).
 # Runs in this shell (not in $(...)): the trap must see every process it starts.
 run_one() {
-    local backend=$1 dir=$2 size=$3 mrg=$4
+    local backend=$1 dir=$2 size=$3 mrg=$4 ring=$5 packed_fe="" packed_be=""
+    if [[ $ring == packed ]]; then
+        packed_fe=",packed_vq=1"
+        packed_be="--packed"
+    fi
     PROBES+=("$(probe)")
     local fe_mode be_mode meter extra
     read -r fe_mode be_mode meter extra <<<"$(modes "$dir")"
     RUN_SEQ=$((RUN_SEQ + 1))
-    local id="r${RUN_SEQ}-${backend}-${dir}-${size}-mrg${mrg}"
+    local id="r${RUN_SEQ}-${backend}-${dir}-${size}-mrg${mrg}-${ring}"
     local sock="$SOCK_DIR/$id.sock"
     local be_log="$LOGDIR/$id.backend.log" fe_log="$LOGDIR/$id.frontend.log"
     local be_secs=$((SECONDS_PER_RUN + 30)) be_pid fe_pid
@@ -338,8 +351,9 @@ run_one() {
         # --lcores '0@CPU,1@CPU' puts its main and forwarding lcores.
         local bin=$RVHOST
         [[ $backend == vs ]] && bin=$VS
+        # shellcheck disable=SC2086 # $packed_be is zero or one word
         start_bg "$be_secs" "$be_log" taskset -c "$BE_CPU" "$bin" fwd --mode "$be_mode" \
-            --iface "$sock" --lcores "$BE_CPU" --burst 32 --txpkts "$size"
+            --iface "$sock" --lcores "$BE_CPU" --burst 32 --txpkts "$size" $packed_be
         be_pid=$START_PID
         wait_socket "$sock" 20 "$be_pid" && sleep 0.5
     fi
@@ -355,7 +369,7 @@ run_one() {
     # shellcheck disable=SC2086 # $extra is zero or one word
     start_bg "$((SECONDS_PER_RUN + 20))" "$fe_log" "$TESTPMD" --lcores "0@$FE_CPU,1@$FE_CPU" --no-pci \
         --in-memory --single-file-segments -m "$MEM" --file-prefix "fe-$TAG-$RUN_SEQ" \
-        --vdev "net_virtio_user0,path=$sock,queues=1,queue_size=1024,mrg_rxbuf=$mrg,in_order=0" \
+        --vdev "net_virtio_user0,path=$sock,queues=1,queue_size=1024,mrg_rxbuf=$mrg,in_order=0$packed_fe" \
         -- --forward-mode="$fe_mode" --txpkts="$size" --auto-start --stats-period 1 \
         --nb-cores=1 --rxd=1024 --txd=1024 --burst=32 $extra
     fe_pid=$START_PID
@@ -456,7 +470,7 @@ json_list() { # numbers -> JSON array (nan -> null)
 
 # --- the rows --------------------------------------------------------------------------------
 
-nrows=$((${#DIR_LIST[@]} * ${#SIZE_LIST[@]} * ${#MRG_LIST[@]}))
+nrows=$((${#RING_LIST[@]} * ${#DIR_LIST[@]} * ${#SIZE_LIST[@]} * ${#MRG_LIST[@]}))
 per_run=$((SECONDS_PER_RUN + 4))
 ((DPDK_ONLY)) && runs_per_pair=1 || runs_per_pair=2
 echo "bench-vs-dpdk: $nrows rows x $PAIRS pairs, ${SECONDS_PER_RUN} s runs (about" \
@@ -467,90 +481,93 @@ echo "bench-vs-dpdk: $nrows rows x $PAIRS pairs, ${SECONDS_PER_RUN} s runs (abou
 
 ROW_NAMES=() ROW_DPDK=() ROW_RV=() ROW_RATIO=() ROW_PAIRS=() ROW_PROBE=() ROW_STATES=()
 JSON_ROWS=()
-for mrg in "${MRG_LIST[@]}"; do
-    for dir in "${DIR_LIST[@]}"; do
-        for size in "${SIZE_LIST[@]}"; do
-            name="$dir ${size}B mrg=$mrg"
-            dpdk=() rv=() ratios=() probes=() mixed=() tagged=() retries=$RETRIES r=""
-            for ((p = 1; p <= PAIRS; p++)); do
-                PROBES=() UNSTEADY=()
-                # Odd pairs run the reference first, even pairs rvhost first, so that a host
-                # that drifts (or reacts to what ran last) favours neither side.
-                if ((p % 2 == 0 && !DPDK_ONLY)); then
-                    run_one rvhost "$dir" "$size" "$mrg"
-                    r=$RATE
-                    run_one "$REF" "$dir" "$size" "$mrg"
-                    d=$RATE
-                else
-                    run_one "$REF" "$dir" "$size" "$mrg"
-                    d=$RATE
-                    if ((!DPDK_ONLY)); then
-                        run_one rvhost "$dir" "$size" "$mrg"
+for ring in "${RING_LIST[@]}"; do
+    for mrg in "${MRG_LIST[@]}"; do
+        for dir in "${DIR_LIST[@]}"; do
+            for size in "${SIZE_LIST[@]}"; do
+                name="$dir ${size}B mrg=$mrg"
+                [[ $ring == packed ]] && name+=" packed"
+                dpdk=() rv=() ratios=() probes=() mixed=() tagged=() retries=$RETRIES r=""
+                for ((p = 1; p <= PAIRS; p++)); do
+                    PROBES=() UNSTEADY=()
+                    # Odd pairs run the reference first, even pairs rvhost first, so that a host
+                    # that drifts (or reacts to what ran last) favours neither side.
+                    if ((p % 2 == 0 && !DPDK_ONLY)); then
+                        run_one rvhost "$dir" "$size" "$mrg" "$ring"
                         r=$RATE
+                        run_one "$REF" "$dir" "$size" "$mrg" "$ring"
+                        d=$RATE
+                    else
+                        run_one "$REF" "$dir" "$size" "$mrg" "$ring"
+                        d=$RATE
+                        if ((!DPDK_ONLY)); then
+                            run_one rvhost "$dir" "$size" "$mrg" "$ring"
+                            r=$RATE
+                        fi
                     fi
-                fi
-                dpdk+=("$d")
-                if ((!DPDK_ONLY)); then
-                    rv+=("$r")
-                    ratios+=("$(ratio "$r" "$d")")
-                fi
-                read -r pp mx <<<"$(pair_probe "${PROBES[@]}")"
-                why="MIXED"
-                if ((${#UNSTEADY[@]})); then
-                    # A run was not steady: the edge probes may agree while the host took the
-                    # CPUs or changed state within it. Counted as a mixed pair.
-                    mx=1
-                    why="UNSTEADY (${UNSTEADY[*]})"
-                fi
-                if ((mx && retries > 0)); then
-                    # The host moved the vCPUs during the pair: its two runs saw different
-                    # machines. Measure it again.
-                    retries=$((retries - 1))
-                    echo "  $name pair $p: $REF_LABEL $d Mpps, rvhost ${r:-nan} Mpps; c2c" \
-                        "${PROBES[*]} ns $why: discarded, measured again" >&2
-                    unset 'dpdk[-1]'
-                    ((DPDK_ONLY)) || unset 'rv[-1]' 'ratios[-1]'
-                    p=$((p - 1))
-                    continue
-                fi
-                probes+=("$pp")
-                mixed+=("$mx")
-                ((mx)) && note=" $why" || note=""
-                if ((DPDK_ONLY)); then
-                    echo "  $name pair $p: $REF_LABEL $d Mpps; c2c ${PROBES[*]} ns$note" >&2
-                    continue
-                fi
-                ((mx)) || tagged+=("$pp:${ratios[-1]}")
-                echo "  $name pair $p: $REF_LABEL $d Mpps, rvhost $r Mpps, ratio ${ratios[-1]};" \
-                    "c2c ${PROBES[*]} ns$note" >&2
+                    dpdk+=("$d")
+                    if ((!DPDK_ONLY)); then
+                        rv+=("$r")
+                        ratios+=("$(ratio "$r" "$d")")
+                    fi
+                    read -r pp mx <<<"$(pair_probe "${PROBES[@]}")"
+                    why="MIXED"
+                    if ((${#UNSTEADY[@]})); then
+                        # A run was not steady: the edge probes may agree while the host took the
+                        # CPUs or changed state within it. Counted as a mixed pair.
+                        mx=1
+                        why="UNSTEADY (${UNSTEADY[*]})"
+                    fi
+                    if ((mx && retries > 0)); then
+                        # The host moved the vCPUs during the pair: its two runs saw different
+                        # machines. Measure it again.
+                        retries=$((retries - 1))
+                        echo "  $name pair $p: $REF_LABEL $d Mpps, rvhost ${r:-nan} Mpps; c2c" \
+                            "${PROBES[*]} ns $why: discarded, measured again" >&2
+                        unset 'dpdk[-1]'
+                        ((DPDK_ONLY)) || unset 'rv[-1]' 'ratios[-1]'
+                        p=$((p - 1))
+                        continue
+                    fi
+                    probes+=("$pp")
+                    mixed+=("$mx")
+                    ((mx)) && note=" $why" || note=""
+                    if ((DPDK_ONLY)); then
+                        echo "  $name pair $p: $REF_LABEL $d Mpps; c2c ${PROBES[*]} ns$note" >&2
+                        continue
+                    fi
+                    ((mx)) || tagged+=("$pp:${ratios[-1]}")
+                    echo "  $name pair $p: $REF_LABEL $d Mpps, rvhost $r Mpps, ratio ${ratios[-1]};" \
+                        "c2c ${PROBES[*]} ns$note" >&2
+                done
+                valid=0
+                for x in "${ratios[@]}"; do [[ $x != nan ]] && valid=$((valid + 1)); done
+                ((DPDK_ONLY)) && valid=0
+                ROW_NAMES+=("$name")
+                ROW_DPDK+=("$(median "${dpdk[@]}")")
+                ROW_RV+=("$(median "${rv[@]}")")
+                ROW_RATIO+=("$(median "${ratios[@]}")")
+                ROW_PAIRS+=("$valid")
+                ROW_PROBE+=("$(median "${probes[@]}" | awk '$1 != "nan" { printf "%.0f\n", $1; next } 1')")
+                st=""
+                ((${#tagged[@]})) && st=$(states "${tagged[@]}")
+                ROW_STATES+=("$st")
+                st_json=""
+                for x in $st; do
+                    IFS=: read -r sn sr sp <<<"$x"
+                    st_json+="${st_json:+, }{\"c2c_ns\": $sn, \"ratio\": $sr, \"pairs\": $sp}"
+                done
+                JSON_ROWS+=("$(printf '{"dir": "%s", "ring": "%s", "size": %s, "mrg_rxbuf": %s, "dpdk_mpps": %s, "rvhost_mpps": %s, "ratio": %s, "pairs": %s, "dpdk_runs": %s, "rvhost_runs": %s, "ratios": %s, "c2c_ns": %s, "c2c_mixed": %s, "states": [%s]}' \
+                    "$dir" "$ring" "$size" "$mrg" "$(json_num "${ROW_DPDK[-1]}")" "$(json_num "${ROW_RV[-1]}")" \
+                    "$(json_num "${ROW_RATIO[-1]}")" "$valid" "$(json_list "${dpdk[@]}")" \
+                    "$(json_list "${rv[@]}")" "$(json_list "${ratios[@]}")" \
+                    "$(json_list "${probes[@]}")" "$(json_list "${mixed[@]}")" "$st_json")")
             done
-            valid=0
-            for x in "${ratios[@]}"; do [[ $x != nan ]] && valid=$((valid + 1)); done
-            ((DPDK_ONLY)) && valid=0
-            ROW_NAMES+=("$name")
-            ROW_DPDK+=("$(median "${dpdk[@]}")")
-            ROW_RV+=("$(median "${rv[@]}")")
-            ROW_RATIO+=("$(median "${ratios[@]}")")
-            ROW_PAIRS+=("$valid")
-            ROW_PROBE+=("$(median "${probes[@]}" | awk '$1 != "nan" { printf "%.0f\n", $1; next } 1')")
-            st=""
-            ((${#tagged[@]})) && st=$(states "${tagged[@]}")
-            ROW_STATES+=("$st")
-            st_json=""
-            for x in $st; do
-                IFS=: read -r sn sr sp <<<"$x"
-                st_json+="${st_json:+, }{\"c2c_ns\": $sn, \"ratio\": $sr, \"pairs\": $sp}"
-            done
-            JSON_ROWS+=("$(printf '{"dir": "%s", "size": %s, "mrg_rxbuf": %s, "dpdk_mpps": %s, "rvhost_mpps": %s, "ratio": %s, "pairs": %s, "dpdk_runs": %s, "rvhost_runs": %s, "ratios": %s, "c2c_ns": %s, "c2c_mixed": %s, "states": [%s]}' \
-                "$dir" "$size" "$mrg" "$(json_num "${ROW_DPDK[-1]}")" "$(json_num "${ROW_RV[-1]}")" \
-                "$(json_num "${ROW_RATIO[-1]}")" "$valid" "$(json_list "${dpdk[@]}")" \
-                "$(json_list "${rv[@]}")" "$(json_list "${ratios[@]}")" \
-                "$(json_list "${probes[@]}")" "$(json_list "${mixed[@]}")" "$st_json")")
         done
     done
 done
 
-printf '\n%-24s %10s %12s %8s %6s %7s  %s\n' "row" "$REF_LABEL Mpps" "rvhost Mpps" "ratio" "pairs" \
+printf '\n%-31s %10s %12s %8s %6s %7s  %s\n' "row" "$REF_LABEL Mpps" "rvhost Mpps" "ratio" "pairs" \
     "c2c ns" "per state (c2c ns: ratio, pairs)"
 for i in "${!ROW_NAMES[@]}"; do
     per_state=""
@@ -562,7 +579,7 @@ for i in "${!ROW_NAMES[@]}"; do
             per_state+="${per_state:+; }${sn}: $sr, $sp"
         done
     fi
-    printf '%-24s %10s %12s %8s %6s %7s  %s\n' "${ROW_NAMES[$i]}" "${ROW_DPDK[$i]}" "${ROW_RV[$i]}" \
+    printf '%-31s %10s %12s %8s %6s %7s  %s\n' "${ROW_NAMES[$i]}" "${ROW_DPDK[$i]}" "${ROW_RV[$i]}" \
         "${ROW_RATIO[$i]}" "${ROW_PAIRS[$i]}" "${ROW_PROBE[$i]}" "$per_state"
 done
 echo "(Mpps: medians over the pairs of each backend; ratio: median of the per-pair rvhost/DPDK" \

@@ -70,7 +70,8 @@ pub const VIRTIO_F_IN_ORDER: u64 = 1 << 35;
 
 /// The virtio-net features rvhost offers by default: what its split-ring data path serves.
 ///
-/// Not offered: packed rings and `ACCESS_PLATFORM` (IOTLB), whose subsystems are not built.
+/// Not offered: `ACCESS_PLATFORM` (IOTLB), whose subsystem is not built, and packed rings
+/// (see [`UNSUPPORTED_FEATURES`]).
 /// `LOG_ALL` (dirty logging for live migration) is offered, with the `LOG_SHMFD` protocol
 /// feature.
 pub const DEFAULT_FEATURES: u64 = VIRTIO_NET_F_CSUM
@@ -99,7 +100,12 @@ pub const DEFAULT_FEATURES: u64 = VIRTIO_NET_F_CSUM
 
 /// Features the control plane can never offer (their subsystems are not built); asking to
 /// enable them is an error.
-pub const UNSUPPORTED_FEATURES: u64 = VIRTIO_F_ACCESS_PLATFORM | VIRTIO_F_RING_PACKED;
+///
+/// `VIRTIO_F_RING_PACKED` is not among them but not offered by default either: an application
+/// enables it (`Driver::enable_features`, `rvhost fwd --packed`) while the packed data path
+/// is being proven against QEMU and DPDK (issue 13). Not with `ASYNC_COPY`: the async path
+/// runs split rings only.
+pub const UNSUPPORTED_FEATURES: u64 = VIRTIO_F_ACCESS_PLATFORM;
 
 /// vhost-user protocol feature bits (masks), as numbered by the vhost-user spec.
 pub mod protocol {

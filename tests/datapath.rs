@@ -1,7 +1,7 @@
-//! The split-ring data path over a real socket and real shared memory: the Rust frontend
-//! plays the guest driver, `enqueue_burst` / `dequeue_burst` run on the backend's device.
-//! Each case runs with mergeable buffers on and off, and with the transmit header in its own
-//! descriptor or inline.
+//! The data path over a real socket and real shared memory: the Rust frontend plays the guest
+//! driver, `enqueue_burst` / `dequeue_burst` run on the backend's device. Each case runs on
+//! split and packed rings, with mergeable buffers on and off, and with the transmit header in
+//! its own descriptor or inline.
 
 mod common;
 
@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use common::pkt::{mbuf_of, packet_bytes, payload};
 use common::{Bed, Watchdog};
 use rvhost::driver::Flags;
-use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
+use rvhost::features::{
+    VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
+};
 use rvhost::frontend::{FrontendOptions, TxLayout};
 use rvhost::mbuf::{Mbuf, PktCache};
 use rvhost::net::{QueuePair, dequeue_burst, enqueue_burst};
@@ -21,18 +23,28 @@ const Q0: QueuePair = QueuePair(0);
 /// 8 s in a debug build on two CPUs shared with the other tests of this file).
 const CONCURRENT_CASE_BOUND: Duration = Duration::from_secs(120);
 
+/// A bed for `features`; with `VIRTIO_F_RING_PACKED` among them, on packed rings (the driver
+/// offers them, the frontend drives them).
 fn bed(features: u64, layout: TxLayout, flags: Flags) -> Bed {
+    let packed = features & VIRTIO_F_RING_PACKED != 0;
     let opts = FrontendOptions {
         features,
         tx_layout: layout,
         mem_size: 32 << 20,
         force_small_pages: true,
+        packed,
         ..FrontendOptions::default()
     };
-    Bed::new("dp", flags, opts, "dp-test", 4096, 64)
+    Bed::configured("dp", flags, opts, "dp-test", 4096, 64, |d, path| {
+        if packed {
+            d.enable_features(path, VIRTIO_F_RING_PACKED).unwrap();
+        }
+    })
 }
 
-const CASES: [(u64, TxLayout); 4] = [
+const P: u64 = VIRTIO_F_RING_PACKED;
+
+const CASES: [(u64, TxLayout); 8] = [
     (
         VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF | VIRTIO_RING_F_EVENT_IDX,
         TxLayout::Inline,
@@ -46,6 +58,19 @@ const CASES: [(u64, TxLayout); 4] = [
         TxLayout::Inline,
     ),
     (0, TxLayout::Separate),
+    (
+        P | VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF | VIRTIO_RING_F_EVENT_IDX,
+        TxLayout::Inline,
+    ),
+    (
+        P | VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF,
+        TxLayout::Separate,
+    ),
+    (
+        P | VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX,
+        TxLayout::Inline,
+    ),
+    (P | VIRTIO_F_VERSION_1, TxLayout::Separate),
 ];
 
 /// Dequeues until `n` packets arrived or a second passes.
@@ -140,10 +165,16 @@ fn host_to_guest_payloads_arrive_intact() {
 
 /// Mergeable bursts of jumbo frames: each packet takes 6 buffers, so one burst makes more
 /// used entries (96) than the burst keeps in its shadow (64) before writing them out, and
-/// over the rounds the ring (256) wraps inside a burst. Every packet arrives intact.
+/// over the rounds the ring (256) wraps inside a burst. Every packet arrives intact. On a
+/// packed ring: 96 used descriptors in one batch, across the ring's end.
 #[test]
 fn host_to_guest_jumbo_bursts_overflow_the_used_shadow() {
-    let features = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF;
+    for packed in [0, P] {
+        jumbo_bursts(packed | VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF);
+    }
+}
+
+fn jumbo_bursts(features: u64) {
     let mut b = bed(features, TxLayout::Inline, Flags::empty());
     let mut cache = b.pool.cache();
     let mut received = 0usize;
@@ -389,9 +420,17 @@ fn linearbuf_drops_and_extbuf_attaches_large_packets() {
     }
 }
 
+/// On split rings the 16-bit indexes wrap; on packed rings the wrap counters flip some 270
+/// times.
 #[test]
 fn loopback_many_bursts_with_wrapping_indexes() {
-    let mut b = bed(CASES[0].0, TxLayout::Inline, Flags::empty());
+    for features in [CASES[0].0, P | CASES[0].0] {
+        loopback_wrapping(features);
+    }
+}
+
+fn loopback_wrapping(features: u64) {
+    let mut b = bed(features, TxLayout::Inline, Flags::empty());
     let mut cache = b.pool.cache();
     let mut sent = 0usize;
     let mut received = 0usize;

@@ -15,7 +15,8 @@ use common::Bed;
 use common::pkt::{mbuf_of, payload};
 use rvhost::driver::{Device, Flags};
 use rvhost::features::{
-    VHOST_F_LOG_ALL, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
+    VHOST_F_LOG_ALL, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 use rvhost::frontend::{DirtyLogArea, Frontend, FrontendOptions, VirtqDesc};
 use rvhost::mbuf::{Mbuf, PktCache};
@@ -25,6 +26,7 @@ use rvhost::net::{
 };
 use rvhost::protocol::FrontendReq;
 use rvhost::test_support::{fds_named, mapped_bytes_named};
+use rvhost::virtq::packed::RingPos;
 
 const Q0: QueuePair = QueuePair(0);
 const PAGE: u64 = 4096;
@@ -47,15 +49,19 @@ fn opts(features: u64, regions: usize) -> FrontendOptions {
     }
 }
 
+/// With `VIRTIO_F_RING_PACKED` in `features`: on packed rings (offered by the driver, driven
+/// by the frontend).
 fn bed(features: u64, regions: usize) -> Bed {
-    Bed::new(
-        "dlog",
-        Flags::empty(),
-        opts(features, regions),
-        "dlog",
-        4096,
-        64,
-    )
+    let packed = features & VIRTIO_F_RING_PACKED != 0;
+    let opts = FrontendOptions {
+        packed,
+        ..opts(features, regions)
+    };
+    Bed::configured("dlog", Flags::empty(), opts, "dlog", 4096, 64, |d, p| {
+        if packed {
+            d.enable_features(p, VIRTIO_F_RING_PACKED).unwrap();
+        }
+    })
 }
 
 /// The pages a set of writes touched.
@@ -115,7 +121,7 @@ fn written(fe: &Frontend, v: u16, from: u16, to: u16, pages: &mut Pages) {
 fn rx_written(fe: &mut Frontend, from: u16, to: u16, pages: &mut Pages) {
     // Per used entry, the (address, bytes written) of each buffer of its chain.
     let mut chains: Vec<Vec<(u64, u64)>> = Vec::new();
-    let ring = fe.rx(0).unwrap().ring().shared();
+    let ring = fe.rx(0).unwrap().ring().unwrap().shared();
     let size = ring.size();
     let mut i = from;
     while i != to {
@@ -152,11 +158,110 @@ fn rx_written(fe: &mut Frontend, from: u16, to: u16, pages: &mut Pages) {
     }
 }
 
+/// Where the device's next used entry goes on vring `v`: the used index of a split ring; on a
+/// packed ring the position after the used descriptors waiting (the frontend reaped those
+/// before).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pos {
+    Split(u16),
+    Packed(RingPos),
+}
+
+fn device_pos(fe: &mut Frontend, vring: u16) -> Pos {
+    let q = |fe: &mut Frontend| {
+        if vring % 2 == 0 {
+            fe.rx(vring / 2)
+                .unwrap()
+                .packed_ring()
+                .map(|r| r.ready_used(r.size()).1)
+        } else {
+            fe.tx(vring / 2)
+                .unwrap()
+                .packed_ring()
+                .map(|r| r.ready_used(r.size()).1)
+        }
+    };
+    match q(fe) {
+        Some(p) => Pos::Packed(p),
+        None => Pos::Split(used_idx(fe, vring)),
+    }
+}
+
+/// What the backend wrote on vring `v` between two positions: [`written`] and, on a receive
+/// ring, [`rx_written`]; on a packed ring each used descriptor's slot in the descriptor ring
+/// and, receiving, the bytes of its chain's buffers (each `BUF` long, in the slots after the
+/// used descriptor's, which the device does not overwrite).
+fn written_between(fe: &mut Frontend, v: u16, before: Pos, after: Pos, pages: &mut Pages) {
+    match (before, after) {
+        (Pos::Split(from), Pos::Split(to)) => {
+            written(fe, v, from, to, pages);
+            if v % 2 == 0 {
+                rx_written(fe, from, to, pages);
+            }
+        }
+        (Pos::Packed(from), Pos::Packed(to)) => {
+            let info = *fe.ring_info(v).unwrap();
+            let desc_gpa = info.desc.gpa.raw();
+            let ring = if v % 2 == 0 {
+                fe.rx(v / 2).unwrap().packed_ring().unwrap()
+            } else {
+                fe.tx(v / 2).unwrap().packed_ring().unwrap()
+            };
+            let size = ring.size();
+            let mut chains: Vec<Vec<(u64, u64)>> = Vec::new();
+            let mut p = from;
+            while p != to {
+                let d = ring.read_desc(p.idx);
+                pages.add(desc_gpa + 16 * u64::from(p.idx), 16);
+                let slots = ring.slots_of(d.id);
+                assert!(slots > 0, "used id {} not outstanding", d.id);
+                if v % 2 == 0 {
+                    let mut left = u64::from(d.len);
+                    let mut chain = Vec::new();
+                    for k in 0..slots {
+                        let addr = ring.read_desc(p.advance(k, size).idx).addr;
+                        let n = left.min(BUF as u64);
+                        chain.push((addr, n));
+                        left -= n;
+                    }
+                    assert_eq!(left, 0, "more bytes than the chain holds");
+                    chains.push(chain);
+                }
+                p = p.advance(slots, size);
+            }
+            for chain in chains {
+                let regions: BTreeSet<usize> = chain
+                    .iter()
+                    .filter(|&&(_, n)| n > 0)
+                    .map(|&(a, _)| region_of(fe, a))
+                    .collect();
+                if regions.len() > 1 {
+                    pages.across_regions += 1;
+                }
+                for (a, n) in chain {
+                    pages.add(a, n);
+                }
+            }
+        }
+        _ => unreachable!("one ring, one layout"),
+    }
+}
+
 fn used_idx(fe: &mut Frontend, vring: u16) -> u16 {
     if vring % 2 == 0 {
-        fe.rx(vring / 2).unwrap().ring().shared().load_used_idx()
+        fe.rx(vring / 2)
+            .unwrap()
+            .ring()
+            .unwrap()
+            .shared()
+            .load_used_idx()
     } else {
-        fe.tx(vring / 2).unwrap().ring().shared().load_used_idx()
+        fe.tx(vring / 2)
+            .unwrap()
+            .ring()
+            .unwrap()
+            .shared()
+            .load_used_idx()
     }
 }
 
@@ -182,7 +287,7 @@ fn enqueue_and_check_on(
     case: &str,
     path: Path,
 ) -> Pages {
-    let before = used_idx(&mut b.fe, 0);
+    let before = device_pos(&mut b.fe, 0);
     b.fe.dirty_log().unwrap().take();
     let mut mbufs: Vec<Mbuf> = pkts.iter().map(|p| mbuf_of(cache, p)).collect();
     match path {
@@ -210,10 +315,9 @@ fn enqueue_and_check_on(
             cache.free_bulk(back);
         }
     }
-    let after = used_idx(&mut b.fe, 0);
+    let after = device_pos(&mut b.fe, 0);
     let mut want = Pages::default();
-    written(&b.fe, 0, before, after, &mut want);
-    rx_written(&mut b.fe, before, after, &mut want);
+    written_between(&mut b.fe, 0, before, after, &mut want);
     let got = marked(&b.fe.dirty_log().unwrap().take());
     assert_eq!(
         got, want.set,
@@ -238,7 +342,7 @@ fn dequeue_and_check_on(
     case: &str,
     path: Path,
 ) {
-    let before = used_idx(&mut b.fe, 1);
+    let before = device_pos(&mut b.fe, 1);
     b.fe.dirty_log().unwrap().take();
     let refs: Vec<&[u8]> = pkts.iter().map(Vec::as_slice).collect();
     assert_eq!(b.fe.tx(0).unwrap().send(&refs), refs.len(), "{case}");
@@ -254,9 +358,9 @@ fn dequeue_and_check_on(
     assert_eq!(frames, refs, "{case}: the frames dequeued, in order");
     assert_eq!(out.len(), pkts.len(), "{case}");
     cache.free_bulk(out);
-    let after = used_idx(&mut b.fe, 1);
+    let after = device_pos(&mut b.fe, 1);
     let mut want = Pages::default();
-    written(&b.fe, 1, before, after, &mut want);
+    written_between(&mut b.fe, 1, before, after, &mut want);
     let got = marked(&b.fe.dirty_log().unwrap().take());
     assert_eq!(
         got, want.set,
@@ -332,6 +436,26 @@ fn the_log_marks_exactly_the_pages_written() {
             let case = format!("features {features:#x}, {regions} regions");
             let mut b = bed(features, regions);
             assert!(b.fe.features() & VHOST_F_LOG_ALL != 0, "{case}");
+            let mut cache = b.pool.cache();
+            rounds(&mut b, &mut cache, features, regions, 12, &case, Path::Sync);
+            let vq = b.dev.lock_vring(0).unwrap();
+            assert_eq!(vq.log.as_ref().map(|l| l.beyond()), Some(0), "{case}");
+        }
+    }
+}
+
+/// The same on packed rings: the used descriptors are marked where they are written, in the
+/// descriptor ring (not at the "used ring" log address, which for a packed ring names its
+/// device event area), and the receive buffers' bytes.
+#[test]
+fn the_log_marks_exactly_the_pages_written_on_packed_rings() {
+    for features in MRG_CASES {
+        for regions in [1, 4] {
+            let features = features | VIRTIO_F_RING_PACKED;
+            let case = format!("packed, features {features:#x}, {regions} regions");
+            let mut b = bed(features, regions);
+            assert!(b.fe.features() & VHOST_F_LOG_ALL != 0, "{case}");
+            assert!(b.fe.features() & VIRTIO_F_RING_PACKED != 0, "{case}");
             let mut cache = b.pool.cache();
             rounds(&mut b, &mut cache, features, regions, 12, &case, Path::Sync);
             let vq = b.dev.lock_vring(0).unwrap();

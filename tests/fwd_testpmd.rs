@@ -1,6 +1,7 @@
 //! DPDK testpmd (virtio-user frontend) against `rvhost fwd` (the vhost-user backend), both as
 //! real processes: traffic both ways, with packet counts that must agree on both sides, for
-//! mrg_rxbuf 0/1 × in_order 0/1, rvhost as server and as client (testpmd `server=1`).
+//! mrg_rxbuf 0/1 × in_order 0/1, rvhost as server and as client (testpmd `server=1`), split
+//! and packed virtqueues (testpmd `packed_vq=1`, rvhost `--packed`).
 //!
 //! # Loopback (exact counting)
 //!
@@ -85,6 +86,8 @@ struct Case {
     /// rvhost's `--copy` (`cpu`: the sync path; `soft...`: the async path), then any further
     /// options of rvhost, space-separated.
     copy: &'static str,
+    /// Packed virtqueues (testpmd `packed_vq=1`, rvhost `--packed`).
+    packed: bool,
 }
 
 fn testpmd(sock: &Path, case: &Case) -> Command {
@@ -103,6 +106,9 @@ fn testpmd(sock: &Path, case: &Case) -> Command {
     );
     if !case.rvhost_server {
         vdev.push_str(",server=1");
+    }
+    if case.packed {
+        vdev.push_str(",packed_vq=1");
     }
     let mut cmd = Command::new("stdbuf");
     cmd.args(["-oL", "dpdk-testpmd", "--no-pci"]);
@@ -152,6 +158,9 @@ fn rvhost(sock: &Path, case: &Case) -> Command {
         cmd.arg("--client");
     }
     cmd.arg("--copy").args(case.copy.split(' '));
+    if case.packed {
+        cmd.arg("--packed");
+    }
     cmd
 }
 
@@ -182,11 +191,24 @@ fn run(case: Case) {
         (tp, Child::spawn("rvhost", rvhost(&sock, &case)))
     };
     let running = rv.wait_stderr(Duration::from_secs(30), |l| l.contains("is running"));
-    assert!(
-        running.is_some(),
-        "{case:?}: no device on rvhost\n{}\n{}",
-        rv.tail(30),
-        tp.tail(40)
+    let Some(running) = running else {
+        panic!(
+            "{case:?}: no device on rvhost\n{}\n{}",
+            rv.tail(30),
+            tp.tail(40)
+        )
+    };
+    // The ring layout is the one asked for (virtio-user falls back to split rings when the
+    // backend does not offer packed ones): `... is running (features 0x...)`.
+    let features = running
+        .split("features 0x")
+        .nth(1)
+        .and_then(|t| u64::from_str_radix(t.trim_end_matches(')'), 16).ok())
+        .unwrap_or_else(|| panic!("no features in {running:?}"));
+    assert_eq!(
+        features & (1 << 34) != 0,
+        case.packed,
+        "{case:?}: VIRTIO_F_RING_PACKED in {features:#x}"
     );
     std::thread::sleep(TRAFFIC);
     // The sender stops first, so the receiver's count is not cut off mid-stream: when rvhost
@@ -355,6 +377,7 @@ macro_rules! loopback {
                 traffic: Traffic::Loopback($mode, $txpkts),
                 queues: 1,
                 copy: "cpu",
+                packed: false,
             });
         }
     };
@@ -442,6 +465,7 @@ macro_rules! loopback_async {
                 traffic: Traffic::Loopback($mode, $txpkts),
                 queues: 1,
                 copy: $copy,
+                packed: false,
             });
         }
     };
@@ -515,6 +539,7 @@ fn rvhost_txonly_async_to_testpmd_rxonly() {
         traffic: Traffic::FromRvhost,
         queues: 1,
         copy: "soft,threshold=0",
+        packed: false,
     });
 }
 
@@ -527,6 +552,7 @@ fn testpmd_txonly_to_rvhost_rxonly() {
         traffic: Traffic::ToRvhost,
         queues: 1,
         copy: "cpu",
+        packed: false,
     });
 }
 
@@ -540,6 +566,7 @@ fn loopback_two_queue_pairs() {
         traffic: Traffic::Loopback("io", "64"),
         queues: 2,
         copy: "cpu",
+        packed: false,
     });
 }
 
@@ -552,6 +579,7 @@ fn testpmd_txonly_to_rvhost_rxonly_two_queue_pairs() {
         traffic: Traffic::ToRvhost,
         queues: 2,
         copy: "cpu",
+        packed: false,
     });
 }
 
@@ -564,6 +592,7 @@ fn rvhost_txonly_to_testpmd_rxonly_two_queue_pairs() {
         traffic: Traffic::FromRvhost,
         queues: 2,
         copy: "cpu",
+        packed: false,
     });
 }
 
@@ -576,6 +605,7 @@ fn rvhost_txonly_to_testpmd_rxonly() {
         traffic: Traffic::FromRvhost,
         queues: 1,
         copy: "cpu",
+        packed: false,
     });
 }
 
@@ -588,5 +618,133 @@ fn rvhost_txonly_to_testpmd_rxonly_mergeable() {
         traffic: Traffic::FromRvhost,
         queues: 1,
         copy: "cpu",
+        packed: false,
     });
 }
+
+/// Packed virtqueues (testpmd `packed_vq=1`, rvhost `--packed`): the same exact counts, the
+/// ring asserted packed from the features rvhost negotiated.
+macro_rules! packed {
+    ($name:ident, $mrg:expr, $in_order:expr, $server:expr, $traffic:expr, $queues:expr) => {
+        #[test]
+        fn $name() {
+            run(Case {
+                mrg: $mrg,
+                in_order: $in_order,
+                rvhost_server: $server,
+                traffic: $traffic,
+                queues: $queues,
+                copy: "cpu",
+                packed: true,
+            });
+        }
+    };
+}
+
+// mrg_rxbuf × in_order × rvhost role, loopback; io and macswap; one-segment and two-segment
+// frames (a chain of two descriptors from testpmd), 64 and 1518 bytes.
+packed!(
+    packed_loopback_mrg0_inorder0_rvhost_server,
+    false,
+    false,
+    true,
+    Traffic::Loopback("io", "64"),
+    1
+);
+packed!(
+    packed_loopback_mrg0_inorder1_rvhost_server,
+    false,
+    true,
+    true,
+    Traffic::Loopback("macswap", "1518"),
+    1
+);
+packed!(
+    packed_loopback_mrg1_inorder0_rvhost_server,
+    true,
+    false,
+    true,
+    Traffic::Loopback("macswap", "64,1454"),
+    1
+);
+packed!(
+    packed_loopback_mrg1_inorder1_rvhost_server,
+    true,
+    true,
+    true,
+    Traffic::Loopback("io", "64"),
+    1
+);
+packed!(
+    packed_loopback_mrg0_inorder0_rvhost_client,
+    false,
+    false,
+    false,
+    Traffic::Loopback("macswap", "64,1454"),
+    1
+);
+packed!(
+    packed_loopback_mrg0_inorder1_rvhost_client,
+    false,
+    true,
+    false,
+    Traffic::Loopback("io", "64"),
+    1
+);
+packed!(
+    packed_loopback_mrg1_inorder0_rvhost_client,
+    true,
+    false,
+    false,
+    Traffic::Loopback("io", "1518"),
+    1
+);
+packed!(
+    packed_loopback_mrg1_inorder1_rvhost_client,
+    true,
+    true,
+    false,
+    Traffic::Loopback("macswap", "64"),
+    1
+);
+// One way at full rate, both directions; two queue pairs.
+packed!(
+    packed_testpmd_txonly_to_rvhost_rxonly,
+    true,
+    false,
+    true,
+    Traffic::ToRvhost,
+    1
+);
+packed!(
+    packed_rvhost_txonly_to_testpmd_rxonly_mrg0,
+    false,
+    false,
+    false,
+    Traffic::FromRvhost,
+    1
+);
+packed!(
+    packed_rvhost_txonly_to_testpmd_rxonly_mrg1,
+    true,
+    true,
+    true,
+    Traffic::FromRvhost,
+    1
+);
+packed!(
+    packed_loopback_two_queue_pairs,
+    true,
+    false,
+    true,
+    Traffic::Loopback("io", "64"),
+    2
+);
+packed!(
+    packed_rvhost_txonly_to_testpmd_rxonly_two_queue_pairs,
+    false,
+    true,
+    false,
+    Traffic::FromRvhost,
+    2
+);

@@ -89,6 +89,7 @@ pub mod layout;
 pub mod options;
 pub mod packed_ring;
 pub mod queue;
+mod queue_ring;
 mod setup;
 pub mod shm;
 
@@ -108,7 +109,9 @@ pub use driver_ring::{DriverRing, RingStats};
 pub use error::{FrontendError, LayoutError};
 pub use layout::{Area, MemLayout, RingInfo};
 pub use options::{FrontendOptions, MemTableMode, TxLayout};
+pub use packed_ring::PackedDriverRing;
 pub use queue::{NetHdr, QueueStats, RxPacket, RxQueue, TxQueue};
+use queue_ring::QueueRing;
 pub use setup::{
     Negotiated, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
 };
@@ -350,7 +353,22 @@ impl Frontend {
                 info.avail.offset,
                 info.used.offset,
             )?;
-            let ring = DriverRing::new(shared, opts.ring_base, event_idx);
+            let ring = if opts.packed {
+                // The split plan's areas hold a packed ring's (descriptor ring of the same
+                // size, 4-byte event areas in the larger avail and used rings).
+                let mut r = PackedDriverRing::new(
+                    Arc::clone(&shm),
+                    info.size,
+                    info.desc.offset,
+                    info.avail.offset,
+                    info.used.offset,
+                    false,
+                )?;
+                r.set_event_idx(event_idx);
+                QueueRing::packed(r)
+            } else {
+                QueueRing::Split(DriverRing::new(shared, opts.ring_base, event_idx))
+            };
             let pool = SlotPool::new(Arc::clone(&shm), plan.slots, plan.slot_gpas, opts.buf_size)?;
             let (kick, call) = if opts.eventfds {
                 (

@@ -113,6 +113,10 @@ pub struct FrontendOptions {
     /// [`Frontend::postcopy_ufd`](super::Frontend::postcopy_ufd): the caller serves its faults.
     /// Default `false`.
     pub postcopy: bool,
+    /// Packed virtqueues: negotiate `VIRTIO_F_RING_PACKED` (required) and drive every queue
+    /// as a packed ring (`ring_base` does not apply). Default `false`: split rings, and
+    /// `VIRTIO_F_RING_PACKED` is never asked for.
+    pub packed: bool,
 }
 
 impl Default for FrontendOptions {
@@ -143,6 +147,7 @@ impl Default for FrontendOptions {
             reply_timeout: Endpoint::DEFAULT_TIMEOUT,
             dirty_log: false,
             postcopy: false,
+            packed: false,
         }
     }
 }

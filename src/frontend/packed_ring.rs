@@ -377,6 +377,43 @@ impl PackedDriverRing {
         desc_is_used(flags, self.used.wrap)
     }
 
+    /// Ring slots the outstanding chain of buffer `id` took (0: not outstanding).
+    pub fn slots_of(&self, id: u16) -> u16 {
+        self.id_slots.get(usize::from(id)).copied().unwrap_or(0)
+    }
+
+    /// Whether buffer `id` is outstanding (made available, not yet used).
+    pub fn is_outstanding(&self, id: u16) -> bool {
+        self.id_slots.get(usize::from(id)).is_some_and(|&n| n != 0)
+    }
+
+    /// The used descriptors waiting from the used position on, up to `max`: each must name an
+    /// outstanding id (the walk stops at one that does not; [`pop_used`](Self::pop_used) then
+    /// breaks the ring), and the next one is looked for after its chain's slots. Without
+    /// IN_ORDER (with it one descriptor may stand for several chains).
+    pub fn ready_used(&self, max: u16) -> (u16, RingPos) {
+        let mut at = self.used;
+        let mut n = 0;
+        while n < max && !self.broken {
+            let flags = self
+                .ring()
+                .load_u16(self.slot_off(at.idx) + OFF_FLAGS, Ordering::Acquire)
+                .map(u16::from_le)
+                .unwrap_or(0);
+            if !desc_is_used(flags, at.wrap) {
+                break;
+            }
+            let id = self.read_desc(at.idx).id;
+            let slots = self.id_slots.get(usize::from(id)).copied().unwrap_or(0);
+            if slots == 0 {
+                break;
+            }
+            n += 1;
+            at = at.advance(slots, self.size);
+        }
+        (n, at)
+    }
+
     /// Reads the next used descriptor, freeing its chain's id and slots (with IN_ORDER, every
     /// outstanding chain up to and including the id it names). `None` when none is ready or
     /// the ring is broken; a used id that is not outstanding breaks it.

@@ -1,8 +1,9 @@
-//! Receive and transmit queues: virtio-net buffers (virtio 1.2 §5.1.6) over a
-//! [`DriverRing`], with the kick and call eventfds.
+//! Receive and transmit queues: virtio-net buffers (virtio 1.2 §5.1.6) over a split
+//! [`DriverRing`] or a [`PackedDriverRing`], with the kick and call eventfds.
 //!
-//! Descriptor `i` of a queue always uses buffer slot `i` of its [`SlotPool`], so a chain's
-//! buffers are found from its descriptor ids without any allocation. The hot paths
+//! On a split ring descriptor `i` of a queue always uses buffer slot `i` of its [`SlotPool`],
+//! so a chain's buffers are found from its descriptor ids without any allocation (a packed
+//! ring's chains take slots from a free list: see `queue_ring`). The hot paths
 //! ([`TxQueue::send`], [`RxQueue::post_rx`], [`RxQueue::poll_rx`]) never allocate: a received
 //! packet is gathered into a scratch buffer allocated with the queue.
 
@@ -16,6 +17,8 @@ use nix::sys::eventfd::EventFd;
 
 use super::driver_ring::{DriverRing, RingStats};
 use super::options::TxLayout;
+use super::packed_ring::PackedDriverRing;
+use super::queue_ring::QueueRing;
 use super::shm::SlotPool;
 use crate::features::{VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
 pub use crate::net::hdr::VirtioNetHdr as NetHdr;
@@ -77,13 +80,13 @@ pub const RX_SCRATCH: usize = 68 << 10;
 #[derive(Debug)]
 pub struct Queue<K> {
     vring: u16,
-    ring: DriverRing,
+    ring: QueueRing,
     pool: SlotPool,
     kick: Option<EventFd>,
     call: Option<EventFd>,
     hdr_len: usize,
     /// Base for the next SET_VRING_BASE, from GET_VRING_BASE at stop.
-    pub(crate) resume_base: Option<u16>,
+    pub(crate) resume_base: Option<u32>,
     stats: QueueStats,
     kind: K,
 }
@@ -106,7 +109,7 @@ pub struct RxPacket<'a> {
 impl<K> Queue<K> {
     fn with_kind(
         vring: u16,
-        ring: DriverRing,
+        ring: QueueRing,
         pool: SlotPool,
         kick: Option<EventFd>,
         call: Option<EventFd>,
@@ -133,9 +136,32 @@ impl<K> Queue<K> {
         self.vring
     }
 
-    /// The driver ring (indexes, free descriptors, counters, the shared accessor).
-    pub fn ring(&self) -> &DriverRing {
-        &self.ring
+    /// The split driver ring (indexes, free descriptors, counters, the shared accessor);
+    /// `None` on a packed ring.
+    pub fn ring(&self) -> Option<&DriverRing> {
+        match &self.ring {
+            QueueRing::Split(r) => Some(r),
+            QueueRing::Packed(..) => None,
+        }
+    }
+
+    /// The packed driver ring; `None` on a split ring.
+    pub fn packed_ring(&self) -> Option<&PackedDriverRing> {
+        match &self.ring {
+            QueueRing::Packed(r, _) => Some(r),
+            QueueRing::Split(_) => None,
+        }
+    }
+
+    /// Queue size.
+    pub fn size(&self) -> u16 {
+        self.ring.size()
+    }
+
+    /// Where the device resumes on a start without a base from a stop (see
+    /// `QueueRing::start_base`).
+    pub(crate) fn start_base(&self) -> u32 {
+        self.ring.start_base()
     }
 
     /// The buffers.
@@ -249,7 +275,7 @@ impl Queue<Rx> {
     /// A receive queue.
     pub(crate) fn new_rx(
         vring: u16,
-        ring: DriverRing,
+        ring: QueueRing,
         pool: SlotPool,
         kick: Option<EventFd>,
         call: Option<EventFd>,
@@ -371,7 +397,7 @@ impl Queue<Rx> {
     /// How many used elements the next packet takes: 1, or its header's `num_buffers` with
     /// MRG_RXBUF. `None` if they are not all used yet.
     fn buffers_of_next(&mut self, ready: u16) -> Option<u16> {
-        let (id, _) = self.ring.peek_used(0);
+        let (id, _) = self.ring.peek_used();
         if !self.kind.mergeable || self.hdr_len < NetHdr::SIZE || !self.ring.is_head(id) {
             return Some(1);
         }
@@ -448,7 +474,7 @@ impl Queue<Tx> {
     /// A transmit queue.
     pub(crate) fn new_tx(
         vring: u16,
-        ring: DriverRing,
+        ring: QueueRing,
         pool: SlotPool,
         kick: Option<EventFd>,
         call: Option<EventFd>,

@@ -33,14 +33,21 @@ fn efd() -> EventFd {
 
 fn tx(size: u16, layout: TxLayout) -> (Arc<Shm>, TxQueue) {
     let (m, ring, pool) = parts(size, 0);
-    let mut q = TxQueue::new_tx(1, ring, pool, Some(efd()), Some(efd()), layout);
+    let mut q = TxQueue::new_tx(
+        1,
+        QueueRing::Split(ring),
+        pool,
+        Some(efd()),
+        Some(efd()),
+        layout,
+    );
     q.configure(VIRTIO_F_VERSION_1);
     (m, q)
 }
 
 fn rx(size: u16, base: u16, features: u64) -> (Arc<Shm>, RxQueue) {
     let (m, ring, pool) = parts(size, base);
-    let mut q = RxQueue::new_rx(0, ring, pool, Some(efd()), None);
+    let mut q = RxQueue::new_rx(0, QueueRing::Split(ring), pool, Some(efd()), None);
     q.configure_rx(features);
     (m, q)
 }
@@ -54,7 +61,7 @@ struct Device {
 
 impl Device {
     fn of<K>(q: &Queue<K>) -> Self {
-        let ring = q.ring().shared().clone();
+        let ring = q.ring().unwrap().shared().clone();
         let base = Wrapping(ring.load_used_idx());
         Self {
             ring,
@@ -194,10 +201,13 @@ fn send_stops_when_full_and_reaps_to_make_room() {
 #[test]
 fn kicks_honour_no_notify() {
     let (_m, mut q) = tx(8, TxLayout::Inline);
-    q.ring().shared().set_used_flags(VIRTQ_USED_F_NO_NOTIFY);
+    q.ring()
+        .unwrap()
+        .shared()
+        .set_used_flags(VIRTQ_USED_F_NO_NOTIFY);
     assert_eq!(q.send(&[&[1u8; 10]]), 1);
     assert_eq!(q.stats().kicks, 0);
-    q.ring().shared().set_used_flags(0);
+    q.ring().unwrap().shared().set_used_flags(0);
     assert_eq!(q.send(&[&[1u8; 10]]), 1);
     assert_eq!(q.stats().kicks, 1);
     let kick = q.kick_fd().unwrap();
@@ -279,7 +289,7 @@ fn mergeable_packets_wait_for_all_their_buffers() {
         seen += 1;
     });
     assert_eq!(seen, 1);
-    assert_eq!(q.ring().free_count(), 3);
+    assert_eq!(q.ring().unwrap().free_count(), 3);
 }
 
 #[test]
@@ -311,7 +321,7 @@ fn bad_lengths_and_num_buffers_are_contained() {
     dev.publish();
     assert_eq!(q.poll_rx(8, |_| panic!("runt delivered")), 0);
     assert_eq!(q.stats().bad_len, 2);
-    assert_eq!(q.ring().free_count(), 4);
+    assert_eq!(q.ring().unwrap().free_count(), 4);
 }
 
 #[test]
@@ -334,8 +344,8 @@ fn receive_wraps_the_16_bit_indexes() {
         total += got.len();
     }
     assert_eq!(total, 40);
-    assert_eq!(q.ring().last_used(), 65533u16.wrapping_add(40));
-    assert_eq!(q.ring().free_count(), 4);
+    assert_eq!(q.ring().unwrap().last_used(), 65533u16.wrapping_add(40));
+    assert_eq!(q.ring().unwrap().free_count(), 4);
 }
 
 #[test]

@@ -9,7 +9,8 @@ use super::options::{FrontendOptions, MemTableMode};
 use super::queue::{NetHdr, Queue};
 use super::shm::Shm;
 use crate::features::{
-    VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_NET_F_MQ, protocol as pf,
+    VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_RING_PACKED, VIRTIO_NET_F_MQ,
+    protocol as pf,
 };
 use crate::protocol::payload::{
     MemoryRegion, MemoryTable, Payload, SingleMemRegion, VringAddr, VringFile, VringState,
@@ -184,7 +185,15 @@ fn negotiate(ep: &mut Endpoint, opts: &FrontendOptions) -> Result<Negotiated, Fr
             "the back-end does not offer required features {missing:#x} (offered {offered:#x})"
         )));
     }
-    let mut wanted = opts.features;
+    let mut wanted = opts.features & !VIRTIO_F_RING_PACKED;
+    if opts.packed {
+        if offered & VIRTIO_F_RING_PACKED == 0 {
+            return Err(FrontendError::Negotiation(format!(
+                "packed rings asked for; the back-end does not offer VIRTIO_F_RING_PACKED (offered {offered:#x})"
+            )));
+        }
+        wanted |= VIRTIO_F_RING_PACKED;
+    }
     if opts.queue_pairs > 1 {
         wanted |= VIRTIO_NET_F_MQ;
     }
@@ -400,14 +409,11 @@ fn setup_vring<K>(
     let v = q.vring();
     let err = |req| FrontendError::vring(req, v);
     let index = u32::from(v);
-    let base = q
-        .resume_base
-        .take()
-        .unwrap_or_else(|| q.ring().shared().load_used_idx());
+    let base = q.resume_base.take().unwrap_or_else(|| q.start_base());
     let state = |num: u32| VringState { index, num }.to_bytes();
     ep.request(R::SetVringNum, &state(info.size.into()), &[])
         .map_err(err(R::SetVringNum))?;
-    ep.request(R::SetVringBase, &state(base.into()), &[])
+    ep.request(R::SetVringBase, &state(base), &[])
         .map_err(err(R::SetVringBase))?;
     let addr = VringAddr {
         index,
@@ -465,9 +471,23 @@ fn get_vring_base<K>(ep: &mut Endpoint, q: &mut Queue<K>) -> Result<u16, Fronten
     if s.index != u32::from(v) {
         return Err(bad(format!("answers vring {} instead of {v}", s.index)));
     }
+    if q.packed_ring().is_some() {
+        // Bits 0-15 the available slot and wrap counter, 16-31 the used ones; a stopped ring
+        // has both at the same place (checked: a device that disagrees lost track of a chain).
+        let (avail, used) = (s.num & 0xffff, s.num >> 16);
+        let size = u32::from(q.size());
+        if avail & 0x7fff >= size || (used != 0 && used != avail) {
+            return Err(bad(format!(
+                "packed ring base {:#x} is not a stopped ring's",
+                s.num
+            )));
+        }
+        q.resume_base = Some(avail);
+        return Ok(avail as u16);
+    }
     let base = u16::try_from(s.num)
         .map_err(|_| bad(format!("base {:#x} does not fit a split ring", s.num)))?;
-    q.resume_base = Some(base);
+    q.resume_base = Some(u32::from(base));
     Ok(base)
 }
 

@@ -500,7 +500,7 @@ fn reconnect_restores_each_base_from_the_used_index() {
     // built yet), then goes away.
     let tx = fe.tx(0).unwrap();
     assert_eq!(tx.send(&[&[1; 60], &[2; 60], &[3; 60]]), 3);
-    let ring = tx.ring().shared().clone();
+    let ring = tx.ring().unwrap().shared().clone();
     for (slot, id) in [(65535u16, 0u32), (0, 1)] {
         ring.write_used_elem(slot, VirtqUsedElem { id, len: 0 });
     }

@@ -50,7 +50,7 @@ pub fn async_try_dequeue_burst(
     let max = push_rarp(dev, cache, out, max);
     if !aq.dead {
         let left = submit(vq, &mut aq, cache, Large::of(dev.flags()), max);
-        note_backlog(dev, q.vring(), left);
+        note_backlog(dev, q.vring(), left != 0);
     }
     let k = aq.take_done(max, out);
     vq.retire_async(&mut aq, max - k, out);
@@ -71,7 +71,6 @@ fn submit(
     let Some(mut b) = Burst::begin(vq) else {
         return 0;
     };
-    let q = b.queue();
     let hlen = hdr_len(b.features);
     let n = usize::from(b.pending()).min(max);
     if n == 0 {
@@ -98,9 +97,9 @@ fn submit(
             seq: aq.next_seq(),
             aq,
         };
-        let filled = match fill_simple(&q, &mut tc, head, hlen, &mut m, &mut step) {
+        let filled = match fill_simple(&b, &mut tc, head, hlen, &mut m, &mut step) {
             Some(()) => Ok(()),
-            None => fill(&q, head, hlen, &mut m, cache, large, &mut step),
+            None => fill(&b, head, hlen, &mut m, cache, large, &mut step),
         };
         taken += 1;
         match filled {
@@ -157,7 +156,7 @@ fn submit(
     aq.fresh = fresh;
     if !aq.batch.is_empty() && aq.hold.is_none() {
         // Jobs will read this table: keep it mapped until they are reported.
-        aq.hold = Some(q.memory().clone());
+        aq.hold = Some(b.queue().memory().clone());
     }
     let left = b.pending();
     b.finish();

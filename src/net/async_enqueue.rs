@@ -44,6 +44,12 @@ pub enum AsyncError {
     /// `inorder: false`: rvhost always retires packets in submission order.
     #[error("out-of-order completion (inorder: false) is not supported: packets retire in order")]
     OutOfOrder,
+    /// The vring is a packed ring: the async path runs split rings only.
+    #[error("vring {vring} is a packed ring: the async copy path runs split rings only")]
+    PackedRing {
+        /// The vring.
+        vring: usize,
+    },
     /// The vring already has a channel.
     #[error("vring {vring} already has an async channel")]
     AlreadyRegistered {
@@ -93,6 +99,11 @@ pub fn async_channel_register(
         .ok_or(AsyncError::NoSuchQueue { vring })?;
     if vq.async_q.is_some() {
         return Err(AsyncError::AlreadyRegistered { vring });
+    }
+    if vq.is_packed() {
+        // Not reachable through a Driver (an ASYNC_COPY socket never offers packed rings);
+        // a Device built otherwise gets the reason rather than a silent not_ready.
+        return Err(AsyncError::PackedRing { vring });
     }
     let size = vq.size;
     vq.async_q = Some(Box::new(AsyncQueue::new(ops, &config, size)));
@@ -238,12 +249,12 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
     // While logging, what each packet writes is marked when it retires, after its jobs.
     let log = burst.dirty_log();
     let marks = Marks::default();
-    prefetch_first(&q, &burst, &mut ahead, &mut tc, pkts, &ctx);
+    prefetch_first(&burst, &mut ahead, &mut tc, pkts, &ctx);
     for (i, pkt) in pkts.iter().enumerate() {
         // As enqueue_burst: ask for the guest buffer of a later packet now, so that the misses
         // on the guest's lines overlap instead of coming one after the other.
         if let Some(later) = pkts.get(i + usize::from(READ_AHEAD)) {
-            prefetch_ahead(&q, &burst, &mut ahead, &mut tc, READ_AHEAD, later, &ctx);
+            prefetch_ahead(&burst, &mut ahead, &mut tc, READ_AHEAD, later, &ctx);
         }
         if !ctx.gso && oversized_gso(pkt) {
             // As enqueue_burst: consumed and counted, no buffer of this guest can hold it.
@@ -261,8 +272,8 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
             Placed::No => {
                 let mut step = Submit { aq, seq: 0 };
                 let placed = match log {
-                    None => place(&q, &mut burst, pkt, &ctx, &mut step, NoLog),
-                    Some(_) => place(&q, &mut burst, pkt, &ctx, &mut step, &marks),
+                    None => place(&mut burst, pkt, &ctx, &mut step, NoLog),
+                    Some(_) => place(&mut burst, pkt, &ctx, &mut step, &marks),
                 };
                 if placed.is_err() {
                     break;
@@ -374,9 +385,9 @@ impl CopyStep for Submit<'_> {
     }
 }
 
-impl Placement for Submit<'_> {
+impl<'v> Placement<'v, Burst<'v>> for Submit<'_> {
     #[cold]
-    fn bad_chain(&mut self, b: &mut Burst<'_>, reserved: &[(u16, u64)], bad: u16, e: ChainError) {
+    fn bad_chain(&mut self, b: &mut Burst<'v>, reserved: &[(u16, u64)], bad: u16, e: ChainError) {
         // As enqueue_burst: the chains taken before the bad one go back empty, then the bad
         // one, in their place in the order.
         b.bad_chain_later(bad, e);
@@ -398,7 +409,7 @@ impl Placement for Submit<'_> {
         self.seq = self.aq.next_seq();
     }
 
-    fn placed(&mut self, _: &mut Burst<'_>, chains: &[(u16, u64)]) {
+    fn placed(&mut self, _: &mut Burst<'v>, chains: &[(u16, u64)]) {
         for &(h, got) in chains {
             self.aq.used.push_back(used_word(h, got as u32));
         }

@@ -5,10 +5,12 @@
 use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::features::VIRTIO_RING_F_EVENT_IDX;
-use crate::memory::DirtyLog;
+use crate::memory::{DirtyLog, GuestMemory};
 use crate::ratelimit::LogLimiter;
-use crate::virtq::split::{ChainError, SplitQueue, USED_SHADOW, VirtqDesc, used_word};
+use crate::virtq::split::{Chain, ChainError, SplitQueue, USED_SHADOW, VirtqDesc, used_word};
 use crate::virtq::{QueueStats, Vring, active_log, used_ring_log};
+
+use super::ring::Ring;
 
 /// Longest descriptor chain accepted for one packet: a 64 KiB GSO packet and its header,
 /// with room to spare.
@@ -414,5 +416,123 @@ impl ReadAhead {
         }
         let head = b.peek_head(0)?;
         Some((head, b.q.desc(head)))
+    }
+}
+
+/// The split ring's burst as the data path sees it: each method the inherent one of the same
+/// name (see [`Ring`]).
+impl<'v> Ring<'v> for Burst<'v> {
+    type Head = u16;
+    type Walk = Chain<'v>;
+    type Ahead = ReadAhead;
+
+    #[inline(always)]
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    #[inline(always)]
+    fn memory(&self) -> &'v GuestMemory {
+        self.q.memory()
+    }
+
+    #[inline(always)]
+    fn stats(&mut self) -> &mut QueueStats {
+        &mut self.stats
+    }
+
+    #[inline(always)]
+    fn hdr_written(&mut self) -> &mut bool {
+        self.hdr_written
+    }
+
+    #[inline(always)]
+    fn hdr_was_written(&self) -> bool {
+        *self.hdr_written
+    }
+
+    #[inline(always)]
+    fn dirty_log(&self) -> Option<&'v DirtyLog> {
+        self.log
+    }
+
+    #[inline(always)]
+    fn available(&self, max: u16) -> u16 {
+        self.pending().min(max)
+    }
+
+    #[inline(always)]
+    fn all_posted(&self) -> bool {
+        self.pending() == self.q.size()
+    }
+
+    #[inline(always)]
+    fn has_more(&self) -> bool {
+        self.pending() != 0
+    }
+
+    #[inline(always)]
+    fn next_head(&mut self) -> Result<u16, Stop> {
+        Burst::next_head(self)
+    }
+
+    #[inline(always)]
+    fn read_ahead(&self, a: &mut ReadAhead, k: u16) -> Option<VirtqDesc> {
+        a.read(self, k)
+    }
+
+    #[inline(always)]
+    fn peek_next(&mut self, a: &mut ReadAhead) -> Option<(u16, VirtqDesc)> {
+        a.next(self)
+    }
+
+    #[inline(always)]
+    fn take_peeked(&mut self, _: u16) {
+        Burst::take_peeked(self);
+    }
+
+    #[inline(always)]
+    fn desc(&self, h: u16) -> VirtqDesc {
+        self.q.desc(h)
+    }
+
+    #[inline(always)]
+    fn walk(&self, h: u16, writable: bool, max_len: u64) -> Chain<'v> {
+        self.q.chain(h, writable, max_len)
+    }
+
+    #[inline(always)]
+    fn unreserve_n(&mut self, n: usize) {
+        Burst::unreserve_n(self, n);
+    }
+
+    #[inline(always)]
+    fn used(&mut self, h: u16, len: u32) {
+        Burst::used(self, h, len);
+    }
+
+    #[inline(always)]
+    fn bad_chain(&mut self, h: u16, e: ChainError) {
+        Burst::bad_chain(self, h, e);
+    }
+
+    #[inline(always)]
+    fn publish_early(&mut self, min: u16, before: impl FnOnce()) -> bool {
+        Burst::publish_early(self, min, before)
+    }
+
+    #[inline(always)]
+    fn prefetch_used(&self, n: usize) {
+        Burst::prefetch_used(self, n);
+    }
+
+    #[inline(always)]
+    fn write_through(&mut self) {
+        Burst::write_through(self);
+    }
+
+    #[inline(always)]
+    fn finish(self) {
+        Burst::finish(self);
     }
 }

@@ -9,13 +9,15 @@
 use super::burst::{Burst, MAX_PKT_LEN};
 use super::hdr::{VirtioNetHdr, hdr_len};
 use super::offload;
+use super::packed_burst::PackedBurst;
 use super::queue_id::TxQueueId;
+use super::ring::Ring;
 use super::runs::{CopyStep, Cpu, MAX_PIECES, Pieces, Runs};
 use crate::driver::{Device, Flags};
 use crate::mbuf::{ExtBuf, Mbuf, PktCache};
 use crate::memory::{Gpa, TranslationCache};
 use crate::virtq::split::{
-    ChainError, SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    ChainError, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 
 /// Why one chain produced no packet.
@@ -68,68 +70,87 @@ pub fn dequeue_burst(
         super::async_enqueue::refuse_sync(&mut guard, "dequeue_burst");
         return 0;
     }
-    let Some(mut b) = Burst::begin(&mut guard) else {
+    if guard.packed.is_some() {
+        return match PackedBurst::begin(&mut guard) {
+            Some(b) => dequeue_chains(b, dev, tx_vring, cache, out, max),
+            None => 0,
+        };
+    }
+    let Some(b) = Burst::begin(&mut guard) else {
         return 0;
     };
+    dequeue_chains(b, dev, tx_vring, cache, out, max)
+}
+
+/// The loop of [`dequeue_burst`], on either ring layout.
+#[inline(always)]
+fn dequeue_chains<'v, R: Ring<'v>>(
+    mut b: R,
+    dev: &Device,
+    tx_vring: usize,
+    cache: &mut PktCache,
+    out: &mut Vec<Mbuf>,
+    max: usize,
+) -> usize {
     // Transmit buffers go back as they are done: with the shadow used ring, g2h 1518 B
     // measured 3.5% slower (14.4 -> 13.9 Mpps), g2h 64 B and loopback no different.
     b.write_through();
     let start = out.len();
     let max = push_rarp(dev, cache, out, max);
-    let n = usize::from(b.pending()).min(max);
+    let n = usize::from(b.available(u16::try_from(max).unwrap_or(u16::MAX)));
     let first = out.len();
     if n == 0 || cache.alloc_bulk(out, n).is_err() {
         if n != 0 {
-            b.stats.alloc_failures += 1;
+            b.stats().alloc_failures += 1;
         }
-        note_backlog(dev, tx_vring, b.pending());
+        note_backlog(dev, tx_vring, b.has_more());
         b.finish();
         return out.len() - start;
     }
-    let q = b.queue();
-    let hlen = hdr_len(b.features);
+    let hlen = hdr_len(b.features());
     let large = Large::of(dev.flags());
     let mut kept = first;
     let mut tc = TranslationCache::new();
     for i in first..first + n {
         let Ok(head) = b.next_head() else { break };
-        let filled = match fill_simple(&q, &mut tc, head, hlen, &mut out[i], &mut Cpu) {
+        let filled = match fill_simple(&b, &mut tc, head, hlen, &mut out[i], &mut Cpu) {
             Some(()) => Ok(()),
-            None => fill(&q, head, hlen, &mut out[i], cache, large, &mut Cpu),
+            None => fill(&b, head, hlen, &mut out[i], cache, large, &mut Cpu),
         };
         match filled {
             Ok(()) => {
                 b.used(head, 0);
-                b.stats.packets += 1;
-                b.stats.bytes += out[i].pkt_len() as u64;
+                let st = b.stats();
+                st.packets += 1;
+                st.bytes += out[i].pkt_len() as u64;
                 out.swap(kept, i);
                 kept += 1;
             }
             Err(Drop::Bad(e)) => b.bad_chain(head, e),
             Err(Drop::TooLarge) => {
                 b.used(head, 0);
-                b.stats.too_large += 1;
+                b.stats().too_large += 1;
             }
             Err(Drop::NoMbuf) => {
                 b.unreserve();
-                b.stats.alloc_failures += 1;
+                b.stats().alloc_failures += 1;
                 break;
             }
         }
     }
     // Mbufs allocated for chains that gave no packet (or were not reached) go back.
     cache.free_bulk(out.drain(kept..));
-    note_backlog(dev, tx_vring, b.pending());
+    note_backlog(dev, tx_vring, b.has_more());
     b.finish();
     kept - start
 }
 
-/// Records on transmit vring `vring` whether its burst left `pending` chains behind (see
+/// Records on transmit vring `vring` whether its burst left chains behind (`more`; see
 /// [`VringLock::backlog`](crate::virtq::lock::VringLock::backlog)).
 #[inline]
-pub(super) fn note_backlog(dev: &Device, vring: usize, pending: u16) {
+pub(super) fn note_backlog(dev: &Device, vring: usize, more: bool) {
     if let Some(l) = dev.vring_lock(vring) {
-        l.set_backlog(pending != 0);
+        l.set_backlog(more);
     }
 }
 
@@ -152,15 +173,15 @@ impl Large {
 /// (they need the frame's first bytes on the CPU: copied now). `None` sends the chain to the
 /// general path ([`fill`]) with `m` untouched.
 #[inline]
-pub(super) fn fill_simple(
-    q: &SplitQueue<'_>,
+pub(super) fn fill_simple<'v, R: Ring<'v>>(
+    b: &R,
     tc: &mut TranslationCache,
-    head: u16,
+    head: R::Head,
     hlen: usize,
     m: &mut Mbuf,
     step: &mut impl CopyStep,
 ) -> Option<()> {
-    let d = q.desc(head);
+    let d = b.desc(head);
     if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE) != 0 {
         return None;
     }
@@ -169,7 +190,7 @@ pub(super) fn fill_simple(
     if data_len > m.tailroom() {
         return None;
     }
-    let buf = q
+    let buf = b
         .memory()
         .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(d.len))?;
     let mut hb = [0u8; 12];
@@ -210,9 +231,9 @@ pub(super) fn offloads(hdr: &VirtioNetHdr, m: &mut Mbuf) {
 /// the caller may free `m`.
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
-pub(super) fn fill(
-    q: &SplitQueue<'_>,
-    head: u16,
+pub(super) fn fill<'v, R: Ring<'v>>(
+    b: &R,
+    head: R::Head,
     hlen: usize,
     m: &mut Mbuf,
     cache: &mut PktCache,
@@ -220,7 +241,7 @@ pub(super) fn fill(
     step: &mut impl CopyStep,
 ) -> Result<(), Drop> {
     let mut ps = Pieces::new();
-    match ps.add_chain(q, head, false, u64::MAX) {
+    match ps.add_chain(b, head, false, u64::MAX) {
         Ok(true) => {}
         // The first chain of a packet always has room to be tracked.
         Ok(false) => return Err(Drop::Bad(ChainError::TooManyBuffers(MAX_PIECES as u32))),

@@ -8,10 +8,12 @@
 //! counted; the packet moves on to the next chain. A packet that does not fit in what the
 //! guest offers stops the burst (as DPDK): it and the rest stay with the caller.
 
-use super::burst::{Burst, READ_AHEAD, ReadAhead, Stop};
+use super::burst::{Burst, READ_AHEAD, Stop};
 use super::hdr::{VirtioNetHdr, hdr_len};
 use super::offload;
+use super::packed_burst::PackedBurst;
 use super::queue_id::RxQueueId;
+use super::ring::Ring;
 use super::runs::{CopyStep, Cpu, Dirty, NoLog, Pieces};
 use crate::driver::Device;
 use crate::features::{
@@ -21,7 +23,7 @@ use crate::features::{
 use crate::mbuf::{Mbuf, OffloadFlags};
 use crate::memory::{DirtyLog, Gpa, GuestSlice, TranslationCache};
 use crate::virtq::split::{
-    ChainError, SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    ChainError, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 
 /// Packets up to this many bytes are not prefetched before the copy (one or two cache lines:
@@ -63,10 +65,22 @@ pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
         super::async_enqueue::refuse_sync(&mut guard, "enqueue_burst");
         return 0;
     }
+    let sender_busy = sender_backlog(dev, q);
+    if guard.packed.is_some() {
+        return match PackedBurst::begin(&mut guard) {
+            Some(burst) => enqueue_on(burst, pkts, sender_busy),
+            None => 0,
+        };
+    }
     let Some(burst) = Burst::begin(&mut guard) else {
         return 0;
     };
-    let sender_busy = sender_backlog(dev, q);
+    enqueue_on(burst, pkts, sender_busy)
+}
+
+/// [`enqueue_chains`] with or without the dirty log, on either ring layout.
+#[inline(always)]
+fn enqueue_on<'v, R: Ring<'v>>(burst: R, pkts: &[Mbuf], sender_busy: bool) -> usize {
     match burst.dirty_log() {
         None => enqueue_chains(burst, pkts, sender_busy, NoLog),
         Some(log) => enqueue_logged(burst, pkts, sender_busy, log),
@@ -76,27 +90,31 @@ pub fn enqueue_burst(dev: &Device, q: RxQueueId, pkts: &[Mbuf]) -> usize {
 /// [`enqueue_chains`] marking what it writes in the dirty log (out of line: the loop without
 /// logging stays as it was).
 #[inline(never)]
-fn enqueue_logged(burst: Burst<'_>, pkts: &[Mbuf], sender_busy: bool, log: &DirtyLog) -> usize {
+fn enqueue_logged<'v, R: Ring<'v>>(
+    burst: R,
+    pkts: &[Mbuf],
+    sender_busy: bool,
+    log: &DirtyLog,
+) -> usize {
     enqueue_chains(burst, pkts, sender_busy, log)
 }
 
 /// The loop of [`enqueue_burst`]; `log` marks the guest pages it writes ([`NoLog`]: none).
 #[inline(always)]
-fn enqueue_chains(
-    mut burst: Burst<'_>,
+fn enqueue_chains<'v, R: Ring<'v>>(
+    mut burst: R,
     pkts: &[Mbuf],
     sender_busy: bool,
     log: impl Dirty,
 ) -> usize {
-    let q = burst.queue();
-    let ctx = Ctx::new(burst.features);
+    let ctx = Ctx::new(burst.features());
     let mut sent = 0;
     let mut tc = TranslationCache::new();
-    let mut ahead = ReadAhead::default();
+    let mut ahead = R::Ahead::default();
     // Publish early only for a guest that waits: all its receive buffers posted, and nothing
     // left on its transmit queue by our last dequeue there (a guest with a transmit backlog
     // is busy, and an extra publish mid-burst hands it lines we are still writing).
-    let mut early = burst.pending() == q.size() && !sender_busy;
+    let mut early = burst.all_posted() && !sender_busy;
     // Small payloads are copied at the burst's end (see `Deferred`) unless the guest is busy
     // transmitting or waits for an early publish. A/B against copying each packet in the loop
     // (testpmd frontend, 64 B): h2g 2.1-3.8x in the slow host state (c2c ~165 ns: the loop
@@ -111,36 +129,30 @@ fn enqueue_chains(
     // h2g 64 B +4.5% (24.0 -> 25.1 Mpps, mrg 0 and 1); without the prefetch loopback 64 B
     // lost 4%, with it 1518 B rows and loopback are unchanged.
     burst.prefetch_used(pkts.len());
-    prefetch_first(&q, &burst, &mut ahead, &mut tc, pkts, &ctx);
+    prefetch_first(&burst, &mut ahead, &mut tc, pkts, &ctx);
     for (i, pkt) in pkts.iter().enumerate() {
         if let Some(later) = pkts.get(i + usize::from(READ_AHEAD)) {
-            prefetch_ahead(&q, &burst, &mut ahead, &mut tc, READ_AHEAD, later, &ctx);
+            prefetch_ahead(&burst, &mut ahead, &mut tc, READ_AHEAD, later, &ctx);
         }
         if !ctx.gso && oversized_gso(pkt) {
             // A GSO packet larger than one segment, for a guest that cannot take GSO: it is
             // consumed (counted), not sent, as no buffer of that guest can hold it.
             sent += 1;
-            burst.stats.too_large += 1;
+            burst.stats().too_large += 1;
             continue;
         }
-        if !place_simple(
-            &q,
-            &mut burst,
-            &mut tc,
-            &mut ahead,
-            &mut deferred,
-            pkt,
-            &ctx,
-        ) && place(&q, &mut burst, pkt, &ctx, &mut Cpu, log).is_err()
+        if !place_simple(&mut burst, &mut tc, &mut ahead, &mut deferred, pkt, &ctx)
+            && place(&mut burst, pkt, &ctx, &mut Cpu, log).is_err()
         {
             break;
         }
         sent += 1;
-        burst.stats.packets += 1;
-        burst.stats.bytes += pkt.pkt_len() as u64;
+        let st = burst.stats();
+        st.packets += 1;
+        st.bytes += pkt.pkt_len() as u64;
         if early && burst.publish_early(PUBLISH_FIRST, || deferred.flush()) {
             early = false;
-            burst.stats.early_publishes += 1;
+            burst.stats().early_publishes += 1;
         }
     }
     deferred.flush();
@@ -267,16 +279,15 @@ pub(super) fn header(pkt: &Mbuf, ctx: &Ctx, num_buffers: u16) -> VirtioNetHdr {
 /// ([`prefetch_ahead`] for the packet [`READ_AHEAD`] places on) never reaches: without this
 /// every burst waited for its first packets' guest lines one after the other.
 #[inline]
-pub(super) fn prefetch_first(
-    q: &SplitQueue<'_>,
-    b: &Burst<'_>,
-    ahead: &mut ReadAhead,
+pub(super) fn prefetch_first<'v, R: Ring<'v>>(
+    b: &R,
+    ahead: &mut R::Ahead,
     tc: &mut TranslationCache,
     pkts: &[Mbuf],
     ctx: &Ctx,
 ) {
     for (k, pkt) in (0..READ_AHEAD).zip(pkts) {
-        prefetch_ahead(q, b, ahead, tc, k, pkt, ctx);
+        prefetch_ahead(b, ahead, tc, k, pkt, ctx);
     }
 }
 
@@ -289,16 +300,15 @@ pub(super) fn prefetch_first(
 /// left there last time, and leaving the line shared saves it a transfer). Without the header
 /// line, loopback 64 B measured 5% slower; asked for reading, 6% faster.
 #[inline]
-pub(super) fn prefetch_ahead(
-    q: &SplitQueue<'_>,
-    b: &Burst<'_>,
-    ahead: &mut ReadAhead,
+pub(super) fn prefetch_ahead<'v, R: Ring<'v>>(
+    b: &R,
+    ahead: &mut R::Ahead,
     tc: &mut TranslationCache,
     k: u16,
     pkt: &Mbuf,
     ctx: &Ctx,
 ) {
-    let Some(d) = ahead.read(b, k) else {
+    let Some(d) = b.read_ahead(ahead, k) else {
         return;
     };
     let body = pkt.data().len().min(READ_AHEAD_BYTES);
@@ -307,12 +317,12 @@ pub(super) fn prefetch_ahead(
     {
         return;
     }
-    if let Some(buf) = q
+    if let Some(buf) = b
         .memory()
         .gpa_to_host_cached(tc, Gpa(d.addr), (ctx.hlen + body) as u64)
     {
         if let Ok(hdr) = buf.subslice(0, ctx.hlen) {
-            if *b.hdr_written {
+            if b.hdr_was_written() {
                 hdr.prefetch_for_write();
             } else {
                 hdr.prefetch_for_read();
@@ -342,11 +352,10 @@ pub(super) const ONE_BUFFER: [u8; VirtioNetHdr::SIZE] = VirtioNetHdr {
 /// descriptor in one region, large enough for the header and the packet (one segment, no IP
 /// checksum to fill in). Anything else is left (chain not taken) for the general path.
 #[inline]
-fn place_simple<'v, 'p, L: Dirty>(
-    q: &SplitQueue<'v>,
-    b: &mut Burst<'_>,
+fn place_simple<'v, 'p, R: Ring<'v>, L: Dirty>(
+    b: &mut R,
     tc: &mut TranslationCache,
-    ahead: &mut ReadAhead,
+    ahead: &mut R::Ahead,
     deferred: &mut Deferred<'v, 'p, L>,
     pkt: &'p Mbuf,
     ctx: &Ctx,
@@ -355,7 +364,7 @@ fn place_simple<'v, 'p, L: Dirty>(
     if pkt.nb_segs() != 1 || !pkt.meta().ol_flags.is_empty() {
         return false;
     }
-    let Some((head, d)) = ahead.next(b) else {
+    let Some((head, d)) = b.peek_next(ahead) else {
         return false;
     };
     let data = pkt.data();
@@ -366,7 +375,7 @@ fn place_simple<'v, 'p, L: Dirty>(
     {
         // The whole buffer must be guest memory, not only the part this packet needs (as the
         // general path's walk and DPDK: a descriptor that runs past it is malformed).
-        q.memory()
+        b.memory()
             .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(d.len))
     } else {
         None
@@ -374,7 +383,7 @@ fn place_simple<'v, 'p, L: Dirty>(
     let Some(buf) = buf else {
         return false;
     };
-    b.take_peeked();
+    b.take_peeked(head);
     if data.len() > PREFETCH_ABOVE {
         // The guest posted this buffer long ago (a 1024-entry ring goes round between two
         // uses) so its lines are cold: asking for all of them at once overlaps the misses that
@@ -386,7 +395,7 @@ fn place_simple<'v, 'p, L: Dirty>(
     // The header is often what this buffer held last time: then its line is left to the
     // guest, and the next header's line asked for reading.
     let written = buf.update_at(0, &ONE_BUFFER[..ctx.hlen]);
-    *b.hdr_written = written == Ok(true);
+    *b.hdr_written() = written == Ok(true);
     let body = buf.subslice(ctx.hlen, data.len());
     debug_assert!(
         written.is_ok() && body.is_ok(),
@@ -404,20 +413,20 @@ fn place_simple<'v, 'p, L: Dirty>(
 /// What the general placement does with the chains and bytes of a packet: the sync path
 /// ([`Cpu`]) writes used entries into the burst and copies now; the async path records them
 /// in the in-flight queue and makes large copies jobs.
-pub(super) trait Placement: CopyStep {
+pub(super) trait Placement<'v, R: Ring<'v>>: CopyStep {
     /// The chains `reserved` for the packet go back empty, then the malformed `bad` one, in
     /// avail order.
-    fn bad_chain(&mut self, b: &mut Burst<'_>, reserved: &[(u16, u64)], bad: u16, e: ChainError);
+    fn bad_chain(&mut self, b: &mut R, reserved: &[(R::Head, u64)], bad: R::Head, e: ChainError);
     /// The chains are reserved; the packet's bytes come next.
     #[inline]
     fn begin(&mut self) {}
     /// The packet is written: its chains and the bytes each got.
-    fn placed(&mut self, b: &mut Burst<'_>, chains: &[(u16, u64)]);
+    fn placed(&mut self, b: &mut R, chains: &[(R::Head, u64)]);
 }
 
-impl Placement for Cpu {
+impl<'v, R: Ring<'v>> Placement<'v, R> for Cpu {
     #[cold]
-    fn bad_chain(&mut self, b: &mut Burst<'_>, reserved: &[(u16, u64)], bad: u16, e: ChainError) {
+    fn bad_chain(&mut self, b: &mut R, reserved: &[(R::Head, u64)], bad: R::Head, e: ChainError) {
         for &(h, _) in reserved {
             b.used(h, 0);
         }
@@ -425,7 +434,7 @@ impl Placement for Cpu {
     }
 
     #[inline]
-    fn placed(&mut self, b: &mut Burst<'_>, chains: &[(u16, u64)]) {
+    fn placed(&mut self, b: &mut R, chains: &[(R::Head, u64)]) {
         for &(h, got) in chains {
             b.used(h, got as u32);
         }
@@ -440,12 +449,11 @@ impl Placement for Cpu {
 /// buffers written are marked in `log` (the sync path's; the async path passes [`NoLog`]:
 /// dirty logging is refused on a vring with a channel).
 #[inline(never)]
-pub(super) fn place(
-    q: &SplitQueue<'_>,
-    b: &mut Burst<'_>,
+pub(super) fn place<'v, R: Ring<'v>>(
+    b: &mut R,
     pkt: &Mbuf,
     ctx: &Ctx,
-    p: &mut impl Placement,
+    p: &mut impl Placement<'v, R>,
     log: impl Dirty,
 ) -> Result<(), Stop> {
     let mut ps = Pieces::new();
@@ -458,7 +466,7 @@ pub(super) fn place(
                 return Err(stop);
             }
         };
-        match ps.add_chain(q, head, true, need) {
+        match ps.add_chain(b, head, true, need) {
             Ok(true) => {}
             Ok(false) => {
                 // Too fragmented to track: the packet waits, as when it does not fit.
@@ -500,7 +508,7 @@ pub(super) fn place(
         ok &= runs.write(&data[from..], p) == data.len() - from;
     }
     debug_assert!(ok, "the pieces hold exactly the header and the packet");
-    ps.mark_dirty(q.memory(), log);
+    ps.mark_dirty(b.memory(), log);
     p.placed(b, ps.chains());
     Ok(())
 }

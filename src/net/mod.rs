@@ -13,7 +13,9 @@ mod enqueue;
 pub mod ether;
 pub mod hdr;
 mod offload;
+mod packed_burst;
 mod queue_id;
+mod ring;
 mod runs;
 
 pub use crate::virtq::async_queue::{

@@ -14,9 +14,10 @@ use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 
 use crate::memory::{DirtyLog, GuestMemory, GuestSlice};
-use crate::virtq::split::{ChainError, SplitQueue};
+use crate::virtq::split::ChainError;
 
 use super::burst::MAX_PKT_LEN;
+use super::ring::Ring;
 
 /// Most guest buffers one packet may use (DPDK's `BUF_VECTOR_MAX` is 256). A chain with more
 /// is malformed ([`ChainError::TooManyBuffers`]); a packet whose chains together need more
@@ -133,20 +134,21 @@ impl CopyStep for Cpu {
 /// The guest buffers a packet takes, and the chains they belong to. Free to create (nothing
 /// is initialised until used): it lives in the general path's own frame, so the bursts'
 /// frames stay small.
-pub(super) struct Pieces<'a> {
+pub(super) struct Pieces<'a, H = u16> {
     /// The first `n` are initialised.
     pieces: [MaybeUninit<GuestSlice<'a>>; MAX_PIECES],
     n: usize,
-    /// (head, bytes of pieces collected from it); the first `nchains` are initialised.
-    chains: [MaybeUninit<(u16, u64)>; MAX_CHAINS],
+    /// (head, bytes of pieces collected from it); the first `nchains` are initialised. A head
+    /// is what the ring returns a chain by ([`Ring::Head`]).
+    chains: [MaybeUninit<(H, u64)>; MAX_CHAINS],
     nchains: usize,
     /// Bytes collected in all.
     have: u64,
 }
 
-impl<'a> Pieces<'a> {
+impl<'a, H: Copy> Pieces<'a, H> {
     #[inline]
-    pub(super) fn new() -> Pieces<'a> {
+    pub(super) fn new() -> Pieces<'a, H> {
         Pieces {
             pieces: [const { MaybeUninit::uninit() }; MAX_PIECES],
             n: 0,
@@ -171,7 +173,7 @@ impl<'a> Pieces<'a> {
 
     /// The chains collected: (head, bytes collected from it).
     #[inline]
-    pub(super) fn chains(&self) -> &[(u16, u64)] {
+    pub(super) fn chains(&self) -> &[(H, u64)] {
         // SAFETY: the first `nchains` entries were written (`add_chain` writes before it
         // counts), and MaybeUninit<T> has T's layout.
         unsafe { std::slice::from_raw_parts(self.chains.as_ptr().cast(), self.nchains) }
@@ -190,10 +192,10 @@ impl<'a> Pieces<'a> {
     /// pieces of this packet's earlier chains, are used up; nothing is added). `Err` for a
     /// malformed chain (nothing is added), [`ChainError::TooManyBuffers`] for a chain that
     /// alone needs more than [`MAX_PIECES`] buffers.
-    pub(super) fn add_chain(
+    pub(super) fn add_chain<R: Ring<'a, Head = H>>(
         &mut self,
-        q: &SplitQueue<'a>,
-        head: u16,
+        b: &R,
+        head: H,
         writable: bool,
         need: u64,
     ) -> Result<bool, ChainError> {
@@ -202,7 +204,7 @@ impl<'a> Pieces<'a> {
         }
         let (n0, have0) = (self.n, self.have);
         let mut got = 0u64;
-        for piece in q.chain(head, writable, MAX_PKT_LEN) {
+        for piece in b.walk(head, writable, MAX_PKT_LEN) {
             let piece = match piece {
                 Ok(p) => p,
                 Err(e) => {

@@ -24,7 +24,7 @@ use thiserror::Error;
 use crate::features::{VHOST_F_LOG_ALL, VIRTIO_F_RING_PACKED, VIRTIO_RING_F_EVENT_IDX};
 use crate::memory::{DirtyLog, FrontendVa, GuestArea, GuestMemory};
 use crate::protocol::payload::VringAddr;
-use packed::{PackedRings, RingPos};
+use packed::{InFlightIds, PackedRings, PackedUsed, RingPos};
 
 /// Largest queue size a split ring may have (virtio 1.2 §2.7).
 pub const MAX_QUEUE_SIZE: u32 = 32768;
@@ -144,6 +144,12 @@ pub struct Vring {
     /// Packed ring: the next slot to write a used descriptor at and its wrap counter
     /// (GET_VRING_BASE, bits 16-31).
     pub used_pos: RingPos,
+    /// Packed ring: the buffer ids taken and not yet returned (a driver that makes one
+    /// available twice breaks the ring; none goes back twice).
+    pub(crate) packed_ids: InFlightIds,
+    /// Packed ring: scratch of the data path, the used descriptors of the current burst
+    /// (sized to the queue when the ring is translated).
+    pub(crate) packed_shadow: Vec<PackedUsed>,
     /// Kick eventfd (frontend → backend); `None` with `kick_set` means polling mode.
     pub kick: Option<OwnedFd>,
     /// SET_VRING_KICK was received (with an fd or the no-fd flag).
@@ -384,6 +390,8 @@ impl Vring {
             }
         }
         self.packed = Some(rings);
+        self.packed_ids = InFlightIds::new(self.size);
+        self.packed_shadow = Vec::with_capacity(usize::from(self.size));
         Ok(())
     }
 

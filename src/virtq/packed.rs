@@ -852,7 +852,13 @@ impl<'a> PackedChain<'a> {
                 self.left = n;
                 continue;
             }
-            if (d.flags & VIRTQ_DESC_F_WRITE != 0) != self.writable {
+            // A device-readable buffer marked writable is refused everywhere but in an indirect
+            // table read by a transmit queue: DPDK's virtio driver leaves WRITE set on the
+            // header entry of its packed indirect tables (`vring_desc_init_indirect_packed`),
+            // and DPDK's vhost reads them without looking. Reading such a buffer cannot harm
+            // the guest; writing into a readable one could, so receive queues stay strict.
+            let write = d.flags & VIRTQ_DESC_F_WRITE != 0;
+            if write != self.writable && !(in_table && write && !self.writable) {
                 return Err(ChainError::Permissions);
             }
             self.total += u64::from(d.len);

@@ -335,10 +335,22 @@ fn indirect_tables_are_read_in_order() {
         got.unwrap(),
         vec![(0x40000, 10), (0x50000, 20), (0x70000, 30)]
     );
-    // A writable entry in a transmit chain.
+    // A writable entry in a transmit chain's table is read (DPDK's virtio driver leaves WRITE
+    // on its tables' header entries; reading cannot harm the guest)...
     g.put(table, 3, d(0x70000, 30, 0, W));
     assert_eq!(
-        walk(&g, RingPos::START, false).1,
+        walk(&g, RingPos::START, false).1.unwrap(),
+        vec![(0x40000, 10), (0x50000, 20), (0x70000, 30)]
+    );
+    // ...but a readable entry in a receive chain's table is refused (it would be written),
+    // and so is a writable buffer in a transmit chain outside a table (see
+    // `buffers_are_checked_as_on_the_split_ring`).
+    for k in 0..4 {
+        g.put(table, k, d(0x40000 + k as u64 * 0x1000, 10, 0, W));
+    }
+    g.put(table, 2, d(0x60000, 10, 0, 0));
+    assert_eq!(
+        walk(&g, RingPos::START, true).1,
         Err(ChainError::Permissions)
     );
 }

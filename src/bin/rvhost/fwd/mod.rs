@@ -117,6 +117,10 @@ pub struct Args {
     /// locks guest memory, which postcopy cannot have.
     #[arg(long)]
     pub postcopy: bool,
+    /// Offer packed virtqueues (`VIRTIO_F_RING_PACKED`; not offered by default yet). Not with
+    /// `--copy` other than `cpu`.
+    #[arg(long)]
+    pub packed: bool,
 }
 
 /// `--copy`: one mode.
@@ -177,6 +181,7 @@ struct Config {
     /// Register the ports with POSTCOPY_SUPPORT.
     postcopy: bool,
     dma_lcore: Option<usize>,
+    packed: bool,
 }
 
 fn seconds(name: &str, v: f64) -> Result<Duration, FwdError> {
@@ -244,6 +249,11 @@ impl Config {
                 a.burst
             )));
         }
+        if a.packed && !matches!(a.copy, CopyMode::Cpu) {
+            return Err(FwdError::Usage(
+                "--packed runs with --copy cpu only (the async path runs split rings)".into(),
+            ));
+        }
         Ok(Config {
             mode: a.mode,
             ifaces: a.ifaces,
@@ -258,6 +268,7 @@ impl Config {
             copy: a.copy,
             dma_lcore: a.dma_lcore,
             postcopy: a.postcopy,
+            packed: a.packed,
         })
     }
 
@@ -407,6 +418,9 @@ fn serve(
         for (port, path) in cfg.ifaces.iter().enumerate() {
             driver.register(path, flags)?;
             registered.push(path);
+            if cfg.packed {
+                driver.enable_features(path, rvhost::features::VIRTIO_F_RING_PACKED)?;
+            }
             driver.set_max_queue_pairs(path, cfg.queues)?;
             let ops = PortOps {
                 table: Arc::clone(&sh.table),

@@ -1,0 +1,416 @@
+//! One burst on a locked packed vring: the [`Ring`] the data path runs on when the features
+//! have `VIRTIO_F_RING_PACKED` (virtio 1.2 §2.8).
+//!
+//! Chains are taken from the device's available position, each checked for its shape by
+//! [`PackedQueue::avail_chain`] (a fault there leaves no way to know where the chain ends: the
+//! queue is marked broken) and for its buffer id: an id already taken and not returned (its
+//! used descriptor not yet visible to the driver) is a broken ring too (a driver may not make
+//! one buffer available twice), so no id goes back twice. Chains go back in the order they came (the sync path retires every packet in its
+//! burst), each used descriptor written at the device's used position, which then moves by the
+//! chain's slots.
+//!
+//! Used descriptors wait in a shadow (the vring's, sized to the queue) and are written as one
+//! batch before each publish, the first one's flags last: the driver reads used descriptors in
+//! ring order and stops at the first whose flags are not yet there, so it sees the whole batch
+//! at once, a mergeable packet's chains included (§2.8.8). Dequeue writes each one through, as
+//! on the split ring.
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use crate::features::VIRTIO_RING_F_EVENT_IDX;
+use crate::memory::{DirtyLog, GuestMemory};
+use crate::ratelimit::LogLimiter;
+use crate::virtq::packed::{
+    AvailChain, EventSuppress, InFlightIds, PACKED_DESC_SIZE, PackedChain, PackedQueue, PackedUsed,
+    PvirtqDesc, RingPos, VIRTQ_DESC_F_NEXT,
+};
+use crate::virtq::split::{ChainError, VirtqDesc};
+use crate::virtq::{QueueStats, Vring, active_log, used_ring_log};
+
+use super::burst::{READ_AHEAD, Stop};
+use super::ring::Ring;
+
+/// Chains a burst remembers for [`Ring::unreserve_n`]: more than one packet may take
+/// ([`MAX_CHAINS`](super::runs::MAX_CHAINS)) plus the one that stopped it.
+const RECENT: usize = 128;
+
+/// The state of one burst on a packed ring (see the module docs).
+pub(super) struct PackedBurst<'v> {
+    q: PackedQueue<'v>,
+    size: u16,
+    avail_out: &'v mut RingPos,
+    used_out: &'v mut RingPos,
+    ids: &'v mut InFlightIds,
+    shadow: &'v mut Vec<PackedUsed>,
+    broken: &'v mut bool,
+    stats_out: &'v mut QueueStats,
+    call: Option<BorrowedFd<'v>>,
+    features: u64,
+    stats: QueueStats,
+    /// The next slot to read.
+    next: RingPos,
+    /// Where the next used descriptor goes (after those in the shadow).
+    used: RingPos,
+    /// Where the shadow's first descriptor goes: everything before it is published.
+    published: RingPos,
+    /// The used position at the burst's start (for the notification).
+    first_used: RingPos,
+    /// Write used descriptors at once instead of in the shadow.
+    through: bool,
+    /// The chains taken, by take order modulo [`RECENT`]: (position, buffer id).
+    recent: [(RingPos, u16); RECENT],
+    taken: usize,
+    log_limit: &'v mut LogLimiter,
+    hdr_written: &'v mut bool,
+    log: Option<&'v DirtyLog>,
+    /// The log and the descriptor ring's guest-physical address, when the ring's writes are
+    /// logged (`VHOST_VRING_F_LOG`). A packed ring's used descriptors are in its descriptor
+    /// ring: they are marked where they are, whatever SET_VRING_ADDR's log address says.
+    used_log: Option<(&'v DirtyLog, u64)>,
+}
+
+impl<'v> PackedBurst<'v> {
+    /// Starts a burst on a locked packed vring: `None` if it is not ready, broken, or not a
+    /// packed ring.
+    #[inline]
+    pub(super) fn begin(vq: &'v mut Vring) -> Option<PackedBurst<'v>> {
+        if vq.broken {
+            vq.stats.broken_bursts += 1;
+            return None;
+        }
+        if !vq.is_ready() {
+            vq.stats.not_ready += 1;
+            return None;
+        }
+        let Vring {
+            packed,
+            mem,
+            size,
+            avail_pos,
+            used_pos,
+            packed_ids,
+            packed_shadow,
+            call,
+            features,
+            broken,
+            stats,
+            log_limit,
+            hdr_written,
+            log: dirty,
+            addrs,
+            ..
+        } = vq;
+        let rings = packed.as_ref()?;
+        let q = PackedQueue::new(rings, mem, *size);
+        let dirty: &'v Option<std::sync::Arc<DirtyLog>> = dirty;
+        let log = active_log(dirty, *features);
+        let desc_gpa = addrs.and_then(|a| mem.fva_to_gpa(a.desc)).map(|g| g.raw());
+        let used_log = used_ring_log(log, *addrs).and_then(|(l, _)| desc_gpa.map(|g| (l, g)));
+        let (next, used) = (*avail_pos, *used_pos);
+        packed_shadow.clear();
+        Some(PackedBurst {
+            size: q.size(),
+            q,
+            avail_out: avail_pos,
+            used_out: used_pos,
+            ids: packed_ids,
+            shadow: packed_shadow,
+            broken,
+            stats_out: stats,
+            call: call.as_ref().map(AsFd::as_fd),
+            features: *features,
+            stats: QueueStats::default(),
+            next,
+            used,
+            published: used,
+            first_used: used,
+            through: false,
+            recent: [(RingPos::START, 0); RECENT],
+            taken: 0,
+            log_limit,
+            hdr_written,
+            log,
+            used_log,
+        })
+    }
+
+    /// Slots the device may still read from `next`: the queue less those of chains taken and
+    /// not yet returned.
+    #[inline]
+    fn budget(&self) -> u16 {
+        let out = self.next.distance_from(self.used, self.size);
+        // Chains are returned in order: `used` trails `next` by at most the queue size.
+        self.size
+            .saturating_sub(u16::try_from(out).unwrap_or(u16::MAX))
+    }
+
+    /// The chain at `next`, if one is available and whole; a fault of its shape marks the
+    /// queue broken (logged).
+    #[inline]
+    fn chain_at_next(&mut self) -> Result<AvailChain, Stop> {
+        match self.q.avail_chain(self.next, self.budget()) {
+            Ok(Some(c)) if !self.ids.contains(c.id) => Ok(c),
+            Ok(Some(c)) => {
+                Err(self.break_ring(format_args!("buffer id {} is already in flight", c.id)))
+            }
+            Ok(None) => Err(Stop::Empty),
+            Err(e) => Err(self.break_ring(format_args!("{e}"))),
+        }
+    }
+
+    #[cold]
+    fn break_ring(&mut self, why: std::fmt::Arguments<'_>) -> Stop {
+        if self.log_limit.check().is_some() {
+            log::error!(
+                "packed ring at slot {} (wrap {}): {why}: queue marked broken",
+                self.next.idx,
+                u8::from(self.next.wrap)
+            );
+        }
+        *self.broken = true;
+        self.stats.breaks += 1;
+        Stop::Broken
+    }
+
+    /// Takes chain `c` (at `next`, its id not in flight).
+    #[inline]
+    fn take(&mut self, c: &AvailChain) {
+        // The id was checked by `chain_at_next`: it is below the size and not in flight.
+        let _ = self.ids.insert(c.id);
+        self.recent[self.taken % RECENT] = (c.head, c.id);
+        self.taken += 1;
+        self.next = c.next(self.size);
+    }
+
+    /// Writes the shadowed used descriptors as one batch (published: the first one's flags
+    /// are stored last, with `Release`) and marks them in the dirty log.
+    #[inline(never)]
+    fn flush_used(&mut self) {
+        if self.shadow.is_empty() {
+            return;
+        }
+        let end = self.q.write_used_batch(self.published, self.shadow);
+        // Returned now that the driver can see them: it may make these ids available again.
+        for u in self.shadow.iter() {
+            self.ids.remove(u.id);
+        }
+        if let Some((log, gpa)) = self.used_log {
+            let mut at = self.published;
+            for u in self.shadow.iter() {
+                log.mark(gpa + PACKED_DESC_SIZE * u64::from(at.idx), PACKED_DESC_SIZE);
+                at = at.advance(u.count, self.size);
+            }
+        }
+        self.shadow.clear();
+        self.published = end;
+    }
+}
+
+/// The packed descriptor as the data path's common view of a first descriptor.
+#[inline(always)]
+fn as_desc(d: PvirtqDesc) -> VirtqDesc {
+    VirtqDesc {
+        addr: d.addr,
+        len: d.len,
+        flags: d.flags,
+        next: 0,
+    }
+}
+
+impl<'v> Ring<'v> for PackedBurst<'v> {
+    type Head = AvailChain;
+    type Walk = PackedChain<'v>;
+    type Ahead = ();
+
+    #[inline(always)]
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    #[inline(always)]
+    fn memory(&self) -> &'v GuestMemory {
+        self.q.memory()
+    }
+
+    #[inline(always)]
+    fn stats(&mut self) -> &mut QueueStats {
+        &mut self.stats
+    }
+
+    #[inline(always)]
+    fn hdr_written(&mut self) -> &mut bool {
+        self.hdr_written
+    }
+
+    #[inline(always)]
+    fn hdr_was_written(&self) -> bool {
+        *self.hdr_written
+    }
+
+    #[inline(always)]
+    fn dirty_log(&self) -> Option<&'v DirtyLog> {
+        self.log
+    }
+
+    #[inline]
+    fn available(&self, max: u16) -> u16 {
+        let max = max.min(self.budget());
+        let mut n = 0;
+        while n < max && self.q.desc_is_avail(self.next.advance(n, self.size)) {
+            n += 1;
+        }
+        n
+    }
+
+    #[inline(always)]
+    fn all_posted(&self) -> bool {
+        false
+    }
+
+    #[inline]
+    fn has_more(&self) -> bool {
+        self.budget() != 0 && self.q.desc_is_avail(self.next)
+    }
+
+    #[inline]
+    fn next_head(&mut self) -> Result<AvailChain, Stop> {
+        let c = self.chain_at_next()?;
+        self.take(&c);
+        Ok(c)
+    }
+
+    /// Reads the slot `k` places after the next: the chain there if every chain before it
+    /// takes one slot (the usual case; a wrong guess only asks for the wrong lines).
+    #[inline]
+    fn read_ahead(&self, _: &mut (), k: u16) -> Option<VirtqDesc> {
+        debug_assert!(k <= READ_AHEAD);
+        if k >= self.budget() {
+            return None;
+        }
+        let pos = self.next.advance(k, self.size);
+        if !self.q.desc_is_avail(pos) {
+            return None;
+        }
+        let d = self.q.desc(pos.idx);
+        (d.flags & VIRTQ_DESC_F_NEXT == 0).then(|| as_desc(d))
+    }
+
+    #[inline]
+    fn peek_next(&mut self, _: &mut ()) -> Option<(AvailChain, VirtqDesc)> {
+        // A bad chain is left for `next_head` to report.
+        let c = self.q.avail_chain(self.next, self.budget()).ok()??;
+        (!self.ids.contains(c.id)).then(|| (c, as_desc(c.first)))
+    }
+
+    #[inline]
+    fn take_peeked(&mut self, c: AvailChain) {
+        self.take(&c);
+    }
+
+    #[inline(always)]
+    fn desc(&self, c: AvailChain) -> VirtqDesc {
+        as_desc(c.first)
+    }
+
+    #[inline]
+    fn walk(&self, c: AvailChain, writable: bool, max_len: u64) -> PackedChain<'v> {
+        self.q.chain(&c, writable, max_len)
+    }
+
+    fn unreserve_n(&mut self, n: usize) {
+        let n = n.min(self.taken).min(RECENT);
+        for _ in 0..n {
+            self.taken -= 1;
+            let (pos, id) = self.recent[self.taken % RECENT];
+            self.ids.remove(id);
+            self.next = pos;
+        }
+    }
+
+    #[inline]
+    fn used(&mut self, c: AvailChain, len: u32) {
+        let u = PackedUsed {
+            id: c.id,
+            len,
+            count: c.count,
+        };
+        if self.through {
+            let end = self.q.write_used(self.used, u);
+            self.ids.remove(c.id);
+            if let Some((log, gpa)) = self.used_log {
+                log.mark(
+                    gpa + PACKED_DESC_SIZE * u64::from(self.used.idx),
+                    PACKED_DESC_SIZE,
+                );
+            }
+            self.published = end;
+        } else {
+            self.shadow.push(u);
+        }
+        self.used = self.used.advance(c.count, self.size);
+    }
+
+    #[cold]
+    fn bad_chain(&mut self, c: AvailChain, e: ChainError) {
+        if let Some(more) = self.log_limit.check() {
+            if more == 0 {
+                log::warn!("packed chain (buffer id {}) dropped: {e}", c.id);
+            } else {
+                log::warn!(
+                    "packed chain (buffer id {}) dropped: {e} (and {more} more since the last line)",
+                    c.id
+                );
+            }
+        }
+        self.stats.bad_chains += 1;
+        self.used(c, 0);
+    }
+
+    #[inline]
+    fn publish_early(&mut self, min: u16, before: impl FnOnce()) -> bool {
+        if self.shadow.len() < usize::from(min) {
+            return false;
+        }
+        before();
+        self.flush_used();
+        true
+    }
+
+    #[inline(always)]
+    fn prefetch_used(&self, _n: usize) {
+        // The used descriptors go into the slots the burst reads: their lines come with the
+        // reads.
+    }
+
+    #[inline]
+    fn write_through(&mut self) {
+        self.flush_used();
+        self.through = true;
+    }
+
+    #[inline]
+    fn finish(mut self) {
+        self.flush_used();
+        let mut stats = self.stats;
+        if self.used != self.first_used {
+            let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
+            if !event_idx {
+                // We poll: ask the driver not to notify (virtio 1.2 §2.8.10).
+                self.q.set_device_event(EventSuppress::Disable);
+            }
+            if let Some(call) = self.call {
+                if self
+                    .q
+                    .needs_interrupt(event_idx, self.first_used, self.used)
+                {
+                    // As on the split ring: EAGAIN still leaves the eventfd readable.
+                    let _ = nix::unistd::write(call, &1u64.to_ne_bytes());
+                    stats.interrupts += 1;
+                }
+            }
+        }
+        *self.avail_out = self.next;
+        *self.used_out = self.used;
+        self.stats_out.add(&stats);
+    }
+}

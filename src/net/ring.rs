@@ -1,0 +1,86 @@
+//! What the data path needs of a burst on a locked vring, whatever the ring's layout: take the
+//! next available chain, walk its buffers, return it used, publish and notify. The split ring's
+//! [`Burst`](super::burst::Burst) and the packed ring's
+//! [`PackedBurst`](super::packed_burst::PackedBurst) implement it; enqueue and dequeue are
+//! written once, over [`Ring`], and compiled once per layout (every method is a direct,
+//! inlined call: the split ring's loops are the code they were before this trait).
+
+use crate::memory::{DirtyLog, GuestMemory, GuestSlice};
+use crate::virtq::QueueStats;
+use crate::virtq::split::{ChainError, VirtqDesc};
+
+use super::burst::Stop;
+
+/// One burst on a locked vring (see the module docs).
+pub(super) trait Ring<'v> {
+    /// What names a taken chain when it is returned: the head's index on a split ring; the
+    /// buffer id, the slots it takes and its first descriptor on a packed ring.
+    type Head: Copy;
+    /// The walk over a chain's buffers.
+    type Walk: Iterator<Item = Result<GuestSlice<'v>, ChainError>>;
+
+    /// Negotiated features of the queue.
+    fn features(&self) -> u64;
+    /// The memory table buffers are translated with.
+    fn memory(&self) -> &'v GuestMemory;
+    /// Counters of this burst, added to the queue's at [`finish`](Self::finish).
+    fn stats(&mut self) -> &mut QueueStats;
+    /// The vring's hint that the last virtio-net header placed had to be written.
+    fn hdr_written(&mut self) -> &mut bool;
+    /// Reads that hint.
+    fn hdr_was_written(&self) -> bool;
+    /// The dirty log to mark written guest buffers in (while `VHOST_F_LOG_ALL` is negotiated
+    /// and a log is set; the ring's own writes the burst marks itself).
+    fn dirty_log(&self) -> Option<&'v DirtyLog>;
+
+    /// Up to `max` chains available, at least (exact on a split ring; on a packed ring the
+    /// available slots from the next one, which chains of several slots overcount).
+    fn available(&self, max: u16) -> u16;
+    /// Whether the guest has every buffer of the ring posted (it waits for us): a split ring
+    /// knows from its indexes; a packed ring answers `false` (it would have to read the ring).
+    fn all_posted(&self) -> bool;
+    /// Whether a chain is available beyond those taken.
+    fn has_more(&self) -> bool;
+
+    /// Takes the next available chain.
+    fn next_head(&mut self) -> Result<Self::Head, Stop>;
+
+    /// The look-ahead state of a burst's loop ([`ReadAhead`](super::burst::ReadAhead) on a split ring).
+    type Ahead: Default;
+    /// Reads the chain `k` (at most [`READ_AHEAD`](super::burst::READ_AHEAD)) places after the next one, if available:
+    /// its first descriptor, for the caller to ask for its buffer early. `None` also where the
+    /// layout does not read ahead.
+    fn read_ahead(&self, a: &mut Self::Ahead, k: u16) -> Option<VirtqDesc>;
+    /// The next chain and its first descriptor, without taking it (`None`: no chain, or one
+    /// [`next_head`](Self::next_head) will report as bad).
+    fn peek_next(&mut self, a: &mut Self::Ahead) -> Option<(Self::Head, VirtqDesc)>;
+    /// Takes the chain [`peek_next`](Self::peek_next) returned.
+    fn take_peeked(&mut self, h: Self::Head);
+    /// The first descriptor of a taken chain (its flags hold NEXT, WRITE and INDIRECT with the
+    /// same values on both layouts; `next` is meaningless on a packed ring).
+    fn desc(&self, h: Self::Head) -> VirtqDesc;
+    /// Walks a taken chain's buffers (`writable` or readable ones: the queue's direction),
+    /// refusing a chain longer than `max_len` bytes.
+    fn walk(&self, h: Self::Head, writable: bool, max_len: u64) -> Self::Walk;
+    /// Gives back the last `n` chains taken (they stay available).
+    fn unreserve_n(&mut self, n: usize);
+    /// Gives back the last chain taken.
+    #[inline(always)]
+    fn unreserve(&mut self) {
+        self.unreserve_n(1);
+    }
+
+    /// Returns chain `h` with `len` bytes written into it.
+    fn used(&mut self, h: Self::Head, len: u32);
+    /// Returns a malformed chain with length 0 and counts it.
+    fn bad_chain(&mut self, h: Self::Head, e: ChainError);
+    /// Publishes the used entries so far if at least `min` are not yet, calling `before`
+    /// first; whether it did.
+    fn publish_early(&mut self, min: u16, before: impl FnOnce()) -> bool;
+    /// Asks for the lines the next `n` used entries go to, for writing.
+    fn prefetch_used(&self, n: usize);
+    /// Writes used entries to the ring as they come rather than in one run (dequeue).
+    fn write_through(&mut self);
+    /// Publishes what is left, notifies the guest if it asked, stores the ring's state back.
+    fn finish(self);
+}
