@@ -143,6 +143,12 @@ fn rx_written(fe: &mut Frontend, from: u16, to: u16, pages: &mut Pages) {
         chains.push(chain);
         i = i.wrapping_add(1);
     }
+    add_chains(fe, chains, pages);
+}
+
+/// Adds the bytes written into each chain's buffers ((address, bytes) each), counting the
+/// chains written across two regions.
+fn add_chains(fe: &Frontend, chains: Vec<Vec<(u64, u64)>>, pages: &mut Pages) {
     for chain in chains {
         let regions: BTreeSet<usize> = chain
             .iter()
@@ -229,19 +235,7 @@ fn written_between(fe: &mut Frontend, v: u16, before: Pos, after: Pos, pages: &m
                 }
                 p = p.advance(slots, size);
             }
-            for chain in chains {
-                let regions: BTreeSet<usize> = chain
-                    .iter()
-                    .filter(|&&(_, n)| n > 0)
-                    .map(|&(a, _)| region_of(fe, a))
-                    .collect();
-                if regions.len() > 1 {
-                    pages.across_regions += 1;
-                }
-                for (a, n) in chain {
-                    pages.add(a, n);
-                }
-            }
+            add_chains(fe, chains, pages);
         }
         _ => unreachable!("one ring, one layout"),
     }

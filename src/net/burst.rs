@@ -104,12 +104,7 @@ impl<'v> Burst<'v> {
     /// available index is corrupt (then it is marked broken, with a logged reason).
     #[inline]
     pub fn begin(vq: &'v mut Vring) -> Option<Burst<'v>> {
-        if vq.broken {
-            vq.stats.broken_bursts += 1;
-            return None;
-        }
-        if !vq.is_ready() {
-            vq.stats.not_ready += 1;
+        if !vq.burst_may_start() {
             return None;
         }
         let Vring {

@@ -74,12 +74,7 @@ impl<'v> PackedBurst<'v> {
     /// packed ring.
     #[inline]
     pub(super) fn begin(vq: &'v mut Vring) -> Option<PackedBurst<'v>> {
-        if vq.broken {
-            vq.stats.broken_bursts += 1;
-            return None;
-        }
-        if !vq.is_ready() {
-            vq.stats.not_ready += 1;
+        if !vq.burst_may_start() {
             return None;
         }
         let Vring {

@@ -415,6 +415,21 @@ impl Vring {
         }
     }
 
+    /// Whether a data-plane burst may start: not broken and ready; otherwise counted
+    /// (`broken_bursts` or `not_ready`). The first step of every burst, on either layout.
+    #[inline]
+    pub fn burst_may_start(&mut self) -> bool {
+        if self.broken {
+            self.stats.broken_bursts += 1;
+            return false;
+        }
+        if !self.is_ready() {
+            self.stats.not_ready += 1;
+            return false;
+        }
+        true
+    }
+
     /// Ready for the data plane: rings translated (either layout), kick and call set, enabled.
     pub fn is_ready(&self) -> bool {
         (self.rings.is_some() || self.packed.is_some())
