@@ -356,11 +356,10 @@ impl Queue<Rx> {
     fn poll_rx_upto(&mut self, max: usize, limit: usize, mut f: impl FnMut(RxPacket<'_>)) -> usize {
         let mut got = 0;
         while got < max {
-            let ready = self.ring.used_ready();
-            if ready == 0 {
+            if self.ring.used_ready(1) == 0 {
                 break;
             }
-            let Some(nbufs) = self.buffers_of_next(ready) else {
+            let Some(nbufs) = self.buffers_of_next() else {
                 break;
             };
             let g = self.gather(nbufs, limit);
@@ -396,7 +395,7 @@ impl Queue<Rx> {
 
     /// How many used elements the next packet takes: 1, or its header's `num_buffers` with
     /// MRG_RXBUF. `None` if they are not all used yet.
-    fn buffers_of_next(&mut self, ready: u16) -> Option<u16> {
+    fn buffers_of_next(&mut self) -> Option<u16> {
         let (id, _) = self.ring.peek_used();
         if !self.kind.mergeable || self.hdr_len < NetHdr::SIZE || !self.ring.is_head(id) {
             return Some(1);
@@ -404,7 +403,7 @@ impl Queue<Rx> {
         let mut nb = [0u8; 2];
         self.pool.read(id as u16, 10, &mut nb);
         let nb = u16::from_le_bytes(nb).max(1);
-        if nb <= ready {
+        if nb <= self.ring.used_ready(nb) {
             Some(nb)
         } else if nb <= self.ring.outstanding() {
             None // the rest is still being written

@@ -161,12 +161,14 @@ impl QueueRing {
         }
     }
 
-    /// Used elements ready to be reaped (on a packed ring: counted up to the queue size).
+    /// Used elements ready to be reaped: all of them on a split ring (its index says), on a
+    /// packed ring counted up to `want` (each one read from the ring: a caller asks for what
+    /// it needs, not for the whole ring on every packet).
     #[inline]
-    pub(crate) fn used_ready(&mut self) -> u16 {
+    pub(crate) fn used_ready(&mut self, want: u16) -> u16 {
         match self {
             QueueRing::Split(r) => r.used_ready(),
-            QueueRing::Packed(r, _) => r.ready_used(r.size()).0,
+            QueueRing::Packed(r, _) => r.ready_used(want).0,
         }
     }
 

@@ -10,7 +10,9 @@ use rvhost_hugepages::region::PageSize;
 use super::BenchError;
 use rvhost::dataplane::{DeviceTable, PortOps};
 use rvhost::driver::{Device, DeviceOps, DmaMapper, Driver, Flags, Refused};
-use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
+use rvhost::features::{
+    VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
+};
 use rvhost::frontend::{Frontend, FrontendOptions};
 
 /// How long the frontend retries the socket, and how long we wait for `new_device`.
@@ -120,6 +122,7 @@ impl Bed {
         sock: &Path,
         queue_size: u16,
         mrg: bool,
+        packed: bool,
         small_pages: bool,
         asynch: bool,
         mapper: Option<Arc<dyn DmaMapper>>,
@@ -133,6 +136,10 @@ impl Bed {
         driver.register(sock, flags)?;
         if let Some(m) = mapper {
             driver.set_dma_mapper(sock, m)?;
+        }
+        if packed {
+            // Not offered by default yet: the row asks for it.
+            driver.enable_features(sock, VIRTIO_F_RING_PACKED)?;
         }
         let table = DeviceTable::new(1, 1);
         let capture = Arc::new(Capture::new(&table));
@@ -148,6 +155,7 @@ impl Bed {
             buf_size: BUF_SIZE,
             force_small_pages: small_pages,
             connect_timeout: SETUP_TIMEOUT,
+            packed,
             ..FrontendOptions::default()
         };
         let mut fe = Frontend::connect(sock, opts)?;

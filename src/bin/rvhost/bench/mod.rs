@@ -107,6 +107,25 @@ impl Toggle {
     }
 }
 
+/// The virtqueue layout of a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum RingLayout {
+    /// Split virtqueues (descriptor table, available and used rings).
+    Split,
+    /// Packed virtqueues (`VIRTIO_F_RING_PACKED`, offered by the driver for the row).
+    Packed,
+}
+
+impl RingLayout {
+    /// `split` / `packed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RingLayout::Split => "split",
+            RingLayout::Packed => "packed",
+        }
+    }
+}
+
 /// How the backend copies payloads in a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CopyMode {
@@ -262,6 +281,15 @@ pub struct BenchArgs {
     /// Mergeable receive buffers (VIRTIO_NET_F_MRG_RXBUF); `on,off` runs both.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "on")]
     pub mrg: Vec<Toggle>,
+    /// Virtqueue layouts, comma-separated: `split`, `packed` (the sync path only: with
+    /// `--copy cpu`).
+    #[arg(
+        long = "ring",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "split"
+    )]
+    pub rings: Vec<RingLayout>,
     /// Seconds measured per row, after the warm-up.
     #[arg(long, default_value_t = 2.0)]
     pub duration: f64,
@@ -306,6 +334,7 @@ impl Default for BenchArgs {
             dirs: vec![Direction::G2h, Direction::H2g, Direction::Loopback],
             sizes: vec![64, 128, 256, 512, 1024, 1518],
             mrg: vec![Toggle::On],
+            rings: vec![RingLayout::Split],
             duration: 2.0,
             warmup: 0.5,
             burst: 32,
@@ -407,6 +436,17 @@ impl BenchArgs {
         if self.sizes.is_empty() {
             return bad("sizes", "no size given".into());
         }
+        if self.rings.is_empty() {
+            return bad("ring", "give split, packed or split,packed".into());
+        }
+        if self.rings.contains(&RingLayout::Packed)
+            && self.copy.0.iter().any(|c| *c != CopyMode::Cpu)
+        {
+            return bad(
+                "ring",
+                "packed rings run the sync path only: with --copy cpu".into(),
+            );
+        }
         if self.mrg.is_empty() {
             return bad("mrg", "give on, off or on,off".into());
         }
@@ -455,7 +495,7 @@ const POOL_MBUFS: usize = 4096;
 /// The backend worker's mempool cache.
 const POOL_CACHE: usize = 256;
 
-/// Runs the bench: every direction × mrg × size row, printing a table (and writing JSON with
+/// Runs the bench: every ring × mrg × direction × size × copy row, printing a table (and writing JSON with
 /// `--json`). Rows whose correctness checks fail are printed with their reason and make the
 /// result [`BenchError::RowsFailed`].
 pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
@@ -475,24 +515,27 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     let mut out = report::Report::new(args, clock);
     let mut notes = PageNotes::new(args.small_pages, pool.memory_kind().0);
     let mut rows = Vec::new();
-    for &mrg in &args.mrg {
-        for &d in &args.dirs {
-            for &size in &args.sizes {
-                for &copy in &args.copy.0 {
-                    let cfg = row::RowConfig {
-                        dir: d,
-                        size,
-                        mrg: mrg.is_on(),
-                        copy,
-                        args,
-                        sock: dir.path().join(format!("row{}.sock", rows.len())),
-                    };
-                    let r = row::run_row(&cfg, &pool, &clock)?;
-                    if let Some(note) = notes.after_row(r.frontend_pages) {
-                        out.note(&note);
+    for &ring in &args.rings {
+        for &mrg in &args.mrg {
+            for &d in &args.dirs {
+                for &size in &args.sizes {
+                    for &copy in &args.copy.0 {
+                        let cfg = row::RowConfig {
+                            dir: d,
+                            size,
+                            mrg: mrg.is_on(),
+                            ring,
+                            copy,
+                            args,
+                            sock: dir.path().join(format!("row{}.sock", rows.len())),
+                        };
+                        let r = row::run_row(&cfg, &pool, &clock)?;
+                        if let Some(note) = notes.after_row(r.frontend_pages) {
+                            out.note(&note);
+                        }
+                        out.row(&r);
+                        rows.push(r);
                     }
-                    out.row(&r);
-                    rows.push(r);
                 }
             }
         }

@@ -8,15 +8,16 @@ type Point = (f64, f64, f64);
 type Series = (String, Vec<Point>);
 
 /// `--plot`: an SVG with Mpps (left) and the backend's busy cycles (or ns) per packet (right)
-/// against the frame size, one line per direction, mrg setting and copy mode.
+/// against the frame size, one line per direction, ring layout, mrg setting and copy mode.
 pub(crate) fn draw(path: &std::path::Path, rows: &[RowResult], unit: &str) -> Result<(), String> {
     use plotters::prelude::*;
     let err = |e: &dyn std::fmt::Display| format!("plotting to {}: {e}", path.display());
     let mut series: Vec<Series> = Vec::new();
     for r in rows.iter().filter(|r| r.error.is_none() && r.packets > 0) {
         let name = format!(
-            "{} mrg {} {}",
+            "{} {} mrg {} {}",
             r.dir.name(),
+            r.ring.name(),
             if r.mrg { "on" } else { "off" },
             r.copy.name()
         );

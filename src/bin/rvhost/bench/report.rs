@@ -68,9 +68,10 @@ impl Report {
             );
         }
         header.push(format!(
-            "{:<9}{:<14}{:>4}{:>7}{:>9}{:>9}{:>10}{:>6}{:>15}{:>10}{:>11}{:>8}{:>22}  check",
+            "{:<9}{:<14}{:<7}{:>4}{:>7}{:>9}{:>9}{:>10}{:>6}{:>15}{:>10}{:>11}{:>8}{:>22}  check",
             "dir",
             "copy",
+            "ring",
             "mrg",
             "size",
             "Mpps",
@@ -144,7 +145,7 @@ impl Report {
             let sep = if i + 1 < rows.len() { "," } else { "" };
             let _ = write!(
                 s,
-                "\n    {{\"dir\": \"{}\", \"direction\": \"{}\", \"copy\": {}, \"mrg\": {}, \"size\": {}, \"secs\": {}, \
+                "\n    {{\"dir\": \"{}\", \"direction\": \"{}\", \"copy\": {}, \"ring\": \"{}\", \"mrg\": {}, \"size\": {}, \"secs\": {}, \
                  \"packets\": {}, \"bytes\": {}, \"mpps\": {}, \"gbps\": {}, \
                  \"ticks_per_pkt\": {}, \"busy_share\": {}, \"frontend_busy_share\": {}, \"latency_p50_ns\": {}, \"latency_p99_ns\": {}, \"latency_p999_ns\": {}, \"busy_ticks_per_pkt\": {}, \
                  \"cycles_per_pkt\": {}, \"busy_cycles_per_pkt\": {}, \
@@ -157,6 +158,7 @@ impl Report {
                     r.dir.name()
                 },
                 json_str(&r.copy.name()),
+                r.ring.name(),
                 r.mrg,
                 r.size,
                 num(r.secs),
@@ -201,9 +203,10 @@ fn clock_line(c: &Clock) -> String {
 fn line(r: &RowResult) -> String {
     let per = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
     format!(
-        "{:<9}{:<14}{:>4}{:>7}{:>9.3}{:>9.2}{:>10}{:>5.0}%{:>15}{:>10}{:>11}{:>7.0}%{:>22}  {}",
+        "{:<9}{:<14}{:<7}{:>4}{:>7}{:>9.3}{:>9.2}{:>10}{:>5.0}%{:>15}{:>10}{:>11}{:>7.0}%{:>22}  {}",
         r.dir.name(),
         r.copy.name(),
+        r.ring.name(),
         if r.mrg { "on" } else { "off" },
         r.size,
         r.mpps(),

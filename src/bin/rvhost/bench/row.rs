@@ -12,7 +12,7 @@ use super::workers::{
     BackendEnd, DRAIN, DmaServe, FrontendEnd, Params, RUN, STOP, Shared, Totals, backend_loop,
     frontend_loop,
 };
-use super::{BenchArgs, BenchError, CopyMode, Direction};
+use super::{BenchArgs, BenchError, CopyMode, Direction, RingLayout};
 use crate::dma::models::{PoolMapping, model_channels};
 use rvhost::frontend::NetHdr;
 use rvhost::lcore::Lcores;
@@ -36,6 +36,7 @@ pub(crate) struct RowConfig<'a> {
     pub dir: Direction,
     pub size: usize,
     pub mrg: bool,
+    pub ring: RingLayout,
     pub copy: CopyMode,
     pub args: &'a BenchArgs,
     pub sock: PathBuf,
@@ -50,6 +51,8 @@ pub struct RowResult {
     pub size: usize,
     /// Mergeable receive buffers negotiated.
     pub mrg: bool,
+    /// The virtqueue layout.
+    pub ring: RingLayout,
     /// How the backend copied.
     pub copy: CopyMode,
     /// Length of the window in seconds (measured).
@@ -204,6 +207,7 @@ pub(crate) fn run_row(
         &cfg.sock,
         args.queue_size,
         cfg.mrg,
+        cfg.ring == RingLayout::Packed,
         args.small_pages,
         asynch,
         mapper,
@@ -359,6 +363,7 @@ fn summarize(
         dir: cfg.dir,
         size: cfg.size,
         mrg: cfg.mrg,
+        ring: cfg.ring,
         copy: cfg.copy,
         secs: clock.secs(ticks),
         packets,

@@ -117,6 +117,50 @@ fn out_of_range_arguments_are_refused() {
     assert!(with(|a| a.queue_size = 1000).contains("--queue-size"));
     assert!(with(|a| a.burst = 0).contains("--burst"));
     assert!(with(|a| a.burst = 600).contains("--burst"));
+    assert!(with(|a| a.rings = vec![]).contains("--ring"));
+    assert!(
+        with(|a| {
+            a.rings = vec![RingLayout::Packed];
+            a.copy = CopyModes::parse("cpu,soft").unwrap();
+        })
+        .contains("sync path only")
+    );
+    assert_eq!(
+        parse(&["--ring", "split,packed"]).unwrap().rings,
+        vec![RingLayout::Split, RingLayout::Packed]
+    );
+    assert!(parse(&["--ring", "round"]).is_err());
+}
+
+/// `--ring split,packed`: every direction on both layouts, both mrg settings, each row's
+/// exact accounting holding; the JSON names each row's ring.
+#[test]
+fn packed_rings_run_beside_split_ones() {
+    let cores = rvhost::lcore::allowed_cores();
+    let json = std::env::temp_dir().join(format!("rvhost-bench-rings-{}.json", std::process::id()));
+    let args = BenchArgs {
+        sizes: vec![64, 1518],
+        mrg: vec![Toggle::On, Toggle::Off],
+        rings: vec![RingLayout::Split, RingLayout::Packed],
+        duration: 0.1,
+        warmup: 0.05,
+        queue_size: 256,
+        backend_core: cores[0],
+        frontend_core: *cores.get(1).unwrap_or(&cores[0]),
+        json: Some(json.clone()),
+        ..BenchArgs::default()
+    };
+    run_alone(&args).unwrap();
+    let text = std::fs::read_to_string(&json).unwrap();
+    let _ = std::fs::remove_file(&json);
+    // 3 directions x 2 sizes x 2 mrg per layout.
+    assert_eq!(text.matches("\"ring\": \"packed\"").count(), 12, "{text}");
+    assert_eq!(text.matches("\"ring\": \"split\"").count(), 12, "{text}");
+    assert_eq!(text.matches("\"ok\": true").count(), 24, "{text}");
+    assert!(
+        !text.contains("\"packets\": 0,"),
+        "every row moved packets: {text}"
+    );
 }
 
 /// Every direction, both mrg settings, a small and a jumbo frame: short windows, but the
