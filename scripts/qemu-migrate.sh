@@ -42,6 +42,9 @@
 #   -q, --queues N         queue pairs (QEMU mq=on and -smp N, rvhost fwd --queues N); the
 #                          guest's ping runs on one CPU, so one pair carries the stream
 #                          (default: 1)
+#       --smp N            guest vCPUs (QEMU -smp; default: the queue pairs), e.g. one
+#                          queue pair with 2 vCPUs, to tell a multi-queue problem from a
+#                          multi-vCPU one
 #       --lcores LIST      CPUs of both backends' lcores (default: 0)
 #       --copy MODE        both backends' copy mode (rvhost fwd --copy: cpu, or
 #                          soft[,threshold=N] for the async path with the software DMA
@@ -100,6 +103,7 @@ POSTCOPY_AFTER=0
 MAX_LOSS=0
 ANNOUNCE=guest
 QUEUES=1
+SMP=""
 LCORES=0
 COPY=cpu
 TIMEOUT=180
@@ -131,6 +135,7 @@ while [ $# -gt 0 ]; do
         -l|--max-loss) MAX_LOSS=${2:-}; shift ;;
         --announce) ANNOUNCE=${2:-}; shift ;;
         -q|--queues) QUEUES=${2:-}; shift ;;
+        --smp) SMP=${2:-}; shift ;;
         --lcores) LCORES=${2:-}; shift ;;
         --copy) COPY=${2:-}; shift ;;
         -t|--timeout) TIMEOUT=${2:-}; shift ;;
@@ -150,7 +155,8 @@ case "$MIGRATION" in
         case "${COPY%%,*}" in cpu) ;; *) die "--postcopy needs --copy cpu (rvhost refuses postcopy on the async copy path: it populates and locks guest memory)" ;; esac
         ;;
 esac
-for v in GUEST_MEM_MB MAX_LOSS TIMEOUT QUEUES; do
+SMP=${SMP:-$QUEUES}
+for v in GUEST_MEM_MB MAX_LOSS TIMEOUT QUEUES SMP; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
 for v in INTERVAL STREAM MIGRATE_AFTER POSTCOPY_AFTER; do
@@ -369,7 +375,7 @@ start_qemu() { # src|dst
         chardev="socket,id=char0,path=$W/$1.sock,reconnect=1"
     fi
     args=(
-        "$QEMU" -machine q35 -accel "$ACCEL" -m "$GUEST_MEM_MB" -smp "$QUEUES"
+        "$QEMU" -machine q35 -accel "$ACCEL" -m "$GUEST_MEM_MB" -smp "$SMP"
         -object "$MEMOBJ" -numa node,memdev=mem
         -chardev "$chardev"
         -netdev "type=vhost-user,id=net0,chardev=char0,queues=$QUEUES"
@@ -649,7 +655,7 @@ done
 
 echo "================ rvhost live migration summary ================"
 echo "run dir:    $W"
-echo "mode:       $MIGRATION, QEMU vhost-user $MODE, mem=$MEM, accel=$ACCEL, guest ${GUEST_MEM_MB} MB, $QUEUES queue pair(s), announce=$ANNOUNCE"
+echo "mode:       $MIGRATION, QEMU vhost-user $MODE, mem=$MEM, accel=$ACCEL, guest ${GUEST_MEM_MB} MB, $QUEUES queue pair(s), $SMP vCPU(s), announce=$ANNOUNCE"
 echo "announce:   ${RARPS:-0} SEND_RARP to the destination backend, ${INJECTED:-0} RARP frames injected"
 echo "migration:  status=${MIG_STATUS:-?} downtime=${DOWNTIME:-?} ms total=${TOTAL:-?} ms setup=${SETUP:-?} ms dirty-sync passes=${SYNCS:-?}"
 echo "dirty log:  source backend marked ${MARKED:-?} pages"
