@@ -741,11 +741,6 @@ impl Harness {
             assert_eq!(slots, 0, "{what}: a broken vring took chains");
             assert!(after.broken, "{what}: a broken vring revived by a burst");
         }
-        assert!(
-            slots <= u32::from(r.size),
-            "{what}: {slots} slots taken in one burst, more than the ring's {}",
-            r.size
-        );
         let irq = after.stats.interrupts - before.stats.interrupts;
         let calls = eventfd_take(self.calls[usize::from(!rx)].as_fd());
         assert_eq!(
@@ -755,6 +750,14 @@ impl Harness {
         if !entries {
             return 0;
         }
+        // Every slot the burst read was available for its lap: reading on past a lap would
+        // need a slot available for both (only the burst's own writes, when it writes a packet
+        // over the ring, can do that).
+        assert!(
+            slots <= u32::from(r.size),
+            "{what}: {slots} slots taken in one burst, more than the ring's {}",
+            r.size
+        );
         // Which prefix of the model's chains the slots are.
         let mut taken = 0;
         let mut at = 0u32;
