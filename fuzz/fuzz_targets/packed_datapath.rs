@@ -44,8 +44,11 @@
 //!   offload bytes clear), `bad_chains`/`too_large` count the others; enqueue: used lengths add
 //!   up, packet by packet, to the header plus the packet, whose bytes and `num_buffers` the
 //!   guest reads back, and `bad_chains` is the model's malformed chains (when clean);
-//! - the interrupts counted are the call eventfd's writes; every mbuf is freed; no fd or guest
-//!   mapping is left once the session is dropped.
+//! - the interrupts counted are the call eventfd's writes, and (when clean) a burst that used
+//!   descriptors interrupts exactly as the driver event suppression area asks (DISABLE never;
+//!   DESC with EVENT_IDX when its position is among the slots used; otherwise always), and
+//!   without EVENT_IDX sets the device event area to DISABLE; every mbuf is freed; no fd or
+//!   guest mapping is left once the session is dropped.
 
 #![no_main]
 
@@ -471,6 +474,7 @@ struct Harness {
     cache: PktCache,
     hlen: usize,
     mergeable: bool,
+    event_idx: bool,
     large: Flags,
     region_spans: Vec<(u64, u64)>,
 }
@@ -608,6 +612,7 @@ fn setup(input: &Input) -> Harness {
         cache: pool().cache(),
         hlen: rvhost::net::hdr::hdr_len(features),
         mergeable: features & VIRTIO_NET_F_MRG_RXBUF != 0,
+        event_idx: features & VIRTIO_RING_F_EVENT_IDX != 0,
         large: flags,
         region_spans: spans,
     }
@@ -747,6 +752,40 @@ impl Harness {
             irq, calls,
             "{what}: interrupts counted vs call eventfd writes"
         );
+        if entries && slots > 0 {
+            // The driver event suppression area (virtio 1.2 §2.8.10, §2.8.14): DISABLE never,
+            // DESC with EVENT_IDX when its position is among those the burst used, else always
+            // (DESC without EVENT_IDX and the reserved value read as enabled).
+            let off_wrap = self.guest.u16_at(r.driver);
+            let flags = self.guest.u16_at(r.driver + 2) & 3;
+            let want = match flags {
+                1 => false,
+                2 if self.event_idx => {
+                    let e = Pos {
+                        idx: off_wrap & 0x7fff,
+                        wrap: off_wrap & 0x8000 != 0,
+                    };
+                    e.since(before.used, r.size) < after.used.since(before.used, r.size)
+                }
+                _ => true,
+            };
+            assert_eq!(
+                irq,
+                u64::from(want),
+                "{what}: interrupt with driver event flags {flags}, off_wrap {off_wrap:#x}, used \
+                 {:?} -> {:?}",
+                before.used,
+                after.used
+            );
+            if !self.event_idx {
+                // The device polls: it asks the driver not to notify.
+                assert_eq!(
+                    self.guest.u16_at(r.device + 2),
+                    1,
+                    "{what}: device event flags without EVENT_IDX"
+                );
+            }
+        }
         if !entries {
             return 0;
         }
