@@ -39,7 +39,8 @@
 //! - the queue broken exactly when the model says: on dequeue, iff a chain the burst reached
 //!   breaks it; on enqueue (where a packet that does not fit stops the burst early, and
 //!   mergeable packets give chains back), broken only if a chain at or after the first one not
-//!   taken breaks it, or with MRG_RXBUF, could under a smaller budget (a chain of several slots);
+//!   taken breaks it, or with MRG_RXBUF, could under a smaller budget (a chain of several slots),
+//!   and broken when packets were left, every chain was used and the next one breaks it;
 //! - dequeue: the packets are the model's good chains, in order, byte for byte (header's
 //!   offload bytes clear), `bad_chains`/`too_large` count the others; enqueue: used lengths add
 //!   up, packet by packet, to the header plus the packet, whose bytes and `num_buffers` the
@@ -996,6 +997,17 @@ impl Harness {
                 end == End::Break || smaller,
                 "enqueue: vring marked broken for nothing (after {taken} of {} chains)",
                 chains.len()
+            );
+        }
+        if !before.broken && sent < pkts.len() && taken == chains.len() && end == End::Break {
+            // A packet was left and every chain before the bad one was used: the burst went on
+            // to the bad chain (the only reason a packet stops here: no GSO packets, and no
+            // chain left to be too short or too fragmented).
+            assert!(
+                after.broken,
+                "enqueue: {sent} of {} sent, every chain used, the next one breaks the queue: \
+                 not broken",
+                pkts.len()
             );
         }
         // The used lengths, read back at the used positions.
