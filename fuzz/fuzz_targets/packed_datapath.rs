@@ -50,6 +50,11 @@
 //!   DESC with EVENT_IDX when its position is among the slots used; otherwise always), and
 //!   without EVENT_IDX sets the device event area to DISABLE; every mbuf is freed; no fd or
 //!   guest mapping is left once the session is dropped.
+//!
+//! Not checked: a burst that is not clean gets only the position, one-lap, counter and
+//! eventfd checks; a dequeue burst that failed to allocate mbufs gets no chain or byte checks;
+//! the dirty log, the async path (refused on packed rings) and the device event area's
+//! contents with EVENT_IDX are not exercised.
 
 #![no_main]
 
