@@ -43,11 +43,11 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --quiet cargo-fuzz
 fi
 
-# split_datapath's inputs are sequences of guest actions and bursts: long inputs from the
-# start (libFuzzer otherwise grows them slowly from a few bytes) reach the bursts sooner.
+# The data-path targets' inputs are sequences of guest actions and bursts: long inputs from
+# the start (libFuzzer otherwise grows them slowly from a few bytes) reach the bursts sooner.
 opts=()
 case "$target" in
-  split_datapath) opts=(-len_control=0 -max_len=2048) ;;
+  split_datapath | packed_datapath) opts=(-len_control=0 -max_len=2048) ;;
 esac
 
 mkdir -p "fuzz/corpus/$target"

@@ -30,29 +30,27 @@
 #![no_main]
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use memmap2::{MmapOptions, MmapRaw};
-use rvhost::driver::session::{Served, Session, SessionOptions};
+use rvhost::driver::session::{Session, SessionOptions};
 use rvhost::driver::{Device, Flags};
 use rvhost::features::{
     VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
 };
-use rvhost::mbuf::{DEFAULT_DATA_ROOM, Mbuf, PktCache, PktPool};
+use rvhost::mbuf::{Mbuf, PktCache};
 use rvhost::net::{QueuePair, dequeue_burst, enqueue_burst};
-use rvhost::protocol::payload::{
-    MemoryRegion, MemoryTable, Payload, VringAddr, VringFile, VringState,
-};
-use rvhost::protocol::{FrontendReq, Header};
+use rvhost::protocol::FrontendReq;
+use rvhost::protocol::payload::{MemoryTable, Payload, VringAddr, VringFile, VringState};
 use rvhost::virtq::QueueStats;
-use rvhost_fuzz::{Callbacks, Wire, eventfd, eventfd_take, fd_count, mappings_named, memfd};
-use rvhost_hugepages::region::{PageSize, RegionConfig};
+use rvhost_fuzz::guest::{
+    Guest, MBUF_ROOM, UVA_BASE, build_packet, layout, overlapping, packet_bytes, pattern_bytes,
+    pool, send_ok,
+};
+use rvhost_fuzz::{Callbacks, Wire, eventfd, eventfd_take, fd_count, mappings_named};
 
-const PAGE: u64 = 4096;
-const UVA_BASE: u64 = 0x7f00_0000_0000;
 /// Region 0 holds both rings (at the offsets below) and then buffers.
 const RING_REGION_PAGES: u64 = 8;
 /// Byte offsets in region 0 of (descriptor table, available ring, used ring) of vring 0 (rx)
@@ -63,19 +61,10 @@ const RING_BYTES: u64 = 0x6000;
 /// What the walker allows per chain, and buffers per packet (rvhost's documented limits).
 const MAX_PKT_LEN: u64 = 256 * 1024;
 const MAX_PIECES: usize = 128;
-const MBUF_ROOM: usize = 2048;
 
 const NEXT: u16 = 1;
 const WRITE: u16 = 2;
 const INDIRECT: u16 = 4;
-
-fn pool() -> &'static PktPool {
-    static POOL: OnceLock<PktPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let region = RegionConfig::default().with_page_size(PageSize::Small);
-        PktPool::new("fuzz-dp", 8192, DEFAULT_DATA_ROOM, 64, region).expect("mbuf pool")
-    })
-}
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -202,113 +191,6 @@ struct Pkt {
     seg: u16,
 }
 
-/// One guest region: where the guest sees it and the harness's own mapping of its memfd
-/// (unmapped when the Guest drops).
-struct GuestRegion {
-    gpa: u64,
-    size: u64,
-    map: MmapRaw,
-}
-
-/// The guest's memory as the harness (the guest) sees it.
-struct Guest {
-    regions: Vec<GuestRegion>,
-}
-
-impl Guest {
-    /// The region and offset holding `gpa`.
-    fn find(&self, gpa: u64) -> Option<(&GuestRegion, u64)> {
-        self.regions
-            .iter()
-            .find(|r| gpa >= r.gpa && gpa - r.gpa < r.size)
-            .map(|r| (r, gpa - r.gpa))
-    }
-
-    /// Writes what lands in mapped memory (bytes over a hole are dropped).
-    fn write(&self, gpa: u64, bytes: &[u8]) {
-        let mut k = 0;
-        while k < bytes.len() {
-            let Some(a) = gpa.checked_add(k as u64) else {
-                return;
-            };
-            let Some((r, off)) = self.find(a) else {
-                // Over a hole: on to the next region, if it starts within the bytes.
-                let Some(next) = self.regions.iter().map(|r| r.gpa).filter(|&g| g > a).min() else {
-                    return;
-                };
-                k = usize::try_from(next - gpa).unwrap_or(usize::MAX);
-                continue;
-            };
-            let n = ((r.size - off) as usize).min(bytes.len() - k);
-            // SAFETY: [off, off + n) is inside the harness's mapping of the region, alive for
-            // the Guest's life; a raw copy, no reference to the shared bytes is made.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    bytes[k..].as_ptr(),
-                    r.map.as_mut_ptr().add(off as usize),
-                    n,
-                )
-            };
-            k += n;
-        }
-    }
-
-    /// `len` bytes at `gpa` if all of them are mapped (possibly across adjacent regions).
-    fn read(&self, gpa: u64, len: u64) -> Option<Vec<u8>> {
-        let mut out = Vec::with_capacity(len as usize);
-        let mut a = gpa;
-        let end = gpa.checked_add(len)?;
-        while a < end {
-            let (r, off) = self.find(a)?;
-            let n = (r.size - off).min(end - a);
-            let mut chunk = vec![0u8; n as usize];
-            // SAFETY: [off, off + n) is inside the harness's mapping of the region; copied
-            // into a fresh Vec without forming a reference to the shared bytes.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    r.map.as_mut_ptr().add(off as usize),
-                    chunk.as_mut_ptr(),
-                    n as usize,
-                )
-            };
-            out.extend_from_slice(&chunk);
-            a += n;
-        }
-        Some(out)
-    }
-
-    /// `N` bytes at `gpa`, all mapped, without allocating (descriptors, ring entries).
-    fn read_arr<const N: usize>(&self, gpa: u64) -> Option<[u8; N]> {
-        let mut out = [0u8; N];
-        if let Some((r, off)) = self.find(gpa)
-            && (N as u64) <= r.size - off
-        {
-            // SAFETY: [off, off + N) is inside the harness's mapping of the region; copied
-            // into a local array without forming a reference to the shared bytes.
-            unsafe {
-                std::ptr::copy_nonoverlapping(r.map.as_ptr().add(off as usize), out.as_mut_ptr(), N)
-            };
-            return Some(out);
-        }
-        let v = self.read(gpa, N as u64)?;
-        out.copy_from_slice(&v);
-        Some(out)
-    }
-
-    fn u16_at(&self, gpa: u64) -> u16 {
-        self.read_arr::<2>(gpa).map_or(0, u16::from_le_bytes)
-    }
-
-    fn set_u16(&self, gpa: u64, v: u16) {
-        self.write(gpa, &v.to_le_bytes());
-    }
-
-    /// Whether `[gpa, gpa + len)` lies in one region (an indirect table must).
-    fn in_one_region(&self, gpa: u64, len: u64) -> bool {
-        self.find(gpa).is_some_and(|(r, off)| len <= r.size - off)
-    }
-}
-
 /// A chain as the model walks it.
 #[derive(Debug, Clone)]
 enum Walk {
@@ -426,27 +308,6 @@ struct Harness {
     region_spans: Vec<(u64, u64)>,
 }
 
-fn send_ok(
-    wire: &Wire,
-    session: &mut Session,
-    req: FrontendReq,
-    payload: &[u8],
-    fds: &[BorrowedFd<'_>],
-) {
-    let bytes = rvhost_fuzz::frame(
-        req.code(),
-        Header::VERSION | Header::NEED_REPLY,
-        payload.len() as u32,
-        payload,
-    );
-    assert_eq!(wire.send(&bytes, fds), bytes.len());
-    assert_eq!(session.serve(), Served::Open, "{req} closed the connection");
-    let got = wire.recv();
-    let reps = rvhost_fuzz::replies(&got.bytes);
-    assert_eq!(reps.len(), 1, "{req}: one ack");
-    assert_eq!(u64::parse(&reps[0].1).unwrap(), 0, "{req} refused");
-}
-
 fn setup(input: &Input) -> Harness {
     let mode = input.mode;
     let mut features = 0;
@@ -478,31 +339,8 @@ fn setup(input: &Input) -> Harness {
     let mut session = Session::new(backend, opts, Arc::clone(&cb) as _).expect("session");
 
     // Regions: region 0 holds the rings; the others follow with holes between them.
-    let mut spans = vec![(u64::from(input.base) * PAGE, RING_REGION_PAGES * PAGE)];
-    for &(pages, hole) in input.regions.iter().take(3) {
-        let (g, s) = spans[spans.len() - 1];
-        let gpa = g + s + u64::from(hole % 3) * PAGE;
-        spans.push((gpa, (u64::from(pages % 8) + 1) * PAGE));
-    }
-    let mut fds = Vec::new();
-    let mut regions = Vec::new();
-    let mut table = Vec::new();
-    for (i, &(gpa, size)) in spans.iter().enumerate() {
-        let fd = memfd(size);
-        let map = MmapOptions::new()
-            .len(size as usize)
-            .map_raw(&fd)
-            .expect("mmap");
-        regions.push(GuestRegion { gpa, size, map });
-        table.push(MemoryRegion {
-            guest_phys_addr: gpa,
-            memory_size: size,
-            userspace_addr: UVA_BASE + (i as u64) * 0x100_0000,
-            mmap_offset: 0,
-        });
-        fds.push(fd);
-    }
-    let guest = Guest { regions };
+    let (guest, fds, table) = layout(input.base, RING_REGION_PAGES, &input.regions);
+    let spans: Vec<(u64, u64)> = guest.regions.iter().map(|r| (r.gpa, r.size)).collect();
     let size_of = |l: u8| 1u16 << (l % 9);
     let sizes = [size_of(input.qsize.0), size_of(input.qsize.1)];
     let g0 = spans[0].0;
@@ -593,41 +431,6 @@ fn setup(input: &Input) -> Harness {
         large: flags,
         region_spans: spans,
     }
-}
-
-/// Whether any two of `spans` (gpa, len) overlap.
-fn overlapping(mut spans: Vec<(u64, u64)>) -> bool {
-    spans.retain(|&(_, l)| l > 0);
-    spans.sort_unstable();
-    spans
-        .windows(2)
-        .any(|w| w[0].0.saturating_add(w[0].1) > w[1].0)
-}
-
-/// What a transmitting guest writes: a virtio-net header without offloads (12 zero bytes),
-/// then [`pattern`].
-fn packet_bytes(seed: u8, len: usize) -> Vec<u8> {
-    let mut v = pattern_bytes(seed, len);
-    let h = len.min(12);
-    v[..h].fill(0);
-    v
-}
-
-/// `len` bytes of [`pattern`] (built from its 256-byte period: the harness's per-byte loops
-/// are instrumented too, and were most of the time spent).
-fn pattern_bytes(seed: u8, len: usize) -> Vec<u8> {
-    let period: Vec<u8> = (0..256).map(|k| pattern(seed, k)).collect();
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        let n = (len - v.len()).min(256);
-        v.extend_from_slice(&period[..n]);
-    }
-    v
-}
-
-/// The pattern byte `k` of a packet with `seed` (periodic in `k` modulo 256).
-fn pattern(seed: u8, k: usize) -> u8 {
-    (k as u8).wrapping_mul(31).wrapping_add(seed)
 }
 
 /// Where the device side of a vring stands.
@@ -928,34 +731,7 @@ impl Harness {
     }
 
     fn packet(&mut self, p: &Pkt) -> Option<(Mbuf, Vec<u8>)> {
-        let len = usize::from(p.len) % 9000;
-        let bytes = pattern_bytes(p.seed, len);
-        // At most 16 segments (chaining is linear in the segments already there).
-        let seg = match usize::from(p.seg) % MBUF_ROOM {
-            0 => MBUF_ROOM,
-            n => n,
-        }
-        .max(len.div_ceil(16));
-        let mut head = self.cache.alloc().ok()?;
-        let mut rest = &bytes[..];
-        let mut first = true;
-        while first || !rest.is_empty() {
-            let mut m = if first {
-                None
-            } else {
-                Some(self.cache.alloc().ok()?)
-            };
-            let t = m.as_mut().unwrap_or(&mut head);
-            let n = rest.len().min(t.tailroom()).min(seg);
-            t.append(n).ok()?;
-            t.data_mut().ok()?.copy_from_slice(&rest[..n]);
-            rest = &rest[n..];
-            if let Some(m) = m {
-                head.chain(m).ok()?;
-            }
-            first = false;
-        }
-        Some((head, bytes))
+        build_packet(&mut self.cache, p.len, p.seed, p.seg)
     }
 
     fn enqueue(&mut self, spec: &[Pkt]) {

@@ -7,6 +7,8 @@
 //! its end of a socket pair and calls `serve`, which runs the control thread's own code
 //! (framing, policy, handler table, replies, teardown) on the backend's end.
 
+pub mod guest;
+
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
