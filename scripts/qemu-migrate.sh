@@ -27,7 +27,8 @@
 #                          0: at once, QEMU switches as its first RAM pass runs; a hugepage
 #                          guest may finish precopy before a later switch)
 #   -b, --rvhost PATH      the rvhost binary (default: $RVHOST_BIN, else rvhost in PATH)
-#   -a, --accel A          tcg | kvm (default: tcg)
+#   -a, --accel A          tcg | tcg,thread=single | tcg,thread=multi | kvm (default: tcg,
+#                          which QEMU runs multi-threaded with more than one vCPU)
 #       --guest-mem MB     guest memory (default: 256)
 #   -i, --interval SECS    ping interval of the stream (default: 0.01)
 #   -s, --stream SECS      length of the stream (default: 12)
@@ -147,7 +148,7 @@ while [ $# -gt 0 ]; do
 done
 case "$MODE" in client|server) ;; *) die "bad --mode '$MODE' (client or server)" ;; esac
 case "$MEM" in memfd|hugepages) ;; *) die "bad --mem '$MEM' (memfd or hugepages)" ;; esac
-case "$ACCEL" in tcg|kvm) ;; *) die "bad --accel '$ACCEL' (tcg or kvm)" ;; esac
+case "$ACCEL" in tcg|tcg,thread=single|tcg,thread=multi|kvm) ;; *) die "bad --accel '$ACCEL' (tcg, tcg,thread=single|multi, or kvm)" ;; esac
 case "$ANNOUNCE" in guest|rarp) ;; *) die "bad --announce '$ANNOUNCE' (guest or rarp)" ;; esac
 case "$MIGRATION" in
     precopy) ;;
