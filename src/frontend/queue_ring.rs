@@ -141,11 +141,7 @@ impl QueueRing {
             }
             None => {
                 // No id free: the slots go back.
-                let mut slot = first;
-                for _ in 0..n {
-                    s.free.push(slot);
-                    slot = s.next[usize::from(slot)];
-                }
+                s.free_chain(first, n);
                 None
             }
         }
@@ -285,11 +281,16 @@ impl PackedSlots {
     /// Returns the slots of the chain reaped last to the free list.
     fn release_reaped(&mut self) {
         if let Some((first, n)) = self.reaped.take() {
-            let mut slot = first;
-            for _ in 0..n {
-                self.free.push(slot);
-                slot = self.next[usize::from(slot)];
-            }
+            self.free_chain(first, n);
+        }
+    }
+
+    /// Returns the `n` slots of the chain starting at `first` to the free list.
+    fn free_chain(&mut self, first: u16, n: u16) {
+        let mut slot = first;
+        for _ in 0..n {
+            self.free.push(slot);
+            slot = self.next[usize::from(slot)];
         }
     }
 }

@@ -322,16 +322,12 @@ impl<'v> Burst<'v> {
     /// its place in the order (the async path).
     #[cold]
     pub fn bad_chain_later(&mut self, head: u16, e: ChainError) {
-        if let Some(more) = self.log_limit.check() {
-            if more == 0 {
-                log::warn!("descriptor chain {head} dropped: {e}");
-            } else {
-                log::warn!(
-                    "descriptor chain {head} dropped: {e} (and {more} more since the last line)"
-                );
-            }
-        }
-        self.stats.bad_chains += 1;
+        count_bad_chain(
+            self.log_limit,
+            &mut self.stats,
+            format_args!("descriptor chain {head}"),
+            e,
+        );
     }
 
     /// Publishes the used entries (those [`publish_early`](Self::publish_early) did not) with
@@ -368,6 +364,25 @@ impl<'v> Burst<'v> {
         *self.last_used = self.used.get();
         self.stats_out.add(&stats);
     }
+}
+
+/// Counts a malformed chain (`what` names it) in `stats` and logs it, rate-limited by
+/// `limit`: the one report of both ring layouts.
+#[cold]
+pub(super) fn count_bad_chain(
+    limit: &mut LogLimiter,
+    stats: &mut QueueStats,
+    what: std::fmt::Arguments<'_>,
+    e: ChainError,
+) {
+    if let Some(more) = limit.check() {
+        if more == 0 {
+            log::warn!("{what} dropped: {e}");
+        } else {
+            log::warn!("{what} dropped: {e} (and {more} more since the last line)");
+        }
+    }
+    stats.bad_chains += 1;
 }
 
 /// Chains read [`READ_AHEAD`] places ahead of the one being copied: the head and descriptor

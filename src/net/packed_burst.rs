@@ -27,7 +27,7 @@ use crate::virtq::packed::{
 use crate::virtq::split::{ChainError, VirtqDesc};
 use crate::virtq::{QueueStats, Vring, active_log, used_ring_log};
 
-use super::burst::{READ_AHEAD, Stop};
+use super::burst::{READ_AHEAD, Stop, count_bad_chain};
 use super::ring::Ring;
 
 /// Chains a burst remembers for [`Ring::unreserve_n`]: more than one packet may take
@@ -189,15 +189,26 @@ impl<'v> PackedBurst<'v> {
         for u in self.shadow.iter() {
             self.ids.remove(u.id);
         }
-        if let Some((log, gpa)) = self.used_log {
+        if self.used_log.is_some() {
             let mut at = self.published;
             for u in self.shadow.iter() {
-                log.mark(gpa + PACKED_DESC_SIZE * u64::from(at.idx), PACKED_DESC_SIZE);
+                self.mark_used_slot(at);
                 at = at.advance(u.count, self.size);
             }
         }
         self.shadow.clear();
         self.published = end;
+    }
+}
+
+impl PackedBurst<'_> {
+    /// Marks the used descriptor written at `at` in the dirty log, when the ring's writes are
+    /// logged: its slot in the descriptor ring.
+    #[inline]
+    fn mark_used_slot(&self, at: RingPos) {
+        if let Some((log, gpa)) = self.used_log {
+            log.mark(gpa + PACKED_DESC_SIZE * u64::from(at.idx), PACKED_DESC_SIZE);
+        }
     }
 }
 
@@ -332,12 +343,7 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
         if self.through {
             let end = self.q.write_used(self.used, u);
             self.ids.remove(c.id);
-            if let Some((log, gpa)) = self.used_log {
-                log.mark(
-                    gpa + PACKED_DESC_SIZE * u64::from(self.used.idx),
-                    PACKED_DESC_SIZE,
-                );
-            }
+            self.mark_used_slot(self.used);
             self.published = end;
         } else {
             self.shadow.push(u);
@@ -347,17 +353,12 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
 
     #[cold]
     fn bad_chain(&mut self, c: AvailChain, e: ChainError) {
-        if let Some(more) = self.log_limit.check() {
-            if more == 0 {
-                log::warn!("packed chain (buffer id {}) dropped: {e}", c.id);
-            } else {
-                log::warn!(
-                    "packed chain (buffer id {}) dropped: {e} (and {more} more since the last line)",
-                    c.id
-                );
-            }
-        }
-        self.stats.bad_chains += 1;
+        count_bad_chain(
+            self.log_limit,
+            &mut self.stats,
+            format_args!("packed chain (buffer id {})", c.id),
+            e,
+        );
         self.used(c, 0);
     }
 
