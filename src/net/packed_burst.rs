@@ -12,8 +12,9 @@
 //! Used descriptors wait in a shadow (the vring's, sized to the queue) and are written as one
 //! batch before each publish, the first one's flags last: the driver reads used descriptors in
 //! ring order and stops at the first whose flags are not yet there, so it sees the whole batch
-//! at once, a mergeable packet's chains included (§2.8.8). Dequeue writes each one through, as
-//! on the split ring.
+//! at once, a mergeable packet's chains included (§2.8.8). Dequeue writes each one through but
+//! the burst's first, which it writes last (DPDK's dequeue): the driver sees the burst at once,
+//! as the split ring's single `used.idx` store shows it, with no second pass over the lines.
 
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -55,7 +56,9 @@ pub(super) struct PackedBurst<'v> {
     published: RingPos,
     /// The used position at the burst's start (for the notification).
     first_used: RingPos,
-    /// Write used descriptors at once instead of in the shadow.
+    /// Write each used descriptor at once, but the first of those not yet published, which
+    /// stays in the shadow (with the others, for their ids and the dirty log) and is written
+    /// last, at the flush (see [`Ring::write_through`]).
     through: bool,
     /// The chains taken, by take order modulo [`RECENT`]: (position, buffer id).
     recent: [(RingPos, u16); RECENT],
@@ -178,13 +181,19 @@ impl<'v> PackedBurst<'v> {
     }
 
     /// Writes the shadowed used descriptors as one batch (published: the first one's flags
-    /// are stored last, with `Release`) and marks them in the dirty log.
+    /// are stored last, with `Release`) and marks them in the dirty log. Written through, all
+    /// but the first are in the ring already: the first is written, which publishes them.
     #[inline(never)]
     fn flush_used(&mut self) {
-        if self.shadow.is_empty() {
+        let Some(&first) = self.shadow.first() else {
             return;
-        }
-        let end = self.q.write_used_batch(self.published, self.shadow);
+        };
+        let end = if self.through {
+            self.q.write_used(self.published, first);
+            self.used
+        } else {
+            self.q.write_used_batch(self.published, self.shadow)
+        };
         // Returned now that the driver can see them: it may make these ids available again.
         for u in self.shadow.iter() {
             self.ids.remove(u.id);
@@ -340,14 +349,11 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
             len,
             count: c.count,
         };
-        if self.through {
-            let end = self.q.write_used(self.used, u);
-            self.ids.remove(c.id);
-            self.mark_used_slot(self.used);
-            self.published = end;
-        } else {
-            self.shadow.push(u);
+        if self.through && !self.shadow.is_empty() {
+            // Behind the held-back first one: the driver cannot see it before the flush.
+            self.q.write_used_behind(self.used, u);
         }
+        self.shadow.push(u);
         self.used = self.used.advance(c.count, self.size);
     }
 
@@ -392,7 +398,7 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
             let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
             if !event_idx {
                 // We poll: ask the driver not to notify (virtio 1.2 §2.8.10).
-                self.q.set_device_event(EventSuppress::Disable);
+                self.q.keep_device_event(EventSuppress::Disable);
             }
             if let Some(call) = self.call {
                 if self

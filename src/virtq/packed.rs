@@ -138,11 +138,25 @@ impl RingPos {
     /// the wrap counter. A `size` of 0 leaves the position as it is.
     #[inline]
     pub fn advance(self, n: u16, size: u16) -> RingPos {
+        let t = u32::from(self.idx) + u32::from(n);
+        let size = u32::from(size);
+        if t < size {
+            return RingPos {
+                idx: t as u16,
+                ..self
+            };
+        }
+        if t < 2 * size {
+            // One pass over the end: the data path's case (a slot below the size, moved by
+            // less than a lap), without a division.
+            return RingPos {
+                idx: (t - size) as u16,
+                wrap: !self.wrap,
+            };
+        }
         if size == 0 {
             return self;
         }
-        let t = u32::from(self.idx) + u32::from(n);
-        let size = u32::from(size);
         let laps = t / size;
         // t % size < size <= 32768 fits in u16.
         RingPos {
@@ -156,14 +170,22 @@ impl RingPos {
     #[inline]
     fn extended(self, size: u16) -> u32 {
         let size = u32::from(size);
-        (u32::from(self.idx) + if self.wrap { size } else { 0 }) % (2 * size).max(1)
+        let e = u32::from(self.idx) + if self.wrap { size } else { 0 };
+        // A slot below the size (every position the rings keep) needs no reduction.
+        if e < 2 * size {
+            e
+        } else {
+            e % (2 * size).max(1)
+        }
     }
 
     /// Slots from `from` to `self` (going forward, less than two laps), in a ring of `size`.
     #[inline]
     pub fn distance_from(self, from: RingPos, size: u16) -> u32 {
         let m = (2 * u32::from(size)).max(1);
-        (self.extended(size) + m - from.extended(size)) % m
+        let (a, b) = (self.extended(size), from.extended(size));
+        // Both are below `m` (or 0 when the size is 0).
+        if a >= b { a - b } else { a + m - b }
     }
 }
 
@@ -530,7 +552,13 @@ impl<'a> PackedQueue<'a> {
     /// Byte offset of slot `idx` (reduced modulo the size: every access stays in the ring).
     #[inline]
     fn off(&self, idx: u16) -> usize {
-        usize::from(idx % self.size.max(1)) * PACKED_DESC_SIZE as usize
+        // Positions keep their slot below the size: the reduction is for anything else.
+        let idx = if idx < self.size {
+            idx
+        } else {
+            idx % self.size.max(1)
+        };
+        usize::from(idx) * PACKED_DESC_SIZE as usize
     }
 
     /// The flags of slot `idx`, with `Acquire`: pairs with the driver's barrier before it
@@ -676,6 +704,18 @@ impl<'a> PackedQueue<'a> {
         pos.advance(used.count, self.size)
     }
 
+    /// Writes `used` at `pos` with plain stores, for a position behind a used descriptor not
+    /// written yet: the driver reads used descriptors in ring order, so it sees this one only
+    /// after that one's flags, whose `Release` store orders this one before it (DPDK's
+    /// dequeue: a burst's first used descriptor is written last). Returns the position of the
+    /// next used descriptor.
+    #[inline]
+    pub fn write_used_behind(&self, pos: RingPos, used: PackedUsed) -> RingPos {
+        self.write_used_body(pos, used);
+        self.store_used_flags(pos, used, Ordering::Relaxed);
+        pos.advance(used.count, self.size)
+    }
+
     /// Writes a batch of used elements from `pos` on, each at the position after the previous
     /// one's slots, and returns the position after the batch. Nothing of the batch is visible
     /// to the driver before all of it is: every id and length is written first, then (after a
@@ -735,6 +775,19 @@ impl<'a> PackedQueue<'a> {
         let flags = u16::from_le(self.driver.load_u16(2, Ordering::Acquire).unwrap_or(0));
         let off_wrap = u16::from_le(self.driver.load_u16(0, Ordering::Relaxed).unwrap_or(0));
         EventSuppress::from_fields(off_wrap, flags)
+    }
+
+    /// Sets the device event suppression structure to `ev` unless it holds that already: the
+    /// driver reads it before each notification it might send, so a store of an unchanged
+    /// value would still take its line from the driver's cache on every burst.
+    #[inline]
+    pub fn keep_device_event(&self, ev: EventSuppress) {
+        let (off_wrap, flags) = ev.fields();
+        let cur_flags = u16::from_le(self.device.load_u16(2, Ordering::Relaxed).unwrap_or(!0));
+        let cur_off = u16::from_le(self.device.load_u16(0, Ordering::Relaxed).unwrap_or(!0));
+        if cur_flags != flags || cur_off != off_wrap {
+            self.set_device_event(ev);
+        }
     }
 
     /// Writes the device event suppression structure: what the device wants of available

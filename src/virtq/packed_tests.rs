@@ -694,6 +694,15 @@ fn the_device_event_area_is_written_flags_last() {
     assert_eq!(read(), (0x8003, RING_EVENT_FLAGS_DESC));
     q.set_device_event(EventSuppress::Enable);
     assert_eq!(read(), (0, RING_EVENT_FLAGS_ENABLE));
+    // `keep_device_event` stores only a different value (both fields compared).
+    q.keep_device_event(EventSuppress::Disable);
+    assert_eq!(read(), (0, RING_EVENT_FLAGS_DISABLE));
+    q.keep_device_event(EventSuppress::Disable);
+    assert_eq!(read(), (0, RING_EVENT_FLAGS_DISABLE));
+    q.keep_device_event(EventSuppress::Desc(RingPos::new(5, true)));
+    assert_eq!(read(), (0x8005, RING_EVENT_FLAGS_DESC));
+    q.keep_device_event(EventSuppress::Desc(RingPos::new(5, false)));
+    assert_eq!(read(), (5, RING_EVENT_FLAGS_DESC));
 }
 
 #[test]
@@ -729,6 +738,38 @@ fn positions_advance_and_flip_at_the_ring_end() {
     assert_eq!(p(1, false).distance_from(p(6, true), 8), 3);
     assert_eq!(p(6, false).distance_from(p(6, true), 8), 8);
     assert_eq!(p(6, true).distance_from(p(6, true), 8), 0);
+}
+
+/// The division-free paths of `advance` and `distance_from` (a slot below the size, moved by
+/// less than two laps) agree with stepping slot by slot, and so do the general ones.
+#[test]
+fn positions_agree_with_stepping_one_slot_at_a_time() {
+    for size in [1u16, 2, 3, 7, 8, 100, 256] {
+        for start in 0..size {
+            for wrap in [false, true] {
+                let from = RingPos::new(start, wrap);
+                let mut stepped = from;
+                for n in 0..=3 * size {
+                    assert_eq!(from.advance(n, size), stepped, "size {size} {from:?} + {n}");
+                    if n < 2 * size {
+                        assert_eq!(
+                            stepped.distance_from(from, size),
+                            u32::from(n),
+                            "size {size} {from:?} + {n}"
+                        );
+                    }
+                    stepped = if stepped.idx + 1 == size {
+                        RingPos::new(0, !stepped.wrap)
+                    } else {
+                        RingPos::new(stepped.idx + 1, stepped.wrap)
+                    };
+                }
+            }
+        }
+    }
+    // A slot beyond the size (not one a ring keeps) is reduced, as before.
+    assert_eq!(RingPos::new(9, true).advance(0, 8), RingPos::new(1, false));
+    assert_eq!(RingPos::new(20, true).advance(1, 8), RingPos::new(5, true));
 }
 
 #[test]
