@@ -103,8 +103,7 @@ pub const DEFAULT_FEATURES: u64 = VIRTIO_NET_F_CSUM
 ///
 /// `VIRTIO_F_RING_PACKED` is not among them but not offered by default either: an application
 /// enables it (`Driver::enable_features`, `rvhost fwd --packed`) while the packed data path
-/// is being proven against QEMU and DPDK (issue 13). Not with `ASYNC_COPY`: the async path
-/// runs split rings only.
+/// is being proven against QEMU and DPDK (issue 13); on sync and `ASYNC_COPY` sockets alike.
 pub const UNSUPPORTED_FEATURES: u64 = VIRTIO_F_ACCESS_PLATFORM;
 
 /// vhost-user protocol feature bits (masks), as numbered by the vhost-user spec.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::Bed;
 use common::pkt::{packet_bytes, payload};
 use rvhost::driver::Flags;
-use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF};
+use rvhost::features::{VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF};
 use rvhost::frontend::{FrontendOptions, TxLayout};
 use rvhost::mbuf::{Mbuf, PktCache};
 use rvhost::net::{
@@ -23,15 +23,36 @@ use rvhost_dma::{FailPolicy, Status};
 
 const Q0: QueuePair = QueuePair(0);
 
+/// A bed on the ring layout of this test thread ([`both_rings`]).
 fn bed(layout: TxLayout, flags: Flags) -> Bed {
+    let ring = RING.with(|r| r.get());
+    let packed = ring != 0;
     let opts = FrontendOptions {
-        features: VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF,
+        features: VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF | ring,
         tx_layout: layout,
         mem_size: 32 << 20,
         force_small_pages: true,
+        packed,
         ..FrontendOptions::default()
     };
-    Bed::new("adq", flags, opts, "adq-test", 4096, 64)
+    Bed::configured("adq", flags, opts, "adq-test", 4096, 64, |d, path| {
+        if packed {
+            d.enable_features(path, VIRTIO_F_RING_PACKED).unwrap();
+        }
+    })
+}
+
+std::thread_local! {
+    /// The ring layout of this test thread's beds: 0 (split) or `VIRTIO_F_RING_PACKED`.
+    static RING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs a test's body on split rings, then on packed rings.
+fn both_rings(body: impl Fn()) {
+    for ring in [0, VIRTIO_F_RING_PACKED] {
+        RING.with(|r| r.set(ring));
+        body();
+    }
 }
 
 fn device(
@@ -93,118 +114,124 @@ fn sizes() -> Vec<usize> {
 /// descriptor): the host gets the same bytes in the same order.
 #[test]
 fn async_and_sync_give_the_host_the_same_bytes() {
-    let pkts: Vec<Vec<u8>> = sizes()
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| payload(n, i))
-        .collect();
-    for layout in [TxLayout::Inline, TxLayout::Separate] {
-        let mut sync = bed(layout, Flags::empty());
-        let mut cache = sync.pool.cache();
-        let want: Vec<Vec<u8>> = run(&mut sync, &mut cache, &pkts, false)
+    both_rings(|| {
+        let pkts: Vec<Vec<u8>> = sizes()
             .iter()
-            .map(packet_bytes)
+            .enumerate()
+            .map(|(i, &n)| payload(n, i))
             .collect();
-        assert_eq!(want, pkts, "{layout:?}: the sync path");
-        drop(cache);
-        for lanes in [0, 4] {
-            for threshold in [0, 256, 1 << 20] {
-                let ctx = format!("{layout:?} lanes {lanes} threshold {threshold}");
-                let mut b = bed(layout, Flags::ASYNC_COPY);
-                let (ops, worker) = device(lanes, 0, FailPolicy::Never);
-                register(&b, threshold, ops);
-                let mut cache = b.pool.cache();
-                let got = run(&mut b, &mut cache, &pkts, true);
-                let bytes: Vec<Vec<u8>> = got.iter().map(packet_bytes).collect();
-                assert_eq!(bytes.len(), want.len(), "{ctx}");
-                let bad = bytes.iter().zip(&want).position(|(g, w)| g != w);
-                assert_eq!(bad, None, "{ctx}: first packet that differs");
-                let s = async_stats(&b.dev, Q0.tx()).unwrap();
-                assert_eq!(s.completed, pkts.len() as u64, "{ctx}: {s:?}");
-                if threshold == 1 << 20 {
-                    assert_eq!(s.dma_copies, 0, "{ctx}");
-                } else if layout == TxLayout::Inline {
-                    assert!(s.dma_copies > 0, "{ctx}: {s:?}");
+        for layout in [TxLayout::Inline, TxLayout::Separate] {
+            let mut sync = bed(layout, Flags::empty());
+            let mut cache = sync.pool.cache();
+            let want: Vec<Vec<u8>> = run(&mut sync, &mut cache, &pkts, false)
+                .iter()
+                .map(packet_bytes)
+                .collect();
+            assert_eq!(want, pkts, "{layout:?}: the sync path");
+            drop(cache);
+            for lanes in [0, 4] {
+                for threshold in [0, 256, 1 << 20] {
+                    let ctx = format!("{layout:?} lanes {lanes} threshold {threshold}");
+                    let mut b = bed(layout, Flags::ASYNC_COPY);
+                    let (ops, worker) = device(lanes, 0, FailPolicy::Never);
+                    register(&b, threshold, ops);
+                    let mut cache = b.pool.cache();
+                    let got = run(&mut b, &mut cache, &pkts, true);
+                    let bytes: Vec<Vec<u8>> = got.iter().map(packet_bytes).collect();
+                    assert_eq!(bytes.len(), want.len(), "{ctx}");
+                    let bad = bytes.iter().zip(&want).position(|(g, w)| g != w);
+                    assert_eq!(bad, None, "{ctx}: first packet that differs");
+                    let s = async_stats(&b.dev, Q0.tx()).unwrap();
+                    assert_eq!(s.completed, pkts.len() as u64, "{ctx}: {s:?}");
+                    if threshold == 1 << 20 {
+                        assert_eq!(s.dma_copies, 0, "{ctx}");
+                    } else if layout == TxLayout::Inline {
+                        assert!(s.dma_copies > 0, "{ctx}: {s:?}");
+                    }
+                    cache.free_bulk(got);
+                    drop(cache);
+                    assert_eq!(b.pool.in_use(), 0, "{ctx}: no mbuf leaked");
+                    drop(b);
+                    drop(worker);
                 }
-                cache.free_bulk(got);
-                drop(cache);
-                assert_eq!(b.pool.in_use(), 0, "{ctx}: no mbuf leaked");
-                drop(b);
-                drop(worker);
             }
         }
-    }
+    });
 }
 
 /// A slow first lane (jobs finish out of order) and failure injection: the host still gets
 /// every packet intact and in order, failures copied again by the CPU and counted.
 #[test]
 fn order_and_failures_on_the_dequeue_path() {
-    let pkts: Vec<Vec<u8>> = (0..400)
-        .map(|i| payload([1514, 64, 4000, 300][i % 4], i))
-        .collect();
-    for (slow, fail) in [
-        (20 << 20, FailPolicy::Never),
-        (
-            0,
-            FailPolicy::EveryNth {
-                n: NonZeroU32::new(5).unwrap(),
-                status: Status::InvalidSrcAddr,
-            },
-        ),
-    ] {
-        let mut b = bed(TxLayout::Inline, Flags::ASYNC_COPY);
-        let (ops, _worker) = device(4, slow, fail);
-        register(&b, 256, ops);
-        let mut cache = b.pool.cache();
-        let got = run(&mut b, &mut cache, &pkts, true);
-        assert_eq!(got.len(), pkts.len(), "slow {slow} fail {fail:?}");
-        let bad = got
-            .iter()
-            .zip(&pkts)
-            .position(|(g, p)| packet_bytes(g) != *p);
-        assert_eq!(
-            bad, None,
-            "slow {slow} fail {fail:?}: first packet that differs"
-        );
-        let s = async_stats(&b.dev, Q0.tx()).unwrap();
-        if slow == 0 {
-            assert!(
-                s.dma_errors > 0 && s.dma_errors == s.dma_copies / 5,
-                "{s:?}"
+    both_rings(|| {
+        let pkts: Vec<Vec<u8>> = (0..400)
+            .map(|i| payload([1514, 64, 4000, 300][i % 4], i))
+            .collect();
+        for (slow, fail) in [
+            (20 << 20, FailPolicy::Never),
+            (
+                0,
+                FailPolicy::EveryNth {
+                    n: NonZeroU32::new(5).unwrap(),
+                    status: Status::InvalidSrcAddr,
+                },
+            ),
+        ] {
+            let mut b = bed(TxLayout::Inline, Flags::ASYNC_COPY);
+            let (ops, _worker) = device(4, slow, fail);
+            register(&b, 256, ops);
+            let mut cache = b.pool.cache();
+            let got = run(&mut b, &mut cache, &pkts, true);
+            assert_eq!(got.len(), pkts.len(), "slow {slow} fail {fail:?}");
+            let bad = got
+                .iter()
+                .zip(&pkts)
+                .position(|(g, p)| packet_bytes(g) != *p);
+            assert_eq!(
+                bad, None,
+                "slow {slow} fail {fail:?}: first packet that differs"
             );
+            let s = async_stats(&b.dev, Q0.tx()).unwrap();
+            if slow == 0 {
+                assert!(
+                    s.dma_errors > 0 && s.dma_errors == s.dma_copies / 5,
+                    "{s:?}"
+                );
+            }
+            cache.free_bulk(got);
         }
-        cache.free_bulk(got);
-    }
+    });
 }
 
 /// Jobs in flight on a slow engine when the frontend stops the ring: every packet comes back
 /// once (by the next call or by clear), none leaks; the sync dequeue is refused on the vring.
 #[test]
 fn stop_with_jobs_in_flight_and_the_sync_path_refused() {
-    let mut b = bed(TxLayout::Inline, Flags::ASYNC_COPY);
-    let (ops, worker) = device(1, 4 << 20, FailPolicy::Never);
-    register(&b, 256, ops);
-    let mut cache = b.pool.cache();
-    // One mbuf each (the DMA path): 48 x 1500 B at 4 MB/s take ~18 ms.
-    let pkts: Vec<Vec<u8>> = (0..48).map(|i| payload(1500, i)).collect();
-    let refs: Vec<&[u8]> = pkts.iter().map(Vec::as_slice).collect();
-    let sent = b.fe.tx(0).unwrap().send(&refs);
-    assert!(sent > 0);
-    let mut got = Vec::new();
-    assert_eq!(dequeue_burst(&b.dev, Q0.tx(), &mut cache, &mut got, 32), 0);
-    async_try_dequeue_burst(&b.dev, Q0.tx(), &mut cache, &mut got, 64);
-    b.fe.stop().unwrap();
-    async_try_dequeue_burst(&b.dev, Q0.tx(), &mut cache, &mut got, 64);
-    async_clear_queue(&b.dev, Q0.tx(), &mut got);
-    let s = async_stats(&b.dev, Q0.tx()).unwrap();
-    assert_eq!(got.len() as u64, s.submitted, "{s:?}");
-    assert!(s.drains >= 1, "the stop found jobs in flight: {s:?}");
-    assert!(got.iter().zip(&pkts).all(|(g, p)| packet_bytes(g) == *p));
-    cache.free_bulk(got);
-    drop(cache);
-    assert_eq!(b.pool.in_use(), 0);
-    drop(worker);
+    both_rings(|| {
+        let mut b = bed(TxLayout::Inline, Flags::ASYNC_COPY);
+        let (ops, worker) = device(1, 4 << 20, FailPolicy::Never);
+        register(&b, 256, ops);
+        let mut cache = b.pool.cache();
+        // One mbuf each (the DMA path): 48 x 1500 B at 4 MB/s take ~18 ms.
+        let pkts: Vec<Vec<u8>> = (0..48).map(|i| payload(1500, i)).collect();
+        let refs: Vec<&[u8]> = pkts.iter().map(Vec::as_slice).collect();
+        let sent = b.fe.tx(0).unwrap().send(&refs);
+        assert!(sent > 0);
+        let mut got = Vec::new();
+        assert_eq!(dequeue_burst(&b.dev, Q0.tx(), &mut cache, &mut got, 32), 0);
+        async_try_dequeue_burst(&b.dev, Q0.tx(), &mut cache, &mut got, 64);
+        b.fe.stop().unwrap();
+        async_try_dequeue_burst(&b.dev, Q0.tx(), &mut cache, &mut got, 64);
+        async_clear_queue(&b.dev, Q0.tx(), &mut got);
+        let s = async_stats(&b.dev, Q0.tx()).unwrap();
+        assert_eq!(got.len() as u64, s.submitted, "{s:?}");
+        assert!(s.drains >= 1, "the stop found jobs in flight: {s:?}");
+        assert!(got.iter().zip(&pkts).all(|(g, p)| packet_bytes(g) == *p));
+        cache.free_bulk(got);
+        drop(cache);
+        assert_eq!(b.pool.in_use(), 0);
+        drop(worker);
+    });
 }
 
 /// Transmit chains the frontend's own layouts do not make, written raw into the guest's rings:
@@ -293,37 +320,39 @@ fn indirect_and_chained_transmit_buffers_give_the_same_bytes_on_both_paths() {
 /// a freed mbuf), the chain stays available, and no mbuf leaks.
 #[test]
 fn a_packet_dropped_after_its_copies_were_batched_takes_them_back() {
-    let opts = FrontendOptions {
-        features: VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF,
-        mem_size: 32 << 20,
-        force_small_pages: true,
-        ..FrontendOptions::default()
-    };
-    // Four mbufs: a 12000-byte packet needs six.
-    let b = Bed::new("adq-few", Flags::ASYNC_COPY, opts, "adq-few", 4, 0);
-    let (ops, worker) = device(0, 0, FailPolicy::Never);
-    register(&b, 0, ops);
-    let at = (32 << 20) - (1 << 20);
-    let mut bytes = vec![0u8; 12];
-    bytes.extend(payload(12000, 7));
-    b.write(at, &bytes);
-    b.desc(1, 0, b.gpa(at), bytes.len() as u32, 0, 0);
-    b.avail(1, &[0]);
-    let mut cache = b.pool.cache();
-    let mut got = Vec::new();
-    assert_eq!(
-        async_try_dequeue_burst(&b.dev, Q0.tx(), &mut cache, &mut got, 32),
-        0
-    );
-    let s = async_stats(&b.dev, Q0.tx()).unwrap();
-    assert_eq!((s.submitted, s.dma_copies), (0, 0), "{s:?}");
-    assert!(
-        s.cpu_copies > 0,
-        "its runs were batched, then taken back: {s:?}"
-    );
-    assert_eq!(b.used(1, 1).0, 0, "the chain stays available");
-    drop(cache);
-    assert_eq!(b.pool.in_use(), 0, "no mbuf leaked");
-    drop(b);
-    drop(worker);
+    both_rings(|| {
+        let opts = FrontendOptions {
+            features: VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF,
+            mem_size: 32 << 20,
+            force_small_pages: true,
+            ..FrontendOptions::default()
+        };
+        // Four mbufs: a 12000-byte packet needs six.
+        let b = Bed::new("adq-few", Flags::ASYNC_COPY, opts, "adq-few", 4, 0);
+        let (ops, worker) = device(0, 0, FailPolicy::Never);
+        register(&b, 0, ops);
+        let at = (32 << 20) - (1 << 20);
+        let mut bytes = vec![0u8; 12];
+        bytes.extend(payload(12000, 7));
+        b.write(at, &bytes);
+        b.desc(1, 0, b.gpa(at), bytes.len() as u32, 0, 0);
+        b.avail(1, &[0]);
+        let mut cache = b.pool.cache();
+        let mut got = Vec::new();
+        assert_eq!(
+            async_try_dequeue_burst(&b.dev, Q0.tx(), &mut cache, &mut got, 32),
+            0
+        );
+        let s = async_stats(&b.dev, Q0.tx()).unwrap();
+        assert_eq!((s.submitted, s.dma_copies), (0, 0), "{s:?}");
+        assert!(
+            s.cpu_copies > 0,
+            "its runs were batched, then taken back: {s:?}"
+        );
+        assert_eq!(b.used(1, 1).0, 0, "the chain stays available");
+        drop(cache);
+        assert_eq!(b.pool.in_use(), 0, "no mbuf leaked");
+        drop(b);
+        drop(worker);
+    });
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use common::Bed;
 use common::pkt::{mbuf_of, payload};
 use rvhost::driver::Flags;
-use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
+use rvhost::features::{
+    VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
+};
 use rvhost::frontend::{FrontendOptions, TxLayout};
 use rvhost::mbuf::{Mbuf, OffloadFlags, PktCache};
 use rvhost::net::{
@@ -27,15 +29,36 @@ const Q0: QueuePair = QueuePair(0);
 const MRG: u64 = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF | VIRTIO_RING_F_EVENT_IDX;
 const NO_MRG: u64 = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX;
 
+/// A bed for `features`, on the ring layout of this test thread ([`both_rings`]).
 fn bed(features: u64, flags: Flags) -> Bed {
+    let packed = RING.with(|r| r.get()) != 0;
+    let features = features | RING.with(|r| r.get());
     let opts = FrontendOptions {
         features,
         tx_layout: TxLayout::Inline,
         mem_size: 32 << 20,
         force_small_pages: true,
+        packed,
         ..FrontendOptions::default()
     };
-    Bed::new("async", flags, opts, "async-test", 4096, 64)
+    Bed::configured("async", flags, opts, "async-test", 4096, 64, |d, path| {
+        if packed {
+            d.enable_features(path, VIRTIO_F_RING_PACKED).unwrap();
+        }
+    })
+}
+
+std::thread_local! {
+    /// The ring layout of this test thread's beds: 0 (split) or `VIRTIO_F_RING_PACKED`.
+    static RING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs a test's body on split rings, then on packed rings.
+fn both_rings(body: impl Fn()) {
+    for ring in [0, VIRTIO_F_RING_PACKED] {
+        RING.with(|r| r.set(ring));
+        body();
+    }
 }
 
 /// The copy devices the tests run with.
@@ -222,55 +245,58 @@ impl Running {
 /// threshold put the same bytes into the guest, in the same order; every mbuf comes back.
 #[test]
 fn async_and_sync_give_the_guest_the_same_bytes() {
-    for features in [MRG, NO_MRG] {
-        let mergeable = features & VIRTIO_NET_F_MRG_RXBUF != 0;
-        let (sizes, buf_len): (&[usize], usize) = if mergeable {
-            (&[60, 64, 200, 255, 256, 257, 1000, 1514, 3000, 9000], 1536)
-        } else {
-            (&[60, 64, 200, 255, 256, 257, 1000, 1514], 1600)
-        };
-        let pkts = frames(sizes, 1);
-        let mut sync = bed(features, Flags::empty());
-        let mut cache = sync.pool.cache();
-        let mbufs = mbufs_of(&mut cache, &pkts, true);
-        let want = run_sync(&mut sync, &mbufs, buf_len);
-        assert_eq!(want.len(), pkts.len(), "sync, features {features:#x}");
-        cache.free_bulk(mbufs);
-        drop(cache);
-        for engine in [Engine::Cpu, Engine::Soft { lanes: 4, slow: 0 }] {
-            for threshold in [0, 256, 1 << 20] {
-                let ctx = format!("features {features:#x} {engine:?} threshold {threshold}");
-                let mut b = bed(features, Flags::ASYNC_COPY);
-                let (ops, worker) = device(engine, FailPolicy::Never);
-                register(&b, threshold, ops);
-                let mut cache = b.pool.cache();
-                let mbufs = mbufs_of(&mut cache, &pkts, true);
-                let ptrs: Vec<usize> = mbufs.iter().map(|m| m.data().as_ptr() as usize).collect();
-                let mut got = Vec::new();
-                let back = run_async(&mut b, mbufs, buf_len, &mut got);
-                assert_eq!(got.len(), want.len(), "{ctx}");
-                let bad = got.iter().zip(&want).position(|(g, w)| g != w);
-                assert_eq!(
-                    bad, None,
-                    "{ctx}: first packet that differs from the sync path's"
-                );
-                let back_ptrs: Vec<usize> =
-                    back.iter().map(|m| m.data().as_ptr() as usize).collect();
-                assert_eq!(back_ptrs, ptrs, "{ctx}: every mbuf back once, in order");
-                let s = async_stats(&b.dev, Q0.rx()).unwrap();
-                assert_eq!(
-                    (s.submitted, s.completed),
-                    (pkts.len() as u64, pkts.len() as u64)
-                );
-                if threshold == 1 << 20 {
-                    assert_eq!(s.dma_copies, 0, "{ctx}: nothing reaches the threshold");
-                } else {
-                    assert!(s.dma_copies > 0, "{ctx}: {s:?}");
+    both_rings(|| {
+        for features in [MRG, NO_MRG] {
+            let mergeable = features & VIRTIO_NET_F_MRG_RXBUF != 0;
+            let (sizes, buf_len): (&[usize], usize) = if mergeable {
+                (&[60, 64, 200, 255, 256, 257, 1000, 1514, 3000, 9000], 1536)
+            } else {
+                (&[60, 64, 200, 255, 256, 257, 1000, 1514], 1600)
+            };
+            let pkts = frames(sizes, 1);
+            let mut sync = bed(features, Flags::empty());
+            let mut cache = sync.pool.cache();
+            let mbufs = mbufs_of(&mut cache, &pkts, true);
+            let want = run_sync(&mut sync, &mbufs, buf_len);
+            assert_eq!(want.len(), pkts.len(), "sync, features {features:#x}");
+            cache.free_bulk(mbufs);
+            drop(cache);
+            for engine in [Engine::Cpu, Engine::Soft { lanes: 4, slow: 0 }] {
+                for threshold in [0, 256, 1 << 20] {
+                    let ctx = format!("features {features:#x} {engine:?} threshold {threshold}");
+                    let mut b = bed(features, Flags::ASYNC_COPY);
+                    let (ops, worker) = device(engine, FailPolicy::Never);
+                    register(&b, threshold, ops);
+                    let mut cache = b.pool.cache();
+                    let mbufs = mbufs_of(&mut cache, &pkts, true);
+                    let ptrs: Vec<usize> =
+                        mbufs.iter().map(|m| m.data().as_ptr() as usize).collect();
+                    let mut got = Vec::new();
+                    let back = run_async(&mut b, mbufs, buf_len, &mut got);
+                    assert_eq!(got.len(), want.len(), "{ctx}");
+                    let bad = got.iter().zip(&want).position(|(g, w)| g != w);
+                    assert_eq!(
+                        bad, None,
+                        "{ctx}: first packet that differs from the sync path's"
+                    );
+                    let back_ptrs: Vec<usize> =
+                        back.iter().map(|m| m.data().as_ptr() as usize).collect();
+                    assert_eq!(back_ptrs, ptrs, "{ctx}: every mbuf back once, in order");
+                    let s = async_stats(&b.dev, Q0.rx()).unwrap();
+                    assert_eq!(
+                        (s.submitted, s.completed),
+                        (pkts.len() as u64, pkts.len() as u64)
+                    );
+                    if threshold == 1 << 20 {
+                        assert_eq!(s.dma_copies, 0, "{ctx}: nothing reaches the threshold");
+                    } else {
+                        assert!(s.dma_copies > 0, "{ctx}: {s:?}");
+                    }
+                    release(b, cache, back, worker, &ctx);
                 }
-                release(b, cache, back, worker, &ctx);
             }
         }
-    }
+    });
 }
 
 /// Small packets (CPU copies, done at submit) between large ones (DMA jobs) on an engine whose
@@ -278,73 +304,77 @@ fn async_and_sync_give_the_guest_the_same_bytes() {
 /// submission order, and poll hands the mbufs back in that order.
 #[test]
 fn order_holds_with_an_out_of_order_engine_and_mixed_copies() {
-    let mut b = bed(MRG, Flags::ASYNC_COPY);
-    let (ops, worker) = device(
-        Engine::Soft {
-            lanes: 4,
-            slow: 20 << 20,
-        },
-        FailPolicy::Never,
-    );
-    register(&b, 256, ops);
-    let mut cache = b.pool.cache();
-    let sizes: Vec<usize> = (0..600)
-        .map(|i| [64, 1514, 60, 4000, 128, 9000][i % 6])
-        .collect();
-    let pkts = frames(&sizes, 7);
-    let mut got = Vec::new();
-    let mut back = Vec::new();
-    for chunk in pkts.chunks(100) {
-        let mbufs = mbufs_of(&mut cache, chunk, false);
-        let ptrs: Vec<usize> = mbufs.iter().map(|m| m.data().as_ptr() as usize).collect();
-        // Seven per call: a call's small packets find the previous calls' jobs in flight.
-        let r = run_async_by(&mut b, mbufs, 1536, &mut got, 7);
-        let rp: Vec<usize> = r.iter().map(|m| m.data().as_ptr() as usize).collect();
-        assert_eq!(rp, ptrs, "mbufs back in submission order");
-        back.extend(r);
-    }
-    assert_eq!(got.len(), pkts.len());
-    let first_bad = got.iter().zip(&pkts).position(|(g, p)| g != p);
-    assert_eq!(first_bad, None, "first packet out of order or corrupted");
-    let s = async_stats(&b.dev, Q0.rx()).unwrap();
-    assert!(s.dma_copies > 0 && s.cpu_copies > 0, "{s:?}");
-    let lanes = worker.as_ref().unwrap().stats();
-    assert!(
-        lanes.lanes.iter().filter(|l| l.jobs > 0).count() > 1,
-        "jobs spread over lanes: {lanes:?}"
-    );
-    cache.free_bulk(back);
-    drop(cache);
-    assert_eq!(b.pool.in_use(), 0);
+    both_rings(|| {
+        let mut b = bed(MRG, Flags::ASYNC_COPY);
+        let (ops, worker) = device(
+            Engine::Soft {
+                lanes: 4,
+                slow: 20 << 20,
+            },
+            FailPolicy::Never,
+        );
+        register(&b, 256, ops);
+        let mut cache = b.pool.cache();
+        let sizes: Vec<usize> = (0..600)
+            .map(|i| [64, 1514, 60, 4000, 128, 9000][i % 6])
+            .collect();
+        let pkts = frames(&sizes, 7);
+        let mut got = Vec::new();
+        let mut back = Vec::new();
+        for chunk in pkts.chunks(100) {
+            let mbufs = mbufs_of(&mut cache, chunk, false);
+            let ptrs: Vec<usize> = mbufs.iter().map(|m| m.data().as_ptr() as usize).collect();
+            // Seven per call: a call's small packets find the previous calls' jobs in flight.
+            let r = run_async_by(&mut b, mbufs, 1536, &mut got, 7);
+            let rp: Vec<usize> = r.iter().map(|m| m.data().as_ptr() as usize).collect();
+            assert_eq!(rp, ptrs, "mbufs back in submission order");
+            back.extend(r);
+        }
+        assert_eq!(got.len(), pkts.len());
+        let first_bad = got.iter().zip(&pkts).position(|(g, p)| g != p);
+        assert_eq!(first_bad, None, "first packet out of order or corrupted");
+        let s = async_stats(&b.dev, Q0.rx()).unwrap();
+        assert!(s.dma_copies > 0 && s.cpu_copies > 0, "{s:?}");
+        let lanes = worker.as_ref().unwrap().stats();
+        assert!(
+            lanes.lanes.iter().filter(|l| l.jobs > 0).count() > 1,
+            "jobs spread over lanes: {lanes:?}"
+        );
+        cache.free_bulk(back);
+        drop(cache);
+        assert_eq!(b.pool.in_use(), 0);
+    });
 }
 
 /// The engine fails every third job: the CPU copies those again, the guest sees intact
 /// packets, and the failures are counted.
 #[test]
 fn failed_jobs_are_copied_again_by_the_cpu() {
-    for engine in [Engine::Cpu, Engine::Soft { lanes: 2, slow: 0 }] {
-        let mut b = bed(MRG, Flags::ASYNC_COPY);
-        let fail = FailPolicy::EveryNth {
-            n: NonZeroU32::new(3).unwrap(),
-            status: Status::InvalidDstAddr,
-        };
-        let (ops, _worker) = device(engine, fail);
-        register(&b, 256, ops);
-        let mut cache = b.pool.cache();
-        let sizes: Vec<usize> = (0..90).map(|i| [1514, 3000, 600][i % 3]).collect();
-        let pkts = frames(&sizes, 3);
-        let mbufs = mbufs_of(&mut cache, &pkts, false);
-        let mut got = Vec::new();
-        let back = run_async(&mut b, mbufs, 1536, &mut got);
-        assert_eq!(back.len(), pkts.len(), "{engine:?}");
-        assert_eq!(got.len(), pkts.len(), "{engine:?}");
-        let bad = got.iter().zip(&pkts).position(|(g, p)| g != p);
-        assert_eq!(bad, None, "{engine:?}: first packet that differs");
-        let s = async_stats(&b.dev, Q0.rx()).unwrap();
-        assert!(s.dma_copies >= 90, "{engine:?} {s:?}");
-        assert_eq!(s.dma_errors, s.dma_copies / 3, "{engine:?} {s:?}");
-        cache.free_bulk(back);
-    }
+    both_rings(|| {
+        for engine in [Engine::Cpu, Engine::Soft { lanes: 2, slow: 0 }] {
+            let mut b = bed(MRG, Flags::ASYNC_COPY);
+            let fail = FailPolicy::EveryNth {
+                n: NonZeroU32::new(3).unwrap(),
+                status: Status::InvalidDstAddr,
+            };
+            let (ops, _worker) = device(engine, fail);
+            register(&b, 256, ops);
+            let mut cache = b.pool.cache();
+            let sizes: Vec<usize> = (0..90).map(|i| [1514, 3000, 600][i % 3]).collect();
+            let pkts = frames(&sizes, 3);
+            let mbufs = mbufs_of(&mut cache, &pkts, false);
+            let mut got = Vec::new();
+            let back = run_async(&mut b, mbufs, 1536, &mut got);
+            assert_eq!(back.len(), pkts.len(), "{engine:?}");
+            assert_eq!(got.len(), pkts.len(), "{engine:?}");
+            let bad = got.iter().zip(&pkts).position(|(g, p)| g != p);
+            assert_eq!(bad, None, "{engine:?}: first packet that differs");
+            let s = async_stats(&b.dev, Q0.rx()).unwrap();
+            assert!(s.dma_copies >= 90, "{engine:?} {s:?}");
+            assert_eq!(s.dma_errors, s.dma_copies / 3, "{engine:?} {s:?}");
+            cache.free_bulk(back);
+        }
+    });
 }
 
 /// Jobs in flight on a slow engine when the frontend stops the ring (GET_VRING_BASE): the
@@ -352,44 +382,48 @@ fn failed_jobs_are_copied_again_by_the_cpu() {
 /// once, by poll or by clear. The guest has every packet it was given.
 #[test]
 fn stopping_the_ring_with_jobs_in_flight_returns_every_packet_once() {
-    let mut b = bed(MRG, Flags::ASYNC_COPY);
-    let r = running(&mut b, 64, 4000, 11, 4 << 20, 256);
-    let taken = r.taken;
-    assert!(taken > 0);
-    assert!(async_in_flight(&b.dev, Q0.rx()).is_some());
-    // 64 x 4000 B at 4 MB/s: most jobs are still running when the ring stops.
-    b.fe.stop().unwrap();
-    let mut back = Vec::new();
-    poll_enqueue_completed(&b.dev, Q0.rx(), &mut back, usize::MAX);
-    async_clear_queue(&b.dev, Q0.rx(), &mut back);
-    assert_eq!(back.len(), taken, "every taken mbuf back once");
-    let s = async_stats(&b.dev, Q0.rx()).unwrap();
-    assert_eq!(s.completed, taken as u64);
-    assert!(s.drains >= 1, "the stop found jobs in flight: {s:?}");
-    assert_eq!(async_in_flight(&b.dev, Q0.rx()), Some(0));
-    // What the guest was given (used entries written before the base was read).
-    let got = b.fe.rx(0).unwrap().recv(256);
-    assert_eq!(got.len() as u64 + s.dropped, taken as u64, "{s:?}");
-    assert!(got.iter().zip(&r.pkts).all(|(g, p)| g == p));
-    r.finish(&b, back, "stop");
+    both_rings(|| {
+        let mut b = bed(MRG, Flags::ASYNC_COPY);
+        let r = running(&mut b, 64, 4000, 11, 4 << 20, 256);
+        let taken = r.taken;
+        assert!(taken > 0);
+        assert!(async_in_flight(&b.dev, Q0.rx()).is_some());
+        // 64 x 4000 B at 4 MB/s: most jobs are still running when the ring stops.
+        b.fe.stop().unwrap();
+        let mut back = Vec::new();
+        poll_enqueue_completed(&b.dev, Q0.rx(), &mut back, usize::MAX);
+        async_clear_queue(&b.dev, Q0.rx(), &mut back);
+        assert_eq!(back.len(), taken, "every taken mbuf back once");
+        let s = async_stats(&b.dev, Q0.rx()).unwrap();
+        assert_eq!(s.completed, taken as u64);
+        assert!(s.drains >= 1, "the stop found jobs in flight: {s:?}");
+        assert_eq!(async_in_flight(&b.dev, Q0.rx()), Some(0));
+        // What the guest was given (used entries written before the base was read).
+        let got = b.fe.rx(0).unwrap().recv(256);
+        assert_eq!(got.len() as u64 + s.dropped, taken as u64, "{s:?}");
+        assert!(got.iter().zip(&r.pkts).all(|(g, p)| g == p));
+        r.finish(&b, back, "stop");
+    });
 }
 
 /// The frontend goes away with jobs in flight: nothing leaks, every mbuf comes back.
 #[test]
 fn disconnect_with_jobs_in_flight_leaks_nothing() {
-    let mut b = bed(MRG, Flags::ASYNC_COPY);
-    let r = running(&mut b, 32, 4000, 5, 4 << 20, 256);
-    let taken = r.taken;
-    assert!(taken > 0);
-    b.fe.disconnect();
-    let mut back = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while back.len() < taken && Instant::now() < deadline {
-        poll_enqueue_completed(&b.dev, Q0.rx(), &mut back, usize::MAX);
-        async_clear_queue(&b.dev, Q0.rx(), &mut back);
-    }
-    assert_eq!(back.len(), taken);
-    r.finish(&b, back, "disconnect");
+    both_rings(|| {
+        let mut b = bed(MRG, Flags::ASYNC_COPY);
+        let r = running(&mut b, 32, 4000, 5, 4 << 20, 256);
+        let taken = r.taken;
+        assert!(taken > 0);
+        b.fe.disconnect();
+        let mut back = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while back.len() < taken && Instant::now() < deadline {
+            poll_enqueue_completed(&b.dev, Q0.rx(), &mut back, usize::MAX);
+            async_clear_queue(&b.dev, Q0.rx(), &mut back);
+        }
+        assert_eq!(back.len(), taken);
+        r.finish(&b, back, "disconnect");
+    });
 }
 
 /// Unregistering is refused while packets are the channel's, and works once they are back;
@@ -397,58 +431,60 @@ fn disconnect_with_jobs_in_flight_leaks_nothing() {
 /// a channel needs the socket flag and in-order completion.
 #[test]
 fn channel_rules() {
-    let plain = bed(MRG, Flags::empty());
-    let (ops, _) = device(Engine::Cpu, FailPolicy::Never);
-    assert!(matches!(
-        async_channel_register(&plain.dev, Q0.rx(), AsyncConfig::default(), ops),
-        Err(AsyncError::NotEnabled)
-    ));
-    drop(plain);
+    both_rings(|| {
+        let plain = bed(MRG, Flags::empty());
+        let (ops, _) = device(Engine::Cpu, FailPolicy::Never);
+        assert!(matches!(
+            async_channel_register(&plain.dev, Q0.rx(), AsyncConfig::default(), ops),
+            Err(AsyncError::NotEnabled)
+        ));
+        drop(plain);
 
-    let mut b = bed(MRG, Flags::ASYNC_COPY);
-    let (ops, _) = device(Engine::Cpu, FailPolicy::Never);
-    let ooo = AsyncConfig {
-        inorder: false,
-        ..AsyncConfig::default()
-    };
-    assert!(matches!(
-        async_channel_register(&b.dev, Q0.rx(), ooo, ops),
-        Err(AsyncError::OutOfOrder)
-    ));
-    let (ops, _) = device(Engine::Cpu, FailPolicy::Never);
-    register(&b, 256, ops);
-    let (ops, _) = device(Engine::Cpu, FailPolicy::Never);
-    assert!(matches!(
-        async_channel_register(&b.dev, Q0.rx(), AsyncConfig::default(), ops),
-        Err(AsyncError::AlreadyRegistered { vring: 0 })
-    ));
-    let mut cache = b.pool.cache();
-    let pkts = frames(&[1000; 4], 9);
-    let mut mbufs = mbufs_of(&mut cache, &pkts, false);
-    b.fe.rx(0).unwrap().post_rx(64, 1536);
-    // Sync on an async vring: refused, the guest's buffers untouched.
-    assert_eq!(enqueue_burst(&b.dev, Q0.rx(), &mbufs), 0);
-    assert!(b.fe.rx(0).unwrap().recv(8).is_empty());
-    assert_eq!(submit_enqueue_burst(&b.dev, Q0.rx(), &mut mbufs), 4);
-    assert!(matches!(
-        async_channel_unregister(&b.dev, Q0.rx()),
-        Err(AsyncError::InFlight {
-            vring: 0,
-            packets: 4
-        })
-    ));
-    let mut back = Vec::new();
-    poll_enqueue_completed(&b.dev, Q0.rx(), &mut back, 64);
-    assert_eq!(back.len(), 4);
-    assert!(async_channel_unregister(&b.dev, Q0.rx()).is_ok());
-    assert!(matches!(
-        async_channel_unregister(&b.dev, Q0.rx()),
-        Err(AsyncError::NotRegistered { vring: 0 })
-    ));
-    // Without the channel the sync path works again.
-    let got = b.fe.rx(0).unwrap().recv(8);
-    assert!(got == pkts, "the guest got the 4 packets");
-    cache.free_bulk(back);
+        let mut b = bed(MRG, Flags::ASYNC_COPY);
+        let (ops, _) = device(Engine::Cpu, FailPolicy::Never);
+        let ooo = AsyncConfig {
+            inorder: false,
+            ..AsyncConfig::default()
+        };
+        assert!(matches!(
+            async_channel_register(&b.dev, Q0.rx(), ooo, ops),
+            Err(AsyncError::OutOfOrder)
+        ));
+        let (ops, _) = device(Engine::Cpu, FailPolicy::Never);
+        register(&b, 256, ops);
+        let (ops, _) = device(Engine::Cpu, FailPolicy::Never);
+        assert!(matches!(
+            async_channel_register(&b.dev, Q0.rx(), AsyncConfig::default(), ops),
+            Err(AsyncError::AlreadyRegistered { vring: 0 })
+        ));
+        let mut cache = b.pool.cache();
+        let pkts = frames(&[1000; 4], 9);
+        let mut mbufs = mbufs_of(&mut cache, &pkts, false);
+        b.fe.rx(0).unwrap().post_rx(64, 1536);
+        // Sync on an async vring: refused, the guest's buffers untouched.
+        assert_eq!(enqueue_burst(&b.dev, Q0.rx(), &mbufs), 0);
+        assert!(b.fe.rx(0).unwrap().recv(8).is_empty());
+        assert_eq!(submit_enqueue_burst(&b.dev, Q0.rx(), &mut mbufs), 4);
+        assert!(matches!(
+            async_channel_unregister(&b.dev, Q0.rx()),
+            Err(AsyncError::InFlight {
+                vring: 0,
+                packets: 4
+            })
+        ));
+        let mut back = Vec::new();
+        poll_enqueue_completed(&b.dev, Q0.rx(), &mut back, 64);
+        assert_eq!(back.len(), 4);
+        assert!(async_channel_unregister(&b.dev, Q0.rx()).is_ok());
+        assert!(matches!(
+            async_channel_unregister(&b.dev, Q0.rx()),
+            Err(AsyncError::NotRegistered { vring: 0 })
+        ));
+        // Without the channel the sync path works again.
+        let got = b.fe.rx(0).unwrap().recv(8);
+        assert!(got == pkts, "the guest got the 4 packets");
+        cache.free_bulk(back);
+    });
 }
 
 /// Control requests that stop or change a vring, each arriving with jobs in flight on a slow
@@ -457,89 +493,91 @@ fn channel_rules() {
 /// mbuf comes back once. The guest gets every packet intact.
 #[test]
 fn control_requests_with_jobs_in_flight_drain_first() {
-    use rvhost::protocol::payload::{MemoryTable, Payload, VringAddr, VringFile, VringState};
-    use rvhost::protocol::{FrontendReq as R, Header};
-    use std::os::fd::AsFd;
-    type Request = (&'static str, fn(&mut Bed));
-    /// Sends `req` with NEED_REPLY and waits for its answer (a reply or an ack).
-    fn ask(b: &mut Bed, req: R, payload: &[u8], with_fds: usize) {
-        let shm = std::sync::Arc::clone(b.fe.shm());
-        let fd = shm.region().fd();
-        let fds = vec![fd.as_fd(); with_fds];
-        let ep = b.fe.endpoint().unwrap();
-        ep.send_request(req, Header::NEED_REPLY, payload, &fds)
-            .unwrap();
-        ep.recv_reply(req).unwrap();
-    }
-    let requests: [Request; 8] = [
-        ("SET_VRING_ENABLE(0) of the vring", |b| {
-            let p = VringState { index: 0, num: 0 }.to_bytes();
-            ask(b, R::SetVringEnable, &p, 0);
-        }),
-        ("SET_FEATURES (the same)", |b| {
-            let f = b.fe.features();
-            ask(b, R::SetFeatures, &f.to_bytes(), 0);
-        }),
-        ("GET_VRING_BASE", |b| {
-            let p = VringState { index: 0, num: 0 }.to_bytes();
-            ask(b, R::GetVringBase, &p, 0);
-        }),
-        ("SET_VRING_NUM (the same size)", |b| {
-            let num = u32::from(b.fe.ring_info(0).unwrap().size);
-            ask(
-                b,
-                R::SetVringNum,
-                &VringState { index: 0, num }.to_bytes(),
-                0,
+    both_rings(|| {
+        use rvhost::protocol::payload::{MemoryTable, Payload, VringAddr, VringFile, VringState};
+        use rvhost::protocol::{FrontendReq as R, Header};
+        use std::os::fd::AsFd;
+        type Request = (&'static str, fn(&mut Bed));
+        /// Sends `req` with NEED_REPLY and waits for its answer (a reply or an ack).
+        fn ask(b: &mut Bed, req: R, payload: &[u8], with_fds: usize) {
+            let shm = std::sync::Arc::clone(b.fe.shm());
+            let fd = shm.region().fd();
+            let fds = vec![fd.as_fd(); with_fds];
+            let ep = b.fe.endpoint().unwrap();
+            ep.send_request(req, Header::NEED_REPLY, payload, &fds)
+                .unwrap();
+            ep.recv_reply(req).unwrap();
+        }
+        let requests: [Request; 8] = [
+            ("SET_VRING_ENABLE(0) of the vring", |b| {
+                let p = VringState { index: 0, num: 0 }.to_bytes();
+                ask(b, R::SetVringEnable, &p, 0);
+            }),
+            ("SET_FEATURES (the same)", |b| {
+                let f = b.fe.features();
+                ask(b, R::SetFeatures, &f.to_bytes(), 0);
+            }),
+            ("GET_VRING_BASE", |b| {
+                let p = VringState { index: 0, num: 0 }.to_bytes();
+                ask(b, R::GetVringBase, &p, 0);
+            }),
+            ("SET_VRING_NUM (the same size)", |b| {
+                let num = u32::from(b.fe.ring_info(0).unwrap().size);
+                ask(
+                    b,
+                    R::SetVringNum,
+                    &VringState { index: 0, num }.to_bytes(),
+                    0,
+                );
+            }),
+            ("SET_VRING_ADDR (the same rings)", |b| {
+                let i = *b.fe.ring_info(0).unwrap();
+                let a = VringAddr {
+                    index: 0,
+                    flags: 0,
+                    desc_user_addr: i.desc.fva.raw(),
+                    used_user_addr: i.used.fva.raw(),
+                    avail_user_addr: i.avail.fva.raw(),
+                    log_guest_addr: i.used.gpa.raw(),
+                };
+                ask(b, R::SetVringAddr, &a.to_bytes(), 0);
+            }),
+            ("SET_VRING_CALL (no fd)", |b| {
+                let f = VringFile {
+                    index: 0,
+                    no_fd: true,
+                };
+                ask(b, R::SetVringCall, &f.to_bytes(), 0);
+            }),
+            ("SET_MEM_TABLE (the same table)", |b| {
+                let regions = b.fe.memory_regions();
+                let n = regions.len();
+                ask(b, R::SetMemTable, &MemoryTable { regions }.to_bytes(), n);
+            }),
+            ("RESET_OWNER", |b| ask(b, R::ResetOwner, &[], 0)),
+        ];
+        for (what, request) in requests {
+            let mut b = bed(MRG, Flags::ASYNC_COPY);
+            let r = running(&mut b, 32, 1500, 13, 2 << 20, 64);
+            assert_eq!(r.taken, 32, "{what}");
+            // 32 x 1500 B at 2 MB/s: ~24 ms of jobs, so the request finds them in flight.
+            request(&mut b);
+            let s = async_stats(&b.dev, Q0.rx()).unwrap();
+            assert!(s.drains >= 1, "{what}: {s:?}");
+            assert_eq!(
+                s.late_drains, 0,
+                "{what}: drained before the handler: {s:?}"
             );
-        }),
-        ("SET_VRING_ADDR (the same rings)", |b| {
-            let i = *b.fe.ring_info(0).unwrap();
-            let a = VringAddr {
-                index: 0,
-                flags: 0,
-                desc_user_addr: i.desc.fva.raw(),
-                used_user_addr: i.used.fva.raw(),
-                avail_user_addr: i.avail.fva.raw(),
-                log_guest_addr: i.used.gpa.raw(),
-            };
-            ask(b, R::SetVringAddr, &a.to_bytes(), 0);
-        }),
-        ("SET_VRING_CALL (no fd)", |b| {
-            let f = VringFile {
-                index: 0,
-                no_fd: true,
-            };
-            ask(b, R::SetVringCall, &f.to_bytes(), 0);
-        }),
-        ("SET_MEM_TABLE (the same table)", |b| {
-            let regions = b.fe.memory_regions();
-            let n = regions.len();
-            ask(b, R::SetMemTable, &MemoryTable { regions }.to_bytes(), n);
-        }),
-        ("RESET_OWNER", |b| ask(b, R::ResetOwner, &[], 0)),
-    ];
-    for (what, request) in requests {
-        let mut b = bed(MRG, Flags::ASYNC_COPY);
-        let r = running(&mut b, 32, 1500, 13, 2 << 20, 64);
-        assert_eq!(r.taken, 32, "{what}");
-        // 32 x 1500 B at 2 MB/s: ~24 ms of jobs, so the request finds them in flight.
-        request(&mut b);
-        let s = async_stats(&b.dev, Q0.rx()).unwrap();
-        assert!(s.drains >= 1, "{what}: {s:?}");
-        assert_eq!(
-            s.late_drains, 0,
-            "{what}: drained before the handler: {s:?}"
-        );
-        assert_eq!(s.completed, 32, "{what}: retired by the drain: {s:?}");
-        let mut back = Vec::new();
-        poll_enqueue_completed(&b.dev, Q0.rx(), &mut back, 64);
-        assert_eq!(back.len(), 32, "{what}: every mbuf back once");
-        let got = b.fe.rx(0).unwrap().recv(64);
-        assert_eq!(got.len(), 32, "{what}: the guest has every packet");
-        assert!(got == r.pkts, "{what}: intact and in order");
-        r.finish(&b, back, what);
-    }
+            assert_eq!(s.completed, 32, "{what}: retired by the drain: {s:?}");
+            let mut back = Vec::new();
+            poll_enqueue_completed(&b.dev, Q0.rx(), &mut back, 64);
+            assert_eq!(back.len(), 32, "{what}: every mbuf back once");
+            let got = b.fe.rx(0).unwrap().recv(64);
+            assert_eq!(got.len(), 32, "{what}: the guest has every packet");
+            assert!(got == r.pkts, "{what}: intact and in order");
+            r.finish(&b, back, what);
+        }
+    });
 }
 
 /// A request about another vring leaves this one's copies alone: SET_VRING_ENABLE(0) of the
@@ -547,29 +585,31 @@ fn control_requests_with_jobs_in_flight_drain_first() {
 /// back through polls, intact and in order.
 #[test]
 fn a_request_about_another_vring_does_not_drain_this_one() {
-    use rvhost::protocol::payload::{Payload, VringState};
-    use rvhost::protocol::{FrontendReq as R, Header};
-    let mut b = bed(MRG, Flags::ASYNC_COPY);
-    // 32 x 1500 B at 1 MB/s: ~48 ms of jobs.
-    let r = running(&mut b, 32, 1500, 14, 1 << 20, 64);
-    assert_eq!(r.taken, 32);
-    let ep = b.fe.endpoint().unwrap();
-    let p = VringState { index: 1, num: 0 }.to_bytes();
-    ep.send_request(R::SetVringEnable, Header::NEED_REPLY, &p, &[])
-        .unwrap();
-    ep.recv_reply(R::SetVringEnable).unwrap();
-    let s = async_stats(&b.dev, Q0.rx()).unwrap();
-    assert_eq!((s.drains, s.late_drains), (0, 0), "{s:?}");
-    assert!(s.completed < 32, "the jobs were still running: {s:?}");
-    let mut back = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while back.len() < 32 && Instant::now() < deadline {
-        poll_enqueue_completed(&b.dev, Q0.rx(), &mut back, 64);
-    }
-    assert_eq!(back.len(), 32, "every mbuf back once, through polls");
-    let got = b.fe.rx(0).unwrap().recv(64);
-    assert!(got == r.pkts, "intact and in order");
-    r.finish(&b, back, "another vring");
+    both_rings(|| {
+        use rvhost::protocol::payload::{Payload, VringState};
+        use rvhost::protocol::{FrontendReq as R, Header};
+        let mut b = bed(MRG, Flags::ASYNC_COPY);
+        // 32 x 1500 B at 1 MB/s: ~48 ms of jobs.
+        let r = running(&mut b, 32, 1500, 14, 1 << 20, 64);
+        assert_eq!(r.taken, 32);
+        let ep = b.fe.endpoint().unwrap();
+        let p = VringState { index: 1, num: 0 }.to_bytes();
+        ep.send_request(R::SetVringEnable, Header::NEED_REPLY, &p, &[])
+            .unwrap();
+        ep.recv_reply(R::SetVringEnable).unwrap();
+        let s = async_stats(&b.dev, Q0.rx()).unwrap();
+        assert_eq!((s.drains, s.late_drains), (0, 0), "{s:?}");
+        assert!(s.completed < 32, "the jobs were still running: {s:?}");
+        let mut back = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while back.len() < 32 && Instant::now() < deadline {
+            poll_enqueue_completed(&b.dev, Q0.rx(), &mut back, 64);
+        }
+        assert_eq!(back.len(), 32, "every mbuf back once, through polls");
+        let got = b.fe.rx(0).unwrap().recv(64);
+        assert!(got == r.pkts, "intact and in order");
+        r.finish(&b, back, "another vring");
+    });
 }
 
 /// A memory region leaves (REM_MEM_REG, QEMU's memory hot-unplug) while jobs write into guest
@@ -577,41 +617,53 @@ fn a_request_about_another_vring_does_not_drain_this_one() {
 /// finishes in mapped memory, every taken packet is retired once and every mbuf comes back.
 #[test]
 fn a_region_removed_with_jobs_in_flight_is_unmapped_after_the_drain() {
-    use rvhost::frontend::MemTableMode;
-    use rvhost::protocol::payload::{Payload, SingleMemRegion};
-    use rvhost::protocol::{FrontendReq as R, Header};
-    let opts = FrontendOptions {
-        features: MRG,
-        mem_table: MemTableMode::AddMemReg,
-        regions: 2,
-        mem_size: 32 << 20,
-        force_small_pages: true,
-        ..FrontendOptions::default()
-    };
-    let mut b = Bed::new("async-rem", Flags::ASYNC_COPY, opts, "async-rem", 4096, 64);
-    let r = running(&mut b, 48, 1500, 17, 2 << 20, 128);
-    assert_eq!(r.taken, 48);
-    // Every region goes: whichever holds the buffers, the drain must come first.
-    for region in b.fe.memory_regions().into_iter().rev() {
-        let ep = b.fe.endpoint().unwrap();
-        let p = SingleMemRegion { region }.to_bytes();
-        ep.send_request(R::RemMemReg, Header::NEED_REPLY, &p, &[])
-            .unwrap();
-        let (_, status) = ep.recv_reply(R::RemMemReg).unwrap();
-        assert_eq!(u64::parse(&status).unwrap(), 0, "REM_MEM_REG accepted");
-    }
-    let s = async_stats(&b.dev, Q0.rx()).unwrap();
-    assert!(s.drains >= 1, "{s:?}");
-    assert_eq!(s.completed, 48, "every taken packet retired once: {s:?}");
-    let mut back = Vec::new();
-    poll_enqueue_completed(&b.dev, Q0.rx(), &mut back, 64);
-    async_clear_queue(&b.dev, Q0.rx(), &mut back);
-    assert_eq!(back.len(), 48, "every mbuf back once");
-    // The used entries went into the rings before their memory left the table.
-    let got = b.fe.rx(0).unwrap().recv(64);
-    assert_eq!(got.len() as u64 + s.dropped, 48, "{s:?}");
-    assert!(got.iter().zip(&r.pkts).all(|(g, p)| g == p));
-    r.finish(&b, back, "REM_MEM_REG");
+    both_rings(|| {
+        use rvhost::frontend::MemTableMode;
+        use rvhost::protocol::payload::{Payload, SingleMemRegion};
+        use rvhost::protocol::{FrontendReq as R, Header};
+        let ring = RING.with(|r| r.get());
+        let opts = FrontendOptions {
+            features: MRG | ring,
+            mem_table: MemTableMode::AddMemReg,
+            regions: 2,
+            mem_size: 32 << 20,
+            force_small_pages: true,
+            packed: ring != 0,
+            ..FrontendOptions::default()
+        };
+        let mut b = Bed::configured(
+            "async-rem",
+            Flags::ASYNC_COPY,
+            opts,
+            "async-rem",
+            4096,
+            64,
+            |d, path| d.enable_features(path, ring).unwrap(),
+        );
+        let r = running(&mut b, 48, 1500, 17, 2 << 20, 128);
+        assert_eq!(r.taken, 48);
+        // Every region goes: whichever holds the buffers, the drain must come first.
+        for region in b.fe.memory_regions().into_iter().rev() {
+            let ep = b.fe.endpoint().unwrap();
+            let p = SingleMemRegion { region }.to_bytes();
+            ep.send_request(R::RemMemReg, Header::NEED_REPLY, &p, &[])
+                .unwrap();
+            let (_, status) = ep.recv_reply(R::RemMemReg).unwrap();
+            assert_eq!(u64::parse(&status).unwrap(), 0, "REM_MEM_REG accepted");
+        }
+        let s = async_stats(&b.dev, Q0.rx()).unwrap();
+        assert!(s.drains >= 1, "{s:?}");
+        assert_eq!(s.completed, 48, "every taken packet retired once: {s:?}");
+        let mut back = Vec::new();
+        poll_enqueue_completed(&b.dev, Q0.rx(), &mut back, 64);
+        async_clear_queue(&b.dev, Q0.rx(), &mut back);
+        assert_eq!(back.len(), 48, "every mbuf back once");
+        // The used entries went into the rings before their memory left the table.
+        let got = b.fe.rx(0).unwrap().recv(64);
+        assert_eq!(got.len() as u64 + s.dropped, 48, "{s:?}");
+        assert!(got.iter().zip(&r.pkts).all(|(g, p)| g == p));
+        r.finish(&b, back, "REM_MEM_REG");
+    });
 }
 
 /// Receive chains a frontend's own bookkeeping does not make: indirect tables and direct

@@ -628,16 +628,34 @@ fn a_log_smaller_than_guest_memory_is_never_written_beyond() {
 /// pages written, both directions, mergeable buffers on and off, one region and four.
 #[test]
 fn the_async_path_marks_exactly_the_pages_written() {
-    for features in MRG_CASES {
+    for features in MRG_CASES
+        .iter()
+        .flat_map(|&f| [f, f | VIRTIO_F_RING_PACKED])
+    {
         for regions in [1, 4] {
             let case = format!("async, features {features:#x}, {regions} regions");
-            let mut b = Bed::new(
+            let packed = features & VIRTIO_F_RING_PACKED != 0;
+            let opts = FrontendOptions {
+                packed,
+                ..opts(features, regions)
+            };
+            let mut b = Bed::configured(
                 "dlog-async",
                 Flags::ASYNC_COPY,
-                opts(features, regions),
+                opts,
                 "dlog-async",
                 4096,
                 64,
+                |d, p| {
+                    if packed {
+                        d.enable_features(p, VIRTIO_F_RING_PACKED).unwrap();
+                    }
+                },
+            );
+            assert_eq!(
+                b.fe.features() & VIRTIO_F_RING_PACKED != 0,
+                packed,
+                "{case}: ring layout"
             );
             assert!(
                 b.fe.features() & VHOST_F_LOG_ALL != 0,

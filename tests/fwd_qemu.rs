@@ -360,20 +360,25 @@ fn multiqueue_linux_guest_pings_through_rvhost_fwd_icmpecho() {
 
 /// The replies on the async path (`--copy soft`, every copy on the software DMA engine): a
 /// guest served without reconnect, and one whose backend is killed with jobs possibly in
-/// flight and comes back.
+/// flight and comes back; on split rings, then on packed rings (the guest's RING_PACKED
+/// asserted, the rings resuming from the vring base after the kill).
 #[test]
 fn linux_guest_pings_through_rvhost_fwd_on_the_async_path() {
     if let Some(why) = cannot_run() {
         return skip(why);
     }
-    run(Case {
-        copy: "soft,threshold=0",
-        ..Case::new("client", Reconnect::No)
-    });
-    run(Case {
-        copy: "soft,threshold=0,engines=2",
-        ..Case::new("server", Reconnect::Kill)
-    });
+    for net_opts in ["", "packed=on"] {
+        run(Case {
+            copy: "soft,threshold=0",
+            net_opts,
+            ..Case::new("client", Reconnect::No)
+        });
+        run(Case {
+            copy: "soft,threshold=0,engines=2",
+            net_opts,
+            ..Case::new("server", Reconnect::Kill)
+        });
+    }
 }
 
 /// Packed virtqueues (`packed=on`, rvhost `--packed`), the guest's negotiated RING_PACKED

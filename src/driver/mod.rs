@@ -335,7 +335,6 @@ impl Driver {
     pub fn set_features(&self, path: impl AsRef<Path>, features: u64) -> Result<(), DriverError> {
         supported(features, features::UNSUPPORTED_FEATURES)?;
         self.update(path.as_ref(), |c| {
-            packed_without_async(c.flags, features)?;
             c.features = features;
             Ok(())
         })
@@ -349,7 +348,6 @@ impl Driver {
     ) -> Result<(), DriverError> {
         supported(features, features::UNSUPPORTED_FEATURES)?;
         self.update(path.as_ref(), |c| {
-            packed_without_async(c.flags, features)?;
             c.features |= features;
             Ok(())
         })
@@ -510,17 +508,6 @@ impl Driver {
     pub fn devices(&self) -> Vec<Device> {
         self.control.devices()
     }
-}
-
-/// Refuses packed rings on an [`Flags::ASYNC_COPY`] socket: the async path runs split rings
-/// only (issue 13).
-fn packed_without_async(flags: Flags, features: u64) -> Result<(), DriverError> {
-    if flags.contains(Flags::ASYNC_COPY) && features & features::VIRTIO_F_RING_PACKED != 0 {
-        return Err(DriverError::UnsupportedFeatures(
-            features::VIRTIO_F_RING_PACKED,
-        ));
-    }
-    Ok(())
 }
 
 /// Refuses feature bits this build cannot offer.

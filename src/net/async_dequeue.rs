@@ -14,13 +14,14 @@ use super::async_enqueue::{Submit, refuse_sync, start_jobs};
 use super::burst::Burst;
 use super::dequeue::{Drop, Large, fill, fill_simple, note_backlog, push_rarp};
 use super::hdr::hdr_len;
+use super::packed_burst::PackedBurst;
 use super::queue_id::TxQueueId;
+use super::ring::Ring;
 use crate::driver::Device;
 use crate::mbuf::{Mbuf, PktCache};
 use crate::memory::TranslationCache;
 use crate::virtq::Vring;
 use crate::virtq::async_queue::{AsyncQueue, InFlight};
-use crate::virtq::split::used_word;
 
 /// Takes up to `max` new packets from the guest's transmit queue `q` into the channel and
 /// hands back up to `max` whose copies completed, oldest first, appended to `out` (DPDK's
@@ -50,7 +51,7 @@ pub fn async_try_dequeue_burst(
     let max = push_rarp(dev, cache, out, max);
     if !aq.dead {
         let left = submit(vq, &mut aq, cache, Large::of(dev.flags()), max);
-        note_backlog(dev, q.vring(), left != 0);
+        note_backlog(dev, q.vring(), left);
     }
     let k = aq.take_done(max, out);
     vq.retire_async(&mut aq, max - k, out);
@@ -58,29 +59,48 @@ pub fn async_try_dequeue_burst(
     out.len() - start
 }
 
-/// Takes up to `max` chains into the channel; returns how many the guest had made available
-/// beyond them.
+/// Takes up to `max` chains into the channel; returns whether the guest had made more
+/// available beyond them.
 fn submit(
     vq: &mut Vring,
     aq: &mut AsyncQueue,
     cache: &mut PktCache,
     large: Large,
     max: usize,
-) -> u16 {
+) -> bool {
     aq.reserve(vq.size);
-    let Some(mut b) = Burst::begin(vq) else {
-        return 0;
-    };
-    let hlen = hdr_len(b.features);
-    let n = usize::from(b.pending()).min(max);
+    if vq.packed.is_some() {
+        return match PackedBurst::begin(vq) {
+            Some(b) => submit_on(b, aq, cache, large, max),
+            None => false,
+        };
+    }
+    match Burst::begin(vq) {
+        Some(b) => submit_on(b, aq, cache, large, max),
+        None => false,
+    }
+}
+
+/// [`submit`] on either ring layout.
+#[inline(always)]
+fn submit_on<'v, R: Ring<'v>>(
+    mut b: R,
+    aq: &mut AsyncQueue,
+    cache: &mut PktCache,
+    large: Large,
+    max: usize,
+) -> bool {
+    let hlen = hdr_len(b.features());
+    let n = usize::from(b.available(u16::try_from(max).unwrap_or(u16::MAX)));
     if n == 0 {
+        let left = b.has_more();
         b.finish();
-        return 0;
+        return left;
     }
     let mut fresh = std::mem::take(&mut aq.fresh);
     if cache.alloc_bulk(&mut fresh, n).is_err() {
-        b.stats.alloc_failures += 1;
-        let left = b.pending();
+        b.stats().alloc_failures += 1;
+        let left = b.has_more();
         b.finish();
         aq.fresh = fresh;
         return left;
@@ -108,16 +128,18 @@ fn submit(
                 // Copied by the CPU with nothing in flight before it: it retires now, its
                 // chain going back through the burst as in dequeue_burst.
                 b.used(head, 0);
-                b.stats.packets += 1;
-                b.stats.bytes += m.pkt_len() as u64;
+                let st = b.stats();
+                st.packets += 1;
+                st.bytes += m.pkt_len() as u64;
                 aq.done.push(m);
                 aq.stats.submitted += 1;
                 aq.stats.completed += 1;
             }
             Ok(()) => {
-                b.stats.packets += 1;
-                b.stats.bytes += m.pkt_len() as u64;
-                aq.used.push_back(used_word(head, 0));
+                let st = b.stats();
+                st.packets += 1;
+                st.bytes += m.pkt_len() as u64;
+                aq.used.push_back(b.used_entry(head, 0));
                 aq.pkts.push_back(InFlight {
                     is_pkt: true,
                     mbuf: Some(m),
@@ -130,18 +152,18 @@ fn submit(
             Err(drop) => {
                 match drop {
                     Drop::Bad(e) => b.bad_chain_later(head, e),
-                    Drop::TooLarge => b.stats.too_large += 1,
+                    Drop::TooLarge => b.stats().too_large += 1,
                     Drop::NoMbuf => {
                         // The chain stays available for a later call.
                         b.unreserve();
-                        b.stats.alloc_failures += 1;
+                        b.stats().alloc_failures += 1;
                         cache.free(m);
                         break;
                     }
                 }
                 cache.free(m);
                 // Returned empty, in its place in the order.
-                aq.used.push_back(used_word(head, 0));
+                aq.used.push_back(b.used_entry(head, 0));
                 aq.pkts.push_back(InFlight {
                     is_pkt: false,
                     mbuf: None,
@@ -156,9 +178,9 @@ fn submit(
     aq.fresh = fresh;
     if !aq.batch.is_empty() && aq.hold.is_none() {
         // Jobs will read this table: keep it mapped until they are reported.
-        aq.hold = Some(b.queue().memory().clone());
+        aq.hold = Some(b.memory().clone());
     }
-    let left = b.pending();
+    let left = b.has_more();
     b.finish();
     start_jobs(aq);
     left

@@ -10,12 +10,14 @@
 //! whose jobs are all done, writing their used entries in submission order. The mbufs are
 //! the channel's from submit to poll.
 
-use super::burst::{Burst, READ_AHEAD, ReadAhead};
+use super::burst::{Burst, READ_AHEAD};
 use super::enqueue::{
     Ctx, ONE_BUFFER, PREFETCH_ABOVE, Placement, oversized_gso, place, prefetch_ahead,
     prefetch_first,
 };
+use super::packed_burst::PackedBurst;
 use super::queue_id::{RxQueueId, VringId};
+use super::ring::Ring;
 use super::runs::{CopyStep, Marks, NoLog};
 use crate::driver::{Device, Flags};
 use crate::mbuf::Mbuf;
@@ -25,7 +27,7 @@ use crate::virtq::async_queue::{
     AsyncConfig, AsyncCopyOps, AsyncQueue, AsyncStats, Idle, InFlight,
 };
 use crate::virtq::split::{
-    ChainError, SplitQueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, used_word,
+    ChainError, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 
 /// Why an async channel call was refused.
@@ -44,12 +46,6 @@ pub enum AsyncError {
     /// `inorder: false`: rvhost always retires packets in submission order.
     #[error("out-of-order completion (inorder: false) is not supported: packets retire in order")]
     OutOfOrder,
-    /// The vring is a packed ring: the async path runs split rings only.
-    #[error("vring {vring} is a packed ring: the async copy path runs split rings only")]
-    PackedRing {
-        /// The vring.
-        vring: usize,
-    },
     /// The vring already has a channel.
     #[error("vring {vring} already has an async channel")]
     AlreadyRegistered {
@@ -99,11 +95,6 @@ pub fn async_channel_register(
         .ok_or(AsyncError::NoSuchQueue { vring })?;
     if vq.async_q.is_some() {
         return Err(AsyncError::AlreadyRegistered { vring });
-    }
-    if vq.is_packed() {
-        // Not reachable through a Driver (an ASYNC_COPY socket never offers packed rings);
-        // a Device built otherwise gets the reason rather than a silent not_ready.
-        return Err(AsyncError::PackedRing { vring });
     }
     let size = vq.size;
     vq.async_q = Some(Box::new(AsyncQueue::new(ops, &config, size)));
@@ -234,18 +225,29 @@ pub(super) fn refuse_sync(vq: &mut Vring, what: &str) {
 /// The submit proper, on a locked vring whose channel was taken out of it.
 fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
     aq.reserve(vq.size);
-    let Some(mut burst) = Burst::begin(vq) else {
-        return 0;
-    };
-    let q = burst.queue();
-    let ctx = Ctx::new(burst.features);
+    if vq.packed.is_some() {
+        return match PackedBurst::begin(vq) {
+            Some(b) => submit_on(b, aq, pkts),
+            None => 0,
+        };
+    }
+    match Burst::begin(vq) {
+        Some(b) => submit_on(b, aq, pkts),
+        None => 0,
+    }
+}
+
+/// [`submit`] on either ring layout.
+#[inline(always)]
+fn submit_on<'v, R: Ring<'v>>(mut burst: R, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
+    let ctx = Ctx::new(burst.features());
     let first_new = aq.pkts.len();
     let mut taken = 0;
     // Leading packets that retired at once (only while nothing is in flight, so they all
     // come before any packet of this burst that went into the in-flight queue).
     let mut retired = 0;
     let mut tc = TranslationCache::new();
-    let mut ahead = ReadAhead::default();
+    let mut ahead = R::Ahead::default();
     // While logging, what each packet writes is marked when it retires, after its jobs.
     let log = burst.dirty_log();
     let marks = Marks::default();
@@ -263,10 +265,10 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
                 ..InFlight::default()
             });
             taken += 1;
-            burst.stats.too_large += 1;
+            burst.stats().too_large += 1;
             continue;
         }
-        match place_simple(&q, &mut burst, aq, &mut tc, &mut ahead, pkt, &ctx, log) {
+        match place_simple(&mut burst, aq, &mut tc, &mut ahead, pkt, &ctx, log) {
             Placed::Retired => retired += 1,
             Placed::InFlight => {}
             Placed::No => {
@@ -288,12 +290,13 @@ fn submit(vq: &mut Vring, aq: &mut AsyncQueue, pkts: &mut Vec<Mbuf>) -> usize {
             }
         }
         taken += 1;
-        burst.stats.packets += 1;
-        burst.stats.bytes += pkt.pkt_len() as u64;
+        let st = burst.stats();
+        st.packets += 1;
+        st.bytes += pkt.pkt_len() as u64;
     }
     if !aq.batch.is_empty() && aq.hold.is_none() {
         // Jobs will write into this table: keep it mapped until they are reported.
-        aq.hold = Some(q.memory().clone());
+        aq.hold = Some(burst.memory().clone());
     }
     burst.finish();
     start_jobs(aq);
@@ -385,16 +388,16 @@ impl CopyStep for Submit<'_> {
     }
 }
 
-impl<'v> Placement<'v, Burst<'v>> for Submit<'_> {
+impl<'v, R: Ring<'v>> Placement<'v, R> for Submit<'_> {
     #[cold]
-    fn bad_chain(&mut self, b: &mut Burst<'v>, reserved: &[(u16, u64)], bad: u16, e: ChainError) {
+    fn bad_chain(&mut self, b: &mut R, reserved: &[(R::Head, u64)], bad: R::Head, e: ChainError) {
         // As enqueue_burst: the chains taken before the bad one go back empty, then the bad
         // one, in their place in the order.
         b.bad_chain_later(bad, e);
         for &(h, _) in reserved {
-            self.aq.used.push_back(used_word(h, 0));
+            self.aq.used.push_back(b.used_entry(h, 0));
         }
-        self.aq.used.push_back(used_word(bad, 0));
+        self.aq.used.push_back(b.used_entry(bad, 0));
         self.aq.pkts.push_back(InFlight {
             is_pkt: false,
             mbuf: None,
@@ -409,9 +412,9 @@ impl<'v> Placement<'v, Burst<'v>> for Submit<'_> {
         self.seq = self.aq.next_seq();
     }
 
-    fn placed(&mut self, _: &mut Burst<'v>, chains: &[(u16, u64)]) {
+    fn placed(&mut self, b: &mut R, chains: &[(R::Head, u64)]) {
         for &(h, got) in chains {
-            self.aq.used.push_back(used_word(h, got as u32));
+            self.aq.used.push_back(b.used_entry(h, got as u32));
         }
         self.aq.pkts.push_back(InFlight {
             is_pkt: true,
@@ -429,12 +432,11 @@ impl<'v> Placement<'v, Burst<'v>> for Submit<'_> {
 /// marked after it is written: now if the CPU copied it, else when the packet retires.
 #[inline]
 #[allow(clippy::too_many_arguments)]
-fn place_simple(
-    q: &SplitQueue<'_>,
-    b: &mut Burst<'_>,
+fn place_simple<'v, R: Ring<'v>>(
+    b: &mut R,
     aq: &mut AsyncQueue,
     tc: &mut TranslationCache,
-    ahead: &mut ReadAhead,
+    ahead: &mut R::Ahead,
     pkt: &Mbuf,
     ctx: &Ctx,
     log: Option<&DirtyLog>,
@@ -442,7 +444,7 @@ fn place_simple(
     if pkt.nb_segs() != 1 || !pkt.meta().ol_flags.is_empty() {
         return Placed::No;
     }
-    let Some((head, d)) = ahead.next(b) else {
+    let Some((head, d)) = b.peek_next(ahead) else {
         return Placed::No;
     };
     let data = pkt.data();
@@ -454,7 +456,7 @@ fn place_simple(
         return Placed::No;
     }
     // The whole buffer must be guest memory (as enqueue's `place_simple`).
-    let Some(buf) = q
+    let Some(buf) = b
         .memory()
         .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(d.len))
     else {
@@ -463,9 +465,9 @@ fn place_simple(
     let Ok(body) = buf.subslice(ctx.hlen, data.len()) else {
         return Placed::No;
     };
-    b.take_peeked();
+    b.take_peeked(head);
     // As enqueue: the header often holds these values already; leave its line alone then.
-    *b.hdr_written = buf.update_at(0, &ONE_BUFFER[..ctx.hlen]) == Ok(true);
+    *b.hdr_written() = buf.update_at(0, &ONE_BUFFER[..ctx.hlen]) == Ok(true);
     let seq = aq.next_seq();
     if !aq.batch_or_cpu(seq, data.as_ptr(), body.as_ptr(), data.len()) {
         if data.len() > PREFETCH_ABOVE {
@@ -485,7 +487,7 @@ fn place_simple(
     if log.is_some() {
         aq.dirty.push_back((d.addr, need as u64));
     }
-    aq.used.push_back(used_word(head, need as u32));
+    aq.used.push_back(b.used_entry(head, need as u32));
     aq.pkts.push_back(InFlight {
         is_pkt: true,
         mbuf: None,

@@ -169,19 +169,6 @@ impl<'v> Burst<'v> {
         })
     }
 
-    /// The dirty log to mark the burst's writes of guest buffers in, while `VHOST_F_LOG_ALL` is
-    /// negotiated and SET_LOG_BASE gave one (the used ring's writes the burst marks itself).
-    #[inline]
-    pub fn dirty_log(&self) -> Option<&'v DirtyLog> {
-        self.log
-    }
-
-    /// The queue's rings, for walking chains.
-    #[inline]
-    pub fn queue(&self) -> SplitQueue<'v> {
-        self.q
-    }
-
     /// Chains the guest has made available and this burst has not taken.
     #[inline]
     pub fn pending(&self) -> u16 {
@@ -238,12 +225,6 @@ impl<'v> Burst<'v> {
     #[inline]
     pub fn unreserve_n(&mut self, n: usize) {
         self.next = self.next.sub(n as u16);
-    }
-
-    /// Gives back the last head taken.
-    #[inline]
-    pub fn unreserve(&mut self) {
-        self.unreserve_n(1);
     }
 
     /// Publishes the used entries written so far if at least `min` are not yet (one release
@@ -524,6 +505,16 @@ impl<'v> Ring<'v> for Burst<'v> {
     #[inline(always)]
     fn bad_chain(&mut self, h: u16, e: ChainError) {
         Burst::bad_chain(self, h, e);
+    }
+
+    #[inline(always)]
+    fn bad_chain_later(&mut self, h: u16, e: ChainError) {
+        Burst::bad_chain_later(self, h, e);
+    }
+
+    #[inline(always)]
+    fn used_entry(&self, h: u16, len: u32) -> u64 {
+        used_word(h, len)
     }
 
     #[inline(always)]

@@ -359,13 +359,28 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
 
     #[cold]
     fn bad_chain(&mut self, c: AvailChain, e: ChainError) {
+        self.bad_chain_later(c, e);
+        self.used(c, 0);
+    }
+
+    #[cold]
+    fn bad_chain_later(&mut self, c: AvailChain, e: ChainError) {
         count_bad_chain(
             self.log_limit,
             &mut self.stats,
             format_args!("packed chain (buffer id {})", c.id),
             e,
         );
-        self.used(c, 0);
+    }
+
+    #[inline(always)]
+    fn used_entry(&self, c: AvailChain, len: u32) -> u64 {
+        PackedUsed {
+            id: c.id,
+            len,
+            count: c.count,
+        }
+        .to_word()
     }
 
     #[inline]

@@ -74,6 +74,14 @@ pub(super) trait Ring<'v> {
     fn used(&mut self, h: Self::Head, len: u32);
     /// Returns a malformed chain with length 0 and counts it.
     fn bad_chain(&mut self, h: Self::Head, e: ChainError);
+    /// Counts (and logs, rate-limited) a malformed chain the caller returns later, in its
+    /// place in the order (the async path).
+    fn bad_chain_later(&mut self, h: Self::Head, e: ChainError);
+    /// Chain `h`'s used entry with `len` bytes written, as one word the async path keeps until
+    /// the packet retires ([`Vring::publish_retired`](crate::virtq::Vring) writes it):
+    /// a [`used_word`](crate::virtq::split::used_word) on a split ring, a
+    /// [`PackedUsed::to_word`](crate::virtq::packed::PackedUsed::to_word) on a packed one.
+    fn used_entry(&self, h: Self::Head, len: u32) -> u64;
     /// Publishes the used entries so far if at least `min` are not yet, calling `before`
     /// first; whether it did.
     fn publish_early(&mut self, min: u16, before: impl FnOnce()) -> bool;

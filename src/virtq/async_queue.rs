@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use rvhost_dma::{DmaEngine, Iova, OpFlags, Status};
 
 use super::Vring;
+use super::packed::{EventSuppress, PACKED_DESC_SIZE, PackedQueue, PackedUsed};
 use super::split::SplitQueue;
 use crate::features::VIRTIO_RING_F_EVENT_IDX;
 use crate::mbuf::Mbuf;
@@ -558,6 +559,9 @@ impl Vring {
         if entries.is_empty() {
             return 0;
         }
+        if self.packed.is_some() {
+            return self.publish_retired_packed(entries);
+        }
         let Some(rings) = self.rings.as_ref().filter(|_| !self.broken) else {
             return entries.len() as u64;
         };
@@ -576,6 +580,52 @@ impl Vring {
         self.last_used_idx = last;
         if let Some(call) = self.call.as_ref() {
             if q.needs_interrupt(event_idx, first, last) {
+                // As in a sync burst: EAGAIN still leaves the eventfd readable.
+                let _ = nix::unistd::write(call.as_fd(), &1u64.to_ne_bytes());
+                self.stats.interrupts += 1;
+            }
+        }
+        0
+    }
+
+    /// [`publish_retired`](Self::publish_retired) on a packed ring: `entries` are
+    /// [`PackedUsed::to_word`]s, written from the used position as one batch (the first one's
+    /// flags last: the driver sees them together), their ids returned to the driver.
+    fn publish_retired_packed(&mut self, entries: &[u64]) -> u64 {
+        let Some(rings) = self.packed.as_ref().filter(|_| !self.broken) else {
+            return entries.len() as u64;
+        };
+        let q = PackedQueue::new(rings, &self.mem, self.size);
+        let mut batch = std::mem::take(&mut self.packed_shadow);
+        batch.clear();
+        batch.extend(entries.iter().map(|&w| PackedUsed::from_word(w)));
+        let first = self.used_pos;
+        let end = q.write_used_batch(first, &batch);
+        // Returned now that the driver can see them: it may make these ids available again.
+        for u in &batch {
+            self.packed_ids.remove(u.id);
+        }
+        let desc_gpa = self
+            .addrs
+            .and_then(|a| self.mem.fva_to_gpa(a.desc))
+            .map(|g| g.raw());
+        if let (Some((log, _)), Some(gpa)) = (self.used_log(), desc_gpa) {
+            // A packed ring's used descriptors are in its descriptor ring (as PackedBurst).
+            let mut at = first;
+            for u in &batch {
+                log.mark(gpa + PACKED_DESC_SIZE * u64::from(at.idx), PACKED_DESC_SIZE);
+                at = at.advance(u.count, q.size());
+            }
+        }
+        batch.clear();
+        self.packed_shadow = batch;
+        self.used_pos = end;
+        let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
+        if !event_idx {
+            q.keep_device_event(EventSuppress::Disable);
+        }
+        if let Some(call) = self.call.as_ref() {
+            if q.needs_interrupt(event_idx, first, end) {
                 // As in a sync burst: EAGAIN still leaves the eventfd readable.
                 let _ = nix::unistd::write(call.as_fd(), &1u64.to_ne_bytes());
                 self.stats.interrupts += 1;

@@ -450,6 +450,26 @@ pub struct PackedUsed {
     pub count: u16,
 }
 
+impl PackedUsed {
+    /// The element as one word (id in bits 0-15, slots in 16-31, length in 32-63): the async
+    /// path keeps used entries of both ring layouts in one queue of words until their packet
+    /// retires (a split ring's are [`used_word`](super::split::used_word)s).
+    #[inline(always)]
+    pub const fn to_word(self) -> u64 {
+        self.id as u64 | (self.count as u64) << 16 | (self.len as u64) << 32
+    }
+
+    /// The element [`to_word`](Self::to_word) made.
+    #[inline(always)]
+    pub const fn from_word(w: u64) -> PackedUsed {
+        PackedUsed {
+            id: w as u16,
+            count: (w >> 16) as u16,
+            len: (w >> 32) as u32,
+        }
+    }
+}
+
 /// The buffer ids a device has taken and not yet returned: a chain whose id is still in
 /// flight is refused ([`PackedError::IdInFlight`]), so a driver cannot make the device return
 /// one buffer twice.

@@ -281,8 +281,7 @@ pub struct BenchArgs {
     /// Mergeable receive buffers (VIRTIO_NET_F_MRG_RXBUF); `on,off` runs both.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "on")]
     pub mrg: Vec<Toggle>,
-    /// Virtqueue layouts, comma-separated: `split`, `packed` (the sync path only: with
-    /// `--copy cpu`).
+    /// Virtqueue layouts, comma-separated: `split`, `packed` (each with every copy mode).
     #[arg(
         long = "ring",
         value_enum,
@@ -438,14 +437,6 @@ impl BenchArgs {
         }
         if self.rings.is_empty() {
             return bad("ring", "give split, packed or split,packed".into());
-        }
-        if self.rings.contains(&RingLayout::Packed)
-            && self.copy.0.iter().any(|c| *c != CopyMode::Cpu)
-        {
-            return bad(
-                "ring",
-                "packed rings run the sync path only: with --copy cpu".into(),
-            );
         }
         if self.mrg.is_empty() {
             return bad("mrg", "give on, off or on,off".into());

@@ -249,11 +249,6 @@ impl Config {
                 a.burst
             )));
         }
-        if a.packed && !matches!(a.copy, CopyMode::Cpu) {
-            return Err(FwdError::Usage(
-                "--packed runs with --copy cpu only (the async path runs split rings)".into(),
-            ));
-        }
         Ok(Config {
             mode: a.mode,
             ifaces: a.ifaces,
