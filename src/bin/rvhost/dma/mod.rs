@@ -1,11 +1,12 @@
 //! `rvhost dma`: the copy engines' devices. [`list`] finds the IOAT and DSA functions in
-//! sysfs (`rvhost dma list`); [`models`] builds channels over the IOAT and DSA models for
-//! `--copy ioat-model|dsa-model`.
+//! sysfs (`rvhost dma list`); [`drivers`] builds the IOAT and DSA drivers' channels over a
+//! BAR; [`models`] runs them over the IOAT and DSA models for `--copy ioat-model|dsa-model`.
 
 use std::path::{Path, PathBuf};
 
 use rvhost_dma::hw::vfio;
 
+pub mod drivers;
 pub mod list;
 pub mod models;
 
