@@ -1,6 +1,6 @@
 //! The IOAT and DSA drivers' channels as the data path uses them, over any BAR: the one place
 //! that builds them, for the models (`--copy ioat-model|dsa-model`, [`super::models`]) and
-//! for functions opened through VFIO (`--copy ioat:BDF|dsa:BDF`, to come). What
+//! for functions opened through VFIO (`--copy ioat:BDF|dsa:BDF`, [`super::device`]). What
 //! runs over a model in the tests is what would run over a device's BAR.
 
 use std::sync::Arc;

@@ -40,6 +40,14 @@ impl ModelKind {
             ModelKind::Dsa => "dsa-model",
         }
     }
+
+    /// `ioat` or `dsa`: the device itself (`--copy ioat:BDF`).
+    pub fn device_name(self) -> &'static str {
+        match self {
+            ModelKind::Ioat => "ioat",
+            ModelKind::Dsa => "dsa",
+        }
+    }
 }
 
 /// Channels over models, as the async path's copy devices, and the models serving them.
