@@ -70,8 +70,9 @@ fn is_bdf(s: &str) -> bool {
 /// Parses `--copy ioat:BDF[+BDF...]` or `--copy dsa:BDF[+BDF...]` (`tok`), with sysfs at
 /// `sysfs` and the VFIO nodes in `dev_vfio`, checking each function before anything is
 /// opened: a PCI address, of that kind, then what the VFIO checks find missing, with what to
-/// do; and no function twice (one channel each). The functions are opened when the command
-/// starts ([`device::device_channels`]).
+/// do; no function twice (one channel each), nor two of one IOMMU group (each is opened in a
+/// container of its own). The functions are opened when the command starts
+/// ([`device::device_channels`]).
 pub fn device_mode(tok: &str, sysfs: &Path, dev_vfio: &Path) -> Result<DeviceMode, String> {
     let (want, list) = tok.split_once(':').unwrap_or((tok, ""));
     let kind = match want {
@@ -79,33 +80,41 @@ pub fn device_mode(tok: &str, sysfs: &Path, dev_vfio: &Path) -> Result<DeviceMod
         "dsa" => ModelKind::Dsa,
         _ => return Err(format!("{tok}: expected ioat:BDF or dsa:BDF")),
     };
-    let mut bdfs: Vec<String> = Vec::new();
+    // (function, IOMMU group)
+    let mut found: Vec<(String, u32)> = Vec::new();
     for bdf in list.split('+') {
-        function_refusal(tok, want, bdf, sysfs, dev_vfio).map_or(Ok(()), Err)?;
-        if bdfs.iter().any(|b| b == bdf) {
+        let group = function_check(tok, want, bdf, sysfs, dev_vfio)?;
+        if found.iter().any(|(b, _)| b == bdf) {
             return Err(format!(
                 "{tok}: {bdf} given twice (one channel per function)"
             ));
         }
-        bdfs.push(bdf.to_owned());
+        if let Some((other, _)) = found.iter().find(|&&(_, g)| g == group) {
+            return Err(format!(
+                "{tok}: {bdf} and {other} are both in IOMMU group {group}: each function is \
+                 opened in a VFIO container of its own, and a group joins one container only; \
+                 give functions of distinct groups (`rvhost dma list` shows them)"
+            ));
+        }
+        found.push((bdf.to_owned(), group));
     }
     Ok(DeviceMode {
         kind,
-        bdfs: Vec::leak(bdfs),
+        bdfs: Vec::leak(found.into_iter().map(|(b, _)| b).collect()),
     })
 }
 
-/// Why function `bdf` of `tok` (`want`: `ioat` or `dsa`) cannot be opened, if the checks find
-/// something missing.
-fn function_refusal(
+/// Checks function `bdf` of `tok` (`want`: `ioat` or `dsa`) before it is opened: its IOMMU
+/// group, or what is missing.
+fn function_check(
     tok: &str,
     want: &str,
     bdf: &str,
     sysfs: &Path,
     dev_vfio: &Path,
-) -> Option<String> {
+) -> Result<u32, String> {
     if !is_bdf(bdf) {
-        return Some(format!(
+        return Err(format!(
             "{tok}: '{bdf}' is not a PCI address (dddd:bb:dd.f, e.g. 0000:00:04.0)"
         ));
     }
@@ -113,21 +122,21 @@ fn function_refusal(
         match kind {
             Some(k) if k.name() == want => {}
             Some(k) => {
-                return Some(format!(
+                return Err(format!(
                     "{tok}: {bdf} is a {} function, not {want}",
                     k.name()
                 ));
             }
             None => {
-                return Some(format!(
+                return Err(format!(
                     "{tok}: {bdf} is not an IOAT or DSA function (`rvhost dma list` shows them)"
                 ));
             }
         }
     }
     vfio::check(sysfs, dev_vfio, bdf)
-        .err()
-        .map(|e| format!("{tok}: {e}"))
+        .map(|ready| ready.group)
+        .map_err(|e| format!("{tok}: {e}"))
 }
 
 /// Runs `rvhost dma ...`.
@@ -204,6 +213,12 @@ mod tests {
         );
         let r = refusal("dsa:0000:6a:01.0+0000:6a:01.0");
         assert!(r.contains("0000:6a:01.0 given twice"), "{r}");
+        function("0000:6a:03.0", "0x0b25", "vfio-pci", 40);
+        let r = refusal("dsa:0000:6a:01.0+0000:6a:03.0");
+        assert!(
+            r.contains("0000:6a:03.0 and 0000:6a:01.0 are both in IOMMU group 40"),
+            "{r}"
+        );
         assert!(refusal("dsa:0000:6a:01.0+").contains("'' is not a PCI address"));
         let _ = fs::remove_dir_all(&root);
     }
