@@ -132,6 +132,106 @@ fn hardware_copy_modes_are_refused_with_what_to_do() {
     assert!(text(&out.stderr).contains("is not a PCI address"));
 }
 
+/// Runs `rvhost` with sysfs and /dev/vfio at `sys` and `dev` (the hidden test variables).
+fn rvhost_on(sys: &Path, dev: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rvhost"))
+        .args(args)
+        .env("RVHOST_SYSFS", sys)
+        .env("RVHOST_DEV_VFIO", dev)
+        .output()
+        .expect("run rvhost")
+}
+
+#[test]
+fn device_modes_reach_the_vfio_open_and_fail_cleanly_here() {
+    // Functions bound to vfio-pci whose /dev/vfio nodes exist but are plain files: every check
+    // before the opening passes, the opening refuses them (no VFIO device here to open).
+    let tree = TempTree::new("device-open");
+    let (sys, dev) = (tree.path().join("sys"), tree.path().join("dev"));
+    fs::create_dir_all(&dev).unwrap();
+    fs::write(dev.join("vfio"), "").unwrap();
+    for (bdf, id, group) in [
+        ("0000:00:04.0", 0x2021, 12),
+        ("0000:00:04.1", 0x2021, 13),
+        ("0000:6a:01.0", 0x0b25, 40),
+        ("0000:6b:01.0", 0x0b25, 41),
+    ] {
+        function(&sys, bdf, id, Some("vfio-pci"), Some(group));
+        fs::write(dev.join(group.to_string()), "").unwrap();
+    }
+    let sock = tree.path().join("x.sock");
+    let sock = sock.to_str().unwrap();
+    let fwd = |copy: &str| {
+        let args = ["fwd", "--mode", "io", "--iface", sock, "--copy", copy];
+        rvhost_on(&sys, &dev, &args)
+    };
+    let bench = |copy: &str| {
+        let args = [
+            "bench",
+            "--dir",
+            "g2h",
+            "--sizes",
+            "64",
+            "--duration",
+            "0.1",
+        ];
+        rvhost_on(&sys, &dev, &[&args[..], &["--copy", copy]].concat())
+    };
+    let fails_with = |out: Output, what: &[&str]| {
+        let stderr = text(&out.stderr);
+        // 1: the command failed; 2: clap refused an argument; a panic would be 101.
+        assert!(matches!(out.status.code(), Some(1 | 2)), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        for w in what {
+            assert!(stderr.contains(w), "{w:?} not in: {stderr}");
+        }
+    };
+    // One function per channel: a bench row has two, fwd one per port, queue pair and way.
+    fails_with(
+        bench("ioat:0000:00:04.0"),
+        &["2 function(s) needed", "ioat:BDF+BDF"],
+    );
+    fails_with(
+        fwd("dsa:0000:6a:01.0"),
+        &["2 function(s) needed", "dsa:BDF+BDF"],
+    );
+    // The right count: the command starts, opens the first function and stops there.
+    let not_vfio = "is not a character device, so not a VFIO node";
+    fails_with(
+        bench("ioat:0000:00:04.0+0000:00:04.1"),
+        &[
+            "rvhost: ioat:0000:00:04.0: opening it through VFIO: ",
+            not_vfio,
+        ],
+    );
+    fails_with(
+        bench("cpu,dsa:0000:6a:01.0+0000:6b:01.0,threshold=64"),
+        &[
+            "rvhost: dsa:0000:6a:01.0: opening it through VFIO: ",
+            not_vfio,
+        ],
+    );
+    fails_with(
+        fwd("dsa:0000:6a:01.0+0000:6b:01.0"),
+        &[
+            "rvhost: dsa:0000:6a:01.0: opening it through VFIO: ",
+            not_vfio,
+        ],
+    );
+    fails_with(
+        fwd("ioat:0000:00:04.0+0000:00:04.1"),
+        &[
+            "rvhost: ioat:0000:00:04.0: opening it through VFIO: ",
+            not_vfio,
+        ],
+    );
+    // The checks still come first, per function.
+    fails_with(
+        fwd("ioat:0000:00:04.0+0000:6a:01.0"),
+        &["0000:6a:01.0 is a dsa function, not ioat"],
+    );
+}
+
 /// Runs `scripts/vfio-bind.sh` with `args`, sysfs at `sysfs`, its state under `state`, and a
 /// modprobe that always fails (nothing is ever loaded on the test machine).
 fn vfio_bind(args: &[&str], sysfs: &Path, state: &Path) -> (i32, String, String) {

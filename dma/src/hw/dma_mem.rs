@@ -104,8 +104,12 @@ impl DmaMapper for MapperSet {
     }
 }
 
-/// A zeroed, page-aligned allocation that a device accesses by its [`Iova`] (= its virtual
+/// A zeroed allocation of whole pages that a device accesses by its [`Iova`] (= its virtual
 /// address for now). Accessors are volatile and bounds-checked.
+///
+/// Whole pages: an IOMMU maps pages (VFIO's `VFIO_IOMMU_MAP_DMA` refuses an address or a
+/// length that is not page-aligned), and a page mapped for the device must hold nothing
+/// else (another allocation sharing it would be exposed to the device, and mapped twice).
 pub struct DmaRegion {
     ptr: NonNull<u8>,
     layout: Layout,
@@ -125,10 +129,15 @@ impl std::fmt::Debug for DmaRegion {
 }
 
 impl DmaRegion {
-    /// A zeroed region of `len` bytes (at least 1), page-aligned.
+    /// A zeroed region of at least `len` bytes (at least 1), page-aligned, its length
+    /// rounded up to whole pages ([`len`](Self::len)).
     pub fn new(len: usize) -> Result<DmaRegion, DmaError> {
-        let layout = Layout::from_size_align(len.max(1), ALIGN)
-            .map_err(|_| DmaError::InvalidConfig("DMA region too large"))?;
+        let too_large = || DmaError::InvalidConfig("DMA region too large");
+        let pages = len
+            .max(1)
+            .checked_next_multiple_of(ALIGN)
+            .ok_or_else(too_large)?;
+        let layout = Layout::from_size_align(pages, ALIGN).map_err(|_| too_large())?;
         // SAFETY: `layout` has a non-zero size.
         let raw = unsafe { alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).ok_or(DmaError::OutOfMemory)?;
@@ -145,7 +154,7 @@ impl DmaRegion {
         self.ptr.as_ptr()
     }
 
-    /// Length in bytes.
+    /// Length in bytes: whole pages.
     pub fn len(&self) -> usize {
         self.layout.size()
     }
@@ -274,14 +283,16 @@ mod tests {
         let r = DmaRegion::new(100).unwrap();
         assert_eq!(r.iova().0 % ALIGN as u64, 0);
         assert_eq!(r.iova().0, r.as_ptr() as u64);
-        assert_eq!((r.len(), r.is_empty()), (100, false));
+        // Whole pages: nothing else shares them.
+        assert_eq!((r.len(), r.is_empty()), (ALIGN, false));
+        assert_eq!(DmaRegion::new(ALIGN + 1).unwrap().len(), 2 * ALIGN);
         assert_eq!(r.read_u64(0), 0);
         r.write_u32(4, 7);
         r.write_u64(8, 9);
         assert_eq!((r.read_u32(4), r.read_u64(8)), (7, 9));
         r.atomic_u64(16).store(5, Relaxed);
         assert_eq!(r.read_u64(16), 5);
-        assert!(std::panic::catch_unwind(|| r.read_u64(96)).is_err());
+        assert!(std::panic::catch_unwind(|| r.read_u64(ALIGN - 4)).is_err());
         assert!(std::panic::catch_unwind(|| r.read_u64(4)).is_err());
         // SAFETY: the identity mapper does nothing.
         assert!(unsafe { IdentityMapper.map(r.iova(), r.as_ptr(), 100) }.is_ok());

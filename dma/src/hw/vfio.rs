@@ -5,12 +5,13 @@
 //! that each missing piece is an error that says what to do. With the `vfio` feature,
 //! [`VfioPci::open`] then opens the container and the group with the rust-vmm `vfio-ioctls`
 //! crate (without its KVM support), gets the device, turns on memory decoding and bus
-//! mastering, and maps BARs ([`VfioBar`], an [`Mmio`](crate::hw::Mmio)); it is a
-//! [`DmaMapper`](crate::hw::DmaMapper) that programs the container's IOMMU (IOVA = VA), so the
-//! drivers run over it as they run over a model.
+//! mastering, and maps BARs ([`VfioBar`], an [`Mmio`](crate::hw::Mmio)) and DSA portals
+//! ([`VfioPortal`]); it is a [`DmaMapper`](crate::hw::DmaMapper) that programs the
+//! container's IOMMU (IOVA = VA), so the drivers run over it as they run over a model.
 //!
-//! Nothing here can be exercised without a device: the tests cover [`check`] on fake sysfs
-//! trees.
+//! Nothing past the checks can be exercised without a device: the tests cover [`check`] on
+//! fake sysfs trees and `VfioPci::open_at` refusing nodes that are not VFIO's; the opening,
+//! BAR and portal mapping and IOMMU programming have not run on hardware.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -106,11 +107,12 @@ pub fn check(sysfs: &Path, dev_vfio: &Path, bdf: &str) -> Result<Ready, DmaError
 }
 
 #[cfg(feature = "vfio")]
-pub use open::{VfioBar, VfioPci};
+pub use open::{VfioBar, VfioPci, VfioPortal};
 
 #[cfg(feature = "vfio")]
 mod open {
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileTypeExt;
     use std::path::Path;
     use std::ptr;
     use std::sync::Arc;
@@ -119,6 +121,7 @@ mod open {
 
     use super::{check, vfio_err};
     use crate::hw::dma_mem::DmaMapper;
+    use crate::hw::dsa::portal::{Descriptor, MovdirPortal, Portal};
     use crate::hw::mmio::{Mmio, MmioBar};
     use crate::{DmaError, Iova};
 
@@ -150,7 +153,41 @@ mod open {
         /// Opens the function at `bdf` (bound to vfio-pci: see [`check`], whose errors come
         /// first), with memory decoding and bus mastering turned on.
         pub fn open(bdf: &str) -> Result<VfioPci, DmaError> {
-            let ready = check(Path::new("/sys"), Path::new("/dev/vfio"), bdf)?;
+            VfioPci::open_at(Path::new("/sys"), Path::new("/dev/vfio"), bdf)
+        }
+
+        /// [`open`](VfioPci::open) with sysfs at `sysfs` and the VFIO nodes in `dev_vfio` for
+        /// the checks ([`check`], then: both nodes are character devices). `vfio-ioctls`
+        /// opens the nodes at their fixed paths (`/dev/vfio/vfio`, `/dev/vfio/GROUP`), so
+        /// another `dev_vfio` is refused once its nodes pass: it is there for tests, which
+        /// reach this refusal or an earlier one.
+        pub fn open_at(sysfs: &Path, dev_vfio: &Path, bdf: &str) -> Result<VfioPci, DmaError> {
+            let ready = check(sysfs, dev_vfio, bdf)?;
+            for node in [
+                dev_vfio.join("vfio"),
+                dev_vfio.join(ready.group.to_string()),
+            ] {
+                let is_chr = std::fs::metadata(&node).is_ok_and(|m| m.file_type().is_char_device());
+                if !is_chr {
+                    return Err(vfio_err(
+                        bdf,
+                        format!(
+                            "{} is not a character device, so not a VFIO node: is /dev/vfio \
+                             the host's (mount it into this container with the group's node)?",
+                            node.display()
+                        ),
+                    ));
+                }
+            }
+            if dev_vfio != Path::new("/dev/vfio") {
+                return Err(vfio_err(
+                    bdf,
+                    format!(
+                        "VFIO nodes in {}: only /dev/vfio can be opened (vfio-ioctls' paths)",
+                        dev_vfio.display()
+                    ),
+                ));
+            }
             let container = VfioContainer::new(None)
                 .map_err(|e| vfio_err(bdf, format!("opening the VFIO container: {e}")))?;
             let container = Arc::new(container);
@@ -217,6 +254,59 @@ mod open {
             // unmapped only when the `VfioBar` is dropped, and never referenced as Rust data.
             let bar = unsafe { MmioBar::new(base.cast(), len) };
             Ok(VfioBar { bar, base, len })
+        }
+    }
+
+    impl VfioPci {
+        /// The function's PCI address.
+        pub fn bdf(&self) -> &str {
+            &self.bdf
+        }
+
+        /// A DSA work queue's portal: BAR `index` mapped, the 4 KiB portal page at `offset`
+        /// in it (64-byte aligned, inside the BAR), written with MOVDIR64B
+        /// ([`MovdirPortal`]: refused on a CPU without it). The portal owns the BAR's
+        /// mapping, unmapped when it drops.
+        pub fn map_portal(&self, index: u32, offset: usize) -> Result<VfioPortal, DmaError> {
+            let bar = self.map_bar(index)?;
+            if offset
+                .checked_add(PORTAL_PAGE)
+                .is_none_or(|end| end > bar.len)
+            {
+                return Err(vfio_err(
+                    &self.bdf,
+                    format!(
+                        "BAR {index} ({:#x} bytes) has no portal page at {offset:#x}",
+                        bar.len
+                    ),
+                ));
+            }
+            let at = bar.base.cast::<u8>().wrapping_add(offset);
+            // SAFETY: `at..at + 4096` lies in the BAR mapped just above (checked), which the
+            // returned value owns (`_bar`, dropped after `portal`), so it stays valid for
+            // 64-byte writes for the portal's life.
+            let portal = unsafe { MovdirPortal::new(at) }
+                .map_err(|e| vfio_err(&self.bdf, format!("DSA portal in BAR {index}: {e}")))?;
+            Ok(VfioPortal { portal, _bar: bar })
+        }
+    }
+
+    /// Bytes of one portal page.
+    const PORTAL_PAGE: usize = 4096;
+
+    /// A DSA work queue's portal in a BAR mapped through VFIO ([`VfioPci::map_portal`]):
+    /// MOVDIR64B submission, the mapping unmapped on drop.
+    #[derive(Debug)]
+    pub struct VfioPortal {
+        // Field order: the portal (a pointer into the BAR) goes before the mapping.
+        portal: MovdirPortal,
+        _bar: VfioBar,
+    }
+
+    impl Portal for VfioPortal {
+        #[inline]
+        fn submit(&self, desc: &Descriptor) {
+            self.portal.submit(desc)
         }
     }
 
@@ -369,6 +459,25 @@ mod tests {
         let ready = check(&f.sys(), &f.dev(), "0000:00:04.3").unwrap();
         assert_eq!(ready.group, 14);
         assert!(ready.sysfs_dir.ends_with("bus/pci/devices/0000:00:04.3"));
+    }
+
+    #[cfg(feature = "vfio")]
+    #[test]
+    fn open_at_refuses_nodes_that_are_not_vfio_nodes() {
+        let f = Fake::new("open-at");
+        f.function("0000:6a:01.0", Some("vfio-pci"), Some(40));
+        // The checks' errors come first.
+        let e = what(VfioPci::open_at(&f.sys(), &f.dev(), "0000:6a:01.0").unwrap_err());
+        assert!(e.contains("/vfio is missing"), "{e}");
+        // Nodes that pass the checks but are plain files: not VFIO nodes, nothing opened.
+        fs::write(f.dev().join("vfio"), "").unwrap();
+        fs::write(f.dev().join("40"), "").unwrap();
+        check(&f.sys(), &f.dev(), "0000:6a:01.0").unwrap();
+        let e = what(VfioPci::open_at(&f.sys(), &f.dev(), "0000:6a:01.0").unwrap_err());
+        assert!(
+            e.contains("/vfio is not a character device, so not a VFIO node"),
+            "{e}"
+        );
     }
 
     #[cfg(feature = "vfio")]

@@ -3,6 +3,17 @@
 //! `drivers/dma/idxd/idxd_hw_defs.h` and `idxd_pci.c`; the command error codes and the
 //! WQCAP mode bits are Linux's (`drivers/dma/idxd/registers.h`).
 
+/// The BAR holding these registers (DPDK's `init_pci_device`: `mem_resource[0]`; SPDK's
+/// `IDXD_MMIO_BAR`).
+pub const REGS_BAR: u32 = 0;
+/// The BAR holding the WQ portals (DPDK: `mem_resource[2]`; SPDK's `IDXD_WQ_BAR`).
+pub const PORTAL_BAR: u32 = 2;
+/// Bytes of portal space per WQ in [`PORTAL_BAR`]: four 4 KiB pages (unlimited and limited
+/// MOVDIR64B/ENQCMD portals; DPDK's `IDXD_PORTAL_SIZE`, SPDK's `WQ_TOTAL_PORTAL_SIZE`). WQ
+/// `n`'s unlimited portal, the one a dedicated WQ's driver writes, is the first page at
+/// `n * PORTAL_STRIDE`.
+pub const PORTAL_STRIDE: usize = 4 * 4096;
+
 /// Version (32 bits).
 pub const VERSION: usize = 0x00;
 /// General capabilities (64 bits): max transfer shift in bits 16..21, max batch shift in

@@ -6,6 +6,9 @@
 //! DPDK names CHANERR bit 8 "descriptor read error" and bit 10 "invalid length"; Linux names
 //! them READ_DATA_ERR and CONTROL_ERR, and has LENGTH_ERR at bit 11. This crate follows Linux.
 
+/// The BAR holding these registers (DPDK's `ioat_dmadev_create`: `mem_resource[0]`).
+pub const REGS_BAR: u32 = 0;
+
 /// Number of channels of the function (8 bits).
 pub const CHANCNT: usize = 0x00;
 /// log2 of the largest transfer of one descriptor (8 bits, low 5 bits used).

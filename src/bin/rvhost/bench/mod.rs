@@ -48,6 +48,7 @@ mod workers;
 #[cfg(test)]
 mod tests;
 
+use crate::dma::device::DeviceMode;
 use crate::dma::models::ModelKind;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -147,6 +148,14 @@ pub enum CopyMode {
         /// Copies below this many bytes stay on the backend core.
         threshold: u32,
     },
+    /// The async path with the IOAT or DSA driver over PCI functions opened through VFIO
+    /// (`ioat:BDF+BDF`, `dsa:BDF+BDF`: one function per channel). Not run on hardware.
+    Device {
+        /// Which device, and its functions.
+        dev: DeviceMode,
+        /// Copies below this many bytes stay on the backend core.
+        threshold: u32,
+    },
 }
 
 impl CopyMode {
@@ -167,6 +176,13 @@ impl CopyMode {
                     kind.name().into()
                 } else {
                     format!("{}:t={threshold}", kind.name())
+                }
+            }
+            CopyMode::Device { dev, threshold } => {
+                if threshold == rvhost::net::DEFAULT_THRESHOLD {
+                    dev.name()
+                } else {
+                    format!("{},t={threshold}", dev.name())
                 }
             }
         }
@@ -204,7 +220,11 @@ impl CopyMode {
                 (
                     "threshold",
                     Some(v),
-                    Some(CopyMode::Soft { threshold, .. } | CopyMode::Model { threshold, .. }),
+                    Some(
+                        CopyMode::Soft { threshold, .. }
+                        | CopyMode::Model { threshold, .. }
+                        | CopyMode::Device { threshold, .. },
+                    ),
                 ) => {
                     *threshold = v
                         .parse()
@@ -222,22 +242,23 @@ impl CopyMode {
                     };
                 }
                 ("threshold", Some(_), _) => {
-                    return Err(format!("{tok}: applies to a `soft` or a model before it"));
+                    return Err(format!(
+                        "{tok}: applies to a `soft`, a model or a device before it"
+                    ));
                 }
                 ("engines", Some(_), _) => {
                     return Err(format!("{tok}: applies to a `soft` before it"));
                 }
                 _ if tok.starts_with("ioat:") || tok.starts_with("dsa:") => {
-                    return Err(crate::dma::device_mode_refusal(
-                        tok,
-                        std::path::Path::new("/sys"),
-                        std::path::Path::new("/dev/vfio"),
-                    ));
+                    modes.push(CopyMode::Device {
+                        dev: crate::dma::device_mode(tok, &sysfs(), &dev_vfio())?,
+                        threshold: rvhost::net::DEFAULT_THRESHOLD,
+                    });
                 }
                 _ => {
                     return Err(format!(
-                        "{tok}: expected cpu, soft, ioat-model, dsa-model, threshold=N or \
-                         engines=K"
+                        "{tok}: expected cpu, soft, ioat-model, dsa-model, ioat:BDF, dsa:BDF, \
+                         threshold=N or engines=K"
                     ));
                 }
             }
@@ -322,7 +343,10 @@ pub struct BenchArgs {
     /// [,engines=K]` (async path, software DMA engine polled on the frontend's core), and
     /// `ioat-model[,threshold=N]`, `dsa-model[,threshold=N]` (async path, the IOAT or DSA
     /// driver over a software model of the device, stepped on the frontend's core: a model's
-    /// throughput, not the hardware's), e.g. `cpu,soft,ioat-model,dsa-model`.
+    /// throughput, not the hardware's), e.g. `cpu,soft,ioat-model,dsa-model`; and
+    /// `ioat:BDF+BDF[,threshold=N]`, `dsa:BDF+BDF[,threshold=N]` (async path, the driver over
+    /// two functions bound to vfio-pci, host-to-guest then guest-to-host; not run on
+    /// hardware yet).
     #[arg(long, default_value = "cpu", value_parser = CopyModes::parse)]
     pub copy: CopyModes,
 }
@@ -346,6 +370,20 @@ impl Default for BenchArgs {
             copy: CopyModes(vec![CopyMode::Cpu]),
         }
     }
+}
+
+/// Where sysfs is for the device modes' checks and opening: `/sys`, or `RVHOST_SYSFS` (for
+/// tests, which point it at a fake tree; `rvhost dma list --sysfs` is the same for the list).
+pub fn sysfs() -> PathBuf {
+    std::env::var_os("RVHOST_SYSFS").map_or_else(|| PathBuf::from("/sys"), PathBuf::from)
+}
+
+/// Where the VFIO nodes are for the device modes' checks: `/dev/vfio`, or `RVHOST_DEV_VFIO`
+/// (tests). Only `/dev/vfio` can be opened ([`VfioPci::open_at`]).
+///
+/// [`VfioPci::open_at`]: rvhost_dma::hw::vfio::VfioPci::open_at
+pub fn dev_vfio() -> PathBuf {
+    std::env::var_os("RVHOST_DEV_VFIO").map_or_else(|| PathBuf::from("/dev/vfio"), PathBuf::from)
 }
 
 /// Smallest frame: Ethernet, IPv4 and UDP headers.
@@ -409,6 +447,10 @@ pub enum BenchError {
     /// The DMA engine (software, or a device model) could not be set up.
     #[error("DMA engine")]
     Dma(#[source] rvhost_dma::DmaError),
+    /// A copy device opened through VFIO could not be set up (the message names the
+    /// function, what failed and what to do).
+    #[error("{0}")]
+    Device(String),
     /// The async channel could not be registered.
     #[error("async channel")]
     Async(#[source] rvhost::net::AsyncError),
@@ -440,6 +482,12 @@ impl BenchArgs {
         }
         if self.mrg.is_empty() {
             return bad("mrg", "give on, off or on,off".into());
+        }
+        for c in &self.copy.0 {
+            if let CopyMode::Device { dev, .. } = c {
+                dev.check_count(2, "the row's host-to-guest, then guest-to-host queue")
+                    .or_else(|reason| bad("copy", reason))?;
+            }
         }
         if self.copy.0.is_empty() {
             return bad("copy", "give cpu, soft, ioat-model or dsa-model".into());

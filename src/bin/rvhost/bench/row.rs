@@ -12,7 +12,8 @@ use super::workers::{
     BackendEnd, DRAIN, DmaServe, FrontendEnd, Params, RUN, STOP, Shared, Totals, backend_loop,
     frontend_loop,
 };
-use super::{BenchArgs, BenchError, CopyMode, Direction, RingLayout};
+use super::{BenchArgs, BenchError, CopyMode, Direction, RingLayout, dev_vfio, sysfs};
+use crate::dma::device::device_channels;
 use crate::dma::models::{PoolMapping, model_channels};
 use rvhost::frontend::NetHdr;
 use rvhost::lcore::Lcores;
@@ -185,6 +186,9 @@ pub(crate) fn run_row(
     // IOMMUs when its table arrives (before the row's bed exists), and the pool is mapped
     // in them for the row (`_pool_map`, dropped after the bed).
     let ring = args.queue_size.max(64);
+    // A device's functions are closed last: after the bed (and the channels with it) and
+    // the pool's mapping.
+    let mut _functions = None;
     let mut _pool_map = None;
     let mut mapper = None;
     let (mut soft, channels, threshold) = match cfg.copy {
@@ -205,6 +209,16 @@ pub(crate) fn run_row(
             _pool_map = Some(PoolMapping::new(pool, Arc::clone(&all)).map_err(BenchError::Dma)?);
             mapper = Some(all);
             (Some(DmaServe::Models(m.models)), m.channels, threshold)
+        }
+        CopyMode::Device { dev, threshold } => {
+            // The same channels over functions opened through VFIO (checked by `validate`:
+            // two, host-to-guest then guest-to-host); the hardware needs no polling here.
+            let d =
+                device_channels(&dev, ring, &sysfs(), &dev_vfio()).map_err(BenchError::Device)?;
+            _pool_map = Some(d.map_pool(pool, &dev).map_err(BenchError::Device)?);
+            mapper = Some(d.mapper(0..d.functions.len()));
+            _functions = Some(d.functions);
+            (None, d.channels, threshold)
         }
     };
     let mut bed = Bed::new(
@@ -266,7 +280,8 @@ pub(crate) fn run_row(
     let fe_end = fe_end.map_err(|_| BenchError::WorkerPanicked("frontend"))??;
     let be_end = be_end.ok_or(BenchError::WorkerPanicked("backend"))?;
     // Packets still in the async channel (none after a clean drain): its device is served
-    // by a thread of its own while the channel is emptied and the bed torn down.
+    // by a thread of its own (a real device runs by itself) while the channel is emptied
+    // and the bed torn down.
     let idle = WorkerConfig {
         idle: Idle::Yield,
         ..WorkerConfig::default()
@@ -283,6 +298,8 @@ pub(crate) fn run_row(
                 _model_worker = Some(ModelWorker::serve(m, idle).map_err(BenchError::Dma)?);
             }
         }
+    }
+    if asynch {
         let mut left = Vec::new();
         async_clear_queue(&bed.dev, QueuePair(0).rx(), &mut left);
         async_clear_queue(&bed.dev, QueuePair(0).tx(), &mut left);

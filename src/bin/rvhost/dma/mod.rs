@@ -1,13 +1,20 @@
 //! `rvhost dma`: the copy engines' devices. [`list`] finds the IOAT and DSA functions in
-//! sysfs (`rvhost dma list`); [`models`] builds channels over the IOAT and DSA models for
-//! `--copy ioat-model|dsa-model`.
+//! sysfs (`rvhost dma list`); [`drivers`] builds the IOAT and DSA drivers' channels over a
+//! BAR; [`models`] runs them over the IOAT and DSA models for `--copy ioat-model|dsa-model`;
+//! [`device`] over functions opened through VFIO for `--copy ioat:BDF|dsa:BDF` (not run on
+//! hardware).
 
 use std::path::{Path, PathBuf};
 
 use rvhost_dma::hw::vfio;
 
+pub mod device;
+pub mod drivers;
 pub mod list;
 pub mod models;
+
+use device::DeviceMode;
+use models::ModelKind;
 
 /// Options of `rvhost dma`.
 #[derive(Debug, Clone, clap::Args)]
@@ -60,36 +67,76 @@ fn is_bdf(s: &str) -> bool {
         && (b'0'..=b'7').contains(&b[11])
 }
 
-/// Why `--copy ioat:BDF` or `--copy dsa:BDF` (`tok`) cannot run, with sysfs at `sysfs` and
-/// the VFIO nodes in `dev_vfio`: what the VFIO checks find missing, with what to do; or, when
-/// the function is ready, that rvhost does not drive a real device yet (untried on hardware).
-pub fn device_mode_refusal(tok: &str, sysfs: &Path, dev_vfio: &Path) -> String {
-    let (want, bdf) = tok.split_once(':').unwrap_or((tok, ""));
+/// Parses `--copy ioat:BDF[+BDF...]` or `--copy dsa:BDF[+BDF...]` (`tok`), with sysfs at
+/// `sysfs` and the VFIO nodes in `dev_vfio`, checking each function before anything is
+/// opened: a PCI address, of that kind, then what the VFIO checks find missing, with what to
+/// do; no function twice (one channel each), nor two of one IOMMU group (each is opened in a
+/// container of its own). The functions are opened when the command starts
+/// ([`device::device_channels`]).
+pub fn device_mode(tok: &str, sysfs: &Path, dev_vfio: &Path) -> Result<DeviceMode, String> {
+    let (want, list) = tok.split_once(':').unwrap_or((tok, ""));
+    let kind = match want {
+        "ioat" => ModelKind::Ioat,
+        "dsa" => ModelKind::Dsa,
+        _ => return Err(format!("{tok}: expected ioat:BDF or dsa:BDF")),
+    };
+    // (function, IOMMU group)
+    let mut found: Vec<(String, u32)> = Vec::new();
+    for bdf in list.split('+') {
+        let group = function_check(tok, want, bdf, sysfs, dev_vfio)?;
+        if found.iter().any(|(b, _)| b == bdf) {
+            return Err(format!(
+                "{tok}: {bdf} given twice (one channel per function)"
+            ));
+        }
+        if let Some((other, _)) = found.iter().find(|&&(_, g)| g == group) {
+            return Err(format!(
+                "{tok}: {bdf} and {other} are both in IOMMU group {group}: each function is \
+                 opened in a VFIO container of its own, and a group joins one container only; \
+                 give functions of distinct groups (`rvhost dma list` shows them)"
+            ));
+        }
+        found.push((bdf.to_owned(), group));
+    }
+    Ok(DeviceMode {
+        kind,
+        bdfs: Vec::leak(found.into_iter().map(|(b, _)| b).collect()),
+    })
+}
+
+/// Checks function `bdf` of `tok` (`want`: `ioat` or `dsa`) before it is opened: its IOMMU
+/// group, or what is missing.
+fn function_check(
+    tok: &str,
+    want: &str,
+    bdf: &str,
+    sysfs: &Path,
+    dev_vfio: &Path,
+) -> Result<u32, String> {
     if !is_bdf(bdf) {
-        return format!("{tok}: '{bdf}' is not a PCI address (dddd:bb:dd.f, e.g. 0000:00:04.0)");
+        return Err(format!(
+            "{tok}: '{bdf}' is not a PCI address (dddd:bb:dd.f, e.g. 0000:00:04.0)"
+        ));
     }
     if let Some(kind) = list::kind_at(sysfs, bdf) {
         match kind {
             Some(k) if k.name() == want => {}
-            Some(k) => return format!("{tok}: {bdf} is a {} function, not {want}", k.name()),
+            Some(k) => {
+                return Err(format!(
+                    "{tok}: {bdf} is a {} function, not {want}",
+                    k.name()
+                ));
+            }
             None => {
-                return format!(
+                return Err(format!(
                     "{tok}: {bdf} is not an IOAT or DSA function (`rvhost dma list` shows them)"
-                );
+                ));
             }
         }
     }
-    match vfio::check(sysfs, dev_vfio, bdf) {
-        Err(e) => format!("{tok}: {e}"),
-        Ok(ready) => format!(
-            "{tok}: {bdf} is ready (vfio-pci, IOMMU group {}), but rvhost does not drive a real \
-             device yet: nothing of the VFIO path (open, BARs, the drivers on silicon, the \
-             IOMMU mapping of the pool and of guest memory through Driver::set_dma_mapper) \
-             has run on hardware; ioat-model and dsa-model run the same drivers and the same \
-             mapping over models with a strict IOMMU",
-            ready.group
-        ),
-    }
+    vfio::check(sysfs, dev_vfio, bdf)
+        .map(|ready| ready.group)
+        .map_err(|e| format!("{tok}: {e}"))
 }
 
 /// Runs `rvhost dma ...`.
@@ -116,7 +163,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn device_modes_say_what_is_missing_then_what_rvhost_lacks() {
+    fn device_modes_say_what_is_missing_and_accept_ready_functions() {
         let root = std::env::temp_dir().join(format!("rvhost-dma-refusal-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         let (sys, dev) = (root.join("sys"), root.join("dev"));
@@ -135,7 +182,7 @@ mod tests {
             symlink(&grp, d.join("iommu_group")).unwrap();
             symlink(&d, sys.join("bus/pci/devices").join(bdf)).unwrap();
         };
-        let refusal = |tok: &str| device_mode_refusal(tok, &sys, &dev);
+        let refusal = |tok: &str| device_mode(tok, &sys, &dev).unwrap_err();
         assert!(refusal("ioat:00:04.0").contains("is not a PCI address"));
         assert!(refusal("ioat:0000:00:04.0").contains("no such PCI device"));
         function("0000:00:04.0", "0x2021", "ioatdma", 12);
@@ -148,12 +195,31 @@ mod tests {
         assert!(refusal("dsa:0000:6a:01.0").contains("/vfio is missing"));
         fs::write(dev.join("vfio"), "").unwrap();
         fs::write(dev.join("40"), "").unwrap();
-        let r = refusal("dsa:0000:6a:01.0");
+        let m = device_mode("dsa:0000:6a:01.0", &sys, &dev).unwrap();
+        assert_eq!(
+            (m.kind, m.bdfs),
+            (ModelKind::Dsa, &["0000:6a:01.0".to_string()][..])
+        );
+        // Several functions: each is checked, none twice.
+        function("0000:6a:02.0", "0x0b25", "vfio-pci", 41);
+        fs::write(dev.join("41"), "").unwrap();
+        let m = device_mode("dsa:0000:6a:01.0+0000:6a:02.0", &sys, &dev).unwrap();
+        assert_eq!(m.bdfs.len(), 2);
+        assert_eq!(m.name(), "dsa:0000:6a:01.0+0000:6a:02.0");
+        let r = refusal("dsa:0000:6a:01.0+0000:00:04.0");
         assert!(
-            r.contains("is ready (vfio-pci, IOMMU group 40)")
-                && r.contains("does not drive a real device yet"),
+            r.contains("0000:00:04.0 is a ioat function, not dsa"),
             "{r}"
         );
+        let r = refusal("dsa:0000:6a:01.0+0000:6a:01.0");
+        assert!(r.contains("0000:6a:01.0 given twice"), "{r}");
+        function("0000:6a:03.0", "0x0b25", "vfio-pci", 40);
+        let r = refusal("dsa:0000:6a:01.0+0000:6a:03.0");
+        assert!(
+            r.contains("0000:6a:03.0 and 0000:6a:01.0 are both in IOMMU group 40"),
+            "{r}"
+        );
+        assert!(refusal("dsa:0000:6a:01.0+").contains("'' is not a PCI address"));
         let _ = fs::remove_dir_all(&root);
     }
 }

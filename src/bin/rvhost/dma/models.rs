@@ -16,10 +16,12 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use rvhost::mbuf::PktPool;
-use rvhost::net::{AsyncCopyOps, DmaCopy};
-use rvhost_dma::hw::{DmaMapper, DsaChannel, DsaDevice, IoatChannel, MapperSet};
+use rvhost::net::AsyncCopyOps;
+use rvhost_dma::hw::{DmaMapper, MapperSet};
 use rvhost_dma::model::{DsaModel, DsaModelConfig, IoatModel, IoatModelConfig, Served};
-use rvhost_dma::{ChannelConfig, DmaError, Iova};
+use rvhost_dma::{DmaError, Iova};
+
+use super::drivers::{copy_device, dsa_channel, ioat_channel};
 
 /// Which device the channels model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +38,14 @@ impl ModelKind {
         match self {
             ModelKind::Ioat => "ioat-model",
             ModelKind::Dsa => "dsa-model",
+        }
+    }
+
+    /// `ioat` or `dsa`: the device itself (`--copy ioat:BDF`).
+    pub fn device_name(self) -> &'static str {
+        match self {
+            ModelKind::Ioat => "ioat",
+            ModelKind::Dsa => "dsa",
         }
     }
 }
@@ -66,7 +76,8 @@ pub fn mapper_of(models: &[Served]) -> Arc<dyn DmaMapper> {
     Arc::new(MapperSet::new(members))
 }
 
-/// An mbuf pool's memory mapped in some models' IOMMUs (IOVA = VA) for as long as this lives;
+/// An mbuf pool's memory mapped in some IOMMUs (the models', or the containers of functions
+/// opened through VFIO; IOVA = VA) for as long as this lives;
 /// it keeps a handle of the pool, so the memory outlives the mapping.
 pub struct PoolMapping {
     mapper: Arc<dyn DmaMapper>,
@@ -110,23 +121,20 @@ unsafe impl Send for PoolMapping {}
 /// [module documentation](self)): map the pool with [`PoolMapping`] and guest memory through
 /// [`ModelChannels::mapper`] before traffic.
 pub fn model_channels(kind: ModelKind, n: usize, ring: u16) -> Result<ModelChannels, DmaError> {
-    // The data path copies contiguous ranges only.
-    let cfg = ChannelConfig {
-        max_sges: 1,
-        ..ChannelConfig::new(ring)
-    };
     let mut out = ModelChannels {
         channels: Vec::with_capacity(n),
         models: Vec::with_capacity(n),
     };
     for _ in 0..n {
+        // The drivers' channels are built as over a device's BAR (`drivers`), the model
+        // standing in for the BAR (and portal) and for the IOMMU.
         match kind {
             ModelKind::Ioat => {
                 let model = IoatModel::new(IoatModelConfig::default());
-                let ch = IoatChannel::new(model.clone(), &cfg, Arc::new(model.clone()))?;
+                let ch = ioat_channel(model.clone(), ring, Arc::new(model.clone()))?;
                 // The model checks that DMACOUNT never puts more than the ring in flight.
                 model.set_max_pending(u16::try_from(ch.descriptors() - 1).unwrap_or(u16::MAX));
-                out.channels.push(Box::new(DmaCopy::new(ch)));
+                out.channels.push(copy_device(ch));
                 out.models.push(Served::Ioat(model));
             }
             ModelKind::Dsa => {
@@ -136,9 +144,13 @@ pub fn model_channels(kind: ModelKind, n: usize, ring: u16) -> Result<ModelChann
                     parallel: 4,
                     ..DsaModelConfig::default()
                 });
-                let dev = DsaDevice::setup(model.clone())?;
-                let ch = DsaChannel::new(dev, model.portal(0), &cfg, Arc::new(model.clone()))?;
-                out.channels.push(Box::new(DmaCopy::new(ch)));
+                let ch = dsa_channel(
+                    model.clone(),
+                    model.portal(0),
+                    ring,
+                    Arc::new(model.clone()),
+                )?;
+                out.channels.push(copy_device(ch));
                 out.models.push(Served::Dsa(model));
             }
         }

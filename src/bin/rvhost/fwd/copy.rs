@@ -1,12 +1,14 @@
-//! `--copy soft|ioat-model|dsa-model`: the ports' queues go through the async copy path, both
-//! ways, with one DMA channel per port, queue pair and direction.
+//! `--copy soft|ioat-model|dsa-model|ioat:BDF+...|dsa:BDF+...`: the ports' queues go through
+//! the async copy path, both ways, with one DMA channel per port, queue pair and direction.
 //!
 //! The engine runs on a thread of its own: a [`SoftDevice`] with one channel per port, queue
 //! pair and direction, or one device model per channel (the IOAT or DSA driver over it, see
 //! [`crate::dma::models`]), all served by one [`ModelWorker`]. The models' IOMMUs are strict:
 //! the pool is mapped in every model for the run ([`PoolMapping`]), and each port's socket
 //! gets a mapper over its own channels' models, through which its driver maps the guest's
-//! memory ([`Engines::mapper`]). A channel is registered on the device's vring in `new_device` and taken back
+//! memory ([`Engines::mapper`]). The device modes do the same over PCI functions opened
+//! through VFIO, one per channel, with no thread ([`Engines::devices`]; not run on hardware).
+//! A channel is registered on the device's vring in `new_device` and taken back
 //! in `destroy_device`, after the lcores let go of the device and the packets still in it
 //! were handed back, so that the next device of the port gets it again.
 
@@ -24,7 +26,10 @@ use rvhost_dma::{ChannelConfig, DmaError, SoftDevice};
 
 use rvhost::mbuf::PktPool;
 use rvhost_dma::hw::DmaMapper;
+use rvhost_dma::hw::vfio::VfioPci;
 
+use crate::bench::{dev_vfio, sysfs};
+use crate::dma::device::{DeviceMode, device_channels};
 use crate::dma::models::{ModelKind, PoolMapping, mapper_of, model_channels, report_violations};
 
 /// The thread serving the channels: it must outlive every device, so drop it after the ports
@@ -44,6 +49,14 @@ pub enum DmaThread {
         /// The models, whose broken rules are logged on drop.
         models: Vec<Served>,
     },
+    /// Functions opened through VFIO: nothing to serve (the devices run by themselves), the
+    /// pool's mapping and the functions to close after the channels.
+    Devices {
+        /// The pool mapped in the functions' IOMMUs, unmapped on drop (first).
+        pool_map: Option<PoolMapping>,
+        /// The functions, closed on drop (last).
+        functions: Vec<Arc<VfioPci>>,
+    },
 }
 
 impl Drop for DmaThread {
@@ -57,6 +70,14 @@ impl Drop for DmaThread {
             drop(worker.take());
             drop(pool_map.take());
             report_violations(models);
+        }
+        if let DmaThread::Devices {
+            pool_map,
+            functions,
+        } = self
+        {
+            drop(pool_map.take());
+            functions.clear();
         }
     }
 }
@@ -138,6 +159,34 @@ impl Engines {
             worker: Some(worker),
             pool_map: Some(pool_map),
             models: m.models,
+        };
+        Ok((Arc::new(engines), thread))
+    }
+
+    /// The IOAT or DSA driver over the functions of `dev` opened through VFIO, one channel
+    /// each, in slot order (port 0 queue 0 host-to-guest, port 0 queue 0 guest-to-host, port
+    /// 0 queue 1 ..., then port 1; the count is checked with the options); `pool` is mapped
+    /// in every function's IOMMU until the returned value is dropped (after the ports are
+    /// closed and the engines dropped), and each port's socket maps its guest memory in its
+    /// own channels' functions. Not run on hardware. An error names the function and what to
+    /// do, and leaves nothing open.
+    pub fn devices(
+        ports: usize,
+        queues: u16,
+        threshold: u32,
+        dev: &DeviceMode,
+        pool: &PktPool,
+    ) -> Result<(Arc<Engines>, DmaThread), String> {
+        let per_port = 2 * usize::from(queues);
+        let d = device_channels(dev, RING, &sysfs(), &dev_vfio())?;
+        let pool_map = d.map_pool(pool, dev)?;
+        let mappers = (0..ports)
+            .map(|p| d.mapper(p * per_port..(p + 1) * per_port))
+            .collect();
+        let engines = Engines::with(d.channels, queues, threshold, mappers);
+        let thread = DmaThread::Devices {
+            pool_map: Some(pool_map),
+            functions: d.functions,
         };
         Ok((Arc::new(engines), thread))
     }

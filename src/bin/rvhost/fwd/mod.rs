@@ -103,7 +103,10 @@ pub struct Args {
     /// 256, go to a software DMA engine with K lanes running on a thread of its own), or
     /// `ioat-model[,threshold=N]`, `dsa-model[,threshold=N]` (the async path over the IOAT or
     /// DSA driver, each channel on a software model of the device, the models served by a
-    /// thread of their own).
+    /// thread of their own), or `ioat:BDF+BDF...[,threshold=N]`, `dsa:BDF+BDF...` (the same
+    /// drivers over PCI functions bound to vfio-pci, one per port, queue pair and direction:
+    /// port 0 queue 0 host-to-guest, then guest-to-host, then queue 1...; not run on
+    /// hardware yet).
     #[arg(long, value_name = "MODE", default_value = "cpu", value_parser = parse_copy)]
     pub copy: CopyMode,
     /// CPU of the DMA engine's thread (`--copy soft`, or the models'): pinned there, it polls
@@ -128,7 +131,8 @@ fn parse_copy(s: &str) -> Result<CopyMode, String> {
     match CopyMode::parse_list(s)?.as_slice() {
         [one] => Ok(*one),
         _ => Err("give one copy mode (cpu, soft[,threshold=N][,engines=K], \
-                  ioat-model[,threshold=N] or dsa-model[,threshold=N])"
+                  ioat-model[,threshold=N], dsa-model[,threshold=N], \
+                  ioat:BDF[+BDF...][,threshold=N] or dsa:BDF[+BDF...][,threshold=N])"
             .into()),
     }
 }
@@ -160,6 +164,10 @@ pub enum FwdError {
     /// The software DMA engine could not be started.
     #[error("software DMA engine")]
     Dma(#[from] rvhost_dma::DmaError),
+    /// A copy device opened through VFIO could not be set up (the message names the
+    /// function, what failed and what to do).
+    #[error("{0}")]
+    Device(String),
     /// An lcore panicked while forwarding.
     #[error("an lcore stopped unexpectedly (see the log)")]
     LcoreFailed,
@@ -218,6 +226,19 @@ impl Config {
                  locks guest memory when it is mapped, which defeats postcopy's page faults",
                 a.copy.name()
             )));
+        }
+        if let CopyMode::Device { dev, .. } = &a.copy {
+            dev.check_count(
+                2 * streams,
+                "per port and queue pair, host-to-guest then guest-to-host, port by port",
+            )
+            .map_err(FwdError::Usage)?;
+            if a.dma_lcore.is_some() {
+                return Err(FwdError::Usage(format!(
+                    "--dma-lcore: --copy {} needs no thread (the devices run by themselves)",
+                    dev.name()
+                )));
+            }
         }
         if let Some(cpu) = a.dma_lcore {
             if a.copy == CopyMode::Cpu {
@@ -369,6 +390,11 @@ pub fn run(args: Args) -> Result<(), FwdError> {
                 &shared.pool,
             )?;
             (Some(e), Some(w))
+        }
+        CopyMode::Device { dev, threshold } => {
+            let (e, d) = copy::Engines::devices(ports, cfg.queues, threshold, &dev, &shared.pool)
+                .map_err(FwdError::Device)?;
+            (Some(e), Some(d))
         }
     };
     let sh = Arc::clone(&shared);
