@@ -102,8 +102,11 @@ impl<'v> PackedBurst<'v> {
         let q = PackedQueue::new(rings, mem, *size);
         let dirty: &'v Option<std::sync::Arc<DirtyLog>> = dirty;
         let log = active_log(dirty, *features);
-        let desc_gpa = addrs.and_then(|a| mem.fva_to_gpa(a.desc)).map(|g| g.raw());
-        let used_log = used_ring_log(log, *addrs).and_then(|(l, _)| desc_gpa.map(|g| (l, g)));
+        // The descriptor ring's guest address is looked up only while its writes are logged.
+        let used_log = used_ring_log(log, *addrs).and_then(|(l, _)| {
+            let a = (*addrs)?;
+            mem.fva_to_gpa(a.desc).map(|g| (l, g.raw()))
+        });
         let (next, used) = (*avail_pos, *used_pos);
         packed_shadow.clear();
         Some(PackedBurst {

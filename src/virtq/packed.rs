@@ -32,7 +32,7 @@
 //! `Release` ([`PackedQueue::write_used`]); the driver reads the flags, then the rest after its
 //! read barrier.
 
-use std::sync::atomic::{Ordering, fence};
+use std::sync::atomic::{AtomicU16, Ordering, fence};
 
 use thiserror::Error;
 
@@ -374,8 +374,19 @@ impl PackedRings {
                 len,
             })
         });
+        let desc = desc?;
+        // The data path reads descriptors as two aligned words: the host mapping must keep
+        // the 16-byte alignment (it does unless a region's host and guest offsets differ).
+        let host = desc.slice().as_ptr() as u64;
+        if host % 16 != 0 {
+            return Err(VringError::Misaligned {
+                ring: "descriptor (host mapping)",
+                addr: host,
+                align: 16,
+            });
+        }
         Ok(PackedRings {
-            desc: desc?,
+            desc,
             driver: driver?,
             device: device?,
         })
@@ -581,17 +592,32 @@ impl<'a> PackedQueue<'a> {
         usize::from(idx) * PACKED_DESC_SIZE as usize
     }
 
+    /// Slot `idx`'s 16 bytes (reduced modulo the size), or `None` for a queue of size 0.
+    #[inline(always)]
+    fn slot(&self, idx: u16) -> Option<*mut u8> {
+        if self.size == 0 {
+            return None;
+        }
+        // SAFETY: `off` is below `size * 16`, and `new` reduced the size to what the
+        // descriptor ring holds, so the slot's 16 bytes are inside `desc` (valid for 'a).
+        Some(unsafe { self.desc.as_ptr().add(self.off(idx)) })
+    }
+
     /// The flags of slot `idx`, with `Acquire`: pairs with the driver's barrier before it
     /// stores the flags of a chain's first descriptor, so the chain read afterwards is whole.
-    /// The ring was checked at translation, so the load cannot fail; a failure reads as 0
-    /// (not available at the start).
+    /// A queue of size 0 reads 0 (not available at the start).
     #[inline]
     pub fn flags_acquire(&self, idx: u16) -> u16 {
-        u16::from_le(
-            self.desc
-                .load_u16(self.off(idx) + OFF_FLAGS, Ordering::Acquire)
-                .unwrap_or(0),
-        )
+        self.flags_load(idx, Ordering::Acquire)
+    }
+
+    #[inline(always)]
+    fn flags_load(&self, idx: u16, order: Ordering) -> u16 {
+        let Some(p) = self.slot(idx) else { return 0 };
+        // SAFETY: the slot is inside the ring (`slot`), whose host address is 16-byte aligned
+        // (checked at translation), so its flags are an aligned u16; guest ring words are
+        // only accessed atomically or volatile by rvhost.
+        u16::from_le(unsafe { AtomicU16::from_ptr(p.add(OFF_FLAGS).cast::<u16>()) }.load(order))
     }
 
     /// Whether the descriptor at `pos` is available (its flags loaded with `Acquire`).
@@ -600,13 +626,27 @@ impl<'a> PackedQueue<'a> {
         desc_is_avail(self.flags_acquire(pos.idx), pos.wrap)
     }
 
-    /// Descriptor `idx` of the ring (a copy, read once; reduced modulo the size).
+    /// Descriptor `idx` of the ring (a copy, read once as two words; reduced modulo the
+    /// size; all zero for a queue of size 0).
     #[inline]
     pub fn desc(&self, idx: u16) -> PvirtqDesc {
-        self.desc
-            .read_obj::<PvirtqDesc>(self.off(idx))
-            .unwrap_or_default()
-            .swap_le()
+        let Some(p) = self.slot(idx) else {
+            return PvirtqDesc::default();
+        };
+        // SAFETY: the slot's 16 bytes are inside the ring and 16-byte aligned (see
+        // `flags_load`); two volatile aligned loads, the guest may write them concurrently.
+        let (addr, rest) = unsafe {
+            (
+                u64::from_le(std::ptr::read_volatile(p.cast::<u64>())),
+                u64::from_le(std::ptr::read_volatile(p.add(OFF_LEN).cast::<u64>())),
+            )
+        };
+        PvirtqDesc {
+            addr,
+            len: rest as u32,
+            id: (rest >> 32) as u16,
+            flags: (rest >> 48) as u16,
+        }
     }
 
     /// Asks for the ring's lines of slots `[first, first + n)` to be read (see
@@ -650,6 +690,32 @@ impl<'a> PackedQueue<'a> {
             return Err(PackedError::TooLong { max: 0 });
         }
         let first = self.desc(pos.idx);
+        if first.flags & VIRTQ_DESC_F_NEXT == 0 {
+            // One slot: the common case, without the walk.
+            if first.id >= self.size {
+                return Err(PackedError::BadId {
+                    id: first.id,
+                    size: self.size,
+                });
+            }
+            return Ok(Some(AvailChain {
+                head: pos,
+                id: first.id,
+                count: 1,
+                first,
+            }));
+        }
+        self.avail_chain_walk(pos, budget, first)
+    }
+
+    /// The rest of [`avail_chain`](Self::avail_chain) for a chain of several slots.
+    #[inline(never)]
+    fn avail_chain_walk(
+        &self,
+        pos: RingPos,
+        budget: u16,
+        first: PvirtqDesc,
+    ) -> Result<Option<AvailChain>, PackedError> {
         let mut last = first;
         let mut at = pos;
         let mut count: u16 = 1;
@@ -660,11 +726,7 @@ impl<'a> PackedQueue<'a> {
             at = at.advance(1, self.size);
             // The first descriptor's Acquire ordered the rest of the chain (written before it):
             // a plain load suffices.
-            let flags = u16::from_le(
-                self.desc
-                    .load_u16(self.off(at.idx) + OFF_FLAGS, Ordering::Relaxed)
-                    .unwrap_or(0),
-            );
+            let flags = self.flags_load(at.idx, Ordering::Relaxed);
             if !desc_is_avail(flags, at.wrap) {
                 return Err(PackedError::NotAvailable { slot: at.idx });
             }
@@ -775,18 +837,23 @@ impl<'a> PackedQueue<'a> {
 
     #[inline]
     fn write_used_body(&self, pos: RingPos, u: PackedUsed) {
-        let off = self.off(pos.idx);
-        let _ = self.desc.write_obj(off + OFF_LEN, u.len.to_le());
-        let _ = self.desc.write_obj(off + OFF_ID, u.id.to_le());
+        let Some(p) = self.slot(pos.idx) else { return };
+        // SAFETY: the slot's 16 bytes are inside the ring and 16-byte aligned (see
+        // `flags_load`), so its length (u32 at 8) and id (u16 at 12) are aligned; volatile
+        // stores into guest memory the driver reads only after the flags.
+        unsafe {
+            std::ptr::write_volatile(p.add(OFF_LEN).cast::<u32>(), u.len.to_le());
+            std::ptr::write_volatile(p.add(OFF_ID).cast::<u16>(), u.id.to_le());
+        }
     }
 
     #[inline]
     fn store_used_flags(&self, pos: RingPos, u: PackedUsed, order: Ordering) {
+        let Some(p) = self.slot(pos.idx) else { return };
         let write = if u.len != 0 { VIRTQ_DESC_F_WRITE } else { 0 };
         let flags = used_bits(pos.wrap) | write;
-        let _ = self
-            .desc
-            .store_u16(self.off(pos.idx) + OFF_FLAGS, flags.to_le(), order);
+        // SAFETY: as in `flags_load`: an aligned u16 inside the ring, accessed atomically.
+        unsafe { AtomicU16::from_ptr(p.add(OFF_FLAGS).cast::<u16>()) }.store(flags.to_le(), order);
     }
 
     /// The driver event suppression structure: what the driver wants of used notifications.

@@ -740,6 +740,34 @@ fn positions_advance_and_flip_at_the_ring_end() {
     assert_eq!(p(6, true).distance_from(p(6, true), 8), 0);
 }
 
+/// A ring whose frontend address is 16-byte aligned but whose host mapping is not (a region
+/// whose `mmap_offset` is not a multiple of 16: the mapping starts at the page below it) is
+/// refused at translation: the data path reads descriptors as aligned words.
+#[test]
+fn a_ring_misaligned_in_the_host_mapping_is_refused() {
+    let r = GuestRegion::map(
+        memfd(&unique_name("packed-misaligned"), 2 << 20),
+        RegionDesc {
+            guest_phys_addr: 0,
+            memory_size: 1 << 20,
+            userspace_addr: UVA,
+            mmap_offset: 8,
+        },
+        MapOptions::new(),
+    )
+    .unwrap();
+    let mem = GuestMemory::new(vec![r], MemoryLimits::default()).unwrap();
+    assert_eq!(
+        mem.gpa_to_host(Gpa(DESC), 16).unwrap().as_ptr() as usize % 16,
+        8,
+        "the host mapping is off by the offset"
+    );
+    assert!(matches!(
+        PackedRings::new(&mem, &addrs(DESC, DRIVER, DEVICE), 8),
+        Err(VringError::Misaligned { align: 16, .. })
+    ));
+}
+
 /// The division-free paths of `advance` and `distance_from` (a slot below the size, moved by
 /// less than two laps) agree with stepping slot by slot, and so do the general ones.
 #[test]
