@@ -45,19 +45,7 @@ fn bed(packed: bool) -> Bed {
         packed,
         ..FrontendOptions::default()
     };
-    Bed::configured(
-        "bench-dp",
-        Flags::empty(),
-        opts,
-        "bench-dp",
-        4096,
-        64,
-        |d, path| {
-            if packed {
-                d.enable_features(path, VIRTIO_F_RING_PACKED).unwrap();
-            }
-        },
-    )
+    Bed::on_ring("bench-dp", Flags::empty(), opts, "bench-dp", 4096, 64)
 }
 
 fn bench(c: &mut Criterion) {

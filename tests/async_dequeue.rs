@@ -8,10 +8,10 @@ mod common;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use common::Bed;
 use common::pkt::{packet_bytes, payload};
+use common::{Bed, both_rings, ring};
 use rvhost::driver::Flags;
-use rvhost::features::{VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF};
+use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF};
 use rvhost::frontend::{FrontendOptions, TxLayout};
 use rvhost::mbuf::{Mbuf, PktCache};
 use rvhost::net::{
@@ -25,34 +25,15 @@ const Q0: QueuePair = QueuePair(0);
 
 /// A bed on the ring layout of this test thread ([`both_rings`]).
 fn bed(layout: TxLayout, flags: Flags) -> Bed {
-    let ring = RING.with(|r| r.get());
-    let packed = ring != 0;
     let opts = FrontendOptions {
-        features: VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF | ring,
+        features: VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF | ring(),
         tx_layout: layout,
         mem_size: 32 << 20,
         force_small_pages: true,
-        packed,
+        packed: ring() != 0,
         ..FrontendOptions::default()
     };
-    Bed::configured("adq", flags, opts, "adq-test", 4096, 64, |d, path| {
-        if packed {
-            d.enable_features(path, VIRTIO_F_RING_PACKED).unwrap();
-        }
-    })
-}
-
-std::thread_local! {
-    /// The ring layout of this test thread's beds: 0 (split) or `VIRTIO_F_RING_PACKED`.
-    static RING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-/// Runs a test's body on split rings, then on packed rings.
-fn both_rings(body: impl Fn()) {
-    for ring in [0, VIRTIO_F_RING_PACKED] {
-        RING.with(|r| r.set(ring));
-        body();
-    }
+    Bed::on_ring("adq", flags, opts, "adq-test", 4096, 64)
 }
 
 fn device(

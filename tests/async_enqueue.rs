@@ -9,12 +9,10 @@ mod common;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use common::Bed;
 use common::pkt::{mbuf_of, payload};
+use common::{Bed, both_rings, ring};
 use rvhost::driver::Flags;
-use rvhost::features::{
-    VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
-};
+use rvhost::features::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX};
 use rvhost::frontend::{FrontendOptions, TxLayout};
 use rvhost::mbuf::{Mbuf, OffloadFlags, PktCache};
 use rvhost::net::{
@@ -31,34 +29,15 @@ const NO_MRG: u64 = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX;
 
 /// A bed for `features`, on the ring layout of this test thread ([`both_rings`]).
 fn bed(features: u64, flags: Flags) -> Bed {
-    let packed = RING.with(|r| r.get()) != 0;
-    let features = features | RING.with(|r| r.get());
     let opts = FrontendOptions {
-        features,
+        features: features | ring(),
         tx_layout: TxLayout::Inline,
         mem_size: 32 << 20,
         force_small_pages: true,
-        packed,
+        packed: ring() != 0,
         ..FrontendOptions::default()
     };
-    Bed::configured("async", flags, opts, "async-test", 4096, 64, |d, path| {
-        if packed {
-            d.enable_features(path, VIRTIO_F_RING_PACKED).unwrap();
-        }
-    })
-}
-
-std::thread_local! {
-    /// The ring layout of this test thread's beds: 0 (split) or `VIRTIO_F_RING_PACKED`.
-    static RING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-/// Runs a test's body on split rings, then on packed rings.
-fn both_rings(body: impl Fn()) {
-    for ring in [0, VIRTIO_F_RING_PACKED] {
-        RING.with(|r| r.set(ring));
-        body();
-    }
+    Bed::on_ring("async", flags, opts, "async-test", 4096, 64)
 }
 
 /// The copy devices the tests run with.
@@ -621,25 +600,16 @@ fn a_region_removed_with_jobs_in_flight_is_unmapped_after_the_drain() {
         use rvhost::frontend::MemTableMode;
         use rvhost::protocol::payload::{Payload, SingleMemRegion};
         use rvhost::protocol::{FrontendReq as R, Header};
-        let ring = RING.with(|r| r.get());
         let opts = FrontendOptions {
-            features: MRG | ring,
+            features: MRG | ring(),
             mem_table: MemTableMode::AddMemReg,
             regions: 2,
             mem_size: 32 << 20,
             force_small_pages: true,
-            packed: ring != 0,
+            packed: ring() != 0,
             ..FrontendOptions::default()
         };
-        let mut b = Bed::configured(
-            "async-rem",
-            Flags::ASYNC_COPY,
-            opts,
-            "async-rem",
-            4096,
-            64,
-            |d, path| d.enable_features(path, ring).unwrap(),
-        );
+        let mut b = Bed::on_ring("async-rem", Flags::ASYNC_COPY, opts, "async-rem", 4096, 64);
         let r = running(&mut b, 48, 1500, 17, 2 << 20, 128);
         assert_eq!(r.taken, 48);
         // Every region goes: whichever holds the buffers, the drain must come first.

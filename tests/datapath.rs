@@ -35,11 +35,7 @@ fn bed(features: u64, layout: TxLayout, flags: Flags) -> Bed {
         packed,
         ..FrontendOptions::default()
     };
-    Bed::configured("dp", flags, opts, "dp-test", 4096, 64, |d, path| {
-        if packed {
-            d.enable_features(path, VIRTIO_F_RING_PACKED).unwrap();
-        }
-    })
+    Bed::on_ring("dp", flags, opts, "dp-test", 4096, 64)
 }
 
 const P: u64 = VIRTIO_F_RING_PACKED;

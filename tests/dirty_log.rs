@@ -57,11 +57,7 @@ fn bed(features: u64, regions: usize) -> Bed {
         packed,
         ..opts(features, regions)
     };
-    Bed::configured("dlog", Flags::empty(), opts, "dlog", 4096, 64, |d, p| {
-        if packed {
-            d.enable_features(p, VIRTIO_F_RING_PACKED).unwrap();
-        }
-    })
+    Bed::on_ring("dlog", Flags::empty(), opts, "dlog", 4096, 64)
 }
 
 /// The pages a set of writes touched.
@@ -639,18 +635,13 @@ fn the_async_path_marks_exactly_the_pages_written() {
                 packed,
                 ..opts(features, regions)
             };
-            let mut b = Bed::configured(
+            let mut b = Bed::on_ring(
                 "dlog-async",
                 Flags::ASYNC_COPY,
                 opts,
                 "dlog-async",
                 4096,
                 64,
-                |d, p| {
-                    if packed {
-                        d.enable_features(p, VIRTIO_F_RING_PACKED).unwrap();
-                    }
-                },
             );
             assert_eq!(
                 b.fe.features() & VIRTIO_F_RING_PACKED != 0,

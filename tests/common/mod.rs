@@ -226,6 +226,25 @@ impl Bed {
         Bed::configured(tag, flags, opts, pool_name, mbufs, cache, |_, _| {})
     }
 
+    /// As [`new`](Self::new); with `opts.packed`, the driver offers packed rings
+    /// (`VIRTIO_F_RING_PACKED`, not offered by default) and the frontend drives them.
+    pub fn on_ring(
+        tag: &str,
+        flags: Flags,
+        opts: FrontendOptions,
+        pool_name: &str,
+        mbufs: usize,
+        cache: usize,
+    ) -> Bed {
+        let packed = opts.packed;
+        Bed::configured(tag, flags, opts, pool_name, mbufs, cache, |d, path| {
+            if packed {
+                d.enable_features(path, rvhost::features::VIRTIO_F_RING_PACKED)
+                    .unwrap();
+            }
+        })
+    }
+
     /// As [`new`](Self::new), with `configure` called on the driver and the socket's path
     /// after it is registered and before it starts (to change what it offers).
     pub fn configured(
@@ -279,4 +298,24 @@ pub fn is_root() -> bool {
             line.split_whitespace().nth(2).map(|euid| euid == "0")
         })
         .unwrap_or(false)
+}
+
+std::thread_local! {
+    /// The ring layout of this test thread's beds, under [`both_rings`]: 0 (split) or
+    /// `VIRTIO_F_RING_PACKED`.
+    static RING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs a test's body on split rings, then on packed rings ([`ring`] tells which).
+pub fn both_rings(body: impl Fn()) {
+    for r in [0, rvhost::features::VIRTIO_F_RING_PACKED] {
+        RING.with(|c| c.set(r));
+        body();
+    }
+}
+
+/// The ring layout of this thread's run of [`both_rings`]: 0 (split) or
+/// `VIRTIO_F_RING_PACKED`, to OR into a bed's features (and `packed: ring() != 0`).
+pub fn ring() -> u64 {
+    RING.with(|c| c.get())
 }
