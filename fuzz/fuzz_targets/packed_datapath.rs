@@ -20,7 +20,8 @@
 //! the queue if a slot is not available, if it is longer than the slots the device may read
 //! (the queue size less the slots of the chains the burst holds back: see `budget` below), if
 //! its id (the last descriptor's) is not below the size or is already in flight (taken earlier
-//! in the same enqueue burst: its used descriptor waits in the shadow until the burst ends).
+//! in the same burst: its used descriptor becomes visible only when the burst ends, for
+//! enqueue from the shadow, for dequeue when the burst's first, held back, is written).
 //! A well-shaped chain is malformed (used with length 0, counted in `bad_chains`) for: INDIRECT
 //! with NEXT or in a chain of more than one slot, an indirect length of 0, not a multiple of 16
 //! or over `MAX_INDIRECT` entries, a table not inside one region, a buffer not wholly in guest
@@ -349,8 +350,8 @@ impl Ring {
     }
 
     /// The chains from `start` on, as the device reads them (see the module docs): at most
-    /// `max_chains`. `shadowed`: used descriptors wait until the burst's end (enqueue), so the
-    /// ids of the chains before stay in flight. The budget is the queue size: the device counts
+    /// `max_chains`. Used descriptors become visible at the burst's end (both directions), so
+    /// the ids of the chains before stay in flight. The budget is the queue size: the device counts
     /// only the slots of the chains it holds for the packet being placed (`PackedBurst::budget`
     /// measures from the used position, shadowed descriptors included), which a mergeable
     /// enqueue makes smaller; the caller allows for that.
@@ -360,7 +361,6 @@ impl Ring {
         start: Pos,
         writable: bool,
         max_chains: usize,
-        shadowed: bool,
     ) -> (Vec<MChain>, End) {
         let size = self.size;
         let mut out = Vec::new();
@@ -399,9 +399,7 @@ impl Ring {
                 id: last.id,
                 walk,
             });
-            if shadowed {
-                ids.insert(last.id);
-            }
+            ids.insert(last.id);
             pos = pos.advance(count, size);
         }
     }
@@ -856,7 +854,7 @@ impl Harness {
             }
             n += 1;
         }
-        let (chains, end) = r.chains(&self.guest, before.avail, false, n, false);
+        let (chains, end) = r.chains(&self.guest, before.avail, false, n);
         // The burst writes only used descriptors, in slots it has read: clean when no chain
         // reads the descriptor ring (beyond its own descriptors).
         let ring_span = (r.desc, 16 * u64::from(r.size));
@@ -963,7 +961,7 @@ impl Harness {
         }
         let r = self.ring(true);
         let before = self.side(0);
-        let (chains, end) = r.chains(&self.guest, before.avail, true, usize::MAX, true);
+        let (chains, end) = r.chains(&self.guest, before.avail, true, usize::MAX);
         // Clean: no buffer the burst may write overlaps another, the rings or a table it
         // reads.
         let mut spans = vec![
