@@ -304,6 +304,23 @@ awk -v tx="${tx:-0}" '
         printf "VHOST-MIG: STREAM transmitted=%d received=%d lost=%d dups=%d lost_ranges=%s\n", tx, rx, lost, dup, (out == "" ? "none" : out)
     }' /tmp/stream.out
 tail -n 3 /tmp/stream.out
+# What the guest's stack counted (a reply the device delivered but the stack dropped, say for
+# a bad checksum, shows here), and around each lost reply the round trips of the replies
+# before and after it: diagnostics, not checked.
+snmp() { # protocol field...: "field=value" from /proc/net/snmp's header and value lines
+    awk -v p="$1:" -v want=" $* " '$1 == p { if (!h) { for (i = 2; i <= NF; i++) n[i] = $i; h = 1 } else for (i = 2; i <= NF; i++) if (index(want, " " n[i] " ")) printf "%s_%s=%s ", p, n[i], $i }' /proc/net/snmp | tr -d :
+}
+say "NETSTAT $(snmp Ip InReceives InHdrErrors InAddrErrors InDiscards)$(snmp Icmp InMsgs InErrors InCsumErrors InEchoReps)$(snmp Udp InCsumErrors)eth0 rx_packets=$(cat $D/statistics/rx_packets) rx_dropped=$(cat $D/statistics/rx_dropped) rx_errors=$(cat $D/statistics/rx_errors) tx_packets=$(cat $D/statistics/tx_packets)"
+grep -o 'seq=[0-9]* ttl=[0-9]* time=[0-9.]*' /tmp/stream.out | awk '
+    { split($1, a, "="); split($3, t, "="); rt[a[2] + 0] = t[2] }
+    END {
+        for (s in rt) if (s + 0 > max) max = s + 0
+        for (s = 1; s <= max; s++)
+            if (!(s in rt) && (s - 1) in rt) {
+                e = s; while (e < max && !(e in rt)) e++
+                printf "VHOST-MIG: AROUND-LOSS seq %d-%d: seq %d time=%s ms, seq %d time=%s ms\n", s, e - 1, s - 1, rt[s - 1], e, (e in rt ? rt[e] : "?")
+            }
+    }'
 
 # After the move: frames that need more than one small buffer.
 ping -c 10 -i 0.1 -W 5 -s "$BIG" "$PEER" > /tmp/big.out 2>&1
