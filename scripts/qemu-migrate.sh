@@ -23,6 +23,11 @@
 #                          migrate-start-postcopy is sent once the first pass has started
 #                          (--postcopy-after); the destination runs the guest while its
 #                          memory still arrives, the backend's faults served by QEMU
+#       --packed           packed virtqueues: both backends run `rvhost fwd --packed`
+#                          (VIRTIO_F_RING_PACKED offered) and both QEMUs' virtio-net-pci get
+#                          packed=on; the run fails unless the guest and both backends
+#                          negotiated RING_PACKED (bit 34). Sync copy path only: refused with
+#                          --copy other than cpu (exit 2), as rvhost fwd refuses it
 #       --postcopy-after S seconds between `migrate` and `migrate-start-postcopy` (default:
 #                          0: at once, QEMU switches as its first RAM pass runs; a hugepage
 #                          guest may finish precopy before a later switch)
@@ -69,8 +74,12 @@
 # move was answered; both backends answered traffic (each `FINAL` line has tx_pkts == rx_pkts
 # > 0, no drop; with --announce rarp the destination got SEND_RARP and left 1..N injected RARP
 # frames unanswered); QEMU made more than one dirty-sync pass; neither backend found a vring base
-# that disagrees with the used index in guest memory (the rings as migrated must match the
-# source's GET_VRING_BASE); and the source backend set bits in QEMU's dirty log (its "dirty
+# that disagrees with the used index in guest memory (split rings: the rings as migrated must
+# match the source's GET_VRING_BASE); every vring's SET_VRING_BASE on the destination equals
+# the source's last GET_VRING_BASE (their log lines), a packed base having its used position
+# equal to its available one (bits 16-31 = bits 0-15: no chain in flight at the stop); the
+# guest driver and both backends negotiated RING_PACKED (bit 34) exactly when --packed asks
+# for it; and the source backend set bits in QEMU's dirty log (its "dirty
 # log ... released: N pages marked" line, N > 0): a backend that wrote guest memory without
 # logging fails here for certain (the guest sees it only when a reply was in flight at the
 # switch-over: a lost or duplicate reply).
@@ -79,7 +88,9 @@
 #   MIGRATE result=PASS|FAIL mode=M mem=M queues=N transmitted=N received=N lost=N dups=N
 #     lost_ranges=A-B,C|none
 #     downtime_ms=N total_ms=N setup_ms=N dirty_syncs=N pages_marked=N big=N/10
-#     announce=guest|rarp send_rarp=N rarp_frames=N
+#     announce=guest|rarp send_rarp=N rarp_frames=N migration=precopy|postcopy
+#     postcopy_requests=N backend_faults=N ring=split|packed guest_packed=0|1
+#     vring_bases=V:0xNUM,...
 #
 # Exit status: 0 = PASS, 1 = FAIL, 2 = setup error (or an unsupported combination such as
 #              --postcopy with --copy other than cpu).
@@ -95,6 +106,7 @@ RVHOST=${RVHOST_BIN:-}
 MODE=client
 MEM=memfd
 MIGRATION=precopy
+RING="split"
 ACCEL=tcg
 GUEST_MEM_MB=256
 INTERVAL=0.01
@@ -127,6 +139,7 @@ while [ $# -gt 0 ]; do
         --precopy) MIGRATION=precopy ;;
         --postcopy) MIGRATION=postcopy ;;
         --postcopy-after) POSTCOPY_AFTER=${2:-}; shift ;;
+        --packed) RING=packed ;;
         -b|--rvhost) RVHOST=${2:-}; shift ;;
         -a|--accel) ACCEL=${2:-}; shift ;;
         --guest-mem) GUEST_MEM_MB=${2:-}; shift ;;
@@ -288,6 +301,23 @@ awk -v tx="${tx:-0}" '
         printf "VHOST-MIG: STREAM transmitted=%d received=%d lost=%d dups=%d lost_ranges=%s\n", tx, rx, lost, dup, (out == "" ? "none" : out)
     }' /tmp/stream.out
 tail -n 3 /tmp/stream.out
+# What the guest's stack counted (a reply the device delivered but the stack dropped, say for
+# a bad checksum, shows here), and around each lost reply the round trips of the replies
+# before and after it: diagnostics, not checked.
+snmp() { # protocol field...: "field=value" from /proc/net/snmp's header and value lines
+    awk -v p="$1:" -v want=" $* " '$1 == p { if (!h) { for (i = 2; i <= NF; i++) n[i] = $i; h = 1 } else for (i = 2; i <= NF; i++) if (index(want, " " n[i] " ")) printf "%s_%s=%s ", p, n[i], $i }' /proc/net/snmp | tr -d :
+}
+say "NETSTAT $(snmp Ip InReceives InHdrErrors InAddrErrors InDiscards)$(snmp Icmp InMsgs InErrors InCsumErrors InEchoReps)$(snmp Udp InCsumErrors)eth0 rx_packets=$(cat $D/statistics/rx_packets) rx_dropped=$(cat $D/statistics/rx_dropped) rx_errors=$(cat $D/statistics/rx_errors) tx_packets=$(cat $D/statistics/tx_packets)"
+grep -o 'seq=[0-9]* ttl=[0-9]* time=[0-9.]*' /tmp/stream.out | awk '
+    { split($1, a, "="); split($3, t, "="); rt[a[2] + 0] = t[2] }
+    END {
+        for (s in rt) if (s + 0 > max) max = s + 0
+        for (s = 1; s <= max; s++)
+            if (!(s in rt) && (s - 1) in rt) {
+                e = s; while (e < max && !(e in rt)) e++
+                printf "VHOST-MIG: AROUND-LOSS seq %d-%d: seq %d time=%s ms, seq %d time=%s ms\n", s, e - 1, s - 1, rt[s - 1], e, (e in rt ? rt[e] : "?")
+            }
+    }'
 
 # After the move: frames that need more than one small buffer.
 ping -c 10 -i 0.1 -W 5 -s "$BIG" "$PEER" > /tmp/big.out 2>&1
@@ -360,6 +390,7 @@ start_backend() { # src|dst
         --copy "$COPY")
     [ "$MODE" = server ] && args+=(--client)
     [ "$MIGRATION" = postcopy ] && args+=(--postcopy)
+    [ "$RING" = packed ] && args+=(--packed)
     log "backend-$1: $RVHOST ${args[*]}"
     "$RVHOST" "${args[@]}" </dev/null >"$W/backend-$1.log" 2>&1 &
     PID[backend-$1]=$!
@@ -370,6 +401,7 @@ start_qemu() { # src|dst
     local chardev args device="virtio-net-pci,netdev=net0,mac=$MAC,romfile=,vectors=0"
     [ "$ANNOUNCE" = rarp ] && device="$device,guest_announce=off"
     [ "$QUEUES" -gt 1 ] && device="$device,mq=on"
+    [ "$RING" = packed ] && device="$device,packed=on"
     if [ "$MODE" = server ]; then
         chardev="socket,id=char0,path=$W/$1.sock,server=on,wait=off"
     else
@@ -621,10 +653,61 @@ if [ "$MIGRATION" = postcopy ]; then
 fi
 # The destination's rings, as migrated, must agree with the source's GET_VRING_BASE: a used
 # index the source backend wrote but did not log arrives stale, and rvhost then resumes from it
-# with this warning (packets resent or lost).
+# with this warning (packets resent or lost). Split rings only: nothing in a packed ring's
+# memory says where the device stopped (a used descriptor's flags tell only its lap), so rvhost
+# takes SET_VRING_BASE as the truth there; a used descriptor the source did not log shows as
+# a stalled ring (lost replies) instead.
 if grep -a 'disagrees with used.idx' "$W/backend-src.log" "$W/backend-dst.log" 2>/dev/null; then
     fail "a backend found a vring base that disagrees with the used index in guest memory"
 fi
+# The ring layout asked for is the one negotiated: the guest driver's features (its sysfs
+# "features" string, character n being bit n, printed before the stream) and both backends'
+# ("is running (features 0x...)") have VIRTIO_F_RING_PACKED (bit 34) with --packed and not
+# without (QEMU falls back to split rings silently when a backend does not offer packed ones).
+WANT_PACKED=0
+[ "$RING" = packed ] && WANT_PACKED=1
+GUEST_FEATURES=$(sed -n 's/.*virtio_features=\([01]*\).*/\1/p' "$W/serial-src.log" 2>/dev/null | tail -1)
+GUEST_PACKED=${GUEST_FEATURES:34:1}
+[ "${GUEST_PACKED:-?}" = "$WANT_PACKED" ] \
+    || fail "the guest's RING_PACKED (bit 34 of virtio_features=${GUEST_FEATURES:-none}) is ${GUEST_PACKED:-missing}, want $WANT_PACKED ($RING rings)"
+for b in src dst; do
+    feats=$(sed -n 's/.* is running (features \(0x[0-9a-f]*\)).*/\1/p' "$W/backend-$b.log" 2>/dev/null | tail -1)
+    if [ -z "$feats" ]; then
+        fail "backend-$b logged no negotiated features (no 'is running (features 0x...)' line)"
+    elif [ $(((feats >> 34) & 1)) != "$WANT_PACKED" ]; then
+        fail "backend-$b negotiated features $feats: RING_PACKED (bit 34) is $(((feats >> 34) & 1)), want $WANT_PACKED ($RING rings)"
+    fi
+done
+# Each ring resumes where the source stopped it. The source backend's last GET_VRING_BASE of
+# each vring (at the switch-over) and the destination backend's last SET_VRING_BASE must carry
+# the same number (QEMU keeps it in the device state it migrates). On a split ring it is the
+# next available index (bits 16-31 zero); on a packed ring bits 0-14 the next available slot
+# and bit 15 its wrap counter, bits 16-31 the used position the same way, and the two halves
+# must be equal: the source answers only once every chain it took is used, and the
+# destination resumes its used position at the available one (a used half behind would be
+# chains skipped). Every vring of every queue pair is checked.
+vring_bases() { # src|dst GET|SET: "vring number" for each vring, its last line
+    sed -n "s/.*: vring \([0-9]*\): $2_VRING_BASE \(0x[0-9a-f]*\) .*/\1 \2/p" "$W/backend-$1.log" 2>/dev/null \
+        | awk '{ b[$1] = $2 } END { for (v in b) print v, b[v] }' | sort -n
+}
+DST_BASES=$(vring_bases dst SET)
+BASES="" NBASES=0
+while read -r v num; do
+    [ -n "$v" ] || continue
+    NBASES=$((NBASES + 1))
+    BASES="$BASES${BASES:+,}$v:$num"
+    resumed=$(awk -v v="$v" '$1 == v { print $2 }' <<<"$DST_BASES")
+    [ "$resumed" = "$num" ] \
+        || fail "vring $v: the source stopped at $num (GET_VRING_BASE), the destination resumed at ${resumed:-nothing} (SET_VRING_BASE)"
+    if [ "$RING" = packed ]; then
+        [ $((num & 0xffff)) = $((num >> 16)) ] \
+            || fail "vring $v: packed base $num: used position $(((num >> 16) & 0x7fff))/$((num >> 31)) is not the available one $((num & 0x7fff))/$(((num >> 15) & 1)) (chains in flight at the stop)"
+    else
+        [ $((num >> 16)) = 0 ] || fail "vring $v: split base $num has bits above 15"
+    fi
+done <<<"$(vring_bases src GET)"
+[ "$NBASES" = $((2 * QUEUES)) ] \
+    || fail "the source backend stopped $NBASES vring(s) (GET_VRING_BASE), want $((2 * QUEUES)) (${BASES:-none})"
 # Both backends served the guest, and answered every frame they took but the RARP frames
 # the destination injected for SEND_RARP (--announce rarp: at least one; QEMU announces in a
 # few rounds, each a SEND_RARP, and frames pending together are injected once).
@@ -660,6 +743,7 @@ echo "mode:       $MIGRATION, QEMU vhost-user $MODE, mem=$MEM, accel=$ACCEL, gue
 echo "announce:   ${RARPS:-0} SEND_RARP to the destination backend, ${INJECTED:-0} RARP frames injected"
 echo "migration:  status=${MIG_STATUS:-?} downtime=${DOWNTIME:-?} ms total=${TOTAL:-?} ms setup=${SETUP:-?} ms dirty-sync passes=${SYNCS:-?}"
 echo "dirty log:  source backend marked ${MARKED:-?} pages"
+echo "rings:      $RING (guest RING_PACKED bit: ${GUEST_PACKED:-?}); vring bases at the switch-over (vring:GET_VRING_BASE, resumed by SET_VRING_BASE): ${BASES:-none}"
 [ "$MIGRATION" = postcopy ] && echo "postcopy:   ${PC_REQS:-?} page requests from the destination, ${PC_FAULTS:-0} of them faults of the destination backend; destination backend: ${PC_ADVISE:-0} advise, ${PC_REG:-0} registrations, ${PC_END:-0} end"
 echo "in hand:    ${IN_HAND:-0} request(s) in the source's async dequeue channel at its stop"
 echo "guest markers:"
@@ -667,7 +751,8 @@ serial_all | grep -a 'VHOST-MIG:' | sed 's/^/  /'
 echo "MIGRATE result=$RESULT mode=$MODE mem=$MEM queues=$QUEUES transmitted=${TX:-0} received=${RX:-0} lost=${LOST:-?} dups=${DUPS:-?}" \
     "lost_ranges=${RANGES:-?} downtime_ms=${DOWNTIME:-?} total_ms=${TOTAL:-?} setup_ms=${SETUP:-?}" \
     "dirty_syncs=${SYNCS:-?} pages_marked=${MARKED:-?} big=${BIG_RX:-0}/10 announce=$ANNOUNCE" \
-    "send_rarp=${RARPS:-0} rarp_frames=${INJECTED:-0} migration=$MIGRATION postcopy_requests=${PC_REQS:--} backend_faults=${PC_FAULTS:--}"
+    "send_rarp=${RARPS:-0} rarp_frames=${INJECTED:-0} migration=$MIGRATION postcopy_requests=${PC_REQS:--} backend_faults=${PC_FAULTS:--}" \
+    "ring=$RING guest_packed=${GUEST_PACKED:-?} vring_bases=${BASES:-none}"
 if [ "$RESULT" = PASS ]; then
     echo "RESULT: PASS ($(( $(date +%s) - T0 )) s)"
     [ "$KEEP" = 1 ] || rm -rf "$W"

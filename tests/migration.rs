@@ -4,14 +4,17 @@
 //! the backend (`share=on`), the migration driven over QMP while the guest pings the backend
 //! every 10 ms. One run per QEMU vhost-user role (client: rvhost listens; server: rvhost
 //! `--client`) and guest memory (memfd, hugepages), one whose guest does not announce itself,
-//! so that the destination backend announces it (SEND_RARP), and one with two queue pairs.
+//! so that the destination backend announces it (SEND_RARP), one with two queue pairs, and
+//! packed virtqueues (`--packed`: `rvhost fwd --packed`, `packed=on`) in precopy and postcopy.
 //!
 //! Each run must pass the script's checks (see its `--help`): the migration completed, the
 //! ping stream started on the source and ended on the destination without losing a reply or
 //! getting a duplicate, 1400-byte pings after the move were all answered, both backends
 //! answered every frame they took, QEMU made at least two dirty-sync passes, and the source
-//! backend marked pages in QEMU's dirty log. The test prints the loss, its sequence ranges and
-//! QEMU's downtime (past the harness's capture).
+//! backend marked pages in QEMU's dirty log; the guest and both backends negotiated packed
+//! rings exactly when the case asks for them, and every vring resumed on the destination at
+//! the base the source stopped it at. The test prints the loss, its sequence ranges, QEMU's
+//! downtime and the vring bases (past the harness's capture).
 //!
 //! Skipped (`skipping: <why>`, or a failure under `RVHOST_TEST_REQUIRE=all`) as
 //! `tests/fwd_qemu.rs` is: when `../shared/scripts/qemu_vhost_guest.sh` (whose kernel cache
@@ -85,6 +88,13 @@ struct Case {
     /// Postcopy (`--postcopy`: both backends `rvhost fwd --postcopy`, postcopy-ram on both
     /// QEMUs, migrate-start-postcopy during the first pass) instead of precopy.
     postcopy: bool,
+    /// Packed virtqueues (`--packed`: both backends `rvhost fwd --packed`, both QEMUs
+    /// `packed=on`) instead of split ones.
+    packed: bool,
+    /// Seconds of the stream before the migration (`--migrate-after`): where the rings are
+    /// at the switch-over (a 256-slot packed ring's wrap counter turns every ~2.6 s of the
+    /// 10 ms stream).
+    migrate_after: &'static str,
 }
 
 impl Case {
@@ -96,6 +106,8 @@ impl Case {
             queues: 1,
             copy: "cpu",
             postcopy: false,
+            packed: false,
+            migrate_after: "2",
         }
     }
 
@@ -103,6 +115,13 @@ impl Case {
         Case {
             postcopy: true,
             ..Case::new(qemu_mode, mem)
+        }
+    }
+
+    const fn packed(self) -> Case {
+        Case {
+            packed: true,
+            ..self
         }
     }
 }
@@ -116,6 +135,8 @@ fn migrate(case: Case) {
         queues,
         copy,
         postcopy,
+        packed,
+        migrate_after,
     } = case;
     let _one = ONE_MIGRATION.lock().unwrap_or_else(|e| e.into_inner());
     // Checked under the lock: a hugepage run in progress holds 256 pages of its own.
@@ -125,9 +146,10 @@ fn migrate(case: Case) {
         }
     }
     let kind = if postcopy { "postcopy" } else { "precopy" };
+    let ring = if packed { "packed" } else { "split" };
     let what = format!(
-        "{kind}, QEMU vhost-user {qemu_mode}, {mem} guest memory, {queues} queue pair(s), \
-         announce by {announce}, copy {copy}"
+        "{kind}, {ring} rings, QEMU vhost-user {qemu_mode}, {mem} guest memory, {queues} queue \
+         pair(s), announce by {announce}, copy {copy}"
     );
     let started = Instant::now();
     let mut cmd = Command::new("bash");
@@ -147,10 +169,14 @@ fn migrate(case: Case) {
         ])
         .args(["--copy", copy])
         .args(["--max-loss", MAX_LOSS])
+        .args(["--migrate-after", migrate_after])
         .arg(format!("--{kind}"))
         .arg("--rvhost")
         .arg(rvhost_bin())
         .env_remove("RVHOST_BIN");
+    if packed {
+        cmd.arg("--packed");
+    }
     let mut run = Child::spawn("qemu-migrate.sh", cmd);
     let status = run.wait_exit(Duration::from_secs(200));
     if status.is_none() {
@@ -197,6 +223,34 @@ fn migrate(case: Case) {
     } else {
         String::new()
     };
+    // The ring layout negotiated (QEMU falls back to split rings silently), and where each
+    // vring stopped on the source and resumed on the destination (the script checked they are
+    // the same number): one base per vring, a packed one with its used position at its
+    // available one.
+    assert_eq!(
+        m.get("ring").map(String::as_str),
+        Some(ring),
+        "{what}: {m:?}"
+    );
+    assert_eq!(
+        m.get("guest_packed").map(String::as_str),
+        Some(if packed { "1" } else { "0" }),
+        "{what}: {m:?}"
+    );
+    let bases = vring_bases(&m, &what);
+    assert_eq!(bases.len(), 2 * usize::from(queues), "{what}: {m:?}");
+    for &(v, b) in &bases {
+        if packed {
+            assert_eq!(b & 0xffff, b >> 16, "{what}: vring {v} base {b:#x}");
+        } else {
+            assert_eq!(b >> 16, 0, "{what}: vring {v} base {b:#x}");
+        }
+    }
+    let bases = bases
+        .iter()
+        .map(|&(v, b)| describe_base(v, b, packed))
+        .collect::<Vec<_>>()
+        .join(", ");
     let rarp_frames = num(&m, "rarp_frames", &what);
     if announce == "rarp" {
         assert!(rarp_frames > 0, "{what}: {m:?}");
@@ -208,7 +262,7 @@ fn migrate(case: Case) {
         "migration: {what}: PASS in {:.1} s: stream transmitted={tx} received={rx} lost={lost} \
          (ranges {}), downtime {} ms, migration {} ms (setup {} ms), {} dirty-sync passes, {} \
          pages marked by the source backend, {rarp_frames} RARP frames injected\
-         {postcopy_requests}\n",
+         {postcopy_requests}; vring bases {bases}\n",
         started.elapsed().as_secs_f64(),
         m["lost_ranges"],
         num(&m, "downtime_ms", &what),
@@ -218,6 +272,42 @@ fn migrate(case: Case) {
         num(&m, "pages_marked", &what),
     );
     let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// The `vring_bases=V:0xNUM,...` field of the `MIGRATE` line: (vring, base) in order.
+fn vring_bases(m: &HashMap<String, String>, what: &str) -> Vec<(u32, u32)> {
+    let field = m
+        .get("vring_bases")
+        .unwrap_or_else(|| panic!("{what}: no vring_bases in the MIGRATE line {m:?}"));
+    field
+        .split(',')
+        .map(|vb| {
+            vb.split_once(':')
+                .and_then(|(v, b)| {
+                    Some((
+                        v.parse().ok()?,
+                        u32::from_str_radix(b.strip_prefix("0x")?, 16).ok()?,
+                    ))
+                })
+                .unwrap_or_else(|| panic!("{what}: bad vring base {vb:?} in {field:?}"))
+        })
+        .collect()
+}
+
+/// A vring base for the test's line: a packed one as its available and used positions
+/// (slot/wrap counter).
+fn describe_base(v: u32, b: u32, packed: bool) -> String {
+    if packed {
+        format!(
+            "{v}: avail {}/{} used {}/{}",
+            b & 0x7fff,
+            (b >> 15) & 1,
+            (b >> 16) & 0x7fff,
+            b >> 31
+        )
+    } else {
+        format!("{v}: {b}")
+    }
 }
 
 /// Why the migration tests cannot run here, if they cannot (as `tests/fwd_qemu.rs`).
@@ -367,6 +457,71 @@ fn postcopy_qemu_server_hugepages() {
     migrate(Case::postcopy("server", "hugepages"));
 }
 
+/// Packed virtqueues (`--packed`): the source backend logs the used descriptors it writes in
+/// the descriptor ring (there is no used ring), GET_VRING_BASE answers both positions with
+/// their wrap counters, QEMU migrates them in its packed-queue state and the destination
+/// backend resumes from SET_VRING_BASE. The script also requires RING_PACKED in the guest's
+/// and both backends' features, and the destination's bases equal to the source's.
+#[test]
+fn packed_precopy_qemu_client_memfd() {
+    if let Some(why) = cannot_run() {
+        return skip(why);
+    }
+    migrate(Case::new("client", "memfd").packed());
+}
+
+/// The same with QEMU as the vhost-user server on hugepages, migrated later in the stream: the
+/// rings have gone round once more (at ~100 slots a second, 4 s in, the 256-slot rings are
+/// mostly on a lap with wrap counter 0, where 2 s in they were on the first, wrap counter 1).
+#[test]
+fn packed_precopy_qemu_server_hugepages() {
+    if let Some(why) = cannot_run() {
+        return skip(why);
+    }
+    migrate(Case {
+        migrate_after: "4",
+        ..Case::new("server", "hugepages").packed()
+    });
+}
+
+/// Postcopy with packed virtqueues: the destination backend's first touches of the
+/// descriptor ring and the receive buffers may be pages not yet arrived (served by QEMU).
+#[test]
+fn packed_postcopy_qemu_client_memfd() {
+    if let Some(why) = cannot_run() {
+        return skip(why);
+    }
+    migrate(Case::postcopy("client", "memfd").packed());
+}
+
+/// Packed rings on the async copy path (`--copy soft,threshold=64`: every frame a job of the
+/// software engine): the copies in flight are drained before QEMU reads the vring bases, the
+/// pages the engine writes are marked after their jobs.
+#[test]
+fn packed_async_copy_qemu_client_memfd() {
+    if let Some(why) = cannot_run() {
+        return skip(why);
+    }
+    migrate(Case {
+        copy: "soft,threshold=64",
+        ..Case::new("client", "memfd").packed()
+    });
+}
+
+/// `--help` documents `--packed` (no root, QEMU or guest needed).
+#[test]
+fn help_documents_packed() {
+    let help = Command::new("bash")
+        .arg(script())
+        .arg("--help")
+        .output()
+        .expect("bash runs");
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success(), "{text}");
+    assert!(text.contains("--packed"), "--help lacks --packed:\n{text}");
+    assert!(text.contains("RING_PACKED"), "{text}");
+}
+
 /// Postcopy on the async copy path is refused (rvhost refuses POSTCOPY_SUPPORT with
 /// ASYNC_COPY): the script says so and exits 2 (a setup error), before it needs root, QEMU
 /// or a guest. `--help` documents the options.
@@ -404,7 +559,8 @@ fn the_migrate_line_is_parsed() {
         "backend-src: FINAL port=0 rx_pkts=5",
         "MIGRATE result=PASS mode=client mem=memfd queues=1 transmitted=1200 received=1198 lost=2 dups=0 \
          lost_ranges=600-601 downtime_ms=41 total_ms=1500 setup_ms=3 dirty_syncs=3 \
-         pages_marked=12 big=10/10 announce=guest send_rarp=0 rarp_frames=0",
+         pages_marked=12 big=10/10 announce=guest send_rarp=0 rarp_frames=0 ring=packed \
+         guest_packed=1 vring_bases=0:0x80f280f2,1:0x00058005",
         "RESULT: PASS (30 s)",
     ]
     .iter()
@@ -414,5 +570,7 @@ fn the_migrate_line_is_parsed() {
     assert_eq!(num(&m, "lost", "t"), 2);
     assert_eq!(m["lost_ranges"], "600-601");
     assert_eq!(m["big"], "10/10");
+    assert_eq!(vring_bases(&m, "t"), [(0, 0x80f2_80f2), (1, 0x0005_8005)]);
+    assert_eq!(describe_base(1, 0x0005_8005, true), "1: avail 5/1 used 5/0");
     assert!(migrate_line(&out[..1]).is_none());
 }

@@ -22,8 +22,8 @@ use crate::protocol::Message;
 use crate::protocol::error::ProtocolError;
 use crate::protocol::message::FrontendReq;
 use crate::protocol::payload::{
-    Config, InflightInfo, LogInfo, MemoryTable, Payload, SingleMemRegion, VringAddr, VringFile,
-    VringState,
+    Config, InflightInfo, LogInfo, MemoryTable, PackedVringBase, Payload, SingleMemRegion,
+    VringAddr, VringFile, VringState,
 };
 use crate::virtq::{MAX_QUEUE_SIZE, VringAddrs, VringError};
 
@@ -589,11 +589,34 @@ fn set_vring_base(
 ) -> Result<Outcome, HandlerError> {
     let s: VringState = parse(msg)?;
     let i = vring_index(dev, s.index)?;
-    dev.dev.shared.queues[i]
-        .lock()
-        .set_base(s.num)
-        .map_err(vring_err(i))?;
+    let mut vq = dev.dev.shared.queues[i].lock();
+    vq.set_base(s.num).map_err(vring_err(i))?;
+    let packed = vq.is_packed();
+    drop(vq);
+    log::info!(
+        "{}: vring {i}: SET_VRING_BASE {}",
+        dev.dev.id(),
+        describe_base(s.num, packed)
+    );
     Ok(Outcome::Done)
+}
+
+/// A vring base as the GET/SET_VRING_BASE log lines give it (`scripts/qemu-migrate.sh` checks
+/// that the destination resumes where the source stopped): the number, and on a packed ring
+/// its two positions as slot/wrap counter.
+fn describe_base(num: u32, packed: bool) -> String {
+    if packed {
+        let b = PackedVringBase::from_num(num);
+        format!(
+            "{num:#010x} (packed: avail {}/{} used {}/{})",
+            b.avail_idx,
+            u8::from(b.avail_wrap),
+            b.used_idx,
+            u8::from(b.used_wrap)
+        )
+    } else {
+        format!("{num:#010x} (split: avail {num})")
+    }
 }
 
 fn get_vring_base(
@@ -611,6 +634,7 @@ fn get_vring_base(
         ));
     }
     let base = vq.base();
+    let packed = vq.is_packed();
     // Stop the ring as DPDK does: forget kick and call and the translated rings; size, base
     // and enable state stay until the frontend sets them again.
     vq.started = false;
@@ -621,6 +645,11 @@ fn get_vring_base(
     vq.addrs = None;
     vq.forget_rings();
     drop(vq);
+    log::info!(
+        "{}: vring {i}: GET_VRING_BASE {}",
+        dev.dev.id(),
+        describe_base(base, packed)
+    );
     let reply = VringState {
         index: s.index,
         num: base,

@@ -69,3 +69,19 @@ fn the_data_plane_column_covers_what_changes_rings_or_memory() {
         }
     }
 }
+
+/// The GET/SET_VRING_BASE log lines' form, which `scripts/qemu-migrate.sh` parses: the number
+/// in hex, and a packed ring's two positions as slot/wrap counter (bit 15: the available wrap,
+/// bit 31: the used wrap).
+#[test]
+fn vring_bases_are_described_as_the_migration_script_reads_them() {
+    assert_eq!(
+        describe_base(0x8005_8005, true),
+        "0x80058005 (packed: avail 5/1 used 5/1)"
+    );
+    assert_eq!(
+        describe_base(0x0011_8022, true),
+        "0x00118022 (packed: avail 34/1 used 17/0)"
+    );
+    assert_eq!(describe_base(1203, false), "0x000004b3 (split: avail 1203)");
+}

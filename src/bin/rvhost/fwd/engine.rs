@@ -8,10 +8,13 @@
 //! is polled and yields nothing (the vring is not ready).
 //! Enqueue copies, so after each burst every mbuf is freed: the accepted ones were copied into
 //! the guest, the others are dropped (and counted), as testpmd does with what a PMD did not
-//! take.
+//! take. A burst the guest's ring took nothing of because the control thread held the vring
+//! (a message changing the memory, the log or the ring: the vring's `lock_busy` grew) is tried
+//! again for up to [`LOCKED_WAIT`] first (see [`enqueue_past_lock`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::rewrite::{Echo, icmpecho, macswap};
 use crate::frame::udp_frame;
@@ -38,6 +41,10 @@ pub fn port_rx(q: u16) -> TxQueueId {
 pub fn port_tx(q: u16) -> RxQueueId {
     QueuePair(q).rx()
 }
+
+/// How long a burst the guest's receive ring took nothing of, because the control thread held
+/// the vring, is tried again before it is dropped.
+const LOCKED_WAIT: Duration = Duration::from_millis(5);
 
 /// Loop turns between two reads of the vrings' drop counters.
 const HARVEST_EVERY: u32 = 1024;
@@ -172,6 +179,9 @@ struct Worker<'a> {
     /// (`rx`) / transmits to (`tx`) it.
     rx_tally: Vec<Option<Tally>>,
     tx_tally: Vec<Option<Tally>>,
+    /// Per port and queue pair: the `lock_busy` count of the vring transmitted into, as last
+    /// read by [`enqueue_past_lock`].
+    lock_seen: Vec<u64>,
 }
 
 impl Shared {
@@ -235,6 +245,7 @@ impl<'a> Worker<'a> {
             template_mbufs,
             rx_tally,
             tx_tally,
+            lock_seen: vec![0; slots],
         }
     }
 
@@ -394,7 +405,13 @@ impl<'a> Worker<'a> {
                 self.cache.free_bulk(self.burst.drain(..));
                 return;
             }
-            Some(dev) => enqueue_burst(dev, port_tx(q), &self.burst),
+            Some(dev) => match enqueue_burst(dev, port_tx(q), &self.burst) {
+                0 => {
+                    let seen = &mut self.lock_seen[self.sh.slot(port, q)];
+                    enqueue_past_lock(dev, q, &self.burst, seen)
+                }
+                sent => sent,
+            },
             None => 0,
         };
         if sent > 0 {
@@ -444,6 +461,31 @@ fn fill(cache: &mut PktCache, m: &mut Mbuf, bytes: &[u8]) -> Result<(), ()> {
         rest = &rest[k..];
     }
     Ok(())
+}
+
+/// After an enqueue burst that took nothing: while the reason was the vring's lock, held by the
+/// control thread (its `lock_busy` count grew since `seen`), tries `pkts` again, for up to
+/// [`LOCKED_WAIT`]; returns how many went. A data-path burst never waits for the lock, but a
+/// forwarded packet should not be lost to a control message (a live migration's SET_LOG_BASE,
+/// SET_FEATURES with LOG_ALL and SET_VRING_ADDR lock the vrings while the device runs; DPDK's
+/// enqueue waits for the lock). A full ring or a vring not ready returns 0 at once, as before.
+#[cold]
+fn enqueue_past_lock(dev: &Device, q: u16, pkts: &[Mbuf], seen: &mut u64) -> usize {
+    let vring = port_tx(q).vring();
+    let deadline = Instant::now() + LOCKED_WAIT;
+    loop {
+        let busy = dev.vring_stats(vring).map_or(*seen, |s| s.lock_busy);
+        if busy == *seen || Instant::now() >= deadline {
+            return 0;
+        }
+        *seen = busy;
+        std::hint::spin_loop();
+        match enqueue_burst(dev, port_tx(q), pkts) {
+            0 => {}
+            // It had the lock: what it did not take did not fit.
+            sent => return sent,
+        }
+    }
 }
 
 /// Adds the drops the vrings of `dev` counted since the last look to `port`'s counters, for
