@@ -26,8 +26,8 @@
 #       --packed           packed virtqueues: both backends run `rvhost fwd --packed`
 #                          (VIRTIO_F_RING_PACKED offered) and both QEMUs' virtio-net-pci get
 #                          packed=on; the run fails unless the guest and both backends
-#                          negotiated RING_PACKED (bit 34). Sync copy path only: refused with
-#                          --copy other than cpu (exit 2), as rvhost fwd refuses it
+#                          negotiated RING_PACKED (bit 34). With any --copy (the async copy
+#                          path runs packed rings too)
 #       --postcopy-after S seconds between `migrate` and `migrate-start-postcopy` (default:
 #                          0: at once, QEMU switches as its first RAM pass runs; a hugepage
 #                          guest may finish precopy before a later switch)
