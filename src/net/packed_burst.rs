@@ -22,11 +22,11 @@ use crate::features::VIRTIO_RING_F_EVENT_IDX;
 use crate::memory::{DirtyLog, GuestMemory};
 use crate::ratelimit::LogLimiter;
 use crate::virtq::packed::{
-    AvailChain, EventSuppress, InFlightIds, PACKED_DESC_SIZE, PackedChain, PackedQueue, PackedUsed,
-    PvirtqDesc, RingPos, VIRTQ_DESC_F_NEXT,
+    AvailChain, InFlightIds, PackedChain, PackedQueue, PackedUsed, PvirtqDesc, RingPos,
+    VIRTQ_DESC_F_NEXT, mark_used_slots,
 };
 use crate::virtq::split::{ChainError, VirtqDesc};
-use crate::virtq::{QueueStats, Vring, active_log, used_ring_log};
+use crate::virtq::{QueueStats, Vring, active_log, packed_used_log};
 
 use super::burst::{READ_AHEAD, Stop, count_bad_chain};
 use super::ring::Ring;
@@ -102,11 +102,7 @@ impl<'v> PackedBurst<'v> {
         let q = PackedQueue::new(rings, mem, *size);
         let dirty: &'v Option<std::sync::Arc<DirtyLog>> = dirty;
         let log = active_log(dirty, *features);
-        // The descriptor ring's guest address is looked up only while its writes are logged.
-        let used_log = used_ring_log(log, *addrs).and_then(|(l, _)| {
-            let a = (*addrs)?;
-            mem.fva_to_gpa(a.desc).map(|g| (l, g.raw()))
-        });
+        let used_log = packed_used_log(log, *addrs, mem);
         let (next, used) = (*avail_pos, *used_pos);
         packed_shadow.clear();
         Some(PackedBurst {
@@ -201,26 +197,11 @@ impl<'v> PackedBurst<'v> {
         for u in self.shadow.iter() {
             self.ids.remove(u.id);
         }
-        if self.used_log.is_some() {
-            let mut at = self.published;
-            for u in self.shadow.iter() {
-                self.mark_used_slot(at);
-                at = at.advance(u.count, self.size);
-            }
+        if let Some((log, gpa)) = self.used_log {
+            mark_used_slots(log, gpa, self.published, self.shadow, self.size);
         }
         self.shadow.clear();
         self.published = end;
-    }
-}
-
-impl PackedBurst<'_> {
-    /// Marks the used descriptor written at `at` in the dirty log, when the ring's writes are
-    /// logged: its slot in the descriptor ring.
-    #[inline]
-    fn mark_used_slot(&self, at: RingPos) {
-        if let Some((log, gpa)) = self.used_log {
-            log.mark(gpa + PACKED_DESC_SIZE * u64::from(at.idx), PACKED_DESC_SIZE);
-        }
     }
 }
 
@@ -414,19 +395,11 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
         let mut stats = self.stats;
         if self.used != self.first_used {
             let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
-            if !event_idx {
-                // We poll: ask the driver not to notify (virtio 1.2 §2.8.10).
-                self.q.keep_device_event(EventSuppress::Disable);
-            }
-            if let Some(call) = self.call {
-                if self
-                    .q
-                    .needs_interrupt(event_idx, self.first_used, self.used)
-                {
-                    // As on the split ring: EAGAIN still leaves the eventfd readable.
-                    let _ = nix::unistd::write(call, &1u64.to_ne_bytes());
-                    stats.interrupts += 1;
-                }
+            if self
+                .q
+                .signal_used(event_idx, self.call, self.first_used, self.used)
+            {
+                stats.interrupts += 1;
             }
         }
         *self.avail_out = self.next;

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use rvhost_dma::{DmaEngine, Iova, OpFlags, Status};
 
-use super::Vring;
-use super::packed::{EventSuppress, PACKED_DESC_SIZE, PackedQueue, PackedUsed};
+use super::packed::{PackedQueue, PackedUsed, mark_used_slots};
 use super::split::SplitQueue;
+use super::{Vring, packed_used_log};
 use crate::features::VIRTIO_RING_F_EVENT_IDX;
 use crate::mbuf::Mbuf;
 use crate::memory::GuestMemory;
@@ -605,32 +605,16 @@ impl Vring {
         for u in &batch {
             self.packed_ids.remove(u.id);
         }
-        let desc_gpa = self
-            .addrs
-            .and_then(|a| self.mem.fva_to_gpa(a.desc))
-            .map(|g| g.raw());
-        if let (Some((log, _)), Some(gpa)) = (self.used_log(), desc_gpa) {
-            // A packed ring's used descriptors are in its descriptor ring (as PackedBurst).
-            let mut at = first;
-            for u in &batch {
-                log.mark(gpa + PACKED_DESC_SIZE * u64::from(at.idx), PACKED_DESC_SIZE);
-                at = at.advance(u.count, q.size());
-            }
+        if let Some((log, gpa)) = packed_used_log(self.dirty_log(), self.addrs, &self.mem) {
+            mark_used_slots(log, gpa, first, &batch, q.size());
+        }
+        let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
+        if q.signal_used(event_idx, self.call.as_ref().map(AsFd::as_fd), first, end) {
+            self.stats.interrupts += 1;
         }
         batch.clear();
         self.packed_shadow = batch;
         self.used_pos = end;
-        let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
-        if !event_idx {
-            q.keep_device_event(EventSuppress::Disable);
-        }
-        if let Some(call) = self.call.as_ref() {
-            if q.needs_interrupt(event_idx, first, end) {
-                // As in a sync burst: EAGAIN still leaves the eventfd readable.
-                let _ = nix::unistd::write(call.as_fd(), &1u64.to_ne_bytes());
-                self.stats.interrupts += 1;
-            }
-        }
         0
     }
 

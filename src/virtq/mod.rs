@@ -71,6 +71,21 @@ pub(crate) fn used_ring_log(
     }
 }
 
+/// [`used_ring_log`] for a packed ring: the log and the descriptor ring's guest-physical
+/// address, where its used descriptors are written (SET_VRING_ADDR's log address is the device
+/// area's for a packed ring, which is not what the device writes). The address is looked up
+/// only while the ring's writes are logged.
+#[inline]
+pub(crate) fn packed_used_log<'l>(
+    log: Option<&'l DirtyLog>,
+    addrs: Option<VringAddrs>,
+    mem: &GuestMemory,
+) -> Option<(&'l DirtyLog, u64)> {
+    let (l, _) = used_ring_log(log, addrs)?;
+    let gpa = mem.fva_to_gpa(addrs?.desc)?;
+    Some((l, gpa.raw()))
+}
+
 /// A queue's rings, translated and checked against its size and the memory table.
 #[derive(Debug, Clone)]
 pub struct SplitRings {

@@ -32,13 +32,14 @@
 //! `Release` ([`PackedQueue::write_used`]); the driver reads the flags, then the rest after its
 //! read barrier.
 
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU16, Ordering, fence};
 
 use thiserror::Error;
 
 use super::split::{ChainError, MAX_INDIRECT};
 use super::{VringAddrs, VringError};
-use crate::memory::{Gpa, GuestArea, GuestMemory, GuestSlice, Pod, TranslationCache};
+use crate::memory::{DirtyLog, Gpa, GuestArea, GuestMemory, GuestSlice, Pod, TranslationCache};
 use crate::protocol::payload::PackedVringBase;
 
 /// The buffer continues in the next slot of the ring (`VIRTQ_DESC_F_NEXT`).
@@ -481,6 +482,26 @@ impl PackedUsed {
     }
 }
 
+/// Marks in `log` the used descriptors of `batch` written from `first` on, each at its slot's
+/// guest address in the descriptor ring at `desc_gpa` (a packed ring's used descriptors are
+/// written in place), in a ring of `size`.
+pub fn mark_used_slots(
+    log: &DirtyLog,
+    desc_gpa: u64,
+    first: RingPos,
+    batch: &[PackedUsed],
+    size: u16,
+) {
+    let mut at = first;
+    for u in batch {
+        log.mark(
+            desc_gpa + PACKED_DESC_SIZE * u64::from(at.idx),
+            PACKED_DESC_SIZE,
+        );
+        at = at.advance(u.count, size);
+    }
+}
+
 /// The buffer ids a device has taken and not yet returned: a chain whose id is still in
 /// flight is refused ([`PackedError::IdInFlight`]), so a driver cannot make the device return
 /// one buffer twice.
@@ -854,6 +875,30 @@ impl<'a> PackedQueue<'a> {
         let flags = used_bits(pos.wrap) | write;
         // SAFETY: as in `flags_load`: an aligned u16 inside the ring, accessed atomically.
         unsafe { AtomicU16::from_ptr(p.add(OFF_FLAGS).cast::<u16>()) }.store(flags.to_le(), order);
+    }
+
+    /// After used descriptors were published over `[old, new)`: without EVENT_IDX keeps the
+    /// device event area at DISABLE (we poll; virtio 1.2 §2.8.10), and writes `call` when the
+    /// driver wants a notification ([`needs_interrupt`](Self::needs_interrupt)). Returns
+    /// whether it did.
+    pub fn signal_used(
+        &self,
+        event_idx: bool,
+        call: Option<BorrowedFd<'_>>,
+        old: RingPos,
+        new: RingPos,
+    ) -> bool {
+        if !event_idx {
+            self.keep_device_event(EventSuppress::Disable);
+        }
+        match call {
+            Some(call) if self.needs_interrupt(event_idx, old, new) => {
+                // EAGAIN (the counter is full) still leaves the eventfd readable.
+                let _ = nix::unistd::write(call, &1u64.to_ne_bytes());
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The driver event suppression structure: what the driver wants of used notifications.
