@@ -6,9 +6,9 @@
 //! as vhost-user client (rvhost listens) and as server (rvhost `--client`), with and without
 //! the reconnect cycle, the backend stopped gracefully (SIGINT) or with SIGKILL
 //! (`VHG_RECONNECT_STOP=kill`). The second runs guests with 2 and 4 queue pairs (`mq=on`,
-//! `-smp N`, `rvhost fwd --queues N`): QEMU keeps one vhost device per queue pair on the one
-//! connection, each sending its own ADD_MEM_REG for the same memory; and one with
-//! `mrg_rxbuf=off`. Each run must PASS, and every rvhost process the script stopped with a
+//! `-smp N` under single-threaded TCG through `scripts/qemu-tcg-single.sh`, `rvhost fwd
+//! --queues N`): QEMU keeps one vhost device per queue pair on the one connection, each
+//! sending its own ADD_MEM_REG for the same memory; and one with `mrg_rxbuf=off`. Each run must PASS, and every rvhost process the script stopped with a
 //! signal it handles must have printed its `FINAL` line with every frame answered
 //! (`tx_pkts == rx_pkts`, no drop) and, with queue pairs, `FINAL-QUEUE` lines that add up to
 //! it; when no backend was killed, the backends together must have received exactly what the
@@ -116,6 +116,14 @@ fn run(case: Case) -> BTreeMap<usize, u64> {
         .env("VHG_QUEUES", queues.to_string())
         .env("VHG_NET_OPTS", net_opts)
         .env_remove("VHG_RECONNECT_STOP");
+    if queues > 1 {
+        // A guest with one vCPU per queue pair: single-threaded TCG (the script's header
+        // says why).
+        cmd.env(
+            "VHG_QEMU",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/qemu-tcg-single.sh"),
+        );
+    }
     match reconnect {
         Reconnect::No => {
             cmd.arg("--no-reconnect");
