@@ -14,7 +14,9 @@
 //! backend marked pages in QEMU's dirty log; the guest and both backends negotiated packed
 //! rings exactly when the case asks for them, and every vring resumed on the destination at
 //! the base the source stopped it at. The test prints the loss, its sequence ranges, QEMU's
-//! downtime and the vring bases (past the harness's capture).
+//! downtime and the vring bases (past the harness's capture). A run that failed because the
+//! guest's kernel crashed on corrupted memory of its own (`guest_kernel_crash`: a QEMU 7.2
+//! TCG migration fault, about 1 run in 100 here) is run once more, and says so.
 //!
 //! Skipped (`skipping: <why>`, or a failure under `RVHOST_TEST_REQUIRE=all`) as
 //! `tests/fwd_qemu.rs` is: when `../shared/scripts/qemu_vhost_guest.sh` (whose kernel cache
@@ -177,18 +179,7 @@ fn migrate(case: Case) {
     if packed {
         cmd.arg("--packed");
     }
-    let mut run = Child::spawn("qemu-migrate.sh", cmd);
-    let status = run.wait_exit(Duration::from_secs(200));
-    if status.is_none() {
-        // The script stops its QEMUs and backends on SIGTERM.
-        run.signal(Signal::SIGTERM);
-        run.wait_exit(Duration::from_secs(20));
-        panic!(
-            "{what}: the script did not finish in 200 s\n{}",
-            run.tail(80)
-        );
-    }
-    let out = run.stdout();
+    let (run, status, out) = run_script(cmd, &what);
     let m = migrate_line(&out)
         .unwrap_or_else(|| panic!("{what}: no MIGRATE line ({status:?})\n{}", run.tail(80)));
     assert!(
@@ -274,6 +265,86 @@ fn migrate(case: Case) {
     let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
+/// Runs the script once, or twice when the first run failed with a guest kernel crash
+/// ([`guest_kernel_crash`]): the run, its exit status and its stdout.
+fn run_script(
+    mut cmd: Command,
+    what: &str,
+) -> (Child, Option<std::process::ExitStatus>, Vec<String>) {
+    for attempt in 1.. {
+        let mut run = Child::spawn("qemu-migrate.sh", cmd_clone(&mut cmd));
+        let status = run.wait_exit(Duration::from_secs(200));
+        if status.is_none() {
+            // The script stops its QEMUs and backends on SIGTERM.
+            run.signal(Signal::SIGTERM);
+            run.wait_exit(Duration::from_secs(20));
+            panic!(
+                "{what}: the script did not finish in 200 s\n{}",
+                run.tail(80)
+            );
+        }
+        let out = run.stdout();
+        let passed = status.is_some_and(|s| s.success());
+        if !passed && attempt == 1 {
+            if let Some(crash) = guest_kernel_crash(&out) {
+                // Written past the harness's capture: CI's log keeps every such run.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "migration: {what}: RETRIED: the guest's kernel crashed ({crash}); \
+                     running it once more"
+                );
+                continue;
+            }
+        }
+        return (run, status, out);
+    }
+    unreachable!()
+}
+
+/// A copy of `cmd` (program, arguments, environment changes) to spawn again.
+fn cmd_clone(cmd: &mut Command) -> Command {
+    let mut c = Command::new(cmd.get_program());
+    c.args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
+}
+
+/// The first line of a guest kernel crash in the failed run's serial logs (the script keeps
+/// a failed run's directory and names it on stdout): "file: line".
+///
+/// A crash of this kind is corrupted guest kernel memory that only the guest's CPU writes
+/// (page allocator lists, slab, timer rbtree) and found stale on the destination: seen in 1
+/// of about 100 migrations of a one-vCPU guest (`list_add corruption` in
+/// `free_unref_page_commit`, 2026-12-04) and more often with two vCPUs under multi-threaded
+/// TCG (see `precopy_two_queue_pairs_qemu_server_memfd`). rvhost writes packet buffers and
+/// rings, whose staleness shows as lost or wrong packets, which fail the run without a retry.
+fn guest_kernel_crash(out: &[String]) -> Option<String> {
+    const SIGNS: [&str; 6] = [
+        "kernel BUG at",
+        "BUG: unable to handle",
+        "general protection fault",
+        "list_add corruption",
+        "list_del corruption",
+        "Oops:",
+    ];
+    let dir = out.iter().rev().find_map(|l| {
+        l.strip_prefix("(logs kept in ")
+            .and_then(|r| r.strip_suffix(')'))
+    })?;
+    ["serial-src.log", "serial-dst.log"].iter().find_map(|f| {
+        let text = std::fs::read(Path::new(dir).join(f)).ok()?;
+        String::from_utf8_lossy(&text)
+            .lines()
+            .find(|l| SIGNS.iter().any(|s| l.contains(s)))
+            .map(|l| format!("{f}: {}", l.trim()))
+    })
+}
+
 /// The `vring_bases=V:0xNUM,...` field of the `MIGRATE` line: (vring, base) in order.
 fn vring_bases(m: &HashMap<String, String>, what: &str) -> Vec<(u32, u32)> {
     let field = m
@@ -334,6 +405,36 @@ fn cannot_use_hugepages() -> Option<String> {
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(0);
     (free < 256).then(|| format!("{free} free 2 MiB hugepages (two guests need 256)"))
+}
+
+/// The retry's test for a guest kernel crash reads the kept run's serial logs: a crash line
+/// in either is found, a failure without one (or without a kept directory) is not retried.
+#[test]
+fn guest_kernel_crash_found_in_kept_serial_logs() {
+    let dir = std::env::temp_dir().join(format!("rvhost-mig-crash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = vec![
+        "RESULT: FAIL: the stream sent nothing (10 s)".to_string(),
+        format!("(logs kept in {})", dir.display()),
+    ];
+    std::fs::write(dir.join("serial-src.log"), "VHOST-MIG: init started\n").unwrap();
+    std::fs::write(
+        dir.join("serial-dst.log"),
+        "64 bytes from 192.0.2.1: seq=3\n",
+    )
+    .unwrap();
+    assert_eq!(guest_kernel_crash(&out), None);
+    std::fs::write(
+        dir.join("serial-dst.log"),
+        "[    7.88] list_add corruption. next->prev should be prev\n[    7.89] kernel BUG at lib/list_debug.c:27!\n",
+    )
+    .unwrap();
+    assert_eq!(
+        guest_kernel_crash(&out).as_deref(),
+        Some("serial-dst.log: [    7.88] list_add corruption. next->prev should be prev")
+    );
+    assert_eq!(guest_kernel_crash(&out[..1]), None);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
