@@ -143,7 +143,7 @@ impl<'v> PackedBurst<'v> {
 
     /// The chain at `next`, if one is available and whole; a fault of its shape marks the
     /// queue broken (logged).
-    #[inline]
+    #[inline(always)]
     fn chain_at_next(&mut self) -> Result<AvailChain, Stop> {
         match self.q.avail_chain(self.next, self.budget()) {
             Ok(Some(c)) if !self.ids.contains(c.id) => Ok(c),
@@ -271,7 +271,7 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
         self.budget() != 0 && self.q.desc_is_avail(self.next)
     }
 
-    #[inline]
+    #[inline(always)]
     fn next_head(&mut self) -> Result<AvailChain, Stop> {
         let c = self.chain_at_next()?;
         self.take(&c);

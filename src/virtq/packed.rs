@@ -698,6 +698,7 @@ impl<'a> PackedQueue<'a> {
     /// ([`PackedError::BadId`]).
     ///
     /// Only the shape is checked here; the buffers are checked by [`chain`](Self::chain).
+    #[inline(always)]
     pub fn avail_chain(
         &self,
         pos: RingPos,
@@ -706,41 +707,45 @@ impl<'a> PackedQueue<'a> {
         if !self.desc_is_avail(pos) {
             return Ok(None);
         }
+        let first = self.desc(pos.idx);
+        // One slot is the common case: no walk. The walk is out of line and returns scalars,
+        // so that this chain stays in registers: a chain built in memory by both paths and
+        // read back in other widths made the CPU wait for the stores (a load spanning two
+        // stores is not forwarded), a third of a packed dequeue's `next_head`.
+        let (id, count) = if first.flags & VIRTQ_DESC_F_NEXT == 0 {
+            if budget == 0 || self.size == 0 {
+                return Err(PackedError::TooLong { max: 0 });
+            }
+            (first.id, 1)
+        } else {
+            self.avail_chain_walk(pos, budget)?
+        };
+        if id >= self.size {
+            return Err(PackedError::BadId {
+                id,
+                size: self.size,
+            });
+        }
+        Ok(Some(AvailChain {
+            head: pos,
+            id,
+            count,
+            first,
+        }))
+    }
+
+    /// The rest of [`avail_chain`](Self::avail_chain) for a chain whose first descriptor (at
+    /// `pos`) has NEXT: its last descriptor's id (not yet checked) and its slots.
+    #[inline(never)]
+    fn avail_chain_walk(&self, pos: RingPos, budget: u16) -> Result<(u16, u16), PackedError> {
         let budget = budget.min(self.size);
         if budget == 0 {
             return Err(PackedError::TooLong { max: 0 });
         }
-        let first = self.desc(pos.idx);
-        if first.flags & VIRTQ_DESC_F_NEXT == 0 {
-            // One slot: the common case, without the walk.
-            if first.id >= self.size {
-                return Err(PackedError::BadId {
-                    id: first.id,
-                    size: self.size,
-                });
-            }
-            return Ok(Some(AvailChain {
-                head: pos,
-                id: first.id,
-                count: 1,
-                first,
-            }));
-        }
-        self.avail_chain_walk(pos, budget, first)
-    }
-
-    /// The rest of [`avail_chain`](Self::avail_chain) for a chain of several slots.
-    #[inline(never)]
-    fn avail_chain_walk(
-        &self,
-        pos: RingPos,
-        budget: u16,
-        first: PvirtqDesc,
-    ) -> Result<Option<AvailChain>, PackedError> {
-        let mut last = first;
+        // The first descriptor (at `pos`) has NEXT: the chain goes on after it.
         let mut at = pos;
         let mut count: u16 = 1;
-        while last.flags & VIRTQ_DESC_F_NEXT != 0 {
+        loop {
             if count == budget {
                 return Err(PackedError::TooLong { max: budget });
             }
@@ -751,21 +756,12 @@ impl<'a> PackedQueue<'a> {
             if !desc_is_avail(flags, at.wrap) {
                 return Err(PackedError::NotAvailable { slot: at.idx });
             }
-            last = self.desc(at.idx);
+            let d = self.desc(at.idx);
             count += 1;
+            if d.flags & VIRTQ_DESC_F_NEXT == 0 {
+                return Ok((d.id, count));
+            }
         }
-        if last.id >= self.size {
-            return Err(PackedError::BadId {
-                id: last.id,
-                size: self.size,
-            });
-        }
-        Ok(Some(AvailChain {
-            head: pos,
-            id: last.id,
-            count,
-            first,
-        }))
     }
 
     /// Walks `chain`'s buffers: an iterator over host slices (a buffer across two regions comes
