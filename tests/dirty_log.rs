@@ -213,15 +213,15 @@ fn written_between(fe: &mut Frontend, v: u16, before: Pos, after: Pos, pages: &m
             let mut chains: Vec<Vec<(u64, u64)>> = Vec::new();
             let mut p = from;
             while p != to {
-                let d = ring.read_desc(p.idx);
-                pages.add(desc_gpa + 16 * u64::from(p.idx), 16);
+                let d = ring.read_desc(p.idx());
+                pages.add(desc_gpa + 16 * u64::from(p.idx()), 16);
                 let slots = ring.slots_of(d.id);
                 assert!(slots > 0, "used id {} not outstanding", d.id);
                 if v % 2 == 0 {
                     let mut left = u64::from(d.len);
                     let mut chain = Vec::new();
                     for k in 0..slots {
-                        let addr = ring.read_desc(p.advance(k, size).idx).addr;
+                        let addr = ring.read_desc(p.advance(k, size).idx()).addr;
                         let n = left.min(BUF as u64);
                         chain.push((addr, n));
                         left -= n;

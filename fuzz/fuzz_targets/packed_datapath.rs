@@ -712,12 +712,12 @@ impl Harness {
         let vq = self.dev.lock_vring(vring).unwrap();
         Side {
             avail: Pos {
-                idx: vq.avail_pos.idx,
-                wrap: vq.avail_pos.wrap,
+                idx: vq.avail_pos.idx(),
+                wrap: vq.avail_pos.wrap(),
             },
             used: Pos {
-                idx: vq.used_pos.idx,
-                wrap: vq.used_pos.wrap,
+                idx: vq.used_pos.idx(),
+                wrap: vq.used_pos.wrap(),
             },
             broken: vq.broken,
             stats: vq.stats,

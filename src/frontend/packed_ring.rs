@@ -262,8 +262,8 @@ impl PackedDriverRing {
         let mut at = head;
         let mut head_flags = 0;
         for (k, (addr, len, flags)) in descs.enumerate() {
-            let off = self.slot_off(at.idx);
-            let flags = flags | avail_bits(at.wrap);
+            let off = self.slot_off(at.idx());
+            let flags = flags | avail_bits(at.wrap());
             // addr, len, id; the flags after (the head's old flags, still showing it used or
             // zero, stay until the whole chain is written).
             let _ = ring.write_obj(off, addr.to_le());
@@ -277,7 +277,7 @@ impl PackedDriverRing {
             }
             at = at.advance(1, self.size);
         }
-        let off = self.slot_off(head.idx) + OFF_FLAGS;
+        let off = self.slot_off(head.idx()) + OFF_FLAGS;
         let _ = ring.store_u16(off, head_flags.to_le(), Ordering::Release);
         self.avail = at;
     }
@@ -371,10 +371,13 @@ impl PackedDriverRing {
         }
         let flags = self
             .ring()
-            .load_u16(self.slot_off(self.used.idx) + OFF_FLAGS, Ordering::Acquire)
+            .load_u16(
+                self.slot_off(self.used.idx()) + OFF_FLAGS,
+                Ordering::Acquire,
+            )
             .map(u16::from_le)
             .unwrap_or(0);
-        desc_is_used(flags, self.used.wrap)
+        desc_is_used(flags, self.used.wrap())
     }
 
     /// Ring slots the outstanding chain of buffer `id` took (0: not outstanding).
@@ -397,13 +400,13 @@ impl PackedDriverRing {
         while n < max && !self.broken {
             let flags = self
                 .ring()
-                .load_u16(self.slot_off(at.idx) + OFF_FLAGS, Ordering::Acquire)
+                .load_u16(self.slot_off(at.idx()) + OFF_FLAGS, Ordering::Acquire)
                 .map(u16::from_le)
                 .unwrap_or(0);
-            if !desc_is_used(flags, at.wrap) {
+            if !desc_is_used(flags, at.wrap()) {
                 break;
             }
-            let id = self.read_desc(at.idx).id;
+            let id = self.read_desc(at.idx()).id;
             let slots = self.id_slots.get(usize::from(id)).copied().unwrap_or(0);
             if slots == 0 {
                 break;
@@ -421,7 +424,7 @@ impl PackedDriverRing {
         if !self.used_ready() {
             return None;
         }
-        let d = self.read_desc(self.used.idx);
+        let d = self.read_desc(self.used.idx());
         let len = if d.flags & VIRTQ_DESC_F_WRITE != 0 {
             d.len
         } else {

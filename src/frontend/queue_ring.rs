@@ -174,7 +174,7 @@ impl QueueRing {
         match self {
             QueueRing::Split(r) => r.peek_used(0),
             QueueRing::Packed(r, _) => {
-                let d = r.read_desc(r.used_pos().idx);
+                let d = r.read_desc(r.used_pos().idx());
                 (u32::from(d.id), d.len)
             }
         }

@@ -160,8 +160,8 @@ impl<'v> PackedBurst<'v> {
         if self.log_limit.check().is_some() {
             log::error!(
                 "packed ring at slot {} (wrap {}): {why}: queue marked broken",
-                self.next.idx,
-                u8::from(self.next.wrap)
+                self.next.idx(),
+                u8::from(self.next.wrap())
             );
         }
         *self.broken = true;
@@ -290,11 +290,13 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
         if !self.q.desc_is_avail(pos) {
             return None;
         }
-        let d = self.q.desc(pos.idx);
+        let d = self.q.desc(pos.idx());
         (d.flags & VIRTQ_DESC_F_NEXT == 0).then(|| as_desc(d))
     }
 
-    #[inline]
+    /// Inlined: a chain returned through memory is read back in other widths than it was
+    /// written (see [`PackedQueue::avail_chain`]).
+    #[inline(always)]
     fn peek_next(&mut self, _: &mut ()) -> Option<(AvailChain, VirtqDesc)> {
         // A bad chain is left for `next_head` to report.
         let c = self.q.avail_chain(self.next, self.budget()).ok()??;

@@ -400,7 +400,7 @@ impl Vring {
     fn translate_packed(&mut self, a: VringAddrs) -> Result<(), VringError> {
         let rings = PackedRings::new(&self.mem, &a, u32::from(self.size))?;
         for pos in [self.avail_pos, self.used_pos] {
-            if pos.idx >= self.size {
+            if pos.idx() >= self.size {
                 return Err(VringError::BadBase(self.base()));
             }
         }

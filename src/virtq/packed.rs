@@ -112,12 +112,21 @@ impl PvirtqDesc {
 
 /// A position in the packed ring: a slot and the wrap counter of the lap it is in. Both
 /// sides start at slot 0 with the wrap counter set ([`RingPos::START`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RingPos {
-    /// Slot, below the queue size.
-    pub idx: u16,
-    /// Wrap counter: flips each time `idx` wraps to 0.
-    pub wrap: bool,
+///
+/// Kept as one word (slot in the low 16 bits, wrap counter in bit 16): a position is stored
+/// and loaded whole. As a `u16` and a `bool`, the compiler stored the two fields apart and read
+/// them back together with neighbouring fields, a load the CPU cannot forward from two stores
+/// still in its store buffer, so it waited for every older store (the packets' guest lines).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RingPos(u32);
+
+impl std::fmt::Debug for RingPos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingPos")
+            .field("idx", &self.idx())
+            .field("wrap", &self.wrap())
+            .finish()
+    }
 }
 
 impl Default for RingPos {
@@ -126,44 +135,50 @@ impl Default for RingPos {
     }
 }
 
+const WRAP_BIT: u32 = 1 << 16;
+
 impl RingPos {
     /// Where both wrap counters start (virtio 1.2 §2.8.1: initialised to 1).
-    pub const START: RingPos = RingPos { idx: 0, wrap: true };
+    pub const START: RingPos = RingPos::new(0, true);
 
     /// A position.
+    #[inline(always)]
     pub const fn new(idx: u16, wrap: bool) -> RingPos {
-        RingPos { idx, wrap }
+        RingPos(idx as u32 | if wrap { WRAP_BIT } else { 0 })
+    }
+
+    /// Slot, below the queue size.
+    #[inline(always)]
+    pub const fn idx(self) -> u16 {
+        self.0 as u16
+    }
+
+    /// Wrap counter: flips each time the slot wraps to 0.
+    #[inline(always)]
+    pub const fn wrap(self) -> bool {
+        self.0 & WRAP_BIT != 0
     }
 
     /// The position `n` slots further in a ring of `size`: each pass over the ring's end flips
     /// the wrap counter. A `size` of 0 leaves the position as it is.
     #[inline]
     pub fn advance(self, n: u16, size: u16) -> RingPos {
-        let t = u32::from(self.idx) + u32::from(n);
+        let t = u32::from(self.idx()) + u32::from(n);
         let size = u32::from(size);
         if t < size {
-            return RingPos {
-                idx: t as u16,
-                ..self
-            };
+            return RingPos((self.0 & WRAP_BIT) | t);
         }
         if t < 2 * size {
             // One pass over the end: the data path's case (a slot below the size, moved by
             // less than a lap), without a division.
-            return RingPos {
-                idx: (t - size) as u16,
-                wrap: !self.wrap,
-            };
+            return RingPos(((self.0 & WRAP_BIT) ^ WRAP_BIT) | (t - size));
         }
         if size == 0 {
             return self;
         }
         let laps = t / size;
         // t % size < size <= 32768 fits in u16.
-        RingPos {
-            idx: (t % size) as u16,
-            wrap: self.wrap ^ (laps % 2 == 1),
-        }
+        RingPos::new((t % size) as u16, self.wrap() ^ (laps % 2 == 1))
     }
 
     /// The position on a ring of `2 * size` slots that counts both laps: distances between
@@ -171,7 +186,7 @@ impl RingPos {
     #[inline]
     fn extended(self, size: u16) -> u32 {
         let size = u32::from(size);
-        let e = u32::from(self.idx) + if self.wrap { size } else { 0 };
+        let e = u32::from(self.idx()) + if self.wrap() { size } else { 0 };
         // A slot below the size (every position the rings keep) needs no reduction.
         if e < 2 * size {
             e
@@ -209,10 +224,10 @@ pub const fn unpack_base(v: u16) -> (u16, bool) {
 #[inline]
 pub const fn encode_vring_base(avail: RingPos, used: RingPos) -> u32 {
     PackedVringBase {
-        avail_idx: avail.idx,
-        avail_wrap: avail.wrap,
-        used_idx: used.idx,
-        used_wrap: used.wrap,
+        avail_idx: avail.idx(),
+        avail_wrap: avail.wrap(),
+        used_idx: used.idx(),
+        used_wrap: used.wrap(),
     }
     .to_num()
 }
@@ -300,7 +315,7 @@ impl EventSuppress {
         match self {
             EventSuppress::Enable => (0, RING_EVENT_FLAGS_ENABLE),
             EventSuppress::Disable => (0, RING_EVENT_FLAGS_DISABLE),
-            EventSuppress::Desc(p) => (pack_base(p.idx, p.wrap), RING_EVENT_FLAGS_DESC),
+            EventSuppress::Desc(p) => (pack_base(p.idx(), p.wrap()), RING_EVENT_FLAGS_DESC),
         }
     }
 
@@ -495,7 +510,7 @@ pub fn mark_used_slots(
     let mut at = first;
     for u in batch {
         log.mark(
-            desc_gpa + PACKED_DESC_SIZE * u64::from(at.idx),
+            desc_gpa + PACKED_DESC_SIZE * u64::from(at.idx()),
             PACKED_DESC_SIZE,
         );
         at = at.advance(u.count, size);
@@ -644,7 +659,7 @@ impl<'a> PackedQueue<'a> {
     /// Whether the descriptor at `pos` is available (its flags loaded with `Acquire`).
     #[inline]
     pub fn desc_is_avail(&self, pos: RingPos) -> bool {
-        desc_is_avail(self.flags_acquire(pos.idx), pos.wrap)
+        desc_is_avail(self.flags_acquire(pos.idx()), pos.wrap())
     }
 
     /// Descriptor `idx` of the ring (a copy, read once as two words; reduced modulo the
@@ -707,7 +722,7 @@ impl<'a> PackedQueue<'a> {
         if !self.desc_is_avail(pos) {
             return Ok(None);
         }
-        let first = self.desc(pos.idx);
+        let first = self.desc(pos.idx());
         // One slot is the common case: no walk. The walk is out of line and returns scalars,
         // so that this chain stays in registers: a chain built in memory by both paths and
         // read back in other widths made the CPU wait for the stores (a load spanning two
@@ -752,11 +767,11 @@ impl<'a> PackedQueue<'a> {
             at = at.advance(1, self.size);
             // The first descriptor's Acquire ordered the rest of the chain (written before it):
             // a plain load suffices.
-            let flags = self.flags_load(at.idx, Ordering::Relaxed);
-            if !desc_is_avail(flags, at.wrap) {
-                return Err(PackedError::NotAvailable { slot: at.idx });
+            let flags = self.flags_load(at.idx(), Ordering::Relaxed);
+            if !desc_is_avail(flags, at.wrap()) {
+                return Err(PackedError::NotAvailable { slot: at.idx() });
             }
-            let d = self.desc(at.idx);
+            let d = self.desc(at.idx());
             count += 1;
             if d.flags & VIRTQ_DESC_F_NEXT == 0 {
                 return Ok((d.id, count));
@@ -779,7 +794,7 @@ impl<'a> PackedQueue<'a> {
             cache: TranslationCache::new(),
             ring: self.desc,
             size: self.size,
-            slot: chain.head.idx,
+            slot: chain.head.idx(),
             first: Some(chain.first),
             left: u32::from(chain.count),
             chained: chain.count > 1,
@@ -854,7 +869,9 @@ impl<'a> PackedQueue<'a> {
 
     #[inline]
     fn write_used_body(&self, pos: RingPos, u: PackedUsed) {
-        let Some(p) = self.slot(pos.idx) else { return };
+        let Some(p) = self.slot(pos.idx()) else {
+            return;
+        };
         // SAFETY: the slot's 16 bytes are inside the ring and 16-byte aligned (see
         // `flags_load`), so its length (u32 at 8) and id (u16 at 12) are aligned; volatile
         // stores into guest memory the driver reads only after the flags.
@@ -866,9 +883,11 @@ impl<'a> PackedQueue<'a> {
 
     #[inline]
     fn store_used_flags(&self, pos: RingPos, u: PackedUsed, order: Ordering) {
-        let Some(p) = self.slot(pos.idx) else { return };
+        let Some(p) = self.slot(pos.idx()) else {
+            return;
+        };
         let write = if u.len != 0 { VIRTQ_DESC_F_WRITE } else { 0 };
-        let flags = used_bits(pos.wrap) | write;
+        let flags = used_bits(pos.wrap()) | write;
         // SAFETY: as in `flags_load`: an aligned u16 inside the ring, accessed atomically.
         unsafe { AtomicU16::from_ptr(p.add(OFF_FLAGS).cast::<u16>()) }.store(flags.to_le(), order);
     }

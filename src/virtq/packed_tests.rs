@@ -86,7 +86,7 @@ impl Guest {
             } else {
                 0
             };
-            let f = flags | next | avail_bits(at.wrap);
+            let f = flags | next | avail_bits(at.wrap());
             let mut d = PvirtqDesc {
                 addr,
                 len,
@@ -97,10 +97,10 @@ impl Guest {
                 head_flags = f;
                 d.flags = 0;
             }
-            self.put(DESC, at.idx, d);
+            self.put(DESC, at.idx(), d);
             at = at.advance(1, self.size);
         }
-        self.set_flags(pos.idx, head_flags);
+        self.set_flags(pos.idx(), head_flags);
         at
     }
 
@@ -534,8 +534,8 @@ fn a_batch_of_used_descriptors_shows_its_first_flags_last() {
     assert!(desc_is_avail(g.get(6).flags, true), "first not yet used");
     assert!(!desc_is_used(g.get(6).flags, true));
     for (k, s) in slots.iter().enumerate().skip(1) {
-        let u = g.get(s.idx);
-        assert!(desc_is_used(u.flags, s.wrap), "element {k} used");
+        let u = g.get(s.idx());
+        assert!(desc_is_used(u.flags, s.wrap()), "element {k} used");
         assert_eq!((u.id, u.len), (k as u16, 10 + k as u32));
     }
     // The whole batch: the first is used too, with its id and length.
@@ -786,10 +786,10 @@ fn positions_agree_with_stepping_one_slot_at_a_time() {
                             "size {size} {from:?} + {n}"
                         );
                     }
-                    stepped = if stepped.idx + 1 == size {
-                        RingPos::new(0, !stepped.wrap)
+                    stepped = if stepped.idx() + 1 == size {
+                        RingPos::new(0, !stepped.wrap())
                     } else {
-                        RingPos::new(stepped.idx + 1, stepped.wrap)
+                        RingPos::new(stepped.idx() + 1, stepped.wrap())
                     };
                 }
             }
