@@ -165,6 +165,9 @@ pub struct Vring {
     /// Packed ring: scratch of the data path, the used descriptors of the current burst
     /// (sized to the queue when the ring is translated).
     pub(crate) packed_shadow: Vec<PackedUsed>,
+    /// Packed ring: scratch of the data path, the chains a burst took, by take order modulo
+    /// its length (kept here so that a burst does not clear it: see `PackedBurst`).
+    pub(crate) packed_recent: Vec<(RingPos, u16)>,
     /// Kick eventfd (frontend → backend); `None` with `kick_set` means polling mode.
     pub kick: Option<OwnedFd>,
     /// SET_VRING_KICK was received (with an fd or the no-fd flag).
