@@ -416,6 +416,7 @@ impl<'v> Ring<'v> for Burst<'v> {
     type Head = u16;
     type Walk = Chain<'v>;
     type Ahead = ReadAhead;
+    const PREFETCH_TX: bool = false;
 
     #[inline(always)]
     fn features(&self) -> u64 {
@@ -470,6 +471,11 @@ impl<'v> Ring<'v> for Burst<'v> {
     #[inline(always)]
     fn read_ahead(&self, a: &mut ReadAhead, k: u16) -> Option<VirtqDesc> {
         a.read(self, k)
+    }
+
+    #[inline(always)]
+    fn peek_desc(&self, k: u16) -> Option<VirtqDesc> {
+        self.peek_head(k).map(|h| self.q.desc(h))
     }
 
     #[inline(always)]

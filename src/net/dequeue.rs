@@ -111,7 +111,15 @@ fn dequeue_chains<'v, R: Ring<'v>>(
     let large = Large::of(dev.flags());
     let mut kept = first;
     let mut tc = TranslationCache::new();
+    if R::PREFETCH_TX {
+        for k in 0..n.min(TX_AHEAD) {
+            prefetch_tx(&b, &mut tc, k as u16);
+        }
+    }
     for i in first..first + n {
+        if R::PREFETCH_TX && i + TX_AHEAD < first + n {
+            prefetch_tx(&b, &mut tc, TX_AHEAD as u16);
+        }
         let Ok(head) = b.next_head() else { break };
         let filled = match fill_simple(&b, &mut tc, head, hlen, &mut out[i], &mut Cpu) {
             Some(()) => Ok(()),
@@ -210,6 +218,28 @@ pub(super) fn fill_simple<'v, R: Ring<'v>>(
         offloads(&VirtioNetHdr::from_bytes(&hb, hlen), m);
     }
     Some(())
+}
+
+/// How many chains ahead of the one being copied a dequeue asks for the first lines of its
+/// buffer ([`prefetch_tx`]): the guest's transmit buffers were last written by its core, and
+/// without asking early each packet waited for its own lines, one transfer after the other.
+const TX_AHEAD: usize = 8;
+
+/// Bytes of a transmit buffer asked for ahead: the header and a small frame's first line.
+const TX_AHEAD_BYTES: u32 = 128;
+
+/// Asks for the first [`TX_AHEAD_BYTES`] of the buffer of the chain `k` places after the next
+/// one, if it is one readable descriptor.
+#[inline(always)]
+fn prefetch_tx<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, k: u16) {
+    let Some(d) = b.peek_desc(k) else { return };
+    if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE) != 0 {
+        return;
+    }
+    let len = d.len.min(TX_AHEAD_BYTES);
+    if let Some(buf) = b.memory().gpa_to_host_cached(tc, Gpa(d.addr), u64::from(len)) {
+        buf.prefetch_for_read();
+    }
 }
 
 /// Applies the header's offloads to `m`'s metadata (and completes an odd partial checksum).

@@ -226,6 +226,7 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
     type Head = AvailChain;
     type Walk = PackedChain<'v>;
     type Ahead = ();
+    const PREFETCH_TX: bool = true;
 
     #[inline(always)]
     fn features(&self) -> u64 {
@@ -289,6 +290,11 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
     #[inline]
     fn read_ahead(&self, _: &mut (), k: u16) -> Option<VirtqDesc> {
         debug_assert!(k <= READ_AHEAD);
+        self.peek_desc(k)
+    }
+
+    #[inline]
+    fn peek_desc(&self, k: u16) -> Option<VirtqDesc> {
         if k >= self.budget() {
             return None;
         }

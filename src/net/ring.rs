@@ -51,6 +51,16 @@ pub(super) trait Ring<'v> {
     /// its first descriptor, for the caller to ask for its buffer early. `None` also where the
     /// layout does not read ahead.
     fn read_ahead(&self, a: &mut Self::Ahead, k: u16) -> Option<VirtqDesc>;
+    /// Whether dequeue asks for transmit buffers ahead ([`peek_desc`](Self::peek_desc)). A
+    /// packed ring's descriptors are in the lines `available` just read; a split ring's
+    /// look-ahead reads the available ring and the table again, and cost g2h 64 B 11-14%
+    /// (A/B against the testpmd frontend, 3 pairs at 31 ns), where packed gained (loop-lat
+    /// 64 B +10% at 33 ns, +70% at 170 ns; g2h 64 B +18% at 33 ns, even at 165 ns).
+    const PREFETCH_TX: bool;
+    /// The first descriptor of the chain `k` places after the next one, if it is available
+    /// (on a packed ring: if every chain before it takes one slot), read without taking it,
+    /// for the caller to ask for its buffer early.
+    fn peek_desc(&self, k: u16) -> Option<VirtqDesc>;
     /// The next chain and its first descriptor, without taking it (`None`: no chain, or one
     /// [`next_head`](Self::next_head) will report as bad).
     fn peek_next(&mut self, a: &mut Self::Ahead) -> Option<(Self::Head, VirtqDesc)>;
