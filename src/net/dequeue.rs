@@ -237,7 +237,10 @@ fn prefetch_tx<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, k: u16) {
         return;
     }
     let len = d.len.min(TX_AHEAD_BYTES);
-    if let Some(buf) = b.memory().gpa_to_host_cached(tc, Gpa(d.addr), u64::from(len)) {
+    if let Some(buf) = b
+        .memory()
+        .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(len))
+    {
         buf.prefetch_for_read();
     }
 }
