@@ -722,15 +722,16 @@ impl<'a> PackedQueue<'a> {
         if !self.desc_is_avail(pos) {
             return Ok(None);
         }
+        let budget = budget.min(self.size);
+        if budget == 0 {
+            return Err(PackedError::TooLong { max: 0 });
+        }
         let first = self.desc(pos.idx());
         // One slot is the common case: no walk. The walk is out of line and returns scalars,
         // so that this chain stays in registers: a chain built in memory by both paths and
         // read back in other widths made the CPU wait for the stores (a load spanning two
         // stores is not forwarded), a third of a packed dequeue's `next_head`.
         let (id, count) = if first.flags & VIRTQ_DESC_F_NEXT == 0 {
-            if budget == 0 || self.size == 0 {
-                return Err(PackedError::TooLong { max: 0 });
-            }
             (first.id, 1)
         } else {
             self.avail_chain_walk(pos, budget)?
@@ -750,13 +751,10 @@ impl<'a> PackedQueue<'a> {
     }
 
     /// The rest of [`avail_chain`](Self::avail_chain) for a chain whose first descriptor (at
-    /// `pos`) has NEXT: its last descriptor's id (not yet checked) and its slots.
+    /// `pos`) has NEXT: its last descriptor's id (not yet checked) and its slots, at most
+    /// `budget` (at least 1, at most the size).
     #[inline(never)]
     fn avail_chain_walk(&self, pos: RingPos, budget: u16) -> Result<(u16, u16), PackedError> {
-        let budget = budget.min(self.size);
-        if budget == 0 {
-            return Err(PackedError::TooLong { max: 0 });
-        }
         // The first descriptor (at `pos`) has NEXT: the chain goes on after it.
         let mut at = pos;
         let mut count: u16 = 1;
