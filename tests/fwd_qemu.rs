@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use common::child::{Child, parse_final, parse_final_queues, rvhost_bin};
 use common::{is_root, skip, sock_path};
-use nix::sys::signal::Signal;
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/scripts/qemu_vhost_guest.sh")
@@ -144,19 +143,9 @@ fn run(case: Case) -> BTreeMap<usize, u64> {
         }
     );
     let mut vm = Child::spawn("qemu_vhost_guest.sh", cmd);
-    let status = vm.wait_exit(Duration::from_secs(300));
-    if status.is_none() {
-        // The script cleans up its QEMU and backends on SIGTERM.
-        vm.signal(Signal::SIGTERM);
-        vm.wait_exit(Duration::from_secs(20));
-        panic!(
-            "{what}: the script did not finish in 300 s\n{}",
-            vm.tail(60)
-        );
-    }
+    let status = vm.wait_script(Duration::from_secs(300), &what, 60);
     let out = vm.stdout();
-    let passed =
-        status.is_some_and(|s| s.success()) && out.iter().any(|l| l.starts_with("RESULT: PASS"));
+    let passed = status.success() && out.iter().any(|l| l.starts_with("RESULT: PASS"));
     assert!(
         passed || lost_race_with_a_passing_guest(&out),
         "{what}: {status:?}\n{}",

@@ -29,13 +29,12 @@ mod common;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::child::{Child, rvhost_bin};
 use common::{is_root, skip};
-use nix::sys::signal::Signal;
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/qemu-migrate.sh")
@@ -154,36 +153,39 @@ fn migrate(case: Case) {
          pair(s), announce by {announce}, copy {copy}"
     );
     let started = Instant::now();
-    let mut cmd = Command::new("bash");
-    cmd.arg(script())
-        .args(["--mode", qemu_mode, "--mem", mem, "--announce", announce])
-        .args(["--queues", &queues.to_string(), "--timeout", "170"])
-        // More than one queue pair means as many vCPUs, and QEMU 7.2's multi-threaded TCG
-        // corrupts a two-vCPU guest across a migration now and then, whatever the backend
-        // does (see `precopy_two_queue_pairs_qemu_server_memfd`): one TCG thread then.
-        .args([
-            "--accel",
-            if queues > 1 {
-                "tcg,thread=single"
-            } else {
-                "tcg"
-            },
-        ])
-        .args(["--copy", copy])
-        .args(["--max-loss", MAX_LOSS])
-        .args(["--migrate-after", migrate_after])
-        .arg(format!("--{kind}"))
-        .arg("--rvhost")
-        .arg(rvhost_bin())
-        .env_remove("RVHOST_BIN");
-    if packed {
-        cmd.arg("--packed");
-    }
-    let (run, status, out) = run_script(cmd, &what);
+    let command = || {
+        let mut cmd = Command::new("bash");
+        cmd.arg(script())
+            .args(["--mode", qemu_mode, "--mem", mem, "--announce", announce])
+            .args(["--queues", &queues.to_string(), "--timeout", "170"])
+            // More than one queue pair means as many vCPUs, and QEMU 7.2's multi-threaded TCG
+            // corrupts a two-vCPU guest across a migration now and then, whatever the backend
+            // does (see `precopy_two_queue_pairs_qemu_server_memfd`): one TCG thread then.
+            .args([
+                "--accel",
+                if queues > 1 {
+                    "tcg,thread=single"
+                } else {
+                    "tcg"
+                },
+            ])
+            .args(["--copy", copy])
+            .args(["--max-loss", MAX_LOSS])
+            .args(["--migrate-after", migrate_after])
+            .arg(format!("--{kind}"))
+            .arg("--rvhost")
+            .arg(rvhost_bin())
+            .env_remove("RVHOST_BIN");
+        if packed {
+            cmd.arg("--packed");
+        }
+        cmd
+    };
+    let (run, status, out) = run_script(command, &what);
     let m = migrate_line(&out)
         .unwrap_or_else(|| panic!("{what}: no MIGRATE line ({status:?})\n{}", run.tail(80)));
     assert!(
-        status.is_some_and(|s| s.success())
+        status.success()
             && m.get("result").map(String::as_str) == Some("PASS")
             && out.iter().any(|l| l.starts_with("RESULT: PASS")),
         "{what}: {status:?}\n{}",
@@ -265,27 +267,14 @@ fn migrate(case: Case) {
     let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
-/// Runs the script once, or twice when the first run failed with a guest kernel crash
-/// ([`guest_kernel_crash`]): the run, its exit status and its stdout.
-fn run_script(
-    mut cmd: Command,
-    what: &str,
-) -> (Child, Option<std::process::ExitStatus>, Vec<String>) {
+/// Runs the script (`command` builds it) once, or twice when the first run failed with a
+/// guest kernel crash ([`guest_kernel_crash`]): the run, its exit status and its stdout.
+fn run_script(command: impl Fn() -> Command, what: &str) -> (Child, ExitStatus, Vec<String>) {
     for attempt in 1.. {
-        let mut run = Child::spawn("qemu-migrate.sh", cmd_clone(&mut cmd));
-        let status = run.wait_exit(Duration::from_secs(200));
-        if status.is_none() {
-            // The script stops its QEMUs and backends on SIGTERM.
-            run.signal(Signal::SIGTERM);
-            run.wait_exit(Duration::from_secs(20));
-            panic!(
-                "{what}: the script did not finish in 200 s\n{}",
-                run.tail(80)
-            );
-        }
+        let mut run = Child::spawn("qemu-migrate.sh", command());
+        let status = run.wait_script(Duration::from_secs(200), what, 80);
         let out = run.stdout();
-        let passed = status.is_some_and(|s| s.success());
-        if !passed && attempt == 1 {
+        if !status.success() && attempt == 1 {
             if let Some(crash) = guest_kernel_crash(&out) {
                 // Written past the harness's capture: CI's log keeps every such run.
                 let _ = writeln!(
@@ -299,19 +288,6 @@ fn run_script(
         return (run, status, out);
     }
     unreachable!()
-}
-
-/// A copy of `cmd` (program, arguments, environment changes) to spawn again.
-fn cmd_clone(cmd: &mut Command) -> Command {
-    let mut c = Command::new(cmd.get_program());
-    c.args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    c
 }
 
 /// The first line of a guest kernel crash in the failed run's serial logs (the script keeps

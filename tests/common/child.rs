@@ -134,6 +134,22 @@ impl Child {
         self.status
     }
 
+    /// Waits up to `timeout` for a script that stops what it started on SIGTERM (the QEMU
+    /// scripts); past it, sends SIGTERM, gives it 20 s and panics naming `what`, with the
+    /// last `tail` lines of its output.
+    pub fn wait_script(&mut self, timeout: Duration, what: &str, tail: usize) -> ExitStatus {
+        if let Some(status) = self.wait_exit(timeout) {
+            return status;
+        }
+        self.signal(Signal::SIGTERM);
+        self.wait_exit(Duration::from_secs(20));
+        panic!(
+            "{what}: the script did not finish in {} s\n{}",
+            timeout.as_secs(),
+            self.tail(tail)
+        );
+    }
+
     /// The last `n` lines of stdout and stderr, for failure messages.
     pub fn tail(&self, n: usize) -> String {
         let part = |l: &Lines| {
