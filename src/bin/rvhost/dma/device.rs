@@ -174,57 +174,50 @@ pub fn device_channels(
 #[cfg(test)]
 mod tests {
     use std::fs;
-    use std::os::unix::fs::symlink;
     use std::path::PathBuf;
 
+    use super::super::fake_sysfs::FakeSys;
     use super::*;
 
     /// A fake sysfs and /dev/vfio, removed on drop.
-    struct Fake(PathBuf);
+    struct Fake {
+        sys: FakeSys,
+        dev: PathBuf,
+    }
 
     impl Fake {
         fn new(name: &str) -> Fake {
-            let root = std::env::temp_dir()
+            let dev = std::env::temp_dir()
                 .join(format!("rvhost-dma-device-{}-{name}", std::process::id()));
-            let _ = fs::remove_dir_all(&root);
-            fs::create_dir_all(root.join("sys/bus/pci/devices")).unwrap();
-            fs::create_dir_all(root.join("dev")).unwrap();
-            Fake(root)
+            let _ = fs::remove_dir_all(&dev);
+            fs::create_dir_all(&dev).unwrap();
+            Fake {
+                sys: FakeSys::new(&format!("device-{name}")),
+                dev,
+            }
         }
 
         fn sys(&self) -> PathBuf {
-            self.0.join("sys")
+            self.sys.0.clone()
         }
 
         fn dev(&self) -> PathBuf {
-            self.0.join("dev")
+            self.dev.clone()
         }
 
-        /// A function bound to vfio-pci in IOMMU group `group`, whose /dev/vfio nodes exist
-        /// as plain files (they pass the checks; they are not VFIO's character devices).
-        fn vfio_function(&self, bdf: &str, device: &str, group: u32) {
-            let d = self.0.join("sys/devices").join(bdf);
-            fs::create_dir_all(&d).unwrap();
-            fs::write(d.join("vendor"), "0x8086\n").unwrap();
-            fs::write(d.join("device"), format!("{device}\n")).unwrap();
-            let drv = self.0.join("sys/bus/pci/drivers/vfio-pci");
-            fs::create_dir_all(&drv).unwrap();
-            symlink(&drv, d.join("driver")).unwrap();
-            let grp = self
-                .0
-                .join("sys/kernel/iommu_groups")
-                .join(group.to_string());
-            fs::create_dir_all(&grp).unwrap();
-            symlink(&grp, d.join("iommu_group")).unwrap();
-            symlink(&d, self.0.join("sys/bus/pci/devices").join(bdf)).unwrap();
-            fs::write(self.dev().join("vfio"), "").unwrap();
-            fs::write(self.dev().join(group.to_string()), "").unwrap();
+        /// An Intel function bound to vfio-pci in IOMMU group `group`, whose /dev/vfio nodes
+        /// exist as plain files (they pass the checks; they are not VFIO's character devices).
+        fn vfio_function(&self, bdf: &str, device: u16, group: u32) {
+            self.sys
+                .function(bdf, 0x8086, device, Some("vfio-pci"), Some(group));
+            fs::write(self.dev.join("vfio"), "").unwrap();
+            fs::write(self.dev.join(group.to_string()), "").unwrap();
         }
     }
 
     impl Drop for Fake {
         fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
+            let _ = fs::remove_dir_all(&self.dev);
         }
     }
 
@@ -238,8 +231,8 @@ mod tests {
     #[test]
     fn opening_a_function_that_only_looks_ready_fails_with_what_to_do() {
         let f = Fake::new("open");
-        f.vfio_function("0000:00:04.0", "0x2021", 12);
-        f.vfio_function("0000:6a:01.0", "0x0b25", 40);
+        f.vfio_function("0000:00:04.0", 0x2021, 12);
+        f.vfio_function("0000:6a:01.0", 0x0b25, 40);
         for (kind, bdf) in [
             (ModelKind::Ioat, "0000:00:04.0"),
             (ModelKind::Dsa, "0000:6a:01.0"),

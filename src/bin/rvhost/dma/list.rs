@@ -202,58 +202,8 @@ pub fn report(sysfs: &Path, found: Option<&[Function]>) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::symlink;
-
+    use super::super::fake_sysfs::FakeSys;
     use super::*;
-
-    /// A fake sysfs tree under a fresh temporary directory, removed on drop.
-    struct FakeSys(PathBuf);
-
-    impl FakeSys {
-        fn new(name: &str) -> FakeSys {
-            let root = std::env::temp_dir()
-                .join(format!("rvhost-fake-sysfs-{}-{name}", std::process::id()));
-            let _ = fs::remove_dir_all(&root);
-            fs::create_dir_all(root.join("bus/pci/devices")).unwrap();
-            fs::create_dir_all(root.join("bus/pci/drivers")).unwrap();
-            fs::create_dir_all(root.join("kernel/iommu_groups")).unwrap();
-            FakeSys(root)
-        }
-
-        /// A function at `bdf`, with a `driver` link if `driver` and an `iommu_group` link if
-        /// `group`.
-        fn function(
-            &self,
-            bdf: &str,
-            vendor: u16,
-            device: u16,
-            driver: Option<&str>,
-            group: Option<u32>,
-        ) {
-            let dev = self.0.join("devices/pci0000:00").join(bdf);
-            fs::create_dir_all(&dev).unwrap();
-            fs::write(dev.join("vendor"), format!("0x{vendor:04x}\n")).unwrap();
-            fs::write(dev.join("device"), format!("0x{device:04x}\n")).unwrap();
-            fs::write(dev.join("class"), "0x088000\n").unwrap();
-            if let Some(d) = driver {
-                let drv = self.0.join("bus/pci/drivers").join(d);
-                fs::create_dir_all(&drv).unwrap();
-                symlink(&drv, dev.join("driver")).unwrap();
-            }
-            if let Some(g) = group {
-                let grp = self.0.join("kernel/iommu_groups").join(g.to_string());
-                fs::create_dir_all(&grp).unwrap();
-                symlink(&grp, dev.join("iommu_group")).unwrap();
-            }
-            symlink(&dev, self.0.join("bus/pci/devices").join(bdf)).unwrap();
-        }
-    }
-
-    impl Drop for FakeSys {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
 
     #[test]
     fn no_devices_is_said_so() {

@@ -10,6 +10,8 @@ use rvhost_dma::hw::vfio;
 
 pub mod device;
 pub mod drivers;
+#[cfg(test)]
+mod fake_sysfs;
 pub mod list;
 pub mod models;
 
