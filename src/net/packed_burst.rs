@@ -193,16 +193,16 @@ impl<'v> PackedBurst<'v> {
         let Some(&first) = self.shadow.first() else {
             return;
         };
+        // Returned with the writes below, after which the driver may make these ids
+        // available again; taken out of the in-flight set first, so that these stores do not
+        // queue behind the used ring's writes to lines the driver holds.
+        self.ids.remove_all(self.shadow.iter().map(|u| u.id));
         let end = if self.through {
             self.q.write_used(self.published, first);
             self.used
         } else {
             self.q.write_used_batch(self.published, self.shadow)
         };
-        // Returned now that the driver can see them: it may make these ids available again.
-        for u in self.shadow.iter() {
-            self.ids.remove(u.id);
-        }
         if let Some((log, gpa)) = self.used_log {
             mark_used_slots(log, gpa, self.published, self.shadow, self.size);
         }

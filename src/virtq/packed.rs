@@ -565,6 +565,25 @@ impl InFlightIds {
         Ok(())
     }
 
+    /// Records every id of `ids` as returned; how many of them were in flight. The count
+    /// is kept in a register and stored once (a store per id would queue behind the used
+    /// ring's writes to lines the driver holds).
+    #[inline]
+    pub fn remove_all(&mut self, ids: impl IntoIterator<Item = u16>) -> u16 {
+        let mut n = 0u16;
+        for id in ids {
+            let (w, b) = (usize::from(id / 64), id % 64);
+            if let Some(x) = self.bits.get_mut(w) {
+                if *x & (1 << b) != 0 {
+                    *x &= !(1 << b);
+                    n += 1;
+                }
+            }
+        }
+        self.count -= n;
+        n
+    }
+
     /// Records `id` as returned; whether it was in flight.
     pub fn remove(&mut self, id: u16) -> bool {
         let (w, b) = (usize::from(id / 64), id % 64);

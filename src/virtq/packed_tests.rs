@@ -316,6 +316,17 @@ fn buffer_ids_beyond_the_ring_and_ids_in_flight_are_refused() {
     assert_eq!(f.insert(99), Ok(()));
     assert_eq!(f.insert(99), Err(PackedError::IdInFlight(99)));
     assert!(matches!(f.insert(100), Err(PackedError::BadId { .. })));
+    // Returned in one go: ids not in flight (never taken, returned twice, out of range) are
+    // skipped and not counted.
+    assert_eq!(f.insert(5), Ok(()));
+    assert_eq!(f.insert(64), Ok(()));
+    assert_eq!(f.count(), 3);
+    assert_eq!(f.remove_all([64, 5, 6, 64, 100, u16::MAX]), 2);
+    assert_eq!(f.count(), 1);
+    assert!(!f.contains(5) && !f.contains(64) && f.contains(99));
+    assert_eq!(f.remove_all([]), 0);
+    assert_eq!(f.remove_all([99]), 1);
+    assert_eq!(f.count(), 0);
 }
 
 #[test]
