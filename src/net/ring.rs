@@ -97,7 +97,8 @@ pub(super) trait Ring<'v> {
     fn publish_early(&mut self, min: u16, before: impl FnOnce()) -> bool;
     /// Asks for the lines the next `n` used entries go to, for writing.
     fn prefetch_used(&self, n: usize);
-    /// Writes used entries to the ring as they come rather than in one run (dequeue).
+    /// Writes used entries to the ring as they come rather than in one run (dequeue; the
+    /// split ring only: the packed ring keeps them for one batch).
     fn write_through(&mut self);
     /// Publishes what is left, notifies the guest if it asked, stores the ring's state back.
     fn finish(self);

@@ -835,18 +835,6 @@ impl<'a> PackedQueue<'a> {
         pos.advance(used.count, self.size)
     }
 
-    /// Writes `used` at `pos` with plain stores, for a position behind a used descriptor not
-    /// written yet: the driver reads used descriptors in ring order, so it sees this one only
-    /// after that one's flags, whose `Release` store orders this one before it (DPDK's
-    /// dequeue: a burst's first used descriptor is written last). Returns the position of the
-    /// next used descriptor.
-    #[inline]
-    pub fn write_used_behind(&self, pos: RingPos, used: PackedUsed) -> RingPos {
-        self.write_used_body(pos, used);
-        self.store_used_flags(pos, used, Ordering::Relaxed);
-        pos.advance(used.count, self.size)
-    }
-
     /// Writes a batch of used elements from `pos` on, each at the position after the previous
     /// one's slots, and returns the position after the batch. Nothing of the batch is visible
     /// to the driver before all of it is: every id and length is written first, then (after a
