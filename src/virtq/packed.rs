@@ -572,13 +572,7 @@ impl InFlightIds {
     pub fn remove_all(&mut self, ids: impl IntoIterator<Item = u16>) -> u16 {
         let mut n = 0u16;
         for id in ids {
-            let (w, b) = (usize::from(id / 64), id % 64);
-            if let Some(x) = self.bits.get_mut(w) {
-                if *x & (1 << b) != 0 {
-                    *x &= !(1 << b);
-                    n += 1;
-                }
-            }
+            n += u16::from(self.clear(id));
         }
         self.count -= n;
         n
@@ -586,11 +580,18 @@ impl InFlightIds {
 
     /// Records `id` as returned; whether it was in flight.
     pub fn remove(&mut self, id: u16) -> bool {
+        let was = self.clear(id);
+        self.count -= u16::from(was);
+        was
+    }
+
+    /// Clears `id`'s bit, leaving the count to the caller; whether it was set.
+    #[inline]
+    fn clear(&mut self, id: u16) -> bool {
         let (w, b) = (usize::from(id / 64), id % 64);
         match self.bits.get_mut(w) {
             Some(x) if *x & (1 << b) != 0 => {
                 *x &= !(1 << b);
-                self.count -= 1;
                 true
             }
             _ => false,
