@@ -328,3 +328,135 @@ fn receive_chains_the_device_may_not_write_are_skipped() {
     assert_eq!(got, p);
     cache.free(m);
 }
+
+/// Four one-descriptor transmit chains at slots 0-3 (one line: the data path takes such chains
+/// 4 at a time) with buffer ids `ids`, payloads of pattern 10 + k.
+fn post_batch(b: &Bed, ids: [u16; 4]) {
+    let descs: Vec<D> = (0..4)
+        .map(|k| {
+            let (addr, len) = b.tx_buf(SCRATCH + k * 4096, 60 + k, 10 + k);
+            (addr, len, ids[k], 0)
+        })
+        .collect();
+    b.post(1, 0, &descs);
+}
+
+/// A repeated id inside a batch of 4 (7 at slots 1 and 3) is not taken with the batch: the
+/// chains before it arrive one by one, and the repeat breaks the ring.
+#[test]
+fn buffer_id_repeated_inside_a_batch_breaks_the_ring() {
+    broken(|b| post_batch(b, [5, 7, 8, 7]), 3);
+}
+
+/// An id beyond the queue size inside a batch: the chains before it arrive, it breaks the ring.
+#[test]
+fn buffer_id_beyond_the_queue_size_inside_a_batch_breaks_the_ring() {
+    broken(|b| post_batch(b, [5, 6, QSIZE, 8]), 2);
+}
+
+/// A buffer outside guest memory in the third chain of a batch: that chain is dropped,
+/// counted and returned with length 0 in its place; the other three arrive in order.
+#[test]
+fn bad_buffer_inside_a_batch_is_dropped_in_its_place() {
+    let b = bed();
+    let mut cache = b.pool.cache();
+    post_batch(&b, [4, 5, 6, 7]);
+    b.pdesc(1, 2, (1 << 40, 72, 6, 0), AVAIL);
+    let got = b.dequeue(&mut cache);
+    let bytes: Vec<_> = got.iter().map(packet_bytes).collect();
+    assert_eq!(
+        bytes,
+        vec![payload(60, 10), payload(61, 11), payload(63, 13)]
+    );
+    assert_eq!(b.stats(1), (3, 1, false), "(packets, bad chains, broken)");
+    for (slot, id) in [(0, 4), (1, 5), (2, 6), (3, 7)] {
+        assert_eq!(b.used_desc(1, slot), (0, id, AVAIL | USED), "slot {slot}");
+    }
+    cache.free_bulk(got);
+    drop(cache);
+    assert_eq!(b.pool.in_use(), 0, "no mbuf leaked");
+}
+
+/// The pool runs out in the middle of a batch (the third chain needs a second segment): the
+/// burst stops there and that chain and the one after it stay available, taken by the next
+/// burst once mbufs are back, in order and whole.
+#[test]
+fn mbufs_running_out_inside_a_batch_leave_the_rest_available() {
+    let b = bed();
+    let mut cache = b.pool.cache();
+    let mut descs: Vec<D> = Vec::new();
+    for k in 0..4 {
+        let len = if k == 2 { 3000 } else { 60 };
+        let (addr, l) = b.tx_buf(SCRATCH + k * 8192, len, 20 + k);
+        descs.push((addr, l, 10 + k as u16, 0));
+    }
+    b.post(1, 0, &descs);
+    // Leave the pool exactly the 4 mbufs of the burst's bulk allocation.
+    let mut held = Vec::new();
+    assert!(
+        b.pool.data_room() < 3000,
+        "the long packet takes two segments"
+    );
+    while b.pool.available() > 4 {
+        held.push(cache.alloc().unwrap());
+    }
+    let got = b.dequeue(&mut cache);
+    let bytes: Vec<_> = got.iter().map(packet_bytes).collect();
+    assert_eq!(bytes, vec![payload(60, 20), payload(60, 21)]);
+    assert_eq!(b.stats(1), (2, 0, false));
+    cache.free_bulk(got);
+    cache.free_bulk(held);
+    let got = b.dequeue(&mut cache);
+    let bytes: Vec<_> = got.iter().map(packet_bytes).collect();
+    assert_eq!(bytes, vec![payload(3000, 22), payload(60, 23)]);
+    for slot in 0..4 {
+        assert_eq!(b.used_desc(1, slot).1, 10 + slot, "slot {slot}");
+    }
+    assert_eq!(b.stats(1), (4, 0, false));
+    cache.free_bulk(got);
+    drop(cache);
+    assert_eq!(b.pool.in_use(), 0, "no mbuf leaked");
+}
+
+/// A receive buffer outside guest memory in the third chain of a line of four (which enqueue
+/// takes as a batch when it can): that chain is returned with length 0 and counted, the
+/// packets go into the other three in order, the fourth packet stays with the caller.
+#[test]
+fn bad_receive_buffer_inside_a_batch_is_skipped_in_its_place() {
+    let b = bed();
+    let mut cache = b.pool.cache();
+    let buf = |k: usize| b.gpa(SCRATCH + k * 4096);
+    b.post(
+        0,
+        0,
+        &[
+            (buf(0), 2048, 4, WRITE),
+            (buf(1), 2048, 5, WRITE),
+            (1 << 40, 2048, 6, WRITE),
+            (buf(3), 2048, 7, WRITE),
+        ],
+    );
+    let pkts: Vec<_> = (0..4)
+        .map(|k| mbuf_of(&mut cache, &payload(70 + k, 30 + k)))
+        .collect();
+    assert_eq!(enqueue_burst(&b.dev, Q0.rx(), &pkts), 3);
+    let s = b.dev.vring_stats(0).unwrap();
+    assert_eq!(
+        (s.queue.packets, s.queue.bad_chains, s.broken),
+        (3, 1, false)
+    );
+    let w = AVAIL | USED | WRITE;
+    assert_eq!(b.used_desc(0, 0), ((HDR + 70) as u32, 4, w));
+    assert_eq!(b.used_desc(0, 1), ((HDR + 71) as u32, 5, w));
+    assert_eq!(b.used_desc(0, 2), (0, 6, AVAIL | USED));
+    assert_eq!(b.used_desc(0, 3), ((HDR + 72) as u32, 7, w));
+    for (k, at) in [(0, 0), (1, 1), (2, 3)] {
+        let mut got = vec![0u8; 70 + k];
+        b.fe.shm()
+            .slice()
+            .read_at(SCRATCH + at * 4096 + HDR, &mut got)
+            .unwrap();
+        assert_eq!(got, payload(70 + k, 30 + k), "packet {k}");
+    }
+    cache.free_bulk(pkts);
+}

@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use crate::features::VIRTIO_RING_F_EVENT_IDX;
 use crate::memory::{DirtyLog, GuestMemory};
 use crate::ratelimit::LogLimiter;
+use crate::virtq::packed::BATCH;
 use crate::virtq::split::{Chain, ChainError, SplitQueue, USED_SHADOW, VirtqDesc, used_word};
 use crate::virtq::{QueueStats, Vring, active_log, used_ring_log};
 
@@ -461,6 +462,18 @@ impl<'v> Ring<'v> for Burst<'v> {
     #[inline(always)]
     fn has_more(&self) -> bool {
         self.pending() != 0
+    }
+
+    const BATCH: bool = false;
+
+    #[inline(always)]
+    fn next_batch(&mut self, _writable: bool) -> Option<[u16; BATCH]> {
+        None
+    }
+
+    #[inline(always)]
+    fn peek_batch(&self, _k: u16, _writable: bool) -> Option<[VirtqDesc; BATCH]> {
+        None
     }
 
     #[inline(always)]

@@ -16,6 +16,7 @@ use super::runs::{CopyStep, Cpu, MAX_PIECES, Pieces, Runs};
 use crate::driver::{Device, Flags};
 use crate::mbuf::{ExtBuf, Mbuf, PktCache};
 use crate::memory::{Gpa, TranslationCache};
+use crate::virtq::packed::BATCH;
 use crate::virtq::split::{
     ChainError, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
@@ -117,41 +118,94 @@ fn dequeue_chains<'v, R: Ring<'v>>(
             prefetch_tx(&b, &mut tc, k as u16);
         }
     }
-    for i in first..first + n {
-        if R::PREFETCH_TX && i + TX_AHEAD < first + n {
+    let end = first + n;
+    let mut i = first;
+    while i < end {
+        if R::BATCH && i + BATCH <= end {
+            if let Some(heads) = b.next_batch(false) {
+                if i + TX_AHEAD + BATCH <= end {
+                    // `next` is past the batch: chain i + TX_AHEAD is TX_AHEAD - BATCH on.
+                    prefetch_tx_batch(&b, &mut tc, (TX_AHEAD - BATCH) as u16);
+                }
+                for (j, head) in heads.into_iter().enumerate() {
+                    if !take_one(
+                        &mut b,
+                        &mut tc,
+                        head,
+                        hlen,
+                        out,
+                        i + j,
+                        &mut kept,
+                        cache,
+                        large,
+                    ) {
+                        // The chains of the batch after this one go back with it.
+                        b.unreserve_n(BATCH - 1 - j);
+                        i = end;
+                        break;
+                    }
+                }
+                i += BATCH;
+                continue;
+            }
+        }
+        if R::PREFETCH_TX && i + TX_AHEAD < end {
             prefetch_tx(&b, &mut tc, TX_AHEAD as u16);
         }
         let Ok(head) = b.next_head() else { break };
-        let filled = match fill_simple(&b, &mut tc, head, hlen, &mut out[i], &mut Cpu) {
-            Some(()) => Ok(()),
-            None => fill(&b, head, hlen, &mut out[i], cache, large, &mut Cpu),
-        };
-        match filled {
-            Ok(()) => {
-                b.used(head, 0);
-                let st = b.stats();
-                st.packets += 1;
-                st.bytes += out[i].pkt_len() as u64;
-                out.swap(kept, i);
-                kept += 1;
-            }
-            Err(Drop::Bad(e)) => b.bad_chain(head, e),
-            Err(Drop::TooLarge) => {
-                b.used(head, 0);
-                b.stats().too_large += 1;
-            }
-            Err(Drop::NoMbuf) => {
-                b.unreserve();
-                b.stats().alloc_failures += 1;
-                break;
-            }
+        if !take_one(&mut b, &mut tc, head, hlen, out, i, &mut kept, cache, large) {
+            break;
         }
+        i += 1;
     }
     // Mbufs allocated for chains that gave no packet (or were not reached) go back.
     cache.free_bulk(out.drain(kept..));
     note_backlog(dev, tx_vring, b.has_more());
     b.finish();
     kept - start
+}
+
+/// Copies taken chain `head` into the fresh mbuf `out[i]`, moving it to `out[*kept]` if it
+/// holds a packet, and returns it used; `false` (the chain given back, to be taken again) when
+/// no mbuf was left for a further segment: the burst stops.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn take_one<'v, R: Ring<'v>>(
+    b: &mut R,
+    tc: &mut TranslationCache,
+    head: R::Head,
+    hlen: usize,
+    out: &mut [Mbuf],
+    i: usize,
+    kept: &mut usize,
+    cache: &mut PktCache,
+    large: Large,
+) -> bool {
+    let filled = match fill_simple(b, tc, head, hlen, &mut out[i], &mut Cpu) {
+        Some(()) => Ok(()),
+        None => fill(b, head, hlen, &mut out[i], cache, large, &mut Cpu),
+    };
+    match filled {
+        Ok(()) => {
+            b.used(head, 0);
+            let st = b.stats();
+            st.packets += 1;
+            st.bytes += out[i].pkt_len() as u64;
+            out.swap(*kept, i);
+            *kept += 1;
+        }
+        Err(Drop::Bad(e)) => b.bad_chain(head, e),
+        Err(Drop::TooLarge) => {
+            b.used(head, 0);
+            b.stats().too_large += 1;
+        }
+        Err(Drop::NoMbuf) => {
+            b.unreserve();
+            b.stats().alloc_failures += 1;
+            return false;
+        }
+    }
+    true
 }
 
 /// Records on transmit vring `vring` whether its burst left chains behind (`more`; see
@@ -243,6 +297,24 @@ fn prefetch_tx<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, k: u16) {
         .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(len))
     {
         buf.prefetch_for_read();
+    }
+}
+
+/// [`prefetch_tx`] for the [`BATCH`] chains from `k` places after the next one, when they
+/// make a batch ([`Ring::peek_batch`]; otherwise nothing is asked for).
+#[inline(always)]
+fn prefetch_tx_batch<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, k: u16) {
+    let Some(descs) = b.peek_batch(k, false) else {
+        return;
+    };
+    for d in descs {
+        let len = d.len.min(TX_AHEAD_BYTES);
+        if let Some(buf) = b
+            .memory()
+            .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(len))
+        {
+            buf.prefetch_for_read();
+        }
     }
 }
 

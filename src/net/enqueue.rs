@@ -22,6 +22,7 @@ use crate::features::{
 };
 use crate::mbuf::{Mbuf, OffloadFlags};
 use crate::memory::{DirtyLog, Gpa, GuestSlice, TranslationCache};
+use crate::virtq::packed::BATCH;
 use crate::virtq::split::{
     ChainError, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
@@ -130,8 +131,23 @@ fn enqueue_chains<'v, R: Ring<'v>>(
     // lost 4%, with it 1518 B rows and loopback are unchanged.
     burst.prefetch_used(pkts.len());
     prefetch_first(&burst, &mut ahead, &mut tc, pkts, &ctx);
-    for (i, pkt) in pkts.iter().enumerate() {
-        if let Some(later) = pkts.get(i + usize::from(READ_AHEAD)) {
+    let mut i = 0;
+    while i < pkts.len() {
+        if R::BATCH && !early {
+            if let Some(batch) = pkts.get(i..i + BATCH) {
+                if let Some(later) = pkts.get(i + BATCH..i + 2 * BATCH) {
+                    prefetch_batch_ahead(&burst, &mut tc, later, &ctx);
+                }
+                if place_batch(&mut burst, &mut tc, &mut deferred, batch, &ctx) {
+                    i += BATCH;
+                    sent += BATCH;
+                    continue;
+                }
+            }
+        }
+        let pkt = &pkts[i];
+        i += 1;
+        if let Some(later) = pkts.get(i - 1 + usize::from(READ_AHEAD)) {
             prefetch_ahead(&burst, &mut ahead, &mut tc, READ_AHEAD, later, &ctx);
         }
         if !ctx.gso && oversized_gso(pkt) {
@@ -334,6 +350,94 @@ pub(super) fn prefetch_ahead<'v, R: Ring<'v>>(
     }
 }
 
+/// [`prefetch_ahead`] for a batch: asks for the start of the buffers of the [`BATCH`] chains
+/// after the next batch ([`Ring::peek_batch`]), which the packets `later` will most likely be
+/// copied into.
+#[inline(always)]
+fn prefetch_batch_ahead<'v, R: Ring<'v>>(
+    b: &R,
+    tc: &mut TranslationCache,
+    later: &[Mbuf],
+    ctx: &Ctx,
+) {
+    let Some(descs) = b.peek_batch(BATCH as u16, true) else {
+        return;
+    };
+    let hdr_written = b.hdr_was_written();
+    for (d, pkt) in descs.iter().zip(later) {
+        let body = pkt.data().len().min(READ_AHEAD_BYTES);
+        if (d.len as usize) < ctx.hlen + body {
+            continue;
+        }
+        if let Some(buf) = b
+            .memory()
+            .gpa_to_host_cached(tc, Gpa(d.addr), (ctx.hlen + body) as u64)
+        {
+            if let Ok(hdr) = buf.subslice(0, ctx.hlen) {
+                if hdr_written {
+                    hdr.prefetch_for_write();
+                } else {
+                    hdr.prefetch_for_read();
+                }
+            }
+            if let Ok(body) = buf.subslice(ctx.hlen, body) {
+                body.prefetch_for_write();
+            }
+        }
+    }
+}
+
+/// [`place_simple`] for [`BATCH`] packets at once, into the next [`BATCH`] chains
+/// ([`Ring::next_batch`]: one line of descriptors read and checked together, DPDK's
+/// `virtio_dev_rx_batch_packed`), when every packet is one segment without offloads and
+/// every chain one writable buffer in guest memory that holds its packet. Otherwise nothing
+/// is placed (`false`) and the chains stay available.
+#[inline(always)]
+fn place_batch<'v, 'p, R: Ring<'v>, L: Dirty>(
+    b: &mut R,
+    tc: &mut TranslationCache,
+    deferred: &mut Deferred<'v, 'p, L>,
+    pkts: &'p [Mbuf],
+    ctx: &Ctx,
+) -> bool {
+    if pkts
+        .iter()
+        .any(|p| p.nb_segs() != 1 || !p.meta().ol_flags.is_empty())
+    {
+        return false;
+    }
+    let Some(heads) = b.next_batch(true) else {
+        return false;
+    };
+    let mut bufs = [None; BATCH];
+    for ((buf, &h), pkt) in bufs.iter_mut().zip(&heads).zip(pkts) {
+        let d = b.desc(h);
+        let addr = d.addr;
+        // The whole buffer must be guest memory (see `place_simple`).
+        *buf = (d.len as usize >= ctx.hlen + pkt.data().len())
+            .then(|| {
+                b.memory()
+                    .gpa_to_host_cached(tc, Gpa(addr), u64::from(d.len))
+            })
+            .flatten()
+            .map(|s| (addr, s));
+        if buf.is_none() {
+            // Taken one by one, each as it can be.
+            b.unreserve_n(BATCH);
+            return false;
+        }
+    }
+    for ((buf, &h), pkt) in bufs.into_iter().zip(&heads).zip(pkts) {
+        if let Some((addr, buf)) = buf {
+            fill_buffer(b, h, addr, buf, deferred, pkt, ctx);
+            let st = b.stats();
+            st.packets += 1;
+            st.bytes += pkt.pkt_len() as u64;
+        }
+    }
+    true
+}
+
 /// The header of a packet without offloads in one chain, as a constant: built per packet, its
 /// bytes went through the stack in other widths than they were read back, and each such load
 /// waited for the stores before it (guest lines) to reach the cache.
@@ -384,6 +488,26 @@ fn place_simple<'v, 'p, R: Ring<'v>, L: Dirty>(
         return false;
     };
     b.take_peeked(head);
+    fill_buffer(b, head, d.addr, buf, deferred, pkt, ctx);
+    true
+}
+
+/// Writes the header and `pkt` (one segment, no offloads) into `buf`, the whole of taken
+/// chain `head` (one writable descriptor at guest address `addr`, large enough), and returns
+/// the chain used.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn fill_buffer<'v, 'p, R: Ring<'v>, L: Dirty>(
+    b: &mut R,
+    head: R::Head,
+    addr: u64,
+    buf: GuestSlice<'v>,
+    deferred: &mut Deferred<'v, 'p, L>,
+    pkt: &'p Mbuf,
+    ctx: &Ctx,
+) {
+    let data = pkt.data();
+    let need = ctx.hlen + data.len();
     if data.len() > PREFETCH_ABOVE {
         // The guest posted this buffer long ago (a 1024-entry ring goes round between two
         // uses) so its lines are cold: asking for all of them at once overlaps the misses that
@@ -405,9 +529,8 @@ fn place_simple<'v, 'p, R: Ring<'v>, L: Dirty>(
         deferred.copy(body, data);
     }
     // With a log the copy was done at once: the page is marked after its write.
-    deferred.log.mark(d.addr, need as u64);
+    deferred.log.mark(addr, need as u64);
     b.used(head, need as u32);
-    true
 }
 
 /// What the general placement does with the chains and bytes of a packet: the sync path

@@ -21,7 +21,7 @@ use crate::features::VIRTIO_RING_F_EVENT_IDX;
 use crate::memory::{DirtyLog, GuestMemory};
 use crate::ratelimit::LogLimiter;
 use crate::virtq::packed::{
-    AvailChain, InFlightIds, PackedChain, PackedQueue, PackedUsed, PvirtqDesc, RingPos,
+    AvailChain, BATCH, InFlightIds, PackedChain, PackedQueue, PackedUsed, PvirtqDesc, RingPos,
     VIRTQ_DESC_F_NEXT, mark_used_slots,
 };
 use crate::virtq::split::{ChainError, VirtqDesc};
@@ -271,6 +271,54 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
         let c = self.chain_at_next()?;
         self.take(&c);
         Ok(c)
+    }
+
+    const BATCH: bool = true;
+
+    #[inline(always)]
+    fn next_batch(&mut self, writable: bool) -> Option<[AvailChain; BATCH]> {
+        let pos = self.next;
+        if usize::from(self.budget()) < BATCH {
+            return None;
+        }
+        let descs = self.q.avail_batch(pos, writable)?;
+        if !self
+            .ids
+            .insert_all([descs[0].id, descs[1].id, descs[2].id, descs[3].id])
+        {
+            return None;
+        }
+        // `avail_batch` checked that the batch ends before the ring's end: its slots are
+        // `pos.idx() + k`, in `pos`'s lap.
+        let head = |k: usize| AvailChain {
+            head: RingPos::new(pos.idx() + k as u16, pos.wrap()),
+            id: descs[k].id,
+            count: 1,
+            first: descs[k],
+        };
+        let heads = [head(0), head(1), head(2), head(3)];
+        for (k, h) in heads.iter().enumerate() {
+            self.recent[(self.taken + k) % RECENT] = (h.head, h.id);
+        }
+        self.taken += BATCH;
+        self.next = pos.advance(BATCH as u16, self.size);
+        Some(heads)
+    }
+
+    #[inline(always)]
+    fn peek_batch(&self, k: u16, writable: bool) -> Option<[VirtqDesc; BATCH]> {
+        if usize::from(self.budget()) < usize::from(k) + BATCH {
+            return None;
+        }
+        let descs = self
+            .q
+            .avail_batch(self.next.advance(k, self.size), writable)?;
+        Some([
+            as_desc(descs[0]),
+            as_desc(descs[1]),
+            as_desc(descs[2]),
+            as_desc(descs[3]),
+        ])
     }
 
     /// Reads the slot `k` places after the next: the chain there if every chain before it

@@ -7,6 +7,7 @@
 
 use crate::memory::{DirtyLog, GuestMemory, GuestSlice};
 use crate::virtq::QueueStats;
+use crate::virtq::packed::BATCH;
 use crate::virtq::split::{ChainError, VirtqDesc};
 
 use super::burst::Stop;
@@ -44,6 +45,19 @@ pub(super) trait Ring<'v> {
 
     /// Takes the next available chain.
     fn next_head(&mut self) -> Result<Self::Head, Stop>;
+
+    /// Whether the layout takes chains [`BATCH`] at a time ([`next_batch`](Self::next_batch)).
+    const BATCH: bool;
+    /// Takes the next [`BATCH`] chains at once if each is one descriptor (no NEXT, no
+    /// INDIRECT) of the queue's direction (`writable`), the layout allows it there, and their
+    /// buffer ids may be taken; otherwise takes none (`None`: the caller goes on with
+    /// [`next_head`](Self::next_head), which reports any fault). A packed ring reads the 4
+    /// descriptors of one line at once (DPDK's batched dequeue); a split ring has no batches.
+    fn next_batch(&mut self, writable: bool) -> Option<[Self::Head; BATCH]>;
+    /// The first descriptors of the [`BATCH`] chains from `k` places after the next one, if
+    /// [`next_batch`](Self::next_batch) would find a batch there (ids not checked), read
+    /// without taking them, for the caller to ask for their buffers early.
+    fn peek_batch(&self, k: u16, writable: bool) -> Option<[VirtqDesc; BATCH]>;
 
     /// The look-ahead state of a burst's loop ([`ReadAhead`](super::burst::ReadAhead) on a split ring).
     type Ahead: Default;

@@ -68,6 +68,12 @@ const RING_EVENT_FLAGS_MASK: u16 = 3;
 pub const MAX_PACKED_SIZE: u16 = 32768;
 /// Bytes of a packed descriptor.
 pub const PACKED_DESC_SIZE: u64 = 16;
+/// Descriptors read, checked and taken together when they allow it
+/// ([`PackedQueue::avail_batch`]): the 4 slots of one 64-byte line (DPDK's
+/// `PACKED_BATCH_SIZE`).
+pub const BATCH: usize = 4;
+// The batch code writes its 4 elements out.
+const _: () = assert!(BATCH == 4);
 /// Bytes of an event suppression structure.
 pub const EVENT_SUPPRESS_SIZE: u64 = 4;
 
@@ -565,6 +571,22 @@ impl InFlightIds {
         Ok(())
     }
 
+    /// Records the ids of `ids` as taken if each is below the size, not in flight and not
+    /// repeated among them; otherwise records none and returns `false` (the caller takes the
+    /// chains one by one, and reports the fault there).
+    #[inline]
+    pub fn insert_all<const N: usize>(&mut self, ids: [u16; N]) -> bool {
+        for (k, &id) in ids.iter().enumerate() {
+            if self.insert(id).is_err() {
+                for &back in &ids[..k] {
+                    self.remove(back);
+                }
+                return false;
+            }
+        }
+        true
+    }
+
     /// Records every id of `ids` as returned; how many of them were in flight. The count
     /// is kept in a register and stored once (a store per id would queue behind the used
     /// ring's writes to lines the driver holds).
@@ -703,6 +725,42 @@ impl<'a> PackedQueue<'a> {
             id: (rest >> 32) as u16,
             flags: (rest >> 48) as u16,
         }
+    }
+
+    /// The [`BATCH`] descriptors from `pos` if each is available and alone in its chain (no
+    /// NEXT, no INDIRECT) and has WRITE as `writable` says, with `pos` the first slot of a line
+    /// of them (a multiple of [`BATCH`]) and the batch before the ring's end; otherwise `None`
+    /// (the caller takes the chains one by one). Their flags are read first, then (after an
+    /// `Acquire` fence: pairs with the driver's barrier before each flags store) the
+    /// descriptors, as DPDK's `vhost_reserve_avail_batch_packed` does. Ids are not checked.
+    #[inline(always)]
+    pub fn avail_batch(&self, pos: RingPos, writable: bool) -> Option<[PvirtqDesc; BATCH]> {
+        let idx = pos.idx();
+        if idx as usize % BATCH != 0 || usize::from(idx) + BATCH > usize::from(self.size) {
+            return None;
+        }
+        let p = self.slot(idx)?;
+        let want = avail_bits(pos.wrap()) | if writable { VIRTQ_DESC_F_WRITE } else { 0 };
+        const MASK: u16 = VIRTQ_DESC_F_AVAIL
+            | VIRTQ_DESC_F_USED
+            | VIRTQ_DESC_F_NEXT
+            | VIRTQ_DESC_F_INDIRECT
+            | VIRTQ_DESC_F_WRITE;
+        for k in 0..BATCH {
+            // SAFETY: slots `idx..idx + BATCH` are below the size (checked above), so inside
+            // the ring (`slot`), 16-byte aligned; flags are an aligned u16 accessed atomically.
+            let f = unsafe {
+                AtomicU16::from_ptr(p.add(k * PACKED_DESC_SIZE as usize + OFF_FLAGS).cast())
+            }
+            .load(Ordering::Relaxed);
+            if u16::from_le(f) & MASK != want {
+                return None;
+            }
+        }
+        fence(Ordering::Acquire);
+        // Written out: `array::from_fn` cost 9 instructions per descriptor.
+        let d = |k: u16| self.desc(idx + k);
+        Some([d(0), d(1), d(2), d(3)])
     }
 
     /// Asks for the ring's lines of slots `[first, first + n)` to be read (see

@@ -931,3 +931,74 @@ fn garbage_rings_never_panic() {
     }
     assert!(taken > 100, "the generator made available chains ({taken})");
 }
+
+#[test]
+fn ids_of_a_batch_are_taken_all_or_none() {
+    let mut f = InFlightIds::new(QSIZE);
+    assert!(f.insert_all([1, 2, 3, 4]));
+    assert_eq!(f.count(), 4);
+    // One in flight, one repeated, one out of range: none of the batch is taken.
+    for bad in [[5, 6, 2, 7], [5, 6, 6, 7], [5, 6, 7, QSIZE]] {
+        assert!(!f.insert_all(bad), "{bad:?}");
+        assert_eq!(f.count(), 4, "{bad:?}");
+        assert!(!f.contains(5) && !f.contains(6), "{bad:?}");
+    }
+    assert!(f.insert_all([5, 6, 7, 0]));
+    assert_eq!(f.count(), 8);
+}
+
+/// A line of four one-descriptor chains is read as a batch; anything that would need the
+/// chain-by-chain path (not aligned, past the ring's end, a descriptor chained, indirect, of
+/// the other direction, or not available for this lap) is not.
+#[test]
+fn batches_are_read_only_where_four_single_descriptors_are_available() {
+    let g = Guest::new(QSIZE);
+    let mut at = RingPos::START;
+    for k in 0..8u16 {
+        at = g.post(at, 10 + k, &[(0x10000 + 4096 * u64::from(k), 100, 0)]);
+    }
+    let q = g.q();
+    let batch = q.avail_batch(RingPos::START, false).unwrap();
+    let ids: Vec<_> = batch.iter().map(|d| d.id).collect();
+    assert_eq!(ids, [10, 11, 12, 13]);
+    assert_eq!(batch[2].addr, 0x12000);
+    assert!(q.avail_batch(RingPos::new(4, true), false).is_some());
+    assert!(
+        q.avail_batch(RingPos::START, true).is_none(),
+        "readable buffers"
+    );
+    assert!(
+        q.avail_batch(RingPos::new(1, true), false).is_none(),
+        "unaligned"
+    );
+    assert!(
+        q.avail_batch(RingPos::new(8, true), false).is_none(),
+        "not posted"
+    );
+    assert!(
+        q.avail_batch(RingPos::new(0, false), false).is_none(),
+        "other lap"
+    );
+    // A chain of two, an indirect descriptor, a writable one in the second line.
+    for (slot, flags) in [(5, N), (6, I), (7, W)] {
+        let g = Guest::new(QSIZE);
+        let mut at = RingPos::START;
+        for k in 0..8u16 {
+            let f = if k == slot { flags } else { 0 };
+            at = g.post(at, k, &[(0x10000, 100, f)]);
+        }
+        assert!(g.q().avail_batch(RingPos::START, false).is_some());
+        assert!(
+            g.q().avail_batch(RingPos::new(4, true), false).is_none(),
+            "{flags}"
+        );
+    }
+    // A ring whose size is not a multiple of 4: no batch runs past its end.
+    let g = Guest::new(6);
+    let mut at = RingPos::START;
+    for k in 0..6u16 {
+        at = g.post(at, k, &[(0x10000, 100, 0)]);
+    }
+    assert!(g.q().avail_batch(RingPos::START, false).is_some());
+    assert!(g.q().avail_batch(RingPos::new(4, true), false).is_none());
+}
