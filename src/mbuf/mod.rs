@@ -219,6 +219,34 @@ impl Mbuf {
         self.head_mut().set_pkt_len(pkt_len)
     }
 
+    /// [`append`](Self::append) that returns the new bytes, for writing, as
+    /// `rte_pktmbuf_append` returns their address; [`MbufError::Shared`] (nothing appended)
+    /// if the last segment's buffer has other references.
+    #[inline]
+    pub fn append_mut(&mut self, n: usize) -> Result<&mut [u8], MbufError> {
+        let pkt_len = u32::try_from(self.pkt_len().saturating_add(n))
+            .map_err(|_| MbufError::PktLenOverflow)?;
+        if self.nb_segs() == 1 {
+            return self.head_mut().grow(n, Some(pkt_len));
+        }
+        let (room, writable) = {
+            let last = self.last_mut();
+            let s = last.as_segment();
+            (s.tailroom(), s.is_writable())
+        };
+        if n > room {
+            return Err(MbufError::NoTailroom {
+                requested: n,
+                available: room,
+            });
+        }
+        if !writable {
+            return Err(MbufError::Shared);
+        }
+        self.head_mut().set_pkt_len(pkt_len as usize)?;
+        self.last_mut().grow(n, None)
+    }
+
     /// Removes `n` bytes from the start of the first segment (`rte_pktmbuf_adj`).
     pub fn adj(&mut self, n: usize) -> Result<(), MbufError> {
         let pkt_len = self.pkt_len();

@@ -644,3 +644,39 @@ fn pool_config_errors() {
     let addr = m.data().as_ptr() as usize;
     assert!(addr >= base as usize && addr < base as usize + len);
 }
+
+#[test]
+fn append_mut_returns_the_new_bytes_of_the_last_segment() {
+    let p = pool("appmut", 8, 256, 4);
+    let clones = PktPool::new("appmut-c", 8, 0, 4, small()).unwrap();
+    let mut m = with_data(&p, &pattern(10, 1));
+    let room = m.tailroom();
+    let new = m.append_mut(5).unwrap();
+    assert_eq!(new.len(), 5);
+    new.copy_from_slice(&[9; 5]);
+    assert_eq!(m.pkt_len(), 15);
+    let mut want = pattern(10, 1);
+    want.extend([9; 5]);
+    assert_eq!(contents(&m), want);
+    // Too much: nothing changes.
+    assert_eq!(
+        m.append_mut(room).unwrap_err(),
+        MbufError::NoTailroom {
+            requested: room,
+            available: room - 5
+        }
+    );
+    assert_eq!((m.pkt_len(), m.data_len()), (15, 15));
+    // A chain grows at its last segment, the head's packet length with it.
+    m.chain(with_data(&p, &pattern(20, 2))).unwrap();
+    m.append_mut(3).unwrap().copy_from_slice(&[7; 3]);
+    assert_eq!((m.pkt_len(), m.data_len(), m.nb_segs()), (38, 15, 2));
+    assert_eq!(&contents(&m)[35..], &[7; 3]);
+    // A shared buffer is not written: nothing appended.
+    let mut one = with_data(&p, &pattern(4, 3));
+    let c = one.clone_shallow(&clones).unwrap();
+    assert_eq!(one.append_mut(2).unwrap_err(), MbufError::Shared);
+    assert_eq!((one.pkt_len(), one.data_len()), (4, 4));
+    drop(c);
+    assert_eq!(one.append_mut(2).unwrap().len(), 2);
+}

@@ -114,8 +114,15 @@ fn dequeue_chains<'v, R: Ring<'v>>(
     let mut kept = first;
     let mut tc = TranslationCache::new();
     if R::PREFETCH_TX {
-        for k in 0..n.min(TX_AHEAD) {
-            prefetch_tx(&b, &mut tc, k as u16);
+        let mut k = 0;
+        while k < n.min(TX_AHEAD) {
+            // A batch's 4 at once where they are one, else one by one.
+            if R::BATCH && k + BATCH <= n && prefetch_tx_batch(&b, &mut tc, k as u16) {
+                k += BATCH;
+            } else {
+                prefetch_tx(&b, &mut tc, k as u16);
+                k += 1;
+            }
         }
     }
     let end = first + n;
@@ -125,7 +132,7 @@ fn dequeue_chains<'v, R: Ring<'v>>(
             if let Some(heads) = b.next_batch(false) {
                 if i + TX_AHEAD + BATCH <= end {
                     // `next` is past the batch: chain i + TX_AHEAD is TX_AHEAD - BATCH on.
-                    prefetch_tx_batch(&b, &mut tc, (TX_AHEAD - BATCH) as u16);
+                    let _ = prefetch_tx_batch(&b, &mut tc, (TX_AHEAD - BATCH) as u16);
                 }
                 for (j, head) in heads.into_iter().enumerate() {
                     if !take_one(
@@ -259,11 +266,8 @@ pub(super) fn fill_simple<'v, R: Ring<'v>>(
     let mut hb = [0u8; 12];
     buf.read_at(0, &mut hb[..hlen]).ok()?;
     let body = buf.subslice(hlen, data_len).ok()?;
-    m.append(data_len).ok()?;
-    let Ok(dst) = m.data_mut() else {
-        let _ = m.trim(data_len); // fresh again for the general path
-        return None;
-    };
+    // A fresh mbuf: nothing is appended if it fails, and `m` goes to the general path as is.
+    let dst = m.append_mut(data_len).ok()?;
     // Most packets carry no offload: flags and gso_type are the first two bytes. Offloads
     // need the frame's first bytes, so such a packet is copied now whatever the step.
     if hb[0] | hb[1] == 0 {
@@ -301,11 +305,11 @@ fn prefetch_tx<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, k: u16) {
 }
 
 /// [`prefetch_tx`] for the [`BATCH`] chains from `k` places after the next one, when they
-/// make a batch ([`Ring::peek_batch`]; otherwise nothing is asked for).
+/// make a batch ([`Ring::peek_batch`]); whether they did (otherwise nothing is asked for).
 #[inline(always)]
-fn prefetch_tx_batch<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, k: u16) {
+fn prefetch_tx_batch<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, k: u16) -> bool {
     let Some(descs) = b.peek_batch(k, false) else {
-        return;
+        return false;
     };
     for d in descs {
         let len = d.len.min(TX_AHEAD_BYTES);
@@ -316,6 +320,7 @@ fn prefetch_tx_batch<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, k: u16) 
             buf.prefetch_for_read();
         }
     }
+    true
 }
 
 /// Applies the header's offloads to `m`'s metadata (and completes an odd partial checksum).

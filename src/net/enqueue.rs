@@ -136,7 +136,7 @@ fn enqueue_chains<'v, R: Ring<'v>>(
         if R::BATCH && !early {
             if let Some(batch) = pkts.get(i..i + BATCH) {
                 if let Some(later) = pkts.get(i + BATCH..i + 2 * BATCH) {
-                    prefetch_batch_ahead(&burst, &mut tc, later, &ctx);
+                    let _ = prefetch_batch_ahead(&burst, &mut tc, BATCH as u16, later, &ctx);
                 }
                 if place_batch(&mut burst, &mut tc, &mut deferred, batch, &ctx) {
                     i += BATCH;
@@ -302,6 +302,9 @@ pub(super) fn prefetch_first<'v, R: Ring<'v>>(
     pkts: &[Mbuf],
     ctx: &Ctx,
 ) {
+    if R::BATCH && pkts.len() >= BATCH && prefetch_batch_ahead(b, tc, 0, pkts, ctx) {
+        return;
+    }
     for (k, pkt) in (0..READ_AHEAD).zip(pkts) {
         prefetch_ahead(b, ahead, tc, k, pkt, ctx);
     }
@@ -351,17 +354,18 @@ pub(super) fn prefetch_ahead<'v, R: Ring<'v>>(
 }
 
 /// [`prefetch_ahead`] for a batch: asks for the start of the buffers of the [`BATCH`] chains
-/// after the next batch ([`Ring::peek_batch`]), which the packets `later` will most likely be
-/// copied into.
+/// from `k` places after the next one ([`Ring::peek_batch`]), which the packets `later` will
+/// most likely be copied into; whether they made a batch (otherwise nothing is asked for).
 #[inline(always)]
 fn prefetch_batch_ahead<'v, R: Ring<'v>>(
     b: &R,
     tc: &mut TranslationCache,
+    k: u16,
     later: &[Mbuf],
     ctx: &Ctx,
-) {
-    let Some(descs) = b.peek_batch(BATCH as u16, true) else {
-        return;
+) -> bool {
+    let Some(descs) = b.peek_batch(k, true) else {
+        return false;
     };
     let hdr_written = b.hdr_was_written();
     for (d, pkt) in descs.iter().zip(later) {
@@ -385,6 +389,7 @@ fn prefetch_batch_ahead<'v, R: Ring<'v>>(
             }
         }
     }
+    true
 }
 
 /// [`place_simple`] for [`BATCH`] packets at once, into the next [`BATCH`] chains

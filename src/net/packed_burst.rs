@@ -248,12 +248,7 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
 
     #[inline]
     fn available(&self, max: u16) -> u16 {
-        let max = max.min(self.budget());
-        let mut n = 0;
-        while n < max && self.q.desc_is_avail(self.next.advance(n, self.size)) {
-            n += 1;
-        }
-        n
+        self.q.avail_run(self.next, max.min(self.budget()))
     }
 
     #[inline(always)]

@@ -574,16 +574,22 @@ impl InFlightIds {
     /// Records the ids of `ids` as taken if each is below the size, not in flight and not
     /// repeated among them; otherwise records none and returns `false` (the caller takes the
     /// chains one by one, and reports the fault there).
-    #[inline]
+    #[inline(always)]
     pub fn insert_all<const N: usize>(&mut self, ids: [u16; N]) -> bool {
         for (k, &id) in ids.iter().enumerate() {
-            if self.insert(id).is_err() {
-                for &back in &ids[..k] {
-                    self.remove(back);
+            let (w, b) = (usize::from(id / 64), id % 64);
+            match self.bits.get_mut(w) {
+                Some(x) if id < self.size && *x & (1 << b) == 0 => *x |= 1 << b,
+                _ => {
+                    for &back in &ids[..k] {
+                        self.clear(back);
+                    }
+                    return false;
                 }
-                return false;
             }
         }
+        // At most the size (below 2^16) ids are in flight: each is below it and set once.
+        self.count += N as u16;
         true
     }
 
@@ -702,6 +708,42 @@ impl<'a> PackedQueue<'a> {
     #[inline]
     pub fn desc_is_avail(&self, pos: RingPos) -> bool {
         desc_is_avail(self.flags_acquire(pos.idx()), pos.wrap())
+    }
+
+    /// How many slots from `pos` on, at most `max`, are available in a row (each one's flags
+    /// loaded with `Acquire`; the wrap counter flips at the ring's end).
+    #[inline]
+    pub fn avail_run(&self, pos: RingPos, max: u16) -> u16 {
+        let (mut idx, mut wrap) = (pos.idx(), pos.wrap());
+        if idx >= self.size {
+            return 0;
+        }
+        let base = self.desc.as_ptr();
+        let mut want = avail_bits(wrap);
+        let mut n = 0;
+        while n < max {
+            // SAFETY: `idx` stays below the size (checked above, wrapped to 0 at it), which
+            // `new` bounded by what the descriptor ring holds; the flags are an aligned u16
+            // (the ring is 16-byte aligned) accessed atomically.
+            let f = unsafe {
+                AtomicU16::from_ptr(
+                    base.add(usize::from(idx) * PACKED_DESC_SIZE as usize + OFF_FLAGS)
+                        .cast(),
+                )
+            }
+            .load(Ordering::Acquire);
+            if u16::from_le(f) & (VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED) != want {
+                break;
+            }
+            n += 1;
+            idx += 1;
+            if idx == self.size {
+                idx = 0;
+                wrap = !wrap;
+                want = avail_bits(wrap);
+            }
+        }
+        n
     }
 
     /// Descriptor `idx` of the ring (a copy, read once as two words; reduced modulo the
@@ -929,12 +971,7 @@ impl<'a> PackedQueue<'a> {
             head += 1;
         }
         let rest = at;
-        for &u in &batch[head..] {
-            self.write_used_body(at, u);
-            self.store_used_flags(at, u, Ordering::Relaxed);
-            at = at.advance(u.count, self.size);
-        }
-        let end = at;
+        let end = self.write_used_run(rest, &batch[head..]);
         let mut at = pos;
         for &u in &batch[..head] {
             self.write_used_body(at, u);
@@ -952,6 +989,51 @@ impl<'a> PackedQueue<'a> {
             at = at.advance(u.count, self.size);
         }
         end
+    }
+
+    /// Writes `run` from `pos` on, each element whole (id, length, then its flags,
+    /// `Relaxed`), and returns the position after it. The slot is kept in a register and the
+    /// ring's address computed once: per element as [`write_used_body`](Self::write_used_body)
+    /// and [`store_used_flags`](Self::store_used_flags) cost a batch twice the instructions.
+    #[inline]
+    fn write_used_run(&self, pos: RingPos, run: &[PackedUsed]) -> RingPos {
+        let size = self.size;
+        let (mut idx, mut wrap) = (pos.idx(), pos.wrap());
+        if idx >= size {
+            // A queue of size 0, or a position no ring keeps: each write reduces its slot.
+            let mut at = pos;
+            for &u in run {
+                self.write_used_body(at, u);
+                self.store_used_flags(at, u, Ordering::Relaxed);
+                at = at.advance(u.count, size);
+            }
+            return at;
+        }
+        let base = self.desc.as_ptr();
+        let mut bits = used_bits(wrap);
+        for &u in run {
+            let write = if u.len != 0 { VIRTQ_DESC_F_WRITE } else { 0 };
+            // SAFETY: `idx` is below the size (checked above; kept there below), which `new`
+            // bounded by the slots the descriptor ring holds; the ring is 16-byte aligned, so
+            // the length (u32 at 8), id (u16 at 12) and flags (u16 at 14) are aligned. Volatile
+            // stores into guest memory; the flags atomically (the driver polls them).
+            unsafe {
+                let p = base.add(usize::from(idx) * PACKED_DESC_SIZE as usize);
+                std::ptr::write_volatile(p.add(OFF_LEN).cast::<u32>(), u.len.to_le());
+                std::ptr::write_volatile(p.add(OFF_ID).cast::<u16>(), u.id.to_le());
+                AtomicU16::from_ptr(p.add(OFF_FLAGS).cast::<u16>())
+                    .store((bits | write).to_le(), Ordering::Relaxed);
+            }
+            let t = u32::from(idx) + u32::from(u.count);
+            if t < u32::from(size) {
+                idx = t as u16;
+            } else {
+                let at = RingPos::new(idx, wrap).advance(u.count, size);
+                (idx, wrap) = (at.idx(), at.wrap());
+                bits = used_bits(wrap);
+            }
+        }
+        RingPos::new(idx, wrap)
     }
 
     #[inline]

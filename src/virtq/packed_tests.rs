@@ -1002,3 +1002,35 @@ fn batches_are_read_only_where_four_single_descriptors_are_available() {
     assert!(g.q().avail_batch(RingPos::START, false).is_some());
     assert!(g.q().avail_batch(RingPos::new(4, true), false).is_none());
 }
+
+#[test]
+fn runs_of_available_slots_stop_at_the_first_gap_and_cross_the_ring_end() {
+    let g = Guest::new(QSIZE);
+    let q = g.q();
+    assert_eq!(q.avail_run(RingPos::START, QSIZE), 0);
+    let mut at = RingPos::START;
+    for k in 0..5u16 {
+        at = g.post(at, k, &[(0x10000, 64, 0)]);
+    }
+    assert_eq!(q.avail_run(RingPos::START, QSIZE), 5);
+    assert_eq!(q.avail_run(RingPos::START, 3), 3);
+    assert_eq!(q.avail_run(RingPos::new(2, true), QSIZE), 3);
+    assert_eq!(q.avail_run(RingPos::new(0, false), QSIZE), 0, "other lap");
+    for k in 5..8u16 {
+        at = g.post(at, k, &[(0x10000, 64, 0)]);
+    }
+    assert_eq!(
+        q.avail_run(RingPos::new(6, true), QSIZE),
+        2,
+        "slot 0 is a lap behind"
+    );
+    // The driver's second lap at slot 0 (wrap counter 0): the run goes on over the end.
+    assert_eq!(at, RingPos::new(0, false));
+    g.post(at, 0, &[(0x10000, 64, 0)]);
+    assert_eq!(q.avail_run(RingPos::new(6, true), QSIZE), 3);
+    assert_eq!(
+        q.avail_run(RingPos::new(QSIZE, true), QSIZE),
+        0,
+        "a slot beyond the size"
+    );
+}

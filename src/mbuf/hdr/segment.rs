@@ -156,6 +156,37 @@ impl<'a> SegmentMut<'a> {
         })
     }
 
+    /// Extends the data by `n` bytes of tailroom and returns them, for writing (left as they
+    /// were); [`MbufError::NoTailroom`] or [`MbufError::Shared`] change nothing. Sets the
+    /// head's `pkt_len` to `pkt_len` if given (this segment is the head).
+    #[inline]
+    pub(in crate::mbuf) fn grow(
+        self,
+        n: usize,
+        pkt_len: Option<u32>,
+    ) -> Result<&'a mut [u8], MbufError> {
+        let s = self.as_segment();
+        let (off, len, room) = (s.headroom(), s.data_len(), s.tailroom());
+        if n > room {
+            return Err(MbufError::NoTailroom {
+                requested: n,
+                available: room,
+            });
+        }
+        if !s.is_writable() {
+            return Err(MbufError::Shared);
+        }
+        // At most `buf_len` (a u32): the window stays in the buffer.
+        self.seg.data_len = (len + n) as u32;
+        if let Some(l) = pkt_len {
+            self.seg.pkt_len = l;
+        }
+        // SAFETY: `off + len + n <= buf_len` (the tailroom), so the bytes are in the buffer
+        // this segment holds a reference to (invariant 3); we hold its only reference and the
+        // chain exclusively for 'a (invariant 4), as in `into_data_mut`.
+        Ok(unsafe { slice::from_raw_parts_mut(self.seg.buf_addr.add(off + len), n) })
+    }
+
     #[inline]
     fn reborrow(&mut self) -> SegmentMut<'_> {
         SegmentMut {
