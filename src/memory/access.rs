@@ -55,6 +55,31 @@ impl_pod!(
 // every element accepts every bit pattern, and no pointers are added.
 unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
 
+/// 16 bytes in a vector register (SSE2, which every x86_64 CPU has): as `[u8; 16]` values
+/// the compiler moved them through the stack, a store and a reload per chunk.
+#[cfg(target_arch = "x86_64")]
+type Chunk16 = std::arch::x86_64::__m128i;
+#[cfg(not(target_arch = "x86_64"))]
+type Chunk16 = [u8; 16];
+
+/// # Safety
+///
+/// `p` must be readable for 16 bytes.
+#[inline(always)]
+unsafe fn load16(p: *const u8) -> Chunk16 {
+    // SAFETY: the caller vouches for 16 readable bytes; an unaligned load needs no alignment.
+    unsafe { ptr::read_unaligned(p.cast::<Chunk16>()) }
+}
+
+/// # Safety
+///
+/// `p` must be writable for 16 bytes.
+#[inline(always)]
+unsafe fn store16(p: *mut u8, v: Chunk16) {
+    // SAFETY: the caller vouches for 16 writable bytes; an unaligned store needs no alignment.
+    unsafe { ptr::write_unaligned(p.cast::<Chunk16>(), v) }
+}
+
 /// Copies `len` bytes between non-overlapping ranges. Packet copies are mostly small (a
 /// 12-byte header, a 64-byte frame): up to 64 bytes are moved inline with two unaligned
 /// loads and two stores of 32, 16, 8 or 4 bytes (the first and the last chunk, overlapping),
@@ -72,15 +97,19 @@ unsafe fn copy_bytes(src: *const u8, dst: *mut u8, len: usize) {
             ptr::copy_nonoverlapping(src, dst, len);
         } else if len > 32 {
             // The first 32 bytes and the last 32 (overlapping), without a loop.
-            let a = ptr::read_unaligned(src.cast::<[u8; 32]>());
-            let b = ptr::read_unaligned(src.add(len - 32).cast::<[u8; 32]>());
-            ptr::write_unaligned(dst.cast::<[u8; 32]>(), a);
-            ptr::write_unaligned(dst.add(len - 32).cast::<[u8; 32]>(), b);
+            let a0 = load16(src);
+            let a1 = load16(src.add(16));
+            let b0 = load16(src.add(len - 32));
+            let b1 = load16(src.add(len - 16));
+            store16(dst, a0);
+            store16(dst.add(16), a1);
+            store16(dst.add(len - 32), b0);
+            store16(dst.add(len - 16), b1);
         } else if len >= 16 {
-            let a = ptr::read_unaligned(src.cast::<[u8; 16]>());
-            let b = ptr::read_unaligned(src.add(len - 16).cast::<[u8; 16]>());
-            ptr::write_unaligned(dst.cast::<[u8; 16]>(), a);
-            ptr::write_unaligned(dst.add(len - 16).cast::<[u8; 16]>(), b);
+            let a = load16(src);
+            let b = load16(src.add(len - 16));
+            store16(dst, a);
+            store16(dst.add(len - 16), b);
         } else if len >= 8 {
             let a = ptr::read_unaligned(src.cast::<u64>());
             let b = ptr::read_unaligned(src.add(len - 8).cast::<u64>());
