@@ -247,6 +247,18 @@ impl Mbuf {
         self.last_mut().grow(n, None)
     }
 
+    /// Appends `src` at the end of the last segment ([`append_mut`](Self::append_mut)) and
+    /// copies it in, up to 64 bytes inline (a generator's small frames without a `memcpy`
+    /// call); nothing is appended on an error.
+    #[inline]
+    pub fn append_bytes(&mut self, src: &[u8]) -> Result<(), MbufError> {
+        let dst = self.append_mut(src.len())?;
+        // SAFETY: `dst` is `src.len()` writable bytes of an exclusive borrow, which cannot
+        // overlap `src`.
+        unsafe { crate::memory::copy_bytes(src.as_ptr(), dst.as_mut_ptr(), src.len()) };
+        Ok(())
+    }
+
     /// Removes `n` bytes from the start of the first segment (`rte_pktmbuf_adj`).
     pub fn adj(&mut self, n: usize) -> Result<(), MbufError> {
         let pkt_len = self.pkt_len();

@@ -680,3 +680,20 @@ fn append_mut_returns_the_new_bytes_of_the_last_segment() {
     drop(c);
     assert_eq!(one.append_mut(2).unwrap().len(), 2);
 }
+
+#[test]
+fn append_bytes_copies_in_what_it_appends() {
+    let p = pool("appbytes", 4, 512, 2);
+    let mut m = with_data(&p, &pattern(3, 1));
+    for len in [0usize, 1, 12, 33, 64, 100] {
+        let before = contents(&m);
+        m.append_bytes(&pattern(len, len as u8)).unwrap();
+        let mut want = before;
+        want.extend(pattern(len, len as u8));
+        assert_eq!(contents(&m), want, "len {len}");
+    }
+    let room = m.tailroom();
+    let before = contents(&m);
+    assert!(m.append_bytes(&vec![1u8; room + 1]).is_err());
+    assert_eq!(contents(&m), before, "nothing appended");
+}

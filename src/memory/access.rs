@@ -89,7 +89,7 @@ unsafe fn store16(p: *mut u8, v: Chunk16) {
 ///
 /// `src` must be readable and `dst` writable for `len` bytes, and the ranges must not overlap.
 #[inline(always)]
-unsafe fn copy_bytes(src: *const u8, dst: *mut u8, len: usize) {
+pub(crate) unsafe fn copy_bytes(src: *const u8, dst: *mut u8, len: usize) {
     // SAFETY: every access below is at an offset + width <= len, inside the ranges the
     // caller vouches for; unaligned reads/writes need no alignment.
     unsafe {

@@ -446,8 +446,7 @@ fn bytes(pkts: &[Mbuf]) -> u64 {
 /// Copies `bytes` into the fresh mbuf `m`, chaining more mbufs from `cache` past its room.
 fn fill(cache: &mut PktCache, m: &mut Mbuf, bytes: &[u8]) -> Result<(), ()> {
     let n = bytes.len().min(m.tailroom());
-    m.append(n).map_err(drop)?;
-    m.data_mut().map_err(drop)?.copy_from_slice(&bytes[..n]);
+    m.append_bytes(&bytes[..n]).map_err(drop)?;
     let mut rest = &bytes[n..];
     while !rest.is_empty() {
         let mut seg = cache.alloc().map_err(drop)?;
