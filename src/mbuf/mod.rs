@@ -224,27 +224,19 @@ impl Mbuf {
     /// if the last segment's buffer has other references.
     #[inline]
     pub fn append_mut(&mut self, n: usize) -> Result<&mut [u8], MbufError> {
-        let pkt_len = u32::try_from(self.pkt_len().saturating_add(n))
-            .map_err(|_| MbufError::PktLenOverflow)?;
         if self.nb_segs() == 1 {
+            let pkt_len = u32::try_from(self.pkt_len().saturating_add(n))
+                .map_err(|_| MbufError::PktLenOverflow)?;
             return self.head_mut().grow(n, Some(pkt_len));
         }
-        let (room, writable) = {
-            let last = self.last_mut();
-            let s = last.as_segment();
-            (s.tailroom(), s.is_writable())
-        };
-        if n > room {
-            return Err(MbufError::NoTailroom {
-                requested: n,
-                available: room,
-            });
-        }
-        if !writable {
+        // A chain: `append` checks the last segment's room and sets the head's length.
+        if !self.last_mut().as_segment().is_writable() {
             return Err(MbufError::Shared);
         }
-        self.head_mut().set_pkt_len(pkt_len as usize)?;
-        self.last_mut().grow(n, None)
+        self.append(n)?;
+        let data = self.last_mut().into_data_mut()?;
+        let len = data.len();
+        Ok(&mut data[len - n..])
     }
 
     /// Appends `src` at the end of the last segment ([`append_mut`](Self::append_mut)) and
