@@ -18,7 +18,7 @@ use crate::mbuf::{ExtBuf, Mbuf, PktCache};
 use crate::memory::{Gpa, TranslationCache};
 use crate::virtq::packed::BATCH;
 use crate::virtq::split::{
-    ChainError, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    ChainError, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VirtqDesc,
 };
 
 /// Why one chain produced no packet.
@@ -127,7 +127,7 @@ fn dequeue_chains<'v, R: Ring<'v>>(
     }
     let end = first + n;
     let mut i = first;
-    while i < end {
+    'chains: while i < end {
         if R::BATCH && i + BATCH <= end {
             if let Some(heads) = b.next_batch(false) {
                 if i + TX_AHEAD + BATCH <= end {
@@ -148,8 +148,7 @@ fn dequeue_chains<'v, R: Ring<'v>>(
                     ) {
                         // The chains of the batch after this one go back with it.
                         b.unreserve_n(BATCH - 1 - j);
-                        i = end;
-                        break;
+                        break 'chains;
                     }
                 }
                 i += BATCH;
@@ -292,9 +291,14 @@ const TX_AHEAD_BYTES: u32 = 128;
 #[inline(always)]
 fn prefetch_tx<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, k: u16) {
     let Some(d) = b.peek_desc(k) else { return };
-    if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE) != 0 {
-        return;
+    if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE) == 0 {
+        prefetch_tx_buffer(b, tc, &d);
     }
+}
+
+/// Asks for the first [`TX_AHEAD_BYTES`] of one-descriptor chain `d`'s buffer.
+#[inline(always)]
+fn prefetch_tx_buffer<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, d: &VirtqDesc) {
     let len = d.len.min(TX_AHEAD_BYTES);
     if let Some(buf) = b
         .memory()
@@ -311,14 +315,8 @@ fn prefetch_tx_batch<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, k: u16) 
     let Some(descs) = b.peek_batch(k, false) else {
         return false;
     };
-    for d in descs {
-        let len = d.len.min(TX_AHEAD_BYTES);
-        if let Some(buf) = b
-            .memory()
-            .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(len))
-        {
-            buf.prefetch_for_read();
-        }
+    for d in &descs {
+        prefetch_tx_buffer(b, tc, d);
     }
     true
 }

@@ -24,7 +24,7 @@ use crate::mbuf::{Mbuf, OffloadFlags};
 use crate::memory::{DirtyLog, Gpa, GuestSlice, TranslationCache};
 use crate::virtq::packed::BATCH;
 use crate::virtq::split::{
-    ChainError, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    ChainError, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VirtqDesc,
 };
 
 /// Packets up to this many bytes are not prefetched before the copy (one or two cache lines:
@@ -330,10 +330,23 @@ pub(super) fn prefetch_ahead<'v, R: Ring<'v>>(
     let Some(d) = b.read_ahead(ahead, k) else {
         return;
     };
+    if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT) == 0 {
+        prefetch_rx_buffer(b, tc, &d, pkt, ctx);
+    }
+}
+
+/// Asks for the start of one-descriptor chain `d`'s buffer, if it can hold `pkt`: its
+/// header's line and the body's first lines (see [`prefetch_ahead`]).
+#[inline(always)]
+fn prefetch_rx_buffer<'v, R: Ring<'v>>(
+    b: &R,
+    tc: &mut TranslationCache,
+    d: &VirtqDesc,
+    pkt: &Mbuf,
+    ctx: &Ctx,
+) {
     let body = pkt.data().len().min(READ_AHEAD_BYTES);
-    if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT) != 0
-        || (d.len as usize) < ctx.hlen + body
-    {
+    if (d.len as usize) < ctx.hlen + body {
         return;
     }
     if let Some(buf) = b
@@ -367,27 +380,8 @@ fn prefetch_batch_ahead<'v, R: Ring<'v>>(
     let Some(descs) = b.peek_batch(k, true) else {
         return false;
     };
-    let hdr_written = b.hdr_was_written();
     for (d, pkt) in descs.iter().zip(later) {
-        let body = pkt.data().len().min(READ_AHEAD_BYTES);
-        if (d.len as usize) < ctx.hlen + body {
-            continue;
-        }
-        if let Some(buf) = b
-            .memory()
-            .gpa_to_host_cached(tc, Gpa(d.addr), (ctx.hlen + body) as u64)
-        {
-            if let Ok(hdr) = buf.subslice(0, ctx.hlen) {
-                if hdr_written {
-                    hdr.prefetch_for_write();
-                } else {
-                    hdr.prefetch_for_read();
-                }
-            }
-            if let Ok(body) = buf.subslice(ctx.hlen, body) {
-                body.prefetch_for_write();
-            }
-        }
+        prefetch_rx_buffer(b, tc, d, pkt, ctx);
     }
     true
 }
