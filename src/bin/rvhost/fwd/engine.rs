@@ -396,7 +396,14 @@ impl<'a> Worker<'a> {
                 // The channel takes the first `sent` (they come back from reap); the burst
                 // keeps the rest.
                 let all = bytes(&self.burst);
-                let sent = submit_enqueue_burst(dev, port_tx(q), &mut self.burst);
+                let mut sent = submit_enqueue_burst(dev, port_tx(q), &mut self.burst);
+                if sent == 0 {
+                    let seen = &mut self.lock_seen[self.sh.slot(port, q)];
+                    let burst = &mut self.burst;
+                    sent = enqueue_past_lock(dev, q, seen, || {
+                        submit_enqueue_burst(dev, port_tx(q), burst)
+                    });
+                }
                 if sent > 0 {
                     add(&tx.pkts, sent as u64);
                     add(&tx.bytes, all - bytes(&self.burst));
@@ -408,7 +415,8 @@ impl<'a> Worker<'a> {
             Some(dev) => match enqueue_burst(dev, port_tx(q), &self.burst) {
                 0 => {
                     let seen = &mut self.lock_seen[self.sh.slot(port, q)];
-                    enqueue_past_lock(dev, q, &self.burst, seen)
+                    let burst = &self.burst;
+                    enqueue_past_lock(dev, q, seen, || enqueue_burst(dev, port_tx(q), burst))
                 }
                 sent => sent,
             },
@@ -468,8 +476,14 @@ fn fill(cache: &mut PktCache, m: &mut Mbuf, bytes: &[u8]) -> Result<(), ()> {
 /// forwarded packet should not be lost to a control message (a live migration's SET_LOG_BASE,
 /// SET_FEATURES with LOG_ALL and SET_VRING_ADDR lock the vrings while the device runs; DPDK's
 /// enqueue waits for the lock). A full ring or a vring not ready returns 0 at once, as before.
+/// `send` is the burst's try: [`enqueue_burst`], or the async path's submit.
 #[cold]
-fn enqueue_past_lock(dev: &Device, q: u16, pkts: &[Mbuf], seen: &mut u64) -> usize {
+fn enqueue_past_lock(
+    dev: &Device,
+    q: u16,
+    seen: &mut u64,
+    mut send: impl FnMut() -> usize,
+) -> usize {
     let vring = port_tx(q).vring();
     let deadline = Instant::now() + LOCKED_WAIT;
     loop {
@@ -479,7 +493,7 @@ fn enqueue_past_lock(dev: &Device, q: u16, pkts: &[Mbuf], seen: &mut u64) -> usi
         }
         *seen = busy;
         std::hint::spin_loop();
-        match enqueue_burst(dev, port_tx(q), pkts) {
+        match send() {
             0 => {}
             // It had the lock: what it did not take did not fit.
             sent => return sent,
