@@ -10,7 +10,7 @@
 //! the guest, the others are dropped (and counted), as testpmd does with what a PMD did not
 //! take. A burst the guest's ring took nothing of because the control thread held the vring
 //! (a message changing the memory, the log or the ring: the vring's `lock_busy` grew) is tried
-//! again for up to [`LOCKED_WAIT`] first (see [`enqueue_past_lock`]).
+//! again for up to [`LOCKED_WAIT`] first (see [`enqueue_past_lock`]), sync or async.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
