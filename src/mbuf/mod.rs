@@ -222,14 +222,22 @@ impl Mbuf {
     /// [`append`](Self::append) that returns the new bytes, for writing, as
     /// `rte_pktmbuf_append` returns their address; [`MbufError::Shared`] (nothing appended)
     /// if the last segment's buffer has other references.
-    #[inline]
+    #[inline(always)]
     pub fn append_mut(&mut self, n: usize) -> Result<&mut [u8], MbufError> {
+        // One segment inline (a fresh mbuf's copy in a data path: a call cost as much as
+        // the checks), a chain out of line.
         if self.nb_segs() == 1 {
             let pkt_len = u32::try_from(self.pkt_len().saturating_add(n))
                 .map_err(|_| MbufError::PktLenOverflow)?;
             return self.head_mut().grow(n, Some(pkt_len));
         }
-        // A chain: `append` checks the last segment's room and sets the head's length.
+        self.append_mut_chain(n)
+    }
+
+    /// [`append_mut`](Self::append_mut) on a chain of several segments.
+    #[inline(never)]
+    fn append_mut_chain(&mut self, n: usize) -> Result<&mut [u8], MbufError> {
+        // `append` checks the last segment's room and sets the head's length.
         if !self.last_mut().as_segment().is_writable() {
             return Err(MbufError::Shared);
         }

@@ -102,8 +102,10 @@ pub struct Burst<'v> {
 
 impl<'v> Burst<'v> {
     /// Starts a burst on a locked vring: `None` if it is not ready or broken, or if the
-    /// available index is corrupt (then it is marked broken, with a logged reason).
-    #[inline]
+    /// available index is corrupt (then it is marked broken, with a logged reason). Inlined,
+    /// so that the state is built where the burst runs: returned from a call, it was copied
+    /// out of the `Option` with a `memcpy` call.
+    #[inline(always)]
     pub fn begin(vq: &'v mut Vring) -> Option<Burst<'v>> {
         if !vq.burst_may_start() {
             return None;
@@ -316,7 +318,7 @@ impl<'v> Burst<'v> {
     /// one release store, interrupts the guest if it asked, and stores the indexes and counters
     /// back into the vring.
     #[inline]
-    pub fn finish(mut self) {
+    pub fn finish(&mut self) {
         self.flush_used();
         let mut stats = self.stats;
         if self.used != self.first_used {
@@ -552,7 +554,7 @@ impl<'v> Ring<'v> for Burst<'v> {
     }
 
     #[inline(always)]
-    fn finish(self) {
+    fn finish(&mut self) {
         Burst::finish(self);
     }
 }

@@ -73,20 +73,21 @@ pub fn dequeue_burst(
     }
     if guard.packed.is_some() {
         return match PackedBurst::begin(&mut guard) {
-            Some(b) => dequeue_chains(b, dev, tx_vring, cache, out, max),
+            Some(mut b) => dequeue_chains(&mut b, dev, tx_vring, cache, out, max),
             None => 0,
         };
     }
-    let Some(b) = Burst::begin(&mut guard) else {
+    let Some(mut b) = Burst::begin(&mut guard) else {
         return 0;
     };
-    dequeue_chains(b, dev, tx_vring, cache, out, max)
+    dequeue_chains(&mut b, dev, tx_vring, cache, out, max)
 }
 
-/// The loop of [`dequeue_burst`], on either ring layout.
+/// The loop of [`dequeue_burst`], on either ring layout (the burst by reference: see
+/// `enqueue_on`).
 #[inline(always)]
 fn dequeue_chains<'v, R: Ring<'v>>(
-    mut b: R,
+    b: &mut R,
     dev: &Device,
     tx_vring: usize,
     cache: &mut PktCache,
@@ -117,10 +118,10 @@ fn dequeue_chains<'v, R: Ring<'v>>(
         let mut k = 0;
         while k < n.min(TX_AHEAD) {
             // A batch's 4 at once where they are one, else one by one.
-            if R::BATCH && k + BATCH <= n && prefetch_tx_batch(&b, &mut tc, k as u16) {
+            if R::BATCH && k + BATCH <= n && prefetch_tx_batch(b, &mut tc, k as u16) {
                 k += BATCH;
             } else {
-                prefetch_tx(&b, &mut tc, k as u16);
+                prefetch_tx(b, &mut tc, k as u16);
                 k += 1;
             }
         }
@@ -132,20 +133,10 @@ fn dequeue_chains<'v, R: Ring<'v>>(
             if let Some(heads) = b.next_batch(false) {
                 if i + TX_AHEAD + BATCH <= end {
                     // `next` is past the batch: chain i + TX_AHEAD is TX_AHEAD - BATCH on.
-                    let _ = prefetch_tx_batch(&b, &mut tc, (TX_AHEAD - BATCH) as u16);
+                    let _ = prefetch_tx_batch(b, &mut tc, (TX_AHEAD - BATCH) as u16);
                 }
                 for (j, head) in heads.into_iter().enumerate() {
-                    if !take_one(
-                        &mut b,
-                        &mut tc,
-                        head,
-                        hlen,
-                        out,
-                        i + j,
-                        &mut kept,
-                        cache,
-                        large,
-                    ) {
+                    if !take_one(b, &mut tc, head, hlen, out, i + j, &mut kept, cache, large) {
                         // The chains of the batch after this one go back with it.
                         b.unreserve_n(BATCH - 1 - j);
                         break 'chains;
@@ -156,10 +147,10 @@ fn dequeue_chains<'v, R: Ring<'v>>(
             }
         }
         if R::PREFETCH_TX && i + TX_AHEAD < end {
-            prefetch_tx(&b, &mut tc, TX_AHEAD as u16);
+            prefetch_tx(b, &mut tc, TX_AHEAD as u16);
         }
         let Ok(head) = b.next_head() else { break };
-        if !take_one(&mut b, &mut tc, head, hlen, out, i, &mut kept, cache, large) {
+        if !take_one(b, &mut tc, head, hlen, out, i, &mut kept, cache, large) {
             break;
         }
         i += 1;
@@ -256,16 +247,14 @@ pub(super) fn fill_simple<'v, R: Ring<'v>>(
     }
     let len = d.len as usize;
     let data_len = len.checked_sub(hlen)?;
-    if data_len > m.tailroom() {
-        return None;
-    }
     let buf = b
         .memory()
         .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(d.len))?;
     let mut hb = [0u8; 12];
     buf.read_at(0, &mut hb[..hlen]).ok()?;
     let body = buf.subslice(hlen, data_len).ok()?;
-    // A fresh mbuf: nothing is appended if it fails, and `m` goes to the general path as is.
+    // A fresh mbuf: nothing is appended if it fails (no room for the packet: the general
+    // path chains it), and `m` goes to the general path as is.
     let dst = m.append_mut(data_len).ok()?;
     // Most packets carry no offload: flags and gso_type are the first two bytes. Offloads
     // need the frame's first bytes, so such a packet is copied now whatever the step.

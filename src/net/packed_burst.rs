@@ -58,7 +58,7 @@ pub(super) struct PackedBurst<'v> {
     /// The chains taken, by take order modulo [`RECENT`]: (position, buffer id). The vring's
     /// (only the entries of this burst's `taken` are read): a fresh array here cost a kilobyte
     /// of stores per burst, 7% of a latency-bound loop.
-    recent: &'v mut [(RingPos, u16)],
+    recent: &'v mut [(RingPos, u16); RECENT],
     taken: usize,
     log_limit: &'v mut LogLimiter,
     hdr_written: &'v mut bool,
@@ -71,8 +71,8 @@ pub(super) struct PackedBurst<'v> {
 
 impl<'v> PackedBurst<'v> {
     /// Starts a burst on a locked packed vring: `None` if it is not ready, broken, or not a
-    /// packed ring.
-    #[inline]
+    /// packed ring. Inlined, so that the state is built where the burst runs (see `finish`).
+    #[inline(always)]
     pub(super) fn begin(vq: &'v mut Vring) -> Option<PackedBurst<'v>> {
         if !vq.burst_may_start() {
             return None;
@@ -106,6 +106,9 @@ impl<'v> PackedBurst<'v> {
         if packed_recent.len() != RECENT {
             *packed_recent = vec![(RingPos::START, 0); RECENT];
         }
+        // An array: its indexes modulo RECENT need no bounds checks.
+        let recent: &'v mut [(RingPos, u16); RECENT] =
+            packed_recent.as_mut_slice().try_into().ok()?;
         Some(PackedBurst {
             size: q.size(),
             q,
@@ -122,7 +125,7 @@ impl<'v> PackedBurst<'v> {
             used,
             published: used,
             first_used: used,
-            recent: packed_recent,
+            recent,
             taken: 0,
             log_limit,
             hdr_written,
@@ -434,7 +437,7 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
     fn write_through(&mut self) {}
 
     #[inline]
-    fn finish(mut self) {
+    fn finish(&mut self) {
         self.flush_used();
         let mut stats = self.stats;
         if self.used != self.first_used {

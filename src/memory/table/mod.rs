@@ -92,6 +92,28 @@ fn find_gpa(entries: &[Entry], gpa: u64) -> Option<usize> {
     }
 }
 
+/// `[addr, addr + len)` if it lies entirely in entry `e`, which spans `[start, end)` in the
+/// address space of `addr` and contains it. The slice borrows the table that holds `e`.
+#[inline(always)]
+fn whole(e: &Entry, start: u64, end: u64, addr: u64, len: u64) -> Option<GuestSlice<'_>> {
+    // addr in [start, end), so no underflow; `len <= end - addr` also rules out u64
+    // overflow of addr + len.
+    if len > end - addr {
+        return None;
+    }
+    // SAFETY: (addr - start) + len <= end - start = region size; the slice borrows the entry,
+    // and so the table that keeps the region mapped.
+    Some(unsafe { e.slice(addr - start, len) })
+}
+
+/// The part of `[addr, addr + len)` inside entry `e` (see [`whole`]).
+#[inline(always)]
+fn prefix(e: &Entry, start: u64, end: u64, addr: u64, len: u64) -> GuestSlice<'_> {
+    let n = len.min(end - addr);
+    // SAFETY: (addr - start) + n <= end - start = region size; the slice borrows the entry.
+    unsafe { e.slice(addr - start, n) }
+}
+
 /// The rules of every table, over valid descriptions sorted by guest-physical address: at most
 /// `max_regions`, no two overlapping in guest-physical space, the total within
 /// `max_total_bytes`, no two overlapping in frontend-VA space (checked in this order). Returns
@@ -431,17 +453,20 @@ impl GuestMemory {
         find_gpa(&self.table.entries, gpa.0).map(|i| &self.table.regions[i])
     }
 
+    /// The entry containing `gpa`, trying the region of the previous hit first. A reference:
+    /// a copy of the entry and a second lookup by index cost every packet's translation
+    /// instructions twice over.
     #[inline]
-    fn find_gpa_cached(&self, cache: &mut TranslationCache, gpa: u64) -> Option<usize> {
+    fn find_gpa_cached(&self, cache: &mut TranslationCache, gpa: u64) -> Option<&Entry> {
         let entries = &self.table.entries;
         if let Some(e) = entries.get(cache.last) {
             if e.contains_gpa(gpa) {
-                return Some(cache.last);
+                return Some(e);
             }
         }
         let i = find_gpa(entries, gpa)?;
         cache.last = i;
-        Some(i)
+        Some(&entries[i])
     }
 
     #[inline]
@@ -459,35 +484,13 @@ impl GuestMemory {
         }
     }
 
-    /// `[addr, addr + len)` if it lies entirely in entry `i` (which contains `addr`).
-    #[inline]
-    fn whole(&self, i: usize, start: u64, end: u64, addr: u64, len: u64) -> Option<GuestSlice<'_>> {
-        // addr in [start, end), so no underflow; `len <= end - addr` also rules out u64
-        // overflow of addr + len.
-        if len > end - addr {
-            return None;
-        }
-        // SAFETY: (addr - start) + len <= end - start = region size; the slice borrows self,
-        // which keeps the region mapped.
-        Some(unsafe { self.table.entries[i].slice(addr - start, len) })
-    }
-
-    /// The part of `[addr, addr + len)` inside entry `i` (which contains `addr`).
-    #[inline]
-    fn prefix(&self, i: usize, start: u64, end: u64, addr: u64, len: u64) -> GuestSlice<'_> {
-        let n = len.min(end - addr);
-        // SAFETY: (addr - start) + n <= end - start = region size; the slice borrows self.
-        unsafe { self.table.entries[i].slice(addr - start, n) }
-    }
-
     /// Host view of `[gpa, gpa + len)` if the whole range lies in one region; `None` if `gpa` is
     /// unmapped, the range crosses a region end, or `gpa + len` overflows. `len == 0` gives an
     /// empty slice when `gpa` itself is mapped.
     #[inline]
     pub fn gpa_to_host(&self, gpa: Gpa, len: u64) -> Option<GuestSlice<'_>> {
-        let i = find_gpa(&self.table.entries, gpa.0)?;
-        let e = self.table.entries[i];
-        self.whole(i, e.gpa, e.gpa_end, gpa.0, len)
+        let e = &self.table.entries[find_gpa(&self.table.entries, gpa.0)?];
+        whole(e, e.gpa, e.gpa_end, gpa.0, len)
     }
 
     /// Host view of the longest prefix of `[gpa, gpa + len)` that lies in one region (at most
@@ -496,9 +499,8 @@ impl GuestMemory {
     /// [`gpa_chunks`](Self::gpa_chunks)).
     #[inline]
     pub fn gpa_to_host_prefix(&self, gpa: Gpa, len: u64) -> Option<GuestSlice<'_>> {
-        let i = find_gpa(&self.table.entries, gpa.0)?;
-        let e = self.table.entries[i];
-        Some(self.prefix(i, e.gpa, e.gpa_end, gpa.0, len))
+        let e = &self.table.entries[find_gpa(&self.table.entries, gpa.0)?];
+        Some(prefix(e, e.gpa, e.gpa_end, gpa.0, len))
     }
 
     /// [`gpa_to_host`](Self::gpa_to_host) trying the region of the previous hit first.
@@ -509,9 +511,8 @@ impl GuestMemory {
         gpa: Gpa,
         len: u64,
     ) -> Option<GuestSlice<'_>> {
-        let i = self.find_gpa_cached(cache, gpa.0)?;
-        let e = self.table.entries[i];
-        self.whole(i, e.gpa, e.gpa_end, gpa.0, len)
+        let e = self.find_gpa_cached(cache, gpa.0)?;
+        whole(e, e.gpa, e.gpa_end, gpa.0, len)
     }
 
     /// [`gpa_to_host_prefix`](Self::gpa_to_host_prefix) trying the region of the previous hit
@@ -523,25 +524,22 @@ impl GuestMemory {
         gpa: Gpa,
         len: u64,
     ) -> Option<GuestSlice<'_>> {
-        let i = self.find_gpa_cached(cache, gpa.0)?;
-        let e = self.table.entries[i];
-        Some(self.prefix(i, e.gpa, e.gpa_end, gpa.0, len))
+        let e = self.find_gpa_cached(cache, gpa.0)?;
+        Some(prefix(e, e.gpa, e.gpa_end, gpa.0, len))
     }
 
     /// Host view of `[va, va + len)` in frontend-VA space (vring addresses of SET_VRING_ADDR
     /// without IOMMU) if it lies in one region; same rules as [`gpa_to_host`](Self::gpa_to_host).
     pub fn fva_to_host(&self, va: FrontendVa, len: u64) -> Option<GuestSlice<'_>> {
-        let i = self.find_uva(va.0)?;
-        let e = self.table.entries[i];
-        self.whole(i, e.uva, e.uva_end, va.0, len)
+        let e = &self.table.entries[self.find_uva(va.0)?];
+        whole(e, e.uva, e.uva_end, va.0, len)
     }
 
     /// The longest prefix of `[va, va + len)` inside one region; same rules as
     /// [`gpa_to_host_prefix`](Self::gpa_to_host_prefix).
     pub fn fva_to_host_prefix(&self, va: FrontendVa, len: u64) -> Option<GuestSlice<'_>> {
-        let i = self.find_uva(va.0)?;
-        let e = self.table.entries[i];
-        Some(self.prefix(i, e.uva, e.uva_end, va.0, len))
+        let e = &self.table.entries[self.find_uva(va.0)?];
+        Some(prefix(e, e.uva, e.uva_end, va.0, len))
     }
 
     /// The guest-physical address of a frontend VA (e.g. to log writes to a ring given by VA).
