@@ -33,7 +33,7 @@
 //! read barrier.
 
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicU16, Ordering, fence};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering, fence};
 
 use thiserror::Error;
 
@@ -77,10 +77,11 @@ const _: () = assert!(BATCH == 4);
 /// Bytes of an event suppression structure.
 pub const EVENT_SUPPRESS_SIZE: u64 = 4;
 
-/// Offsets in a [`PvirtqDesc`].
+/// Offsets in a [`PvirtqDesc`]: the length, then the id (at 12), then the flags; a used
+/// element is written as the 8 bytes from the length on ([`used_word`]).
 const OFF_LEN: usize = 8;
-const OFF_ID: usize = 12;
 const OFF_FLAGS: usize = 14;
+const _: () = assert!(OFF_FLAGS == OFF_LEN + 6);
 
 /// A packed-ring descriptor (`struct pvirtq_desc`, virtio 1.2 §2.8.13), 16 bytes. The same
 /// layout serves available descriptors, used descriptors and indirect table entries.
@@ -481,6 +482,16 @@ pub struct PackedUsed {
     pub len: u32,
     /// Ring slots covered.
     pub count: u16,
+}
+
+/// Used element `u` at a slot of wrap counter `wrap` as the slot's last 8 bytes, as they are
+/// in memory (little-endian): length (bytes 8-11), id (12-13), flags (14-15: AVAIL and USED
+/// equal to `wrap`, WRITE when the length is not 0).
+#[inline(always)]
+fn used_word(u: PackedUsed, wrap: bool) -> u64 {
+    let write = if u.len != 0 { VIRTQ_DESC_F_WRITE } else { 0 };
+    let flags = used_bits(wrap) | write;
+    (u64::from(u.len) | u64::from(u.id) << 32 | u64::from(flags) << 48).to_le()
 }
 
 impl PackedUsed {
@@ -926,35 +937,35 @@ impl<'a> PackedQueue<'a> {
         }
     }
 
-    /// Writes `used` at `pos` — id and length, then the flags (AVAIL and USED equal to `pos`'s
-    /// wrap counter, WRITE when the length is not 0) with `Release`, so a driver that sees the
-    /// flags sees the rest — and returns the position of the next used descriptor.
+    /// Writes `used` at `pos` — length, id and flags (AVAIL and USED equal to `pos`'s wrap
+    /// counter, WRITE when the length is not 0) in one 8-byte store with `Release`, so a
+    /// driver that sees the flags sees the rest — and returns the position of the next used
+    /// descriptor.
     #[inline]
     pub fn write_used(&self, pos: RingPos, used: PackedUsed) -> RingPos {
-        self.write_used_body(pos, used);
-        self.store_used_flags(pos, used, Ordering::Release);
+        self.store_used(pos, used, Ordering::Release);
         pos.advance(used.count, self.size)
     }
 
     /// Writes a batch of used elements from `pos` on, each at the position after the previous
     /// one's slots, and returns the position after the batch. Nothing of the batch is visible
-    /// to the driver before all of it is: every id and length is written first, then (after a
-    /// release fence) the flags of the elements after the first, and the first element's flags
-    /// last with `Release` (DPDK's batched used writes; the driver reads used descriptors in
-    /// ring order, so it stops at the first until the whole batch is there). This is also the
-    /// order the spec asks of a request spread over several buffers (§2.8.8 "Multi-buffer
-    /// requests": a mergeable receive packet's chains), so such a packet goes in one batch.
+    /// to the driver before all of it is: the elements after the first are written first, and
+    /// the first last with `Release` (DPDK's batched used writes; the driver reads used
+    /// descriptors in ring order, so it stops at the first until the whole batch is there).
+    /// This is also the order the spec asks of a request spread over several buffers (§2.8.8
+    /// "Multi-buffer requests": a mergeable receive packet's chains), so such a packet goes in
+    /// one batch.
     pub fn write_used_batch(&self, pos: RingPos, batch: &[PackedUsed]) -> RingPos {
         let Some((&first, _)) = batch.split_first() else {
             return pos;
         };
         let end = self.stage_used_batch(pos, batch);
-        self.store_used_flags(pos, first, Ordering::Release);
+        self.store_used(pos, first, Ordering::Release);
         end
     }
 
-    /// The first part of [`write_used_batch`](Self::write_used_batch): everything but the
-    /// first element's flags. Returns the position after the batch.
+    /// The first part of [`write_used_batch`](Self::write_used_batch): every element but the
+    /// first. Returns the position after the batch.
     ///
     /// The elements after the first cache line of the batch are written first, and those in
     /// that line last: a driver waiting for the batch polls its first slot, and each write to
@@ -973,28 +984,20 @@ impl<'a> PackedQueue<'a> {
         let rest = at;
         let end = self.write_used_run(rest, &batch[head..]);
         let mut at = pos;
-        for &u in &batch[..head] {
-            self.write_used_body(at, u);
-            at = at.advance(u.count, self.size);
-        }
-        debug_assert!(at == rest);
-        // The ids and lengths above are visible before any of the flags below (the driver
-        // reads none of them before the first element's flags, stored last with `Release`).
-        fence(Ordering::Release);
-        let mut at = pos;
         for (k, &u) in batch[..head].iter().enumerate() {
             if k > 0 {
-                self.store_used_flags(at, u, Ordering::Relaxed);
+                self.store_used(at, u, Ordering::Relaxed);
             }
             at = at.advance(u.count, self.size);
         }
+        debug_assert!(at == rest);
         end
     }
 
-    /// Writes `run` from `pos` on, each element whole (id, length, then its flags,
+    /// Writes `run` from `pos` on, each element whole ([`store_used`](Self::store_used),
     /// `Relaxed`), and returns the position after it. The slot is kept in a register and the
-    /// ring's address computed once: per element as [`write_used_body`](Self::write_used_body)
-    /// and [`store_used_flags`](Self::store_used_flags) cost a batch twice the instructions.
+    /// ring's address computed once: per element through `store_used` cost a batch twice the
+    /// instructions.
     #[inline]
     fn write_used_run(&self, pos: RingPos, run: &[PackedUsed]) -> RingPos {
         let size = self.size;
@@ -1003,26 +1006,20 @@ impl<'a> PackedQueue<'a> {
             // A queue of size 0, or a position no ring keeps: each write reduces its slot.
             let mut at = pos;
             for &u in run {
-                self.write_used_body(at, u);
-                self.store_used_flags(at, u, Ordering::Relaxed);
+                self.store_used(at, u, Ordering::Relaxed);
                 at = at.advance(u.count, size);
             }
             return at;
         }
         let base = self.desc.as_ptr();
-        let mut bits = used_bits(wrap);
         for &u in run {
-            let write = if u.len != 0 { VIRTQ_DESC_F_WRITE } else { 0 };
             // SAFETY: `idx` is below the size (checked above; kept there below), which `new`
             // bounded by the slots the descriptor ring holds; the ring is 16-byte aligned, so
-            // the length (u32 at 8), id (u16 at 12) and flags (u16 at 14) are aligned. Volatile
-            // stores into guest memory; the flags atomically (the driver polls them).
+            // the slot's last 8 bytes (length, id, flags) are an aligned u64, stored atomically
+            // (the driver polls the flags).
             unsafe {
-                let p = base.add(usize::from(idx) * PACKED_DESC_SIZE as usize);
-                std::ptr::write_volatile(p.add(OFF_LEN).cast::<u32>(), u.len.to_le());
-                std::ptr::write_volatile(p.add(OFF_ID).cast::<u16>(), u.id.to_le());
-                AtomicU16::from_ptr(p.add(OFF_FLAGS).cast::<u16>())
-                    .store((bits | write).to_le(), Ordering::Relaxed);
+                let p = base.add(usize::from(idx) * PACKED_DESC_SIZE as usize + OFF_LEN);
+                AtomicU64::from_ptr(p.cast::<u64>()).store(used_word(u, wrap), Ordering::Relaxed);
             }
             let t = u32::from(idx) + u32::from(u.count);
             if t < u32::from(size) {
@@ -1030,35 +1027,24 @@ impl<'a> PackedQueue<'a> {
             } else {
                 let at = RingPos::new(idx, wrap).advance(u.count, size);
                 (idx, wrap) = (at.idx(), at.wrap());
-                bits = used_bits(wrap);
             }
         }
         RingPos::new(idx, wrap)
     }
 
+    /// Writes used element `u` at `pos` whole: its length, id and flags are the slot's last 8
+    /// bytes, written in one atomic store. A driver that sees the flags sees the rest (one
+    /// store), and a burst's used writes are a third of the stores they were as three (each
+    /// waiting in the store buffer for a line the driver holds).
     #[inline]
-    fn write_used_body(&self, pos: RingPos, u: PackedUsed) {
+    fn store_used(&self, pos: RingPos, u: PackedUsed, order: Ordering) {
         let Some(p) = self.slot(pos.idx()) else {
             return;
         };
         // SAFETY: the slot's 16 bytes are inside the ring and 16-byte aligned (see
-        // `flags_load`), so its length (u32 at 8) and id (u16 at 12) are aligned; volatile
-        // stores into guest memory the driver reads only after the flags.
-        unsafe {
-            std::ptr::write_volatile(p.add(OFF_LEN).cast::<u32>(), u.len.to_le());
-            std::ptr::write_volatile(p.add(OFF_ID).cast::<u16>(), u.id.to_le());
-        }
-    }
-
-    #[inline]
-    fn store_used_flags(&self, pos: RingPos, u: PackedUsed, order: Ordering) {
-        let Some(p) = self.slot(pos.idx()) else {
-            return;
-        };
-        let write = if u.len != 0 { VIRTQ_DESC_F_WRITE } else { 0 };
-        let flags = used_bits(pos.wrap()) | write;
-        // SAFETY: as in `flags_load`: an aligned u16 inside the ring, accessed atomically.
-        unsafe { AtomicU16::from_ptr(p.add(OFF_FLAGS).cast::<u16>()) }.store(flags.to_le(), order);
+        // `flags_load`), so the 8 from the length on are an aligned u64, accessed atomically.
+        unsafe { AtomicU64::from_ptr(p.add(OFF_LEN).cast::<u64>()) }
+            .store(used_word(u, pos.wrap()), order);
     }
 
     /// After used descriptors were published over `[old, new)`: without EVENT_IDX keeps the
