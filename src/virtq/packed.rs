@@ -484,6 +484,29 @@ pub struct PackedUsed {
     pub count: u16,
 }
 
+/// The descriptor at `p`, read as two volatile aligned words (the guest may write them
+/// concurrently).
+///
+/// # Safety
+///
+/// `p` must be a slot of a descriptor ring: 16 readable bytes, 16-byte aligned.
+#[inline(always)]
+unsafe fn read_desc(p: *const u8) -> PvirtqDesc {
+    // SAFETY: the caller vouches for 16 readable, aligned bytes at `p`.
+    let (addr, rest) = unsafe {
+        (
+            u64::from_le(std::ptr::read_volatile(p.cast::<u64>())),
+            u64::from_le(std::ptr::read_volatile(p.add(OFF_LEN).cast::<u64>())),
+        )
+    };
+    PvirtqDesc {
+        addr,
+        len: rest as u32,
+        id: (rest >> 32) as u16,
+        flags: (rest >> 48) as u16,
+    }
+}
+
 /// Used element `u` at a slot of wrap counter `wrap` as the slot's last 8 bytes, as they are
 /// in memory (little-endian): length (bytes 8-11), id (12-13), flags (14-15: AVAIL and USED
 /// equal to `wrap`, WRITE when the length is not 0).
@@ -765,19 +788,8 @@ impl<'a> PackedQueue<'a> {
             return PvirtqDesc::default();
         };
         // SAFETY: the slot's 16 bytes are inside the ring and 16-byte aligned (see
-        // `flags_load`); two volatile aligned loads, the guest may write them concurrently.
-        let (addr, rest) = unsafe {
-            (
-                u64::from_le(std::ptr::read_volatile(p.cast::<u64>())),
-                u64::from_le(std::ptr::read_volatile(p.add(OFF_LEN).cast::<u64>())),
-            )
-        };
-        PvirtqDesc {
-            addr,
-            len: rest as u32,
-            id: (rest >> 32) as u16,
-            flags: (rest >> 48) as u16,
-        }
+        // `flags_load`).
+        unsafe { read_desc(p) }
     }
 
     /// The [`BATCH`] descriptors from `pos` if each is available and alone in its chain (no
@@ -811,8 +823,10 @@ impl<'a> PackedQueue<'a> {
             }
         }
         fence(Ordering::Acquire);
-        // Written out: `array::from_fn` cost 9 instructions per descriptor.
-        let d = |k: u16| self.desc(idx + k);
+        // Written out: `array::from_fn` cost 9 instructions per descriptor, and through
+        // `desc` each slot was checked and its address computed again.
+        // SAFETY: as for the flags above: the 4 slots from `p` are inside the ring, aligned.
+        let d = |k: usize| unsafe { read_desc(p.add(k * PACKED_DESC_SIZE as usize)) };
         Some([d(0), d(1), d(2), d(3)])
     }
 
