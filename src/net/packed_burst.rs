@@ -10,7 +10,7 @@
 //! chain's slots.
 //!
 //! Used descriptors wait in a shadow (the vring's, sized to the queue) and are written as one
-//! batch before each publish, the first one's flags last: the driver reads used descriptors in
+//! batch before each publish, the first one last: the driver reads used descriptors in
 //! ring order and stops at the first whose flags are not yet there, so it sees the whole batch
 //! at once, a mergeable packet's chains included (§2.8.8). Dequeue does the same (it does not
 //! write through, as on the split ring: see [`Ring::write_through`] below).
@@ -182,8 +182,8 @@ impl<'v> PackedBurst<'v> {
         self.next = c.next(self.size);
     }
 
-    /// Writes the shadowed used descriptors as one batch (published: the first one's flags
-    /// are stored last, with `Release`) and marks them in the dirty log.
+    /// Writes the shadowed used descriptors as one batch (published: the first one is stored
+    /// last, with `Release`) and marks them in the dirty log.
     #[inline(never)]
     fn flush_used(&mut self) {
         if self.shadow.is_empty() {

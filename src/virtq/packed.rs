@@ -1,6 +1,6 @@
 //! The packed virtqueue from the device side (virtio 1.2 §2.8): reading available descriptor
 //! chains from the one descriptor ring, writing used descriptors (one at a time, or a batch
-//! whose first flags are stored last), event suppression in both directions, and the vring
+//! whose first element is stored last), event suppression in both directions, and the vring
 //! base with its wrap counters (vhost-user GET/SET_VRING_BASE).
 //!
 //! A position in the ring is a [`RingPos`]: a slot below the queue size and the wrap counter
@@ -28,9 +28,9 @@
 //! Memory ordering: the driver writes a chain's descriptors, then the first one's flags with a
 //! release (its memory barrier before the flags, §2.8.21.1); [`PackedQueue::desc_is_avail`]
 //! loads those flags with `Acquire`, so the chain's descriptors read afterwards are the ones the
-//! driver wrote. The device writes a used descriptor's id and length, then its flags with
-//! `Release` ([`PackedQueue::write_used`]); the driver reads the flags, then the rest after its
-//! read barrier.
+//! driver wrote. The device writes a used descriptor's length, id and flags (the slot's last 8
+//! bytes) in one atomic store with `Release` ([`PackedQueue::write_used`]); the driver reads
+//! the flags, then the rest after its read barrier, and sees them from the same store.
 
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering, fence};
