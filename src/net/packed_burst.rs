@@ -22,7 +22,7 @@ use crate::memory::{DirtyLog, GuestMemory};
 use crate::ratelimit::LogLimiter;
 use crate::virtq::packed::{
     AvailChain, BATCH, InFlightIds, PackedChain, PackedQueue, PackedUsed, PvirtqDesc, RingPos,
-    VIRTQ_DESC_F_NEXT, mark_used_slots,
+    StagedUsed, VIRTQ_DESC_F_NEXT, mark_used_slots,
 };
 use crate::virtq::split::{ChainError, VirtqDesc};
 use crate::virtq::{QueueStats, Vring, active_log, packed_used_log};
@@ -41,7 +41,7 @@ pub(super) struct PackedBurst<'v> {
     avail_out: &'v mut RingPos,
     used_out: &'v mut RingPos,
     ids: &'v mut InFlightIds,
-    shadow: &'v mut Vec<PackedUsed>,
+    shadow: &'v mut Vec<StagedUsed>,
     broken: &'v mut bool,
     stats_out: &'v mut QueueStats,
     call: Option<BorrowedFd<'v>>,
@@ -51,8 +51,6 @@ pub(super) struct PackedBurst<'v> {
     next: RingPos,
     /// Where the next used descriptor goes (after those in the shadow).
     used: RingPos,
-    /// Where the shadow's first descriptor goes: everything before it is published.
-    published: RingPos,
     /// The used position at the burst's start (for the notification).
     first_used: RingPos,
     /// The chains taken, by take order modulo [`RECENT`]: (position, buffer id). The vring's
@@ -123,7 +121,6 @@ impl<'v> PackedBurst<'v> {
             stats: QueueStats::default(),
             next,
             used,
-            published: used,
             first_used: used,
             recent,
             taken: 0,
@@ -192,13 +189,12 @@ impl<'v> PackedBurst<'v> {
         // Returned with the writes below, after which the driver may make these ids
         // available again; taken out of the in-flight set first, so that these stores do not
         // queue behind the used ring's writes to lines the driver holds.
-        self.ids.remove_all(self.shadow.iter().map(|u| u.id));
-        let end = self.q.write_used_batch(self.published, self.shadow);
+        self.ids.remove_all(self.shadow.iter().map(|u| u.id()));
+        self.q.write_staged(self.shadow);
         if let Some((log, gpa)) = self.used_log {
-            mark_used_slots(log, gpa, self.published, self.shadow, self.size);
+            mark_used_slots(log, gpa, self.shadow);
         }
         self.shadow.clear();
-        self.published = end;
     }
 }
 
@@ -381,7 +377,7 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
             len,
             count: c.count,
         };
-        self.shadow.push(u);
+        self.shadow.push(StagedUsed::new(self.used, u));
         self.used = self.used.advance(c.count, self.size);
     }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use rvhost_dma::{DmaEngine, Iova, OpFlags, Status};
 
-use super::packed::{PackedQueue, PackedUsed, mark_used_slots};
+use super::packed::{PackedQueue, PackedUsed, StagedUsed, mark_used_slots};
 use super::split::SplitQueue;
 use super::{Vring, packed_used_log};
 use crate::features::VIRTIO_RING_F_EVENT_IDX;
@@ -598,15 +598,20 @@ impl Vring {
         let q = PackedQueue::new(rings, &self.mem, self.size);
         let mut batch = std::mem::take(&mut self.packed_shadow);
         batch.clear();
-        batch.extend(entries.iter().map(|&w| PackedUsed::from_word(w)));
         let first = self.used_pos;
-        let end = q.write_used_batch(first, &batch);
+        let mut end = first;
+        for &w in entries {
+            let u = PackedUsed::from_word(w);
+            batch.push(StagedUsed::new(end, u));
+            end = end.advance(u.count, q.size());
+        }
+        q.write_staged(&batch);
         // Returned now that the driver can see them: it may make these ids available again.
         for u in &batch {
-            self.packed_ids.remove(u.id);
+            self.packed_ids.remove(u.id());
         }
         if let Some((log, gpa)) = packed_used_log(self.dirty_log(), self.addrs, &self.mem) {
-            mark_used_slots(log, gpa, first, &batch, q.size());
+            mark_used_slots(log, gpa, &batch);
         }
         let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
         if q.signal_used(event_idx, self.call.as_ref().map(AsFd::as_fd), first, end) {

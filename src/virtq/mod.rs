@@ -24,7 +24,7 @@ use thiserror::Error;
 use crate::features::{VHOST_F_LOG_ALL, VIRTIO_F_RING_PACKED, VIRTIO_RING_F_EVENT_IDX};
 use crate::memory::{DirtyLog, FrontendVa, GuestArea, GuestMemory};
 use crate::protocol::payload::VringAddr;
-use packed::{InFlightIds, PackedRings, PackedUsed, RingPos};
+use packed::{InFlightIds, PackedRings, RingPos, StagedUsed};
 
 /// Largest queue size a split ring may have (virtio 1.2 §2.7).
 pub const MAX_QUEUE_SIZE: u32 = 32768;
@@ -164,7 +164,7 @@ pub struct Vring {
     pub(crate) packed_ids: InFlightIds,
     /// Packed ring: scratch of the data path, the used descriptors of the current burst
     /// (sized to the queue when the ring is translated).
-    pub(crate) packed_shadow: Vec<PackedUsed>,
+    pub(crate) packed_shadow: Vec<StagedUsed>,
     /// Packed ring: scratch of the data path, the chains a burst took, by take order modulo
     /// its length (kept here so that a burst does not clear it: see `PackedBurst`).
     pub(crate) packed_recent: Vec<(RingPos, u16)>,
