@@ -790,3 +790,47 @@ fn a_table_is_the_held_one_only_one_to_one() {
         "{e}"
     );
 }
+
+/// A translation cache remembers its table: a cache filled by one table is not used by
+/// another mapping the same addresses elsewhere, nor by a table made after the first is gone
+/// (which may be allocated where it was).
+#[test]
+fn a_translation_cache_is_used_only_with_its_table() {
+    let fd = memfd(&unique_name("cache_tables"), 0x4000);
+    let a = GuestMemory::new(
+        vec![map(&fd, 0x10000, 0x1000, 0x7f00_0000_0000, 0)],
+        limits(),
+    )
+    .unwrap();
+    let b = GuestMemory::new(
+        vec![map(&fd, 0x10000, 0x1000, 0x7f00_0000_0000, 0x2000)],
+        limits(),
+    )
+    .unwrap();
+    let mut c = TranslationCache::new();
+    let via_a = a.gpa_to_host_cached(&mut c, Gpa(0x10010), 8).unwrap();
+    assert_eq!(via_a.as_ptr() as usize, host_of(&a, 0, 0x10));
+    let via_b = b.gpa_to_host_cached(&mut c, Gpa(0x10010), 8).unwrap();
+    assert_eq!(via_b.as_ptr() as usize, host_of(&b, 0, 0x10));
+    let pre = b
+        .gpa_to_host_prefix_cached(&mut c, Gpa(0x10ff0), 0x100)
+        .unwrap();
+    assert_eq!(
+        (pre.as_ptr() as usize, pre.len()),
+        (host_of(&b, 0, 0xff0), 0x10)
+    );
+    // Past the region's end, from a cached hit: refused whole, cut as a prefix.
+    assert!(b.gpa_to_host_cached(&mut c, Gpa(0x10ff0), 0x11).is_none());
+    assert!(b.gpa_to_host_cached(&mut c, Gpa(0x11000), 1).is_none());
+    drop((a, b));
+    let d = GuestMemory::new(
+        vec![map(&fd, 0x10000, 0x1000, 0x7f00_0000_0000, 0x1000)],
+        limits(),
+    )
+    .unwrap();
+    let via_d = d.gpa_to_host_cached(&mut c, Gpa(0x10010), 8).unwrap();
+    assert_eq!(via_d.as_ptr() as usize, host_of(&d, 0, 0x10));
+    // A table without regions translates nothing, whatever the cache holds.
+    let e = GuestMemory::empty(limits());
+    assert!(e.gpa_to_host_cached(&mut c, Gpa(0x10010), 8).is_none());
+}
