@@ -25,14 +25,15 @@ use crate::virtq::packed::{
     StagedUsed, VIRTQ_DESC_F_NEXT, mark_used_slots,
 };
 use crate::virtq::split::{ChainError, VirtqDesc};
-use crate::virtq::{QueueStats, Vring, active_log, packed_used_log};
+use crate::virtq::{PACKED_RECENT, QueueStats, Vring, active_log, packed_used_log};
 
 use super::burst::{READ_AHEAD, Stop, count_bad_chain};
 use super::ring::Ring;
 
 /// Chains a burst remembers for [`Ring::unreserve_n`]: more than one packet may take
 /// ([`MAX_CHAINS`](super::runs::MAX_CHAINS)) plus the one that stopped it.
-const RECENT: usize = 128;
+const RECENT: usize = PACKED_RECENT;
+const _: () = assert!(RECENT > super::runs::MAX_CHAINS);
 
 /// The state of one burst on a packed ring (see the module docs).
 pub(super) struct PackedBurst<'v> {
@@ -101,12 +102,9 @@ impl<'v> PackedBurst<'v> {
         let used_log = packed_used_log(log, *addrs, mem);
         let (next, used) = (*avail_pos, *used_pos);
         packed_shadow.clear();
-        if packed_recent.len() != RECENT {
-            *packed_recent = vec![(RingPos::START, 0); RECENT];
-        }
         // An array: its indexes modulo RECENT need no bounds checks.
         let recent: &'v mut [(RingPos, u16); RECENT] =
-            packed_recent.as_mut_slice().try_into().ok()?;
+            packed_recent.get_or_insert_with(|| Box::new([(RingPos::START, 0); RECENT]));
         Some(PackedBurst {
             size: q.size(),
             q,

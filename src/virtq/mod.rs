@@ -26,6 +26,10 @@ use crate::memory::{DirtyLog, FrontendVa, GuestArea, GuestMemory};
 use crate::protocol::payload::VringAddr;
 use packed::{InFlightIds, PackedRings, RingPos, StagedUsed};
 
+/// Chains a packed burst remembers to give back ([`Vring`]'s `packed_recent`): more than one
+/// packet may take (the data path's `MAX_CHAINS`) plus the one that stopped it.
+pub(crate) const PACKED_RECENT: usize = 128;
+
 /// Largest queue size a split ring may have (virtio 1.2 §2.7).
 pub const MAX_QUEUE_SIZE: u32 = 32768;
 
@@ -166,8 +170,9 @@ pub struct Vring {
     /// (sized to the queue when the ring is translated).
     pub(crate) packed_shadow: Vec<StagedUsed>,
     /// Packed ring: scratch of the data path, the chains a burst took, by take order modulo
-    /// its length (kept here so that a burst does not clear it: see `PackedBurst`).
-    pub(crate) packed_recent: Vec<(RingPos, u16)>,
+    /// [`PACKED_RECENT`] (kept here so that a burst does not clear it: see `PackedBurst`);
+    /// made by the first packed burst.
+    pub(crate) packed_recent: Option<Box<[(RingPos, u16); PACKED_RECENT]>>,
     /// Kick eventfd (frontend → backend); `None` with `kick_set` means polling mode.
     pub kick: Option<OwnedFd>,
     /// SET_VRING_KICK was received (with an fd or the no-fd flag).

@@ -78,7 +78,7 @@ const _: () = assert!(BATCH == 4);
 pub const EVENT_SUPPRESS_SIZE: u64 = 4;
 
 /// Offsets in a [`PvirtqDesc`]: the length, then the id (at 12), then the flags; a used
-/// element is written as the 8 bytes from the length on ([`used_word`]).
+/// element is written as the 8 bytes from the length on ([`slot_tail`]).
 const OFF_LEN: usize = 8;
 const OFF_FLAGS: usize = 14;
 const _: () = assert!(OFF_FLAGS == OFF_LEN + 6);
@@ -511,7 +511,7 @@ unsafe fn read_desc(p: *const u8) -> PvirtqDesc {
 /// in memory (little-endian): length (bytes 8-11), id (12-13), flags (14-15: AVAIL and USED
 /// equal to `wrap`, WRITE when the length is not 0).
 #[inline(always)]
-fn used_word(u: PackedUsed, wrap: bool) -> u64 {
+fn slot_tail(u: PackedUsed, wrap: bool) -> u64 {
     let write = if u.len != 0 { VIRTQ_DESC_F_WRITE } else { 0 };
     let flags = used_bits(wrap) | write;
     (u64::from(u.len) | u64::from(u.id) << 32 | u64::from(flags) << 48).to_le()
@@ -538,7 +538,7 @@ impl PackedUsed {
 }
 
 /// A used descriptor ready for its slot: the slot's index and its last 8 bytes
-/// ([`used_word`]: length, id, flags with the slot's wrap counter), both computed when the
+/// ([`slot_tail`]: length, id, flags with the slot's wrap counter), both computed when the
 /// chain is returned ([`StagedUsed::new`]). Writing a batch of them is one store each: with
 /// the ring positions and words worked out at the write, a burst's used writes cost some 25
 /// instructions per element (callgrind, loop-tput packed 64 B).
@@ -553,7 +553,7 @@ impl StagedUsed {
     #[inline(always)]
     pub fn new(at: RingPos, u: PackedUsed) -> StagedUsed {
         StagedUsed {
-            word: used_word(u, at.wrap()),
+            word: slot_tail(u, at.wrap()),
             idx: at.idx(),
         }
     }
@@ -1038,7 +1038,7 @@ impl<'a> PackedQueue<'a> {
     /// Writes used element `u` at `pos` whole ([`store_word`](Self::store_word)).
     #[inline]
     fn store_used(&self, pos: RingPos, u: PackedUsed, order: Ordering) {
-        self.store_word(pos.idx(), used_word(u, pos.wrap()), order);
+        self.store_word(pos.idx(), slot_tail(u, pos.wrap()), order);
     }
 
     /// Stores `word` as slot `idx`'s last 8 bytes: its length, id and flags in one atomic
