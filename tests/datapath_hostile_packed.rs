@@ -460,3 +460,55 @@ fn bad_receive_buffer_inside_a_batch_is_skipped_in_its_place() {
     }
     cache.free_bulk(pkts);
 }
+
+/// A batch of 4 transmit chains cut short by the mempool: the second packet needs a further
+/// segment and no mbuf is left. The first is delivered and returned used; the second and the
+/// two after it stay available (not returned, not lost) and come, in order, once mbufs are
+/// back.
+#[test]
+fn a_batch_cut_short_by_the_mempool_gives_the_rest_back() {
+    let b = bed();
+    let mut cache = b.pool.cache();
+    let big = rvhost::mbuf::DEFAULT_DATA_ROOM + 500;
+    let sizes = [100, big, 100, 100];
+    let descs: Vec<D> = sizes
+        .iter()
+        .enumerate()
+        .map(|(k, &len)| {
+            let (addr, l) = b.tx_buf(SCRATCH + k * 0x4000, len, 40 + k);
+            (addr, l, 10 + k as u16, 0)
+        })
+        .collect();
+    b.post(1, 0, &descs);
+    // Only the burst's 4 mbufs are left: none for the big packet's second segment.
+    let mut hoard = Vec::new();
+    while let Ok(m) = cache.alloc() {
+        hoard.push(m);
+    }
+    cache.free_bulk(hoard.drain(..4));
+    let got = b.dequeue(&mut cache);
+    assert_eq!(got.len(), 1);
+    assert_eq!(packet_bytes(&got[0]), payload(100, 40));
+    assert_eq!(b.used_desc(1, 0), (0, 10, AVAIL | USED));
+    for slot in 1..4 {
+        assert_eq!(
+            b.used_desc(1, slot).2 & (AVAIL | USED),
+            AVAIL,
+            "slot {slot} kept"
+        );
+    }
+    let s = b.dev.vring_stats(1).unwrap();
+    assert_eq!((s.queue.packets, s.queue.alloc_failures), (1, 1));
+    cache.free_bulk(got);
+    cache.free_bulk(hoard);
+    let rest = b.dequeue(&mut cache);
+    assert_eq!(rest.len(), 3);
+    for (m, k) in rest.iter().zip(1..) {
+        assert_eq!(packet_bytes(m), payload(sizes[k], 40 + k), "packet {k}");
+        assert_eq!(b.used_desc(1, k as u16), (0, 10 + k as u16, AVAIL | USED));
+    }
+    assert_eq!(b.stats(1), (4, 0, false));
+    cache.free_bulk(rest);
+    drop(cache);
+    assert_eq!(b.pool.in_use(), 0, "no mbuf leaked");
+}

@@ -135,13 +135,18 @@ fn dequeue_chains<'v, R: Ring<'v>>(
                     // `next` is past the batch: chain i + TX_AHEAD is TX_AHEAD - BATCH on.
                     let _ = prefetch_tx_batch(b, &mut tc, (TX_AHEAD - BATCH) as u16);
                 }
-                for (j, head) in heads.into_iter().enumerate() {
-                    if !take_one(b, &mut tc, head, hlen, out, i + j, &mut kept, cache, large) {
-                        // The chains of the batch after this one go back with it.
-                        b.unreserve_n(BATCH - 1 - j);
+                for (j, &head) in heads.iter().enumerate() {
+                    if !fill_one(b, &mut tc, head, hlen, out, i + j, &mut kept, cache, large) {
+                        // This chain and those of the batch after it go back; those before it
+                        // are returned.
+                        b.unreserve_n(BATCH - j);
+                        for &h in &heads[..j] {
+                            b.used(h, 0);
+                        }
                         break 'chains;
                     }
                 }
+                b.used_batch(&heads, [0; BATCH]);
                 i += BATCH;
                 continue;
             }
@@ -178,26 +183,47 @@ fn take_one<'v, R: Ring<'v>>(
     cache: &mut PktCache,
     large: Large,
 ) -> bool {
+    if fill_one(b, tc, head, hlen, out, i, kept, cache, large) {
+        b.used(head, 0);
+        true
+    } else {
+        b.unreserve();
+        false
+    }
+}
+
+/// [`take_one`] but for returning the chain: whether it is to be returned used (a packet, or
+/// a chain that gave none: malformed, counted, or too large); `false` when no mbuf was left
+/// for a further segment (the chain is to be given back; the burst stops). A batch returns its
+/// chains together ([`Ring::used_batch`]).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn fill_one<'v, R: Ring<'v>>(
+    b: &mut R,
+    tc: &mut TranslationCache,
+    head: R::Head,
+    hlen: usize,
+    out: &mut [Mbuf],
+    i: usize,
+    kept: &mut usize,
+    cache: &mut PktCache,
+    large: Large,
+) -> bool {
     let filled = match fill_simple(b, tc, head, hlen, &mut out[i], &mut Cpu) {
         Some(()) => Ok(()),
         None => fill(b, head, hlen, &mut out[i], cache, large, &mut Cpu),
     };
     match filled {
         Ok(()) => {
-            b.used(head, 0);
             let st = b.stats();
             st.packets += 1;
             st.bytes += out[i].pkt_len() as u64;
             out.swap(*kept, i);
             *kept += 1;
         }
-        Err(Drop::Bad(e)) => b.bad_chain(head, e),
-        Err(Drop::TooLarge) => {
-            b.used(head, 0);
-            b.stats().too_large += 1;
-        }
+        Err(Drop::Bad(e)) => b.bad_chain_later(head, e),
+        Err(Drop::TooLarge) => b.stats().too_large += 1,
         Err(Drop::NoMbuf) => {
-            b.unreserve();
             b.stats().alloc_failures += 1;
             return false;
         }

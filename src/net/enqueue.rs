@@ -430,14 +430,18 @@ fn place_batch<'v, 'p, R: Ring<'v>, L: Dirty>(
     }
     // By reference: `into_iter` moved the array in 16-byte loads over the 8-byte stores
     // above, a store-to-load forward the CPU refuses (the load waits for every older store).
-    for ((buf, &h), pkt) in bufs.iter().zip(&heads).zip(pkts) {
+    let mut lens = [0; BATCH];
+    let mut bytes = 0;
+    for ((buf, len), pkt) in bufs.iter().zip(&mut lens).zip(pkts) {
         if let Some((addr, buf)) = *buf {
-            fill_buffer(b, h, addr, buf, deferred, pkt, ctx);
-            let st = b.stats();
-            st.packets += 1;
-            st.bytes += pkt.pkt_len() as u64;
+            *len = fill_buffer(b, addr, buf, deferred, pkt, ctx);
+            bytes += pkt.pkt_len() as u64;
         }
     }
+    b.used_batch(&heads, lens);
+    let st = b.stats();
+    st.packets += BATCH as u64;
+    st.bytes += bytes;
     true
 }
 
@@ -491,24 +495,23 @@ fn place_simple<'v, 'p, R: Ring<'v>, L: Dirty>(
         return false;
     };
     b.take_peeked(head);
-    fill_buffer(b, head, d.addr, buf, deferred, pkt, ctx);
+    let len = fill_buffer(b, d.addr, buf, deferred, pkt, ctx);
+    b.used(head, len);
     true
 }
 
-/// Writes the header and `pkt` (one segment, no offloads) into `buf`, the whole of taken
-/// chain `head` (one writable descriptor at guest address `addr`, large enough), and returns
-/// the chain used.
-#[allow(clippy::too_many_arguments)]
+/// Writes the header and `pkt` (one segment, no offloads) into `buf`, the whole of a taken
+/// chain (one writable descriptor at guest address `addr`, large enough); returns the bytes
+/// written, for the caller to return the chain used with.
 #[inline(always)]
 fn fill_buffer<'v, 'p, R: Ring<'v>, L: Dirty>(
     b: &mut R,
-    head: R::Head,
     addr: u64,
     buf: GuestSlice<'v>,
     deferred: &mut Deferred<'v, 'p, L>,
     pkt: &'p Mbuf,
     ctx: &Ctx,
-) {
+) -> u32 {
     let data = pkt.data();
     let need = ctx.hlen + data.len();
     if data.len() > PREFETCH_ABOVE {
@@ -533,7 +536,7 @@ fn fill_buffer<'v, 'p, R: Ring<'v>, L: Dirty>(
     }
     // With a log the copy was done at once: the page is marked after its write.
     deferred.log.mark(addr, need as u64);
-    b.used(head, need as u32);
+    need as u32
 }
 
 /// What the general placement does with the chains and bytes of a packet: the sync path

@@ -96,6 +96,14 @@ pub(super) trait Ring<'v> {
 
     /// Returns chain `h` with `len` bytes written into it.
     fn used(&mut self, h: Self::Head, len: u32);
+    /// Returns the [`BATCH`] chains [`next_batch`](Self::next_batch) took, in order, with
+    /// `lens[k]` bytes written into chain `k`.
+    #[inline(always)]
+    fn used_batch(&mut self, heads: &[Self::Head; BATCH], lens: [u32; BATCH]) {
+        for (&h, len) in heads.iter().zip(lens) {
+            self.used(h, len);
+        }
+    }
     /// Returns a malformed chain with length 0 and counts it.
     fn bad_chain(&mut self, h: Self::Head, e: ChainError);
     /// Counts (and logs, rate-limited) a malformed chain the caller returns later, in its

@@ -538,7 +538,7 @@ impl PackedUsed {
 }
 
 /// A used descriptor ready for its slot: the slot's index and its last 8 bytes
-/// ([`slot_tail`]: length, id, flags with the slot's wrap counter), both computed when the
+/// (`slot_tail`: length, id, flags with the slot's wrap counter), both computed when the
 /// chain is returned ([`StagedUsed::new`]). Writing a batch of them is one store each: with
 /// the ring positions and words worked out at the write, a burst's used writes cost some 25
 /// instructions per element (callgrind, loop-tput packed 64 B).
