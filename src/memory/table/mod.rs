@@ -541,7 +541,7 @@ impl GuestMemory {
     }
 
     /// [`gpa_to_host`](Self::gpa_to_host) trying the region of the previous hit first.
-    #[inline]
+    #[inline(always)]
     pub fn gpa_to_host_cached(
         &self,
         cache: &mut TranslationCache,
