@@ -155,9 +155,11 @@ fn dequeue_chains<'v, R: Ring<'v>>(
             prefetch_tx(b, &mut tc, TX_AHEAD as u16);
         }
         let Ok(head) = b.next_head() else { break };
-        if !take_one(b, &mut tc, head, hlen, out, i, &mut kept, cache, large) {
+        if !fill_one(b, &mut tc, head, hlen, out, i, &mut kept, cache, large) {
+            b.unreserve();
             break;
         }
+        b.used(head, 0);
         i += 1;
     }
     // Mbufs allocated for chains that gave no packet (or were not reached) go back.
@@ -168,34 +170,10 @@ fn dequeue_chains<'v, R: Ring<'v>>(
 }
 
 /// Copies taken chain `head` into the fresh mbuf `out[i]`, moving it to `out[*kept]` if it
-/// holds a packet, and returns it used; `false` (the chain given back, to be taken again) when
-/// no mbuf was left for a further segment: the burst stops.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn take_one<'v, R: Ring<'v>>(
-    b: &mut R,
-    tc: &mut TranslationCache,
-    head: R::Head,
-    hlen: usize,
-    out: &mut [Mbuf],
-    i: usize,
-    kept: &mut usize,
-    cache: &mut PktCache,
-    large: Large,
-) -> bool {
-    if fill_one(b, tc, head, hlen, out, i, kept, cache, large) {
-        b.used(head, 0);
-        true
-    } else {
-        b.unreserve();
-        false
-    }
-}
-
-/// [`take_one`] but for returning the chain: whether it is to be returned used (a packet, or
-/// a chain that gave none: malformed, counted, or too large); `false` when no mbuf was left
-/// for a further segment (the chain is to be given back; the burst stops). A batch returns its
-/// chains together ([`Ring::used_batch`]).
+/// holds a packet. Returns whether the chain is to be returned used (a packet, or a chain that
+/// gave none: malformed, counted, or too large); `false` when no mbuf was left for a further
+/// segment (the chain is to be given back, to be taken again; the burst stops). The caller
+/// returns it: one chain with [`Ring::used`], a batch together with [`Ring::used_batch`].
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn fill_one<'v, R: Ring<'v>>(
