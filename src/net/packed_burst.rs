@@ -379,12 +379,14 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
         self.used = self.used.advance(c.count, self.size);
     }
 
-    /// The batch's 4 used descriptors go to the 4 slots from the used position, in its lap
-    /// when they fit before the ring's end (always, unless a chain before them was given back
-    /// out of line): their slots and words without moving the position 4 times, and one
-    /// capacity check for the 4.
+    /// The batch's 4 used descriptors go to the 4 slots from the used position, in its lap:
+    /// chains go back in the order they came, so the used position is the batch's first slot,
+    /// which `next_batch` took only at a multiple of 4 ending before the ring's end (anything
+    /// else goes chain by chain). Their slots and words without moving the position 4 times,
+    /// and one capacity check for the 4.
     #[inline(always)]
     fn used_batch(&mut self, heads: &[AvailChain; BATCH], lens: [u32; BATCH]) {
+        debug_assert!(heads.iter().all(|c| c.count == 1) && heads[0].head == self.used);
         let (idx, wrap) = (self.used.idx(), self.used.wrap());
         if usize::from(idx) + BATCH > usize::from(self.size) {
             for (&c, len) in heads.iter().zip(lens) {
