@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use rvhost_dma::{DmaEngine, Iova, OpFlags, Status};
 
-use super::packed::{PackedQueue, PackedUsed, StagedUsed, mark_used_slots};
+use super::packed::{PackedQueue, PackedUsed, mark_used_slots};
 use super::split::SplitQueue;
 use super::{Vring, packed_used_log};
 use crate::features::VIRTIO_RING_F_EVENT_IDX;
@@ -599,17 +599,14 @@ impl Vring {
         let mut batch = std::mem::take(&mut self.packed_shadow);
         batch.clear();
         let first = self.used_pos;
-        let mut end = first;
-        for &w in entries {
-            let u = PackedUsed::from_word(w);
-            batch.push(StagedUsed::new(end, u));
-            end = end.advance(u.count, q.size());
-        }
+        let end = q.stage_used(
+            first,
+            entries.iter().map(|&w| PackedUsed::from_word(w)),
+            &mut batch,
+        );
         q.write_staged(&batch);
         // Returned now that the driver can see them: it may make these ids available again.
-        for u in &batch {
-            self.packed_ids.remove(u.id());
-        }
+        self.packed_ids.remove_all(batch.iter().map(|u| u.id()));
         if let Some((log, gpa)) = packed_used_log(self.dirty_log(), self.addrs, &self.mem) {
             mark_used_slots(log, gpa, &batch);
         }

@@ -970,7 +970,7 @@ impl<'a> PackedQueue<'a> {
     /// data path stages each element as its chain is returned.
     pub fn write_used_batch(&self, pos: RingPos, batch: &[PackedUsed]) -> RingPos {
         let mut staged = Vec::with_capacity(batch.len());
-        let end = self.stage_used(pos, batch, &mut staged);
+        let end = self.stage_used(pos, batch.iter().copied(), &mut staged);
         self.write_staged(&staged);
         end
     }
@@ -980,11 +980,11 @@ impl<'a> PackedQueue<'a> {
     pub fn stage_used(
         &self,
         pos: RingPos,
-        batch: &[PackedUsed],
+        batch: impl IntoIterator<Item = PackedUsed>,
         out: &mut Vec<StagedUsed>,
     ) -> RingPos {
         let mut at = pos;
-        for &u in batch {
+        for u in batch {
             out.push(StagedUsed::new(at, u));
             at = at.advance(u.count, self.size);
         }

@@ -542,7 +542,7 @@ fn a_batch_of_used_descriptors_shows_its_first_flags_last() {
     ];
     // Everything but the first element's flags: a driver reading from slot 6 sees nothing.
     let mut staged = Vec::new();
-    let end = q.stage_used(start, &batch, &mut staged);
+    let end = q.stage_used(start, batch.iter().copied(), &mut staged);
     assert_eq!(end, p);
     assert_eq!(
         staged.iter().map(|u| (u.idx(), u.id())).collect::<Vec<_>>(),
