@@ -512,3 +512,63 @@ fn a_batch_cut_short_by_the_mempool_gives_the_rest_back() {
     drop(cache);
     assert_eq!(b.pool.in_use(), 0, "no mbuf leaked");
 }
+
+/// Eight receive chains in two lines of four, the second line repeating id 2 of the first
+/// while it is in flight. Enqueue reads the second line while it fills the first (to ask for
+/// its buffers early); taking it finds the id in flight: the first line's packets and the two
+/// chains before the repeat are placed, the repeat breaks the ring.
+#[test]
+fn buffer_id_of_a_batch_read_ahead_already_in_flight_breaks_the_ring() {
+    let b = bed();
+    let mut cache = b.pool.cache();
+    let ids = [0, 1, 2, 3, 4, 5, 2, 7];
+    let descs: Vec<D> = (0..8)
+        .map(|k| (b.gpa(SCRATCH + k * 4096), 2048, ids[k], WRITE))
+        .collect();
+    b.post(0, 0, &descs);
+    let pkts: Vec<_> = (0..8)
+        .map(|k| mbuf_of(&mut cache, &payload(70 + k, 40 + k)))
+        .collect();
+    assert_eq!(enqueue_burst(&b.dev, Q0.rx(), &pkts), 6);
+    let s = b.dev.vring_stats(0).unwrap();
+    assert_eq!((s.queue.packets, s.broken), (6, true));
+    for slot in 0..6 {
+        let want = ((HDR + 70 + slot) as u32, ids[slot], AVAIL | USED | WRITE);
+        assert_eq!(b.used_desc(0, slot as u16), want, "slot {slot}");
+    }
+    assert_eq!(b.used_desc(0, 6).2 & USED, 0, "the repeat is not returned");
+    cache.free_bulk(pkts);
+}
+
+/// Eight receive chains in two lines of four, and a packet of two segments second: the first
+/// line cannot go as a batch, so its chains are taken one by one and the second line, read
+/// ahead while the first was tried, is read again where it then is. Every packet lands in its
+/// chain, in order, whole.
+#[test]
+fn a_batch_read_ahead_is_read_again_after_the_batch_before_it_went_chain_by_chain() {
+    let b = bed();
+    let mut cache = b.pool.cache();
+    let descs: Vec<D> = (0..8)
+        .map(|k| (b.gpa(SCRATCH + k * 4096), 4096, 10 + k as u16, WRITE))
+        .collect();
+    b.post(0, 0, &descs);
+    let lens: Vec<usize> = (0..8).map(|k| if k == 1 { 3000 } else { 70 + k }).collect();
+    let pkts: Vec<_> = (0..8)
+        .map(|k| mbuf_of(&mut cache, &payload(lens[k], 50 + k)))
+        .collect();
+    assert!(pkts[1].nb_segs() > 1, "the second packet is chained");
+    assert_eq!(enqueue_burst(&b.dev, Q0.rx(), &pkts), 8);
+    let s = b.dev.vring_stats(0).unwrap();
+    assert_eq!((s.queue.packets, s.broken), (8, false));
+    for (k, &len) in lens.iter().enumerate() {
+        let want = ((HDR + len) as u32, 10 + k as u16, AVAIL | USED | WRITE);
+        assert_eq!(b.used_desc(0, k as u16), want, "slot {k}");
+        let mut got = vec![0u8; len];
+        b.fe.shm()
+            .slice()
+            .read_at(SCRATCH + k * 4096 + HDR, &mut got)
+            .unwrap();
+        assert_eq!(got, payload(len, 50 + k), "packet {k}");
+    }
+    cache.free_bulk(pkts);
+}

@@ -251,7 +251,8 @@ fn submit_on<'v, R: Ring<'v>>(mut burst: R, aq: &mut AsyncQueue, pkts: &mut Vec<
     // While logging, what each packet writes is marked when it retires, after its jobs.
     let log = burst.dirty_log();
     let marks = Marks::default();
-    prefetch_first(&burst, &mut ahead, &mut tc, pkts, &ctx);
+    // The first batch's buffers are asked for; it is taken chain by chain here.
+    prefetch_first(&burst, &mut ahead, &mut tc, pkts, &ctx, &mut None);
     for (i, pkt) in pkts.iter().enumerate() {
         // As enqueue_burst: ask for the guest buffer of a later packet now, so that the misses
         // on the guest's lines overlap instead of coming one after the other.

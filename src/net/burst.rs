@@ -469,13 +469,13 @@ impl<'v> Ring<'v> for Burst<'v> {
     const BATCH: bool = false;
 
     #[inline(always)]
-    fn next_batch(&mut self, _writable: bool) -> Option<[u16; BATCH]> {
+    fn peek_batch(&self, _k: u16, _writable: bool) -> Option<[u16; BATCH]> {
         None
     }
 
     #[inline(always)]
-    fn peek_batch(&self, _k: u16, _writable: bool) -> Option<[VirtqDesc; BATCH]> {
-        None
+    fn take_batch(&mut self, _heads: &[u16; BATCH]) -> bool {
+        false
     }
 
     #[inline(always)]

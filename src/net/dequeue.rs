@@ -305,11 +305,11 @@ fn prefetch_tx_buffer<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, d: &Vir
 /// make a batch ([`Ring::peek_batch`]); whether they did (otherwise nothing is asked for).
 #[inline(always)]
 fn prefetch_tx_batch<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, k: u16) -> bool {
-    let Some(descs) = b.peek_batch(k, false) else {
+    let Some(heads) = b.peek_batch(k, false) else {
         return false;
     };
-    for d in &descs {
-        prefetch_tx_buffer(b, tc, d);
+    for &h in &heads {
+        prefetch_tx_buffer(b, tc, &b.desc(h));
     }
     true
 }

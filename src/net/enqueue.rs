@@ -134,20 +134,29 @@ fn enqueue_chains<'v, R: Ring<'v>>(
     // h2g 64 B +4.5% (24.0 -> 25.1 Mpps, mrg 0 and 1); without the prefetch loopback 64 B
     // lost 4%, with it 1518 B rows and loopback are unchanged.
     burst.prefetch_used(pkts.len());
-    prefetch_first(burst, &mut ahead, &mut tc, pkts, &ctx);
+    // The next batch, read (and its buffers asked for) while the one before it is copied:
+    // each batch's descriptors are read and its buffers translated once. Two slots, filled in
+    // place, their roles swapped after each batch: moved by value, a batch was a `memcpy`.
+    let mut ready = [None, None];
+    prefetch_first(burst, &mut ahead, &mut tc, pkts, &ctx, &mut ready[0]);
+    let mut c = 0;
     let mut i = 0;
     while i < pkts.len() {
         if R::BATCH && !early {
-            if let Some(batch) = pkts.get(i..i + BATCH) {
-                if let Some(later) = pkts.get(i + BATCH..i + 2 * BATCH) {
-                    let _ = prefetch_batch_ahead(burst, &mut tc, BATCH as u16, later, &ctx);
-                }
-                if place_batch(burst, &mut tc, &mut deferred, batch, &ctx) {
+            if let (Some(batch), Ok([cur, next])) =
+                (pkts.get(i..i + BATCH), ready.get_disjoint_mut([c, c ^ 1]))
+            {
+                let later = pkts.get(i + BATCH..i + 2 * BATCH);
+                let (d, t) = (&mut deferred, &mut tc);
+                if batch_step(burst, t, d, batch, later, &ctx, cur, next) {
+                    c ^= 1;
                     i += BATCH;
                     sent += BATCH;
                     continue;
                 }
             }
+            // Read for after a batch that was not placed.
+            ready = [None, None];
         }
         let pkt = &pkts[i];
         i += 1;
@@ -304,7 +313,8 @@ pub(super) fn header(pkt: &Mbuf, ctx: &Ctx, num_buffers: u16) -> VirtioNetHdr {
 
 /// Asks for the buffers of the burst's first chains, which the loop's read-ahead
 /// ([`prefetch_ahead`] for the packet [`READ_AHEAD`] places on) never reaches: without this
-/// every burst waited for its first packets' guest lines one after the other.
+/// every burst waited for its first packets' guest lines one after the other. Where the first
+/// chains make a batch, it is read into `ready` ([`ready_batch`]).
 #[inline]
 pub(super) fn prefetch_first<'v, R: Ring<'v>>(
     b: &R,
@@ -312,9 +322,13 @@ pub(super) fn prefetch_first<'v, R: Ring<'v>>(
     tc: &mut TranslationCache,
     pkts: &[Mbuf],
     ctx: &Ctx,
+    ready: &mut Option<ReadyBatch<'v, R::Head>>,
 ) {
-    if R::BATCH && pkts.len() >= BATCH && prefetch_batch_ahead(b, tc, 0, pkts, ctx) {
-        return;
+    if R::BATCH {
+        ready_batch(b, tc, 0, pkts, ctx, ready);
+        if ready.is_some() {
+            return;
+        }
     }
     for (k, pkt) in (0..READ_AHEAD).zip(pkts) {
         prefetch_ahead(b, ahead, tc, k, pkt, ctx);
@@ -364,90 +378,130 @@ fn prefetch_rx_buffer<'v, R: Ring<'v>>(
         .memory()
         .gpa_to_host_cached(tc, Gpa(d.addr), (ctx.hlen + body) as u64)
     {
-        if let Ok(hdr) = buf.subslice(0, ctx.hlen) {
-            if b.hdr_was_written() {
-                hdr.prefetch_for_write();
-            } else {
-                hdr.prefetch_for_read();
-            }
-        }
-        if let Ok(body) = buf.subslice(ctx.hlen, body) {
-            body.prefetch_for_write();
-        }
+        prefetch_rx_start(b, buf, ctx.hlen, body);
     }
 }
 
-/// [`prefetch_ahead`] for a batch: asks for the start of the buffers of the [`BATCH`] chains
-/// from `k` places after the next one ([`Ring::peek_batch`]), which the packets `later` will
-/// most likely be copied into; whether they made a batch (otherwise nothing is asked for).
+/// Asks for `buf`'s header line and the first `body` bytes after it (see [`prefetch_ahead`]).
 #[inline(always)]
-fn prefetch_batch_ahead<'v, R: Ring<'v>>(
+fn prefetch_rx_start<'v, R: Ring<'v>>(b: &R, buf: GuestSlice<'v>, hlen: usize, body: usize) {
+    if let Ok(hdr) = buf.subslice(0, hlen) {
+        if b.hdr_was_written() {
+            hdr.prefetch_for_write();
+        } else {
+            hdr.prefetch_for_read();
+        }
+    }
+    if let Ok(body) = buf.subslice(hlen, body) {
+        body.prefetch_for_write();
+    }
+}
+
+/// [`BATCH`] chains read ahead ([`Ring::peek_batch`]) with their buffers: each one
+/// descriptor, writable, wholly in guest memory (translated) and large enough for the
+/// packet it was read for.
+pub(super) struct ReadyBatch<'v, H> {
+    heads: [H; BATCH],
+    bufs: [GuestSlice<'v>; BATCH],
+}
+
+/// Reads into `out` the [`BATCH`] chains from `k` places after the next one, which the
+/// packets `pkts` will be copied into if they make a batch, and asks for the start of their
+/// buffers ([`prefetch_ahead`]). `out` is left `None` if they are not a batch, or a buffer is
+/// not guest memory or too small for its packet (nothing is asked for then: they go one by
+/// one). In place: returned by value, the batch was copied with a `memcpy` call.
+#[inline(always)]
+fn ready_batch<'v, R: Ring<'v>>(
     b: &R,
     tc: &mut TranslationCache,
     k: u16,
-    later: &[Mbuf],
+    pkts: &[Mbuf],
     ctx: &Ctx,
-) -> bool {
-    let Some(descs) = b.peek_batch(k, true) else {
-        return false;
+    out: &mut Option<ReadyBatch<'v, R::Head>>,
+) {
+    let Some(pkts) = pkts.first_chunk::<BATCH>() else {
+        return;
     };
-    for (d, pkt) in descs.iter().zip(later) {
-        prefetch_rx_buffer(b, tc, d, pkt, ctx);
+    let Some(heads) = b.peek_batch(k, true) else {
+        return;
+    };
+    let mut buf = |j: usize| {
+        let d = b.desc(heads[j]);
+        // The whole buffer must be guest memory (see `place_simple`).
+        if (d.len as usize) < ctx.hlen + pkts[j].data().len() {
+            return None;
+        }
+        b.memory()
+            .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(d.len))
+    };
+    let (Some(b0), Some(b1), Some(b2), Some(b3)) = (buf(0), buf(1), buf(2), buf(3)) else {
+        return;
+    };
+    let bufs = [b0, b1, b2, b3];
+    for (buf, pkt) in bufs.iter().zip(pkts) {
+        prefetch_rx_start(b, *buf, ctx.hlen, pkt.data().len().min(READ_AHEAD_BYTES));
     }
-    true
+    *out = Some(ReadyBatch { heads, bufs });
 }
 
-/// [`place_simple`] for [`BATCH`] packets at once, into the next [`BATCH`] chains
-/// ([`Ring::next_batch`]: one line of descriptors read and checked together, DPDK's
-/// `virtio_dev_rx_batch_packed`), when every packet is one segment without offloads and
-/// every chain one writable buffer in guest memory that holds its packet. Otherwise nothing
-/// is placed (`false`) and the chains stay available.
+/// One step of the batch loop: places `pkts` into the batch in `cur` (read now if it was not
+/// read ahead) and reads into `next` the one after it, for the packets `later`; whether it
+/// placed them (`cur` is then empty).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn place_batch<'v, 'p, R: Ring<'v>, L: Dirty>(
+fn batch_step<'v, 'p, R: Ring<'v>, L: Dirty>(
     b: &mut R,
     tc: &mut TranslationCache,
     deferred: &mut Deferred<'v, 'p, L>,
     pkts: &'p [Mbuf],
+    later: Option<&[Mbuf]>,
+    ctx: &Ctx,
+    cur: &mut Option<ReadyBatch<'v, R::Head>>,
+    next: &mut Option<ReadyBatch<'v, R::Head>>,
+) -> bool {
+    if cur.is_none() {
+        ready_batch(b, tc, 0, pkts, ctx, cur);
+    }
+    let Some(c) = cur.as_ref() else {
+        return false;
+    };
+    *next = None;
+    if let Some(later) = later {
+        ready_batch(b, tc, BATCH as u16, later, ctx, next);
+    }
+    if !place_batch(b, deferred, pkts, c, ctx) {
+        return false;
+    }
+    *cur = None;
+    true
+}
+
+/// [`place_simple`] for [`BATCH`] packets at once, into the batch `r` (read and checked
+/// together: DPDK's `virtio_dev_rx_batch_packed`), when every packet is one segment without
+/// offloads and `r`'s chains are still the next ones. Otherwise nothing is placed (`false`)
+/// and the chains stay available.
+#[inline(always)]
+fn place_batch<'v, 'p, R: Ring<'v>, L: Dirty>(
+    b: &mut R,
+    deferred: &mut Deferred<'v, 'p, L>,
+    pkts: &'p [Mbuf],
+    r: &ReadyBatch<'v, R::Head>,
     ctx: &Ctx,
 ) -> bool {
     if pkts
         .iter()
         .any(|p| p.nb_segs() != 1 || !p.meta().ol_flags.is_empty())
+        || !b.take_batch(&r.heads)
     {
         return false;
     }
-    let Some(heads) = b.next_batch(true) else {
-        return false;
-    };
-    let mut bufs = [None; BATCH];
-    for ((buf, &h), pkt) in bufs.iter_mut().zip(&heads).zip(pkts) {
-        let d = b.desc(h);
-        let addr = d.addr;
-        // The whole buffer must be guest memory (see `place_simple`).
-        *buf = (d.len as usize >= ctx.hlen + pkt.data().len())
-            .then(|| {
-                b.memory()
-                    .gpa_to_host_cached(tc, Gpa(addr), u64::from(d.len))
-            })
-            .flatten()
-            .map(|s| (addr, s));
-        if buf.is_none() {
-            // Taken one by one, each as it can be.
-            b.unreserve_n(BATCH);
-            return false;
-        }
-    }
-    // By reference: `into_iter` moved the array in 16-byte loads over the 8-byte stores
-    // above, a store-to-load forward the CPU refuses (the load waits for every older store).
     let mut lens = [0; BATCH];
     let mut bytes = 0;
-    for ((buf, len), pkt) in bufs.iter().zip(&mut lens).zip(pkts) {
-        if let Some((addr, buf)) = *buf {
-            *len = fill_buffer(b, addr, buf, deferred, pkt, ctx);
-            bytes += pkt.pkt_len() as u64;
-        }
+    for (((&h, &buf), len), pkt) in r.heads.iter().zip(&r.bufs).zip(&mut lens).zip(pkts) {
+        *len = fill_buffer(b, b.desc(h).addr, buf, deferred, pkt, ctx);
+        bytes += pkt.pkt_len() as u64;
     }
-    b.used_batch(&heads, lens);
+    b.used_batch(&r.heads, lens);
     let st = b.stats();
     st.packets += BATCH as u64;
     st.bytes += bytes;

@@ -53,11 +53,20 @@ pub(super) trait Ring<'v> {
     /// buffer ids may be taken; otherwise takes none (`None`: the caller goes on with
     /// [`next_head`](Self::next_head), which reports any fault). A packed ring reads the 4
     /// descriptors of one line at once (DPDK's batched dequeue); a split ring has no batches.
-    fn next_batch(&mut self, writable: bool) -> Option<[Self::Head; BATCH]>;
-    /// The first descriptors of the [`BATCH`] chains from `k` places after the next one, if
+    #[inline(always)]
+    fn next_batch(&mut self, writable: bool) -> Option<[Self::Head; BATCH]> {
+        let heads = self.peek_batch(0, writable)?;
+        self.take_batch(&heads).then_some(heads)
+    }
+    /// The [`BATCH`] chains from `k` places after the next one, if
     /// [`next_batch`](Self::next_batch) would find a batch there (ids not checked), read
-    /// without taking them, for the caller to ask for their buffers early.
-    fn peek_batch(&self, k: u16, writable: bool) -> Option<[VirtqDesc; BATCH]>;
+    /// without taking them: for the caller to ask for their buffers early, and to take them
+    /// with [`take_batch`](Self::take_batch) once they are the next ones.
+    fn peek_batch(&self, k: u16, writable: bool) -> Option<[Self::Head; BATCH]>;
+    /// Takes `heads`, which [`peek_batch`](Self::peek_batch) read and which are now the next
+    /// chains (read at 0, or at [`BATCH`] before the batch before them was taken), if their
+    /// buffer ids may be taken; otherwise takes none (`false`).
+    fn take_batch(&mut self, heads: &[Self::Head; BATCH]) -> bool;
 
     /// The look-ahead state of a burst's loop ([`ReadAhead`](super::burst::ReadAhead) on a split ring).
     type Ahead: Default;

@@ -168,7 +168,9 @@ impl RingPos {
 
     /// The position `n` slots further in a ring of `size`: each pass over the ring's end flips
     /// the wrap counter. A `size` of 0 leaves the position as it is.
-    #[inline]
+    /// Inlined, the general case out of line: called, it cost some 10 instructions twice a
+    /// batch.
+    #[inline(always)]
     pub fn advance(self, n: u16, size: u16) -> RingPos {
         let t = u32::from(self.idx()) + u32::from(n);
         let size = u32::from(size);
@@ -180,6 +182,13 @@ impl RingPos {
             // less than a lap), without a division.
             return RingPos(((self.0 & WRAP_BIT) ^ WRAP_BIT) | (t - size));
         }
+        self.advance_laps(t, size)
+    }
+
+    /// [`advance`](Self::advance) to `t` (slot index plus the slots moved) at least a lap on.
+    #[cold]
+    #[inline(never)]
+    fn advance_laps(self, t: u32, size: u32) -> RingPos {
         if size == 0 {
             return self;
         }
@@ -759,6 +768,35 @@ impl<'a> PackedQueue<'a> {
         let mut want = avail_bits(wrap);
         let mut n = 0;
         while n < max {
+            // A line of 4 at once where it is whole (one by one, a dequeue's count cost 18
+            // instructions a packet); where one of them is not available, one by one below.
+            if idx % 4 == 0 && max - n >= 4 && self.size - idx >= 4 {
+                // SAFETY: slots `idx..idx + 4` are below the size (checked), which `new`
+                // bounded by what the descriptor ring holds; each one's flags are an aligned
+                // u16 (the ring is 16-byte aligned) accessed atomically.
+                let f = |k: usize| unsafe {
+                    u16::from_le(
+                        AtomicU16::from_ptr(
+                            base.add(
+                                (usize::from(idx) + k) * PACKED_DESC_SIZE as usize + OFF_FLAGS,
+                            )
+                            .cast(),
+                        )
+                        .load(Ordering::Acquire),
+                    )
+                };
+                let off = (f(0) ^ want) | (f(1) ^ want) | (f(2) ^ want) | (f(3) ^ want);
+                if off & (VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED) == 0 {
+                    n += 4;
+                    idx += 4;
+                    if idx == self.size {
+                        idx = 0;
+                        wrap = !wrap;
+                        want = avail_bits(wrap);
+                    }
+                    continue;
+                }
+            }
             // SAFETY: `idx` stays below the size (checked above, wrapped to 0 at it), which
             // `new` bounded by what the descriptor ring holds; the flags are an aligned u16
             // (the ring is 16-byte aligned) accessed atomically.

@@ -1041,3 +1041,36 @@ fn runs_of_available_slots_stop_at_the_first_gap_and_cross_the_ring_end() {
         "a slot beyond the size"
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, ..Default::default() })]
+
+    /// `avail_run` (which checks a line of 4 slots at once where it can) counts what a check
+    /// of one slot after the other counts, for any flags, start and limit, across the ring's
+    /// end, on rings whose size is or is not a multiple of 4.
+    #[test]
+    fn runs_of_available_slots_count_as_one_by_one(
+        size in 1u16..=20,
+        bits in proptest::collection::vec(0u8..4, 20),
+        start in 0u16..20,
+        wrap: bool,
+        max in 0u16..48,
+    ) {
+        let g = Guest::new(size);
+        let q = g.q();
+        for slot in 0..size {
+            let b = bits[usize::from(slot)];
+            let flags = if b & 1 != 0 { VIRTQ_DESC_F_AVAIL } else { 0 }
+                | if b & 2 != 0 { VIRTQ_DESC_F_USED } else { 0 };
+            g.put(DESC, slot, PvirtqDesc { addr: 0x10000, len: 64, id: slot, flags });
+        }
+        let pos = RingPos::new(start % size, wrap);
+        let mut want = 0;
+        let mut at = pos;
+        while want < max && q.desc_is_avail(at) {
+            want += 1;
+            at = at.advance(1, size);
+        }
+        proptest::prop_assert_eq!(q.avail_run(pos, max), want);
+    }
+}
