@@ -532,8 +532,8 @@ fn buffer_id_of_a_batch_read_ahead_already_in_flight_breaks_the_ring() {
     assert_eq!(enqueue_burst(&b.dev, Q0.rx(), &pkts), 6);
     let s = b.dev.vring_stats(0).unwrap();
     assert_eq!((s.queue.packets, s.broken), (6, true));
-    for slot in 0..6 {
-        let want = ((HDR + 70 + slot) as u32, ids[slot], AVAIL | USED | WRITE);
+    for (slot, &id) in ids.iter().enumerate().take(6) {
+        let want = ((HDR + 70 + slot) as u32, id, AVAIL | USED | WRITE);
         assert_eq!(b.used_desc(0, slot as u16), want, "slot {slot}");
     }
     assert_eq!(b.used_desc(0, 6).2 & USED, 0, "the repeat is not returned");

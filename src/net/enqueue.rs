@@ -137,26 +137,31 @@ fn enqueue_chains<'v, R: Ring<'v>>(
     // The next batch, read (and its buffers asked for) while the one before it is copied:
     // each batch's descriptors are read and its buffers translated once. Two slots, filled in
     // place, their roles swapped after each batch: moved by value, a batch was a `memcpy`.
-    let mut ready = [None, None];
-    prefetch_first(burst, &mut ahead, &mut tc, pkts, &ctx, &mut ready[0]);
-    let mut c = 0;
+    let (mut r0, mut r1) = (None, None);
+    prefetch_first(burst, &mut ahead, &mut tc, pkts, &ctx, &mut r0);
+    let mut swapped = false;
     let mut i = 0;
     while i < pkts.len() {
         if R::BATCH && !early {
-            if let (Some(batch), Ok([cur, next])) =
-                (pkts.get(i..i + BATCH), ready.get_disjoint_mut([c, c ^ 1]))
-            {
+            if let Some(batch) = pkts.get(i..i + BATCH) {
                 let later = pkts.get(i + BATCH..i + 2 * BATCH);
                 let (d, t) = (&mut deferred, &mut tc);
-                if batch_step(burst, t, d, batch, later, &ctx, cur, next) {
-                    c ^= 1;
+                // Each role of the slots a call of its own, inlined with constant addresses:
+                // with the slots chosen at run time, every field's address was chosen apart.
+                let placed = if swapped {
+                    batch_step(burst, t, d, batch, later, &ctx, &mut r1, &mut r0)
+                } else {
+                    batch_step(burst, t, d, batch, later, &ctx, &mut r0, &mut r1)
+                };
+                if placed {
+                    swapped = !swapped;
                     i += BATCH;
                     sent += BATCH;
                     continue;
                 }
             }
             // Read for after a batch that was not placed.
-            ready = [None, None];
+            (r0, r1) = (None, None);
         }
         let pkt = &pkts[i];
         i += 1;
