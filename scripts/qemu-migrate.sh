@@ -90,6 +90,8 @@
 #     downtime_ms=N total_ms=N setup_ms=N dirty_syncs=N pages_marked=N big=N/10
 #     announce=guest|rarp send_rarp=N rarp_frames=N migration=precopy|postcopy
 #     postcopy_requests=N backend_faults=N ring=split|packed guest_packed=0|1
+#     in_hand=N (requests in the source's async dequeue channel at its stop: replies that
+#     may be lost, beyond --max-loss)
 #     vring_bases=V:0xNUM,...
 #
 # Exit status: 0 = PASS, 1 = FAIL, 2 = setup error (or an unsupported combination such as
@@ -752,7 +754,7 @@ echo "MIGRATE result=$RESULT mode=$MODE mem=$MEM queues=$QUEUES transmitted=${TX
     "lost_ranges=${RANGES:-?} downtime_ms=${DOWNTIME:-?} total_ms=${TOTAL:-?} setup_ms=${SETUP:-?}" \
     "dirty_syncs=${SYNCS:-?} pages_marked=${MARKED:-?} big=${BIG_RX:-0}/10 announce=$ANNOUNCE" \
     "send_rarp=${RARPS:-0} rarp_frames=${INJECTED:-0} migration=$MIGRATION postcopy_requests=${PC_REQS:--} backend_faults=${PC_FAULTS:--}" \
-    "ring=$RING guest_packed=${GUEST_PACKED:-?} vring_bases=${BASES:-none}"
+    "ring=$RING guest_packed=${GUEST_PACKED:-?} vring_bases=${BASES:-none} in_hand=${IN_HAND:-0}"
 if [ "$RESULT" = PASS ]; then
     echo "RESULT: PASS ($(( $(date +%s) - T0 )) s)"
     [ "$KEEP" = 1 ] || rm -rf "$W"

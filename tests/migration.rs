@@ -198,7 +198,12 @@ fn migrate(case: Case) {
     );
     // The script checked these; a second look keeps the test honest if the script changes.
     assert!(tx > 0, "{what}: stream {m:?}");
-    assert_eq!((lost, num(&m, "dups", &what)), (0, 0), "{what}: {m:?}");
+    // Only the async path may have requests in hand at the stop (see
+    // `precopy_async_copy_qemu_client_memfd`): at most one reply lost for each.
+    let in_hand = num(&m, "in_hand", &what);
+    assert!(copy != "cpu" || in_hand == 0, "{what}: {m:?}");
+    assert!(lost <= in_hand, "{what}: {m:?}");
+    assert_eq!(num(&m, "dups", &what), 0, "{what}: {m:?}");
     assert!(num(&m, "dirty_syncs", &what) >= 2, "{what}: {m:?}");
     // In postcopy the source logs only until the switch (at once here): maybe no page.
     assert!(
