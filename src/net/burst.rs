@@ -5,7 +5,7 @@
 use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::features::VIRTIO_RING_F_EVENT_IDX;
-use crate::memory::{DirtyLog, GuestMemory};
+use crate::memory::{DirtyLog, GuestMemory, TranslationCache};
 use crate::ratelimit::LogLimiter;
 use crate::virtq::packed::BATCH;
 use crate::virtq::split::{Chain, ChainError, SplitQueue, USED_SHADOW, VirtqDesc, used_word};
@@ -93,6 +93,8 @@ pub struct Burst<'v> {
     through: bool,
     /// The vring's [`Vring::hdr_written`] hint, kept across bursts.
     pub hdr_written: &'v mut bool,
+    /// The vring's translation memo, kept across bursts.
+    memo: &'v mut TranslationCache,
     /// The dirty log, while `VHOST_F_LOG_ALL` is negotiated and a log is set.
     log: Option<&'v DirtyLog>,
     /// The log and the used ring's guest-physical address, when its writes are logged too
@@ -123,6 +125,7 @@ impl<'v> Burst<'v> {
             used_shadow,
             log_limit,
             hdr_written,
+            memo,
             log: dirty,
             addrs,
             ..
@@ -167,6 +170,7 @@ impl<'v> Burst<'v> {
             shadow_len: 0,
             through: false,
             hdr_written,
+            memo,
             log,
             used_log,
         })
@@ -444,6 +448,16 @@ impl<'v> Ring<'v> for Burst<'v> {
     #[inline(always)]
     fn hdr_was_written(&self) -> bool {
         *self.hdr_written
+    }
+
+    #[inline(always)]
+    fn memo(&self) -> TranslationCache {
+        *self.memo
+    }
+
+    #[inline(always)]
+    fn keep_memo(&mut self, tc: TranslationCache) {
+        *self.memo = tc;
     }
 
     #[inline(always)]

@@ -113,7 +113,7 @@ fn dequeue_chains<'v, R: Ring<'v>>(
     let hlen = hdr_len(b.features());
     let large = Large::of(dev.flags());
     let mut kept = first;
-    let mut tc = TranslationCache::new();
+    let mut tc = b.memo();
     if R::PREFETCH_TX {
         let mut k = 0;
         while k < n.min(TX_AHEAD) {
@@ -165,6 +165,7 @@ fn dequeue_chains<'v, R: Ring<'v>>(
     // Mbufs allocated for chains that gave no packet (or were not reached) go back.
     cache.free_bulk(out.drain(kept..));
     note_backlog(dev, tx_vring, b.has_more());
+    b.keep_memo(tc);
     b.finish();
     kept - start
 }

@@ -114,7 +114,7 @@ fn enqueue_chains<'v, R: Ring<'v>>(
 ) -> usize {
     let ctx = Ctx::new(burst.features());
     let mut sent = 0;
-    let mut tc = TranslationCache::new();
+    let mut tc = burst.memo();
     let mut ahead = R::Ahead::default();
     // Publish early only for a guest that waits: all its receive buffers posted, and nothing
     // left on its transmit queue by our last dequeue there (a guest with a transmit backlog
@@ -190,6 +190,7 @@ fn enqueue_chains<'v, R: Ring<'v>>(
         }
     }
     deferred.flush();
+    burst.keep_memo(tc);
     burst.finish();
     sent
 }
@@ -430,16 +431,24 @@ fn ready_batch<'v, R: Ring<'v>>(
     let Some(heads) = b.peek_batch(k, true) else {
         return;
     };
-    let mut buf = |j: usize| {
-        let d = b.desc(heads[j]);
-        // The whole buffer must be guest memory (see `place_simple`).
-        if (d.len as usize) < ctx.hlen + pkts[j].data().len() {
-            return None;
-        }
-        b.memory()
-            .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(d.len))
-    };
-    let (Some(b0), Some(b1), Some(b2), Some(b3)) = (buf(0), buf(1), buf(2), buf(3)) else {
+    let d = [
+        b.desc(heads[0]),
+        b.desc(heads[1]),
+        b.desc(heads[2]),
+        b.desc(heads[3]),
+    ];
+    if d.iter()
+        .zip(pkts)
+        .any(|(d, p)| (d.len as usize) < ctx.hlen + p.data().len())
+    {
+        return;
+    }
+    // The whole buffer must be guest memory (see `place_simple`).
+    let at = |j: usize| (Gpa(d[j].addr), u64::from(d[j].len));
+    let [Some(b0), Some(b1), Some(b2), Some(b3)] = b
+        .memory()
+        .gpa_to_host_cached_each(tc, [at(0), at(1), at(2), at(3)])
+    else {
         return;
     };
     let bufs = [b0, b1, b2, b3];

@@ -18,7 +18,7 @@
 use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::features::VIRTIO_RING_F_EVENT_IDX;
-use crate::memory::{DirtyLog, GuestMemory};
+use crate::memory::{DirtyLog, GuestMemory, TranslationCache};
 use crate::ratelimit::LogLimiter;
 use crate::virtq::packed::{
     AvailChain, BATCH, InFlightIds, PackedChain, PackedQueue, PackedUsed, PvirtqDesc, RingPos,
@@ -65,6 +65,8 @@ pub(super) struct PackedBurst<'v> {
     taken: usize,
     log_limit: &'v mut LogLimiter,
     hdr_written: &'v mut bool,
+    /// The vring's translation memo, kept across bursts.
+    memo: &'v mut TranslationCache,
     log: Option<&'v DirtyLog>,
     /// The log and the descriptor ring's guest-physical address, when the ring's writes are
     /// logged (`VHOST_VRING_F_LOG`). A packed ring's used descriptors are in its descriptor
@@ -95,6 +97,7 @@ impl<'v> PackedBurst<'v> {
             stats,
             log_limit,
             hdr_written,
+            memo,
             log: dirty,
             addrs,
             ..
@@ -130,6 +133,7 @@ impl<'v> PackedBurst<'v> {
             taken: 0,
             log_limit,
             hdr_written,
+            memo,
             log,
             used_log,
         })
@@ -248,6 +252,16 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
     #[inline(always)]
     fn hdr_was_written(&self) -> bool {
         *self.hdr_written
+    }
+
+    #[inline(always)]
+    fn memo(&self) -> TranslationCache {
+        *self.memo
+    }
+
+    #[inline(always)]
+    fn keep_memo(&mut self, tc: TranslationCache) {
+        *self.memo = tc;
     }
 
     #[inline(always)]

@@ -5,7 +5,7 @@
 //! written once, over [`Ring`], and compiled once per layout (every method is a direct,
 //! inlined call: the split ring's loops are the code they were before this trait).
 
-use crate::memory::{DirtyLog, GuestMemory, GuestSlice};
+use crate::memory::{DirtyLog, GuestMemory, GuestSlice, TranslationCache};
 use crate::virtq::QueueStats;
 use crate::virtq::packed::BATCH;
 use crate::virtq::split::{ChainError, VirtqDesc};
@@ -30,6 +30,13 @@ pub(super) trait Ring<'v> {
     fn hdr_written(&mut self) -> &mut bool;
     /// Reads that hint.
     fn hdr_was_written(&self) -> bool;
+    /// The vring's translation memo, for the burst to translate with ([`Vring`]'s
+    /// `memo`: kept across bursts).
+    ///
+    /// [`Vring`]: crate::virtq::Vring
+    fn memo(&self) -> TranslationCache;
+    /// Keeps `tc` as the vring's translation memo, for its next burst.
+    fn keep_memo(&mut self, tc: TranslationCache);
     /// The dirty log to mark written guest buffers in (while `VHOST_F_LOG_ALL` is negotiated
     /// and a log is set; the ring's own writes the burst marks itself).
     fn dirty_log(&self) -> Option<&'v DirtyLog>;

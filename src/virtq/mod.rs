@@ -202,6 +202,10 @@ pub struct Vring {
     /// (the buffer held other bytes), so the next header's line is asked for to be written
     /// rather than read (see `net::enqueue::prefetch_ahead`).
     pub hdr_written: bool,
+    /// The data path's translation memo, kept across bursts (a new one per burst made every
+    /// burst's first translation a search of the table): only a hint, used only with the
+    /// table it came from ([`TranslationCache`](crate::memory::TranslationCache)).
+    pub(crate) memo: crate::memory::TranslationCache,
     /// The asynchronous copy channel, if the application registered one.
     pub(crate) async_q: Option<Box<async_queue::AsyncQueue>>,
 }

@@ -765,53 +765,39 @@ impl<'a> PackedQueue<'a> {
             return 0;
         }
         let base = self.desc.as_ptr();
+        // Slot `i`'s flags; called below only with `i` below the size.
+        let flags = |i: u16| {
+            let p = base.wrapping_add(usize::from(i) * PACKED_DESC_SIZE as usize + OFF_FLAGS);
+            // SAFETY: `i` is below the size (every call below), which `new` bounded by what
+            // the descriptor ring holds, so the slot's flags are inside the ring: an aligned
+            // u16 (the ring is 16-byte aligned), accessed atomically.
+            u16::from_le(unsafe { AtomicU16::from_ptr(p.cast()) }.load(Ordering::Acquire))
+        };
+        const BITS: u16 = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
         let mut want = avail_bits(wrap);
         let mut n = 0;
         while n < max {
             // A line of 4 at once where it is whole (one by one, a dequeue's count cost 18
-            // instructions a packet); where one of them is not available, one by one below.
-            if idx % 4 == 0 && max - n >= 4 && self.size - idx >= 4 {
-                // SAFETY: slots `idx..idx + 4` are below the size (checked), which `new`
-                // bounded by what the descriptor ring holds; each one's flags are an aligned
-                // u16 (the ring is 16-byte aligned) accessed atomically.
-                let f = |k: usize| unsafe {
-                    u16::from_le(
-                        AtomicU16::from_ptr(
-                            base.add(
-                                (usize::from(idx) + k) * PACKED_DESC_SIZE as usize + OFF_FLAGS,
-                            )
-                            .cast(),
-                        )
-                        .load(Ordering::Acquire),
-                    )
-                };
-                let off = (f(0) ^ want) | (f(1) ^ want) | (f(2) ^ want) | (f(3) ^ want);
-                if off & (VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED) == 0 {
-                    n += 4;
-                    idx += 4;
-                    if idx == self.size {
-                        idx = 0;
-                        wrap = !wrap;
-                        want = avail_bits(wrap);
-                    }
-                    continue;
-                }
-            }
-            // SAFETY: `idx` stays below the size (checked above, wrapped to 0 at it), which
-            // `new` bounded by what the descriptor ring holds; the flags are an aligned u16
-            // (the ring is 16-byte aligned) accessed atomically.
-            let f = unsafe {
-                AtomicU16::from_ptr(
-                    base.add(usize::from(idx) * PACKED_DESC_SIZE as usize + OFF_FLAGS)
-                        .cast(),
-                )
-            }
-            .load(Ordering::Acquire);
-            if u16::from_le(f) & (VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED) != want {
+            // instructions a packet); where one of them is not available, one by one. `idx`
+            // stays below the size (checked above, wrapped to 0 at it).
+            let step = if idx % 4 == 0
+                && max - n >= 4
+                && self.size - idx >= 4
+                && ((flags(idx) ^ want)
+                    | (flags(idx + 1) ^ want)
+                    | (flags(idx + 2) ^ want)
+                    | (flags(idx + 3) ^ want))
+                    & BITS
+                    == 0
+            {
+                4
+            } else if flags(idx) & BITS == want {
+                1
+            } else {
                 break;
-            }
-            n += 1;
-            idx += 1;
+            };
+            n += step;
+            idx += step;
             if idx == self.size {
                 idx = 0;
                 wrap = !wrap;

@@ -834,3 +834,85 @@ fn a_translation_cache_is_used_only_with_its_table() {
     let e = GuestMemory::empty(limits());
     assert!(e.gpa_to_host_cached(&mut c, Gpa(0x10010), 8).is_none());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Translating 4 buffers at once gives what translating them one by one gives, from any
+    /// memo (of this table, of another, or none): hits, misses across two regions, buffers
+    /// running past a region's end, addresses outside guest memory.
+    #[test]
+    fn translating_several_at_once_is_translating_each(
+        reqs in proptest::array::uniform4((0x8000u64..0x16000, 0u64..0x1200)),
+        warm in 0u8..3,
+    ) {
+        let fd = memfd(&unique_name("cache_each"), 0x4000);
+        let mem = GuestMemory::new(
+            vec![
+                map(&fd, 0x10000, 0x2000, 0x7f00_0000_0000, 0),
+                map(&fd, 0x13000, 0x2000, 0x7f00_0001_0000, 0x2000),
+            ],
+            limits(),
+        )
+        .unwrap();
+        let other = GuestMemory::new(
+            vec![map(&fd, 0x10000, 0x1000, 0x7f00_0002_0000, 0)],
+            limits(),
+        )
+        .unwrap();
+        let mut c = TranslationCache::new();
+        match warm {
+            0 => {}
+            1 => drop(mem.gpa_to_host_cached(&mut c, Gpa(0x13010), 8)),
+            _ => drop(other.gpa_to_host_cached(&mut c, Gpa(0x10010), 8)),
+        }
+        let mut one = c;
+        let each = mem.gpa_to_host_cached_each(&mut c, reqs.map(|(g, l)| (Gpa(g), l)));
+        for (k, &(g, l)) in reqs.iter().enumerate() {
+            let want = mem.gpa_to_host_cached(&mut one, Gpa(g), l);
+            let plain = mem.gpa_to_host(Gpa(g), l);
+            let view = |s: Option<GuestSlice<'_>>| s.map(|s| (s.as_ptr() as usize, s.len()));
+            prop_assert_eq!(view(each[k]), view(want), "request {}", k);
+            prop_assert_eq!(view(each[k]), view(plain), "request {}", k);
+        }
+    }
+}
+
+/// At once, from a memo of the first region: a buffer ending at its end is translated, one a
+/// byte longer is not, an address in the hole after it is not, one in the second region is.
+#[test]
+fn translating_several_at_once_stops_at_the_region_end() {
+    let fd = memfd(&unique_name("cache_each_end"), 0x4000);
+    let mem = GuestMemory::new(
+        vec![
+            map(&fd, 0x10000, 0x2000, 0x7f00_0000_0000, 0),
+            map(&fd, 0x13000, 0x2000, 0x7f00_0001_0000, 0x2000),
+        ],
+        limits(),
+    )
+    .unwrap();
+    let mut c = TranslationCache::new();
+    assert!(mem.gpa_to_host_cached(&mut c, Gpa(0x10000), 1).is_some());
+    let got = mem.gpa_to_host_cached_each(
+        &mut c,
+        [
+            (Gpa(0x11ff0), 0x10),
+            (Gpa(0x11ff0), 0x11),
+            (Gpa(0x12000), 1),
+            (Gpa(0x13000), 8),
+        ],
+    );
+    let view: Vec<_> = got
+        .iter()
+        .map(|s| s.map(|s| (s.as_ptr() as usize, s.len())))
+        .collect();
+    assert_eq!(
+        view,
+        vec![
+            Some((host_of(&mem, 0, 0x1ff0), 0x10)),
+            None,
+            None,
+            Some((host_of(&mem, 1, 0), 8)),
+        ]
+    );
+}
