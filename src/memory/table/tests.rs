@@ -835,6 +835,20 @@ fn a_translation_cache_is_used_only_with_its_table() {
     assert!(e.gpa_to_host_cached(&mut c, Gpa(0x10010), 8).is_none());
 }
 
+/// GPA [0x10000, 0x12000) and [0x13000, 0x15000) (a hole between), from one fd.
+fn two_regions_with_a_hole() -> (OwnedFd, GuestMemory) {
+    let fd = memfd(&unique_name("two_regions"), 0x4000);
+    let mem = GuestMemory::new(
+        vec![
+            map(&fd, 0x10000, 0x2000, 0x7f00_0000_0000, 0),
+            map(&fd, 0x13000, 0x2000, 0x7f00_0001_0000, 0x2000),
+        ],
+        limits(),
+    )
+    .unwrap();
+    (fd, mem)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
@@ -846,15 +860,7 @@ proptest! {
         reqs in proptest::array::uniform4((0x8000u64..0x16000, 0u64..0x1200)),
         warm in 0u8..3,
     ) {
-        let fd = memfd(&unique_name("cache_each"), 0x4000);
-        let mem = GuestMemory::new(
-            vec![
-                map(&fd, 0x10000, 0x2000, 0x7f00_0000_0000, 0),
-                map(&fd, 0x13000, 0x2000, 0x7f00_0001_0000, 0x2000),
-            ],
-            limits(),
-        )
-        .unwrap();
+        let (fd, mem) = two_regions_with_a_hole();
         let other = GuestMemory::new(
             vec![map(&fd, 0x10000, 0x1000, 0x7f00_0002_0000, 0)],
             limits(),
@@ -882,15 +888,7 @@ proptest! {
 /// byte longer is not, an address in the hole after it is not, one in the second region is.
 #[test]
 fn translating_several_at_once_stops_at_the_region_end() {
-    let fd = memfd(&unique_name("cache_each_end"), 0x4000);
-    let mem = GuestMemory::new(
-        vec![
-            map(&fd, 0x10000, 0x2000, 0x7f00_0000_0000, 0),
-            map(&fd, 0x13000, 0x2000, 0x7f00_0001_0000, 0x2000),
-        ],
-        limits(),
-    )
-    .unwrap();
+    let (_fd, mem) = two_regions_with_a_hole();
     let mut c = TranslationCache::new();
     assert!(mem.gpa_to_host_cached(&mut c, Gpa(0x10000), 1).is_some());
     let got = mem.gpa_to_host_cached_each(
