@@ -567,40 +567,21 @@ impl GuestMemory {
     }
 
     /// [`gpa_to_host_cached`](Self::gpa_to_host_cached) for each of `reqs` (guest address,
-    /// length), in order, with the same results: the memo is read once for all of them (one by
-    /// one, each translation loaded the table's id and the memo again: some 8 instructions
-    /// each, four times a batch of 4 buffers).
+    /// length), in order, with the same results, through a local copy of the memo written back
+    /// at the end: one by one through `cache`, each translation loaded the memo again (some 8
+    /// instructions each, four times a batch of 4 buffers).
     #[inline(always)]
     pub fn gpa_to_host_cached_each<const N: usize>(
         &self,
         cache: &mut TranslationCache,
         reqs: [(Gpa, u64); N],
     ) -> [Option<GuestSlice<'_>>; N] {
-        let memo = *cache;
-        let mine = memo.table == self.table.id;
+        let mut memo = *cache;
         let mut out = [None; N];
         for (o, (gpa, len)) in out.iter_mut().zip(reqs) {
-            let off = gpa.0.wrapping_sub(memo.gpa);
-            *o = if mine && off < memo.size {
-                // As `gpa_to_host_cached` with `memo` (a miss may have replaced `cache`
-                // since; `memo` is still a region of this table).
-                if len > memo.size - off {
-                    None
-                } else {
-                    // SAFETY: the memo is of this table (the ids are unique), which keeps the
-                    // region mapped while `self` is borrowed: `host` is the region's host
-                    // address of `memo.gpa`, and `off + len <= size`.
-                    Some(unsafe {
-                        GuestSlice::from_raw(
-                            NonNull::new_unchecked(memo.host.add(off as usize)),
-                            len as usize,
-                        )
-                    })
-                }
-            } else {
-                self.gpa_to_host_cached(cache, gpa, len)
-            };
+            *o = self.gpa_to_host_cached(&mut memo, gpa, len);
         }
+        *cache = memo;
         out
     }
 
