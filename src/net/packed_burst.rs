@@ -401,7 +401,7 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
 
     /// The batch's 4 used descriptors go to the 4 slots from the used position, in its lap:
     /// chains go back in the order they came, so the used position is the batch's first slot,
-    /// which `next_batch` took only at a multiple of 4 ending before the ring's end (anything
+    /// which `peek_batch` reads only at a multiple of 4 ending before the ring's end (anything
     /// else goes chain by chain). Their slots and words without moving the position 4 times,
     /// and one capacity check for the 4.
     #[inline(always)]

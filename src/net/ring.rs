@@ -112,7 +112,7 @@ pub(super) trait Ring<'v> {
 
     /// Returns chain `h` with `len` bytes written into it.
     fn used(&mut self, h: Self::Head, len: u32);
-    /// Returns the [`BATCH`] chains [`next_batch`](Self::next_batch) took, in order, with
+    /// Returns the [`BATCH`] chains [`take_batch`](Self::take_batch) took, in order, with
     /// `lens[k]` bytes written into chain `k`.
     #[inline(always)]
     fn used_batch(&mut self, heads: &[Self::Head; BATCH], lens: [u32; BATCH]) {
