@@ -117,7 +117,8 @@ fn submit_on<'v, R: Ring<'v>>(
             seq: aq.next_seq(),
             aq,
         };
-        let filled = match fill_simple(&b, &mut tc, head, hlen, &mut m, &mut step) {
+        // SAFETY: `m` is fresh: `fresh` holds only mbufs alloc_bulk appended, untouched.
+        let filled = match unsafe { fill_simple(&b, &mut tc, head, hlen, &mut m, &mut step) } {
             Some(()) => Ok(()),
             None => fill(&b, head, hlen, &mut m, cache, large, &mut step),
         };
