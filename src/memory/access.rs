@@ -180,27 +180,15 @@ unsafe fn same_bytes(a: *const u8, b: *const u8, len: usize) -> bool {
 }
 
 /// Whether the CPU has `prefetchw` (CPUID 0x8000_0001, ECX bit 8: PRFCHW), asked once.
-/// A relaxed load of a byte (0: not asked yet, 1: no, 2: yes; every thread that asks gets the
-/// same answer): through a `LazyLock`, each check cost some 10 instructions, once per packet
-/// of an enqueue.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn has_prefetchw() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
-    static PRFCHW: AtomicU8 = AtomicU8::new(0);
-    #[cold]
-    fn ask(known: &AtomicU8) -> bool {
+    static PRFCHW: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
         use std::arch::x86_64::__cpuid;
         // Leaf 0x8000_0001 is read only if the highest extended leaf includes it.
-        let has =
-            __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0;
-        known.store(if has { 2 } else { 1 }, Relaxed);
-        has
-    }
-    match PRFCHW.load(Relaxed) {
-        0 => ask(&PRFCHW),
-        v => v == 2,
-    }
+        __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0
+    });
+    *PRFCHW
 }
 
 /// A bounds-checked window `[ptr, ptr + len)` of mapped guest memory, valid for `'a` (a borrow of

@@ -227,9 +227,8 @@ impl<'g, 'p, L: Dirty> Deferred<'g, 'p, L> {
         }
     }
 
-    /// Copies `src` to `dst` now or before the next [`flush`](Self::flush). Always inlined:
-    /// called, h2g split paid 4 instructions a packet more.
-    #[inline(always)]
+    /// Copies `src` to `dst` now or before the next [`flush`](Self::flush).
+    #[inline]
     pub(super) fn copy(&mut self, dst: GuestSlice<'g>, src: &'p [u8]) {
         if src.len() <= DEFER_BELOW && self.n < self.max {
             if let Some(c) = self.copies.get_mut(self.n) {
