@@ -1,7 +1,6 @@
 //! Packet pools (`rte_pktmbuf_pool_create`) and their per-worker caches.
 
 use std::fmt;
-use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 
@@ -307,18 +306,6 @@ fn alloc_error(e: GetError) -> AllocError {
     }
 }
 
-/// The first `n` of `staged`.
-///
-/// # Safety
-///
-/// They were written.
-#[inline(always)]
-unsafe fn staged_objs(staged: &[MaybeUninit<ObjPtr>; CHUNK], n: usize) -> &[ObjPtr] {
-    // SAFETY: `n <= CHUNK` elements, initialized (the caller); `MaybeUninit<T>` has `T`'s
-    // layout.
-    unsafe { std::slice::from_raw_parts(staged.as_ptr().cast::<ObjPtr>(), n) }
-}
-
 /// Appends `n` fresh mbufs to `out`, getting objects `CHUNK` at a time with `get`; on failure
 /// frees what this call appended (through the pool's ring) and appends nothing.
 fn alloc_bulk_with(
@@ -369,16 +356,6 @@ impl PktCache {
     /// room for them.
     #[inline]
     pub fn alloc_bulk(&mut self, out: &mut Vec<Mbuf>, n: usize) -> Result<(), AllocError> {
-        out.reserve(n);
-        // Straight from the cache's slots, the common case: through an array on the stack
-        // (cleared first), a dequeue paid 4 instructions a packet more.
-        let took = self.cache.get_bulk_with(n, |objs| {
-            // SAFETY: each object was just taken out of the packet pool this cache serves.
-            out.extend(objs.iter().map(|&o| unsafe { Mbuf::from_fresh(o) }));
-        });
-        if took.is_some() {
-            return Ok(());
-        }
         let cache = &mut self.cache;
         alloc_bulk_with(out, n, |objs| cache.get_bulk(objs))
     }
@@ -394,8 +371,7 @@ impl PktCache {
     /// vector's allocation.
     pub fn free_bulk(&mut self, mbufs: impl IntoIterator<Item = Mbuf>) {
         let own = Arc::as_ptr(self.cache.pool());
-        // Not cleared first: 64 stores a call, 2 instructions a packet of a burst of 32.
-        let mut staged = [MaybeUninit::<ObjPtr>::uninit(); CHUNK];
+        let mut staged = [ObjPtr::DANGLING; CHUNK];
         let mut n = 0;
         let cache = &mut self.cache;
         for m in mbufs {
@@ -404,19 +380,18 @@ impl PktCache {
                     freed.put_uncached();
                     return;
                 }
-                staged[n].write(freed.obj());
+                staged[n] = freed.obj();
                 n += 1;
                 if n == CHUNK {
-                    // SAFETY: all of `staged` was written (above), and every staged object is
-                    // a `Freed` header of this cache's pool (checked above): its last
-                    // reference is gone and it is put once.
-                    unsafe { cache.put_bulk_unchecked(staged_objs(&staged, n)) };
+                    // SAFETY: every staged object is a `Freed` header of this cache's pool
+                    // (checked above): its last reference is gone and it is put once.
+                    unsafe { cache.put_bulk_unchecked(&staged) };
                     n = 0;
                 }
             });
         }
-        // SAFETY: as above, for the first `n`.
-        unsafe { cache.put_bulk_unchecked(staged_objs(&staged, n)) };
+        // SAFETY: as above.
+        unsafe { cache.put_bulk_unchecked(&staged[..n]) };
     }
 
     /// Free mbufs sitting in this cache.

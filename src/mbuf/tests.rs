@@ -682,36 +682,6 @@ fn append_mut_returns_the_new_bytes_of_the_last_segment() {
 }
 
 #[test]
-fn append_fresh_takes_up_to_the_room_after_the_headroom() {
-    let p = pool("appfresh", 8, 512, 4);
-    let mut cache = p.cache();
-    let mut ms = Vec::new();
-    cache.alloc_bulk(&mut ms, 3).unwrap();
-    let room = ms[0].tailroom();
-    assert_eq!(room, 512 - PKTMBUF_HEADROOM);
-    // SAFETY: all three just came out of alloc_bulk, untouched.
-    unsafe {
-        // One byte too many: nothing appended.
-        assert!(ms[0].append_fresh(room + 1).is_none());
-        let new = ms[0].append_fresh(room).unwrap();
-        assert_eq!(new.len(), room);
-        new.fill(7);
-        let new = ms[1].append_fresh(5).unwrap();
-        new.copy_from_slice(&[1, 2, 3, 4, 5]);
-        assert_eq!(ms[2].append_fresh(0).unwrap().len(), 0);
-    }
-    assert_eq!(
-        (ms[0].pkt_len(), ms[0].data_len(), ms[0].tailroom()),
-        (room, room, 0)
-    );
-    assert_eq!(contents(&ms[0]), vec![7; room]);
-    assert_eq!((ms[1].pkt_len(), ms[1].headroom()), (5, PKTMBUF_HEADROOM));
-    assert_eq!(contents(&ms[1]), [1, 2, 3, 4, 5]);
-    assert_eq!(ms[2].pkt_len(), 0);
-    cache.free_bulk(ms);
-}
-
-#[test]
 fn append_bytes_copies_in_what_it_appends() {
     let p = pool("appbytes", 4, 512, 2);
     let mut m = with_data(&p, &pattern(3, 1));

@@ -287,9 +287,8 @@ impl<'a> GuestSlice<'a> {
     }
 
     /// Copies `min(self.len(), dst.len())` bytes from the start of the slice into `dst`; returns
-    /// the count. Always inlined (the copy of up to 64 bytes is a few vector moves): called,
-    /// a dequeue paid 8 instructions a packet more.
-    #[inline(always)]
+    /// the count.
+    #[inline]
     pub fn copy_to(&self, dst: &mut [u8]) -> usize {
         let n = self.len.min(dst.len());
         // SAFETY: n <= self.len bytes are readable guest memory; dst is an exclusive Rust slice of

@@ -117,8 +117,7 @@ fn submit_on<'v, R: Ring<'v>>(
             seq: aq.next_seq(),
             aq,
         };
-        // SAFETY: `m` is fresh: `fresh` holds only mbufs alloc_bulk appended, untouched.
-        let filled = match unsafe { fill_simple(&b, &mut tc, head, hlen, &mut m, &mut step) } {
+        let filled = match fill_simple(&b, &mut tc, head, hlen, &mut m, &mut step) {
             Some(()) => Ok(()),
             None => fill(&b, head, hlen, &mut m, cache, large, &mut step),
         };

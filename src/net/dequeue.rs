@@ -136,10 +136,7 @@ fn dequeue_chains<'v, R: Ring<'v>>(
                     let _ = prefetch_tx_batch(b, &mut tc, (TX_AHEAD - BATCH) as u16);
                 }
                 for (j, &head) in heads.iter().enumerate() {
-                    // SAFETY: as below.
-                    if !unsafe {
-                        fill_one(b, &mut tc, head, hlen, out, i + j, &mut kept, cache, large)
-                    } {
+                    if !fill_one(b, &mut tc, head, hlen, out, i + j, &mut kept, cache, large) {
                         // This chain and those of the batch after it go back; those before it
                         // are returned.
                         b.unreserve_n(BATCH - j);
@@ -158,9 +155,7 @@ fn dequeue_chains<'v, R: Ring<'v>>(
             prefetch_tx(b, &mut tc, TX_AHEAD as u16);
         }
         let Ok(head) = b.next_head() else { break };
-        // SAFETY: `out[first..end]` were allocated above, one per chain; `out[i]` is untouched:
-        // `fill_one` swaps only what it kept to `out[kept]`, before `out[i + 1]`.
-        if !unsafe { fill_one(b, &mut tc, head, hlen, out, i, &mut kept, cache, large) } {
+        if !fill_one(b, &mut tc, head, hlen, out, i, &mut kept, cache, large) {
             b.unreserve();
             break;
         }
@@ -180,13 +175,9 @@ fn dequeue_chains<'v, R: Ring<'v>>(
 /// gave none: malformed, counted, or too large); `false` when no mbuf was left for a further
 /// segment (the chain is to be given back, to be taken again; the burst stops). The caller
 /// returns it: one chain with [`Ring::used`], a batch together with [`Ring::used_batch`].
-///
-/// # Safety
-///
-/// `out[i]` is fresh ([`fill_simple`]).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn fill_one<'v, R: Ring<'v>>(
+fn fill_one<'v, R: Ring<'v>>(
     b: &mut R,
     tc: &mut TranslationCache,
     head: R::Head,
@@ -197,8 +188,7 @@ unsafe fn fill_one<'v, R: Ring<'v>>(
     cache: &mut PktCache,
     large: Large,
 ) -> bool {
-    // SAFETY: `out[i]` is fresh (the caller).
-    let filled = match unsafe { fill_simple(b, tc, head, hlen, &mut out[i], &mut Cpu) } {
+    let filled = match fill_simple(b, tc, head, hlen, &mut out[i], &mut Cpu) {
         Some(()) => Ok(()),
         None => fill(b, head, hlen, &mut out[i], cache, large, &mut Cpu),
     };
@@ -247,16 +237,8 @@ impl Large {
 /// the fresh mbuf `m`. The payload goes through `step` unless the header asks for offloads
 /// (they need the frame's first bytes on the CPU: copied now). `None` sends the chain to the
 /// general path ([`fill`]) with `m` untouched.
-///
-/// # Safety
-///
-/// `m` is fresh: as the pool's `alloc`/`alloc_bulk` handed it out, untouched since
-/// ([`Mbuf::append_fresh`]).
-///
-/// Always inlined: called, the packed dequeue paid some 12 instructions a packet more
-/// (callgrind, one-thread bench: 309 -> 298; split, where it was inlined anyway, 223 -> 225).
-#[inline(always)]
-pub(super) unsafe fn fill_simple<'v, R: Ring<'v>>(
+#[inline]
+pub(super) fn fill_simple<'v, R: Ring<'v>>(
     b: &R,
     tc: &mut TranslationCache,
     head: R::Head,
@@ -276,10 +258,9 @@ pub(super) unsafe fn fill_simple<'v, R: Ring<'v>>(
     let mut hb = [0u8; 12];
     buf.read_at(0, &mut hb[..hlen]).ok()?;
     let body = buf.subslice(hlen, data_len).ok()?;
-    // Nothing is appended if it fails (no room for the packet: the general path chains it),
-    // and `m` goes to the general path as is.
-    // SAFETY: `m` is fresh (the caller).
-    let dst = unsafe { m.append_fresh(data_len) }?;
+    // A fresh mbuf: nothing is appended if it fails (no room for the packet: the general
+    // path chains it), and `m` goes to the general path as is.
+    let dst = m.append_mut(data_len).ok()?;
     // Most packets carry no offload: flags and gso_type are the first two bytes. Offloads
     // need the frame's first bytes, so such a packet is copied now whatever the step.
     if hb[0] | hb[1] == 0 {

@@ -61,46 +61,19 @@ impl MempoolCache {
         if n > self.size {
             return self.pool.get_bulk(out);
         }
-        if !self.hold(n) {
-            return self.get_short(out);
+        if self.len < n {
+            let req = self.size + n - self.len;
+            let dst = &mut self.objs[self.len..self.len + req];
+            if self.pool.ring().dequeue_bulk(dst) == 0 {
+                return self.get_short(out);
+            }
+            self.len += req;
         }
         let start = self.len - n;
         out.copy_from_slice(&self.objs[start..self.len]);
         self.len = start;
         self.publish();
         Ok(())
-    }
-
-    /// Takes `n` objects from the cache (refilled from the ring as [`get_bulk`](Self::get_bulk)
-    /// does) and hands them to `f` in place, without a copy out; they are the caller's from
-    /// the call on. `None` (`f` not called, nothing taken) when the cache cannot serve them:
-    /// more than its size, or a ring too short to refill it; then use `get_bulk`.
-    #[inline]
-    pub fn get_bulk_with<R>(&mut self, n: usize, f: impl FnOnce(&[ObjPtr]) -> R) -> Option<R> {
-        if n > self.size || !self.hold(n) {
-            return None;
-        }
-        let start = self.len - n;
-        // Out of the cache before `f` sees them: whatever `f` does (panics included), they
-        // are never handed out twice. The slots stay as they are until the next put.
-        self.len = start;
-        self.publish();
-        Some(f(&self.objs[start..start + n]))
-    }
-
-    /// Makes the cache hold at least `n` objects (`n <= size`), refilling it from the ring to
-    /// `size + n`; false, nothing moved, if the ring has too few.
-    #[inline]
-    fn hold(&mut self, n: usize) -> bool {
-        if self.len < n {
-            let req = self.size + n - self.len;
-            let dst = &mut self.objs[self.len..self.len + req];
-            if self.pool.ring().dequeue_bulk(dst) == 0 {
-                return false;
-            }
-            self.len += req;
-        }
-        true
     }
 
     /// The ring cannot refill the cache: serve the cache's objects plus exactly the shortfall

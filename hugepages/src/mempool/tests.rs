@@ -289,47 +289,6 @@ fn cache_serves_the_last_objects() {
 }
 
 #[test]
-fn get_bulk_with_serves_in_place_or_not_at_all() {
-    let pool = Mempool::new(small("with", 24, 64, 8)).unwrap();
-    let mut cache = pool.cache();
-    // From an empty cache: refilled as get_bulk does (8 + 3 from the ring), 3 handed over.
-    let three = cache.get_bulk_with(3, <[ObjPtr]>::to_vec).unwrap();
-    assert_eq!((cache.len(), pool.ring_count(), pool.in_use()), (8, 13, 3));
-    // LIFO, as get_bulk: what was put comes back first, in place.
-    cache.put_bulk(&three).unwrap();
-    assert_eq!(cache.get_bulk_with(3, <[ObjPtr]>::to_vec).unwrap(), three);
-    // More than the cache's size, or more than cache and ring can refill: None, f not
-    // called, nothing taken.
-    let mut called = false;
-    assert!(cache.get_bulk_with(9, |_| called = true).is_none());
-    let eight = cache.get_bulk_with(8, <[ObjPtr]>::to_vec).unwrap();
-    assert_eq!((cache.len(), pool.ring_count()), (0, 13));
-    // A refill of 8 + 6 > 13.
-    assert!(cache.get_bulk_with(6, |_| called = true).is_none());
-    assert!(!called);
-    assert_eq!((cache.len(), pool.ring_count(), pool.in_use()), (0, 13, 11));
-    // A refill of 8 + 5 = 13 empties the ring; then the cache serves the last 8.
-    let five = cache.get_bulk_with(5, <[ObjPtr]>::to_vec).unwrap();
-    let eight_more = cache.get_bulk_with(8, <[ObjPtr]>::to_vec).unwrap();
-    assert_eq!(
-        (cache.len(), pool.ring_count(), pool.available()),
-        (0, 0, 0)
-    );
-    assert!(cache.get_bulk_with(1, |_| called = true).is_none());
-    assert!(!called);
-    let all: HashSet<_> = [&three[..], &eight, &eight_more, &five]
-        .concat()
-        .into_iter()
-        .collect();
-    assert_eq!(all.len(), 24);
-    for objs in [&three[..], &eight, &eight_more, &five] {
-        cache.put_bulk(objs).unwrap();
-    }
-    drop(cache);
-    assert_eq!(pool.available(), 24);
-}
-
-#[test]
 fn cache_size_zero_is_pass_through() {
     let pool = Mempool::new(small("nocache", 16, 64, 0)).unwrap();
     let mut cache = pool.cache();

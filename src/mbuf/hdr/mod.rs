@@ -262,17 +262,12 @@ fn release_chain(head: Hdr, mut put: impl FnMut(Freed)) {
         // SAFETY: the chain was the caller's and is given up: we are its only user, and we
         // touch each header's `seg` before releasing it, never after.
         let seg = unsafe { h.seg_mut() };
-        // Read, not cleared: a released header's `seg` is read by nobody (an orphan's clones
-        // read its room and count only) until `from_fresh` writes it whole. Three stores a
-        // packet less.
-        next = seg.next;
-        if let Some(d) = seg.direct {
+        next = seg.next.take();
+        if let Some(d) = seg.direct.take() {
             d.release(&mut put);
         }
-        if seg.ext.is_some() {
-            if let Some(e) = seg.ext.take() {
-                e.release();
-            }
+        if let Some(e) = seg.ext.take() {
+            e.release();
         }
         h.release(&mut put);
     }
@@ -308,36 +303,6 @@ impl Mbuf {
         // SAFETY: the header is ours alone (caller); `Seg` has no drop glue to skip.
         unsafe { ptr::write(h.get().seg.get(), fresh) };
         Mbuf { head: h }
-    }
-
-    /// [`append_mut`](Self::append_mut) on a fresh mbuf, without its checks of the segment
-    /// (chained, shared, already holding data): `n` bytes appended and returned for writing,
-    /// or `None` and nothing appended if the room after the headroom is too small. A data
-    /// path's copy into the mbufs it just allocated, where those checks were a quarter of the
-    /// copy's instructions.
-    ///
-    /// # Safety
-    ///
-    /// `self` is as the pool's `alloc`/`alloc_bulk` handed it out: nothing appended, chained,
-    /// attached or cloned since.
-    #[inline(always)]
-    pub(crate) unsafe fn append_fresh(&mut self, n: usize) -> Option<&mut [u8]> {
-        // SAFETY: the chain is ours, borrowed exclusively (invariant 2).
-        let seg = unsafe { self.head.seg_mut() };
-        debug_assert!(seg.nb_segs == 1 && seg.data_len == 0 && seg.next.is_none());
-        debug_assert!(seg.ext.is_none() && seg.direct.is_none());
-        debug_assert_eq!(self.head.refcnt().load(Relaxed), 1);
-        let off = seg.data_off;
-        if n > (seg.buf_len - off) as usize {
-            return None;
-        }
-        // At most `buf_len` (a u32).
-        seg.data_len = n as u32;
-        seg.pkt_len = n as u32;
-        // SAFETY: `off + n <= buf_len`, inside the segment's own room (invariant 3), whose only
-        // reference it holds: fresh, nothing cloned it (the caller), so nobody else reads it
-        // (invariant 4); borrowed with `self`.
-        Some(unsafe { std::slice::from_raw_parts_mut(seg.buf_addr.add(off as usize), n) })
     }
 
     /// Gives up ownership of the chain without freeing it.
