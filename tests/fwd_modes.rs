@@ -133,6 +133,8 @@ fn io_forwards_between_two_ports_on_two_lcores() {
     pass(&mut a, &mut b, &ab, "port 0 → port 1");
     pass(&mut b, &mut a, &ba, "port 1 → port 0");
     let f = stop(&mut rv);
+    // Nothing recorded without --record-core-cycles or --record-burst-stats.
+    assert!(!rv.stdout().iter().any(|l| l.starts_with("FINAL-LCORE")));
     let bytes = |v: &[Vec<u8>]| v.iter().map(|p| p.len() as u64).sum::<u64>();
     assert_eq!(
         (f[&0].rx_pkts, f[&0].tx_pkts, f[&0].tx_drops),
@@ -144,6 +146,71 @@ fn io_forwards_between_two_ports_on_two_lcores() {
     );
     assert_eq!((f[&0].rx_bytes, f[&1].tx_bytes), (bytes(&ab), bytes(&ab)));
     assert_eq!((f[&1].rx_bytes, f[&0].tx_bytes), (bytes(&ba), bytes(&ba)));
+}
+
+/// The value of `key=` in a `FINAL-LCORE` line.
+fn field(line: &str, key: &str) -> u64 {
+    let tag = format!(" {key}=");
+    let at = line
+        .find(&tag)
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + tag.len();
+    line[at..].split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn record_options_count_every_packet_and_burst() {
+    let socks = [sock_path("fwd-rec-a"), sock_path("fwd-rec-b")];
+    let mut rv = spawn(
+        &[
+            "--mode",
+            "io",
+            "--lcores",
+            "0",
+            "--record-core-cycles",
+            "--record-burst-stats",
+        ],
+        &socks,
+    );
+    let mut a = connect(&socks[0]);
+    let mut b = connect(&socks[1]);
+    wait_running(&rv, 2);
+    let ab: Vec<Vec<u8>> = (0..500).map(|i| frame(i, 60 + i % 200)).collect();
+    pass(&mut a, &mut b, &ab, "port 0 → port 1");
+    let f = stop(&mut rv);
+    assert_eq!((f[&0].rx_pkts, f[&1].tx_pkts), (500, 500));
+    let out = rv.stdout();
+    let fin: Vec<&String> = out
+        .iter()
+        .filter(|l| l.starts_with("FINAL-LCORE"))
+        .collect();
+    assert_eq!(fin.len(), 1, "one lcore, one line\n{}", rv.tail(20));
+    let l = fin[0];
+    assert!(l.starts_with("FINAL-LCORE lcore=0 cpu=0 "), "{l}");
+    // Every packet received counts once, with the cycles of the polls that brought them.
+    assert_eq!(field(l, "pkts"), 500, "{l}");
+    let (busy, total) = (field(l, "busy_cycles"), field(l, "total_cycles"));
+    assert!(0 < busy && busy < total, "{l}");
+    // Each receive burst with packets was sent on as one transmit burst; the lcore also
+    // polled while the frontends were quiet.
+    let (rx, empty, tx) = (
+        field(l, "rx_bursts"),
+        field(l, "empty_rx_bursts"),
+        field(l, "tx_bursts"),
+    );
+    assert!(empty > 0 && rx > empty, "{l}");
+    assert_eq!(tx, rx - empty, "{l}");
+    assert!(tx <= 500, "{l}");
+    for tag in [
+        "lcore 0 (CPU 0): CPU cycles/packet=",
+        "lcore 0 (CPU 0): RX-bursts: ",
+    ] {
+        assert!(
+            out.iter().any(|l| l.starts_with(tag)),
+            "no {tag}\n{}",
+            rv.tail(20)
+        );
+    }
 }
 
 #[test]

@@ -27,6 +27,7 @@ use rvhost::net::{
 };
 
 use super::Mode;
+use super::record::{Recorded, Recorder};
 use super::stats::{PortCounters, add};
 use rvhost::dataplane::{DeviceTable, Reader};
 
@@ -127,6 +128,12 @@ pub struct Shared {
     pub failed: AtomicBool,
     /// Packets go into the guests through the async channels (submit, then poll back).
     pub asynch: bool,
+    /// `--record-core-cycles`.
+    pub record_cycles: bool,
+    /// `--record-burst-stats`.
+    pub record_bursts: bool,
+    /// What each lcore recorded, left here when it stops.
+    pub records: std::sync::Mutex<Vec<Recorded>>,
 }
 
 /// Stream `i` goes to lcore `i % lcores`.
@@ -143,6 +150,11 @@ pub fn run(lcore: Lcore, sh: &Shared) {
     let _guard = PanicFlag(&sh.failed);
     let mut w = Worker::new(sh, lcore.id().index());
     w.poll(&lcore);
+    let rec = w.rec.finish(lcore.id().index(), lcore.core());
+    sh.records
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(rec);
 }
 
 /// Raises the flag if the lcore unwinds from a panic.
@@ -182,6 +194,8 @@ struct Worker<'a> {
     /// Per port and queue pair: the `lock_busy` count of the vring transmitted into, as last
     /// read by [`enqueue_past_lock`].
     lock_seen: Vec<u64>,
+    /// `--record-core-cycles` and `--record-burst-stats`.
+    rec: Recorder,
 }
 
 impl Shared {
@@ -246,6 +260,7 @@ impl<'a> Worker<'a> {
             rx_tally,
             tx_tally,
             lock_seen: vec![0; slots],
+            rec: Recorder::new(sh.record_cycles, sh.record_bursts, sh.burst),
         }
     }
 
@@ -287,6 +302,7 @@ impl<'a> Worker<'a> {
         let Some(dev) = self.reader.dev(s.rx_port) else {
             return;
         };
+        let t0 = self.rec.begin();
         let n = if self.sh.asynch {
             async_try_dequeue_burst(
                 dev,
@@ -304,6 +320,7 @@ impl<'a> Worker<'a> {
                 self.sh.burst,
             )
         };
+        self.rec.rx_burst(n);
         if n == 0 {
             return;
         }
@@ -324,10 +341,12 @@ impl<'a> Worker<'a> {
             Mode::Icmpecho => self.keep_echo_replies(s.rx_port),
             Mode::Rxonly | Mode::Txonly => {
                 self.cache.free_bulk(self.burst.drain(..));
+                self.rec.busy(t0, n);
                 return;
             }
         }
         self.transmit(s.tx_port, s.queue);
+        self.rec.busy(t0, n);
     }
 
     /// Turns ARP and ICMP echo requests into replies in place and frees everything else.
@@ -354,6 +373,7 @@ impl<'a> Worker<'a> {
         if self.reader.dev(port).is_none() {
             return;
         }
+        let t0 = self.rec.begin();
         if let Some(tmpl) = &self.template_mbufs[port] {
             for _ in 0..self.sh.burst {
                 match tmpl.clone_shallow(&mut self.cache) {
@@ -361,7 +381,8 @@ impl<'a> Worker<'a> {
                     Err(_) => break,
                 }
             }
-            self.transmit(port, s.queue);
+            let sent = self.transmit(port, s.queue);
+            self.rec.busy(t0, sent);
             return;
         }
         if self
@@ -380,15 +401,17 @@ impl<'a> Worker<'a> {
             filled += 1;
         }
         self.cache.free_bulk(self.burst.drain(filled..));
-        self.transmit(port, s.queue);
+        let sent = self.transmit(port, s.queue);
+        self.rec.busy(t0, sent);
     }
 
-    /// Enqueues the burst on queue pair `q` of `port`, counts, and frees every mbuf.
+    /// Enqueues the burst on queue pair `q` of `port`, counts, and frees every mbuf. Returns
+    /// how many the guest took.
     #[inline]
-    fn transmit(&mut self, port: usize, q: u16) {
+    fn transmit(&mut self, port: usize, q: u16) -> usize {
         let n = self.burst.len();
         if n == 0 {
-            return;
+            return 0;
         }
         let tx = &self.sh.counters[port].queue(q).tx;
         let sent = match self.reader.dev(port) {
@@ -410,7 +433,8 @@ impl<'a> Worker<'a> {
                 }
                 add(&tx.drops, self.burst.len() as u64);
                 self.cache.free_bulk(self.burst.drain(..));
-                return;
+                self.rec.tx_burst(sent);
+                return sent;
             }
             Some(dev) => match enqueue_burst(dev, port_tx(q), &self.burst) {
                 0 => {
@@ -430,6 +454,8 @@ impl<'a> Worker<'a> {
             add(&tx.drops, (n - sent) as u64);
         }
         self.cache.free_bulk(self.burst.drain(..));
+        self.rec.tx_burst(sent);
+        sent
     }
 }
 

@@ -3,16 +3,19 @@
 //! One port per `--iface` socket (rvhost listens, or connects with `--client`), `--queues`
 //! queue pairs each; forwarding on pinned lcores in one of testpmd's modes; per-port
 //! statistics every `--stats-period` seconds and at exit, with one machine-readable `FINAL`
-//! line per port (and one `FINAL-QUEUE` line per queue pair when there are several).
+//! line per port (and one `FINAL-QUEUE` line per queue pair when there are several; one
+//! `FINAL-LCORE` line per lcore with `--record-core-cycles` or `--record-burst-stats`).
 //! SIGINT or SIGTERM (or `--duration`) stops it cleanly: sockets unregistered (their files
 //! removed), lcores joined, final statistics printed. A second signal during that shutdown
 //! ends the process at once.
 //!
 //! Pieces: [`rvhost::dataplane`] (which device each port has, and the `destroy_device`
-//! handshake with the lcores), [`engine`] (streams and the poll loop), [`stats`] (counters and lines).
+//! handshake with the lcores), [`engine`] (streams and the poll loop), [`stats`] (counters and lines),
+//! [`record`] (the per-lcore cycles and burst sizes).
 
 mod copy;
 mod engine;
+mod record;
 mod rewrite;
 mod stats;
 
@@ -124,6 +127,15 @@ pub struct Args {
     /// `--copy` other than `cpu`.
     #[arg(long)]
     pub packed: bool,
+    /// Count each lcore's cycles: those of the receive polls that brought packets (with
+    /// their forwarding) per packet, and as a share of all its cycles (testpmd's option),
+    /// printed with the final statistics.
+    #[arg(long)]
+    pub record_core_cycles: bool,
+    /// Count each lcore's receive and transmit bursts by their number of packets (testpmd's
+    /// option), printed with the final statistics.
+    #[arg(long)]
+    pub record_burst_stats: bool,
 }
 
 /// `--copy`: one mode.
@@ -190,6 +202,8 @@ struct Config {
     postcopy: bool,
     dma_lcore: Option<usize>,
     packed: bool,
+    record_core_cycles: bool,
+    record_burst_stats: bool,
 }
 
 fn seconds(name: &str, v: f64) -> Result<Duration, FwdError> {
@@ -285,6 +299,8 @@ impl Config {
             dma_lcore: a.dma_lcore,
             postcopy: a.postcopy,
             packed: a.packed,
+            record_core_cycles: a.record_core_cycles,
+            record_burst_stats: a.record_burst_stats,
         })
     }
 
@@ -371,6 +387,9 @@ pub fn run(args: Args) -> Result<(), FwdError> {
         plan: engine::plan(&streams, cfg.cores.len()),
         failed: Default::default(),
         asynch: cfg.copy != CopyMode::Cpu,
+        record_cycles: cfg.record_core_cycles,
+        record_bursts: cfg.record_burst_stats,
+        records: Default::default(),
     });
     // The DMA engine outlives the ports (dropped after serve closed them, and after the
     // channels).
@@ -568,6 +587,15 @@ fn print_final(sh: &Shared, elapsed: Duration) {
                 lines.push(stats::final_queue_line(p, q, s));
             }
         }
+    }
+    let mut records = sh
+        .records
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    records.sort_by_key(record::Recorded::lcore);
+    for r in &records {
+        lines.extend(r.lines());
     }
     stats::emit(lines);
 }
