@@ -39,7 +39,7 @@
 //! enough for it.
 
 mod bed;
-mod clock;
+pub(crate) mod clock;
 mod plot;
 mod report;
 mod row;

@@ -4,38 +4,25 @@
 //! burst carried. They tell a backend that is the bottleneck (busy most of the time) from one
 //! waiting for its peer, and show how a peer's bursts arrive.
 //!
-//! The clock is the time-stamp counter on x86_64 (its rate is worked out from the run's length)
-//! and nanoseconds elsewhere. Off (the default), the poll loop only tests a flag a few times
-//! per stream turn (measured: loop-tput split 64 B no different).
+//! The clock is the bench's ([`ticks`]): the time-stamp counter on x86_64 (its rate is worked
+//! out from the run's length) and nanoseconds elsewhere. Off (the default), the poll loop only
+//! tests a flag or a table's length a few times per stream turn (measured: loop-tput split
+//! 64 B no different).
 
 use std::time::Instant;
 
-/// A clock reading: TSC cycles on x86_64, nanoseconds since `epoch` elsewhere.
-#[inline]
-fn now(epoch: Instant) -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let _ = epoch;
-        // SAFETY: RDTSC is in every x86_64 CPU; it reads a counter and touches no memory.
-        unsafe { core::arch::x86_64::_rdtsc() }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-}
+use crate::bench::clock::ticks;
 
 /// What one lcore records while it polls.
 pub struct Recorder {
     /// `--record-core-cycles`.
-    pub cycles: bool,
-    /// `--record-burst-stats`.
-    pub bursts: bool,
-    epoch: Instant,
+    cycles: bool,
+    started: Instant,
     start: u64,
     busy: u64,
     pkts: u64,
-    /// Receive bursts by size (index: packets, the last slot for bursts at least that long).
+    /// Receive bursts by size (index: packets, the last slot for bursts at least that long);
+    /// empty without `--record-burst-stats`.
     rx: Vec<u64>,
     /// Transmit bursts by packets the guest took.
     tx: Vec<u64>,
@@ -44,13 +31,11 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder for bursts of up to `burst` packets; the lcore's time counts from now.
     pub fn new(cycles: bool, bursts: bool, burst: usize) -> Recorder {
-        let epoch = Instant::now();
         let slots = if bursts { burst + 1 } else { 0 };
         Recorder {
             cycles,
-            bursts,
-            epoch,
-            start: now(epoch),
+            started: Instant::now(),
+            start: ticks(),
             busy: 0,
             pkts: 0,
             rx: vec![0; slots],
@@ -61,14 +46,14 @@ impl Recorder {
     /// A clock reading to pass to [`busy`](Self::busy), or 0 when cycles are not recorded.
     #[inline]
     pub fn begin(&self) -> u64 {
-        if self.cycles { now(self.epoch) } else { 0 }
+        if self.cycles { ticks() } else { 0 }
     }
 
     /// A poll that began at `t0` handled `pkts` packets (nothing is counted for 0).
     #[inline]
     pub fn busy(&mut self, t0: u64, pkts: usize) {
         if self.cycles && pkts != 0 {
-            self.busy += now(self.epoch).wrapping_sub(t0);
+            self.busy += ticks().wrapping_sub(t0);
             self.pkts += pkts as u64;
         }
     }
@@ -76,17 +61,13 @@ impl Recorder {
     /// A receive burst of `n` packets (0 included).
     #[inline]
     pub fn rx_burst(&mut self, n: usize) {
-        if self.bursts {
-            count(&mut self.rx, n);
-        }
+        count(&mut self.rx, n);
     }
 
     /// A transmit burst of which the guest took `n` packets.
     #[inline]
     pub fn tx_burst(&mut self, n: usize) {
-        if self.bursts {
-            count(&mut self.tx, n);
-        }
+        count(&mut self.tx, n);
     }
 
     /// The lcore stops: what it recorded.
@@ -96,8 +77,8 @@ impl Recorder {
             cpu,
             cycles: self.cycles,
             busy: self.busy,
-            total: now(self.epoch).wrapping_sub(self.start),
-            secs: self.epoch.elapsed().as_secs_f64(),
+            total: ticks().wrapping_sub(self.start),
+            secs: self.started.elapsed().as_secs_f64(),
             pkts: self.pkts,
             rx: self.rx,
             tx: self.tx,
@@ -105,11 +86,11 @@ impl Recorder {
     }
 }
 
+/// Counts a burst of `n` in `hist` (nothing when `hist` is empty: not recorded).
 #[inline]
 fn count(hist: &mut [u64], n: usize) {
-    let last = hist.len().saturating_sub(1);
-    if let Some(c) = hist.get_mut(n.min(last)) {
-        *c += 1;
+    if let Some(last) = hist.len().checked_sub(1) {
+        hist[n.min(last)] += 1;
     }
 }
 
