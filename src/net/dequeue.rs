@@ -118,10 +118,10 @@ fn dequeue_chains<'v, R: Ring<'v>>(
         let mut k = 0;
         while k < n.min(TX_AHEAD) {
             // A batch's 4 at once where they are one, else one by one.
-            if R::BATCH && k + BATCH <= n && prefetch_tx_batch(b, &mut tc, k as u16, hlen) {
+            if R::BATCH && k + BATCH <= n && prefetch_tx_batch(b, &mut tc, k as u16) {
                 k += BATCH;
             } else {
-                prefetch_tx(b, &mut tc, k as u16, hlen);
+                prefetch_tx(b, &mut tc, k as u16);
                 k += 1;
             }
         }
@@ -133,7 +133,7 @@ fn dequeue_chains<'v, R: Ring<'v>>(
             if let Some(heads) = b.next_batch(false) {
                 if i + TX_AHEAD + BATCH <= end {
                     // `next` is past the batch: chain i + TX_AHEAD is TX_AHEAD - BATCH on.
-                    let _ = prefetch_tx_batch(b, &mut tc, (TX_AHEAD - BATCH) as u16, hlen);
+                    let _ = prefetch_tx_batch(b, &mut tc, (TX_AHEAD - BATCH) as u16);
                 }
                 for (j, &head) in heads.iter().enumerate() {
                     if !fill_one(b, &mut tc, head, hlen, out, i + j, &mut kept, cache, large) {
@@ -152,7 +152,7 @@ fn dequeue_chains<'v, R: Ring<'v>>(
             }
         }
         if R::PREFETCH_TX && i + TX_AHEAD < end {
-            prefetch_tx(b, &mut tc, TX_AHEAD as u16, hlen);
+            prefetch_tx(b, &mut tc, TX_AHEAD as u16);
         }
         let Ok(head) = b.next_head() else { break };
         if !fill_one(b, &mut tc, head, hlen, out, i, &mut kept, cache, large) {
@@ -283,59 +283,43 @@ const TX_AHEAD_BYTES: u32 = 128;
 /// Asks for the first [`TX_AHEAD_BYTES`] of the buffer of the chain `k` places after the next
 /// one, if it is one readable descriptor.
 #[inline(always)]
-fn prefetch_tx<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, k: u16, hlen: usize) {
+fn prefetch_tx<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, k: u16) {
     let Some(d) = b.peek_desc(k) else { return };
     if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE) == 0 {
-        prefetch_tx_buffer(b, tc, &d, hlen);
+        prefetch_tx_buffer(b, tc, &d);
     }
 }
 
-/// Asks for the first [`TX_AHEAD_BYTES`] of one-descriptor chain `d`'s buffer: the
-/// `hlen`-byte virtio-net header for reading, the frame after it for writing
-/// ([`GuestSlice::prefetch_to_own`]) though only read here. A guest that forwards (DPDK's io
+/// Asks for the first [`TX_AHEAD_BYTES`] of one-descriptor chain `d`'s buffer, for writing
+/// ([`GuestSlice::prefetch_to_own`]) though only read here: a guest that forwards (DPDK's io
 /// and mac modes, a PVP loop) posts the buffers it transmitted as receive buffers again, where
-/// enqueue writes the frame's lines. Read, they stay shared with the guest's core (its
+/// enqueue writes the same lines. Read, the lines stay shared with the guest's core (its
 /// receive path read them), and each enqueue write paid a transfer to take them back, with
 /// the store buffer full of such writes at the burst's end; taken now, the one transfer of
-/// the read does it. The header stays shared: the guest's transmit path reads it, and enqueue
-/// only compares it. A/B against reading all (testpmd virtio-user frontend, packed, 64 B,
-/// rotated in one invocation, same-state samples): loop-lat mrg 0 +6% at 31-36 ns
-/// (14.96-15.18 against 14.10-14.18 Mpps) and +20-30% at ~170 ns (7.9-8.7 against 6.4-6.7),
-/// mrg 1 +7% and +36% (8.96 against 6.58); loop-tput mrg 1, g2h and 1518 B even. Owning
-/// the header's line too (the first version) gave loop-lat mrg 0 at ~170 ns 8.41 against
-/// this 9.25.
+/// the read does it. A/B against reading (testpmd virtio-user frontend, packed, 64 B, rotated
+/// in one invocation, same-state samples): loop-lat mrg 0 +6% at 31-36 ns (14.96-15.18 against
+/// 14.10-14.18 Mpps) and +20-30% at ~170 ns (7.9-8.7 against 6.4-6.7), mrg 1 +7% and +36%
+/// (8.96 against 6.58); loop-tput mrg 1 and g2h even.
 #[inline(always)]
-fn prefetch_tx_buffer<'v, R: Ring<'v>>(
-    b: &R,
-    tc: &mut TranslationCache,
-    d: &VirtqDesc,
-    hlen: usize,
-) {
-    let len = d.len.min(TX_AHEAD_BYTES) as usize;
-    if let Some(buf) = b.memory().gpa_to_host_cached(tc, Gpa(d.addr), len as u64) {
-        if let Ok(h) = buf.subslice(0, hlen.min(len)) {
-            h.prefetch_for_read();
-        }
-        if let Ok(body) = buf.subslice(hlen.min(len), len - hlen.min(len)) {
-            body.prefetch_to_own();
-        }
+fn prefetch_tx_buffer<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, d: &VirtqDesc) {
+    let len = d.len.min(TX_AHEAD_BYTES);
+    if let Some(buf) = b
+        .memory()
+        .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(len))
+    {
+        buf.prefetch_to_own();
     }
 }
 
 /// [`prefetch_tx`] for the [`BATCH`] chains from `k` places after the next one, when they
 /// make a batch ([`Ring::peek_batch`]); whether they did (otherwise nothing is asked for).
 #[inline(always)]
-fn prefetch_tx_batch<'v, R: Ring<'v>>(
-    b: &R,
-    tc: &mut TranslationCache,
-    k: u16,
-    hlen: usize,
-) -> bool {
+fn prefetch_tx_batch<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, k: u16) -> bool {
     let Some(heads) = b.peek_batch(k, false) else {
         return false;
     };
     for &h in &heads {
-        prefetch_tx_buffer(b, tc, &b.desc(h), hlen);
+        prefetch_tx_buffer(b, tc, &b.desc(h));
     }
     true
 }
