@@ -356,22 +356,6 @@ impl<'a> GuestSlice<'a> {
         });
     }
 
-    /// Asks for every cache line of the slice, to be read now and written later by this core:
-    /// in a writable state where the CPU has PRFCHW ([`prefetch_for_write`](Self::prefetch_for_write)),
-    /// for reading otherwise. Taking a line for writing invalidates the other cores' copies
-    /// with the one transfer that brings it, so the later write finds it here.
-    #[inline(always)]
-    pub fn prefetch_to_own(&self) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if has_prefetchw() {
-                self.prefetch_for_write();
-            } else {
-                self.prefetch_for_read();
-            }
-        }
-    }
-
     /// Asks for every cache line of the slice in a writable state (`prefetchw`), so that
     /// the misses of a long copy into it overlap rather than wait one behind the other in
     /// the store buffer. A hint: it never faults and has no visible effect; a no-op off

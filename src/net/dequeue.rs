@@ -290,16 +290,7 @@ fn prefetch_tx<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, k: u16) {
     }
 }
 
-/// Asks for the first [`TX_AHEAD_BYTES`] of one-descriptor chain `d`'s buffer, for writing
-/// ([`GuestSlice::prefetch_to_own`]) though only read here: a guest that forwards (DPDK's io
-/// and mac modes, a PVP loop) posts the buffers it transmitted as receive buffers again, where
-/// enqueue writes the same lines. Read, the lines stay shared with the guest's core (its
-/// receive path read them), and each enqueue write paid a transfer to take them back, with
-/// the store buffer full of such writes at the burst's end; taken now, the one transfer of
-/// the read does it. A/B against reading (testpmd virtio-user frontend, packed, 64 B, rotated
-/// in one invocation, same-state samples): loop-lat mrg 0 +6% at 31-36 ns (14.96-15.18 against
-/// 14.10-14.18 Mpps) and +20-30% at ~170 ns (7.9-8.7 against 6.4-6.7), mrg 1 +7% and +36%
-/// (8.96 against 6.58); loop-tput mrg 1 and g2h even.
+/// Asks for the first [`TX_AHEAD_BYTES`] of one-descriptor chain `d`'s buffer.
 #[inline(always)]
 fn prefetch_tx_buffer<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, d: &VirtqDesc) {
     let len = d.len.min(TX_AHEAD_BYTES);
@@ -307,7 +298,7 @@ fn prefetch_tx_buffer<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, d: &Vir
         .memory()
         .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(len))
     {
-        buf.prefetch_to_own();
+        buf.prefetch_for_read();
     }
 }
 
