@@ -22,6 +22,9 @@
 # (warm-up). Per row: the median Mpps of each backend and the median of the per-pair ratios
 # rvhost/DPDK.
 #
+# Host: the CPU model (/proc/cpuinfo) is printed first and written to the JSON: the VM may run
+# on hosts of different makes from day to day, whose rates and ratios differ.
+#
 # Host state: before and after every run, `rvhost c2c` measures the one-way cache-line transfer
 # latency between the two CPUs (the figure the host changes when it moves the vCPUs, and with
 # it every shared-ring rate). Each pair gets the mean of its four probes; pairs whose probes
@@ -476,6 +479,11 @@ per_run=$((SECONDS_PER_RUN + 4))
 echo "bench-vs-dpdk: $nrows rows x $PAIRS pairs, ${SECONDS_PER_RUN} s runs (about" \
     "$((nrows * PAIRS * runs_per_pair * per_run / 60 + 1)) min); backend CPU $BE_CPU," \
     "frontend CPU $FE_CPU; rate = mean of the frontend's 1 s samples after the first $DROP" >&2
+# The host's CPU model: the two CPUs' latency (the probe) tells states of one host apart, the
+# model tells hosts apart (an AMD host across CCDs and an Intel mesh may probe alike).
+CPU_MODEL=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null)
+CPU_MODEL=${CPU_MODEL:-unknown}
+echo "bench-vs-dpdk: host CPU: $CPU_MODEL" >&2
 ((DPDK_ONLY)) || echo "bench-vs-dpdk: rvhost: $RVHOST" >&2
 [[ -z $VS ]] || echo "bench-vs-dpdk: in DPDK's place (base): $VS" >&2
 
@@ -592,6 +600,7 @@ if [[ -n $JSON ]]; then
         printf '{\n  "tool": "bench-vs-dpdk",\n  "seconds": %s,\n  "drop": %s,\n  "pairs": %s,\n' \
             "$SECONDS_PER_RUN" "$DROP" "$PAIRS"
         printf '  "backend_cpu": %s,\n  "frontend_cpu": %s,\n' "$BE_CPU" "$FE_CPU"
+        printf '  "cpu_model": "%s",\n' "${CPU_MODEL//\"/}"
         # "dpdk": the dpdk_* fields are DPDK's; else the rvhost binary that ran in its place.
         printf '  "reference": "%s",\n  "rows": [\n' "${VS:-dpdk}"
         for i in "${!JSON_ROWS[@]}"; do
