@@ -53,6 +53,8 @@ macro_rules! internal_pub {
     };
 }
 
+#[doc(hidden)]
+pub mod ab;
 pub mod dataplane;
 pub mod driver;
 pub mod features;

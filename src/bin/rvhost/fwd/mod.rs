@@ -101,6 +101,11 @@ pub struct Args {
     /// Stop after this many seconds (fractions allowed).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
+    /// A/B inside one run (a developer's tool, see `rvhost::ab`): the experiments of this bit
+    /// mask are turned on and off at every statistics period, each period's lines tagged
+    /// `AB A` (off) or `AB B` (on). Needs a statistics period.
+    #[arg(long, value_name = "MASK", value_parser = clap::value_parser!(u32).range(1..))]
+    pub ab: Option<u32>,
     /// How packets are copied into the guests: `cpu` (the lcores copy),
     /// `soft[,threshold=N][,engines=K]` (the async path: copies of at least N bytes, default
     /// 256, go to a software DMA engine with K lanes running on a thread of its own), or
@@ -197,6 +202,7 @@ struct Config {
     stats_period: Option<Duration>,
     nb_mbufs: usize,
     duration: Option<Duration>,
+    ab: Option<u32>,
     copy: CopyMode,
     /// Register the ports with POSTCOPY_SUPPORT.
     postcopy: bool,
@@ -274,6 +280,11 @@ impl Config {
         }
         let stats_period = seconds("stats-period", a.stats_period)?;
         let duration = a.duration.map(|d| seconds("duration", d)).transpose()?;
+        if a.ab.is_some() && stats_period.is_zero() {
+            return Err(FwdError::Usage(
+                "--ab alternates at each statistics period: it needs --stats-period above 0".into(),
+            ));
+        }
         // Each lcore's cache may hold up to 1.5x its size; keep most of the pool in the ring.
         let cache = (a.nb_mbufs / (4 * cores.len())).min(256);
         if a.nb_mbufs < 4 * usize::from(a.burst) * cores.len() || cache == 0 {
@@ -295,6 +306,7 @@ impl Config {
             stats_period: (!stats_period.is_zero()).then_some(stats_period),
             nb_mbufs: a.nb_mbufs,
             duration,
+            ab: a.ab,
             copy: a.copy,
             dma_lcore: a.dma_lcore,
             postcopy: a.postcopy,
@@ -542,6 +554,13 @@ fn forward_until_stopped(cfg: &Config, sh: &Shared, signals: &Signals) -> Result
             let due = last.0 + p;
             if now >= due {
                 let snap = snapshots(sh);
+                if let Some(bits) = cfg.ab {
+                    // The period just measured ran with what is on now; the next runs with
+                    // the other variant.
+                    let on = rvhost::ab::active() != 0;
+                    stats::emit([format!("AB {}", if on { "B" } else { "A" })]);
+                    rvhost::ab::set(if on { 0 } else { bits });
+                }
                 print_period(&last.1, &snap, now - last.0);
                 last = (now, snap);
                 continue;
@@ -687,5 +706,20 @@ mod tests {
         // More lcores than streams: the extra ones are not started.
         let c = cfg(&["--mode", "io", "--iface", "a", "--lcores", "0,1"]).unwrap();
         assert_eq!(c.cores, vec![0]);
+        // --ab: a non-zero mask, and a period to alternate at.
+        assert!(parse(&["--mode", "io", "--iface", "a", "--ab", "0"]).is_err());
+        let e = cfg(&[
+            "--mode",
+            "io",
+            "--iface",
+            "a",
+            "--ab",
+            "1",
+            "--stats-period",
+            "0",
+        ]);
+        assert!(e.is_err_and(|e| e.to_string().contains("--ab alternates")));
+        let c = cfg(&["--mode", "io", "--iface", "a", "--ab", "6"]).unwrap();
+        assert_eq!(c.ab, Some(6));
     }
 }
