@@ -42,7 +42,8 @@ pub(super) trait Ring<'v> {
     fn dirty_log(&self) -> Option<&'v DirtyLog>;
 
     /// Up to `max` chains available, at least (exact on a split ring; on a packed ring the
-    /// available slots from the next one, which chains of several slots overcount).
+    /// available slots from the next one, which chains of several slots overcount, ending at
+    /// a cache line's end when there are more than 4: see `PackedBurst`'s).
     fn available(&self, max: u16) -> u16;
     /// Whether the guest has every buffer of the ring posted (it waits for us): a split ring
     /// knows from its indexes; a packed ring answers `false` (it would have to read the ring).
