@@ -29,6 +29,12 @@
 //! `0 <= rv.tx - tp.rx <= 1024` (packets left in its receive ring). Byte counts must be
 //! `packets × frame size` on rvhost's side.
 //!
+//! # Backend restarts
+//!
+//! testpmd's virtio-user server stays up while `rvhost fwd --client` is stopped, killed and
+//! started again: each new rvhost receives traffic (DPDK sends no SET_OWNER on those
+//! connections).
+//!
 //! Needs `dpdk-testpmd` (Debian: `apt-get install dpdk-dev`); without it the tests print
 //! `skipping: <why>` and pass, or fail under `RVHOST_TEST_REQUIRE=all`. testpmd uses 2 MiB
 //! hugepages when 128 are free, else `--no-huge` (memfd-backed memory, which virtio-user
@@ -748,3 +754,91 @@ packed!(
     Traffic::FromRvhost,
     2
 );
+
+/// testpmd's virtio-user is the server and stays up while the backend goes away and comes
+/// back, as a vswitch restarts under running containers: rvhost stopped (SIGINT), then a
+/// second one killed (SIGKILL), then a third. DPDK 22.11 resets its rings and sets them up
+/// again on each new connection, without SET_OWNER and stopping rings the new backend never
+/// had; each rvhost receives testpmd's traffic.
+fn backend_restarts_under_a_server_frontend(packed: bool) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    common::init_log();
+    if !testpmd::installed() {
+        return skip("dpdk-testpmd is not installed (apt-get install dpdk-dev)");
+    }
+    let case = Case {
+        mrg: true,
+        in_order: false,
+        rvhost_server: false,
+        traffic: Traffic::ToRvhost,
+        queues: 1,
+        copy: "cpu",
+        packed,
+    };
+    let sock = sock_path("fwd-restart");
+    let mut tp = Child::spawn("testpmd", testpmd(&sock, &case));
+    assert!(
+        wait_for_socket(&sock, Duration::from_secs(30)),
+        "testpmd never listened\n{}",
+        tp.tail(40)
+    );
+    for (generation, crash) in [(1, false), (2, true), (3, false)] {
+        let mut rv = Child::spawn("rvhost", rvhost(&sock, &case));
+        let running = rv.wait_stderr(Duration::from_secs(30), |l| l.contains("is running"));
+        assert!(
+            running.is_some(),
+            "{case:?}: rvhost {generation}: no device\n{}\n{}",
+            rv.tail(30),
+            tp.tail(40)
+        );
+        // Traffic flows: rvhost's 1 s statistics show packets received.
+        // `port 0: Rx  M Mpps  G Gbit/s  N pkts | Tx ...`
+        let received = |l: &str| {
+            let rx = l.strip_prefix("port 0: Rx")?.split('|').next()?;
+            rx.split_whitespace().rev().nth(1)?.parse::<u64>().ok()
+        };
+        let moving = rv.wait_stdout(Duration::from_secs(10), |l| {
+            received(l).is_some_and(|n| n > 0)
+        });
+        assert!(
+            moving.is_some(),
+            "{case:?}: rvhost {generation} received nothing\n{}\n{}",
+            rv.tail(30),
+            tp.tail(40)
+        );
+        if crash {
+            rv.signal(Signal::SIGKILL);
+            assert!(rv.wait_exit(Duration::from_secs(10)).is_some());
+        } else {
+            let f = stop_rvhost(&mut rv);
+            assert!(
+                f.rx_pkts >= MIN_PACKETS && f.rx_bytes == f.rx_pkts * 64,
+                "{case:?}: rvhost {generation}: {f:?}\n{}",
+                tp.tail(40)
+            );
+            println!("{case:?}: rvhost {generation}: {f:?}");
+        }
+        let broken: Vec<String> = (rv.stderr().into_iter())
+            .filter(|l| l.contains("ERROR"))
+            .collect();
+        assert!(
+            broken.is_empty(),
+            "{case:?}: rvhost {generation}: {broken:#?}"
+        );
+    }
+    tp.signal(Signal::SIGINT);
+    assert!(tp.wait_exit(Duration::from_secs(20)).is_some());
+    let tpf = forward_stats(&tp.stdout(), 0)
+        .unwrap_or_else(|| panic!("{case:?}: no forward statistics\n{}", tp.tail(60)));
+    assert!(tpf.tx >= 3 * MIN_PACKETS, "{case:?}: testpmd {tpf:?}");
+}
+
+#[test]
+fn backend_restarts_under_a_server_frontend_split() {
+    backend_restarts_under_a_server_frontend(false);
+}
+
+#[test]
+fn backend_restarts_under_a_server_frontend_packed() {
+    backend_restarts_under_a_server_frontend(true);
+}

@@ -516,9 +516,13 @@ pub(super) fn dispatch(c: &mut Conn, mut msg: Message) -> Result<(), String> {
     }
     let row = handlers::row(req);
     let state = &mut c.state;
-    if row.needs_owner && !state.owner {
-        return Err(format!("{} before SET_OWNER", req.name()));
-    }
+    // The spec has SET_OWNER open every session, but DPDK's virtio-user in server mode (22.11)
+    // sends none when a backend reconnects to it: it starts with SET_VRING_ENABLE and
+    // GET_VRING_BASE (stopping the rings it had), then the usual set-up. DPDK's vhost and
+    // libvhost-user ignore SET_OWNER, so that frontend works with them. The session is this
+    // connection's, whatever it sends: the first request that needs an owner and is served
+    // makes its peer the owner (one refused leaves the state as it was).
+    let implicit_owner = row.needs_owner && !state.owner;
     if row.stops_device && state.running {
         state.running = false;
         let ops = Arc::clone(&state.cfg.ops);
@@ -540,6 +544,7 @@ pub(super) fn dispatch(c: &mut Conn, mut msg: Message) -> Result<(), String> {
     let mut fx = Effects::default();
     let outcome = (row.handler)(state, &mut msg, &mut fx).map_err(|e| with_causes(&e))?;
     log::debug!("{}: {} handled", state.dev.id(), req.name());
+    let outcome_failed = matches!(outcome, Outcome::Failed(_));
     match outcome {
         Outcome::Reply(payload, fds) => {
             let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(OwnedFd::as_fd).collect();
@@ -560,6 +565,15 @@ pub(super) fn dispatch(c: &mut Conn, mut msg: Message) -> Result<(), String> {
             }
         }
         Outcome::Done => {}
+    }
+    if implicit_owner && !c.state.owner && !outcome_failed {
+        log::warn!(
+            "{}: {} before SET_OWNER: taking the frontend as the owner (DPDK virtio-user \
+             sends none when a backend reconnects to it)",
+            c.state.dev.id(),
+            req.name()
+        );
+        c.state.owner = true;
     }
     after_message(&mut c.state, req, fx);
     Ok(())

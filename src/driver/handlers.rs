@@ -627,12 +627,9 @@ fn get_vring_base(
     let s: VringState = parse(msg)?;
     let i = vring_index(dev, s.index)?;
     let mut vq = dev.dev.shared.queues[i].lock();
-    if !vq.started && vq.addrs.is_none() && vq.size == 0 && !vq.kick_set {
-        return Err(state_err(
-            FrontendReq::GetVringBase,
-            format!("vring {i} was never set up"),
-        ));
-    }
+    // A ring never set up has nothing to stop, and answers its base (0, or what
+    // SET_VRING_BASE said) as DPDK's vhost does: DPDK's virtio-user, reconnected to as the
+    // server, stops every ring it had before it sets them up again on the new connection.
     let base = vq.base();
     let packed = vq.is_packed();
     // Stop the ring as DPDK does: forget kick and call and the translated rings; size, base
