@@ -37,6 +37,12 @@
 # unmixed pairs fall in more than one state (clusters 1.4x apart), the row's ratio is also
 # given per state.
 #
+# --swap N measures each row differently: one frontend for the whole row, as a virtio-user
+# server, and N windows of each backend connecting to it in turn (see "the swap method"
+# below). Its ratios spread far less than those of separate run pairs (A/A, a build against
+# itself, Intel host: medians 0.96-1.03, quartiles within about 5%), because the rings stay in
+# the same memory for the whole row.
+#
 # Needs dpdk-testpmd (DPDK 22.11: apt-get install dpdk-dev), 2 MiB hugepages for two testpmd
 # instances (2 x --mem MB; echo 1024 > /proc/sys/vm/nr_hugepages) and a release build of
 # rvhost (cargo build --release).
@@ -60,6 +66,9 @@ usage: scripts/bench-vs-dpdk.sh [options]
   --testpmd PATH     dpdk-testpmd binary (default dpdk-testpmd)
   --backend-cpu N    CPU of both backends (default 0)
   --frontend-cpu N   CPU of the frontend (default 1)
+  --swap N           the swap method: per row one frontend (virtio-user server) and N
+                     windows of each backend connecting to it in turn, instead of --pairs
+                     separate run pairs (see "the swap method" in this script)
   --retries N        pairs of a row measured again when the host moved mid-pair or a
                      run was unsteady (MIXED, UNSTEADY; default 2 per row)
   --mem MB           hugepage memory (-m) of each testpmd (default 512: two of them fit in
@@ -92,6 +101,7 @@ RETRIES=2
 JSON=""
 LOGDIR=""
 QUICK=0
+SWAP=0
 
 die() {
     echo "bench-vs-dpdk: $*" >&2
@@ -108,6 +118,7 @@ while (($#)); do
     --mrg) MRGS=${2:?}; shift ;;
     --rings) RINGS=${2:?}; shift ;;
     --quick) QUICK=1 ;;
+    --swap) SWAP=${2:?}; shift ;;
     --rvhost) RVHOST=${2:?}; shift ;;
     --testpmd) TESTPMD=${2:?}; shift ;;
     --backend-cpu) BE_CPU=${2:?}; shift ;;
@@ -132,6 +143,7 @@ else
     REF=dpdk REF_LABEL="DPDK"
 fi
 
+((SWAP && DPDK_ONLY)) && die "--swap needs rvhost (not --dpdk-only)"
 if ((QUICK)); then
     PAIRS=1
     SECONDS_PER_RUN=3
@@ -140,7 +152,7 @@ if ((QUICK)); then
 fi
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
-for v in PAIRS SECONDS_PER_RUN DROP BE_CPU FE_CPU MEM RETRIES; do
+for v in PAIRS SECONDS_PER_RUN DROP BE_CPU FE_CPU MEM RETRIES SWAP; do
     is_uint "${!v}" || die "$v must be a non-negative integer, not '${!v}'"
 done
 ((PAIRS >= 1)) || die "--pairs must be at least 1"
@@ -471,14 +483,182 @@ json_list() { # numbers -> JSON array (nan -> null)
     echo "[$out]"
 }
 
+# --- the swap method (--swap N) -----------------------------------------------------------------
+#
+# One frontend for the whole row: testpmd's virtio-user as the vhost-user server (`server=1`,
+# interactive, commands through a FIFO), and the two backends connecting to it as clients in
+# turn, N windows each (DPDK, rvhost, rvhost, DPDK, ...). virtio-user sets its rings up again
+# on each new connection (packed rings are reset), so every window starts from a fresh ring
+# in the same frontend memory: the rings, the frontend's mbufs and its process stay where
+# they are for the whole row, and only the backend changes. Separate runs differ in more
+# than time (each maps new hugepages: other cache slices and sets for the rings), which is
+# where much of a run pair's spread comes from on these machines.
+#
+# A window: the backend connects, the frontend starts forwarding (`start`, or `start
+# tx_first [32]` for the loops, whose packets in flight were dropped with the old rings),
+# --drop seconds of warm-up, then `show port stats 0` twice --seconds apart: the second one's
+# pps is the window's rate (testpmd computes it over the time between the two). Then `stop`,
+# and the backend goes. Each rvhost window's ratio is its rate over the mean of the nearest
+# reference window on each side; the row reports their median and quartiles. The c2c probe
+# runs before each window (nothing polls then: the frontend is stopped), and tags that
+# window's ratio for the per-state split. A window whose CPUs lost more than MAX_STEAL_PCT to
+# steal gives no ratio.
+
+# swap_row DIR SIZE MRG RING: appends to the row's dpdk, rv, ratios, probes, mixed and tagged
+# arrays, and sets SW_Q1 and SW_Q3 (quartiles of the ratios).
+swap_row() {
+    local dir=$1 size=$2 mrg=$3 ring=$4 packed_fe="" packed_be=""
+    if [[ $ring == packed ]]; then
+        packed_fe=",packed_vq=1"
+        packed_be="--packed"
+    fi
+    local fe_mode be_mode meter extra start_cmd=start
+    read -r fe_mode be_mode meter extra <<<"$(modes "$dir")"
+    case $dir in
+    loop-lat) start_cmd="start tx_first" ;;
+    loop-tput) start_cmd="start tx_first 32" ;;
+    esac
+    RUN_SEQ=$((RUN_SEQ + 1))
+    local id="s${RUN_SEQ}-${dir}-${size}-mrg${mrg}-${ring}"
+    local sock="$SOCK_DIR/$id.sock" fe_log="$LOGDIR/$id.frontend.log" fifo="$SOCK_DIR/$id.cmd"
+    local cmd_fd fe_pid
+    mkfifo "$fifo" || die "mkfifo $fifo failed"
+    exec {cmd_fd}<>"$fifo"
+    local windows=$((2 * SWAP)) per_window=$((SECONDS_PER_RUN + DROP + 8))
+    : >"$fe_log"
+    timeout -k 5 -s INT "$((windows * per_window + 30))" stdbuf -oL -eL "$TESTPMD" \
+        --lcores "0@$FE_CPU,1@$FE_CPU" --no-pci --in-memory --single-file-segments -m "$MEM" \
+        --file-prefix "fe-$TAG-$RUN_SEQ" \
+        --vdev "net_virtio_user0,path=$sock,server=1,queues=1,queue_size=1024,mrg_rxbuf=$mrg,in_order=0$packed_fe" \
+        -- -i --forward-mode="$fe_mode" --txpkts="$size" --nb-cores=1 --rxd=1024 --txd=1024 \
+        --burst=32 <&"$cmd_fd" >"$fe_log" 2>&1 &
+    fe_pid=$!
+    PIDS+=("$fe_pid")
+    wait_socket "$sock" 30 "$fe_pid" || die "$id: the frontend did not listen on $sock (see $fe_log)"
+    local order=() k w=0 backend kinds=() rates=() tags=() i
+    for ((k = 1; k <= SWAP; k++)); do
+        if ((k % 2)); then order+=("$REF" rvhost); else order+=(rvhost "$REF"); fi
+    done
+    for backend in "${order[@]}"; do
+        w=$((w + 1))
+        local p be_log="$LOGDIR/$id.w$w.$backend.log" be_pid rate=nan t0 t1 steal shown
+        p=$(probe)
+        probes+=("$p")
+        mixed+=(0)
+        if [[ $backend == dpdk ]]; then
+            start_bg "$per_window" "$be_log" "$TESTPMD" --lcores "0@$BE_CPU,1@$BE_CPU" --no-pci \
+                --in-memory --single-file-segments -m "$MEM" --file-prefix "be-$TAG-$RUN_SEQ-$w" \
+                --vdev "net_vhost0,iface=$sock,queues=1,client=1" -- --forward-mode="$be_mode" \
+                --txpkts="$size" --auto-start --nb-cores=1 --rxd=1024 --txd=1024 --burst=32
+        else
+            local bin=$RVHOST
+            [[ $backend == vs ]] && bin=$VS
+            # shellcheck disable=SC2086 # $packed_be is zero or one word
+            start_bg "$per_window" "$be_log" taskset -c "$BE_CPU" "$bin" fwd --mode "$be_mode" \
+                --iface "$sock" --client --lcores "$BE_CPU" --burst 32 --txpkts "$size" $packed_be
+        fi
+        be_pid=$START_PID
+        # Connected: the first backend ends the frontend's start-up (its prompt), each later
+        # one a "reconnection succeeds".
+        local ok=0
+        for ((i = 0; i < 300; i++)); do
+            if ((w == 1)) && grep -q "testpmd> " "$fe_log"; then ok=1; fi
+            if ((w > 1 && $(grep -c "reconnection succeeds" "$fe_log") >= w - 1)); then ok=1; fi
+            ((ok)) && break
+            kill -0 "$be_pid" 2>/dev/null && kill -0 "$fe_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if ((ok)); then
+            sleep 0.5
+            shown=$(grep -c "$meter:" "$fe_log")
+            printf '%s\n' "$start_cmd" >&"$cmd_fd"
+            sleep "$DROP"
+            t0=$(cpu_ticks)
+            printf 'show port stats 0\n' >&"$cmd_fd"
+            sleep "$SECONDS_PER_RUN"
+            printf 'show port stats 0\n' >&"$cmd_fd"
+            t1=$(cpu_ticks)
+            for ((i = 0; i < 50; i++)); do
+                (($(grep -c "$meter:" "$fe_log") >= shown + 2)) && break
+                sleep 0.1
+            done
+            printf 'stop\n' >&"$cmd_fd"
+            rate=$(awk -v m="$meter:" -v n="$((shown + 2))" '$1 == m && ++k == n {
+                printf "%.4f\n", $2 / 1e6 }' "$fe_log")
+            [[ -n $rate ]] || rate=nan
+            # shellcheck disable=SC2086 # two words each
+            steal=$(steal_pct $t0 $t1)
+            if [[ $steal != nan ]] && awk -v s="$steal" -v m="$MAX_STEAL_PCT" 'BEGIN { exit !(s > m) }'; then
+                echo "  $id window $w ($backend): $rate Mpps, steal ${steal}%: no ratio" >&2
+                rate=nan
+            fi
+            sleep 0.3
+        else
+            echo "bench-vs-dpdk: $id window $w: the $backend backend never connected (see $be_log)" >&2
+            KEEP_LOGS=1
+        fi
+        stop_pid "$be_pid"
+        forget_pid "$be_pid"
+        kinds+=("$backend")
+        rates+=("$rate")
+        tags+=("$p")
+        if [[ $backend == rvhost ]]; then rv+=("$rate"); else dpdk+=("$rate"); fi
+    done
+    printf 'quit\n' >&"$cmd_fd"
+    stop_pid "$fe_pid"
+    forget_pid "$fe_pid"
+    exec {cmd_fd}<&-
+    rm -f "$fifo" "$sock"
+    # Each rvhost window against the nearest reference window on each side.
+    local j before after r line=""
+    for i in "${!kinds[@]}"; do
+        [[ ${kinds[$i]} == rvhost ]] || continue
+        before=nan after=nan
+        for ((j = i - 1; j >= 0; j--)); do
+            [[ ${kinds[$j]} != rvhost && ${rates[$j]} != nan ]] && { before=${rates[$j]}; break; }
+        done
+        for ((j = i + 1; j < ${#kinds[@]}; j++)); do
+            [[ ${kinds[$j]} != rvhost && ${rates[$j]} != nan ]] && { after=${rates[$j]}; break; }
+        done
+        r=$(awk -v a="${rates[$i]}" -v b="$before" -v c="$after" 'BEGIN {
+            if (a == "nan") { print "nan"; exit }
+            s = 0; n = 0
+            if (b != "nan") { s += b; n++ }
+            if (c != "nan") { s += c; n++ }
+            if (!n || s == 0) print "nan"; else printf "%.4f\n", a / (s / n) }')
+        ratios+=("$r")
+        [[ $r != nan ]] && tagged+=("${tags[$i]}:$r")
+    done
+    for i in "${!kinds[@]}"; do line+="${line:+ }${kinds[$i]:0:1}${rates[$i]}"; done
+    read -r SW_Q1 SW_Q3 <<<"$(quartiles "${ratios[@]}")"
+    echo "  $name: windows (d: $REF_LABEL, r: rvhost, Mpps) $line; ratios ${ratios[*]};" \
+        "c2c ${probes[*]} ns" >&2
+}
+
+# "Q1 Q3" of numbers (nan ignored; linear interpolation), "nan nan" if none.
+quartiles() {
+    printf '%s\n' "$@" | awk '$1 != "nan" && $1 != "" { print $1 }' | sort -g | awk '
+        function q(p,   h, l) { h = 1 + (NR - 1) * p; l = int(h); return v[l] + (h - l) * (v[l + 1] - v[l]) }
+        { v[NR] = $1 }
+        END { if (!NR) { print "nan nan"; exit } v[NR + 1] = v[NR]; printf "%.4f %.4f\n", q(0.25), q(0.75) }'
+}
+
 # --- the rows --------------------------------------------------------------------------------
 
 nrows=$((${#RING_LIST[@]} * ${#DIR_LIST[@]} * ${#SIZE_LIST[@]} * ${#MRG_LIST[@]}))
 per_run=$((SECONDS_PER_RUN + 4))
 ((DPDK_ONLY)) && runs_per_pair=1 || runs_per_pair=2
-echo "bench-vs-dpdk: $nrows rows x $PAIRS pairs, ${SECONDS_PER_RUN} s runs (about" \
-    "$((nrows * PAIRS * runs_per_pair * per_run / 60 + 1)) min); backend CPU $BE_CPU," \
-    "frontend CPU $FE_CPU; rate = mean of the frontend's 1 s samples after the first $DROP" >&2
+if ((SWAP)); then
+    # A DPDK window starts a testpmd (~2 s), an rvhost one ~0.5 s; each has ~1 s of commands.
+    echo "bench-vs-dpdk: swap method: $nrows rows x $SWAP windows of each backend, ${SECONDS_PER_RUN} s" \
+        "windows after ${DROP} s of warm-up (about" \
+        "$((nrows * (SWAP * (2 * (SECONDS_PER_RUN + DROP) + 5) + 4) / 60 + 1)) min); backend CPU" \
+        "$BE_CPU, frontend CPU $FE_CPU; rate = the frontend's pps over each window" >&2
+else
+    echo "bench-vs-dpdk: $nrows rows x $PAIRS pairs, ${SECONDS_PER_RUN} s runs (about" \
+        "$((nrows * PAIRS * runs_per_pair * per_run / 60 + 1)) min); backend CPU $BE_CPU," \
+        "frontend CPU $FE_CPU; rate = mean of the frontend's 1 s samples after the first $DROP" >&2
+fi
 # The host's CPU model: the two CPUs' latency (the probe) tells states of one host apart, the
 # model tells hosts apart (an AMD host across CCDs and an Intel mesh may probe alike).
 CPU_MODEL=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null)
@@ -487,7 +667,7 @@ echo "bench-vs-dpdk: host CPU: $CPU_MODEL" >&2
 ((DPDK_ONLY)) || echo "bench-vs-dpdk: rvhost: $RVHOST" >&2
 [[ -z $VS ]] || echo "bench-vs-dpdk: in DPDK's place (base): $VS" >&2
 
-ROW_NAMES=() ROW_DPDK=() ROW_RV=() ROW_RATIO=() ROW_PAIRS=() ROW_PROBE=() ROW_STATES=()
+ROW_NAMES=() ROW_DPDK=() ROW_RV=() ROW_RATIO=() ROW_PAIRS=() ROW_PROBE=() ROW_STATES=() ROW_IQR=()
 JSON_ROWS=()
 for ring in "${RING_LIST[@]}"; do
     for mrg in "${MRG_LIST[@]}"; do
@@ -496,7 +676,9 @@ for ring in "${RING_LIST[@]}"; do
                 name="$dir ${size}B mrg=$mrg"
                 [[ $ring == packed ]] && name+=" packed"
                 dpdk=() rv=() ratios=() probes=() mixed=() tagged=() retries=$RETRIES r=""
-                for ((p = 1; p <= PAIRS; p++)); do
+                SW_Q1=nan SW_Q3=nan
+                ((SWAP)) && swap_row "$dir" "$size" "$mrg" "$ring"
+                for ((p = 1; p <= (SWAP ? 0 : PAIRS); p++)); do
                     PROBES=() UNSTEADY=()
                     # Odd pairs run the reference first, even pairs rvhost first, so that a host
                     # that drifts (or reacts to what ran last) favours neither side.
@@ -560,16 +742,18 @@ for ring in "${RING_LIST[@]}"; do
                 st=""
                 ((${#tagged[@]})) && st=$(states "${tagged[@]}")
                 ROW_STATES+=("$st")
+                ROW_IQR+=("$SW_Q1-$SW_Q3")
                 st_json=""
                 for x in $st; do
                     IFS=: read -r sn sr sp <<<"$x"
                     st_json+="${st_json:+, }{\"c2c_ns\": $sn, \"ratio\": $sr, \"pairs\": $sp}"
                 done
-                JSON_ROWS+=("$(printf '{"dir": "%s", "ring": "%s", "size": %s, "mrg_rxbuf": %s, "dpdk_mpps": %s, "rvhost_mpps": %s, "ratio": %s, "pairs": %s, "dpdk_runs": %s, "rvhost_runs": %s, "ratios": %s, "c2c_ns": %s, "c2c_mixed": %s, "states": [%s]}' \
+                JSON_ROWS+=("$(printf '{"dir": "%s", "ring": "%s", "size": %s, "mrg_rxbuf": %s, "dpdk_mpps": %s, "rvhost_mpps": %s, "ratio": %s, "pairs": %s, "dpdk_runs": %s, "rvhost_runs": %s, "ratios": %s, "c2c_ns": %s, "c2c_mixed": %s, "states": [%s], "method": "%s", "ratio_q1": %s, "ratio_q3": %s}' \
                     "$dir" "$ring" "$size" "$mrg" "$(json_num "${ROW_DPDK[-1]}")" "$(json_num "${ROW_RV[-1]}")" \
                     "$(json_num "${ROW_RATIO[-1]}")" "$valid" "$(json_list "${dpdk[@]}")" \
                     "$(json_list "${rv[@]}")" "$(json_list "${ratios[@]}")" \
-                    "$(json_list "${probes[@]}")" "$(json_list "${mixed[@]}")" "$st_json")")
+                    "$(json_list "${probes[@]}")" "$(json_list "${mixed[@]}")" "$st_json" \
+                    "$( ((SWAP)) && echo swap || echo pairs)" "$(json_num "$SW_Q1")" "$(json_num "$SW_Q3")")")
             done
         done
     done
@@ -587,6 +771,7 @@ for i in "${!ROW_NAMES[@]}"; do
             per_state+="${per_state:+; }${sn}: $sr, $sp"
         done
     fi
+    ((SWAP)) && per_state="IQR ${ROW_IQR[$i]}${per_state:+; }$per_state"
     printf '%-31s %10s %12s %8s %6s %7s  %s\n' "${ROW_NAMES[$i]}" "${ROW_DPDK[$i]}" "${ROW_RV[$i]}" \
         "${ROW_RATIO[$i]}" "${ROW_PAIRS[$i]}" "${ROW_PROBE[$i]}" "$per_state"
 done
@@ -594,6 +779,10 @@ echo "(Mpps: medians over the pairs of each backend; ratio: median of the per-pa
     "ratios; pairs: pairs where both runs gave samples; c2c ns: median over the pairs of the" \
     "one-way cache-line latency between the CPUs (rvhost c2c, mean of each pair's probes);" \
     "per state: when the unmixed pairs fall in states more than 1.4x apart)"
+((SWAP)) && echo "(swap method: Mpps are medians over each backend's windows; ratio: median over" \
+    "the rvhost windows of each one's rate over the mean of the nearest $REF_LABEL window on each" \
+    "side; pairs: rvhost windows with a ratio; IQR: their quartiles; c2c ns: median of the" \
+    "probes before each window)"
 
 if [[ -n $JSON ]]; then
     {
