@@ -144,6 +144,7 @@ else
 fi
 
 ((SWAP && DPDK_ONLY)) && die "--swap needs rvhost (not --dpdk-only)"
+((SWAP == 0 || SWAP >= 2)) || die "--swap needs at least 2 rounds (its ratios span two)"
 if ((QUICK)); then
     PAIRS=1
     SECONDS_PER_RUN=3
@@ -498,11 +499,12 @@ json_list() { # numbers -> JSON array (nan -> null)
 # tx_first [32]` for the loops, whose packets in flight were dropped with the old rings),
 # --drop seconds of warm-up, then `show port stats 0` twice --seconds apart: the second one's
 # pps is the window's rate (testpmd computes it over the time between the two). Then `stop`,
-# and the backend goes. Each rvhost window's ratio is its rate over the mean of the nearest
-# reference window on each side; the row reports their median and quartiles. The c2c probe
-# runs before each window (nothing polls then: the frontend is stopped), and tags that
-# window's ratio for the per-state split. A window whose CPUs lost more than MAX_STEAL_PCT to
-# steal gives no ratio.
+# and the backend goes. Rounds alternate (DPDK rvhost, rvhost DPDK, ...), and each two
+# consecutive rounds give a ratio: the sum of their rvhost rates over the sum of their
+# reference rates (see below why not window by window); the row reports the median and
+# quartiles of those N - 1 ratios. The c2c probe runs before each window (nothing polls then:
+# the frontend is stopped); a ratio is tagged with the mean of its four for the per-state
+# split. A window whose CPUs lost more than MAX_STEAL_PCT to steal gives no ratio.
 
 # swap_row DIR SIZE MRG RING: appends to the row's dpdk, rv, ratios, probes, mixed and tagged
 # arrays, and sets SW_Q1 and SW_Q3 (quartiles of the ratios).
@@ -609,30 +611,40 @@ swap_row() {
     forget_pid "$fe_pid"
     exec {cmd_fd}<&-
     rm -f "$fifo" "$sock"
-    # Each rvhost window against the nearest reference window on each side.
-    local j before after r line=""
-    for i in "${!kinds[@]}"; do
-        [[ ${kinds[$i]} == rvhost ]] || continue
-        before=nan after=nan
-        for ((j = i - 1; j >= 0; j--)); do
-            [[ ${kinds[$j]} != rvhost && ${rates[$j]} != nan ]] && { before=${rates[$j]}; break; }
-        done
-        for ((j = i + 1; j < ${#kinds[@]}; j++)); do
-            [[ ${kinds[$j]} != rvhost && ${rates[$j]} != nan ]] && { after=${rates[$j]}; break; }
-        done
-        r=$(awk -v a="${rates[$i]}" -v b="$before" -v c="$after" 'BEGIN {
-            if (a == "nan") { print "nan"; exit }
-            s = 0; n = 0
-            if (b != "nan") { s += b; n++ }
-            if (c != "nan") { s += c; n++ }
-            if (!n || s == 0) print "nan"; else printf "%.4f\n", a / (s / n) }')
+    # Per two consecutive rounds (DPDK rvhost rvhost DPDK, or rvhost DPDK DPDK rvhost): the sum
+    # of their two rvhost rates over the sum of their two reference rates. A window takes
+    # something from the one before it (on the Intel host, windows after a DPDK window ran up to
+    # 1.5x slower, whichever backend), and two consecutive rounds hold, for each backend, one
+    # window after each kind (but for the first window).
+    local k2 a1 a2 b1 b2 r
+    for ((k2 = 0; k2 + 3 < ${#kinds[@]}; k2 += 2)); do
+        a1=${rates[$k2]} a2=${rates[$((k2 + 1))]} b1=${rates[$((k2 + 2))]} b2=${rates[$((k2 + 3))]}
+        # Rounds alternate d r / r d: the rvhost windows of the two are the 2nd and 3rd or the
+        # 1st and 4th.
+        if [[ ${kinds[$k2]} == rvhost ]]; then
+            r=$(ratio_of_sums "$a1" "$b2" "$a2" "$b1")
+        else
+            r=$(ratio_of_sums "$a2" "$b1" "$a1" "$b2")
+        fi
         ratios+=("$r")
-        [[ $r != nan ]] && tagged+=("${tags[$i]}:$r")
+        [[ $r != nan ]] && tagged+=("$(mean_of "${tags[$k2]}" "${tags[$((k2 + 1))]}" \
+            "${tags[$((k2 + 2))]}" "${tags[$((k2 + 3))]}"):$r")
     done
     for i in "${!kinds[@]}"; do line+="${line:+ }${kinds[$i]:0:1}${rates[$i]}"; done
     read -r SW_Q1 SW_Q3 <<<"$(quartiles "${ratios[@]}")"
     echo "  $name: windows (d: $REF_LABEL, r: rvhost, Mpps) $line; ratios ${ratios[*]};" \
         "c2c ${probes[*]} ns" >&2
+}
+
+ratio_of_sums() { # R1 R2 D1 D2 -> (R1 + R2) / (D1 + D2), or nan
+    awk -v a="$1" -v b="$2" -v c="$3" -v d="$4" 'BEGIN {
+        if (a == "nan" || b == "nan" || c == "nan" || d == "nan" || c + d == 0) print "nan"
+        else printf "%.4f\n", (a + b) / (c + d) }'
+}
+
+mean_of() { # numbers -> their mean (nan ignored; nan if none)
+    printf '%s\n' "$@" | awk '$1 != "nan" && $1 != "" { s += $1; n++ }
+        END { if (n) printf "%.0f\n", s / n; else print "nan" }'
 }
 
 # "Q1 Q3" of numbers (nan ignored; linear interpolation), "nan nan" if none.
@@ -780,9 +792,8 @@ echo "(Mpps: medians over the pairs of each backend; ratio: median of the per-pa
     "one-way cache-line latency between the CPUs (rvhost c2c, mean of each pair's probes);" \
     "per state: when the unmixed pairs fall in states more than 1.4x apart)"
 ((SWAP)) && echo "(swap method: Mpps are medians over each backend's windows; ratio: median over" \
-    "the rvhost windows of each one's rate over the mean of the nearest $REF_LABEL window on each" \
-    "side; pairs: rvhost windows with a ratio; IQR: their quartiles; c2c ns: median of the" \
-    "probes before each window)"
+    "each two consecutive rounds of their rvhost rates' sum over their $REF_LABEL rates' sum;" \
+    "pairs: such ratios; IQR: their quartiles; c2c ns: median of the probes before each window)"
 
 if [[ -n $JSON ]]; then
     {
