@@ -616,7 +616,7 @@ swap_row() {
     # something from the one before it (on the Intel host, windows after a DPDK window ran up to
     # 1.5x slower, whichever backend), and two consecutive rounds hold, for each backend, one
     # window after each kind (but for the first window).
-    local k2 a1 a2 b1 b2 r
+    local k2 a1 a2 b1 b2 r line=""
     for ((k2 = 0; k2 + 3 < ${#kinds[@]}; k2 += 2)); do
         a1=${rates[$k2]} a2=${rates[$((k2 + 1))]} b1=${rates[$((k2 + 2))]} b2=${rates[$((k2 + 3))]}
         # Rounds alternate d r / r d: the rvhost windows of the two are the 2nd and 3rd or the
