@@ -333,6 +333,45 @@ MAX_STEAL_PCT=3
 MAX_SPREAD=1.3
 
 RUN_SEQ=0
+
+# start_backend BACKEND SECS LOG SOCK PREFIX MODE SIZE RING CLIENT: the backend of a run (or a
+# --swap window) on SOCK, started with start_bg (START_PID): DPDK's testpmd with net_vhost
+# (BACKEND dpdk), or rvhost fwd (rvhost, or vs: the --vs binary). The vhost-user server when
+# CLIENT is 0 (testpmd then prints its 1 s stats too), the client when it is 1.
+start_backend() {
+    local backend=$1 secs=$2 log=$3 sock=$4 prefix=$5 mode=$6 size=$7 ring=$8 client=$9
+    if [[ $backend == dpdk ]]; then
+        local vdev="net_vhost0,iface=$sock,queues=1" stats=(--stats-period 1)
+        ((client)) && vdev+=",client=1" stats=()
+        start_bg "$secs" "$log" "$TESTPMD" --lcores "0@$BE_CPU,1@$BE_CPU" --no-pci \
+            --in-memory --single-file-segments -m "$MEM" --file-prefix "$prefix" \
+            --vdev "$vdev" -- --forward-mode="$mode" --txpkts="$size" --auto-start \
+            "${stats[@]}" --nb-cores=1 --rxd=1024 --txd=1024 --burst=32
+    else
+        # The whole process on the backend CPU (its lcore pins itself there too), as testpmd's
+        # --lcores '0@CPU,1@CPU' puts its main and forwarding lcores.
+        local bin=$RVHOST opts=()
+        [[ $backend == vs ]] && bin=$VS
+        [[ $ring == packed ]] && opts+=(--packed)
+        ((client)) && opts+=(--client)
+        start_bg "$secs" "$log" taskset -c "$BE_CPU" "$bin" fwd --mode "$mode" --iface "$sock" \
+            --lcores "$BE_CPU" --burst 32 --txpkts "$size" "${opts[@]}"
+    fi
+}
+
+# frontend_args SOCK PREFIX MODE SIZE MRG RING SERVER: sets FE_ARGS to the frontend testpmd's
+# arguments common to both methods: one virtio-user port on SOCK (the vhost-user server when
+# SERVER is 1), forwarding MODE; each method adds how it runs and reports.
+FE_ARGS=()
+frontend_args() {
+    local sock=$1 prefix=$2 mode=$3 size=$4 mrg=$5 ring=$6 server=$7 opts=""
+    ((server)) && opts+=",server=1"
+    [[ $ring == packed ]] && opts+=",packed_vq=1"
+    FE_ARGS=(--lcores "0@$FE_CPU,1@$FE_CPU" --no-pci --in-memory --single-file-segments
+        -m "$MEM" --file-prefix "$prefix"
+        --vdev "net_virtio_user0,path=$sock,queues=1,queue_size=1024,mrg_rxbuf=$mrg,in_order=0$opts"
+        -- --forward-mode="$mode" --txpkts="$size" --nb-cores=1 --rxd=1024 --txd=1024 --burst=32)
+}
 RATE=
 PROBES=()
 UNSTEADY=()
@@ -341,11 +380,7 @@ UNSTEADY=()
 # was not steady (steal above MAX_STEAL_PCT, or its samples spread more than MAX_SPREAD).
 # Runs in this shell (not in $(...)): the trap must see every process it starts.
 run_one() {
-    local backend=$1 dir=$2 size=$3 mrg=$4 ring=$5 packed_fe="" packed_be=""
-    if [[ $ring == packed ]]; then
-        packed_fe=",packed_vq=1"
-        packed_be="--packed"
-    fi
+    local backend=$1 dir=$2 size=$3 mrg=$4 ring=$5
     PROBES+=("$(probe)")
     local fe_mode be_mode meter extra
     read -r fe_mode be_mode meter extra <<<"$(modes "$dir")"
@@ -354,23 +389,12 @@ run_one() {
     local sock="$SOCK_DIR/$id.sock"
     local be_log="$LOGDIR/$id.backend.log" fe_log="$LOGDIR/$id.frontend.log"
     local be_secs=$((SECONDS_PER_RUN + 30)) be_pid fe_pid
+    start_backend "$backend" "$be_secs" "$be_log" "$sock" "be-$TAG-$RUN_SEQ" "$be_mode" "$size" \
+        "$ring" 0
+    be_pid=$START_PID
     if [[ $backend == dpdk ]]; then
-        start_bg "$be_secs" "$be_log" "$TESTPMD" --lcores "0@$BE_CPU,1@$BE_CPU" --no-pci \
-            --in-memory --single-file-segments -m "$MEM" --file-prefix "be-$TAG-$RUN_SEQ" \
-            --vdev "net_vhost0,iface=$sock,queues=1" -- --forward-mode="$be_mode" \
-            --txpkts="$size" --auto-start --stats-period 1 --nb-cores=1 --rxd=1024 \
-            --txd=1024 --burst=32
-        be_pid=$START_PID
         wait_socket "$sock" 20 "$be_pid" && sleep 2
     else
-        # The whole process on the backend CPU (its lcore pins itself there too), as testpmd's
-        # --lcores '0@CPU,1@CPU' puts its main and forwarding lcores.
-        local bin=$RVHOST
-        [[ $backend == vs ]] && bin=$VS
-        # shellcheck disable=SC2086 # $packed_be is zero or one word
-        start_bg "$be_secs" "$be_log" taskset -c "$BE_CPU" "$bin" fwd --mode "$be_mode" \
-            --iface "$sock" --lcores "$BE_CPU" --burst 32 --txpkts "$size" $packed_be
-        be_pid=$START_PID
         wait_socket "$sock" 20 "$be_pid" && sleep 0.5
     fi
     if [[ ! -S $sock ]]; then
@@ -382,12 +406,10 @@ run_one() {
         PROBES+=("$(probe)")
         return
     fi
+    frontend_args "$sock" "fe-$TAG-$RUN_SEQ" "$fe_mode" "$size" "$mrg" "$ring" 0
     # shellcheck disable=SC2086 # $extra is zero or one word
-    start_bg "$((SECONDS_PER_RUN + 20))" "$fe_log" "$TESTPMD" --lcores "0@$FE_CPU,1@$FE_CPU" --no-pci \
-        --in-memory --single-file-segments -m "$MEM" --file-prefix "fe-$TAG-$RUN_SEQ" \
-        --vdev "net_virtio_user0,path=$sock,queues=1,queue_size=1024,mrg_rxbuf=$mrg,in_order=0$packed_fe" \
-        -- --forward-mode="$fe_mode" --txpkts="$size" --auto-start --stats-period 1 \
-        --nb-cores=1 --rxd=1024 --txd=1024 --burst=32 $extra
+    start_bg "$((SECONDS_PER_RUN + 20))" "$fe_log" "$TESTPMD" "${FE_ARGS[@]}" --auto-start \
+        --stats-period 1 $extra
     fe_pid=$START_PID
     local t0 t1
     t0=$(cpu_ticks)
@@ -509,11 +531,7 @@ json_list() { # numbers -> JSON array (nan -> null)
 # swap_row DIR SIZE MRG RING: appends to the row's dpdk, rv, ratios, probes, mixed and tagged
 # arrays, and sets SW_Q1 and SW_Q3 (quartiles of the ratios).
 swap_row() {
-    local dir=$1 size=$2 mrg=$3 ring=$4 packed_fe="" packed_be=""
-    if [[ $ring == packed ]]; then
-        packed_fe=",packed_vq=1"
-        packed_be="--packed"
-    fi
+    local dir=$1 size=$2 mrg=$3 ring=$4
     local fe_mode be_mode meter extra start_cmd=start
     read -r fe_mode be_mode meter extra <<<"$(modes "$dir")"
     case $dir in
@@ -528,12 +546,10 @@ swap_row() {
     exec {cmd_fd}<>"$fifo"
     local windows=$((2 * SWAP)) per_window=$((SECONDS_PER_RUN + DROP + 8))
     : >"$fe_log"
+    frontend_args "$sock" "fe-$TAG-$RUN_SEQ" "$fe_mode" "$size" "$mrg" "$ring" 1
+    # Interactive (-i), commands from the FIFO: not start_bg, whose stdin is the shared one.
     timeout -k 5 -s INT "$((windows * per_window + 30))" stdbuf -oL -eL "$TESTPMD" \
-        --lcores "0@$FE_CPU,1@$FE_CPU" --no-pci --in-memory --single-file-segments -m "$MEM" \
-        --file-prefix "fe-$TAG-$RUN_SEQ" \
-        --vdev "net_virtio_user0,path=$sock,server=1,queues=1,queue_size=1024,mrg_rxbuf=$mrg,in_order=0$packed_fe" \
-        -- -i --forward-mode="$fe_mode" --txpkts="$size" --nb-cores=1 --rxd=1024 --txd=1024 \
-        --burst=32 <&"$cmd_fd" >"$fe_log" 2>&1 &
+        "${FE_ARGS[@]}" -i <&"$cmd_fd" >"$fe_log" 2>&1 &
     fe_pid=$!
     PIDS+=("$fe_pid")
     wait_socket "$sock" 30 "$fe_pid" || die "$id: the frontend did not listen on $sock (see $fe_log)"
@@ -547,18 +563,8 @@ swap_row() {
         p=$(probe)
         probes+=("$p")
         mixed+=(0)
-        if [[ $backend == dpdk ]]; then
-            start_bg "$per_window" "$be_log" "$TESTPMD" --lcores "0@$BE_CPU,1@$BE_CPU" --no-pci \
-                --in-memory --single-file-segments -m "$MEM" --file-prefix "be-$TAG-$RUN_SEQ-$w" \
-                --vdev "net_vhost0,iface=$sock,queues=1,client=1" -- --forward-mode="$be_mode" \
-                --txpkts="$size" --auto-start --nb-cores=1 --rxd=1024 --txd=1024 --burst=32
-        else
-            local bin=$RVHOST
-            [[ $backend == vs ]] && bin=$VS
-            # shellcheck disable=SC2086 # $packed_be is zero or one word
-            start_bg "$per_window" "$be_log" taskset -c "$BE_CPU" "$bin" fwd --mode "$be_mode" \
-                --iface "$sock" --client --lcores "$BE_CPU" --burst 32 --txpkts "$size" $packed_be
-        fi
+        start_backend "$backend" "$per_window" "$be_log" "$sock" "be-$TAG-$RUN_SEQ-$w" "$be_mode" \
+            "$size" "$ring" 1
         be_pid=$START_PID
         # Connected: the first backend ends the frontend's start-up (its prompt), each later
         # one a "reconnection succeeds".

@@ -566,7 +566,7 @@ pub(super) fn dispatch(c: &mut Conn, mut msg: Message) -> Result<(), String> {
         }
         Outcome::Done => {}
     }
-    if implicit_owner && !c.state.owner && !outcome_failed {
+    if implicit_owner && !outcome_failed {
         log::warn!(
             "{}: {} before SET_OWNER: taking the frontend as the owner (DPDK virtio-user \
              sends none when a backend reconnects to it)",
