@@ -1,6 +1,7 @@
 //! Packet pools (`rte_pktmbuf_pool_create`) and their per-worker caches.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 
@@ -342,6 +343,19 @@ pub struct PktCache {
     pool: PktPool,
 }
 
+/// The first `n` entries of `staged`, which the caller wrote.
+///
+/// # Safety
+///
+/// `staged[..n]` are initialised.
+#[inline(always)]
+unsafe fn staged_init(staged: &[MaybeUninit<ObjPtr>; CHUNK], n: usize) -> &[ObjPtr] {
+    let n = n.min(CHUNK);
+    // SAFETY: the caller wrote the first `n` (at most CHUNK) entries; `MaybeUninit<T>` has
+    // `T`'s layout.
+    unsafe { std::slice::from_raw_parts(staged.as_ptr().cast::<ObjPtr>(), n) }
+}
+
 impl PktCache {
     /// Allocates one mbuf.
     #[inline]
@@ -371,7 +385,9 @@ impl PktCache {
     /// vector's allocation.
     pub fn free_bulk(&mut self, mbufs: impl IntoIterator<Item = Mbuf>) {
         let own = Arc::as_ptr(self.cache.pool());
-        let mut staged = [ObjPtr::DANGLING; CHUNK];
+        // Not initialised: filling 64 entries cost each call 512 bytes of stores (some 5
+        // instructions a packet in loop-tput, where half the calls free nothing).
+        let mut staged = [const { MaybeUninit::<ObjPtr>::uninit() }; CHUNK];
         let mut n = 0;
         let cache = &mut self.cache;
         for m in mbufs {
@@ -380,18 +396,21 @@ impl PktCache {
                     freed.put_uncached();
                     return;
                 }
-                staged[n] = freed.obj();
+                staged[n].write(freed.obj());
                 n += 1;
                 if n == CHUNK {
                     // SAFETY: every staged object is a `Freed` header of this cache's pool
-                    // (checked above): its last reference is gone and it is put once.
-                    unsafe { cache.put_bulk_unchecked(&staged) };
+                    // (checked above): its last reference is gone and it is put once; all
+                    // CHUNK entries were written.
+                    unsafe { cache.put_bulk_unchecked(staged_init(&staged, CHUNK)) };
                     n = 0;
                 }
             });
         }
-        // SAFETY: as above.
-        unsafe { cache.put_bulk_unchecked(&staged[..n]) };
+        if n > 0 {
+            // SAFETY: as above, for the first `n` entries, written since the last put.
+            unsafe { cache.put_bulk_unchecked(staged_init(&staged, n)) };
+        }
     }
 
     /// Free mbufs sitting in this cache.

@@ -427,23 +427,29 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
     fn used_batch(&mut self, heads: &[AvailChain; BATCH], lens: [u32; BATCH]) {
         debug_assert!(heads.iter().all(|c| c.count == 1) && heads[0].head == self.used);
         let (idx, wrap) = (self.used.idx(), self.used.wrap());
-        if usize::from(idx) + BATCH > usize::from(self.size) {
+        // The 4 are written into the shadow's spare room and its length set once: pushed one
+        // by one, each push checked the capacity (callgrind, loop-tput packed 64 B: 6.5
+        // instructions a packet less). The shadow is sized to the queue, so the room is there.
+        let n = self.shadow.len();
+        let spare = self.shadow.spare_capacity_mut().first_chunk_mut::<BATCH>();
+        let (Some(spare), true) = (spare, usize::from(idx) + BATCH <= usize::from(self.size))
+        else {
             for (&c, len) in heads.iter().zip(lens) {
                 self.used(c, len);
             }
             return;
-        }
-        // Written out, pushed one by one: as a closure and `extend_from_slice`, both were
-        // calls (callgrind, one-thread bench: 22 instructions a packet).
-        for (k, (c, len)) in heads.iter().zip(lens).enumerate() {
+        };
+        for (k, (slot, (c, len))) in spare.iter_mut().zip(heads.iter().zip(lens)).enumerate() {
             let at = RingPos::new(idx + k as u16, wrap);
             let u = PackedUsed {
                 id: c.id,
                 len,
                 count: 1,
             };
-            self.shadow.push(StagedUsed::new(at, u));
+            slot.write(StagedUsed::new(at, u));
         }
+        // SAFETY: the BATCH entries after the first `n` were written just above.
+        unsafe { self.shadow.set_len(n + BATCH) };
         self.used = self.used.advance(BATCH as u16, self.size);
         self.room = self.room.saturating_add(BATCH as u16).min(self.size);
     }
