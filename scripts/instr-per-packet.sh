@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# instr-per-packet.sh: counts the instructions a backend executes per packet, under callgrind,
+# with DPDK's testpmd virtio-user as the frontend (the rows of bench-vs-dpdk.sh: g2h, h2g,
+# loop-lat, loop-tput). Unlike a rate, the count does not depend on the host's state (which
+# moves rates of one build 10-40% from run to run, and a backend's cycles per packet up to 2x):
+# two builds, or rvhost and DPDK's vhost, compare exactly. It says nothing of cache misses and
+# cross-core transfers, which a rate includes: use it to see where instructions go, and
+# ab-inprocess.sh / bench-vs-dpdk.sh for what they cost.
+#
+# The frontend runs interactively (commands through a FIFO): once the backend has the device,
+# instrumentation is turned on, forwarding starts, runs --seconds, stops, the rings drain, and
+# instrumentation goes off. No packet moves outside that window, so the backend's own count of
+# packets (rvhost: its FINAL line; testpmd: its forward statistics) is the window's. Idle
+# polling inside the window (before the first packet, after the last) is counted too: a second
+# or two of empty polls, under 1% of a 20 s window.
+#
+# Needs valgrind, dpdk-testpmd (apt-get install valgrind dpdk-dev), hugepages for the frontend
+# and a release build of rvhost (cargo build --release; its debug info names the functions).
+# The backend runs some 50x slower under callgrind: the frontend is then never the bottleneck,
+# and every burst of the backend is full.
+
+set -uo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: scripts/instr-per-packet.sh [options]
+
+  --backend B        rvhost or dpdk (testpmd's net_vhost; default rvhost)
+  --dir D            g2h, h2g, loop-lat or loop-tput (default loop-tput)
+  --ring R           split or packed (default packed)
+  --mrg N            mrg_rxbuf of the frontend, 0 or 1 (default 0)
+  --size BYTES       frame size (default 64)
+  --seconds S        length of the counted window (default 30)
+  --top N            functions listed, by instructions per packet with their callees (default 25)
+  --rvhost PATH      rvhost binary (default target/release/rvhost)
+  --testpmd PATH     dpdk-testpmd binary (default dpdk-testpmd)
+  --backend-cpu N    CPU of the backend (default 0)
+  --frontend-cpu N   CPU of the frontend (default 1)
+  --mem MB           hugepage memory (-m) of the frontend (default 512)
+  --logs DIR         keep the logs and callgrind.out in DIR (default: a temporary dir, removed)
+  -h, --help         this text
+EOF
+}
+
+BACKEND=rvhost DIR=loop-tput RING=packed MRG=0 SIZE=64 SECS=30 TOP=25
+RVHOST=target/release/rvhost TESTPMD=dpdk-testpmd BE_CPU=0 FE_CPU=1 MEM=512 LOGDIR=""
+die() {
+    echo "instr-per-packet: $*" >&2
+    exit 1
+}
+while (($#)); do
+    case $1 in
+    --backend) BACKEND=${2:?} && shift ;;
+    --dir) DIR=${2:?} && shift ;;
+    --ring) RING=${2:?} && shift ;;
+    --mrg) MRG=${2:?} && shift ;;
+    --size) SIZE=${2:?} && shift ;;
+    --seconds) SECS=${2:?} && shift ;;
+    --top) TOP=${2:?} && shift ;;
+    --rvhost) RVHOST=${2:?} && shift ;;
+    --testpmd) TESTPMD=${2:?} && shift ;;
+    --backend-cpu) BE_CPU=${2:?} && shift ;;
+    --frontend-cpu) FE_CPU=${2:?} && shift ;;
+    --mem) MEM=${2:?} && shift ;;
+    --logs) LOGDIR=${2:?} && shift ;;
+    -h | --help) usage && exit 0 ;;
+    *) usage >&2 && exit 2 ;;
+    esac
+    shift
+done
+[[ $SECS =~ ^[0-9]+$ ]] || die "--seconds $SECS: a whole number of seconds"
+[[ $MRG == 0 || $MRG == 1 ]] || die "--mrg $MRG: 0 or 1"
+[[ $TOP =~ ^[0-9]+$ ]] || die "--top $TOP: a number"
+command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
+    die "valgrind not found (apt-get install valgrind)"
+command -v "$TESTPMD" >/dev/null || die "$TESTPMD not found (apt-get install dpdk-dev)"
+case $BACKEND in
+rvhost) [[ -x $RVHOST ]] || die "$RVHOST: no rvhost binary (cargo build --release)" ;;
+dpdk) ;;
+*) die "--backend $BACKEND: rvhost or dpdk" ;;
+esac
+
+# The frontend's mode and how it starts; the backend's mode; the backend's counter of the row.
+case $DIR in
+g2h) fe_mode=txonly start=start be_mode=rxonly meter=rx ;;
+h2g) fe_mode=rxonly start=start be_mode=txonly meter=tx ;;
+loop-lat) fe_mode=io start="start tx_first" be_mode=io meter=tx ;;
+loop-tput) fe_mode=mac start="start tx_first 32" be_mode=io meter=tx ;;
+*) die "--dir $DIR: g2h, h2g, loop-lat or loop-tput" ;;
+esac
+fe_opts="" be_opts=()
+case $RING in
+split) ;;
+packed) fe_opts=",packed_vq=1" be_opts=(--packed) ;;
+*) die "--ring $RING: split or packed" ;;
+esac
+
+KEEP=1
+if [[ -z $LOGDIR ]]; then
+    LOGDIR=$(mktemp -d /tmp/instr-per-packet.XXXXXX) || die "cannot make a temporary directory"
+    KEEP=0
+fi
+mkdir -p "$LOGDIR" || die "cannot make $LOGDIR"
+SOCK="$LOGDIR/ipp.sock" BE_LOG="$LOGDIR/backend.log" FE_LOG="$LOGDIR/frontend.log"
+OUT="$LOGDIR/callgrind.out" FIFO="$LOGDIR/frontend.cmds"
+rm -f "$SOCK" "$OUT" "$FIFO"
+mkfifo "$FIFO" || die "cannot make $FIFO"
+
+BE_PID="" FE_PID=""
+cleanup() {
+    exec 7>&- 2>/dev/null
+    [[ -n $FE_PID ]] && kill -INT "$FE_PID" 2>/dev/null
+    [[ -n $BE_PID ]] && kill -INT "$BE_PID" 2>/dev/null
+    wait 2>/dev/null
+    ((KEEP)) || rm -rf "$LOGDIR"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cg=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT")
+if [[ $BACKEND == rvhost ]]; then
+    taskset -c "$BE_CPU" "${cg[@]}" "$RVHOST" fwd --mode "$be_mode" --iface "$SOCK" \
+        --lcores "$BE_CPU" --burst 32 --txpkts "$SIZE" "${be_opts[@]}" --stats-period 0 \
+        >"$BE_LOG" 2>&1 &
+else
+    # Without hugepages: valgrind does not follow DPDK's hugepage mappings. The guest's memory
+    # is the frontend's either way.
+    taskset -c "$BE_CPU" "${cg[@]}" "$TESTPMD" --lcores "0@$BE_CPU,1@$BE_CPU" --no-pci \
+        --no-huge -m 1024 --file-prefix "ipp-be-$$" --vdev "net_vhost0,iface=$SOCK,queues=1" \
+        -- --forward-mode="$be_mode" --txpkts="$SIZE" --auto-start --stats-period 3600 \
+        --nb-cores=1 --rxd=1024 --txd=1024 --burst=32 >"$BE_LOG" 2>&1 </dev/null &
+fi
+BE_PID=$!
+for _ in $(seq 600); do
+    [[ -S $SOCK ]] && break
+    kill -0 "$BE_PID" 2>/dev/null || break
+    sleep 0.1
+done
+[[ -S $SOCK ]] || {
+    KEEP=1
+    die "the backend did not listen on $SOCK (see $BE_LOG)"
+}
+
+# Interactive: the commands come through the FIFO, held open (fd 7) for the whole run.
+taskset -c "$FE_CPU" "$TESTPMD" --lcores "0@$FE_CPU,1@$FE_CPU" --no-pci --in-memory \
+    --single-file-segments -m "$MEM" --file-prefix "ipp-fe-$$" \
+    --vdev "net_virtio_user0,path=$SOCK,queues=1,queue_size=1024,mrg_rxbuf=$MRG,in_order=0$fe_opts" \
+    -- -i --forward-mode="$fe_mode" --txpkts="$SIZE" --nb-cores=1 --rxd=1024 --txd=1024 \
+    --burst=32 >"$FE_LOG" 2>&1 <"$FIFO" &
+FE_PID=$!
+exec 7>"$FIFO"
+for _ in $(seq 600); do
+    grep -q "testpmd>" "$FE_LOG" 2>/dev/null && break
+    kill -0 "$FE_PID" 2>/dev/null || break
+    sleep 0.1
+done
+grep -q "testpmd>" "$FE_LOG" || {
+    KEEP=1
+    die "the frontend did not start (see $FE_LOG)"
+}
+# The backend under callgrind takes a while to finish the device's setup.
+sleep 5
+callgrind_control -i on "$BE_PID" >/dev/null 2>&1 || {
+    KEEP=1
+    die "callgrind_control could not reach the backend (pid $BE_PID; see $BE_LOG)"
+}
+echo "$start" >&7
+sleep "$SECS"
+# Off before the frontend stops: no idle poll is counted after the last packets, and the packets
+# forwarded while the command reaches callgrind (some 0.1-0.5 s at 0.2-0.3 Mpps) are counted
+# without their instructions: the figure is low by about that share (1-2% of a 30 s window).
+callgrind_control -i off "$BE_PID" >/dev/null 2>&1
+echo "stop" >&7
+sleep 1
+echo "quit" >&7
+exec 7>&-
+wait "$FE_PID" 2>/dev/null
+FE_PID=""
+kill -INT "$BE_PID" 2>/dev/null
+wait "$BE_PID" 2>/dev/null
+BE_PID=""
+
+if [[ $BACKEND == rvhost ]]; then
+    pkts=$(sed -n "s/^FINAL port=0 .*${meter}_pkts=\([0-9]*\).*/\1/p" "$BE_LOG" | tail -1)
+else
+    pkts=$(grep -a "${meter^^}-packets:" "$BE_LOG" | tail -1 | awk '{print $2}')
+fi
+[[ $pkts =~ ^[0-9]+$ && $pkts -gt 0 ]] || {
+    KEEP=1
+    die "no packet count in $BE_LOG"
+}
+echo "instr-per-packet: $BACKEND $DIR ${SIZE}B mrg=$MRG $RING, $pkts packets in ${SECS} s" \
+    "(logs: $( ((KEEP)) && echo "$LOGDIR" || echo removed))"
+python3 - "$OUT" "$pkts" "$TOP" <<'PY'
+# Each function's own instructions (its inlined code included) and with its callees (calls
+# from it), from callgrind's output format: "fn=" starts a function's block, cost lines are
+# "position count", and a "calls=" line makes the next cost line the cost of that call.
+import re, sys
+out, pkts, top = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+names, objs, own, incl = {}, {}, {}, {}
+fn, ob, call = None, "", False
+def name(s, table=names):
+    m = re.match(r"\((\d+)\)(?: (.*))?", s)
+    if not m:
+        return s
+    if m.group(2):
+        table[m.group(1)] = m.group(2)
+    return table.get(m.group(1), s)
+for line in open(out):
+    if line.startswith("ob="):
+        ob = name(line[3:].strip(), objs)
+    elif line.startswith("cob="):
+        name(line[4:].strip(), objs)
+    elif line.startswith("fn="):
+        fn = name(line[3:].strip())
+        if fn.startswith("0x"):
+            # No symbol (DPDK's static functions): where it is.
+            fn = f"{ob.rsplit('/', 1)[-1]}+{fn}"
+    elif line.startswith("cfn="):
+        name(line[4:].strip())
+    elif line.startswith("calls="):
+        call = True
+    elif line[:1].isdigit() or line[:1] in "+-*":
+        parts = line.split()
+        n = int(parts[1]) if len(parts) > 1 else 0
+        incl[fn] = incl.get(fn, 0) + n
+        if not call:
+            own[fn] = own.get(fn, 0) + n
+        call = False
+total = sum(own.values())
+if total == 0:
+    sys.exit("instr-per-packet: callgrind counted nothing")
+print(f"{total / pkts:8.1f} instructions per packet in all")
+print("    self  +callees  function (per packet)")
+shown = 0
+for f, n in sorted(own.items(), key=lambda kv: -kv[1]):
+    if shown >= top or n / pkts < 0.5:
+        break
+    print(f"{n / pkts:8.1f}  {incl.get(f, n) / pkts:8.1f}  {f}")
+    shown += 1
+PY
