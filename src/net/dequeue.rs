@@ -237,7 +237,7 @@ impl Large {
 /// the fresh mbuf `m`. The payload goes through `step` unless the header asks for offloads
 /// (they need the frame's first bytes on the CPU: copied now). `None` sends the chain to the
 /// general path ([`fill`]) with `m` untouched.
-#[inline]
+#[inline(always)]
 pub(super) fn fill_simple<'v, R: Ring<'v>>(
     b: &R,
     tc: &mut TranslationCache,
