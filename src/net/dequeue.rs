@@ -139,7 +139,7 @@ fn dequeue_chains<'v, R: Ring<'v>>(
                     if !fill_one(b, &mut tc, head, hlen, out, i + j, &mut kept, cache, large) {
                         // This chain and those of the batch after it go back; those before it
                         // are returned.
-                        b.unreserve_n(BATCH - j);
+                        b.unreserve_batch(&heads, j);
                         for &h in &heads[..j] {
                             b.used(h, 0);
                         }

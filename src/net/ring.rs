@@ -103,8 +103,16 @@ pub(super) trait Ring<'v> {
     /// Walks a taken chain's buffers (`writable` or readable ones: the queue's direction),
     /// refusing a chain longer than `max_len` bytes.
     fn walk(&self, h: Self::Head, writable: bool, max_len: u64) -> Self::Walk;
-    /// Gives back the last `n` chains taken (they stay available).
+    /// Gives back the last `n` chains taken one by one (they stay available); not the chains
+    /// of a batch ([`unreserve_batch`](Self::unreserve_batch)).
     fn unreserve_n(&mut self, n: usize);
+    /// Gives back the chains of the batch [`take_batch`](Self::take_batch) took last, from
+    /// `heads[from]` on (they stay available).
+    #[inline(always)]
+    fn unreserve_batch(&mut self, heads: &[Self::Head; BATCH], from: usize) {
+        let _ = heads;
+        self.unreserve_n(BATCH.saturating_sub(from));
+    }
     /// Gives back the last chain taken.
     #[inline(always)]
     fn unreserve(&mut self) {
