@@ -8,11 +8,12 @@
 # ab-inprocess.sh / bench-vs-dpdk.sh for what they cost.
 #
 # The frontend runs interactively (commands through a FIFO): once the backend has the device,
-# instrumentation is turned on, forwarding starts, runs --seconds, stops, the rings drain, and
-# instrumentation goes off. No packet moves outside that window, so the backend's own count of
-# packets (rvhost: its FINAL line; testpmd: its forward statistics) is the window's. Idle
-# polling inside the window (before the first packet, after the last) is counted too: a second
-# or two of empty polls, under 1% of a 20 s window.
+# instrumentation is turned on, forwarding starts and runs --seconds, instrumentation goes off,
+# then forwarding stops. No packet moves before the window, so the backend's own count of
+# packets (rvhost: its FINAL line; testpmd: its forward statistics) is the window's plus those
+# forwarded while the off command reaches callgrind and those in flight at the stop: the
+# figure is low by that share (1-2% of the default 30 s window). The empty polls before the
+# first packet (a fraction of a second) are counted.
 #
 # Needs valgrind, dpdk-testpmd (apt-get install valgrind dpdk-dev), hugepages for the frontend
 # and a release build of rvhost (cargo build --release; its debug info names the functions).
