@@ -13,6 +13,7 @@ use common::pkt::{mbuf_of, packet_bytes, payload};
 use rvhost::driver::Flags;
 use rvhost::features::{VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF};
 use rvhost::frontend::FrontendOptions;
+use rvhost::mbuf::OffloadFlags;
 use rvhost::net::{QueuePair, enqueue_burst};
 
 const Q0: QueuePair = QueuePair(0);
@@ -371,6 +372,53 @@ fn bad_buffer_inside_a_batch_is_dropped_in_its_place() {
     assert_eq!(b.stats(1), (3, 1, false), "(packets, bad chains, broken)");
     for (slot, id) in [(0, 4), (1, 5), (2, 6), (3, 7)] {
         assert_eq!(b.used_desc(1, slot), (0, id, AVAIL | USED), "slot {slot}");
+    }
+    cache.free_bulk(got);
+    drop(cache);
+    assert_eq!(b.pool.in_use(), 0, "no mbuf leaked");
+}
+
+/// Two lines of transmit chains (slots 0-7): the second chain's header asks for an offload
+/// (DATA_VALID), the third's buffer is outside guest memory. A batch is copied whole only while
+/// its chains are plain ones; from the first that is not, chain by chain. The offloaded packet
+/// arrives with its flag, the bad chain is dropped in its place, and the second line, after a
+/// drop, arrives whole and in order: every packet where it belongs, every id returned in order.
+#[test]
+fn batches_hand_offloads_and_drops_to_the_chain_by_chain_path() {
+    let b = bed();
+    let mut cache = b.pool.cache();
+    let descs: Vec<D> = (0..8)
+        .map(|k| {
+            let at = SCRATCH + k * 4096;
+            let (addr, len) = b.tx_buf(at, 60 + k, 30 + k);
+            if k == 1 {
+                // flags: VIRTIO_NET_HDR_F_DATA_VALID.
+                b.write(at, &[2]);
+            }
+            let addr = if k == 2 { 1 << 40 } else { addr };
+            (addr, len, 20 + k as u16, 0)
+        })
+        .collect();
+    b.post(1, 0, &descs);
+    let got = b.dequeue(&mut cache);
+    let bytes: Vec<_> = got.iter().map(packet_bytes).collect();
+    let want: Vec<_> = [0, 1, 3, 4, 5, 6, 7]
+        .iter()
+        .map(|&k| payload(60 + k, 30 + k))
+        .collect();
+    assert_eq!(bytes, want);
+    let valid: Vec<bool> = got
+        .iter()
+        .map(|m| m.meta().ol_flags.contains(OffloadFlags::RX_L4_CKSUM_GOOD))
+        .collect();
+    assert_eq!(valid, [false, true, false, false, false, false, false]);
+    assert_eq!(b.stats(1), (7, 1, false), "(packets, bad chains, broken)");
+    for slot in 0..8 {
+        assert_eq!(
+            b.used_desc(1, slot),
+            (0, 20 + slot, AVAIL | USED),
+            "slot {slot}"
+        );
     }
     cache.free_bulk(got);
     drop(cache);

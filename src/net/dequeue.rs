@@ -15,7 +15,7 @@ use super::ring::Ring;
 use super::runs::{CopyStep, Cpu, MAX_PIECES, Pieces, Runs};
 use crate::driver::{Device, Flags};
 use crate::mbuf::{ExtBuf, Mbuf, PktCache};
-use crate::memory::{Gpa, TranslationCache};
+use crate::memory::{Gpa, GuestSlice, TranslationCache};
 use crate::virtq::packed::BATCH;
 use crate::virtq::split::{
     ChainError, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VirtqDesc,
@@ -135,7 +135,14 @@ fn dequeue_chains<'v, R: Ring<'v>>(
                     // `next` is past the batch: chain i + TX_AHEAD is TX_AHEAD - BATCH on.
                     let _ = prefetch_tx_batch(b, &mut tc, (TX_AHEAD - BATCH) as u16);
                 }
-                for (j, &head) in heads.iter().enumerate() {
+                // Where no chain was dropped, the batch's mbufs are where they stay.
+                let done = if kept == i {
+                    fill_batch(b, &mut tc, &heads, hlen, &mut out[i..i + BATCH])
+                } else {
+                    0
+                };
+                kept += done;
+                for (j, &head) in heads.iter().enumerate().skip(done) {
                     if !fill_one(b, &mut tc, head, hlen, out, i + j, &mut kept, cache, large) {
                         // This chain and those of the batch after it go back; those before it
                         // are returned.
@@ -210,6 +217,35 @@ fn fill_one<'v, R: Ring<'v>>(
     true
 }
 
+/// [`fill_plain`] for a batch's chains into the fresh mbufs `out` (as many), in order, while
+/// each is that common case; returns how many were filled, counted here once for them all.
+/// The rest, from the first that is not, are left untouched for the caller to fill chain by
+/// chain. Chain by chain (`fill_one`: the whole header read, each packet counted and moved
+/// into place) cost 40 instructions a packet more (callgrind, packed g2h 64 B: 360 -> 320;
+/// loop-tput 621 -> 582). In-run A/B, packed mrg 0: loop-tput 64 B +4.2% (quartiles
+/// 1.02-1.07), loop-lat 64 B +3.4%, g2h 64 B even (frontend-bound), g2h 1518 B +7.3%.
+#[inline(always)]
+fn fill_batch<'v, R: Ring<'v>>(
+    b: &mut R,
+    tc: &mut TranslationCache,
+    heads: &[R::Head; BATCH],
+    hlen: usize,
+    out: &mut [Mbuf],
+) -> usize {
+    let (mut done, mut bytes) = (0, 0);
+    for (&head, m) in heads.iter().zip(out.iter_mut()) {
+        let Some(len) = fill_plain(b, tc, head, hlen, m) else {
+            break;
+        };
+        done += 1;
+        bytes += len as u64;
+    }
+    let st = b.stats();
+    st.packets += done as u64;
+    st.bytes += bytes;
+    done
+}
+
 /// Records on transmit vring `vring` whether its burst left chains behind (`more`; see
 /// [`VringLock::backlog`](crate::virtq::lock::VringLock::backlog)).
 #[inline]
@@ -246,15 +282,7 @@ pub(super) fn fill_simple<'v, R: Ring<'v>>(
     m: &mut Mbuf,
     step: &mut impl CopyStep,
 ) -> Option<()> {
-    let d = b.desc(head);
-    if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE) != 0 {
-        return None;
-    }
-    let len = d.len as usize;
-    let data_len = len.checked_sub(hlen)?;
-    let buf = b
-        .memory()
-        .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(d.len))?;
+    let (buf, data_len) = simple_buffer(b, tc, head, hlen)?;
     let mut hb = [0u8; 12];
     buf.read_at(0, &mut hb[..hlen]).ok()?;
     let body = buf.subslice(hlen, data_len).ok()?;
@@ -270,6 +298,50 @@ pub(super) fn fill_simple<'v, R: Ring<'v>>(
         offloads(&VirtioNetHdr::from_bytes(&hb, hlen), m);
     }
     Some(())
+}
+
+/// [`fill_simple`] of a packet whose header asks for no offload (its first two bytes, flags
+/// and gso_type, are 0; the rest is not read), copied by the CPU: the bytes appended to `m`,
+/// or `None` with `m` untouched (for `fill_simple` to take the packet). For [`fill_batch`]:
+/// handling offloads there cost 15 instructions a packet (callgrind, packed g2h 64 B).
+#[inline(always)]
+fn fill_plain<'v, R: Ring<'v>>(
+    b: &R,
+    tc: &mut TranslationCache,
+    head: R::Head,
+    hlen: usize,
+    m: &mut Mbuf,
+) -> Option<usize> {
+    let (buf, data_len) = simple_buffer(b, tc, head, hlen)?;
+    let mut offload = [0u8; 2];
+    buf.read_at(0, &mut offload).ok()?;
+    if offload != [0, 0] {
+        return None;
+    }
+    let body = buf.subslice(hlen, data_len).ok()?;
+    let dst = m.append_mut(data_len).ok()?;
+    Cpu.read_guest(body, dst);
+    Some(data_len)
+}
+
+/// The buffer of chain `head` if it is one readable descriptor in one region, with the
+/// length of the packet after its `hlen`-byte header.
+#[inline(always)]
+fn simple_buffer<'v, R: Ring<'v>>(
+    b: &R,
+    tc: &mut TranslationCache,
+    head: R::Head,
+    hlen: usize,
+) -> Option<(GuestSlice<'v>, usize)> {
+    let d = b.desc(head);
+    if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE) != 0 {
+        return None;
+    }
+    let data_len = (d.len as usize).checked_sub(hlen)?;
+    let buf = b
+        .memory()
+        .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(d.len))?;
+    Some((buf, data_len))
 }
 
 /// How many chains ahead of the one being copied a dequeue asks for the first lines of its
