@@ -413,9 +413,9 @@ pub(super) struct ReadyBatch<'v, H> {
 
 /// Reads into `out` the [`BATCH`] chains from `k` places after the next one, which the
 /// packets `pkts` will be copied into if they make a batch, and asks for the start of their
-/// buffers ([`prefetch_ahead`]). `out` is left `None` if they are not a batch, or a buffer is
-/// not guest memory or too small for its packet (nothing is asked for then: they go one by
-/// one). In place: returned by value, the batch was copied with a `memcpy` call.
+/// buffers ([`prefetch_ahead`]). `out` is left `None` if they are not a batch, a buffer is
+/// not guest memory or too small for its packet, or a packet has several segments or
+/// offloads (nothing is asked for then: they go one by one). In place: returned by value, the batch was copied with a `memcpy` call.
 #[inline(always)]
 fn ready_batch<'v, R: Ring<'v>>(
     b: &R,
@@ -437,10 +437,14 @@ fn ready_batch<'v, R: Ring<'v>>(
         b.desc(heads[2]),
         b.desc(heads[3]),
     ];
-    if d.iter()
-        .zip(pkts)
-        .any(|(d, p)| (d.len as usize) < ctx.hlen + p.data().len())
-    {
+    // The packets are checked here, where their lengths are read, for `place_batch` (one
+    // segment, no offloads): a second pass over them there cost 3.4 instructions a packet
+    // (callgrind, packed h2g 64 B).
+    if d.iter().zip(pkts).any(|(d, p)| {
+        (d.len as usize) < ctx.hlen + p.data().len()
+            || p.nb_segs() != 1
+            || !p.meta().ol_flags.is_empty()
+    }) {
         return;
     }
     // The whole buffer must be guest memory (see `place_simple`).
@@ -491,9 +495,9 @@ fn batch_step<'v, 'p, R: Ring<'v>, L: Dirty>(
 }
 
 /// [`place_simple`] for [`BATCH`] packets at once, into the batch `r` (read and checked
-/// together: DPDK's `virtio_dev_rx_batch_packed`), when every packet is one segment without
-/// offloads and `r`'s chains are still the next ones. Otherwise nothing is placed (`false`)
-/// and the chains stay available.
+/// together: DPDK's `virtio_dev_rx_batch_packed`; [`ready_batch`] checked that every packet
+/// is one segment without offloads), when `r`'s chains are still the next ones. Otherwise
+/// nothing is placed (`false`) and the chains stay available.
 #[inline(always)]
 fn place_batch<'v, 'p, R: Ring<'v>, L: Dirty>(
     b: &mut R,
@@ -502,11 +506,7 @@ fn place_batch<'v, 'p, R: Ring<'v>, L: Dirty>(
     r: &ReadyBatch<'v, R::Head>,
     ctx: &Ctx,
 ) -> bool {
-    if pkts
-        .iter()
-        .any(|p| p.nb_segs() != 1 || !p.meta().ol_flags.is_empty())
-        || !b.take_batch(&r.heads)
-    {
+    if !b.take_batch(&r.heads) {
         return false;
     }
     let mut lens = [0; BATCH];
