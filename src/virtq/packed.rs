@@ -1046,6 +1046,39 @@ impl<'a> PackedQueue<'a> {
         // ring's host address is 16-byte aligned, so the line is a guess, not a bound). A
         // batch's slots are distinct, so one past the ring's end comes back below the first.
         let line_end = (first.idx | 3).saturating_add(1);
+        let n = batch.len();
+        let run = batch[n - 1].idx.checked_sub(first.idx) == Some((n - 1) as u16);
+        if let (true, true, Some(p)) = (
+            run,
+            usize::from(first.idx) + n <= usize::from(self.size),
+            self.slot(first.idx),
+        ) {
+            // The slots follow each other from the first, before the ring's end (a batch of
+            // one-slot chains, each element's slot the one after the last's: the last at
+            // `n - 1` on means no gap and no wrap): stored from the first slot's address
+            // on, no slot reduced to the ring one by one (callgrind, loop-tput packed 64 B:
+            // write_staged 28.4 -> 21.0 instructions a packet, both directions together).
+            let store = |k: usize, word: u64| {
+                // SAFETY: `k < n` (every call below), and slots `first.idx..first.idx + n`
+                // are below the size (checked above), so inside the ring (`slot`) and 16-byte
+                // aligned: the 8 bytes from slot `first.idx + k`'s length on are an aligned
+                // u64, accessed atomically.
+                unsafe {
+                    AtomicU64::from_ptr(
+                        p.add(k * PACKED_DESC_SIZE as usize + OFF_LEN).cast::<u64>(),
+                    )
+                }
+                .store(word, Ordering::Relaxed);
+            };
+            let head = usize::from(line_end - first.idx).min(n);
+            for (k, u) in batch.iter().enumerate().skip(head) {
+                store(k, u.word);
+            }
+            for (k, u) in batch.iter().enumerate().take(head).skip(1) {
+                store(k, u.word);
+            }
+            return;
+        }
         let head = batch
             .iter()
             .take(BATCH)

@@ -564,6 +564,51 @@ fn a_batch_of_used_descriptors_shows_its_first_flags_last() {
     assert_eq!(q.write_used_batch(start, &[]), start);
 }
 
+/// One-slot chains in a row, from slot 1 to the ring's end (slots 1-7: two lines): written
+/// from the first slot's address on, each in its own slot, the first's flags last; then a run
+/// of one at slot 0 of the next lap. (Runs that wrap or skip slots: the test above.)
+#[test]
+fn used_descriptors_of_slots_in_a_row_go_each_to_its_slot() {
+    let g = Guest::new(QSIZE);
+    let q = g.q();
+    let mut p = RingPos::new(1, true);
+    for id in 0..7 {
+        p = g.post(p, id, &[(0x10000, 1, W)]);
+    }
+    assert_eq!(p, RingPos::new(0, false));
+    let used = |n: u16| {
+        (0..n).map(|id| PackedUsed {
+            id,
+            len: 20 + u32::from(id),
+            count: 1,
+        })
+    };
+    let mut staged = Vec::new();
+    assert_eq!(q.stage_used(RingPos::new(1, true), used(7), &mut staged), p);
+    q.write_staged_but_first(&staged);
+    assert!(!desc_is_used(g.get(1).flags, true), "first not yet used");
+    for slot in 2..8 {
+        let u = g.get(slot);
+        assert!(desc_is_used(u.flags, true), "slot {slot} used");
+        assert_eq!((u.id, u.len), (slot - 1, 19 + u32::from(slot)));
+    }
+    q.write_staged(&staged);
+    assert!(desc_is_used(g.get(1).flags, true));
+    assert_eq!((g.get(1).id, g.get(1).len), (0, 20));
+    // A run of one at slot 0 (second lap): written whole by `write_staged`.
+    g.post(RingPos::new(0, false), 9, &[(0x10000, 1, W)]);
+    staged.clear();
+    let one = [PackedUsed {
+        id: 9,
+        len: 5,
+        count: 1,
+    }];
+    q.stage_used(RingPos::new(0, false), one.into_iter(), &mut staged);
+    q.write_staged(&staged);
+    assert!(desc_is_used(g.get(0).flags, false));
+    assert_eq!((g.get(0).id, g.get(0).len), (9, 5));
+}
+
 #[test]
 fn a_batch_is_never_seen_half_written() {
     // A reader polls the first slot's flags; once it sees them used, every element of the
