@@ -603,7 +603,7 @@ fn used_descriptors_of_slots_in_a_row_go_each_to_its_slot() {
         len: 5,
         count: 1,
     }];
-    q.stage_used(RingPos::new(0, false), one.into_iter(), &mut staged);
+    q.stage_used(RingPos::new(0, false), one, &mut staged);
     q.write_staged(&staged);
     assert!(desc_is_used(g.get(0).flags, false));
     assert_eq!((g.get(0).id, g.get(0).len), (9, 5));
