@@ -415,7 +415,8 @@ pub(super) struct ReadyBatch<'v, H> {
 /// packets `pkts` will be copied into if they make a batch, and asks for the start of their
 /// buffers ([`prefetch_ahead`]). `out` is left `None` if they are not a batch, a buffer is
 /// not guest memory or too small for its packet, or a packet has several segments or
-/// offloads (nothing is asked for then: they go one by one). In place: returned by value, the batch was copied with a `memcpy` call.
+/// offloads (nothing is asked for then: they go one by one). In place: returned by value,
+/// the batch was copied with a `memcpy` call.
 #[inline(always)]
 fn ready_batch<'v, R: Ring<'v>>(
     b: &R,

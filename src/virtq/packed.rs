@@ -1054,8 +1054,8 @@ impl<'a> PackedQueue<'a> {
             self.slot(first.idx),
         ) {
             // The slots follow each other from the first, before the ring's end (a batch of
-            // one-slot chains, each element's slot the one after the last's: the last at
-            // `n - 1` on means no gap and no wrap): stored from the first slot's address
+            // one-slot chains: each element's slot is after the previous one's, so the last
+            // at `n - 1` on means no gap and no wrap): stored from the first slot's address
             // on, no slot reduced to the ring one by one (callgrind, loop-tput packed 64 B:
             // write_staged 28.4 -> 21.0 instructions a packet, both directions together).
             let store = |k: usize, word: u64| {
