@@ -33,6 +33,10 @@ usage: scripts/instr-per-packet.sh [options]
   --size BYTES       frame size (default 64)
   --seconds S        length of the counted window (default 30)
   --top N            functions listed, by instructions per packet with their callees (default 25)
+  --annotate NAME    also list, per packet, the instructions of rvhost's function whose name
+                     contains NAME (the one with the most instructions of its own), each with
+                     its count and the source lines it came from (callgrind --dump-instr=yes);
+                     0.25 a packet is once a batch of 4, 0.03 once a burst of 32
   --rvhost PATH      rvhost binary (default target/release/rvhost)
   --testpmd PATH     dpdk-testpmd binary (default dpdk-testpmd)
   --backend-cpu N    CPU of the backend (default 0)
@@ -43,7 +47,7 @@ usage: scripts/instr-per-packet.sh [options]
 EOF
 }
 
-BACKEND=rvhost DIR=loop-tput RING=packed MRG=0 SIZE=64 SECS=30 TOP=25
+BACKEND=rvhost DIR=loop-tput RING=packed MRG=0 SIZE=64 SECS=30 TOP=25 ANNOTATE=""
 RVHOST=target/release/rvhost TESTPMD=dpdk-testpmd BE_CPU=0 FE_CPU=1 MEM=512 LOGDIR=""
 die() {
     echo "instr-per-packet: $*" >&2
@@ -58,6 +62,7 @@ while (($#)); do
     --size) SIZE=${2:?} && shift ;;
     --seconds) SECS=${2:?} && shift ;;
     --top) TOP=${2:?} && shift ;;
+    --annotate) ANNOTATE=${2:?} && shift ;;
     --rvhost) RVHOST=${2:?} && shift ;;
     --testpmd) TESTPMD=${2:?} && shift ;;
     --backend-cpu) BE_CPU=${2:?} && shift ;;
@@ -77,9 +82,10 @@ command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
 command -v "$TESTPMD" >/dev/null || die "$TESTPMD not found (apt-get install dpdk-dev)"
 case $BACKEND in
 rvhost) [[ -x $RVHOST ]] || die "$RVHOST: no rvhost binary (cargo build --release)" ;;
-dpdk) ;;
+dpdk) [[ -z $ANNOTATE ]] || die "--annotate: rvhost's functions only (--backend rvhost)" ;;
 *) die "--backend $BACKEND: rvhost or dpdk" ;;
 esac
+[[ -z $ANNOTATE ]] || command -v objdump >/dev/null || die "--annotate needs objdump (binutils)"
 
 # The frontend's mode and how it starts; the backend's mode; the backend's counter of the row.
 case $DIR in
@@ -119,6 +125,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 cg=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT")
+# Per instruction, addresses written out whole (the parser below reads them as they are).
+[[ -n $ANNOTATE ]] && cg+=(--dump-instr=yes --compress-pos=no)
 if [[ $BACKEND == rvhost ]]; then
     taskset -c "$BE_CPU" "${cg[@]}" "$RVHOST" fwd --mode "$be_mode" --iface "$SOCK" \
         --lcores "$BE_CPU" --burst 32 --txpkts "$SIZE" "${be_opts[@]}" --stats-period 0 \
@@ -192,14 +200,17 @@ fi
 }
 echo "instr-per-packet: $BACKEND $DIR ${SIZE}B mrg=$MRG $RING, $pkts packets in ${SECS} s" \
     "(logs: $( ((KEEP)) && echo "$LOGDIR" || echo removed))"
-python3 - "$OUT" "$pkts" "$TOP" <<'PY'
+python3 - "$OUT" "$pkts" "$TOP" "$ANNOTATE" "$(readlink -f "$RVHOST")" <<'PY'
 # Each function's own instructions (its inlined code included) and with its callees (calls
 # from it), from callgrind's output format: "fn=" starts a function's block, cost lines are
-# "position count", and a "calls=" line makes the next cost line the cost of that call.
-import re, sys
-out, pkts, top = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+# "positions count" (the "positions:" line says how many: "line", or "instr line" with
+# --dump-instr), and a "calls=" line makes the next cost line the cost of that call.
+import re, subprocess, sys
+out, pkts, top, annotate, binary = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 names, objs, own, incl = {}, {}, {}, {}
-fn, ob, call = None, "", False
+fn, ob, call, npos = None, "", False, 1
+# With --annotate: each function's own count per instruction address, for rvhost's functions.
+per_addr = {}
 def name(s, table=names):
     m = re.match(r"\((\d+)\)(?: (.*))?", s)
     if not m:
@@ -208,7 +219,9 @@ def name(s, table=names):
         table[m.group(1)] = m.group(2)
     return table.get(m.group(1), s)
 for line in open(out):
-    if line.startswith("ob="):
+    if line.startswith("positions:"):
+        npos = len(line.split()) - 1
+    elif line.startswith("ob="):
         ob = name(line[3:].strip(), objs)
     elif line.startswith("cob="):
         name(line[4:].strip(), objs)
@@ -223,10 +236,14 @@ for line in open(out):
         call = True
     elif line[:1].isdigit() or line[:1] in "+-*":
         parts = line.split()
-        n = int(parts[1]) if len(parts) > 1 else 0
+        n = int(parts[npos]) if len(parts) > npos else 0
         incl[fn] = incl.get(fn, 0) + n
         if not call:
             own[fn] = own.get(fn, 0) + n
+            if annotate and ob == binary and annotate in fn:
+                at = per_addr.setdefault(fn, {})
+                a = int(parts[0], 16)
+                at[a] = at.get(a, 0) + n
         call = False
 total = sum(own.values())
 if total == 0:
@@ -239,4 +256,57 @@ for f, n in sorted(own.items(), key=lambda kv: -kv[1]):
         break
     print(f"{n / pkts:8.1f}  {incl.get(f, n) / pkts:8.1f}  {f}")
     shown += 1
+if annotate:
+    if not per_addr:
+        sys.exit(f"instr-per-packet: no function of {binary} named like {annotate!r} ran")
+    f = max(per_addr, key=lambda k: own.get(k, 0))
+    costs = per_addr[f]
+    print(f"\n{f}: {own[f] / pkts:.1f} instructions of its own per packet, by instruction")
+    # Its extent from the symbol table (callgrind's addresses are the binary's own).
+    lo, hi = min(costs), max(costs) + 1
+    nm = subprocess.run(["nm", "-S", "-C", binary], capture_output=True, text=True).stdout
+    for l in nm.splitlines():
+        p = l.split(maxsplit=3)
+        if len(p) == 4 and p[3] == f:
+            s0, sz = int(p[0], 16), int(p[1], 16)
+            if s0 <= lo < s0 + sz:
+                lo, hi = s0, s0 + sz
+                break
+    dis = subprocess.run(["objdump", "-d", "-l", "-C", "--no-show-raw-insn",
+                          f"--start-address={lo:#x}", f"--stop-address={hi:#x}", binary],
+                         capture_output=True, text=True).stdout
+    insn = re.compile(r"^\s*([0-9a-f]+):\s*(.*)$")
+    rows, src = [], ""
+    for l in dis.splitlines():
+        m = insn.match(l)
+        if m:
+            rows.append((int(m.group(1), 16), m.group(2).strip(), src))
+        elif l.startswith("/") or re.match(r"^\S+:\d+", l):
+            src = l.strip()
+    # A cost at an address is that of the instruction holding it (callgrind counts each
+    # instruction at its own address; the floor guards against a partial listing).
+    cost = {}
+    starts = [r[0] for r in rows]
+    import bisect
+    for a, n in costs.items():
+        i = bisect.bisect_right(starts, a) - 1
+        if i >= 0:
+            cost[starts[i]] = cost.get(starts[i], 0) + n
+    by_src = {}
+    for a, text, where in rows:
+        by_src[where] = by_src.get(where, 0) + cost.get(a, 0)
+    print("  per pkt  source line (the most instructions first)")
+    for where, n in sorted(by_src.items(), key=lambda kv: -kv[1])[:top]:
+        if n / pkts >= 0.05:
+            print(f"  {n / pkts:7.2f}  {where or '(no line)'}")
+    print("  per pkt  address  instruction   (source line above the instructions it gave)")
+    shown_src = None
+    for a, text, where in rows:
+        n = cost.get(a, 0)
+        if n == 0:
+            continue
+        if where != shown_src:
+            print(f"           {where}")
+            shown_src = where
+        print(f"  {n / pkts:7.2f}  {a:8x}  {text}")
 PY
