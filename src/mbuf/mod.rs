@@ -234,6 +234,23 @@ impl Mbuf {
         self.append_mut_chain(n)
     }
 
+    /// [`append_mut`](Self::append_mut) for a fresh mbuf, without the checks it passes by
+    /// being one (one segment, its buffer's only reference): `None`, nothing appended, if its
+    /// data room lacks `n` bytes. For a dequeue's copy into the mbufs it just allocated: the
+    /// checks cost 12 instructions a packet (callgrind, packed g2h 64 B).
+    ///
+    /// # Safety
+    ///
+    /// `self` came from [`PktPool::alloc`] or [`PktCache::alloc_bulk`] (or the like) and was
+    /// not cloned, attached to, given an external buffer or chained since.
+    #[inline(always)]
+    pub(crate) unsafe fn append_fresh(&mut self, n: usize) -> Option<&mut [u8]> {
+        debug_assert!(self.nb_segs() == 1 && self.head().is_writable());
+        // SAFETY: a fresh mbuf's one segment is its head and holds its buffer's only
+        // reference (the caller's contract).
+        unsafe { self.head_mut().grow_exclusive(n) }
+    }
+
     /// [`append_mut`](Self::append_mut) on a chain of several segments.
     #[inline(never)]
     fn append_mut_chain(&mut self, n: usize) -> Result<&mut [u8], MbufError> {

@@ -646,6 +646,30 @@ fn pool_config_errors() {
 }
 
 #[test]
+fn append_fresh_grows_a_fresh_mbuf_or_changes_nothing() {
+    let p = pool("appfresh", 8, 256, 4);
+    let mut m = p.alloc().unwrap();
+    let room = m.tailroom();
+    // SAFETY: `m` was just allocated.
+    let new = unsafe { m.append_fresh(64) }.unwrap();
+    assert_eq!(new.len(), 64);
+    new.copy_from_slice(&pattern(64, 3));
+    assert_eq!(
+        (m.pkt_len(), m.data_len(), m.tailroom()),
+        (64, 64, room - 64)
+    );
+    assert_eq!(contents(&m), pattern(64, 3));
+    // More than the room left: nothing appended.
+    let mut m = p.alloc().unwrap();
+    // SAFETY: as above.
+    assert!(unsafe { m.append_fresh(room + 1) }.is_none());
+    assert_eq!((m.pkt_len(), m.data_len(), m.tailroom()), (0, 0, room));
+    // SAFETY: as above.
+    assert_eq!(unsafe { m.append_fresh(room) }.map(|d| d.len()), Some(room));
+    assert_eq!(m.pkt_len(), room);
+}
+
+#[test]
 fn append_mut_returns_the_new_bytes_of_the_last_segment() {
     let p = pool("appmut", 8, 256, 4);
     let clones = PktPool::new("appmut-c", 8, 0, 4, small()).unwrap();

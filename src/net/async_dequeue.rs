@@ -117,7 +117,9 @@ fn submit_on<'v, R: Ring<'v>>(
             seq: aq.next_seq(),
             aq,
         };
-        let filled = match fill_simple(&b, &mut tc, head, hlen, &mut m, &mut step) {
+        // SAFETY: `m` is fresh: popped from `fresh`, which holds only the mbufs `alloc_bulk`
+        // gave just above (every call ends with it emptied).
+        let filled = match unsafe { fill_simple(&b, &mut tc, head, hlen, &mut m, &mut step) } {
             Some(()) => Ok(()),
             None => fill(&b, head, hlen, &mut m, cache, large, &mut step),
         };

@@ -137,13 +137,21 @@ fn dequeue_chains<'v, R: Ring<'v>>(
                 }
                 // Where no chain was dropped, the batch's mbufs are where they stay.
                 let done = if kept == i {
-                    fill_batch(b, &mut tc, &heads, hlen, &mut out[i..i + BATCH])
+                    // SAFETY: `out[i..]` are the mbufs `alloc_bulk` gave above, untouched: the
+                    // chains before them were copied into `out[..i]`, and every mbuf swapped
+                    // out of place (`fill_one`) went to a position below `i`.
+                    unsafe { fill_batch(b, &mut tc, &heads, hlen, &mut out[i..i + BATCH]) }
                 } else {
                     0
                 };
                 kept += done;
                 for (j, &head) in heads.iter().enumerate().skip(done) {
-                    if !fill_one(b, &mut tc, head, hlen, out, i + j, &mut kept, cache, large) {
+                    // SAFETY: `out[i + j]` is fresh: `fill_batch` left the batch's mbufs from
+                    // `done` on untouched, and `fill_one` moves only mbufs below `i + j`.
+                    let filled = unsafe {
+                        fill_one(b, &mut tc, head, hlen, out, i + j, &mut kept, cache, large)
+                    };
+                    if !filled {
                         // This chain and those of the batch after it go back; those before it
                         // are returned.
                         b.unreserve_batch(&heads, j);
@@ -162,7 +170,8 @@ fn dequeue_chains<'v, R: Ring<'v>>(
             prefetch_tx(b, &mut tc, TX_AHEAD as u16);
         }
         let Ok(head) = b.next_head() else { break };
-        if !fill_one(b, &mut tc, head, hlen, out, i, &mut kept, cache, large) {
+        // SAFETY: `out[i]` is fresh: `fill_one` moves only mbufs below the one it fills.
+        if !unsafe { fill_one(b, &mut tc, head, hlen, out, i, &mut kept, cache, large) } {
             b.unreserve();
             break;
         }
@@ -182,9 +191,13 @@ fn dequeue_chains<'v, R: Ring<'v>>(
 /// gave none: malformed, counted, or too large); `false` when no mbuf was left for a further
 /// segment (the chain is to be given back, to be taken again; the burst stops). The caller
 /// returns it: one chain with [`Ring::used`], a batch together with [`Ring::used_batch`].
+///
+/// # Safety
+///
+/// `out[i]` is fresh, as for [`fill_simple`]. Only mbufs at `i` and below are moved.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn fill_one<'v, R: Ring<'v>>(
+unsafe fn fill_one<'v, R: Ring<'v>>(
     b: &mut R,
     tc: &mut TranslationCache,
     head: R::Head,
@@ -195,7 +208,8 @@ fn fill_one<'v, R: Ring<'v>>(
     cache: &mut PktCache,
     large: Large,
 ) -> bool {
-    let filled = match fill_simple(b, tc, head, hlen, &mut out[i], &mut Cpu) {
+    // SAFETY: `out[i]` is fresh (the caller's contract).
+    let filled = match unsafe { fill_simple(b, tc, head, hlen, &mut out[i], &mut Cpu) } {
         Some(()) => Ok(()),
         None => fill(b, head, hlen, &mut out[i], cache, large, &mut Cpu),
     };
@@ -224,8 +238,12 @@ fn fill_one<'v, R: Ring<'v>>(
 /// into place) cost 40 instructions a packet more (callgrind, packed g2h 64 B: 360 -> 320;
 /// loop-tput 621 -> 582). In-run A/B, packed mrg 0: loop-tput 64 B +4.2% (quartiles
 /// 1.02-1.07), loop-lat 64 B +3.4%, g2h 64 B even (frontend-bound), g2h 1518 B +7.3%.
+///
+/// # Safety
+///
+/// Every mbuf of `out` is fresh, as for [`fill_simple`].
 #[inline(always)]
-fn fill_batch<'v, R: Ring<'v>>(
+unsafe fn fill_batch<'v, R: Ring<'v>>(
     b: &mut R,
     tc: &mut TranslationCache,
     heads: &[R::Head; BATCH],
@@ -234,7 +252,8 @@ fn fill_batch<'v, R: Ring<'v>>(
 ) -> usize {
     let (mut done, mut bytes) = (0, 0);
     for (&head, m) in heads.iter().zip(out.iter_mut()) {
-        let Some(len) = fill_plain(b, tc, head, hlen, m) else {
+        // SAFETY: `m` is fresh (the caller's contract).
+        let Some(len) = (unsafe { fill_plain(b, tc, head, hlen, m) }) else {
             break;
         };
         done += 1;
@@ -273,8 +292,13 @@ impl Large {
 /// the fresh mbuf `m`. The payload goes through `step` unless the header asks for offloads
 /// (they need the frame's first bytes on the CPU: copied now). `None` sends the chain to the
 /// general path ([`fill`]) with `m` untouched.
+///
+/// # Safety
+///
+/// `m` is fresh: allocated for this copy ([`PktCache::alloc_bulk`]) and untouched since, so
+/// it is one empty segment holding its buffer's only reference ([`Mbuf::append_fresh`]).
 #[inline(always)]
-pub(super) fn fill_simple<'v, R: Ring<'v>>(
+pub(super) unsafe fn fill_simple<'v, R: Ring<'v>>(
     b: &R,
     tc: &mut TranslationCache,
     head: R::Head,
@@ -288,7 +312,8 @@ pub(super) fn fill_simple<'v, R: Ring<'v>>(
     let body = buf.subslice(hlen, data_len).ok()?;
     // A fresh mbuf: nothing is appended if it fails (no room for the packet: the general
     // path chains it), and `m` goes to the general path as is.
-    let dst = m.append_mut(data_len).ok()?;
+    // SAFETY: `m` is fresh (the caller's contract).
+    let dst = unsafe { m.append_fresh(data_len) }?;
     // Most packets carry no offload: flags and gso_type are the first two bytes. Offloads
     // need the frame's first bytes, so such a packet is copied now whatever the step.
     if hb[0] | hb[1] == 0 {
@@ -304,8 +329,12 @@ pub(super) fn fill_simple<'v, R: Ring<'v>>(
 /// and gso_type, are 0; the rest is not read), copied by the CPU: the bytes appended to `m`,
 /// or `None` with `m` untouched (for `fill_simple` to take the packet). For [`fill_batch`]:
 /// handling offloads there cost 15 instructions a packet (callgrind, packed g2h 64 B).
+///
+/// # Safety
+///
+/// `m` is fresh, as for [`fill_simple`].
 #[inline(always)]
-fn fill_plain<'v, R: Ring<'v>>(
+unsafe fn fill_plain<'v, R: Ring<'v>>(
     b: &R,
     tc: &mut TranslationCache,
     head: R::Head,
@@ -319,7 +348,8 @@ fn fill_plain<'v, R: Ring<'v>>(
         return None;
     }
     let body = buf.subslice(hlen, data_len).ok()?;
-    let dst = m.append_mut(data_len).ok()?;
+    // SAFETY: `m` is fresh (the caller's contract).
+    let dst = unsafe { m.append_fresh(data_len) }?;
     Cpu.read_guest(body, dst);
     Some(data_len)
 }

@@ -187,6 +187,31 @@ impl<'a> SegmentMut<'a> {
         Ok(unsafe { slice::from_raw_parts_mut(self.seg.buf_addr.add(off + len), n) })
     }
 
+    /// [`grow`](Self::grow) of a head segment whose buffer is known to have no other
+    /// reference (no writability check): `n` bytes of tailroom (`None`, nothing changed, if
+    /// there are fewer), the data and packet lengths grown by `n`.
+    ///
+    /// # Safety
+    ///
+    /// This is the head of a one-segment mbuf whose buffer has no other reference (invariant
+    /// 4 with the refcount at 1: a fresh mbuf's, never cloned or attached since).
+    #[inline(always)]
+    pub(in crate::mbuf) unsafe fn grow_exclusive(self, n: usize) -> Option<&'a mut [u8]> {
+        let s = self.as_segment();
+        let (off, len) = (s.headroom(), s.data_len());
+        if n > s.tailroom() {
+            return None;
+        }
+        // At most `buf_len` (a u32): the window stays in the buffer; one segment, so the
+        // packet is its data.
+        self.seg.data_len = (len + n) as u32;
+        self.seg.pkt_len = (len + n) as u32;
+        // SAFETY: `off + len + n <= buf_len` (the tailroom), so the bytes are in the buffer
+        // this segment holds a reference to (invariant 3); the caller vouches it is the only
+        // one, and we hold the chain exclusively for 'a (invariant 4).
+        Some(unsafe { slice::from_raw_parts_mut(self.seg.buf_addr.add(off + len), n) })
+    }
+
     #[inline]
     fn reborrow(&mut self) -> SegmentMut<'_> {
         SegmentMut {
