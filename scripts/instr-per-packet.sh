@@ -32,7 +32,8 @@ usage: scripts/instr-per-packet.sh [options]
   --mrg N            mrg_rxbuf of the frontend, 0 or 1 (default 0)
   --size BYTES       frame size (default 64)
   --seconds S        length of the counted window (default 30)
-  --top N            functions listed, by instructions per packet with their callees (default 25)
+  --top N            functions listed, by instructions per packet with their callees (default 25;
+                     with --annotate, also the source lines listed)
   --annotate NAME    also list, per packet, the instructions of rvhost's function whose name
                      contains NAME (the one with the most instructions of its own), each with
                      its count and the source lines it came from (callgrind --dump-instr=yes);
@@ -205,7 +206,7 @@ python3 - "$OUT" "$pkts" "$TOP" "$ANNOTATE" "$(readlink -f "$RVHOST")" <<'PY'
 # from it), from callgrind's output format: "fn=" starts a function's block, cost lines are
 # "positions count" (the "positions:" line says how many: "line", or "instr line" with
 # --dump-instr), and a "calls=" line makes the next cost line the cost of that call.
-import re, subprocess, sys
+import bisect, re, subprocess, sys
 out, pkts, top, annotate, binary = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 names, objs, own, incl = {}, {}, {}, {}
 fn, ob, call, npos = None, "", False, 1
@@ -287,7 +288,6 @@ if annotate:
     # instruction at its own address; the floor guards against a partial listing).
     cost = {}
     starts = [r[0] for r in rows]
-    import bisect
     for a, n in costs.items():
         i = bisect.bisect_right(starts, a) - 1
         if i >= 0:

@@ -236,8 +236,9 @@ impl Mbuf {
 
     /// [`append_mut`](Self::append_mut) for a fresh mbuf, without the checks it passes by
     /// being one (one segment, its buffer's only reference): `None`, nothing appended, if its
-    /// data room lacks `n` bytes. For a dequeue's copy into the mbufs it just allocated: the
-    /// checks cost 12 instructions a packet (callgrind, packed g2h 64 B).
+    /// data room lacks `n` bytes. For a dequeue's copy into the mbufs it just allocated: with
+    /// the checks, `dequeue_burst` took 17.6 instructions a packet more (callgrind, loop-tput
+    /// packed 64 B: 221.2 against 203.6).
     ///
     /// # Safety
     ///

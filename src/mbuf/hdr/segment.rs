@@ -166,7 +166,7 @@ impl<'a> SegmentMut<'a> {
         pkt_len: Option<u32>,
     ) -> Result<&'a mut [u8], MbufError> {
         let s = self.as_segment();
-        let (off, len, room) = (s.headroom(), s.data_len(), s.tailroom());
+        let room = s.tailroom();
         if n > room {
             return Err(MbufError::NoTailroom {
                 requested: n,
@@ -176,15 +176,9 @@ impl<'a> SegmentMut<'a> {
         if !s.is_writable() {
             return Err(MbufError::Shared);
         }
-        // At most `buf_len` (a u32): the window stays in the buffer.
-        self.seg.data_len = (len + n) as u32;
-        if let Some(l) = pkt_len {
-            self.seg.pkt_len = l;
-        }
-        // SAFETY: `off + len + n <= buf_len` (the tailroom), so the bytes are in the buffer
-        // this segment holds a reference to (invariant 3); we hold its only reference and the
-        // chain exclusively for 'a (invariant 4), as in `into_data_mut`.
-        Ok(unsafe { slice::from_raw_parts_mut(self.seg.buf_addr.add(off + len), n) })
+        // SAFETY: `n` is at most the tailroom (checked above) and the buffer has no other
+        // reference (`is_writable`).
+        Ok(unsafe { self.extend(n, pkt_len) })
     }
 
     /// [`grow`](Self::grow) of a head segment whose buffer is known to have no other
@@ -198,18 +192,36 @@ impl<'a> SegmentMut<'a> {
     #[inline(always)]
     pub(in crate::mbuf) unsafe fn grow_exclusive(self, n: usize) -> Option<&'a mut [u8]> {
         let s = self.as_segment();
-        let (off, len) = (s.headroom(), s.data_len());
         if n > s.tailroom() {
             return None;
         }
-        // At most `buf_len` (a u32): the window stays in the buffer; one segment, so the
-        // packet is its data.
+        // One segment: the packet is its data. At most `buf_len`, a u32 (the tailroom).
+        let pkt_len = (s.data_len() + n) as u32;
+        // SAFETY: `n` is at most the tailroom (checked above); the caller vouches the buffer
+        // has no other reference.
+        Some(unsafe { self.extend(n, Some(pkt_len)) })
+    }
+
+    /// The last step of [`grow`](Self::grow) and [`grow_exclusive`](Self::grow_exclusive):
+    /// the data extended by `n` bytes (and the head's `pkt_len` set if given), those bytes
+    /// returned for writing.
+    ///
+    /// # Safety
+    ///
+    /// `n` is at most the tailroom, and this segment holds its buffer's only reference.
+    #[inline(always)]
+    unsafe fn extend(self, n: usize, pkt_len: Option<u32>) -> &'a mut [u8] {
+        let (off, len) = (self.seg.data_off as usize, self.seg.data_len as usize);
+        // At most `buf_len` (a u32): the window stays in the buffer.
         self.seg.data_len = (len + n) as u32;
-        self.seg.pkt_len = (len + n) as u32;
-        // SAFETY: `off + len + n <= buf_len` (the tailroom), so the bytes are in the buffer
-        // this segment holds a reference to (invariant 3); the caller vouches it is the only
-        // one, and we hold the chain exclusively for 'a (invariant 4).
-        Some(unsafe { slice::from_raw_parts_mut(self.seg.buf_addr.add(off + len), n) })
+        if let Some(l) = pkt_len {
+            self.seg.pkt_len = l;
+        }
+        // SAFETY: `off + len + n <= buf_len` (`n` is at most the tailroom: the caller's
+        // contract), so the bytes are in the buffer this segment holds a reference to
+        // (invariant 3); it is the only one (the caller's contract) and we hold the chain
+        // exclusively for 'a (invariant 4), as in `into_data_mut`.
+        unsafe { slice::from_raw_parts_mut(self.seg.buf_addr.add(off + len), n) }
     }
 
     #[inline]
