@@ -16,6 +16,8 @@
 # release build of rvhost with the experiment wired in (cargo build --release).
 
 set -uo pipefail
+# shellcheck source=scripts/lib/testpmd.sh
+source "$(dirname "$0")/lib/testpmd.sh"
 
 usage() {
     cat <<'EOF'
@@ -29,11 +31,9 @@ usage: scripts/ab-inprocess.sh [options]
   --seconds S        length of the run (default 20)
   --period S         seconds of each variant (default 0.5)
   --drop N           periods dropped at the start (default 4)
-  --rvhost PATH      rvhost binary (default target/release/rvhost)
-  --testpmd PATH     dpdk-testpmd binary (default dpdk-testpmd)
-  --backend-cpu N    CPU of rvhost (default 0)
-  --frontend-cpu N   CPU of the frontend (default 1)
-  --mem MB           hugepage memory (-m) of testpmd (default 512)
+EOF
+    cat <<EOF
+$SHARED_USAGE
   --logs DIR         keep both logs in DIR (default: a temporary dir, removed)
   -h, --help         this text
 EOF
@@ -46,6 +46,7 @@ die() {
     exit 1
 }
 while (($#)); do
+    shared_option "$1" "${2-}" && shift 2 && continue
     case $1 in
     --mask) MASK=${2:?} && shift ;;
     --dir) DIR=${2:?} && shift ;;
@@ -55,12 +56,6 @@ while (($#)); do
     --seconds) SECS=${2:?} && shift ;;
     --period) PERIOD=${2:?} && shift ;;
     --drop) DROP=${2:?} && shift ;;
-    --rvhost) RVHOST=${2:?} && shift ;;
-    --testpmd) TESTPMD=${2:?} && shift ;;
-    --backend-cpu) BE_CPU=${2:?} && shift ;;
-    --frontend-cpu) FE_CPU=${2:?} && shift ;;
-    --mem) MEM=${2:?} && shift ;;
-    --logs) LOGDIR=${2:?} && shift ;;
     -h | --help) usage && exit 0 ;;
     *) usage >&2 && exit 2 ;;
     esac
@@ -79,10 +74,10 @@ loop-lat) be_mode=io fe_args=(--forward-mode=io --tx-first) meter=Tx ;;
 loop-tput) be_mode=io fe_args=(--forward-mode=mac) meter=Tx ;;
 *) die "--dir $DIR: g2h, h2g, loop-lat or loop-tput" ;;
 esac
-packed_fe="" packed_be=()
+packed_be=()
 case $RING in
 split) ;;
-packed) packed_fe=",packed_vq=1" packed_be=(--packed) ;;
+packed) packed_be=(--packed) ;;
 *) die "--ring $RING: split or packed" ;;
 esac
 
@@ -123,11 +118,11 @@ done
     KEEP=1
     die "rvhost did not listen on $SOCK (see $BE_LOG)"
 }
-timeout -s INT "$((SECS + 10))" "$TESTPMD" --lcores "0@$FE_CPU,1@$FE_CPU" --no-pci --in-memory \
-    --single-file-segments -m "$MEM" --file-prefix "ab-$$" \
-    --vdev "net_virtio_user0,path=$SOCK,queues=1,queue_size=1024,mrg_rxbuf=$MRG,in_order=0$packed_fe" \
-    -- "${fe_args[@]}" --txpkts="$SIZE" --auto-start --stats-period 1 --nb-cores=1 --rxd=1024 \
-    --txd=1024 --burst=32 >"$FE_LOG" 2>&1 </dev/null &
+testpmd_eal "$FE_CPU" "ab-$$"
+timeout -s INT "$((SECS + 10))" "$TESTPMD" "${EAL_ARGS[@]}" \
+    --vdev "$(virtio_user_vdev "$SOCK" "$MRG" "$RING")" \
+    -- "${fe_args[@]}" --txpkts="$SIZE" --auto-start --stats-period 1 "${PORT_ARGS[@]}" \
+    >"$FE_LOG" 2>&1 </dev/null &
 FE_PID=$!
 # The run: SECS seconds from the frontend's first statistics line.
 for _ in $(seq 200); do

@@ -48,6 +48,8 @@
 # rvhost (cargo build --release).
 
 set -uo pipefail
+# shellcheck source=scripts/lib/testpmd.sh
+source "$(dirname "$0")/lib/testpmd.sh"
 
 usage() {
     cat <<'EOF'
@@ -109,6 +111,7 @@ die() {
 }
 
 while (($#)); do
+    shared_option "$1" "${2-}" && shift 2 && continue
     case "$1" in
     --pairs) PAIRS=${2:?}; shift ;;
     --seconds) SECONDS_PER_RUN=${2:?}; shift ;;
@@ -119,16 +122,10 @@ while (($#)); do
     --rings) RINGS=${2:?}; shift ;;
     --quick) QUICK=1 ;;
     --swap) SWAP=${2:?}; shift ;;
-    --rvhost) RVHOST=${2:?}; shift ;;
-    --testpmd) TESTPMD=${2:?}; shift ;;
-    --backend-cpu) BE_CPU=${2:?}; shift ;;
-    --frontend-cpu) FE_CPU=${2:?}; shift ;;
-    --mem) MEM=${2:?}; shift ;;
     --dpdk-only) DPDK_ONLY=1 ;;
     --vs) VS=${2:?}; shift ;;
     --retries) RETRIES=${2:?}; shift ;;
     --json) JSON=${2:?}; shift ;;
-    --logs) LOGDIR=${2:?}; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown option $1" ;;
     esac
@@ -343,10 +340,9 @@ start_backend() {
     if [[ $backend == dpdk ]]; then
         local vdev="net_vhost0,iface=$sock,queues=1" stats=(--stats-period 1)
         ((client)) && vdev+=",client=1" stats=()
-        start_bg "$secs" "$log" "$TESTPMD" --lcores "0@$BE_CPU,1@$BE_CPU" --no-pci \
-            --in-memory --single-file-segments -m "$MEM" --file-prefix "$prefix" \
-            --vdev "$vdev" -- --forward-mode="$mode" --txpkts="$size" --auto-start \
-            "${stats[@]}" --nb-cores=1 --rxd=1024 --txd=1024 --burst=32
+        testpmd_eal "$BE_CPU" "$prefix"
+        start_bg "$secs" "$log" "$TESTPMD" "${EAL_ARGS[@]}" --vdev "$vdev" \
+            -- --forward-mode="$mode" --txpkts="$size" --auto-start "${stats[@]}" "${PORT_ARGS[@]}"
     else
         # The whole process on the backend CPU (its lcore pins itself there too), as testpmd's
         # --lcores '0@CPU,1@CPU' puts its main and forwarding lcores.
@@ -364,13 +360,10 @@ start_backend() {
 # SERVER is 1), forwarding MODE; each method adds how it runs and reports.
 FE_ARGS=()
 frontend_args() {
-    local sock=$1 prefix=$2 mode=$3 size=$4 mrg=$5 ring=$6 server=$7 opts=""
-    ((server)) && opts+=",server=1"
-    [[ $ring == packed ]] && opts+=",packed_vq=1"
-    FE_ARGS=(--lcores "0@$FE_CPU,1@$FE_CPU" --no-pci --in-memory --single-file-segments
-        -m "$MEM" --file-prefix "$prefix"
-        --vdev "net_virtio_user0,path=$sock,queues=1,queue_size=1024,mrg_rxbuf=$mrg,in_order=0$opts"
-        -- --forward-mode="$mode" --txpkts="$size" --nb-cores=1 --rxd=1024 --txd=1024 --burst=32)
+    local sock=$1 prefix=$2 mode=$3 size=$4 mrg=$5 ring=$6 server=$7
+    testpmd_eal "$FE_CPU" "$prefix"
+    FE_ARGS=("${EAL_ARGS[@]}" --vdev "$(virtio_user_vdev "$sock" "$mrg" "$ring" "$server")"
+        -- --forward-mode="$mode" --txpkts="$size" "${PORT_ARGS[@]}")
 }
 RATE=
 PROBES=()

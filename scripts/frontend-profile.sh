@@ -23,6 +23,8 @@
 # for two testpmds (--mem MB each), root, and a release build of rvhost.
 
 set -uo pipefail
+# shellcheck source=scripts/lib/testpmd.sh
+source "$(dirname "$0")/lib/testpmd.sh"
 
 usage() {
     cat <<'EOF'
@@ -37,11 +39,9 @@ usage: scripts/frontend-profile.sh [options]
   --drop S           seconds of forwarding before sampling (default 2)
   --top N            functions listed (default 12)
   --function F       also list the addresses inside F (a name or start as printed)
-  --rvhost PATH      rvhost binary (default target/release/rvhost)
-  --testpmd PATH     dpdk-testpmd binary (default dpdk-testpmd)
-  --backend-cpu N    CPU of the backends (default 0)
-  --frontend-cpu N   CPU of the frontend, the one sampled (default 1)
-  --mem MB           hugepage memory (-m) of each testpmd (default 512)
+EOF
+    cat <<EOF
+$SHARED_USAGE
   --logs DIR         keep the logs and perf data in DIR (default: a temporary dir, removed)
   -h, --help         this text
 EOF
@@ -54,6 +54,7 @@ die() {
     exit 1
 }
 while (($#)); do
+    shared_option "$1" "${2-}" && shift 2 && continue
     case $1 in
     --dir) DIR=${2:?} && shift ;;
     --ring) RING=${2:?} && shift ;;
@@ -64,12 +65,6 @@ while (($#)); do
     --drop) DROP=${2:?} && shift ;;
     --top) TOP=${2:?} && shift ;;
     --function) FUNC=${2:?} && shift ;;
-    --rvhost) RVHOST=${2:?} && shift ;;
-    --testpmd) TESTPMD=${2:?} && shift ;;
-    --backend-cpu) BE_CPU=${2:?} && shift ;;
-    --frontend-cpu) FE_CPU=${2:?} && shift ;;
-    --mem) MEM=${2:?} && shift ;;
-    --logs) LOGDIR=${2:?} && shift ;;
     -h | --help) usage && exit 0 ;;
     *) usage >&2 && die "unknown option $1" ;;
     esac
@@ -113,8 +108,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-opts=""
-[[ $RING == packed ]] && opts=",packed_vq=1"
 rm -f "$SOCK" "$FIFO" "$IDLE_FIFO"
 mkfifo "$FIFO" || die "mkfifo $FIFO failed"
 exec {CMD}<>"$FIFO"
@@ -122,11 +115,9 @@ exec {CMD}<>"$FIFO"
 # exit"), so it gets a FIFO nobody writes to.
 mkfifo "$IDLE_FIFO" || die "mkfifo $IDLE_FIFO failed"
 exec {IDLE}<>"$IDLE_FIFO"
-stdbuf -oL -eL "$TESTPMD" --lcores "0@$FE_CPU,1@$FE_CPU" --no-pci --in-memory --single-file-segments \
-    -m "$MEM" --file-prefix "fp-fe-$$" \
-    --vdev "net_virtio_user0,path=$SOCK,server=1,queues=1,queue_size=1024,mrg_rxbuf=$MRG,in_order=0$opts" \
-    -- -i --forward-mode="$FE_MODE" --txpkts="$SIZE" --nb-cores=1 --rxd=1024 --txd=1024 --burst=32 \
-    <&"$CMD" >"$FE_LOG" 2>&1 &
+testpmd_eal "$FE_CPU" "fp-fe-$$"
+stdbuf -oL -eL "$TESTPMD" "${EAL_ARGS[@]}" --vdev "$(virtio_user_vdev "$SOCK" "$MRG" "$RING" 1)" \
+    -- -i --forward-mode="$FE_MODE" --txpkts="$SIZE" "${PORT_ARGS[@]}" <&"$CMD" >"$FE_LOG" 2>&1 &
 FE_PID=$!
 PIDS+=("$FE_PID")
 for ((i = 0; i < 300; i++)); do
@@ -148,10 +139,10 @@ for be in "${ORDER[@]}"; do
     w=$((w + 1))
     be_log=$LOGDIR/w$w.$be.log
     if [[ $be == dpdk ]]; then
-        "$TESTPMD" --lcores "0@$BE_CPU,1@$BE_CPU" --no-pci --in-memory --single-file-segments \
-            -m "$MEM" --file-prefix "fp-be-$$-$w" --vdev "net_vhost0,iface=$SOCK,queues=1,client=1" \
-            -- --forward-mode="$BE_MODE" --txpkts="$SIZE" --auto-start --nb-cores=1 --rxd=1024 \
-            --txd=1024 --burst=32 <&"$IDLE" >"$be_log" 2>&1 &
+        testpmd_eal "$BE_CPU" "fp-be-$$-$w"
+        "$TESTPMD" "${EAL_ARGS[@]}" --vdev "net_vhost0,iface=$SOCK,queues=1,client=1" \
+            -- --forward-mode="$BE_MODE" --txpkts="$SIZE" --auto-start "${PORT_ARGS[@]}" \
+            <&"$IDLE" >"$be_log" 2>&1 &
     else
         be_opts=(--client)
         [[ $RING == packed ]] && be_opts+=(--packed)

@@ -21,6 +21,8 @@
 # and every burst of the backend is full.
 
 set -uo pipefail
+# shellcheck source=scripts/lib/testpmd.sh
+source "$(dirname "$0")/lib/testpmd.sh"
 
 usage() {
     cat <<'EOF'
@@ -38,11 +40,9 @@ usage: scripts/instr-per-packet.sh [options]
                      contains NAME (the one with the most instructions of its own), each with
                      its count and the source lines it came from (callgrind --dump-instr=yes);
                      0.25 a packet is once a batch of 4, 0.03 once a burst of 32
-  --rvhost PATH      rvhost binary (default target/release/rvhost)
-  --testpmd PATH     dpdk-testpmd binary (default dpdk-testpmd)
-  --backend-cpu N    CPU of the backend (default 0)
-  --frontend-cpu N   CPU of the frontend (default 1)
-  --mem MB           hugepage memory (-m) of the frontend (default 512)
+EOF
+    cat <<EOF
+$SHARED_USAGE
   --logs DIR         keep the logs and callgrind.out in DIR (default: a temporary dir, removed)
   -h, --help         this text
 EOF
@@ -55,6 +55,7 @@ die() {
     exit 1
 }
 while (($#)); do
+    shared_option "$1" "${2-}" && shift 2 && continue
     case $1 in
     --backend) BACKEND=${2:?} && shift ;;
     --dir) DIR=${2:?} && shift ;;
@@ -64,12 +65,6 @@ while (($#)); do
     --seconds) SECS=${2:?} && shift ;;
     --top) TOP=${2:?} && shift ;;
     --annotate) ANNOTATE=${2:?} && shift ;;
-    --rvhost) RVHOST=${2:?} && shift ;;
-    --testpmd) TESTPMD=${2:?} && shift ;;
-    --backend-cpu) BE_CPU=${2:?} && shift ;;
-    --frontend-cpu) FE_CPU=${2:?} && shift ;;
-    --mem) MEM=${2:?} && shift ;;
-    --logs) LOGDIR=${2:?} && shift ;;
     -h | --help) usage && exit 0 ;;
     *) usage >&2 && exit 2 ;;
     esac
@@ -96,10 +91,10 @@ loop-lat) fe_mode=io start="start tx_first" be_mode=io meter=tx ;;
 loop-tput) fe_mode=mac start="start tx_first 32" be_mode=io meter=tx ;;
 *) die "--dir $DIR: g2h, h2g, loop-lat or loop-tput" ;;
 esac
-fe_opts="" be_opts=()
+be_opts=()
 case $RING in
 split) ;;
-packed) fe_opts=",packed_vq=1" be_opts=(--packed) ;;
+packed) be_opts=(--packed) ;;
 *) die "--ring $RING: split or packed" ;;
 esac
 
@@ -138,7 +133,7 @@ else
     taskset -c "$BE_CPU" "${cg[@]}" "$TESTPMD" --lcores "0@$BE_CPU,1@$BE_CPU" --no-pci \
         --no-huge -m 1024 --file-prefix "ipp-be-$$" --vdev "net_vhost0,iface=$SOCK,queues=1" \
         -- --forward-mode="$be_mode" --txpkts="$SIZE" --auto-start --stats-period 3600 \
-        --nb-cores=1 --rxd=1024 --txd=1024 --burst=32 >"$BE_LOG" 2>&1 </dev/null &
+        "${PORT_ARGS[@]}" >"$BE_LOG" 2>&1 </dev/null &
 fi
 BE_PID=$!
 for _ in $(seq 600); do
@@ -152,11 +147,9 @@ done
 }
 
 # Interactive: the commands come through the FIFO, held open (fd 7) for the whole run.
-taskset -c "$FE_CPU" "$TESTPMD" --lcores "0@$FE_CPU,1@$FE_CPU" --no-pci --in-memory \
-    --single-file-segments -m "$MEM" --file-prefix "ipp-fe-$$" \
-    --vdev "net_virtio_user0,path=$SOCK,queues=1,queue_size=1024,mrg_rxbuf=$MRG,in_order=0$fe_opts" \
-    -- -i --forward-mode="$fe_mode" --txpkts="$SIZE" --nb-cores=1 --rxd=1024 --txd=1024 \
-    --burst=32 >"$FE_LOG" 2>&1 <"$FIFO" &
+testpmd_eal "$FE_CPU" "ipp-fe-$$"
+taskset -c "$FE_CPU" "$TESTPMD" "${EAL_ARGS[@]}" --vdev "$(virtio_user_vdev "$SOCK" "$MRG" "$RING")" \
+    -- -i --forward-mode="$fe_mode" --txpkts="$SIZE" "${PORT_ARGS[@]}" >"$FE_LOG" 2>&1 <"$FIFO" &
 FE_PID=$!
 exec 7>"$FIFO"
 for _ in $(seq 600); do

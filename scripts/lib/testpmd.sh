@@ -1,0 +1,49 @@
+# shellcheck shell=bash
+# Sourced by the scripts that run rvhost against DPDK's testpmd (bench-vs-dpdk.sh,
+# ab-inprocess.sh, instr-per-packet.sh, frontend-profile.sh): the options they share and the
+# testpmd command lines they must share for their figures to compare. Each script sets the
+# defaults (RVHOST TESTPMD BE_CPU FE_CPU MEM LOGDIR) before parsing its options.
+
+# shared_option NAME VALUE: takes one of the shared options (--rvhost, --testpmd,
+# --backend-cpu, --frontend-cpu, --mem, --logs) with its value; status 1 for any other name
+# (the caller parses it), so a caller's loop does `shared_option "$1" "${2-}" && { shift 2;
+# continue; }`.
+shared_option() {
+    case $1 in
+    --rvhost) RVHOST=${2:?$1 needs a value} ;;
+    --testpmd) TESTPMD=${2:?$1 needs a value} ;;
+    --backend-cpu) BE_CPU=${2:?$1 needs a value} ;;
+    --frontend-cpu) FE_CPU=${2:?$1 needs a value} ;;
+    --mem) MEM=${2:?$1 needs a value} ;;
+    --logs) LOGDIR=${2:?$1 needs a value} ;;
+    *) return 1 ;;
+    esac
+}
+
+# The help lines of the shared options, for a script's usage text.
+SHARED_USAGE='  --rvhost PATH      rvhost binary (default target/release/rvhost)
+  --testpmd PATH     dpdk-testpmd binary (default dpdk-testpmd)
+  --backend-cpu N    CPU of the backend (default 0)
+  --frontend-cpu N   CPU of the frontend (default 1)
+  --mem MB           hugepage memory (-m) of a testpmd (default 512)'
+
+# testpmd_eal CPU PREFIX: sets EAL_ARGS to a testpmd's EAL arguments: its main and forwarding
+# lcores both on CPU, no PCI device, in-memory hugepages (MEM MB) under file prefix PREFIX.
+EAL_ARGS=()
+testpmd_eal() {
+    EAL_ARGS=(--lcores "0@$1,1@$1" --no-pci --in-memory --single-file-segments -m "$MEM"
+        --file-prefix "$2")
+}
+
+# virtio_user_vdev SOCK MRG RING [SERVER]: the frontend's port, DPDK's virtio-user on the
+# vhost-user socket SOCK (its server when SERVER is 1): one queue pair of 1024, mrg_rxbuf MRG,
+# in_order 0, packed_vq=1 when RING is packed.
+virtio_user_vdev() {
+    local opts=""
+    [[ ${4:-0} == 1 ]] && opts+=",server=1"
+    [[ $3 == packed ]] && opts+=",packed_vq=1"
+    echo "net_virtio_user0,path=$1,queues=1,queue_size=1024,mrg_rxbuf=$2,in_order=0$opts"
+}
+
+# The forwarding arguments both testpmds (frontend and DPDK's vhost backend) run with.
+PORT_ARGS=(--nb-cores=1 --rxd=1024 --txd=1024 --burst=32)
