@@ -345,12 +345,17 @@ impl<'a> GuestSlice<'a> {
         Ok(true)
     }
 
-    /// Calls `f` with the address of each 64-byte cache line the slice touches.
+    /// Calls `f` with the address of each 64-byte cache line that `[offset, offset + len)`,
+    /// clamped to the slice, touches. No range check fails: a prefetch never faults, so its
+    /// addresses need none, and the clamp keeps the hints inside the slice (the receive path's
+    /// two checked subslices cost it 3.5 instructions a packet: callgrind, packed loop-tput 64 B,
+    /// 550.3 -> 546.7; packed h2g 425.8 -> 422.8).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn for_each_line(&self, mut f: impl FnMut(usize)) {
-        let end = self.ptr.as_ptr() as usize + self.len;
-        let mut line = self.ptr.as_ptr() as usize & !63;
+    fn for_each_line_in(&self, offset: usize, len: usize, mut f: impl FnMut(usize)) {
+        let base = self.ptr.as_ptr() as usize;
+        let end = base + offset.saturating_add(len).min(self.len);
+        let mut line = (base + offset.min(self.len)) & !63;
         while line < end {
             f(line);
             line += 64;
@@ -362,8 +367,15 @@ impl<'a> GuestSlice<'a> {
     /// effect; a no-op off x86_64.
     #[inline(always)]
     pub fn prefetch_for_read(&self) {
+        self.prefetch_range_for_read(0, self.len);
+    }
+
+    /// [`prefetch_for_read`](Self::prefetch_for_read) of the lines of `[offset, offset + len)`
+    /// (clamped to the slice).
+    #[inline(always)]
+    pub fn prefetch_range_for_read(&self, offset: usize, len: usize) {
         #[cfg(target_arch = "x86_64")]
-        self.for_each_line(|line| {
+        self.for_each_line_in(offset, len, |line| {
             // SAFETY: prefetcht0 only hints the cache: it never faults whatever the address
             // and reads or writes no memory the program can observe.
             unsafe {
@@ -383,12 +395,19 @@ impl<'a> GuestSlice<'a> {
     /// a second transaction to upgrade the line, which measured slower than nothing).
     #[inline(always)]
     pub fn prefetch_for_write(&self) {
+        self.prefetch_range_for_write(0, self.len);
+    }
+
+    /// [`prefetch_for_write`](Self::prefetch_for_write) of the lines of `[offset, offset +
+    /// len)` (clamped to the slice).
+    #[inline(always)]
+    pub fn prefetch_range_for_write(&self, offset: usize, len: usize) {
         #[cfg(target_arch = "x86_64")]
         {
             if !has_prefetchw() {
                 return;
             }
-            self.for_each_line(|line| {
+            self.for_each_line_in(offset, len, |line| {
                 // SAFETY: the CPU has PRFCHW (checked above); prefetchw only hints the
                 // cache: it never faults whatever the address and reads or writes no memory
                 // the program can observe.

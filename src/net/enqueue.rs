@@ -391,16 +391,12 @@ fn prefetch_rx_buffer<'v, R: Ring<'v>>(
 /// Asks for `buf`'s header line and the first `body` bytes after it (see [`prefetch_ahead`]).
 #[inline(always)]
 fn prefetch_rx_start<'v, R: Ring<'v>>(b: &R, buf: GuestSlice<'v>, hlen: usize, body: usize) {
-    if let Ok(hdr) = buf.subslice(0, hlen) {
-        if b.hdr_was_written() {
-            hdr.prefetch_for_write();
-        } else {
-            hdr.prefetch_for_read();
-        }
+    if b.hdr_was_written() {
+        buf.prefetch_range_for_write(0, hlen);
+    } else {
+        buf.prefetch_range_for_read(0, hlen);
     }
-    if let Ok(body) = buf.subslice(hlen, body) {
-        body.prefetch_for_write();
-    }
+    buf.prefetch_range_for_write(hlen, body);
 }
 
 /// [`BATCH`] chains read ahead ([`Ring::peek_batch`]) with their buffers: each one
