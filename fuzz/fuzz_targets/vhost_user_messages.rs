@@ -508,10 +508,13 @@ impl Harness {
         let whole = size as usize == payload.len()
             && payload.len() <= rvhost::protocol::MAX_PAYLOAD
             && self.session.pending_input() == 0;
-        // Whether the backend starts this message on a frame boundary: if an earlier message
-        // promised more bytes than it sent, this one's first bytes complete that one, and the
-        // reply to it comes now.
-        let fresh = self.session.pending_input() == 0;
+        // Whether every reply of this step answers this message: it starts on a frame boundary
+        // (if an earlier message promised more bytes than it sent, this one's first bytes
+        // complete that one, and the reply to it comes now), and it sends no bytes beyond the
+        // size its header gives (those are read as the next messages, each with its own
+        // reply: a header that says 0 bytes ahead of a 40-byte body sent the backend a
+        // GET_FEATURES from the body's first 12 bytes, and it answered that).
+        let fresh = self.session.pending_input() == 0 && size as usize >= payload.len();
         let before = self.snap();
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
         let bytes = rvhost_fuzz::frame(code, flags, size, &payload);
