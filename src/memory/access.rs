@@ -374,6 +374,8 @@ impl<'a> GuestSlice<'a> {
     /// (clamped to the slice).
     #[inline(always)]
     pub fn prefetch_range_for_read(&self, offset: usize, len: usize) {
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (offset, len);
         #[cfg(target_arch = "x86_64")]
         self.for_each_line_in(offset, len, |line| {
             // SAFETY: prefetcht0 only hints the cache: it never faults whatever the address
@@ -402,6 +404,8 @@ impl<'a> GuestSlice<'a> {
     /// len)` (clamped to the slice).
     #[inline(always)]
     pub fn prefetch_range_for_write(&self, offset: usize, len: usize) {
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (offset, len);
         #[cfg(target_arch = "x86_64")]
         {
             if !has_prefetchw() {
