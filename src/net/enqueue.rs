@@ -592,9 +592,7 @@ fn fill_buffer<'v, 'p, R: Ring<'v>, L: Dirty>(
         // The guest posted this buffer long ago (a 1024-entry ring goes round between two
         // uses) so its lines are cold: asking for all of them at once overlaps the misses that
         // the copy's stores would otherwise take one after the other.
-        if let Ok(body) = buf.subslice(ctx.hlen, data.len()) {
-            body.prefetch_for_write();
-        }
+        buf.prefetch_range_for_write(ctx.hlen, data.len());
     }
     // The header is often what this buffer held last time: then its line is left to the
     // guest, and the next header's line asked for reading.

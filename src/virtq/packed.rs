@@ -879,13 +879,9 @@ impl<'a> PackedQueue<'a> {
         let start = usize::from(first % self.size.max(1));
         let head = n.min(size - start);
         let d = PACKED_DESC_SIZE as usize;
-        if let Ok(s) = self.desc.subslice(d * start, d * head) {
-            s.prefetch_for_read();
-        }
+        self.desc.prefetch_range_for_read(d * start, d * head);
         if n > head {
-            if let Ok(s) = self.desc.subslice(0, d * (n - head)) {
-                s.prefetch_for_read();
-            }
+            self.desc.prefetch_range_for_read(0, d * (n - head));
         }
     }
 

@@ -241,13 +241,9 @@ impl<'a> SplitQueue<'a> {
         let n = usize::from(n.min(self.size));
         let start = usize::from(first & (self.size - 1));
         let head = n.min(usize::from(self.size) - start);
-        if let Ok(s) = self.used.subslice(4 + 8 * start, 8 * head) {
-            s.prefetch_for_write();
-        }
+        self.used.prefetch_range_for_write(4 + 8 * start, 8 * head);
         if n > head {
-            if let Ok(s) = self.used.subslice(4, 8 * (n - head)) {
-                s.prefetch_for_write();
-            }
+            self.used.prefetch_range_for_write(4, 8 * (n - head));
         }
     }
 
