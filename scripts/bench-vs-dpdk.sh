@@ -559,17 +559,7 @@ swap_row() {
         start_backend "$backend" "$per_window" "$be_log" "$sock" "be-$TAG-$RUN_SEQ-$w" "$be_mode" \
             "$size" "$ring" 1
         be_pid=$START_PID
-        # Connected: the first backend ends the frontend's start-up (its prompt), each later
-        # one a "reconnection succeeds".
-        local ok=0
-        for ((i = 0; i < 300; i++)); do
-            if ((w == 1)) && grep -q "testpmd> " "$fe_log"; then ok=1; fi
-            if ((w > 1 && $(grep -c "reconnection succeeds" "$fe_log") >= w - 1)); then ok=1; fi
-            ((ok)) && break
-            kill -0 "$be_pid" 2>/dev/null && kill -0 "$fe_pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if ((ok)); then
+        if wait_connected "$w" "$fe_log" "$be_pid" "$fe_pid"; then
             sleep 0.5
             shown=$(grep -c "$meter:" "$fe_log")
             printf '%s\n' "$start_cmd" >&"$cmd_fd"

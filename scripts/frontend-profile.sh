@@ -151,17 +151,8 @@ for be in "${ORDER[@]}"; do
     fi
     be_pid=$!
     PIDS+=("$be_pid")
-    # Connected: the first backend ends the frontend's start-up (its prompt), each later one
-    # a "reconnection succeeds".
-    ok=0
-    for ((i = 0; i < 300; i++)); do
-        if ((w == 1)) && grep -q "testpmd> " "$FE_LOG"; then ok=1; fi
-        if ((w > 1 && $(grep -c "reconnection succeeds" "$FE_LOG") >= w - 1)); then ok=1; fi
-        ((ok)) && break
-        kill -0 "$be_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    ((ok)) || die "window $w: the $be backend did not connect (see $be_log)"
+    wait_connected "$w" "$FE_LOG" "$be_pid" "$FE_PID" ||
+        die "window $w: the $be backend did not connect (see $be_log)"
     sleep 0.5
     shown=$(grep -c "$METER:" "$FE_LOG")
     printf '%s\n' "$START" >&"$CMD"

@@ -6,8 +6,8 @@
 
 # shared_option NAME VALUE: takes one of the shared options (--rvhost, --testpmd,
 # --backend-cpu, --frontend-cpu, --mem, --logs) with its value; status 1 for any other name
-# (the caller parses it), so a caller's loop does `shared_option "$1" "${2-}" && { shift 2;
-# continue; }`.
+# (the caller parses it), so a caller's loop starts with
+# `shared_option "$1" "${2-}" && shift 2 && continue`.
 shared_option() {
     case $1 in
     --rvhost) RVHOST=${2:?$1 needs a value} ;;
@@ -43,6 +43,25 @@ virtio_user_vdev() {
     [[ ${4:-0} == 1 ]] && opts+=",server=1"
     [[ $3 == packed ]] && opts+=",packed_vq=1"
     echo "net_virtio_user0,path=$1,queues=1,queue_size=1024,mrg_rxbuf=$2,in_order=0$opts"
+}
+
+# wait_connected W FE_LOG PID...: waits (up to 30 s) until the W-th backend to connect to an
+# interactive virtio-user server frontend (the swap method's) is connected: the first ends the
+# frontend's start-up (its prompt in FE_LOG), each later one logs a "reconnection succeeds".
+# Status 1 if that never comes, or if one of the PIDs (the backend's, the frontend's) exits.
+wait_connected() {
+    local w=$1 log=$2 i p
+    shift 2
+    for ((i = 0; i < 300; i++)); do
+        if ((w == 1)); then
+            grep -q "testpmd> " "$log" && return 0
+        elif (($(grep -c "reconnection succeeds" "$log") >= w - 1)); then
+            return 0
+        fi
+        for p in "$@"; do kill -0 "$p" 2>/dev/null || return 1; done
+        sleep 0.1
+    done
+    return 1
 }
 
 # The forwarding arguments both testpmds (frontend and DPDK's vhost backend) run with.
