@@ -39,6 +39,10 @@ usage: scripts/frontend-profile.sh [options]
   --drop S           seconds of forwarding before sampling (default 2)
   --top N            functions listed (default 12)
   --function F       also list the addresses inside F (a name or start as printed)
+  --backend-stats    also run each backend with --record-core-cycles and --record-burst-stats
+                     (both have them) and print, per window, its cycles a packet in the
+                     receive polls that brought packets and its receive bursts by size (the
+                     recording reads the TSC in every poll: the rates are of that run)
 EOF
     cat <<EOF
 $SHARED_USAGE
@@ -47,7 +51,7 @@ $SHARED_USAGE
 EOF
 }
 
-DIR=g2h RING=packed MRG=0 SIZE=64 ROUNDS=3 SECS=3 DROP=2 TOP=12 FUNC=""
+DIR=g2h RING=packed MRG=0 SIZE=64 ROUNDS=3 SECS=3 DROP=2 TOP=12 FUNC="" BE_STATS=()
 RVHOST=target/release/rvhost TESTPMD=dpdk-testpmd BE_CPU=0 FE_CPU=1 MEM=512 LOGDIR=""
 die() {
     echo "frontend-profile: $*" >&2
@@ -65,6 +69,7 @@ while (($#)); do
     --drop) DROP=${2:?} && shift ;;
     --top) TOP=${2:?} && shift ;;
     --function) FUNC=${2:?} && shift ;;
+    --backend-stats) BE_STATS=(--record-core-cycles --record-burst-stats) ;;
     -h | --help) usage && exit 0 ;;
     *) usage >&2 && die "unknown option $1" ;;
     esac
@@ -127,6 +132,15 @@ for ((i = 0; i < 300; i++)); do
 done
 [[ -S $SOCK ]] || die "the frontend did not listen on $SOCK (see $FE_LOG)"
 
+# backend_stats LOG: the cycles a packet and receive bursts a backend printed at its exit
+# (testpmd: "CPU cycles/packet=..." and "RX-bursts : N [...]"; rvhost fwd: the same per lcore).
+backend_stats() {
+    local cycles bursts
+    cycles=$(grep -o -m1 'cycles/packet=[0-9.]*' "$1" | cut -d= -f2)
+    bursts=$(grep -m1 -E 'RX-bursts ?:' "$1" | sed -E 's/.*RX-bursts ?: *//')
+    echo "           backend: ${cycles:-?} cycles a packet busy; receive bursts ${bursts:-?}" >&2
+}
+
 ORDER=()
 for ((k = 1; k <= ROUNDS; k++)); do
     if ((k % 2)); then ORDER+=(dpdk rvhost); else ORDER+=(rvhost dpdk); fi
@@ -142,12 +156,12 @@ for be in "${ORDER[@]}"; do
         testpmd_eal "$BE_CPU" "fp-be-$$-$w"
         "$TESTPMD" "${EAL_ARGS[@]}" --vdev "net_vhost0,iface=$SOCK,queues=1,client=1" \
             -- --forward-mode="$BE_MODE" --txpkts="$SIZE" --auto-start "${PORT_ARGS[@]}" \
-            <&"$IDLE" >"$be_log" 2>&1 &
+            "${BE_STATS[@]}" <&"$IDLE" >"$be_log" 2>&1 &
     else
         be_opts=(--client)
         [[ $RING == packed ]] && be_opts+=(--packed)
         taskset -c "$BE_CPU" "$RVHOST" fwd --mode "$BE_MODE" --iface "$SOCK" --lcores "$BE_CPU" \
-            --burst 32 --txpkts "$SIZE" "${be_opts[@]}" </dev/null >"$be_log" 2>&1 &
+            --burst 32 --txpkts "$SIZE" "${be_opts[@]}" "${BE_STATS[@]}" </dev/null >"$be_log" 2>&1 &
     fi
     be_pid=$!
     PIDS+=("$be_pid")
@@ -172,6 +186,7 @@ for be in "${ORDER[@]}"; do
     WINDOWS+=("$be:$rate:$LOGDIR/w$w.$be.data")
     kill -INT "$be_pid" 2>/dev/null
     wait "$be_pid" 2>/dev/null
+    ((${#BE_STATS[@]})) && backend_stats "$be_log"
     sleep 0.5
 done
 printf 'quit\n' >&"$CMD"
