@@ -208,6 +208,9 @@ unsafe fn fill_one<'v, R: Ring<'v>>(
     cache: &mut PktCache,
     large: Large,
 ) -> bool {
+    // The copy is done here, chain by chain: deferring small ones to the burst's end (as
+    // DPDK's `batch_copy_elems`, and our enqueue) measured split loop-tput 64 B 0.65 and g2h
+    // 0.96 (in-run A/B, mrg 1: the frontend slowed; no packet was lost).
     // SAFETY: `out[i]` is fresh (the caller's contract).
     let filled = match unsafe { fill_simple(b, tc, head, hlen, &mut out[i], &mut Cpu) } {
         Some(()) => Ok(()),

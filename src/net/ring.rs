@@ -87,6 +87,8 @@ pub(super) trait Ring<'v> {
     /// look-ahead reads the available ring and the table again, and cost g2h 64 B 11-14%
     /// (A/B against the testpmd frontend, 3 pairs at 31 ns), where packed gained (loop-lat
     /// 64 B +10% at 33 ns, +70% at 170 ns; g2h 64 B +18% at 33 ns, even at 165 ns).
+    /// Measured again in-run (2026-12-06, split mrg 1, 64 B, 75 ns): packed's look-ahead on
+    /// a split ring gave loop-tput 0.72 and g2h 0.79; on packed, none at all g2h 1.01.
     const PREFETCH_TX: bool;
     /// The first descriptor of the chain `k` places after the next one, if it is available
     /// (on a packed ring: if every chain before it takes one slot), read without taking it,
