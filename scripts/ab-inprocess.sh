@@ -109,12 +109,7 @@ taskset -c "$BE_CPU" "$RVHOST" fwd --mode "$be_mode" --iface "$SOCK" --lcores "$
     --burst 32 --txpkts "$SIZE" "${packed_be[@]}" --stats-period "$PERIOD" --ab "$MASK" \
     >"$BE_LOG" 2>&1 &
 BE_PID=$!
-for _ in $(seq 100); do
-    [[ -S $SOCK ]] && break
-    kill -0 "$BE_PID" 2>/dev/null || break
-    sleep 0.1
-done
-[[ -S $SOCK ]] || {
+wait_socket "$SOCK" 10 "$BE_PID" || {
     KEEP=1
     die "rvhost did not listen on $SOCK (see $BE_LOG)"
 }

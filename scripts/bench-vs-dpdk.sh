@@ -261,17 +261,6 @@ forget_pid() {
     done
 }
 
-# Waits up to $2 seconds for socket $1 to appear, or until process $3 is gone.
-wait_socket() {
-    local sock=$1 secs=$2 pid=$3 i
-    for ((i = 0; i < secs * 10; i++)); do
-        [[ -S $sock ]] && return 0
-        kill -0 "$pid" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
-
 # --- one run ---------------------------------------------------------------------------------
 
 # The frontend's commands for loop-tput: 32 bursts sent before forwarding starts.

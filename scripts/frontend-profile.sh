@@ -125,12 +125,7 @@ stdbuf -oL -eL "$TESTPMD" "${EAL_ARGS[@]}" --vdev "$(virtio_user_vdev "$SOCK" "$
     -- -i --forward-mode="$FE_MODE" --txpkts="$SIZE" "${PORT_ARGS[@]}" <&"$CMD" >"$FE_LOG" 2>&1 &
 FE_PID=$!
 PIDS+=("$FE_PID")
-for ((i = 0; i < 300; i++)); do
-    [[ -S $SOCK ]] && break
-    kill -0 "$FE_PID" 2>/dev/null || die "the frontend exited (see $FE_LOG)"
-    sleep 0.1
-done
-[[ -S $SOCK ]] || die "the frontend did not listen on $SOCK (see $FE_LOG)"
+wait_socket "$SOCK" 30 "$FE_PID" || die "the frontend did not listen on $SOCK (see $FE_LOG)"
 
 # backend_stats LOG: the cycles a packet and receive bursts a backend printed at its exit
 # (testpmd: "CPU cycles/packet=..." and "RX-bursts : N [...]"; rvhost fwd: the same per lcore).

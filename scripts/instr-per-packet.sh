@@ -136,12 +136,7 @@ else
         "${PORT_ARGS[@]}" >"$BE_LOG" 2>&1 </dev/null &
 fi
 BE_PID=$!
-for _ in $(seq 600); do
-    [[ -S $SOCK ]] && break
-    kill -0 "$BE_PID" 2>/dev/null || break
-    sleep 0.1
-done
-[[ -S $SOCK ]] || {
+wait_socket "$SOCK" 60 "$BE_PID" || {
     KEEP=1
     die "the backend did not listen on $SOCK (see $BE_LOG)"
 }

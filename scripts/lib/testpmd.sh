@@ -45,6 +45,18 @@ virtio_user_vdev() {
     echo "net_virtio_user0,path=$1,queues=1,queue_size=1024,mrg_rxbuf=$2,in_order=0$opts"
 }
 
+# wait_socket SOCK SECS PID: waits up to SECS seconds for the vhost-user socket SOCK to appear;
+# status 1 if it does not, or if process PID (the one to listen on it) exits first.
+wait_socket() {
+    local sock=$1 secs=$2 pid=$3 i
+    for ((i = 0; i < secs * 10; i++)); do
+        [[ -S $sock ]] && return 0
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
 # wait_connected W FE_LOG PID...: waits (up to 30 s) until the W-th backend to connect to an
 # interactive virtio-user server frontend (the swap method's) is connected: the first ends the
 # frontend's start-up (its prompt in FE_LOG), each later one logs a "reconnection succeeds".
