@@ -291,6 +291,26 @@ pub fn parse_core_list(list: &str) -> Result<Vec<usize>, LcoreError> {
     Ok(cores)
 }
 
+/// The poll loop's clock: the TSC on x86_64 (constant-rate on every CPU a poll-mode backend
+/// runs on: `constant_tsc` / `nonstop_tsc`), nanoseconds since the first call elsewhere. Cheap
+/// enough for a data path to read once per burst; its rate is not known without calibration.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn ticks() -> u64 {
+    // SAFETY: RDTSC has no preconditions and touches no memory; every x86_64 CPU has it.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// The poll loop's clock: nanoseconds since the first call in this process.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+pub fn ticks() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -633,7 +633,9 @@ fn get_vring_base(
     let base = vq.base();
     let packed = vq.is_packed();
     // Stop the ring as DPDK does: forget kick and call and the translated rings; size, base
-    // and enable state stay until the frontend sets them again.
+    // and enable state stay until the frontend sets them again. Used entries held back are
+    // published first, while the addresses (and their log flag) are still known.
+    vq.release_held();
     vq.started = false;
     vq.kick = None;
     vq.kick_set = false;

@@ -96,6 +96,8 @@ pub fn async_channel_register(
     if vq.async_q.is_some() {
         return Err(AsyncError::AlreadyRegistered { vring });
     }
+    // The channel's packets are published in their own order: none of ours may wait.
+    vq.release_held();
     let size = vq.size;
     vq.async_q = Some(Box::new(AsyncQueue::new(ops, &config, size)));
     Ok(())

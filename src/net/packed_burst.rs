@@ -517,6 +517,10 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
     #[inline]
     fn write_through(&mut self) {}
 
+    /// Nothing held: DPDK's packed-ring driver reclaims only the descriptors it needs.
+    #[inline(always)]
+    fn hold_tail(&mut self) {}
+
     #[inline]
     fn finish(&mut self) {
         self.flush_used();

@@ -149,6 +149,10 @@ pub(super) trait Ring<'v> {
     /// Writes used entries to the ring as they come rather than in one run (dequeue; the
     /// split ring only: the packed ring keeps them for one batch).
     fn write_through(&mut self);
+    /// Lets the burst's end hold back its last used entries from a guest that polls (sync
+    /// dequeue; the split ring only: DPDK's packed-ring driver reclaims only what it needs,
+    /// see `burst::HOLD_MAX`).
+    fn hold_tail(&mut self);
     /// Publishes what is left, notifies the guest if it asked, stores the ring's state back:
     /// the burst's last call. By reference: by value, the call copied the whole burst state
     /// (some 280 bytes, a `memcpy` call) at every burst's end.

@@ -157,6 +157,13 @@ pub struct Vring {
     pub last_avail_idx: u16,
     /// Split ring: next used-ring index to write.
     pub last_used_idx: u16,
+    /// Split ring: how many used entries before `last_used_idx` are written but not yet
+    /// published in `used.idx` (a transmit queue's last ones, held back for a polling guest:
+    /// see `net::burst`'s `HOLD_MAX`). The next burst publishes them, and so does any change
+    /// to the ring ([`release_held`](Self::release_held)).
+    pub(crate) used_held: u16,
+    /// When the last chain of the held entries was taken ([`crate::lcore::ticks`]).
+    pub(crate) held_since: u64,
     /// Packed ring: the next slot to read and its wrap counter (SET_VRING_BASE /
     /// GET_VRING_BASE, bits 0-15).
     pub avail_pos: RingPos,
@@ -352,8 +359,10 @@ impl Vring {
         (DESC_SIZE * n, 4 + 2 * n + event, 4 + 8 * n + event)
     }
 
-    /// Forgets the translated rings of either layout (the data plane stops using them).
+    /// Forgets the translated rings of either layout (the data plane stops using them), after
+    /// publishing the used entries held back ([`release_held`](Self::release_held)).
     pub fn forget_rings(&mut self) {
+        self.release_held();
         self.rings = None;
         self.packed = None;
     }
@@ -435,10 +444,33 @@ impl Vring {
     /// (the handler table's `data_plane` column); finding copies here is a bug of that table,
     /// logged, and the copies are drained now so the guest and the application lose nothing.
     fn settle(&mut self, what: &str) {
+        self.release_held();
         if let Some(aq) = self.async_q.as_mut().filter(|a| a.in_flight()) {
             aq.stats.late_drains += 1;
             log::error!("{what} with copies in flight on a vring not quiesced first: draining");
             self.drain_async();
+        }
+    }
+
+    /// Publishes the used entries a transmit queue's bursts held back (`used_held`), with
+    /// their dirty-log marks: before the ring stops (GET_VRING_BASE), changes or resets, or an
+    /// async channel takes it over, so that `used.idx` says where the device stopped. Nothing
+    /// if none are held, or the rings are gone.
+    pub(crate) fn release_held(&mut self) {
+        let held = std::mem::take(&mut self.used_held);
+        let Some(rings) = self.rings.as_ref().filter(|_| held != 0) else {
+            return;
+        };
+        let q = split::SplitQueue::new(rings, &self.mem, self.size);
+        q.publish_used(self.last_used_idx);
+        let log = active_log(&self.log, self.features);
+        if let Some((log, gpa)) = used_ring_log(log, self.addrs) {
+            q.log_used(
+                log,
+                gpa,
+                self.last_used_idx.wrapping_sub(held),
+                self.last_used_idx,
+            );
         }
     }
 

@@ -92,8 +92,12 @@ impl Bed {
         s.store_u16_release(info.avail.offset + 2, idx).unwrap();
     }
 
-    /// (used.idx, [(id, len)] of the first entries).
+    /// (used.idx, [(id, len)] of the first entries); of a transmit queue (odd `vring`), once
+    /// the device has published what it held back ([`release_tx`](Self::release_tx)).
     pub fn used(&self, vring: u16, n: usize) -> (u16, Vec<(u32, u32)>) {
+        if vring % 2 == 1 {
+            self.release_tx();
+        }
         let info = self.fe.ring_info(vring).unwrap();
         let s = self.fe.shm().slice();
         let idx = s.load_u16(info.used.offset + 2, Ordering::Acquire).unwrap();
@@ -104,6 +108,25 @@ impl Bed {
             })
             .collect();
         (idx, elems)
+    }
+
+    /// `used.idx` of `vring` as the guest sees it now (nothing released first).
+    pub fn published(&self, vring: u16) -> u16 {
+        let info = self.fe.ring_info(vring).unwrap();
+        let s = self.fe.shm().slice();
+        s.load_u16(info.used.offset + 2, Ordering::Acquire).unwrap()
+    }
+
+    /// Lets the device publish the used entries it holds back on queue pair 0's transmit
+    /// queue from a guest that polls (this frontend, without `EVENT_IDX`): they go out on the
+    /// first poll ~10 µs after the last chain came, so this waits 1 ms and polls once, with
+    /// room for no packet.
+    pub fn release_tx(&self) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let mut cache = self.pool.cache();
+        let mut out = Vec::new();
+        dequeue_burst(&self.dev, QueuePair(0).tx(), &mut cache, &mut out, 0);
+        assert!(out.is_empty());
     }
 
     /// One dequeue burst from queue pair 0.

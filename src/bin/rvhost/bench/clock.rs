@@ -41,22 +41,7 @@ impl Clock {
     }
 }
 
-/// The current tick count: the TSC (constant-rate on every x86_64 CPU a poll-mode backend runs
-/// on: `constant_tsc` / `nonstop_tsc`).
-#[cfg(target_arch = "x86_64")]
-#[inline]
-pub(crate) fn ticks() -> u64 {
-    // SAFETY: RDTSC has no preconditions and touches no memory; every x86_64 CPU has it.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
-/// The current tick count: nanoseconds since the first call in this process.
-#[cfg(not(target_arch = "x86_64"))]
-#[inline]
-pub(crate) fn ticks() -> u64 {
-    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
+pub(crate) use rvhost::lcore::ticks;
 
 #[cfg(test)]
 mod tests {
