@@ -360,7 +360,7 @@ impl Vring {
     }
 
     /// Forgets the translated rings of either layout (the data plane stops using them), after
-    /// publishing the used entries held back ([`release_held`](Self::release_held)).
+    /// publishing the used entries held back (`release_held`).
     pub fn forget_rings(&mut self) {
         self.release_held();
         self.rings = None;
