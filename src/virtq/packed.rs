@@ -870,21 +870,6 @@ impl<'a> PackedQueue<'a> {
         Some([d(0), d(1), d(2), d(3)])
     }
 
-    /// Asks for the ring's lines of slots `[first, first + n)` to be read (see
-    /// [`GuestSlice::prefetch_for_read`]).
-    #[inline]
-    pub fn prefetch_descs(&self, first: u16, n: u16) {
-        let size = usize::from(self.size);
-        let n = usize::from(n).min(size);
-        let start = usize::from(first % self.size.max(1));
-        let head = n.min(size - start);
-        let d = PACKED_DESC_SIZE as usize;
-        self.desc.prefetch_range_for_read(d * start, d * head);
-        if n > head {
-            self.desc.prefetch_range_for_read(0, d * (n - head));
-        }
-    }
-
     /// The chain made available at `pos`, if the descriptor there is available: its slots
     /// (following `NEXT` into consecutive slots, the wrap counter flipping at the ring's end),
     /// buffer id and first descriptor. `budget` is the slots the device may read from `pos`
