@@ -632,17 +632,16 @@ fn get_vring_base(
     // server, stops every ring it had before it sets them up again on the new connection.
     let base = vq.base();
     let packed = vq.is_packed();
-    // Stop the ring as DPDK does: forget kick and call and the translated rings; size, base
-    // and enable state stay until the frontend sets them again. Used entries held back are
-    // published first, while the addresses (and their log flag) are still known.
-    vq.release_held();
+    // Stop the ring as DPDK does: forget the translated rings (publishing the used entries
+    // held back, while the addresses and their log flag are still known), kick, call and the
+    // addresses; size, base and enable state stay until the frontend sets them again.
+    vq.forget_rings();
     vq.started = false;
     vq.kick = None;
     vq.kick_set = false;
     vq.call = None;
     vq.call_set = false;
     vq.addrs = None;
-    vq.forget_rings();
     drop(vq);
     log::info!(
         "{}: vring {i}: GET_VRING_BASE {}",

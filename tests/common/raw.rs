@@ -98,9 +98,9 @@ impl Bed {
         if vring % 2 == 1 {
             self.release_tx();
         }
+        let idx = self.published(vring);
         let info = self.fe.ring_info(vring).unwrap();
         let s = self.fe.shm().slice();
-        let idx = s.load_u16(info.used.offset + 2, Ordering::Acquire).unwrap();
         let elems = (0..n)
             .map(|k| {
                 let e: [u32; 2] = s.read_obj(info.used.offset + 4 + 8 * k).unwrap();
