@@ -211,6 +211,36 @@ fn ask_prefetchw() -> bool {
     yes
 }
 
+/// Whether the CPU has `clwb` (CPUID leaf 7, subleaf 0, EBX bit 24), asked once; kept as
+/// [`has_prefetchw`] keeps its answer.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn has_clwb() -> bool {
+    match CLWB.load(std::sync::atomic::Ordering::Relaxed) {
+        2 => true,
+        1 => false,
+        _ => ask_clwb(),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+static CLWB: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Asks the CPU (see [`has_clwb`]) and keeps the answer; racing first calls store the same
+/// answer.
+#[cfg(target_arch = "x86_64")]
+#[cold]
+fn ask_clwb() -> bool {
+    use std::arch::x86_64::{__cpuid, __cpuid_count};
+    // Leaf 7 is read only if the highest basic leaf includes it.
+    let yes = __cpuid(0).eax >= 7 && __cpuid_count(7, 0).ebx & (1 << 24) != 0;
+    CLWB.store(
+        if yes { 2 } else { 1 },
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    yes
+}
+
 /// A bounds-checked window `[ptr, ptr + len)` of mapped guest memory, valid for `'a` (a borrow of
 /// the [`GuestMemory`](super::GuestMemory) or [`GuestRegion`](super::GuestRegion) it came from).
 ///
@@ -420,6 +450,39 @@ impl<'a> GuestSlice<'a> {
                         "prefetchw [{0}]",
                         in(reg) line,
                         options(nostack, preserves_flags, readonly)
+                    );
+                }
+            });
+        }
+    }
+
+    /// Writes the lines of `[offset, offset + len)` (clamped to the slice) back from this
+    /// core's caches to memory, leaving them cached and clean (`clwb`): a line we wrote and
+    /// another core reads much later is then a clean line for that core to fetch, not one it
+    /// must take from our cache in the modified state. The contents do not change. A no-op
+    /// off x86_64 and on CPUs without CLWB.
+    ///
+    /// A later locked instruction or fence waits for the write-backs to finish: call it where
+    /// that wait costs nothing (the packed dequeue does it from a poll that found no work).
+    #[inline]
+    pub fn write_back_range(&self, offset: usize, len: usize) {
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (offset, len);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !has_clwb() {
+                return;
+            }
+            self.for_each_line_in(offset, len, |line| {
+                // SAFETY: the CPU has CLWB (checked above). The line holds a byte of the
+                // slice (`for_each_line_in` clamps the range to it), which is mapped for 'a,
+                // and a line never straddles a page, so the instruction cannot fault; it
+                // writes the line back without changing what any party reads from it.
+                unsafe {
+                    std::arch::asm!(
+                        "clwb [{0}]",
+                        in(reg) line,
+                        options(nostack, preserves_flags)
                     );
                 }
             });

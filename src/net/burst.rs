@@ -645,6 +645,10 @@ impl<'v> Ring<'v> for Burst<'v> {
         Burst::hold_tail(self);
     }
 
+    /// Nothing: measured on the packed ring only.
+    #[inline(always)]
+    fn write_back_when_idle(&mut self) {}
+
     #[inline(always)]
     fn finish(&mut self) {
         Burst::finish(self);

@@ -99,6 +99,7 @@ fn dequeue_chains<'v, R: Ring<'v>>(
     // keeps them for one batch (see `PackedBurst`'s `write_through`).
     b.write_through();
     b.hold_tail();
+    b.write_back_when_idle();
     let start = out.len();
     let max = push_rarp(dev, cache, out, max);
     let n = usize::from(b.available(u16::try_from(max).unwrap_or(u16::MAX)));

@@ -153,6 +153,10 @@ pub(super) trait Ring<'v> {
     /// dequeue; the split ring only: DPDK's packed-ring driver reclaims only what it needs,
     /// see `burst::HOLD_MAX`).
     fn hold_tail(&mut self);
+    /// Has the used descriptors this burst writes written back from our cache by the first
+    /// later burst that returns none (a transmit queue's, sync dequeue; the packed ring only:
+    /// see `PackedBurst`'s).
+    fn write_back_when_idle(&mut self);
     /// Publishes what is left, notifies the guest if it asked, stores the ring's state back:
     /// the burst's last call. By reference: by value, the call copied the whole burst state
     /// (some 280 bytes, a `memcpy` call) at every burst's end.

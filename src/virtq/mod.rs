@@ -164,6 +164,10 @@ pub struct Vring {
     pub(crate) used_held: u16,
     /// When the last chain of the held entries was taken ([`crate::lcore::ticks`]).
     pub(crate) held_since: u64,
+    /// Packed ring, transmit queue: the first slot of the used descriptors our dequeue
+    /// bursts wrote and have not yet written back from our cache (see `net::packed_burst`'s
+    /// `WRITE_BACK_MAX`); `None` when there are none.
+    pub(crate) packed_unclean: Option<u16>,
     /// Packed ring: the next slot to read and its wrap counter (SET_VRING_BASE /
     /// GET_VRING_BASE, bits 0-15).
     pub avail_pos: RingPos,
@@ -428,6 +432,7 @@ impl Vring {
         self.packed = Some(rings);
         self.packed_ids = InFlightIds::new(self.size);
         self.packed_shadow = Vec::with_capacity(usize::from(self.size));
+        self.packed_unclean = None;
         Ok(())
     }
 

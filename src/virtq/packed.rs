@@ -1078,6 +1078,23 @@ impl<'a> PackedQueue<'a> {
         }
     }
 
+    /// Writes the lines of the `n` slots from slot `from` back from our caches
+    /// ([`GuestSlice::write_back_range`]), wrapping at the ring's end; slots beyond the size
+    /// are ignored.
+    pub fn write_back_slots(&self, from: u16, n: u16) {
+        if from >= self.size {
+            return;
+        }
+        let n = n.min(self.size);
+        let first = n.min(self.size - from);
+        let d = PACKED_DESC_SIZE as usize;
+        self.desc
+            .write_back_range(usize::from(from) * d, usize::from(first) * d);
+        if n > first {
+            self.desc.write_back_range(0, usize::from(n - first) * d);
+        }
+    }
+
     /// Writes used element `u` at `pos` whole ([`store_word`](Self::store_word)).
     #[inline]
     fn store_used(&self, pos: RingPos, u: PackedUsed, order: Ordering) {

@@ -1119,3 +1119,24 @@ proptest::proptest! {
         proptest::prop_assert_eq!(q.avail_run(pos, max), want);
     }
 }
+
+#[test]
+fn write_back_slots_leave_the_ring_as_it_was() {
+    let size = 64;
+    let g = Guest::new(size);
+    for i in 0..size {
+        g.put(DESC, i, d(0x1000 + u64::from(i), 100 + u32::from(i), i, i));
+    }
+    let q = g.q();
+    // The whole ring, across its end, more than the ring, from beyond it, nothing.
+    for (from, n) in [(0, 64), (60, 10), (3, 200), (64, 4), (u16::MAX, 1), (5, 0)] {
+        q.write_back_slots(from, n);
+    }
+    for i in 0..size {
+        assert_eq!(
+            g.get(i),
+            d(0x1000 + u64::from(i), 100 + u32::from(i), i, i),
+            "slot {i}"
+        );
+    }
+}
