@@ -456,10 +456,11 @@ impl<'a> GuestSlice<'a> {
         }
     }
 
-    /// Writes the lines of `[offset, offset + len)` (clamped to the slice) back from this
-    /// core's caches to memory, leaving them cached and clean (`clwb`): a line we wrote and
-    /// another core reads much later is then a clean line for that core to fetch, not one it
-    /// must take from our cache in the modified state. The contents do not change. A no-op
+    /// Writes the lines of `[offset, offset + len)` (clamped to the slice) back to memory
+    /// (`clwb`) and moves them out of this core's caches to the shared one (`cldemote`, a
+    /// no-op on CPUs without it): a line we wrote and another core reads much later is then
+    /// a clean line in the shared cache, not one that core must take from ours in the
+    /// modified state and then ask for again to write. The contents do not change. A no-op
     /// off x86_64 and on CPUs without CLWB.
     ///
     /// A later locked instruction or fence waits for the write-backs to finish: call it where
@@ -474,13 +475,15 @@ impl<'a> GuestSlice<'a> {
                 return;
             }
             self.for_each_line_in(offset, len, |line| {
-                // SAFETY: the CPU has CLWB (checked above). The line holds a byte of the
-                // slice (`for_each_line_in` clamps the range to it), which is mapped for 'a,
-                // and a line never straddles a page, so the instruction cannot fault; it
-                // writes the line back without changing what any party reads from it.
+                // SAFETY: the CPU has CLWB (checked above; CLDEMOTE is a NOP where it is
+                // missing). The line holds a byte of the slice (`for_each_line_in` clamps
+                // the range to it), which is mapped for 'a, and a line never straddles a
+                // page, so neither instruction can fault; they move the line between caches
+                // and memory without changing what any party reads from it.
                 unsafe {
                     std::arch::asm!(
                         "clwb [{0}]",
+                        "cldemote [{0}]",
                         in(reg) line,
                         options(nostack, preserves_flags)
                     );
