@@ -241,6 +241,33 @@ fn ask_clwb() -> bool {
     yes
 }
 
+/// Moves the cache lines of `[addr, addr + len)` out of this core's caches to the shared one
+/// (`cldemote`), so that another core that writes them next finds no copy of ours to take
+/// back first. Any address will do: a hint, it never faults and changes nothing a program
+/// can read; a no-op off x86_64, and a NOP on CPUs without CLDEMOTE.
+#[inline]
+pub fn demote_range(addr: usize, len: usize) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (addr, len);
+    #[cfg(target_arch = "x86_64")]
+    {
+        let end = addr.saturating_add(len);
+        let mut line = addr & !63;
+        while line < end {
+            // SAFETY: CLDEMOTE only hints where a line is cached: its one exception is #UD with
+            // a LOCK prefix (none here), it never faults whatever the address, and it reads
+            // or writes no memory the program can observe (a NOP where unsupported).
+            unsafe {
+                std::arch::asm!("cldemote [{0}]", in(reg) line, options(nostack, preserves_flags));
+            }
+            let Some(next) = line.checked_add(64) else {
+                break;
+            };
+            line = next;
+        }
+    }
+}
+
 /// A bounds-checked window `[ptr, ptr + len)` of mapped guest memory, valid for `'a` (a borrow of
 /// the [`GuestMemory`](super::GuestMemory) or [`GuestRegion`](super::GuestRegion) it came from).
 ///

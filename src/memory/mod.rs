@@ -48,7 +48,7 @@ use std::fmt;
 use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
 
 pub(crate) use access::copy_bytes;
-pub use access::{GuestSlice, Pod};
+pub use access::{GuestSlice, Pod, demote_range};
 pub use dirty_log::{DirtyLog, LOG_PAGE, log_bytes_for};
 pub use error::{AccessError, AddrField, MemoryError};
 pub use region::{GuestRegion, MapOptions, RegionDesc};

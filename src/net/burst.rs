@@ -650,6 +650,9 @@ impl<'v> Ring<'v> for Burst<'v> {
     fn write_back_when_idle(&mut self) {}
 
     #[inline(always)]
+    fn note_read(&mut self, _addr: usize, _len: usize) {}
+
+    #[inline(always)]
     fn finish(&mut self) {
         Burst::finish(self);
     }

@@ -390,34 +390,37 @@ const TX_AHEAD_BYTES: u32 = 128;
 /// Asks for the first [`TX_AHEAD_BYTES`] of the buffer of the chain `k` places after the next
 /// one, if it is one readable descriptor.
 #[inline(always)]
-fn prefetch_tx<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, k: u16) {
+fn prefetch_tx<'v, R: Ring<'v>>(b: &mut R, tc: &mut TranslationCache, k: u16) {
     let Some(d) = b.peek_desc(k) else { return };
     if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE) == 0 {
         prefetch_tx_buffer(b, tc, &d);
     }
 }
 
-/// Asks for the first [`TX_AHEAD_BYTES`] of one-descriptor chain `d`'s buffer.
+/// Asks for the first [`TX_AHEAD_BYTES`] of one-descriptor chain `d`'s buffer, and tells the
+/// ring they are read ([`Ring::note_read`]).
 #[inline(always)]
-fn prefetch_tx_buffer<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, d: &VirtqDesc) {
+fn prefetch_tx_buffer<'v, R: Ring<'v>>(b: &mut R, tc: &mut TranslationCache, d: &VirtqDesc) {
     let len = d.len.min(TX_AHEAD_BYTES);
     if let Some(buf) = b
         .memory()
         .gpa_to_host_cached(tc, Gpa(d.addr), u64::from(len))
     {
         buf.prefetch_for_read();
+        b.note_read(buf.as_ptr() as usize, buf.len());
     }
 }
 
 /// [`prefetch_tx`] for the [`BATCH`] chains from `k` places after the next one, when they
 /// make a batch ([`Ring::peek_batch`]); whether they did (otherwise nothing is asked for).
 #[inline(always)]
-fn prefetch_tx_batch<'v, R: Ring<'v>>(b: &R, tc: &mut TranslationCache, k: u16) -> bool {
+fn prefetch_tx_batch<'v, R: Ring<'v>>(b: &mut R, tc: &mut TranslationCache, k: u16) -> bool {
     let Some(heads) = b.peek_batch(k, false) else {
         return false;
     };
     for &h in &heads {
-        prefetch_tx_buffer(b, tc, &b.desc(h));
+        let d = b.desc(h);
+        prefetch_tx_buffer(b, tc, &d);
     }
     true
 }

@@ -28,4 +28,5 @@ pub use async_enqueue::{
 };
 pub use dequeue::dequeue_burst;
 pub use enqueue::enqueue_burst;
+pub(crate) use packed_burst::READ_MAX as PACKED_READ_MAX;
 pub use queue_id::{QueueIdError, QueuePair, RxQueueId, TxQueueId, VringId};

@@ -157,6 +157,10 @@ pub(super) trait Ring<'v> {
     /// later burst that returns none (a transmit queue's, sync dequeue; the packed ring only:
     /// see `PackedBurst`'s).
     fn write_back_when_idle(&mut self);
+    /// The burst reads the first `len` bytes of a transmit buffer at host address `addr`
+    /// ([`write_back_when_idle`](Self::write_back_when_idle) bursts: their lines are demoted
+    /// from our caches at the same idle poll; the packed ring only).
+    fn note_read(&mut self, addr: usize, len: usize);
     /// Publishes what is left, notifies the guest if it asked, stores the ring's state back:
     /// the burst's last call. By reference: by value, the call copied the whole burst state
     /// (some 280 bytes, a `memcpy` call) at every burst's end.

@@ -168,6 +168,10 @@ pub struct Vring {
     /// bursts wrote and have not yet written back from our cache (see `net::packed_burst`'s
     /// `WRITE_BACK_MAX`); `None` when there are none.
     pub(crate) packed_unclean: Option<u16>,
+    /// Packed ring, transmit queue: the transmit buffers our dequeue bursts read since the
+    /// last poll that found nothing, as host line address | line count (see `net::packed_burst`'s
+    /// `READ_MAX`); their lines are demoted from our caches at that poll.
+    pub(crate) packed_read: Vec<usize>,
     /// Packed ring: the next slot to read and its wrap counter (SET_VRING_BASE /
     /// GET_VRING_BASE, bits 0-15).
     pub avail_pos: RingPos,
@@ -433,6 +437,7 @@ impl Vring {
         self.packed_ids = InFlightIds::new(self.size);
         self.packed_shadow = Vec::with_capacity(usize::from(self.size));
         self.packed_unclean = None;
+        self.packed_read = Vec::with_capacity(crate::net::PACKED_READ_MAX);
         Ok(())
     }
 
