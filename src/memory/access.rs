@@ -179,67 +179,60 @@ unsafe fn same_bytes(a: *const u8, b: *const u8, len: usize) -> bool {
     }
 }
 
-/// Whether the CPU has `prefetchw` (CPUID 0x8000_0001, ECX bit 8: PRFCHW), asked once. A
-/// byte (0: not asked yet, 1: no, 2: yes) read with one load: behind a `LazyLock`, each
-/// prefetch first checked the lock's state and then read the value (callgrind, packed h2g
-/// 64 B: 5 instructions a call, one or two calls a packet).
+/// A CPU feature asked once: a byte (0: not asked yet, 1: no, 2: yes) read with one load:
+/// behind a `LazyLock`, each prefetch first checked the lock's state and then read the value
+/// (callgrind, packed h2g 64 B: 5 instructions a call, one or two calls a packet).
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn has_prefetchw() -> bool {
-    match PRFCHW.load(std::sync::atomic::Ordering::Relaxed) {
-        2 => true,
-        1 => false,
-        _ => ask_prefetchw(),
-    }
+struct CpuFlag {
+    state: std::sync::atomic::AtomicU8,
+    ask: fn() -> bool,
 }
 
 #[cfg(target_arch = "x86_64")]
-static PRFCHW: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+impl CpuFlag {
+    const fn new(ask: fn() -> bool) -> CpuFlag {
+        CpuFlag {
+            state: std::sync::atomic::AtomicU8::new(0),
+            ask,
+        }
+    }
 
-/// Asks the CPU (see [`has_prefetchw`]) and keeps the answer; racing first calls store the
-/// same answer.
+    #[inline(always)]
+    fn get(&self) -> bool {
+        match self.state.load(std::sync::atomic::Ordering::Relaxed) {
+            2 => true,
+            1 => false,
+            _ => self.ask_now(),
+        }
+    }
+
+    /// Asks the CPU and keeps the answer; racing first calls store the same answer.
+    #[cold]
+    fn ask_now(&self) -> bool {
+        let yes = (self.ask)();
+        self.state.store(
+            if yes { 2 } else { 1 },
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        yes
+    }
+}
+
+/// `prefetchw`: CPUID 0x8000_0001, ECX bit 8 (PRFCHW); the leaf is read only if the highest
+/// extended leaf includes it.
 #[cfg(target_arch = "x86_64")]
-#[cold]
-fn ask_prefetchw() -> bool {
+static PRFCHW: CpuFlag = CpuFlag::new(|| {
     use std::arch::x86_64::__cpuid;
-    // Leaf 0x8000_0001 is read only if the highest extended leaf includes it.
-    let yes = __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0;
-    PRFCHW.store(
-        if yes { 2 } else { 1 },
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    yes
-}
+    __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0
+});
 
-/// Whether the CPU has `clwb` (CPUID leaf 7, subleaf 0, EBX bit 24), asked once; kept as
-/// [`has_prefetchw`] keeps its answer.
+/// `clwb`: CPUID leaf 7, subleaf 0, EBX bit 24; the leaf is read only if the highest basic
+/// leaf includes it.
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn has_clwb() -> bool {
-    match CLWB.load(std::sync::atomic::Ordering::Relaxed) {
-        2 => true,
-        1 => false,
-        _ => ask_clwb(),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-static CLWB: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-/// Asks the CPU (see [`has_clwb`]) and keeps the answer; racing first calls store the same
-/// answer.
-#[cfg(target_arch = "x86_64")]
-#[cold]
-fn ask_clwb() -> bool {
+static CLWB: CpuFlag = CpuFlag::new(|| {
     use std::arch::x86_64::{__cpuid, __cpuid_count};
-    // Leaf 7 is read only if the highest basic leaf includes it.
-    let yes = __cpuid(0).eax >= 7 && __cpuid_count(7, 0).ebx & (1 << 24) != 0;
-    CLWB.store(
-        if yes { 2 } else { 1 },
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    yes
-}
+    __cpuid(0).eax >= 7 && __cpuid_count(7, 0).ebx & (1 << 24) != 0
+});
 
 /// Moves the cache lines of `[addr, addr + len)` out of this core's caches to the shared one
 /// (`cldemote`), so that another core that writes them next finds no copy of ours to take
@@ -465,7 +458,7 @@ impl<'a> GuestSlice<'a> {
         let _ = (offset, len);
         #[cfg(target_arch = "x86_64")]
         {
-            if !has_prefetchw() {
+            if !PRFCHW.get() {
                 return;
             }
             self.for_each_line_in(offset, len, |line| {
@@ -498,7 +491,7 @@ impl<'a> GuestSlice<'a> {
         let _ = (offset, len);
         #[cfg(target_arch = "x86_64")]
         {
-            if !has_clwb() {
+            if !CLWB.get() {
                 return;
             }
             self.for_each_line_in(offset, len, |line| {
