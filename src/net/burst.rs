@@ -635,19 +635,13 @@ impl<'v> Ring<'v> for Burst<'v> {
         Burst::prefetch_used(self, n);
     }
 
+    /// Writes through and may hold its tail back; no idle write-back (measured on the packed
+    /// ring only).
     #[inline(always)]
-    fn write_through(&mut self) {
+    fn sync_dequeue(&mut self) {
         Burst::write_through(self);
-    }
-
-    #[inline(always)]
-    fn hold_tail(&mut self) {
         Burst::hold_tail(self);
     }
-
-    /// Nothing: measured on the packed ring only.
-    #[inline(always)]
-    fn write_back_when_idle(&mut self) {}
 
     #[inline(always)]
     fn note_read(&mut self, _addr: usize, _len: usize) {}

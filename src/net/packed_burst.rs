@@ -13,7 +13,7 @@
 //! batch before each publish, the first one last: the driver reads used descriptors in
 //! ring order and stops at the first whose flags are not yet there, so it sees the whole batch
 //! at once, a mergeable packet's chains included (§2.8.8). Dequeue does the same (it does not
-//! write through, as on the split ring: see [`Ring::write_through`] below).
+//! write through, as on the split ring: see [`Ring::sync_dequeue`] below).
 
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -78,7 +78,7 @@ pub(super) struct PackedBurst<'v> {
     unclean: &'v mut Option<u16>,
     /// The vring's transmit buffers read since the last idle poll (see [`READ_MAX`]).
     read: &'v mut Vec<usize>,
-    /// A transmit queue's burst ([`Ring::write_back_when_idle`]).
+    /// A transmit queue's burst ([`Ring::sync_dequeue`]).
     write_back: bool,
 }
 
@@ -604,15 +604,10 @@ impl<'v> Ring<'v> for PackedBurst<'v> {
     /// packet's copy. A/B against it, testpmd virtio-user frontend, 64 B, per-second rates
     /// after 5 s, 3 back-to-back pairs each: loop-tput mrg 0 +14-21% at 33 ns c2c and
     /// +30-50% at 170 ns, mrg 1 +16-20%; g2h 64 B 0 to +6%, g2h 1518 B even to +6%.
-    #[inline]
-    fn write_through(&mut self) {}
-
-    /// Nothing held: DPDK's packed-ring driver reclaims only the descriptors it needs.
+    /// Nothing is held back either: DPDK's packed-ring driver reclaims only the descriptors
+    /// it needs. What changes is the idle write-back ([`WRITE_BACK_MAX`], [`READ_MAX`]).
     #[inline(always)]
-    fn hold_tail(&mut self) {}
-
-    #[inline(always)]
-    fn write_back_when_idle(&mut self) {
+    fn sync_dequeue(&mut self) {
         self.write_back = true;
     }
 

@@ -146,20 +146,16 @@ pub(super) trait Ring<'v> {
     fn publish_early(&mut self, min: u16, before: impl FnOnce()) -> bool;
     /// Asks for the lines the next `n` used entries go to, for writing.
     fn prefetch_used(&self, n: usize);
-    /// Writes used entries to the ring as they come rather than in one run (dequeue; the
-    /// split ring only: the packed ring keeps them for one batch).
-    fn write_through(&mut self);
-    /// Lets the burst's end hold back its last used entries from a guest that polls (sync
-    /// dequeue; the split ring only: DPDK's packed-ring driver reclaims only what it needs,
-    /// see `burst::HOLD_MAX`).
-    fn hold_tail(&mut self);
-    /// Has the used descriptors this burst writes written back from our cache by the first
-    /// later burst that returns none (a transmit queue's, sync dequeue; the packed ring only:
-    /// see `PackedBurst`'s).
-    fn write_back_when_idle(&mut self);
+    /// The burst is a sync dequeue's (a transmit queue's), called before it takes anything.
+    /// The split ring writes used entries to the ring as they come rather than in one run
+    /// (`Burst::write_through`) and lets the burst's end hold back its last ones from a guest
+    /// that polls (`Burst::hold_tail`, see `burst::HOLD_MAX`); the packed ring keeps them for
+    /// one batch, holds nothing, and has the used descriptors it writes written back from our
+    /// cache by the first later burst that returns none (see `PackedBurst`'s).
+    fn sync_dequeue(&mut self);
     /// The burst reads the first `len` bytes of a transmit buffer at host address `addr`
-    /// ([`write_back_when_idle`](Self::write_back_when_idle) bursts: their lines are demoted
-    /// from our caches at the same idle poll; the packed ring only).
+    /// ([`sync_dequeue`](Self::sync_dequeue) bursts: their lines are demoted from our caches
+    /// at the same idle poll; the packed ring only).
     fn note_read(&mut self, addr: usize, len: usize);
     /// Publishes what is left, notifies the guest if it asked, stores the ring's state back:
     /// the burst's last call. By reference: by value, the call copied the whole burst state
